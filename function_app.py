@@ -1,0 +1,10 @@
+"""The Functions app: one FunctionApp with the gateway's blueprints registered."""
+
+import azure.functions as func
+
+from functions import delivery, health, messages
+
+app = func.FunctionApp()
+app.register_functions(messages.bp)
+app.register_functions(health.bp)
+app.register_functions(delivery.bp)

@@ -1,0 +1,21 @@
+"""`GET /api/health`: whether the gateway is configured and its storage answers."""
+
+from __future__ import annotations
+
+import azure.functions as func
+
+from functions.http_responses import json_response
+from shared.gateway import check_health, get_gateway
+
+bp = func.Blueprint()
+
+
+@bp.function_name("health")
+@bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    """200 when every check passes, else 503; the body names each check's result."""
+    report = check_health(get_gateway)
+    return json_response(
+        {"status": "healthy" if report.healthy else "unhealthy", "checks": report.checks},
+        200 if report.healthy else 503,
+    )

@@ -1,0 +1,124 @@
+"""The gateway's exceptions, drawn once.
+
+    MailgateError
+    ├── ConfigurationError          a setting is missing or invalid; the gateway cannot work
+    ├── RequestRejected             an API request the gateway refuses (maps to a problem+json)
+    │   ├── InvalidMessage              400: one or more fields are invalid
+    │   ├── SenderNotAllowed            403: `from` is outside ALLOWED_SENDERS
+    │   ├── PayloadTooLarge             413: the body or the queued message is too large
+    │   └── UnsupportedMediaType        415: the body is not JSON
+    ├── StorageUnavailable          an Azure Storage call failed; nothing was accepted
+    ├── MalformedEnvelope           a queue message is not a mailgate envelope
+    └── DeliveryError               one attempt to hand a message to SendGrid failed
+        ├── RetryableDeliveryError      429, 5xx, timeouts, connection errors: try again later
+        └── PermanentDeliveryError      400, 401, 403, 413 and other 4xx: retrying cannot help
+
+The queue trigger's behaviour follows from the type: retryable errors are retried with a
+delay until the attempts run out, permanent ones are dead-lettered at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class MailgateError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+
+class ConfigurationError(MailgateError):
+    """A setting is missing or invalid."""
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    """One offending field of a request, located by a JSON Pointer."""
+
+    pointer: str
+    detail: str
+
+
+class RequestRejected(MailgateError):
+    """A request the gateway refuses; `status` and `title` shape its problem+json."""
+
+    status = 400
+    title = "Bad Request"
+
+    def __init__(self, detail: str, problems: tuple[FieldProblem, ...] = ()) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.problems = problems
+
+
+class InvalidMessage(RequestRejected):
+    """The request body is not a valid message."""
+
+    status = 400
+    title = "Invalid message"
+
+
+class SenderNotAllowed(RequestRejected):
+    """The sender is not one this gateway may send for."""
+
+    status = 403
+    title = "Sender not allowed"
+
+
+class PayloadTooLarge(RequestRejected):
+    """The body, or the message built from it, is too large."""
+
+    status = 413
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(RequestRejected):
+    """The body is not `application/json`."""
+
+    status = 415
+    title = "Unsupported media type"
+
+
+class StorageUnavailable(MailgateError):
+    """Azure Storage could not be reached or refused the call."""
+
+
+class MalformedEnvelope(MailgateError):
+    """A queue message that is not a readable mailgate envelope."""
+
+
+class DeliveryError(MailgateError):
+    """One attempt to hand a message to SendGrid failed."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        status_code: int | None = None,
+        provider_error: str | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status_code = status_code
+        self.provider_error = provider_error
+
+
+class RetryableDeliveryError(DeliveryError):
+    """A failure that can succeed later (429, 5xx, timeout, connection error)."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        status_code: int | None = None,
+        provider_error: str | None = None,
+        retry_after_seconds: float | None = None,
+        ambiguous: bool = False,
+    ) -> None:
+        super().__init__(reason, status_code=status_code, provider_error=provider_error)
+        self.retry_after_seconds = retry_after_seconds
+        # A timeout after the request was sent: SendGrid may have accepted the mail.
+        self.ambiguous = ambiguous
+
+
+class PermanentDeliveryError(DeliveryError):
+    """A failure that no retry can fix (SendGrid refused the request)."""

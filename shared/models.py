@@ -1,0 +1,294 @@
+"""The message an app submits, and the envelope that carries it through the queue."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    EmailStr,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from shared.errors import FieldProblem
+
+MAX_RECIPIENTS = 1000
+MAX_CATEGORIES = 10
+MAX_CUSTOM_ARGS_BYTES = 10_000
+MAX_SEND_AT_AHEAD = timedelta(hours=72)
+MAILGATE_ID_ARG = "mailgate_id"
+
+# SendGrid refuses these in `headers`; the gateway sets the rest from the message fields.
+RESERVED_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        "From",
+        "To",
+        "Cc",
+        "Bcc",
+        "Subject",
+        "Reply-To",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+        "MIME-Version",
+        "Date",
+        "Message-ID",
+        "Received",
+        "DKIM-Signature",
+        "X-SG-ID",
+        "X-SG-EID",
+    )
+)
+
+
+class FieldErrors(ValueError):
+    """Cross-field problems found by a model validator, each with its own JSON Pointer."""
+
+    def __init__(self, problems: list[FieldProblem]) -> None:
+        super().__init__("; ".join(f"{p.pointer}: {p.detail}" for p in problems))
+        self.problems = tuple(problems)
+
+
+_LINE_BREAKS = re.compile(r"[\r\n\x00]")
+# RFC 5322 field names: printable US-ASCII except the colon.
+_HEADER_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")
+_NAME_AND_ADDRESS = re.compile(r"^\s*(?P<name>.*?)\s*<(?P<email>[^<>]*)>\s*$", re.DOTALL)
+
+
+def _single_line(value: str) -> str:
+    if _LINE_BREAKS.search(value):
+        raise ValueError("must not contain CR, LF or NUL")
+    return value
+
+
+SingleLine = Annotated[str, AfterValidator(_single_line)]
+
+
+def _split_address(value: Any) -> Any:
+    """Accept "a@example.com" and "Name <a@example.com>" as well as {"email", "name"}."""
+    if not isinstance(value, str):
+        return value
+    match = _NAME_AND_ADDRESS.match(value)
+    if match is None:
+        return {"email": value.strip()}
+    name = match["name"].strip()
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        name = name[1:-1]
+    return {"email": match["email"].strip(), "name": name or None}
+
+
+class Address(BaseModel):
+    """An email address with an optional display name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    email: EmailStr
+    name: SingleLine | None = Field(default=None, max_length=256)
+
+    @property
+    def domain(self) -> str:
+        """The part after the @, safe to log."""
+        return self.email.rpartition("@")[2]
+
+
+AddressIn = Annotated[Address, BeforeValidator(_split_address)]
+
+
+class Attachment(BaseModel):
+    """A file sent with the message, its content base64-encoded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    filename: SingleLine = Field(min_length=1, max_length=255)
+    content: str = Field(min_length=1)
+    content_type: SingleLine | None = Field(default=None, min_length=1, max_length=255)
+    disposition: Literal["attachment", "inline"] = "attachment"
+    content_id: SingleLine | None = Field(default=None, min_length=1, max_length=255)
+
+    @field_validator("content")
+    @classmethod
+    def _content_is_base64(cls, value: str) -> str:
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("must be valid base64 (RFC 4648, standard alphabet)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _inline_needs_content_id(self) -> Attachment:
+        if self.disposition == "inline" and not self.content_id:
+            raise ValueError("an inline attachment needs a content_id")
+        return self
+
+
+class MailRequest(BaseModel):
+    """A message as submitted to `POST /api/v1/messages`, validated to SendGrid's limits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    from_: AddressIn = Field(alias="from")
+    to: list[AddressIn] = Field(min_length=1)
+    cc: list[AddressIn] = Field(default_factory=list)
+    bcc: list[AddressIn] = Field(default_factory=list)
+    reply_to: AddressIn | None = None
+    subject: SingleLine | None = Field(default=None, min_length=1, max_length=998)
+    text: str | None = Field(default=None, min_length=1)
+    html: str | None = Field(default=None, min_length=1)
+    template_id: SingleLine | None = Field(default=None, min_length=1, max_length=255)
+    template_data: dict[str, Any] | None = None
+    headers: dict[str, SingleLine] = Field(default_factory=dict)
+    categories: list[SingleLine] = Field(default_factory=list, max_length=MAX_CATEGORIES)
+    custom_args: dict[str, str] = Field(default_factory=dict)
+    send_at: AwareDatetime | None = None
+    attachments: list[Attachment] = Field(default_factory=list)
+
+    @field_validator("headers")
+    @classmethod
+    def _headers_are_custom(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name in headers:
+            if not _HEADER_NAME.match(name):
+                raise ValueError(
+                    f"header name {name!r} must be printable ASCII without spaces or colons"
+                )
+            if name.lower() in RESERVED_HEADERS:
+                raise ValueError(f"header {name!r} is reserved: set it through its own field")
+        return headers
+
+    @field_validator("categories")
+    @classmethod
+    def _categories_are_distinct(cls, categories: list[str]) -> list[str]:
+        if any(not c or len(c) > 255 for c in categories):
+            raise ValueError("each category must have 1 to 255 characters")
+        if len({c.lower() for c in categories}) != len(categories):
+            raise ValueError("categories must be distinct")
+        return categories
+
+    @field_validator("custom_args")
+    @classmethod
+    def _custom_args_fit(cls, args: dict[str, str]) -> dict[str, str]:
+        if MAILGATE_ID_ARG in args:
+            raise ValueError(f"{MAILGATE_ID_ARG!r} is reserved for the gateway's message id")
+        # Leave room for the gateway's own id, which travels in the same object.
+        with_id = {**args, MAILGATE_ID_ARG: "0" * 32}
+        size = len(json.dumps(with_id, ensure_ascii=False).encode())
+        if size >= MAX_CUSTOM_ARGS_BYTES:
+            raise ValueError(f"must be under {MAX_CUSTOM_ARGS_BYTES} bytes as JSON, is {size}")
+        return args
+
+    @field_validator("send_at")
+    @classmethod
+    def _send_at_in_window(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        # Only checked when a request is accepted: a queued message may outlive its send_at.
+        now = (info.context or {}).get("now")
+        if value is None or now is None:
+            return value
+        if value <= now:
+            raise ValueError("must be in the future")
+        if value - now > MAX_SEND_AT_AHEAD:
+            raise ValueError("must be at most 72 hours ahead")
+        return value
+
+    @model_validator(mode="after")
+    def _message_is_complete(self) -> MailRequest:
+        problems: list[FieldProblem] = []
+        if self.template_id is None:
+            if self.template_data is not None:
+                problems.append(FieldProblem("#/template_data", "needs a template_id"))
+            if self.subject is None:
+                problems.append(
+                    FieldProblem("#/subject", "is required unless template_id is given")
+                )
+            if self.text is None and self.html is None:
+                problems.append(
+                    FieldProblem("#/text", "text or html is required unless template_id is given")
+                )
+        recipients = [
+            (f"#/{field}/{index}/email", address)
+            for field, addresses in (("to", self.to), ("cc", self.cc), ("bcc", self.bcc))
+            for index, address in enumerate(addresses)
+        ]
+        if len(recipients) > MAX_RECIPIENTS:
+            problems.append(
+                FieldProblem(
+                    "#/to",
+                    f"at most {MAX_RECIPIENTS} recipients in to, cc and bcc together, "
+                    f"got {len(recipients)}",
+                )
+            )
+        seen: set[str] = set()
+        for pointer, address in recipients:
+            key = address.email.lower()
+            if key in seen:
+                problems.append(FieldProblem(pointer, "appears more than once in to, cc and bcc"))
+            seen.add(key)
+        if problems:
+            raise FieldErrors(problems)
+        return self
+
+    def recipient_domains(self) -> list[str]:
+        """The distinct recipient domains, which may be logged (full addresses may not)."""
+        return sorted({a.domain for a in (*self.to, *self.cc, *self.bcc)})
+
+
+class DeadLetter(BaseModel):
+    """Why a message was dead-lettered, for the operator reading the poison queue."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reason: str
+    status_code: int | None = None
+    provider_error: str | None = None
+    attempts: int
+    at: datetime
+
+
+class QueueEnvelope(BaseModel):
+    """The queue message: a versioned, human-readable JSON wrapper around the request."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1] = 1
+    id: str = Field(min_length=1, max_length=64)
+    accepted_at: datetime
+    attempt: int = Field(default=1, ge=1)
+    message: MailRequest
+    dead_letter: DeadLetter | None = None
+
+    def to_json(self) -> str:
+        """The envelope as the compact JSON text that goes on the queue."""
+        return self.model_dump_json(by_alias=True, exclude_none=True)
+
+
+def field_problems(error: ValidationError) -> tuple[FieldProblem, ...]:
+    """Translate a pydantic error into one problem per offending field, located by JSON Pointer."""
+    problems: list[FieldProblem] = []
+    for detail in error.errors(include_url=False):
+        base = "#" + "".join(f"/{_escape_pointer(str(part))}" for part in detail["loc"])
+        cause = (detail.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldErrors):
+            problems.extend(
+                FieldProblem(base + p.pointer.removeprefix("#"), p.detail) for p in cause.problems
+            )
+            continue
+        message = detail["msg"].removeprefix("Value error, ")
+        if detail["type"] == "extra_forbidden":
+            message = "is not a known field"
+        problems.append(FieldProblem(base, message))
+    return tuple(problems)
+
+
+def _escape_pointer(part: str) -> str:
+    return part.replace("~", "~0").replace("/", "~1")

@@ -1,0 +1,128 @@
+"""The mail queue and its poison queue in Azure Storage."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from azure.core.exceptions import AzureError, ResourceExistsError
+from azure.storage.queue import (
+    LinearRetry,
+    QueueClient,
+    QueueServiceClient,
+    TextBase64DecodePolicy,
+    TextBase64EncodePolicy,
+)
+
+from shared.errors import StorageUnavailable
+from shared.settings import Settings, StorageSettings
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+
+    from shared.models import QueueEnvelope
+
+logger = logging.getLogger(__name__)
+
+# Messages the gateway dead-letters never expire; the host's own poison copies last 7 days.
+NEVER_EXPIRES = -1
+
+_CLIENT_OPTIONS: dict[str, Any] = {
+    # Fail within seconds when storage is down, so callers get a prompt 503; the SDK's
+    # default retry waits 15 s and more between tries.
+    "retry_policy": LinearRetry(backoff=1, random_jitter_range=1, retry_total=2),
+    "connection_timeout": 5,
+    "read_timeout": 20,
+}
+
+
+class MailQueue:
+    """Puts envelopes on the mail queue (base64, as the host reads them) and the poison queue."""
+
+    def __init__(self, mail: QueueClient, poison: QueueClient) -> None:
+        self._mail = mail
+        self._poison = poison
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MailQueue:
+        """Create the clients once; each holds its own connection pool."""
+        service = _service_client(settings.storage)
+        return cls(
+            _queue_client(service, settings.mail_queue_name),
+            _queue_client(service, settings.poison_queue_name),
+        )
+
+    @property
+    def name(self) -> str:
+        """The mail queue's name."""
+        return self._mail.queue_name
+
+    @property
+    def poison_name(self) -> str:
+        """The poison queue's name."""
+        return self._poison.queue_name
+
+    def ensure_exists(self) -> None:
+        """Create the mail and poison queues if they are missing."""
+        for client in (self._mail, self._poison):
+            try:
+                client.create_queue()
+            except ResourceExistsError:
+                pass
+            except AzureError as error:
+                raise StorageUnavailable(f"cannot create queue {client.queue_name}") from error
+
+    def check(self) -> None:
+        """Raise StorageUnavailable unless the mail queue answers."""
+        try:
+            self._mail.get_queue_properties()
+        except AzureError as error:
+            raise StorageUnavailable(f"queue {self._mail.queue_name}: {_summary(error)}") from error
+
+    def enqueue(self, envelope: QueueEnvelope, *, delay_seconds: int = 0) -> None:
+        """Put an envelope on the mail queue, visible after `delay_seconds`."""
+        self._send(self._mail, envelope.to_json(), visibility_timeout=delay_seconds or None)
+
+    def dead_letter(self, text: str) -> None:
+        """Put a dead-letter record on the poison queue, where it stays until an operator acts."""
+        self._send(self._poison, text, time_to_live=NEVER_EXPIRES)
+
+    @staticmethod
+    def _send(client: QueueClient, text: str, **options: int | None) -> None:
+        try:
+            client.send_message(text, **options)
+        except AzureError as error:
+            raise StorageUnavailable(f"queue {client.queue_name}: {_summary(error)}") from error
+
+
+def _service_client(storage: StorageSettings) -> QueueServiceClient:
+    if storage.connection_string:
+        return QueueServiceClient.from_connection_string(
+            storage.connection_string, **_CLIENT_OPTIONS
+        )
+    assert storage.queue_service_uri is not None
+    return QueueServiceClient(
+        storage.queue_service_uri, credential=token_credential(storage), **_CLIENT_OPTIONS
+    )
+
+
+def token_credential(storage: StorageSettings) -> TokenCredential:
+    """The identity the host itself would use for this connection."""
+    from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+
+    if (storage.credential or "").lower() == "managedidentity":
+        return ManagedIdentityCredential(client_id=storage.client_id)
+    return DefaultAzureCredential(managed_identity_client_id=storage.client_id)
+
+
+def _queue_client(service: QueueServiceClient, name: str) -> QueueClient:
+    # The host's default messageEncoding is base64; raw text would go straight to poison.
+    return service.get_queue_client(
+        name,
+        message_encode_policy=TextBase64EncodePolicy(),
+        message_decode_policy=TextBase64DecodePolicy(),
+    )
+
+
+def _summary(error: AzureError) -> str:
+    return type(error).__name__ + ": " + str(error.message or error).splitlines()[0][:200]

@@ -1,0 +1,195 @@
+"""The gateway's settings, read once from a mapping (the app settings) and validated."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from shared.errors import ConfigurationError
+
+STORAGE_CONNECTION = "AzureWebJobsStorage"
+
+DEFAULT_MAIL_QUEUE_NAME = "mail-outbound"
+DEFAULT_SENDGRID_API_BASE_URL = "https://api.sendgrid.com"
+DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
+# The queue keeps at most 7 days of visibility delay.
+MAX_RETRY_DELAY_SECONDS = 7 * 24 * 3600
+
+# 3-63 characters in Azure; 56 at most so that "<name>-poison" still fits.
+_QUEUE_NAME = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,54}[a-z0-9]$")
+_LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """How to reach Azure Storage: a connection string, or a service URI and an identity."""
+
+    connection_string: str | None = field(default=None, repr=False)
+    queue_service_uri: str | None = None
+    credential: str | None = None
+    client_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting the gateway reads, validated."""
+
+    storage: StorageSettings
+    allowed_senders: tuple[str, ...]
+    sendgrid_api_key: str = field(repr=False)
+    mail_queue_name: str = DEFAULT_MAIL_QUEUE_NAME
+    sendgrid_api_base_url: str = DEFAULT_SENDGRID_API_BASE_URL
+    sendgrid_connect_timeout_seconds: float = 5.0
+    sendgrid_timeout_seconds: float = 30.0
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_delivery_attempts: int = 8
+    retry_base_delay_seconds: float = 30.0
+    retry_max_delay_seconds: float = 3600.0
+
+    @property
+    def poison_queue_name(self) -> str:
+        """The dead-letter queue: the mail queue's name plus `-poison`, as the host names it."""
+        return f"{self.mail_queue_name}-poison"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Build settings from app settings; raise ConfigurationError naming the bad setting."""
+        reader = _Reader(environ)
+        settings = cls(
+            storage=_storage_settings(reader),
+            allowed_senders=_allowed_senders(reader.text("ALLOWED_SENDERS")),
+            sendgrid_api_key=reader.required("SENDGRID_API_KEY"),
+            mail_queue_name=_queue_name(reader.text("MAIL_QUEUE_NAME") or DEFAULT_MAIL_QUEUE_NAME),
+            sendgrid_api_base_url=_base_url(
+                reader.text("SENDGRID_API_BASE_URL") or DEFAULT_SENDGRID_API_BASE_URL
+            ),
+            sendgrid_connect_timeout_seconds=reader.number(
+                "SENDGRID_CONNECT_TIMEOUT_SECONDS", 5.0, minimum=0.1, maximum=60
+            ),
+            sendgrid_timeout_seconds=reader.number(
+                "SENDGRID_TIMEOUT_SECONDS", 30.0, minimum=0.1, maximum=200
+            ),
+            max_request_bytes=int(
+                reader.number(
+                    "MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES, minimum=1024, maximum=100e6
+                )
+            ),
+            max_delivery_attempts=int(
+                reader.number("MAX_DELIVERY_ATTEMPTS", 8, minimum=1, maximum=100, integer=True)
+            ),
+            retry_base_delay_seconds=reader.number(
+                "RETRY_BASE_DELAY_SECONDS", 30.0, minimum=1, maximum=MAX_RETRY_DELAY_SECONDS
+            ),
+            retry_max_delay_seconds=reader.number(
+                "RETRY_MAX_DELAY_SECONDS", 3600.0, minimum=1, maximum=MAX_RETRY_DELAY_SECONDS
+            ),
+        )
+        if settings.retry_max_delay_seconds < settings.retry_base_delay_seconds:
+            raise ConfigurationError(
+                "RETRY_MAX_DELAY_SECONDS must not be smaller than RETRY_BASE_DELAY_SECONDS"
+            )
+        return settings
+
+
+class _Reader:
+    """Reads settings, treating blanks as missing and unresolved Key Vault references as errors."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def text(self, name: str) -> str | None:
+        value = self._environ.get(name, "").strip()
+        if value.startswith("@Microsoft.KeyVault("):
+            # App Service leaves the reference text in place when it cannot resolve it.
+            raise ConfigurationError(
+                f"{name} is an unresolved Key Vault reference: check the secret exists and the "
+                "app's identity may read it (Key Vault Secrets User)"
+            )
+        return value or None
+
+    def required(self, name: str) -> str:
+        value = self.text(name)
+        if value is None:
+            raise ConfigurationError(f"{name} is required but not set")
+        return value
+
+    def number(
+        self,
+        name: str,
+        default: float,
+        *,
+        minimum: float,
+        maximum: float,
+        integer: bool = False,
+    ) -> float:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw) if integer else float(raw)
+        except ValueError:
+            kind = "a whole number" if integer else "a number"
+            raise ConfigurationError(f"{name} must be {kind}, got {raw!r}") from None
+        if not minimum <= value <= maximum:
+            raise ConfigurationError(f"{name} must be between {minimum:g} and {maximum:g}")
+        return value
+
+
+def _storage_settings(reader: _Reader) -> StorageSettings:
+    connection_string = reader.text(STORAGE_CONNECTION)
+    if connection_string:
+        return StorageSettings(connection_string=connection_string)
+    prefix = f"{STORAGE_CONNECTION}__"
+    uri = reader.text(prefix + "queueServiceUri") or reader.text(prefix + "serviceUri")
+    account = reader.text(prefix + "accountName")
+    if not uri and account:
+        uri = f"https://{account}.queue.core.windows.net"
+    if not uri:
+        raise ConfigurationError(
+            f"{STORAGE_CONNECTION} is not set: give a connection string, or "
+            f"{prefix}queueServiceUri or {prefix}accountName for an identity-based connection"
+        )
+    return StorageSettings(
+        queue_service_uri=uri,
+        credential=reader.text(prefix + "credential"),
+        client_id=reader.text(prefix + "clientId"),
+    )
+
+
+def _allowed_senders(raw: str | None) -> tuple[str, ...]:
+    entries = tuple(e.strip().lower() for e in (raw or "").split(",") if e.strip())
+    if not entries:
+        raise ConfigurationError(
+            "ALLOWED_SENDERS is empty: list the addresses and @domains that may send, "
+            "for example 'noreply@example.com,@example.org'"
+        )
+    for entry in entries:
+        _, at, domain = entry.rpartition("@")
+        if not at or not domain or "." not in domain or " " in entry:
+            raise ConfigurationError(
+                f"ALLOWED_SENDERS entry {entry!r} is neither an address nor an @domain"
+            )
+    return entries
+
+
+def _queue_name(name: str) -> str:
+    if not _QUEUE_NAME.match(name):
+        raise ConfigurationError(
+            f"MAIL_QUEUE_NAME {name!r} is not a valid queue name: 3-56 lowercase letters, digits "
+            "and single hyphens, starting and ending with a letter or digit"
+        )
+    if name.endswith("-poison"):
+        raise ConfigurationError("MAIL_QUEUE_NAME must not end in '-poison'")
+    return name
+
+
+def _base_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in {"https", "http"} or not parts.hostname:
+        raise ConfigurationError(f"SENDGRID_API_BASE_URL {url!r} is not an http(s) URL")
+    if parts.scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS:
+        # The API key travels in a header: never in clear text off this machine.
+        raise ConfigurationError("SENDGRID_API_BASE_URL must use https unless it is loopback")
+    return url.rstrip("/")

@@ -1,0 +1,108 @@
+"""Accepting a message: check the request, wrap it in an envelope and queue it durably."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from pydantic import ValidationError
+
+from shared.errors import (
+    FieldProblem,
+    InvalidMessage,
+    PayloadTooLarge,
+    SenderNotAllowed,
+    UnsupportedMediaType,
+)
+from shared.models import MailRequest, QueueEnvelope, field_problems
+from shared.queue import MailQueue
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# A queue message holds 64 KiB of base64, so 48 KiB of JSON; keep 4 KiB of that free for
+# the reason a dead letter adds to the same envelope.
+MAX_QUEUED_JSON_BYTES = 48 * 1024 - 4 * 1024
+
+
+@dataclass(frozen=True)
+class AcceptedMessage:
+    """A message that is durably on the mail queue."""
+
+    id: str
+    status: str = "queued"
+
+
+def submit_message(
+    body: bytes,
+    content_type: str | None,
+    *,
+    settings: Settings,
+    queue: MailQueue,
+    now: Callable[[], datetime],
+    new_id: Callable[[], str],
+) -> AcceptedMessage:
+    """Validate a request and enqueue it; raise RequestRejected or StorageUnavailable."""
+    if not _is_json(content_type):
+        raise UnsupportedMediaType(
+            f"the body must be application/json, not {content_type or 'untyped'}"
+        )
+    if len(body) > settings.max_request_bytes:
+        raise PayloadTooLarge(
+            f"the body is {len(body)} bytes; this gateway accepts at most "
+            f"{settings.max_request_bytes} (MAX_REQUEST_BYTES)"
+        )
+    accepted_at = now()
+    try:
+        request = MailRequest.model_validate_json(body, context={"now": accepted_at})
+    except ValidationError as error:
+        problems = field_problems(error)
+        raise InvalidMessage(
+            f"the message has {len(problems)} invalid field(s)", problems
+        ) from None
+    _check_sender(request, settings)
+    envelope = QueueEnvelope(id=new_id(), accepted_at=accepted_at, message=request)
+    _check_fits_queue(envelope)
+    queue.enqueue(envelope)
+    logger.info(
+        "Message %s queued for %s recipient domain(s) %s",
+        envelope.id,
+        len(request.recipient_domains()),
+        ",".join(request.recipient_domains()),
+        extra={"mailgate_id": envelope.id},
+    )
+    return AcceptedMessage(envelope.id)
+
+
+def sender_allowed(address: str, allowed_senders: tuple[str, ...]) -> bool:
+    """Whether an address is listed itself or by its @domain."""
+    address = address.lower()
+    return address in allowed_senders or "@" + address.rpartition("@")[2] in allowed_senders
+
+
+def _check_sender(request: MailRequest, settings: Settings) -> None:
+    if not sender_allowed(request.from_.email, settings.allowed_senders):
+        raise SenderNotAllowed(
+            "this gateway does not send for that address (ALLOWED_SENDERS)",
+            (FieldProblem("#/from", "is not an allowed sender"),),
+        )
+
+
+def _check_fits_queue(envelope: QueueEnvelope) -> None:
+    size = len(envelope.to_json().encode())
+    if size > MAX_QUEUED_JSON_BYTES:
+        pointer = "#/attachments" if envelope.message.attachments else "#"
+        raise PayloadTooLarge(
+            f"the message takes {size} bytes queued; one queue message holds at most "
+            f"{MAX_QUEUED_JSON_BYTES}. Large attachments are not supported yet: send smaller ones",
+            (FieldProblem(pointer, "makes the message too large for one queue message"),),
+        )
+
+
+def _is_json(content_type: str | None) -> bool:
+    media_type = (content_type or "").partition(";")[0].strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
