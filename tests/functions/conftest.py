@@ -1,0 +1,44 @@
+"""Fixtures for calling the registered functions: the process-wide gateway, replaced."""
+
+from __future__ import annotations
+
+import pytest
+
+import functions.delivery
+import functions.health
+import functions.messages
+import shared.gateway
+from shared.gateway import Gateway
+from shared.settings import Settings
+from tests.fakes import FakeMailQueue, FakeMailSender
+from tests.samples import NOW
+
+MESSAGE_ID = "5d0c6a52-7c9e-4a57-9a4e-1f1f6d3b2c10"
+
+
+@pytest.fixture
+def gateway(
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_sender: FakeMailSender,
+) -> Gateway:
+    """The gateway every function gets from get_gateway(), on the in-memory queue and provider."""
+    replacement = Gateway(
+        settings, fake_queue, fake_sender, now=lambda: NOW, new_id=lambda: MESSAGE_ID
+    )
+    monkeypatch.setattr(shared.gateway, "_gateway", replacement)
+    return replacement
+
+
+def _gateway_from_empty_settings() -> Gateway:
+    # Raises the ConfigurationError the real app settings would, had they been left empty.
+    return Gateway.from_settings(Settings.from_env({}))
+
+
+@pytest.fixture
+def misconfigured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """get_gateway() raises ConfigurationError in every function, as with bad app settings."""
+    monkeypatch.setattr(shared.gateway, "_gateway", None)
+    for module in (functions.messages, functions.health, functions.delivery):
+        monkeypatch.setattr(module, "get_gateway", _gateway_from_empty_settings)

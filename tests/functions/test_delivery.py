@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from azure.functions.queue import QueueMessage
+
+from functions.delivery import deliver_message
+from shared.errors import (
+    ConfigurationError,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+    StorageUnavailable,
+)
+from shared.gateway import Gateway
+from tests.fakes import FakeMailQueue, FakeMailSender
+from tests.samples import envelope
+
+
+def queue_message(content: bytes, dequeue_count: int = 1) -> QueueMessage:
+    return QueueMessage(
+        id="3f0e7d4c-queue-message", body=content, dequeue_count=dequeue_count, pop_receipt="pr-1"
+    )
+
+
+def test_should_send_a_queued_message(
+    gateway: Gateway, fake_queue: FakeMailQueue, fake_sender: FakeMailSender
+) -> None:
+    queued = envelope(id="msg-11")
+
+    deliver_message(queue_message(queued.to_json().encode()))
+
+    [payload] = fake_sender.payloads
+    assert payload["custom_args"]["mailgate_id"] == "msg-11"
+    assert (fake_queue.messages, fake_queue.poison) == ([], [])
+    assert fake_queue.ensure_exists_calls == 1
+
+
+def test_should_requeue_a_retryable_failure_and_return_normally(
+    gateway: Gateway, fake_queue: FakeMailQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        gateway, "sender", FakeMailSender(RetryableDeliveryError("SendGrid answered 503"))
+    )
+
+    deliver_message(queue_message(envelope(id="msg-12").to_json().encode()))
+
+    assert [(e.id, e.attempt) for e in fake_queue.envelopes] == [("msg-12", 2)]
+    assert fake_queue.messages[0].delay_seconds == 30
+
+
+def test_should_dead_letter_a_permanent_failure_and_return_normally(
+    gateway: Gateway, fake_queue: FakeMailQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refusal = PermanentDeliveryError("SendGrid refused the message with 400", status_code=400)
+    monkeypatch.setattr(gateway, "sender", FakeMailSender(refusal))
+
+    deliver_message(queue_message(envelope(id="msg-13").to_json().encode()))
+
+    [record] = [json.loads(text) for text in fake_queue.poison]
+    assert (record["id"], record["dead_letter"]["status_code"]) == ("msg-13", 400)
+    assert fake_queue.messages == []
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_dead_letter_an_unreadable_message_and_return_normally(
+    fake_queue: FakeMailQueue, fake_sender: FakeMailSender
+) -> None:
+    deliver_message(queue_message(b"hello"))
+
+    [record] = [json.loads(text) for text in fake_queue.poison]
+    assert record["raw_message"] == "hello"
+    assert fake_sender.payloads == []
+
+
+@pytest.mark.usefixtures("gateway")
+@pytest.mark.parametrize("operation", ["ensure_exists", "enqueue"])
+def test_should_raise_when_storage_is_unavailable_so_the_host_retries(
+    operation: str, fake_queue: FakeMailQueue, monkeypatch: pytest.MonkeyPatch, gateway: Gateway
+) -> None:
+    monkeypatch.setattr(
+        gateway, "sender", FakeMailSender(RetryableDeliveryError("SendGrid answered 503"))
+    )
+    fake_queue.make_unavailable([operation])
+
+    with pytest.raises(StorageUnavailable):
+        deliver_message(queue_message(envelope().to_json().encode()))
+
+
+@pytest.mark.usefixtures("misconfigured")
+def test_should_raise_when_the_settings_are_bad_so_the_host_retries() -> None:
+    with pytest.raises(ConfigurationError):
+        deliver_message(queue_message(envelope().to_json().encode()))
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_warn_when_the_host_delivers_a_message_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="functions.delivery"):
+        deliver_message(queue_message(envelope().to_json().encode(), dequeue_count=3))
+
+    [record] = [r for r in caplog.records if r.name == "functions.delivery"]
+    assert "3f0e7d4c-queue-message" in record.getMessage()
+    assert "3" in record.getMessage()
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_not_warn_on_a_first_delivery(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="functions.delivery"):
+        deliver_message(queue_message(envelope().to_json().encode(), dequeue_count=1))
+
+    assert [r for r in caplog.records if r.name == "functions.delivery"] == []

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+from pathlib import Path
+from types import ModuleType
+
+import azure.functions as func
+import pytest
+from azure.functions.decorators.core import Binding
+from azure.functions.decorators.function_app import Function
+from azure.functions.decorators.http import HttpTrigger
+from azure.functions.decorators.queue import QueueTrigger
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def function_app() -> ModuleType:
+    # A fresh import: get_functions() may be called only once per FunctionApp.
+    return importlib.reload(importlib.import_module("function_app"))
+
+
+@pytest.fixture(scope="module")
+def functions_by_name(function_app: ModuleType) -> dict[str, Function]:
+    app = function_app.app
+    assert isinstance(app, func.FunctionApp)
+    return {str(f.get_function_name()): f for f in app.get_functions()}
+
+
+def trigger_of(function: Function) -> Binding:
+    trigger = function.get_trigger()
+    assert trigger is not None
+    return trigger
+
+
+def test_should_define_exactly_one_function_app(function_app: ModuleType) -> None:
+    apps = [v for v in vars(function_app).values() if isinstance(v, func.FunctionApp)]
+
+    assert len(apps) == 1
+
+
+def test_should_register_exactly_the_gateway_functions(
+    functions_by_name: dict[str, Function],
+) -> None:
+    assert sorted(functions_by_name) == ["deliver_message", "health", "submit_message"]
+
+
+@pytest.mark.parametrize(
+    ("name", "route", "method", "auth_level"),
+    [
+        ("submit_message", "v1/messages", "POST", func.AuthLevel.FUNCTION),
+        ("health", "health", "GET", func.AuthLevel.ANONYMOUS),
+    ],
+)
+def test_should_route_each_http_function(
+    name: str,
+    route: str,
+    method: str,
+    auth_level: func.AuthLevel,
+    functions_by_name: dict[str, Function],
+) -> None:
+    trigger = trigger_of(functions_by_name[name])
+
+    assert trigger.type == "httpTrigger"
+    assert isinstance(trigger, HttpTrigger)
+    assert trigger.route == route
+    assert [str(m.value) for m in trigger.methods or []] == [method]
+    assert trigger.auth_level == auth_level
+
+
+def test_should_trigger_delivery_from_the_configured_mail_queue(
+    functions_by_name: dict[str, Function],
+) -> None:
+    trigger = trigger_of(functions_by_name["deliver_message"])
+
+    assert trigger.type == "queueTrigger"
+    assert isinstance(trigger, QueueTrigger)
+    assert trigger.queue_name == "%MAIL_QUEUE_NAME%"
+    assert trigger.connection == "AzureWebJobsStorage"
+
+
+@pytest.mark.parametrize("name", ["submit_message", "health", "deliver_message"])
+def test_should_name_each_binding_after_a_parameter_of_its_function(
+    name: str, functions_by_name: dict[str, Function]
+) -> None:
+    # The real worker refuses to load a function whose arg_name is not a parameter.
+    function = functions_by_name[name]
+    parameters = set(inspect.signature(function.get_user_function()).parameters)
+
+    names = {b.name for b in function.get_bindings() if b.name != "$return"}
+
+    assert names
+    assert names <= parameters
+
+
+def imported_modules(path: Path) -> set[str]:
+    modules: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            modules.add(node.module)
+            modules.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return modules
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "shared").glob("*.py")), ids=lambda p: p.name)
+def test_should_keep_azure_functions_out_of_shared(path: Path) -> None:
+    offending = {
+        m
+        for m in imported_modules(path)
+        if m == "azure.functions" or m.startswith("azure.functions.")
+    }
+
+    assert offending == set()
+
+
+def test_should_find_the_shared_modules() -> None:
+    names = {p.name for p in (ROOT / "shared").glob("*.py")}
+
+    assert {"gateway.py", "models.py", "settings.py"} <= names

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import azure.functions as func
+import pytest
+
+from functions.health import health
+from tests.fakes import FakeMailQueue
+
+
+def get_health() -> tuple[int, dict[str, Any], func.HttpResponse]:
+    response = health(
+        func.HttpRequest(
+            method="GET",
+            url="http://localhost:7071/api/health",
+            headers={},
+            params={},
+            route_params={},
+            body=b"",
+        )
+    )
+    assert isinstance(response, func.HttpResponse)
+    document: dict[str, Any] = json.loads(response.get_body())
+    return response.status_code, document, response
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_answer_200_when_configured_and_storage_answers(fake_queue: FakeMailQueue) -> None:
+    status, document, response = get_health()
+
+    assert status == 200
+    assert response.mimetype == "application/json"
+    assert document == {
+        "status": "healthy",
+        "checks": {"configuration": "ok", "storage": "ok"},
+    }
+    assert fake_queue.check_calls == 1
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_answer_503_when_storage_does_not_answer(fake_queue: FakeMailQueue) -> None:
+    fake_queue.make_unavailable(["check"])
+
+    status, document, _ = get_health()
+
+    assert status == 503
+    assert document["status"] == "unhealthy"
+    assert document["checks"]["configuration"] == "ok"
+    assert document["checks"]["storage"].startswith("error:")
+    assert "mail-outbound" in document["checks"]["storage"]
+
+
+@pytest.mark.usefixtures("misconfigured")
+def test_should_answer_503_when_the_settings_are_bad() -> None:
+    status, document, _ = get_health()
+
+    assert status == 503
+    assert document["status"] == "unhealthy"
+    assert document["checks"]["configuration"].startswith("error:")
+    assert document["checks"]["storage"] == "not checked"

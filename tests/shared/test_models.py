@@ -1,0 +1,228 @@
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from shared.errors import FieldProblem
+from shared.models import (
+    Address,
+    Attachment,
+    DeadLetter,
+    MailRequest,
+    QueueEnvelope,
+    field_problems,
+)
+from tests.samples import (
+    ACCEPTED,
+    NOW,
+    REFUSED,
+    RESERVED_HEADER_NAMES,
+    SENDER,
+    Refusal,
+    everything_message,
+    message,
+    without,
+)
+
+
+def validate(document: dict[str, Any], now: datetime | None = NOW) -> MailRequest:
+    """Validate as the gateway does when it accepts a request (time rules relative to `now`)."""
+    return MailRequest.model_validate(document, context={"now": now})
+
+
+def problems_of(document: dict[str, Any], now: datetime | None = NOW) -> tuple[FieldProblem, ...]:
+    with pytest.raises(ValidationError) as caught:
+        validate(document, now)
+    return field_problems(caught.value)
+
+
+@pytest.mark.parametrize("document", ACCEPTED.values(), ids=ACCEPTED.keys())
+def test_should_accept_a_valid_message(document: dict[str, Any]) -> None:
+    request = validate(document)
+
+    assert request.from_.email
+    assert len(request.to) == len(document["to"])
+
+
+@pytest.mark.parametrize("case", REFUSED.values(), ids=REFUSED.keys())
+def test_should_refuse_an_invalid_message_pointing_at_the_field(case: Refusal) -> None:
+    problems = problems_of(case.document)
+
+    assert [p.pointer for p in problems] == [case.pointer]
+    assert case.detail in problems[0].detail
+
+
+@pytest.mark.parametrize("name", RESERVED_HEADER_NAMES)
+def test_should_refuse_reserved_headers_whatever_their_case(name: str) -> None:
+    problems = problems_of(message(headers={"X-Fine": "1", name: "value"}))
+
+    assert [p.pointer for p in problems] == ["#/headers"]
+    assert "reserved" in problems[0].detail
+    assert name in problems[0].detail
+
+
+@pytest.mark.parametrize(
+    ("given", "email", "name"),
+    [
+        ("ann@example.net", "ann@example.net", None),
+        ("  ann@example.net  ", "ann@example.net", None),
+        ("Ann Smith <ann@example.net>", "ann@example.net", "Ann Smith"),
+        ("<ann@example.net>", "ann@example.net", None),
+        ('"Smith, Ann" <ann@example.net>', "ann@example.net", "Smith, Ann"),
+        ('"Ann" <ann@example.net>', "ann@example.net", "Ann"),
+        ({"email": "ann@example.net"}, "ann@example.net", None),
+        ({"email": "ann@example.net", "name": "Smith, Ann"}, "ann@example.net", "Smith, Ann"),
+        ("Ann Smith <ann@EXAMPLE.net>", "ann@example.net", "Ann Smith"),
+    ],
+)
+def test_should_accept_each_address_form(given: Any, email: str, name: str | None) -> None:
+    request = validate(message(to=[given]))
+
+    assert request.to == [Address(email=email, name=name)]
+
+
+def test_should_accept_an_address_form_for_from_and_reply_to() -> None:
+    request = validate(
+        message(**{"from": f"Mailgate <{SENDER}>", "reply_to": '"Help, Desk" <help@example.com>'})
+    )
+
+    assert request.from_ == Address(email=SENDER, name="Mailgate")
+    assert request.reply_to == Address(email="help@example.com", name="Help, Desk")
+
+
+def test_should_refuse_from_spelt_as_the_python_attribute() -> None:
+    # The API field is "from"; populate_by_name also lets "from_" in, an undocumented alias.
+    problems = problems_of({**without(message(), "from"), "from_": SENDER})
+
+    assert {p.pointer for p in problems} == {"#/from", "#/from_"}
+
+
+def test_should_report_every_invalid_field_at_once() -> None:
+    problems = problems_of(
+        message(to=["nope"], subject="a\nb", categories=[f"c{i}" for i in range(11)])
+    )
+
+    assert {p.pointer for p in problems} == {"#/to/0/email", "#/subject", "#/categories"}
+
+
+def test_should_report_both_missing_subject_and_content() -> None:
+    problems = problems_of(without(message(), "subject", "text"))
+
+    assert [p.pointer for p in problems] == ["#/subject", "#/text"]
+
+
+def test_should_report_every_repeated_address() -> None:
+    problems = problems_of(
+        message(to=["a@example.net", "b@example.net"], cc=["B@example.net"], bcc=["A@example.net"])
+    )
+
+    assert [p.pointer for p in problems] == ["#/cc/0/email", "#/bcc/0/email"]
+
+
+def test_should_escape_json_pointer_characters_in_field_names() -> None:
+    problems = problems_of(message(headers={"X-A/B~C": "bad\r\nvalue"}))
+
+    assert [p.pointer for p in problems] == ["#/headers/X-A~1B~0C"]
+
+
+def test_should_apply_the_send_at_window_only_when_accepting() -> None:
+    past = (NOW - timedelta(days=3)).isoformat()
+
+    request = MailRequest.model_validate(message(send_at=past))
+
+    assert request.send_at == NOW - timedelta(days=3)
+
+
+def test_should_still_require_a_timezone_on_send_at_when_not_accepting() -> None:
+    with pytest.raises(ValidationError):
+        MailRequest.model_validate(message(send_at="2026-03-02T12:00:00"))
+
+
+def test_should_list_distinct_recipient_domains_for_logs() -> None:
+    request = validate(
+        message(to=["a@example.net", "b@Example.NET"], cc=["c@example.org"], bcc=["d@a.example"])
+    )
+
+    assert request.recipient_domains() == ["a.example", "example.net", "example.org"]
+
+
+def test_should_refuse_an_attachment_without_content() -> None:
+    with pytest.raises(ValidationError):
+        Attachment(filename="a.txt", content="")
+
+
+def everything_envelope(**changes: Any) -> QueueEnvelope:
+    request = validate(everything_message())
+    return QueueEnvelope(id="msg-42", accepted_at=NOW, message=request, **changes)
+
+
+@pytest.mark.parametrize(
+    "queued",
+    [
+        QueueEnvelope(id="msg-1", accepted_at=NOW, message=validate(message())),
+        everything_envelope(),
+        everything_envelope(attempt=5),
+        QueueEnvelope(
+            id="msg-2",
+            accepted_at=NOW,
+            message=validate(
+                without(message(template_id="d-1", template_data={"a": None, "b": [1]}), "text")
+            ),
+        ),
+        everything_envelope(
+            dead_letter=DeadLetter(
+                reason="SendGrid refused the message with 400",
+                status_code=400,
+                provider_error='{"errors":[]}',
+                attempts=1,
+                at=NOW,
+            )
+        ),
+    ],
+    ids=["minimal", "everything", "fifth attempt", "template with nulls", "dead letter"],
+)
+def test_should_round_trip_an_envelope_through_json(queued: QueueEnvelope) -> None:
+    assert QueueEnvelope.model_validate_json(queued.to_json()) == queued
+
+
+def test_should_decode_a_queued_envelope_whose_send_at_has_passed() -> None:
+    queued = everything_envelope()
+    assert queued.message.send_at is not None
+    hours_later = queued.message.send_at + timedelta(hours=1)
+    with pytest.raises(ValidationError):
+        validate(everything_message(), now=hours_later)
+
+    # The time rules apply only when a request is accepted, never to a queued message.
+    decoded = QueueEnvelope.model_validate_json(queued.to_json())
+
+    assert decoded == queued
+
+
+def test_should_queue_readable_versioned_json() -> None:
+    document = json.loads(everything_envelope().to_json())
+
+    assert document["version"] == 1
+    assert document["id"] == "msg-42"
+    assert document["attempt"] == 1
+    assert document["accepted_at"].startswith("2026-03-02T09:30:00")
+    assert document["message"]["from"] == {"email": SENDER, "name": "Mailgate Sender"}
+    assert "from_" not in document["message"]
+    assert "dead_letter" not in document
+
+
+def test_should_refuse_an_envelope_of_another_version() -> None:
+    document = json.loads(everything_envelope().to_json())
+
+    with pytest.raises(ValidationError):
+        QueueEnvelope.model_validate({**document, "version": 2})
+
+
+def test_should_refuse_an_envelope_with_unknown_fields() -> None:
+    document = json.loads(everything_envelope().to_json())
+
+    with pytest.raises(ValidationError):
+        QueueEnvelope.model_validate({**document, "priority": "high"})

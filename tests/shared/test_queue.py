@@ -1,0 +1,233 @@
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any, cast
+
+import pytest
+from azure.core.exceptions import ResourceExistsError, ServiceRequestError
+from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+from azure.storage.queue import QueueClient
+
+from shared.errors import StorageUnavailable
+from shared.queue import NEVER_EXPIRES, MailQueue, token_credential
+from shared.settings import Settings, StorageSettings
+from tests.samples import BASE_ENV, envelope
+
+IDENTITY_ENV = {k: v for k, v in BASE_ENV.items() if k != "AzureWebJobsStorage"}
+CLIENT_ID = "00000000-0000-0000-0000-0000000000c1"
+
+
+class RecordingQueueClient:
+    """The few QueueClient calls MailQueue makes, recorded; `error` makes each call raise it."""
+
+    def __init__(self, queue_name: str, error: Exception | None = None) -> None:
+        self.queue_name = queue_name
+        self.error = error
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.created = 0
+        self.property_reads = 0
+
+    def send_message(self, content: str, **options: Any) -> None:
+        self._maybe_fail()
+        self.sent.append((content, options))
+
+    def create_queue(self) -> None:
+        self._maybe_fail()
+        self.created += 1
+
+    def get_queue_properties(self) -> None:
+        self._maybe_fail()
+        self.property_reads += 1
+
+    def _maybe_fail(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+def mail_queue(mail: RecordingQueueClient, poison: RecordingQueueClient | None = None) -> MailQueue:
+    poison = poison or RecordingQueueClient("mail-outbound-poison")
+    return MailQueue(cast(QueueClient, mail), cast(QueueClient, poison))
+
+
+@pytest.mark.parametrize(
+    ("storage", "credential_type"),
+    [
+        (
+            StorageSettings(
+                queue_service_uri="https://a.queue.core.windows.net",
+                credential="managedidentity",
+                client_id=CLIENT_ID,
+            ),
+            ManagedIdentityCredential,
+        ),
+        (
+            StorageSettings(
+                queue_service_uri="https://a.queue.core.windows.net",
+                credential="ManagedIdentity",
+                client_id=CLIENT_ID,
+            ),
+            ManagedIdentityCredential,
+        ),
+        (
+            StorageSettings(
+                queue_service_uri="https://a.queue.core.windows.net", credential="managedidentity"
+            ),
+            ManagedIdentityCredential,
+        ),
+        (
+            StorageSettings(queue_service_uri="https://a.queue.core.windows.net"),
+            DefaultAzureCredential,
+        ),
+        (
+            StorageSettings(
+                queue_service_uri="https://a.queue.core.windows.net", client_id=CLIENT_ID
+            ),
+            DefaultAzureCredential,
+        ),
+    ],
+)
+def test_should_pick_the_credential_the_host_would_use(
+    storage: StorageSettings, credential_type: type
+) -> None:
+    assert type(token_credential(storage)) is credential_type
+
+
+@pytest.mark.parametrize(
+    ("identity_env", "account", "queue_url"),
+    [
+        (
+            {
+                "AzureWebJobsStorage__accountName": "mailgateprod",
+                "AzureWebJobsStorage__credential": "managedidentity",
+                "AzureWebJobsStorage__clientId": CLIENT_ID,
+            },
+            "mailgateprod",
+            "https://mailgateprod.queue.core.windows.net/mail-outbound",
+        ),
+        (
+            {"AzureWebJobsStorage__queueServiceUri": "https://mailgatedev.queue.core.windows.net"},
+            "mailgatedev",
+            "https://mailgatedev.queue.core.windows.net/mail-outbound",
+        ),
+    ],
+)
+def test_should_aim_identity_based_clients_at_the_configured_account(
+    identity_env: dict[str, str], account: str, queue_url: str
+) -> None:
+    queue = MailQueue.from_settings(Settings.from_env({**IDENTITY_ENV, **identity_env}))
+
+    assert (queue._mail.account_name, queue._mail.url) == (account, queue_url)
+    assert queue._poison.url == queue_url + "-poison"
+    assert isinstance(queue._mail.credential, (ManagedIdentityCredential, DefaultAzureCredential))
+
+
+def test_should_aim_connection_string_clients_at_azurite() -> None:
+    settings = Settings.from_env({**BASE_ENV, "AzureWebJobsStorage": "UseDevelopmentStorage=true"})
+
+    queue = MailQueue.from_settings(settings)
+
+    assert queue._mail.url == "http://127.0.0.1:10001/devstoreaccount1/mail-outbound"
+    assert (queue.name, queue.poison_name) == ("mail-outbound", "mail-outbound-poison")
+
+
+def test_should_name_the_queues_from_settings() -> None:
+    queue = MailQueue.from_settings(Settings.from_env({**BASE_ENV, "MAIL_QUEUE_NAME": "mail-eu"}))
+
+    assert (queue.name, queue.poison_name) == ("mail-eu", "mail-eu-poison")
+
+
+def test_should_encode_messages_in_base64_as_the_host_reads_them() -> None:
+    # The host's default messageEncoding is base64: raw text would go straight to poison.
+    queue = MailQueue.from_settings(Settings.from_env(BASE_ENV))
+
+    for client in (queue._mail, queue._poison):
+        encoded = client._message_encode_policy('{"version":1}')
+        assert base64.b64decode(encoded) == b'{"version":1}'
+
+
+def test_should_send_the_envelope_json_visible_at_once() -> None:
+    mail = RecordingQueueClient("mail-outbound")
+    queued = envelope(id="msg-7")
+
+    mail_queue(mail).enqueue(queued)
+
+    [(text, options)] = mail.sent
+    assert json.loads(text) == json.loads(queued.to_json())
+    assert options.get("visibility_timeout") is None
+
+
+def test_should_send_a_retry_invisible_for_its_delay() -> None:
+    mail = RecordingQueueClient("mail-outbound")
+
+    mail_queue(mail).enqueue(envelope(), delay_seconds=120)
+
+    [(_, options)] = mail.sent
+    assert options["visibility_timeout"] == 120
+
+
+def test_should_keep_dead_letters_forever_on_the_poison_queue() -> None:
+    mail, poison = (
+        RecordingQueueClient("mail-outbound"),
+        RecordingQueueClient("mail-outbound-poison"),
+    )
+
+    mail_queue(mail, poison).dead_letter('{"dead_letter": {}}')
+
+    assert mail.sent == []
+    assert poison.sent == [('{"dead_letter": {}}', {"time_to_live": NEVER_EXPIRES})]
+    assert NEVER_EXPIRES == -1
+
+
+def test_should_report_storage_unavailable_naming_the_queue_when_a_send_fails() -> None:
+    mail = RecordingQueueClient("mail-outbound", error=ServiceRequestError("connection refused"))
+
+    with pytest.raises(StorageUnavailable, match="mail-outbound"):
+        mail_queue(mail).enqueue(envelope())
+
+
+def test_should_report_storage_unavailable_when_a_dead_letter_fails() -> None:
+    poison = RecordingQueueClient("mail-outbound-poison", error=ServiceRequestError("timed out"))
+
+    with pytest.raises(StorageUnavailable, match="mail-outbound-poison"):
+        mail_queue(RecordingQueueClient("mail-outbound"), poison).dead_letter("{}")
+
+
+def test_should_create_both_queues() -> None:
+    mail, poison = (
+        RecordingQueueClient("mail-outbound"),
+        RecordingQueueClient("mail-outbound-poison"),
+    )
+
+    mail_queue(mail, poison).ensure_exists()
+
+    assert (mail.created, poison.created) == (1, 1)
+
+
+def test_should_accept_queues_that_already_exist() -> None:
+    mail = RecordingQueueClient("mail-outbound", error=ResourceExistsError("QueueAlreadyExists"))
+    poison = RecordingQueueClient("mail-outbound-poison", error=ResourceExistsError("exists"))
+
+    mail_queue(mail, poison).ensure_exists()
+
+
+def test_should_report_storage_unavailable_when_a_queue_cannot_be_created() -> None:
+    mail = RecordingQueueClient("mail-outbound", error=ServiceRequestError("connection refused"))
+
+    with pytest.raises(StorageUnavailable, match="mail-outbound"):
+        mail_queue(mail).ensure_exists()
+
+
+def test_should_check_storage_by_reading_the_mail_queue() -> None:
+    mail = RecordingQueueClient("mail-outbound")
+
+    mail_queue(mail).check()
+
+    assert mail.property_reads == 1
+
+
+def test_should_report_storage_unavailable_when_the_check_fails() -> None:
+    mail = RecordingQueueClient("mail-outbound", error=ServiceRequestError("connection refused"))
+
+    with pytest.raises(StorageUnavailable, match="ServiceRequestError"):
+        mail_queue(mail).check()

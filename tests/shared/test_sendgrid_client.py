@@ -1,0 +1,367 @@
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from shared.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
+from shared.models import MailRequest, QueueEnvelope
+from shared.sendgrid_client import (
+    MAIL_SEND_PATH,
+    SendGridClient,
+    build_payload,
+    retry_after_seconds,
+)
+from shared.settings import Settings
+from tests.samples import NOW, PNG_BASE64, SENDER, everything_message, message, without
+
+API_KEY = "SG.unit-test-key"
+BASE_URL = "https://api.sendgrid.test"
+
+
+def payload_for(document: dict[str, Any], id: str = "msg-0001") -> dict[str, Any]:
+    request = MailRequest.model_validate(document)
+    return build_payload(QueueEnvelope(id=id, accepted_at=NOW, message=request))
+
+
+# --- payload building ---------------------------------------------------------------------
+
+
+def test_should_build_a_plain_payload() -> None:
+    payload = payload_for(message(), id="msg-9")
+
+    assert payload == {
+        "from": {"email": SENDER},
+        "subject": "Hello",
+        "personalizations": [{"to": [{"email": "someone@example.net"}]}],
+        "content": [{"type": "text/plain", "value": "Hi there"}],
+        "custom_args": {"mailgate_id": "msg-9"},
+    }
+
+
+def test_should_put_recipients_in_one_personalization() -> None:
+    payload = payload_for(everything_message())
+
+    [personalization] = payload["personalizations"]
+    assert personalization["to"] == [
+        {"email": "ann@example.net", "name": "Ann"},
+        {"email": "bob@example.net", "name": "Bob"},
+    ]
+    assert personalization["cc"] == [{"email": "carol@example.net"}]
+    assert personalization["bcc"] == [{"email": "dee@example.net", "name": "Dee, Auditor"}]
+
+
+def test_should_carry_sender_reply_to_and_subject() -> None:
+    payload = payload_for(everything_message())
+
+    assert payload["from"] == {"email": SENDER, "name": "Mailgate Sender"}
+    assert payload["reply_to"] == {"email": "support@example.com", "name": "Support"}
+    assert payload["subject"] == "Your order"
+
+
+def test_should_put_text_before_html() -> None:
+    payload = payload_for(message(html="<p>H</p>", text="T"))
+
+    assert payload["content"] == [
+        {"type": "text/plain", "value": "T"},
+        {"type": "text/html", "value": "<p>H</p>"},
+    ]
+
+
+def test_should_send_html_alone_when_there_is_no_text() -> None:
+    payload = payload_for(without(message(html="<p>H</p>"), "text"))
+
+    assert payload["content"] == [{"type": "text/html", "value": "<p>H</p>"}]
+
+
+def test_should_send_a_template_with_its_dynamic_data() -> None:
+    data = {"name": "Ann", "items": [{"sku": "A1", "qty": 2}], "coupon": None}
+    payload = payload_for(
+        without(message(template_id="d-0123456789abcdef", template_data=data), "subject", "text")
+    )
+
+    assert payload["template_id"] == "d-0123456789abcdef"
+    assert payload["personalizations"][0]["dynamic_template_data"] == data
+    assert "content" not in payload
+    assert "subject" not in payload
+
+
+def test_should_carry_headers_and_categories() -> None:
+    payload = payload_for(everything_message())
+
+    assert payload["headers"] == {
+        "X-Campaign": "spring",
+        "List-Unsubscribe": "<mailto:u@example.com>",
+    }
+    assert sorted(payload["categories"]) == ["orders", "receipts"]
+
+
+def test_should_add_the_gateway_id_to_custom_args() -> None:
+    payload = payload_for(everything_message(), id="7f1d2c3b-aaaa-bbbb-cccc-000000000001")
+
+    assert payload["custom_args"] == {
+        "order": "42",
+        "tenant": "acme",
+        "mailgate_id": "7f1d2c3b-aaaa-bbbb-cccc-000000000001",
+    }
+
+
+def test_should_send_send_at_as_an_integer_epoch() -> None:
+    payload = payload_for(message(send_at="2026-03-02T12:00:00+02:00"))
+
+    expected = int(datetime(2026, 3, 2, 10, 0, tzinfo=timezone.utc).timestamp())
+    assert payload["send_at"] == expected
+    assert type(payload["send_at"]) is int
+
+
+def test_should_carry_attachments_with_type_disposition_and_content_id() -> None:
+    payload = payload_for(everything_message())
+
+    assert sorted(payload["attachments"], key=lambda a: str(a["filename"])) == [
+        {
+            "content": "JVBERi0xLjQK",
+            "filename": "invoice.pdf",
+            "type": "application/pdf",
+            "disposition": "attachment",
+        },
+        {
+            "content": PNG_BASE64,
+            "filename": "logo.png",
+            "type": "image/png",
+            "disposition": "inline",
+            "content_id": "logo",
+        },
+    ]
+
+
+def test_should_leave_out_an_attachment_type_that_was_not_given() -> None:
+    payload = payload_for(message(attachments=[{"filename": "a.txt", "content": "aGk="}]))
+
+    assert payload["attachments"] == [
+        {"content": "aGk=", "filename": "a.txt", "disposition": "attachment"}
+    ]
+
+
+def test_should_build_a_json_serialisable_payload() -> None:
+    payload = payload_for(everything_message())
+
+    assert json.loads(json.dumps(payload)) == payload
+
+
+# --- sending and classifying outcomes -----------------------------------------------------
+
+
+def client_answering(
+    handler: Callable[[httpx.Request], httpx.Response],
+) -> tuple[SendGridClient, list[httpx.Request]]:
+    requests: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return handler(request)
+
+    return SendGridClient(BASE_URL, API_KEY, transport=httpx.MockTransport(record)), requests
+
+
+def failure_of(response: httpx.Response) -> DeliveryError:
+    client, _ = client_answering(lambda request: response)
+    with pytest.raises(DeliveryError) as caught:
+        client.send(payload_for(message()))
+    return caught.value
+
+
+def test_should_post_the_payload_to_mail_send_with_the_bearer_key() -> None:
+    client, requests = client_answering(
+        lambda request: httpx.Response(202, headers={"X-Message-Id": "sg-1"})
+    )
+    payload = payload_for(everything_message())
+
+    client.send(payload)
+
+    [request] = requests
+    assert request.method == "POST"
+    assert request.url == httpx.URL(BASE_URL + "/v3/mail/send")
+    assert MAIL_SEND_PATH == "/v3/mail/send"
+    assert request.headers["Authorization"] == f"Bearer {API_KEY}"
+    assert request.headers["Content-Type"] == "application/json"
+    assert json.loads(request.content) == payload
+
+
+@pytest.mark.parametrize("status", [200, 202])
+def test_should_return_sendgrid_message_id_on_success(status: int) -> None:
+    client, _ = client_answering(
+        lambda request: httpx.Response(status, headers={"X-Message-Id": "sg-abc"})
+    )
+
+    assert client.send(payload_for(message())) == "sg-abc"
+
+
+def test_should_return_no_id_when_sendgrid_gives_none() -> None:
+    client, _ = client_answering(lambda request: httpx.Response(202))
+
+    assert client.send(payload_for(message())) is None
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 413])
+def test_should_treat_a_refusal_as_permanent(status: int) -> None:
+    error_body = {"errors": [{"field": "from", "message": "not verified"}]}
+
+    failure = failure_of(httpx.Response(status, json=error_body))
+
+    assert type(failure) is PermanentDeliveryError
+    assert failure.status_code == status
+    assert failure.provider_error is not None
+    assert json.loads(failure.provider_error) == error_body
+    assert str(status) in failure.reason
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+def test_should_treat_throttling_and_server_errors_as_retryable(status: int) -> None:
+    failure = failure_of(httpx.Response(status, text="try later"))
+
+    assert type(failure) is RetryableDeliveryError
+    assert failure.status_code == status
+    assert failure.provider_error == "try later"
+    assert failure.retry_after_seconds is None
+    assert failure.ambiguous is False
+
+
+def test_should_cut_a_long_provider_error() -> None:
+    failure = failure_of(httpx.Response(400, text="e" * 5000))
+
+    assert failure.provider_error == "e" * 1000
+
+
+def test_should_record_no_provider_error_for_an_empty_body() -> None:
+    assert failure_of(httpx.Response(500)).provider_error is None
+
+
+def retryable_failure(response: httpx.Response) -> RetryableDeliveryError:
+    failure = failure_of(response)
+    assert isinstance(failure, RetryableDeliveryError)
+    return failure
+
+
+def test_should_honour_retry_after_in_seconds() -> None:
+    failure = retryable_failure(httpx.Response(429, headers={"Retry-After": "120"}))
+
+    assert failure.retry_after_seconds == 120.0
+
+
+def test_should_honour_retry_after_as_an_http_date() -> None:
+    when = datetime.now(timezone.utc) + timedelta(seconds=300)
+
+    failure = retryable_failure(
+        httpx.Response(503, headers={"Retry-After": format_datetime(when, usegmt=True)})
+    )
+
+    assert failure.retry_after_seconds is not None
+    assert 290 <= failure.retry_after_seconds <= 300
+
+
+def test_should_honour_the_rate_limit_reset_epoch() -> None:
+    reset = int(time.time()) + 60
+
+    failure = retryable_failure(
+        httpx.Response(
+            429,
+            headers={
+                "X-RateLimit-Limit": "600",
+                "X-RateLimit-Remaining": "0",
+                "X-RateLimit-Reset": str(reset),
+            },
+        )
+    )
+
+    assert failure.retry_after_seconds is not None
+    assert 55 <= failure.retry_after_seconds <= 60
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({}, None),
+        ({"Retry-After": "0"}, 0.0),
+        ({"Retry-After": " 30 "}, 30.0),
+        ({"Retry-After": "Mon, 02 Mar 2026 09:32:00 GMT"}, 120.0),
+        ({"Retry-After": "Mon, 02 Mar 2026 09:29:00 GMT"}, 0.0),
+        ({"Retry-After": "soon"}, None),
+        ({"Retry-After": "-5"}, None),
+        ({"X-RateLimit-Reset": str(int(NOW.timestamp()) + 45)}, 45.0),
+        ({"X-RateLimit-Reset": str(int(NOW.timestamp()) - 45)}, 0.0),
+        ({"X-RateLimit-Reset": "later"}, None),
+        ({"Retry-After": "10", "X-RateLimit-Reset": str(int(NOW.timestamp()) + 45)}, 10.0),
+        ({"Retry-After": "soon", "X-RateLimit-Reset": str(int(NOW.timestamp()) + 45)}, 45.0),
+    ],
+)
+def test_should_read_how_long_sendgrid_asks_to_wait(
+    headers: dict[str, str], expected: float | None
+) -> None:
+    assert retry_after_seconds(httpx.Headers(headers), now=NOW.timestamp()) == expected
+
+
+def transport_failure(error_type: type[httpx.TransportError]) -> RetryableDeliveryError:
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise error_type("simulated", request=request)
+
+    client, _ = client_answering(fail)
+    with pytest.raises(RetryableDeliveryError) as caught:
+        client.send(payload_for(message()))
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    "error_type", [httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout]
+)
+def test_should_retry_a_connection_failure_as_not_ambiguous(
+    error_type: type[httpx.TransportError],
+) -> None:
+    failure = transport_failure(error_type)
+
+    assert failure.ambiguous is False
+    assert failure.status_code is None
+    assert error_type.__name__ in failure.reason
+
+
+@pytest.mark.parametrize(
+    "error_type",
+    [httpx.ReadTimeout, httpx.WriteTimeout, httpx.RemoteProtocolError, httpx.ReadError],
+)
+def test_should_retry_a_lost_answer_as_ambiguous(error_type: type[httpx.TransportError]) -> None:
+    # The request may have reached SendGrid: the mail may already be accepted.
+    failure = transport_failure(error_type)
+
+    assert failure.ambiguous is True
+    assert failure.status_code is None
+    assert error_type.__name__ in failure.reason
+
+
+def test_should_never_put_the_api_key_in_an_error() -> None:
+    failure = failure_of(httpx.Response(401, json={"errors": [{"message": "bad key"}]}))
+
+    assert API_KEY not in str(failure)
+    assert API_KEY not in (failure.provider_error or "")
+
+
+def test_should_configure_timeouts_and_endpoint_from_settings(settings: Settings) -> None:
+    configured = Settings(
+        storage=settings.storage,
+        allowed_senders=settings.allowed_senders,
+        sendgrid_api_key=API_KEY,
+        sendgrid_api_base_url=BASE_URL,
+        sendgrid_connect_timeout_seconds=2.0,
+        sendgrid_timeout_seconds=12.0,
+    )
+
+    client = SendGridClient.from_settings(configured)
+
+    # The official client has no default timeout; this one must always have one.
+    assert client._http.timeout == httpx.Timeout(12.0, connect=2.0)
+    assert str(client._http.base_url).rstrip("/") == BASE_URL
+    client.close()

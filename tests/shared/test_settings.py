@@ -1,0 +1,316 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shared.errors import ConfigurationError
+from shared.settings import Settings, StorageSettings
+from tests.samples import BASE_ENV, SENDGRID_API_KEY, STORAGE_ACCOUNT_KEY, settings_with
+
+IDENTITY_ENV = {k: v for k, v in BASE_ENV.items() if k != "AzureWebJobsStorage"}
+
+
+def refusal(env: dict[str, str]) -> str:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env(env)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("attribute", "default"),
+    [
+        ("mail_queue_name", "mail-outbound"),
+        ("poison_queue_name", "mail-outbound-poison"),
+        ("sendgrid_api_base_url", "https://api.sendgrid.com"),
+        ("sendgrid_connect_timeout_seconds", 5.0),
+        ("sendgrid_timeout_seconds", 30.0),
+        ("max_request_bytes", 1_048_576),
+        ("max_delivery_attempts", 8),
+        ("retry_base_delay_seconds", 30.0),
+        ("retry_max_delay_seconds", 3600.0),
+    ],
+)
+def test_should_default_each_optional_setting(attribute: str, default: Any) -> None:
+    assert getattr(Settings.from_env(BASE_ENV), attribute) == default
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_should_treat_a_blank_optional_setting_as_unset(blank: str) -> None:
+    settings = settings_with(MAIL_QUEUE_NAME=blank, MAX_DELIVERY_ATTEMPTS=blank)
+
+    assert (settings.mail_queue_name, settings.max_delivery_attempts) == ("mail-outbound", 8)
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "attribute", "expected"),
+    [
+        ("MAIL_QUEUE_NAME", "outbound-2", "mail_queue_name", "outbound-2"),
+        ("MAIL_QUEUE_NAME", "abc", "mail_queue_name", "abc"),
+        ("MAIL_QUEUE_NAME", "a" * 56, "mail_queue_name", "a" * 56),
+        (
+            "SENDGRID_API_BASE_URL",
+            "https://sg.example.com/",
+            "sendgrid_api_base_url",
+            "https://sg.example.com",
+        ),
+        (
+            "SENDGRID_API_BASE_URL",
+            "http://127.0.0.1:7072",
+            "sendgrid_api_base_url",
+            "http://127.0.0.1:7072",
+        ),
+        (
+            "SENDGRID_API_BASE_URL",
+            "http://localhost:7072",
+            "sendgrid_api_base_url",
+            "http://localhost:7072",
+        ),
+        (
+            "SENDGRID_API_BASE_URL",
+            "http://[::1]:7072",
+            "sendgrid_api_base_url",
+            "http://[::1]:7072",
+        ),
+        ("SENDGRID_CONNECT_TIMEOUT_SECONDS", "2.5", "sendgrid_connect_timeout_seconds", 2.5),
+        ("SENDGRID_TIMEOUT_SECONDS", "200", "sendgrid_timeout_seconds", 200.0),
+        ("MAX_REQUEST_BYTES", "1024", "max_request_bytes", 1024),
+        ("MAX_DELIVERY_ATTEMPTS", " 3 ", "max_delivery_attempts", 3),
+        ("MAX_DELIVERY_ATTEMPTS", "1", "max_delivery_attempts", 1),
+        ("RETRY_BASE_DELAY_SECONDS", "5", "retry_base_delay_seconds", 5.0),
+        ("RETRY_MAX_DELAY_SECONDS", "604800", "retry_max_delay_seconds", 604_800.0),
+    ],
+)
+def test_should_read_each_setting(name: str, raw: str, attribute: str, expected: Any) -> None:
+    assert getattr(settings_with(**{name: raw}), attribute) == expected
+
+
+def test_should_name_the_poison_queue_after_the_mail_queue() -> None:
+    assert settings_with(MAIL_QUEUE_NAME="mail-eu").poison_queue_name == "mail-eu-poison"
+
+
+def test_should_read_allowed_senders_trimmed_and_lowercased() -> None:
+    settings = settings_with(ALLOWED_SENDERS=" NoReply@Example.COM , ,@Example.org ")
+
+    assert settings.allowed_senders == ("noreply@example.com", "@example.org")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "setting"),
+    [
+        ({"ALLOWED_SENDERS": ""}, "ALLOWED_SENDERS"),
+        ({"ALLOWED_SENDERS": " , ,"}, "ALLOWED_SENDERS"),
+        ({"ALLOWED_SENDERS": "noreply"}, "ALLOWED_SENDERS"),
+        ({"ALLOWED_SENDERS": "example.com"}, "ALLOWED_SENDERS"),
+        ({"ALLOWED_SENDERS": "@localhost"}, "ALLOWED_SENDERS"),
+        ({"ALLOWED_SENDERS": "noreply@"}, "ALLOWED_SENDERS"),
+        ({"ALLOWED_SENDERS": "no reply@example.com"}, "ALLOWED_SENDERS"),
+        ({"SENDGRID_API_KEY": ""}, "SENDGRID_API_KEY"),
+        ({"SENDGRID_API_KEY": "   "}, "SENDGRID_API_KEY"),
+        ({"MAIL_QUEUE_NAME": "Mail-Outbound"}, "MAIL_QUEUE_NAME"),
+        ({"MAIL_QUEUE_NAME": "ab"}, "MAIL_QUEUE_NAME"),
+        ({"MAIL_QUEUE_NAME": "a" * 57}, "MAIL_QUEUE_NAME"),
+        ({"MAIL_QUEUE_NAME": "a" * 63}, "MAIL_QUEUE_NAME"),
+        ({"MAIL_QUEUE_NAME": "mail--outbound"}, "MAIL_QUEUE_NAME"),
+        ({"MAIL_QUEUE_NAME": "-mail"}, "MAIL_QUEUE_NAME"),
+        ({"MAIL_QUEUE_NAME": "mail-"}, "MAIL_QUEUE_NAME"),
+        ({"MAIL_QUEUE_NAME": "mail_outbound"}, "MAIL_QUEUE_NAME"),
+        ({"MAIL_QUEUE_NAME": "mail-outbound-poison"}, "MAIL_QUEUE_NAME"),
+        ({"SENDGRID_API_BASE_URL": "http://api.sendgrid.com"}, "SENDGRID_API_BASE_URL"),
+        ({"SENDGRID_API_BASE_URL": "http://10.0.0.5:8080"}, "SENDGRID_API_BASE_URL"),
+        ({"SENDGRID_API_BASE_URL": "ftp://api.sendgrid.com"}, "SENDGRID_API_BASE_URL"),
+        ({"SENDGRID_API_BASE_URL": "api.sendgrid.com"}, "SENDGRID_API_BASE_URL"),
+        ({"SENDGRID_API_BASE_URL": "https://"}, "SENDGRID_API_BASE_URL"),
+        ({"SENDGRID_CONNECT_TIMEOUT_SECONDS": "five"}, "SENDGRID_CONNECT_TIMEOUT_SECONDS"),
+        ({"SENDGRID_CONNECT_TIMEOUT_SECONDS": "0"}, "SENDGRID_CONNECT_TIMEOUT_SECONDS"),
+        ({"SENDGRID_CONNECT_TIMEOUT_SECONDS": "61"}, "SENDGRID_CONNECT_TIMEOUT_SECONDS"),
+        ({"SENDGRID_TIMEOUT_SECONDS": "-1"}, "SENDGRID_TIMEOUT_SECONDS"),
+        ({"SENDGRID_TIMEOUT_SECONDS": "201"}, "SENDGRID_TIMEOUT_SECONDS"),
+        ({"SENDGRID_TIMEOUT_SECONDS": "nan"}, "SENDGRID_TIMEOUT_SECONDS"),
+        ({"MAX_REQUEST_BYTES": "1023"}, "MAX_REQUEST_BYTES"),
+        ({"MAX_REQUEST_BYTES": "1e9"}, "MAX_REQUEST_BYTES"),
+        ({"MAX_REQUEST_BYTES": "1MB"}, "MAX_REQUEST_BYTES"),
+        ({"MAX_DELIVERY_ATTEMPTS": "0"}, "MAX_DELIVERY_ATTEMPTS"),
+        ({"MAX_DELIVERY_ATTEMPTS": "101"}, "MAX_DELIVERY_ATTEMPTS"),
+        ({"MAX_DELIVERY_ATTEMPTS": "2.5"}, "MAX_DELIVERY_ATTEMPTS"),
+        ({"MAX_DELIVERY_ATTEMPTS": "eight"}, "MAX_DELIVERY_ATTEMPTS"),
+        ({"RETRY_BASE_DELAY_SECONDS": "0"}, "RETRY_BASE_DELAY_SECONDS"),
+        ({"RETRY_BASE_DELAY_SECONDS": "thirty"}, "RETRY_BASE_DELAY_SECONDS"),
+        ({"RETRY_MAX_DELAY_SECONDS": "604801"}, "RETRY_MAX_DELAY_SECONDS"),
+        (
+            {"RETRY_BASE_DELAY_SECONDS": "600", "RETRY_MAX_DELAY_SECONDS": "599"},
+            "RETRY_MAX_DELAY_SECONDS",
+        ),
+    ],
+)
+def test_should_refuse_an_invalid_setting_naming_it(
+    overrides: dict[str, str], setting: str
+) -> None:
+    assert setting in refusal({**BASE_ENV, **overrides})
+
+
+@pytest.mark.parametrize(
+    "allowed_senders",
+    ["noreply@example.com;@example.org", "noreply@example.com @example.org", "a@b@example.com"],
+)
+def test_should_refuse_allowed_senders_entries_that_are_not_one_address_or_domain(
+    allowed_senders: str,
+) -> None:
+    # Accepted today: such an entry matches no sender, so every message gets a puzzling 403.
+    assert "ALLOWED_SENDERS" in refusal({**BASE_ENV, "ALLOWED_SENDERS": allowed_senders})
+
+
+@pytest.mark.parametrize("setting", ["ALLOWED_SENDERS", "SENDGRID_API_KEY"])
+def test_should_refuse_a_missing_required_setting_naming_it(setting: str) -> None:
+    env = {k: v for k, v in BASE_ENV.items() if k != setting}
+
+    assert setting in refusal(env)
+
+
+def test_should_say_which_bound_a_number_broke() -> None:
+    message = refusal({**BASE_ENV, "MAX_DELIVERY_ATTEMPTS": "101"})
+
+    assert "between 1 and 100" in message
+
+
+def test_should_say_a_whole_number_is_needed_for_attempts() -> None:
+    assert "whole number" in refusal({**BASE_ENV, "MAX_DELIVERY_ATTEMPTS": "2.5"})
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "SENDGRID_API_KEY",
+        "ALLOWED_SENDERS",
+        "AzureWebJobsStorage",
+        "MAIL_QUEUE_NAME",
+        "SENDGRID_API_BASE_URL",
+        "MAX_DELIVERY_ATTEMPTS",
+    ],
+)
+def test_should_refuse_an_unresolved_key_vault_reference(setting: str) -> None:
+    reference = "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/x/)"
+
+    message = refusal({**BASE_ENV, setting: reference})
+
+    assert setting in message
+    assert "Key Vault" in message
+
+
+def test_should_refuse_an_unresolved_key_vault_reference_in_identity_storage_settings() -> None:
+    env = {
+        **IDENTITY_ENV,
+        "AzureWebJobsStorage__accountName": "@Microsoft.KeyVault(VaultName=kv;SecretName=acct)",
+    }
+
+    assert "AzureWebJobsStorage__accountName" in refusal(env)
+
+
+def test_should_refuse_missing_storage_naming_every_way_to_give_it() -> None:
+    message = refusal(IDENTITY_ENV)
+
+    assert "AzureWebJobsStorage" in message
+    assert "AzureWebJobsStorage__queueServiceUri" in message
+    assert "AzureWebJobsStorage__accountName" in message
+
+
+def test_should_refuse_identity_settings_without_an_account_or_uri() -> None:
+    env = {**IDENTITY_ENV, "AzureWebJobsStorage__credential": "managedidentity"}
+
+    assert "AzureWebJobsStorage" in refusal(env)
+
+
+def test_should_refuse_a_malformed_storage_connection_string_naming_it() -> None:
+    # Settings accept any text today; the queue client then fails with a bare ValueError when
+    # the gateway is first built, so both HTTP functions crash instead of answering cleanly.
+    env = {**BASE_ENV, "AzureWebJobsStorage": "not-a-connection-string"}
+
+    assert "AzureWebJobsStorage" in refusal(env)
+
+
+@pytest.mark.parametrize(
+    "connection_string",
+    [
+        "UseDevelopmentStorage=true",
+        BASE_ENV["AzureWebJobsStorage"],
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+        "QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;",
+    ],
+)
+def test_should_keep_a_storage_connection_string(connection_string: str) -> None:
+    settings = settings_with(AzureWebJobsStorage=connection_string)
+
+    assert settings.storage == StorageSettings(connection_string=connection_string)
+
+
+@pytest.mark.parametrize(
+    ("identity_env", "expected"),
+    [
+        (
+            {"AzureWebJobsStorage__accountName": "mailgateprod"},
+            StorageSettings(queue_service_uri="https://mailgateprod.queue.core.windows.net"),
+        ),
+        (
+            {"AzureWebJobsStorage__queueServiceUri": "https://q.example.net"},
+            StorageSettings(queue_service_uri="https://q.example.net"),
+        ),
+        (
+            {"AzureWebJobsStorage__serviceUri": "https://s.example.net"},
+            StorageSettings(queue_service_uri="https://s.example.net"),
+        ),
+        (
+            {
+                "AzureWebJobsStorage__accountName": "mailgateprod",
+                "AzureWebJobsStorage__credential": "managedidentity",
+                "AzureWebJobsStorage__clientId": "00000000-0000-0000-0000-000000000001",
+            },
+            StorageSettings(
+                queue_service_uri="https://mailgateprod.queue.core.windows.net",
+                credential="managedidentity",
+                client_id="00000000-0000-0000-0000-000000000001",
+            ),
+        ),
+    ],
+)
+def test_should_read_an_identity_based_storage_connection(
+    identity_env: dict[str, str], expected: StorageSettings
+) -> None:
+    assert Settings.from_env({**IDENTITY_ENV, **identity_env}).storage == expected
+
+
+def test_should_prefer_a_storage_connection_string_over_identity_settings() -> None:
+    settings = Settings.from_env({**BASE_ENV, "AzureWebJobsStorage__accountName": "elsewhere"})
+
+    assert settings.storage.connection_string == BASE_ENV["AzureWebJobsStorage"]
+    assert settings.storage.queue_service_uri is None
+
+
+def test_should_prefer_account_name_over_queue_service_uri_as_the_host_does() -> None:
+    # The Functions host (StorageClientProvider.TryGetServiceUri) reads accountName first:
+    # the gateway must enqueue to the account the queue trigger listens on.
+    settings = Settings.from_env(
+        {
+            **IDENTITY_ENV,
+            "AzureWebJobsStorage__accountName": "hostreads",
+            "AzureWebJobsStorage__queueServiceUri": "https://other.queue.core.windows.net",
+        }
+    )
+
+    assert settings.storage.queue_service_uri == "https://hostreads.queue.core.windows.net"
+
+
+def test_should_keep_secrets_out_of_the_settings_repr() -> None:
+    settings = Settings.from_env(BASE_ENV)
+
+    shown = repr(settings) + str(settings) + repr(settings.storage)
+
+    assert SENDGRID_API_KEY not in shown
+    assert STORAGE_ACCOUNT_KEY not in shown
+    assert "mail-outbound" in shown
+
+
+def test_should_be_frozen() -> None:
+    settings = Settings.from_env(BASE_ENV)
+
+    with pytest.raises(AttributeError):
+        settings.sendgrid_api_key = "other"  # type: ignore[misc]
