@@ -16,7 +16,7 @@ from shared.errors import DeliveryError, PermanentDeliveryError, RetryableDelive
 from shared.models import DeadLetter, QueueEnvelope
 from shared.queue import MailQueue
 from shared.sendgrid_client import build_payload
-from shared.settings import Settings
+from shared.settings import MAX_RETRY_DELAY_SECONDS, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +41,12 @@ class DeliveryOutcome:
 
 def retry_delay_seconds(attempt: int, settings: Settings, retry_after: float | None) -> int:
     """Exponential backoff from the attempt that failed, never sooner than SendGrid asked."""
-    delay: float = settings.retry_base_delay_seconds * 2.0 ** (attempt - 1)
-    if retry_after is not None:
-        delay = max(delay, retry_after)
-    return math.ceil(min(delay, settings.retry_max_delay_seconds))
+    backoff = min(
+        settings.retry_base_delay_seconds * 2.0 ** (attempt - 1), settings.retry_max_delay_seconds
+    )
+    # Retrying before SendGrid's own Retry-After only earns another 429 and wastes an attempt.
+    asked = min(retry_after or 0.0, MAX_RETRY_DELAY_SECONDS)
+    return math.ceil(max(backoff, asked))
 
 
 def deliver_message(

@@ -39,10 +39,9 @@ class FieldProblem:
 
 
 class RequestRejected(MailgateError):
-    """A request the gateway refuses; `status` and `title` shape its problem+json."""
+    """A request the gateway refuses; `status` is the HTTP status of its problem+json."""
 
     status = 400
-    title = "Bad Request"
 
     def __init__(self, detail: str, problems: tuple[FieldProblem, ...] = ()) -> None:
         super().__init__(detail)
@@ -54,28 +53,24 @@ class InvalidMessage(RequestRejected):
     """The request body is not a valid message."""
 
     status = 400
-    title = "Invalid message"
 
 
 class SenderNotAllowed(RequestRejected):
     """The sender is not one this gateway may send for."""
 
     status = 403
-    title = "Sender not allowed"
 
 
 class PayloadTooLarge(RequestRejected):
     """The body, or the message built from it, is too large."""
 
     status = 413
-    title = "Payload too large"
 
 
 class UnsupportedMediaType(RequestRejected):
     """The body is not `application/json`."""
 
     status = 415
-    title = "Unsupported media type"
 
 
 class StorageUnavailable(MailgateError):

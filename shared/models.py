@@ -30,6 +30,7 @@ MAX_CATEGORIES = 10
 MAX_CUSTOM_ARGS_BYTES = 10_000
 MAX_SEND_AT_AHEAD = timedelta(hours=72)
 MAILGATE_ID_ARG = "mailgate_id"
+MAX_MESSAGE_ID_LENGTH = 64
 
 # SendGrid refuses these in `headers`; the gateway sets the rest from the message fields.
 RESERVED_HEADERS = frozenset(
@@ -137,7 +138,7 @@ class Attachment(BaseModel):
 class MailRequest(BaseModel):
     """A message as submitted to `POST /api/v1/messages`, validated to SendGrid's limits."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     from_: AddressIn = Field(alias="from")
     to: list[AddressIn] = Field(min_length=1)
@@ -182,7 +183,7 @@ class MailRequest(BaseModel):
         if MAILGATE_ID_ARG in args:
             raise ValueError(f"{MAILGATE_ID_ARG!r} is reserved for the gateway's message id")
         # Leave room for the gateway's own id, which travels in the same object.
-        with_id = {**args, MAILGATE_ID_ARG: "0" * 32}
+        with_id = {**args, MAILGATE_ID_ARG: "0" * MAX_MESSAGE_ID_LENGTH}
         size = len(json.dumps(with_id, ensure_ascii=False).encode())
         if size >= MAX_CUSTOM_ARGS_BYTES:
             raise ValueError(f"must be under {MAX_CUSTOM_ARGS_BYTES} bytes as JSON, is {size}")
@@ -261,7 +262,7 @@ class QueueEnvelope(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: Literal[1] = 1
-    id: str = Field(min_length=1, max_length=64)
+    id: str = Field(min_length=1, max_length=MAX_MESSAGE_ID_LENGTH)
     accepted_at: datetime
     attempt: int = Field(default=1, ge=1)
     message: MailRequest

@@ -19,6 +19,8 @@ MAX_RETRY_DELAY_SECONDS = 7 * 24 * 3600
 
 # 3-63 characters in Azure; 56 at most so that "<name>-poison" still fits.
 _QUEUE_NAME = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,54}[a-z0-9]$")
+# An address (local@domain) or an @domain, one of each, without separators or spaces.
+_SENDER_ENTRY = re.compile(r"^[^@\s,;]*@[^@\s,;]+\.[^@\s,;]+$")
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
@@ -140,12 +142,16 @@ class _Reader:
 def _storage_settings(reader: _Reader) -> StorageSettings:
     connection_string = reader.text(STORAGE_CONNECTION)
     if connection_string:
+        _check_connection_string(connection_string)
         return StorageSettings(connection_string=connection_string)
     prefix = f"{STORAGE_CONNECTION}__"
-    uri = reader.text(prefix + "queueServiceUri") or reader.text(prefix + "serviceUri")
+    # The host's order: accountName, then queueServiceUri, then serviceUri.
     account = reader.text(prefix + "accountName")
-    if not uri and account:
-        uri = f"https://{account}.queue.core.windows.net"
+    uri = (
+        f"https://{account}.queue.core.windows.net"
+        if account
+        else reader.text(prefix + "queueServiceUri") or reader.text(prefix + "serviceUri")
+    )
     if not uri:
         raise ConfigurationError(
             f"{STORAGE_CONNECTION} is not set: give a connection string, or "
@@ -158,6 +164,17 @@ def _storage_settings(reader: _Reader) -> StorageSettings:
     )
 
 
+def _check_connection_string(connection_string: str) -> None:
+    pairs = dict(part.split("=", 1) for part in connection_string.split(";") if "=" in part.strip())
+    keys = {key.strip().lower() for key in pairs}
+    if "usedevelopmentstorage" in keys or "queueendpoint" in keys or "accountname" in keys:
+        return
+    raise ConfigurationError(
+        f"{STORAGE_CONNECTION} is not a storage connection string: it needs AccountName, "
+        "QueueEndpoint or UseDevelopmentStorage=true"
+    )
+
+
 def _allowed_senders(raw: str | None) -> tuple[str, ...]:
     entries = tuple(e.strip().lower() for e in (raw or "").split(",") if e.strip())
     if not entries:
@@ -166,8 +183,7 @@ def _allowed_senders(raw: str | None) -> tuple[str, ...]:
             "for example 'noreply@example.com,@example.org'"
         )
     for entry in entries:
-        _, at, domain = entry.rpartition("@")
-        if not at or not domain or "." not in domain or " " in entry:
+        if not _SENDER_ENTRY.match(entry):
             raise ConfigurationError(
                 f"ALLOWED_SENDERS entry {entry!r} is neither an address nor an @domain"
             )
