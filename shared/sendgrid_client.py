@@ -57,6 +57,10 @@ def build_payload(envelope: QueueEnvelope) -> dict[str, Any]:
         personalization.add_bcc(Bcc(address.email, address.name))
     if request.template_data is not None:
         personalization.dynamic_template_data = request.template_data
+    # In the personalization rather than at the top level: SendGrid takes both, but its own
+    # schema types the top-level custom_args as a string.
+    for key, value in {**request.custom_args, MAILGATE_ID_ARG: envelope.id}.items():
+        personalization.add_custom_arg(CustomArg(key, value))
     mail.add_personalization(personalization)
     if request.reply_to is not None:
         mail.reply_to = ReplyTo(request.reply_to.email, request.reply_to.name)
@@ -72,8 +76,6 @@ def build_payload(envelope: QueueEnvelope) -> dict[str, Any]:
         mail.add_header(Header(name, value))
     for category in request.categories:
         mail.add_category(Category(category))
-    for key, value in {**request.custom_args, MAILGATE_ID_ARG: envelope.id}.items():
-        mail.add_custom_arg(CustomArg(key, value))
     if request.send_at is not None:
         mail.send_at = SendAt(int(request.send_at.timestamp()))
     for attachment in request.attachments:

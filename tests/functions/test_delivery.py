@@ -32,7 +32,7 @@ def test_should_send_a_queued_message(
     deliver_message(queue_message(queued.to_json().encode()))
 
     [payload] = fake_sender.payloads
-    assert payload["custom_args"]["mailgate_id"] == "msg-11"
+    assert payload["personalizations"][0]["custom_args"]["mailgate_id"] == "msg-11"
     assert (fake_queue.messages, fake_queue.poison) == ([], [])
     assert fake_queue.ensure_exists_calls == 1
 

@@ -54,7 +54,7 @@ def test_should_send_and_queue_nothing(settings: Settings, fake_queue: FakeMailQ
 
     assert outcome == DeliveryOutcome("sent", "msg-1", 2, provider_message_id="sg-123")
     assert sender.payloads == [build_payload(queued)]
-    assert sender.payloads[0]["custom_args"]["mailgate_id"] == "msg-1"
+    assert sender.payloads[0]["personalizations"][0]["custom_args"]["mailgate_id"] == "msg-1"
     assert (fake_queue.messages, fake_queue.poison) == ([], [])
 
 

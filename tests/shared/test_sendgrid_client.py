@@ -39,9 +39,10 @@ def test_should_build_a_plain_payload() -> None:
     assert payload == {
         "from": {"email": SENDER},
         "subject": "Hello",
-        "personalizations": [{"to": [{"email": "someone@example.net"}]}],
+        "personalizations": [
+            {"to": [{"email": "someone@example.net"}], "custom_args": {"mailgate_id": "msg-9"}}
+        ],
         "content": [{"type": "text/plain", "value": "Hi there"}],
-        "custom_args": {"mailgate_id": "msg-9"},
     }
 
 
@@ -102,10 +103,12 @@ def test_should_carry_headers_and_categories() -> None:
     assert sorted(payload["categories"]) == ["orders", "receipts"]
 
 
-def test_should_add_the_gateway_id_to_custom_args() -> None:
+def test_should_add_the_gateway_id_to_the_personalization_custom_args() -> None:
+    # Not top-level: SendGrid's own schema types the top-level custom_args as a string.
     payload = payload_for(everything_message(), id="7f1d2c3b-aaaa-bbbb-cccc-000000000001")
 
-    assert payload["custom_args"] == {
+    assert "custom_args" not in payload
+    assert payload["personalizations"][0]["custom_args"] == {
         "order": "42",
         "tenant": "acme",
         "mailgate_id": "7f1d2c3b-aaaa-bbbb-cccc-000000000001",
