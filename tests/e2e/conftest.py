@@ -1,0 +1,197 @@
+"""The real local stack for end-to-end tests: Azurite, the SendGrid stand-in and the local host."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from azure.core.exceptions import ResourceNotFoundError
+from azure.storage.queue import QueueClient, QueueServiceClient
+
+from devstack.azurite import Azurite
+from devstack.sendgrid_standin import SendGridStandIn
+
+REPO = Path(__file__).resolve().parents[2]
+FUNCTION_KEY = "e2e-function-key"
+MAIL_QUEUE = "mail-e2e"
+RETRY_BASE_DELAY_SECONDS = 1
+MAX_DELIVERY_ATTEMPTS = 3
+HOST_START_TIMEOUT = 30.0
+
+T = TypeVar("T")
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float = 15.0, interval: float = 0.1) -> T:
+    """Poll until `probe` returns something truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+class RunningHost:
+    """The local Functions host running the real function_app.py in a subprocess."""
+
+    def __init__(self, settings: Mapping[str, str], log_path: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SENDGRID_", "Azure"))}
+        env.update(settings)
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "devstack.host", "--app-dir", str(REPO), "--port", "0"],
+            cwd=REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            self.port = self._wait_until_started()
+        except BaseException:
+            self.stop()
+            raise
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.http = httpx.Client(base_url=self.base_url, timeout=30)
+
+    def _wait_until_started(self) -> int:
+        deadline = time.monotonic() + HOST_START_TIMEOUT
+        while time.monotonic() < deadline:
+            log = self.log()
+            if "Host started" in log:
+                match = re.search(r"Listening on http://127\.0\.0\.1:(\d+)", log)
+                assert match, log
+                return int(match[1])
+            if self._process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"the local host did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        """Everything the host and the functions logged so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def post_message(
+        self, message: Mapping[str, Any], key: str | None = FUNCTION_KEY
+    ) -> httpx.Response:
+        """POST /api/v1/messages with the function key."""
+        headers = {"x-functions-key": key} if key else {}
+        return self.http.post("/api/v1/messages", json=message, headers=headers)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL the host's process group."""
+        if self._process.poll() is None:
+            os.killpg(self._process.pid, signal.SIGTERM)
+            try:
+                self._process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._process.pid, signal.SIGKILL)
+                self._process.wait()
+        self._log.close()
+        if hasattr(self, "http"):
+            self.http.close()
+
+
+class Queues:
+    """Direct access to the mail and poison queues, as an operator would have."""
+
+    def __init__(self, connection_string: str, name: str) -> None:
+        service = QueueServiceClient.from_connection_string(connection_string)
+        self.mail = service.get_queue_client(name)
+        self.poison = service.get_queue_client(f"{name}-poison")
+
+    def peek(self, client: QueueClient) -> list[str]:
+        """The raw text of up to 32 visible messages."""
+        try:
+            return [m.content for m in client.peek_messages(max_messages=32)]
+        except ResourceNotFoundError:  # not created yet
+            return []
+
+    def poison_records(self) -> list[dict[str, Any]]:
+        """The poison queue's messages, base64-decoded where they are, as JSON where they parse."""
+        records = []
+        for text in self.peek(self.poison):
+            try:
+                records.append(json.loads(base64.b64decode(text, validate=True)))
+            except ValueError:
+                records.append({"undecodable": text})
+        return records
+
+    def clear(self) -> None:
+        """Empty both queues."""
+        for client in (self.mail, self.poison):
+            with contextlib.suppress(ResourceNotFoundError):  # not created yet
+                client.clear_messages()
+
+
+def gateway_settings(connection_string: str, standin: SendGridStandIn) -> dict[str, str]:
+    """App settings for a host aimed at the test Azurite and stand-in, with fast retries."""
+    return {
+        "FUNCTIONS_WORKER_RUNTIME": "python",
+        "AzureWebJobsStorage": connection_string,
+        "MAIL_QUEUE_NAME": MAIL_QUEUE,
+        "ALLOWED_SENDERS": "app@example.com,@apps.example.com",
+        "SENDGRID_API_BASE_URL": standin.base_url,
+        "SENDGRID_API_KEY": standin.api_key,
+        "SENDGRID_TIMEOUT_SECONDS": "5",
+        "MAX_DELIVERY_ATTEMPTS": str(MAX_DELIVERY_ATTEMPTS),
+        "RETRY_BASE_DELAY_SECONDS": str(RETRY_BASE_DELAY_SECONDS),
+        "RETRY_MAX_DELAY_SECONDS": "10",
+        "LOCAL_FUNCTION_KEY": FUNCTION_KEY,
+    }
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """Azurite in memory on free loopback ports."""
+    with Azurite(in_memory=True) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SendGridStandIn]:
+    """The SendGrid stand-in on a free loopback port."""
+    with SendGridStandIn(outbox=tmp_path_factory.mktemp("outbox")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def host(
+    azurite: Azurite, standin: SendGridStandIn, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningHost]:
+    """The local host running the gateway against the test Azurite and stand-in."""
+    running = RunningHost(
+        gateway_settings(azurite.connection_string, standin),
+        tmp_path_factory.mktemp("host") / "host.log",
+    )
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def queues(azurite: Azurite) -> Queues:
+    """The gateway's queues in the test Azurite."""
+    return Queues(azurite.connection_string, MAIL_QUEUE)
+
+
+@pytest.fixture
+def stack(host: RunningHost, standin: SendGridStandIn, queues: Queues) -> RunningHost:
+    """The running gateway, with the stand-in and the queues clean for this test."""
+    standin.reset()
+    queues.clear()
+    return host

@@ -1,0 +1,255 @@
+"""End to end: HTTP in, Azurite queue, queue trigger, HTTP out to the SendGrid stand-in."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+from devstack.sendgrid_standin import SendGridStandIn
+from tests.e2e.conftest import (
+    MAX_DELIVERY_ATTEMPTS,
+    RETRY_BASE_DELAY_SECONDS,
+    Queues,
+    RunningHost,
+    wait_for,
+)
+
+ATTACHMENT = b"%PDF-1.4 not really a pdf\n"
+
+
+def full_message(**overrides: Any) -> dict[str, Any]:
+    """A message using every field the API takes."""
+    message: dict[str, Any] = {
+        "from": "Billing App <app@example.com>",
+        "to": ["Ann Example <ann@customer.example.org>", {"email": "bob@customer.example.org"}],
+        "cc": ["carol@partner.example.net"],
+        "bcc": [{"email": "audit@example.com", "name": "Audit"}],
+        "reply_to": "support@example.com",
+        "subject": "Your invoice 42",
+        "text": "Invoice 42 is attached.",
+        "html": "<p>Invoice <b>42</b> is attached.</p>",
+        "headers": {"X-Invoice": "42"},
+        "categories": ["invoices"],
+        "custom_args": {"invoice": "42"},
+        "attachments": [
+            {
+                "filename": "invoice-42.pdf",
+                "content": base64.b64encode(ATTACHMENT).decode(),
+                "content_type": "application/pdf",
+            }
+        ],
+    }
+    message.update(overrides)
+    return message
+
+
+def mails_for(standin: SendGridStandIn, message_id: str) -> list[dict[str, Any]]:
+    """The mails the stand-in accepted that carry this gateway id."""
+    return [
+        mail
+        for mail in standin.mails()
+        if mail["payload"]["personalizations"][0].get("custom_args", {}).get("mailgate_id")
+        == message_id
+    ]
+
+
+def accept(stack: RunningHost, **overrides: Any) -> str:
+    """POST a message and return its id, asserting the 202 contract."""
+    response = stack.post_message(full_message(**overrides))
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "queued"
+    assert response.headers["Location"] == f"/api/v1/messages/{body['id']}"
+    return str(body["id"])
+
+
+def dead_letter_for(queues: Queues, message_id: str) -> dict[str, Any] | None:
+    """The poison record of this message, if it is there."""
+    return next((r for r in queues.poison_records() if r.get("id") == message_id), None)
+
+
+def test_should_deliver_an_accepted_message_exactly_once_with_all_its_parts(
+    stack: RunningHost, standin: SendGridStandIn, queues: Queues
+) -> None:
+    message_id = accept(stack)
+
+    [mail] = wait_for(lambda: mails_for(standin, message_id))
+    time.sleep(2.5)  # a second delivery would show up within two polling intervals
+
+    assert len(mails_for(standin, message_id)) == 1
+    payload = mail["payload"]
+    [personalization] = payload["personalizations"]
+    assert payload["from"] == {"email": "app@example.com", "name": "Billing App"}
+    assert [a["email"] for a in personalization["to"]] == [
+        "ann@customer.example.org",
+        "bob@customer.example.org",
+    ]
+    assert personalization["cc"] == [{"email": "carol@partner.example.net"}]
+    assert personalization["bcc"] == [{"email": "audit@example.com", "name": "Audit"}]
+    assert personalization["custom_args"] == {"invoice": "42", "mailgate_id": message_id}
+    assert payload["reply_to"] == {"email": "support@example.com"}
+    assert payload["subject"] == "Your invoice 42"
+    assert payload["content"] == [
+        {"type": "text/plain", "value": "Invoice 42 is attached."},
+        {"type": "text/html", "value": "<p>Invoice <b>42</b> is attached.</p>"},
+    ]
+    assert payload["headers"] == {"X-Invoice": "42"}
+    assert payload["categories"] == ["invoices"]
+    [attachment] = payload["attachments"]
+    assert base64.b64decode(attachment["content"]) == ATTACHMENT
+    assert attachment["filename"] == "invoice-42.pdf"
+    assert attachment["type"] == "application/pdf"
+    assert (standin.outbox / f"{mail['x_message_id']}.eml").is_file()
+    assert queues.peek(queues.mail) == []
+    assert dead_letter_for(queues, message_id) is None
+
+
+def test_should_keep_addresses_subjects_and_bodies_out_of_the_logs(
+    stack: RunningHost, standin: SendGridStandIn
+) -> None:
+    message_id = accept(stack)
+    wait_for(lambda: mails_for(standin, message_id))
+    time.sleep(0.5)
+
+    log = stack.log()
+    assert message_id in log
+    for secret in (
+        "ann@customer.example.org",
+        "carol@partner.example.net",
+        "Your invoice 42",
+        "Invoice 42 is attached",
+        standin.api_key,
+        base64.b64encode(ATTACHMENT).decode(),
+    ):
+        assert secret not in log
+
+
+def test_should_dead_letter_after_one_attempt_when_sendgrid_refuses_the_message(
+    stack: RunningHost, standin: SendGridStandIn, queues: Queues
+) -> None:
+    refusal = {
+        "errors": [
+            {
+                "message": "The from address does not match a verified Sender Identity.",
+                "field": "from",
+                "help": None,
+            }
+        ]
+    }
+    standin.script([{"status": 400, "body": refusal}])
+
+    message_id = accept(stack)
+    record = wait_for(lambda: dead_letter_for(queues, message_id))
+    time.sleep(1.5)
+
+    assert len(standin.requests()) == 1
+    assert mails_for(standin, message_id) == []
+    dead_letter = record["dead_letter"]
+    assert dead_letter["status_code"] == 400
+    assert dead_letter["attempts"] == 1
+    assert "400" in dead_letter["reason"]
+    assert "verified Sender Identity" in dead_letter["provider_error"]
+    assert record["message"]["subject"] == "Your invoice 42"
+    assert queues.peek(queues.mail) == []
+
+
+def test_should_retry_after_the_configured_delay_and_deliver_once(
+    stack: RunningHost, standin: SendGridStandIn, queues: Queues
+) -> None:
+    standin.script([{"status": 503}, {"status": 503}])
+
+    message_id = accept(stack)
+    wait_for(lambda: mails_for(standin, message_id), timeout=20)
+    time.sleep(1.5)
+
+    requests = standin.requests()
+    assert [r["status"] for r in requests] == [503, 503, 202]
+    times = [r["at"] for r in requests]
+    # Backoff doubles from RETRY_BASE_DELAY_SECONDS; the queue, not a sleep, takes the delay.
+    assert times[1] - times[0] >= RETRY_BASE_DELAY_SECONDS
+    assert times[2] - times[1] >= 2 * RETRY_BASE_DELAY_SECONDS
+    assert len(mails_for(standin, message_id)) == 1
+    assert dead_letter_for(queues, message_id) is None
+
+
+def test_should_dead_letter_after_the_configured_attempts_when_sendgrid_keeps_failing(
+    stack: RunningHost, standin: SendGridStandIn, queues: Queues
+) -> None:
+    standin.script([{"status": 503}] * MAX_DELIVERY_ATTEMPTS + [{"status": 503}])
+
+    message_id = accept(stack)
+    record = wait_for(lambda: dead_letter_for(queues, message_id), timeout=20)
+
+    assert len(standin.requests()) == MAX_DELIVERY_ATTEMPTS
+    dead_letter = record["dead_letter"]
+    assert dead_letter["attempts"] == MAX_DELIVERY_ATTEMPTS
+    assert dead_letter["status_code"] == 503
+    assert f"gave up after {MAX_DELIVERY_ATTEMPTS} attempt(s)" in dead_letter["reason"]
+    assert queues.peek(queues.mail) == []
+
+
+def test_should_retry_when_sendgrid_drops_the_connection(
+    stack: RunningHost, standin: SendGridStandIn
+) -> None:
+    standin.script([{"drop_connection": True}])
+
+    message_id = accept(stack)
+    wait_for(lambda: mails_for(standin, message_id), timeout=20)
+
+    assert len(standin.requests()) == 2
+    assert "outcome unknown" in stack.log()
+
+
+def test_should_poison_a_raw_text_message_without_calling_the_function_as_the_host_does(
+    stack: RunningHost, standin: SendGridStandIn, queues: Queues
+) -> None:
+    # azure-storage-queue sends raw text unless told to encode; the host cannot decode it.
+    queues.mail.send_message('{"not": "base64"}')
+
+    wait_for(lambda: '{"not": "base64"}' in queues.peek(queues.poison))
+
+    assert "Moving message to queue 'mail-e2e-poison'" in stack.log()
+    assert standin.requests() == []
+
+
+def test_should_refuse_a_missing_or_wrong_function_key_with_401(stack: RunningHost) -> None:
+    assert stack.post_message(full_message(), key=None).status_code == 401
+    assert stack.post_message(full_message(), key="wrong-key").status_code == 401
+    with_code = stack.http.post(
+        "/api/v1/messages", json=full_message(), params={"code": "e2e-function-key"}
+    )
+    assert with_code.status_code == 202
+
+
+def test_should_refuse_a_sender_outside_allowed_senders_with_403_and_queue_nothing(
+    stack: RunningHost, standin: SendGridStandIn, queues: Queues
+) -> None:
+    response = stack.post_message(full_message(**{"from": "someone@elsewhere.example.net"}))
+    time.sleep(1.5)
+
+    assert response.status_code == 403
+    assert response.headers["Content-Type"].startswith("application/problem+json")
+    assert response.json()["errors"] == [
+        {"pointer": "#/from", "detail": "is not an allowed sender"}
+    ]
+    assert standin.requests() == []
+    assert queues.peek(queues.mail) == []
+
+
+def test_should_refuse_an_invalid_message_with_one_problem_per_field(stack: RunningHost) -> None:
+    response = stack.post_message(full_message(to=["not-an-address"], categories=["a"] * 11))
+
+    assert response.status_code == 400
+    pointers = sorted(e["pointer"] for e in response.json()["errors"])
+    assert pointers == ["#/categories", "#/to/0/email"]
+
+
+def test_should_report_health(stack: RunningHost) -> None:
+    response = stack.http.get("/api/health")
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "healthy",
+        "checks": {"configuration": "ok", "storage": "ok"},
+    }
