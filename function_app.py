@@ -2,9 +2,10 @@
 
 import azure.functions as func
 
-from functions import delivery, health, messages
+from functions import dead_letters, delivery, health, messages
 
 app = func.FunctionApp()
 app.register_functions(messages.bp)
 app.register_functions(health.bp)
 app.register_functions(delivery.bp)
+app.register_functions(dead_letters.bp)

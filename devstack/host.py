@@ -51,6 +51,7 @@ from devstack.host_invoke import (
     default_thread_count,
 )
 from devstack.host_queue import (
+    MESSAGE_HOLD_SECONDS,
     QueueListener,
     QueueOptions,
     create_clients,
@@ -307,7 +308,9 @@ class LocalHost:
             queue, poison = create_clients(connection, queue_name)
         except ValueError as exc:
             raise HostError(f"{spec.name}: bad storage connection string: {exc}") from exc
-        return QueueListener(spec, queue, poison, options, invoker, io)
+        # Local only: tests that kill the host shorten the host's fixed 10-minute hold.
+        hold = int(settings.get("LOCAL_QUEUE_HOLD_SECONDS") or MESSAGE_HOLD_SECONDS)
+        return QueueListener(spec, queue, poison, options, invoker, io, hold_seconds=hold)
 
     @staticmethod
     def _warn_about_keys(routes: Sequence[HttpRoute], settings: Mapping[str, str]) -> None:

@@ -13,9 +13,13 @@ bp = func.Blueprint()
 @bp.function_name("health")
 @bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
-    """200 when every check passes, else 503; the body names each check's result."""
+    """200 when every check passes, else 503; the body gives each check and the queue depths."""
     report = check_health(get_gateway)
     return json_response(
-        {"status": "healthy" if report.healthy else "unhealthy", "checks": report.checks},
+        {
+            "status": "healthy" if report.healthy else "unhealthy",
+            "checks": report.checks,
+            "queues": report.queue_depths,
+        },
         200 if report.healthy else 503,
     )

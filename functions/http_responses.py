@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import azure.functions as func
 
+from shared.errors import ConfigurationError, MailgateError, RequestRejected, StorageUnavailable
 from shared.problems import PROBLEM_CONTENT_TYPE, Problem
+
+logger = logging.getLogger(__name__)
+
+STORAGE_RETRY_AFTER_SECONDS = "5"
 
 
 def json_response(
@@ -27,3 +33,23 @@ def problem_response(problem: Problem) -> func.HttpResponse:
         headers=problem.headers,
         mimetype=PROBLEM_CONTENT_TYPE,
     )
+
+
+def refusal_response(error: MailgateError, unavailable: str) -> func.HttpResponse:
+    """The problem response for a gateway error; `unavailable` says what did not happen."""
+    if isinstance(error, RequestRejected):
+        return problem_response(Problem.from_rejection(error))
+    if isinstance(error, StorageUnavailable):
+        logger.error("Storage unavailable: %s", error)
+        return problem_response(
+            Problem(
+                503,
+                f"storage is unavailable and {unavailable}; try again later",
+                headers={"Retry-After": STORAGE_RETRY_AFTER_SECONDS},
+            )
+        )
+    if isinstance(error, ConfigurationError):
+        logger.error("The gateway is misconfigured: %s", error)
+        return problem_response(Problem(500, "the gateway is misconfigured; see its logs"))
+    logger.error("Request failed: %s", error)
+    return problem_response(Problem(503, f"{unavailable}; try again later"))

@@ -1,4 +1,4 @@
-"""`POST /api/v1/messages`: validate a message and queue it for delivery."""
+"""`POST /api/v1/messages` queues a message; `GET /api/v1/messages/{id}` tells its status."""
 
 from __future__ import annotations
 
@@ -6,16 +6,13 @@ import logging
 
 import azure.functions as func
 
-from functions.http_responses import json_response, problem_response
-from shared.errors import ConfigurationError, RequestRejected, StorageUnavailable
+from functions.http_responses import json_response, refusal_response
+from shared.errors import MailgateError
 from shared.gateway import get_gateway
-from shared.problems import Problem
 
 logger = logging.getLogger(__name__)
 
 bp = func.Blueprint()
-
-STORAGE_RETRY_AFTER_SECONDS = "5"
 
 
 @bp.function_name("submit_message")
@@ -23,23 +20,23 @@ STORAGE_RETRY_AFTER_SECONDS = "5"
 def submit_message(req: func.HttpRequest) -> func.HttpResponse:
     """Answer 202 once the message is on the queue, or a problem saying why not."""
     try:
-        accepted = get_gateway().accept(req.get_body(), req.headers.get("Content-Type"))
-    except RequestRejected as rejection:
-        return problem_response(Problem.from_rejection(rejection))
-    except StorageUnavailable as error:
-        logger.error("Message not accepted, storage unavailable: %s", error)
-        return problem_response(
-            Problem(
-                503,
-                "the message could not be queued and was not accepted; try again later",
-                headers={"Retry-After": STORAGE_RETRY_AFTER_SECONDS},
-            )
+        accepted = get_gateway().accept(
+            req.get_body(), req.headers.get("Content-Type"), req.headers.get("Idempotency-Key")
         )
-    except ConfigurationError as error:
-        logger.error("Message not accepted, the gateway is misconfigured: %s", error)
-        return problem_response(Problem(500, "the gateway is misconfigured; see its logs"))
-    return json_response(
-        {"id": accepted.id, "status": accepted.status},
-        202,
-        headers={"Location": f"/api/v1/messages/{accepted.id}"},
-    )
+    except MailgateError as error:
+        return refusal_response(error, "the message was not accepted")
+    headers = {"Location": f"/api/v1/messages/{accepted.id}"}
+    if accepted.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return json_response({"id": accepted.id, "status": accepted.status}, 202, headers)
+
+
+@bp.function_name("get_message_status")
+@bp.route(route="v1/messages/{id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def get_message_status(req: func.HttpRequest) -> func.HttpResponse:
+    """The message's status record, or 404."""
+    try:
+        status = get_gateway().status(req.route_params["id"])
+    except MailgateError as error:
+        return refusal_response(error, "the status could not be read")
+    return json_response(status.to_document(), 200)

@@ -1,24 +1,44 @@
-"""Delivering one queued message: send it, schedule a retry, or dead-letter it with its reason."""
+"""Delivering one queued message: send it once, schedule a retry, or dead-letter it with its reason.
+
+The status record guards against double sends: a message whose record says `sent` or `failed`
+is never sent again, and a worker claims the record (`sending`, written only if nobody changed
+it since it was read) before it calls SendGrid. The one window left is between SendGrid's answer
+and the write of `sent` right after it: a worker that dies there leaves `sending`, and the next
+copy of the message sends it again once that claim is older than a whole SendGrid call could be.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
-from shared.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
+from shared.errors import (
+    DeliveryError,
+    DeliveryInProgress,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+    StorageUnavailable,
+)
 from shared.models import DeadLetter, QueueEnvelope
 from shared.queue import MailQueue
 from shared.sendgrid_client import build_payload
 from shared.settings import MAX_RETRY_DELAY_SECONDS, Settings
+from shared.status import FINAL_STATES, MessageState, MessageStatus, StatusStore
 
 logger = logging.getLogger(__name__)
+
+# Writing `sent` is retried in place for this long: giving up means a redelivery sends again.
+SENT_WRITE_ATTEMPTS = 5
+SENT_WRITE_PAUSE_SECONDS = 0.2
 
 
 class MailSender(Protocol):
@@ -31,7 +51,7 @@ class MailSender(Protocol):
 class DeliveryOutcome:
     """What became of one delivery attempt."""
 
-    result: Literal["sent", "retry_scheduled", "dead_lettered"]
+    result: Literal["sent", "retry_scheduled", "dead_lettered", "skipped"]
     message_id: str | None
     attempt: int
     provider_message_id: str | None = None
@@ -39,43 +59,152 @@ class DeliveryOutcome:
     reason: str | None = None
 
 
-def retry_delay_seconds(attempt: int, settings: Settings, retry_after: float | None) -> int:
-    """Exponential backoff from the attempt that failed, never sooner than SendGrid asked."""
-    backoff = min(
+def retry_delay_seconds(
+    attempt: int,
+    settings: Settings,
+    retry_after: float | None,
+    rng: random.Random | None = None,
+) -> int:
+    """Exponential backoff with full jitter, never sooner than SendGrid asked; at least 1 s."""
+    ceiling = min(
         settings.retry_base_delay_seconds * 2.0 ** (attempt - 1), settings.retry_max_delay_seconds
     )
+    # Full jitter spreads retries of many messages that failed together (AWS architecture blog).
+    backoff = (rng or random).uniform(0, ceiling)
     # Retrying before SendGrid's own Retry-After only earns another 429 and wastes an attempt.
     asked = min(retry_after or 0.0, MAX_RETRY_DELAY_SECONDS)
-    return math.ceil(max(backoff, asked))
+    return max(1, math.ceil(max(backoff, asked)))
 
 
-def deliver_message(
-    body: bytes,
-    *,
-    sender: MailSender,
-    queue: MailQueue,
-    settings: Settings,
-    now: Callable[[], datetime],
-) -> DeliveryOutcome:
-    """Try to send one queue message; the queue carries any retry or dead letter it leads to.
+class Delivery:
+    """Delivers queue messages with the status record as the guard against double sends."""
 
-    Raises StorageUnavailable when a retry or dead letter cannot be written: the caller must
-    then leave the message on the queue so that the host tries again.
-    """
-    try:
-        envelope = QueueEnvelope.model_validate_json(body)
-    except ValidationError as error:
-        return _dead_letter_unreadable(body, error, queue, now)
-    log_extra = {"mailgate_id": envelope.id, "attempt": envelope.attempt}
-    try:
-        provider_id = sender.send(build_payload(envelope))
-    except PermanentDeliveryError as error:
-        return _dead_letter(envelope, error, queue, now)
-    except RetryableDeliveryError as error:
-        if envelope.attempt >= settings.max_delivery_attempts:
-            return _dead_letter(envelope, error, queue, now, gave_up=True)
-        delay = retry_delay_seconds(envelope.attempt, settings, error.retry_after_seconds)
-        queue.enqueue(
+    def __init__(
+        self,
+        *,
+        sender: MailSender,
+        queue: MailQueue,
+        statuses: StatusStore,
+        settings: Settings,
+        now: Callable[[], datetime],
+        rng: random.Random | None = None,
+    ) -> None:
+        self._sender = sender
+        self._queue = queue
+        self._statuses = statuses
+        self._settings = settings
+        self._now = now
+        self._rng = rng or random.Random()  # noqa: S311 (jitter, not security)
+        # A claim older than one whole SendGrid call belongs to a worker that died.
+        self._claim_timeout = timedelta(
+            seconds=settings.sendgrid_connect_timeout_seconds
+            + settings.sendgrid_timeout_seconds
+            + 30
+        )
+
+    def deliver(self, body: bytes) -> DeliveryOutcome:
+        """Try to send one queue message; the queue carries any retry or dead letter.
+
+        Raises StorageUnavailable, ConcurrentUpdate or DeliveryInProgress when the message must
+        stay on the queue for the host to try again later; nothing was sent in those cases.
+        """
+        try:
+            envelope = QueueEnvelope.model_validate_json(body)
+        except ValidationError as error:
+            return self._dead_letter_unreadable(body, error)
+        status = self._statuses.get(envelope.id) or _first_status(envelope)
+        skip = self._reason_to_skip(envelope, status)
+        if skip is not None:
+            logger.info("Message %s not sent again: %s", envelope.id, skip, extra=_ids(envelope))
+            return DeliveryOutcome("skipped", envelope.id, envelope.attempt, reason=skip)
+        status = self._statuses.claim(
+            status.moved(MessageState.SENDING, self._now(), attempts=envelope.attempt)
+        )
+        try:
+            provider_id = self._sender.send(build_payload(envelope))
+        except PermanentDeliveryError as error:
+            return self._dead_letter(envelope, status, error, error.reason)
+        except RetryableDeliveryError as error:
+            if envelope.attempt >= self._settings.max_delivery_attempts:
+                reason = f"gave up after {envelope.attempt} attempt(s): {error.reason}"
+                return self._dead_letter(envelope, status, error, reason)
+            return self._schedule_retry(envelope, status, error)
+        self._record_sent(status, provider_id)
+        domains = envelope.message.recipient_domains()
+        logger.info(
+            "Message %s sent on attempt %s to %s recipient domain(s) %s, SendGrid id %s",
+            envelope.id,
+            envelope.attempt,
+            len(domains),
+            ",".join(domains),
+            provider_id,
+            extra=_ids(envelope),
+        )
+        return DeliveryOutcome(
+            "sent", envelope.id, envelope.attempt, provider_message_id=provider_id
+        )
+
+    def _reason_to_skip(self, envelope: QueueEnvelope, status: MessageStatus) -> str | None:
+        if status.state in FINAL_STATES:
+            return f"it is already {status.state.value}"
+        if status.state is MessageState.RETRYING and envelope.attempt <= status.attempts:
+            return f"a later attempt ({status.attempts + 1}) is already scheduled"
+        if status.state is MessageState.SENDING:
+            if self._now() - status.updated_at < self._claim_timeout:
+                raise DeliveryInProgress(f"message {envelope.id} is being sent by another worker")
+            # The claimant died mid-attempt: this is the documented window for a second send.
+            logger.warning(
+                "Message %s: attempt %s never finished; sending again (may duplicate)",
+                envelope.id,
+                status.attempts,
+                extra=_ids(envelope),
+            )
+        return None
+
+    def _record_sent(self, status: MessageStatus, provider_id: str | None) -> None:
+        sent = status.moved(
+            MessageState.SENT,
+            self._now(),
+            provider_message_id=provider_id,
+            last_status_code=None,
+            last_error=None,
+            ambiguous=False,
+        )
+        for attempt in range(1, SENT_WRITE_ATTEMPTS + 1):
+            try:
+                self._statuses.put(sent)
+                return
+            except StorageUnavailable as error:
+                if attempt == SENT_WRITE_ATTEMPTS:
+                    # Raising would have the host send it again: keep the mail single instead.
+                    logger.error(
+                        "Message %s was sent but its status could not be recorded: %s",
+                        status.id,
+                        error,
+                        extra={"mailgate_id": status.id},
+                    )
+                    return
+                time.sleep(SENT_WRITE_PAUSE_SECONDS * attempt)
+
+    def _schedule_retry(
+        self, envelope: QueueEnvelope, status: MessageStatus, error: RetryableDeliveryError
+    ) -> DeliveryOutcome:
+        delay = retry_delay_seconds(
+            envelope.attempt, self._settings, error.retry_after_seconds, self._rng
+        )
+        now = self._now()
+        # Status first: if the enqueue then fails, the host retries this same attempt.
+        self._statuses.put(
+            status.moved(
+                MessageState.RETRYING,
+                now,
+                next_attempt_at=now + timedelta(seconds=delay),
+                last_status_code=error.status_code,
+                last_error=error.reason,
+                ambiguous=error.ambiguous,
+            )
+        )
+        self._queue.enqueue(
             envelope.model_copy(update={"attempt": envelope.attempt + 1}), delay_seconds=delay
         )
         logger.warning(
@@ -85,7 +214,7 @@ def deliver_message(
             error.reason,
             ", outcome unknown" if error.ambiguous else "",
             delay,
-            extra=log_extra,
+            extra=_ids(envelope),
         )
         return DeliveryOutcome(
             "retry_scheduled",
@@ -94,61 +223,68 @@ def deliver_message(
             retry_in_seconds=delay,
             reason=error.reason,
         )
-    logger.info(
-        "Message %s sent on attempt %s to %s recipient domain(s) %s, SendGrid id %s",
-        envelope.id,
-        envelope.attempt,
-        len(envelope.message.recipient_domains()),
-        ",".join(envelope.message.recipient_domains()),
-        provider_id,
-        extra=log_extra,
-    )
-    return DeliveryOutcome("sent", envelope.id, envelope.attempt, provider_message_id=provider_id)
 
-
-def _dead_letter(
-    envelope: QueueEnvelope,
-    error: DeliveryError,
-    queue: MailQueue,
-    now: Callable[[], datetime],
-    *,
-    gave_up: bool = False,
-) -> DeliveryOutcome:
-    reason = (
-        f"gave up after {envelope.attempt} attempt(s): {error.reason}" if gave_up else error.reason
-    )
-    record = DeadLetter(
-        reason=reason,
-        status_code=error.status_code,
-        provider_error=error.provider_error,
-        attempts=envelope.attempt,
-        at=now(),
-    )
-    queue.dead_letter(envelope.model_copy(update={"dead_letter": record}).to_json())
-    logger.error(
-        "Message %s dead-lettered to %s: %s",
-        envelope.id,
-        queue.poison_name,
-        reason,
-        extra={"mailgate_id": envelope.id, "attempt": envelope.attempt},
-    )
-    return DeliveryOutcome("dead_lettered", envelope.id, envelope.attempt, reason=reason)
-
-
-def _dead_letter_unreadable(
-    body: bytes, error: ValidationError, queue: MailQueue, now: Callable[[], datetime]
-) -> DeliveryOutcome:
-    reason = f"not a mailgate envelope: {error.error_count()} problem(s), first at " + (
-        ".".join(str(p) for p in error.errors()[0]["loc"]) or "the top level"
-    )
-    record = DeadLetter(reason=reason, attempts=1, at=now())
-    queue.dead_letter(
-        json.dumps(
-            {
-                "dead_letter": record.model_dump(mode="json", exclude_none=True),
-                "raw_message": body.decode("utf-8", errors="replace"),
-            }
+    def _dead_letter(
+        self,
+        envelope: QueueEnvelope,
+        status: MessageStatus,
+        error: DeliveryError,
+        reason: str,
+    ) -> DeliveryOutcome:
+        now = self._now()
+        record = DeadLetter(
+            reason=reason,
+            status_code=error.status_code,
+            provider_error=error.provider_error,
+            attempts=envelope.attempt,
+            at=now,
         )
+        # The poison copy first: a status of `failed` must never point at nothing.
+        self._queue.dead_letter(envelope.model_copy(update={"dead_letter": record}).to_json())
+        self._statuses.put(
+            status.moved(
+                MessageState.FAILED,
+                now,
+                last_status_code=error.status_code,
+                last_error=reason,
+                ambiguous=isinstance(error, RetryableDeliveryError) and error.ambiguous,
+            )
+        )
+        logger.error(
+            "Message %s dead-lettered to %s: %s",
+            envelope.id,
+            self._queue.poison_name,
+            reason,
+            extra=_ids(envelope),
+        )
+        return DeliveryOutcome("dead_lettered", envelope.id, envelope.attempt, reason=reason)
+
+    def _dead_letter_unreadable(self, body: bytes, error: ValidationError) -> DeliveryOutcome:
+        reason = f"not a mailgate envelope: {error.error_count()} problem(s), first at " + (
+            ".".join(str(p) for p in error.errors()[0]["loc"]) or "the top level"
+        )
+        record = DeadLetter(reason=reason, attempts=1, at=self._now())
+        self._queue.dead_letter(
+            json.dumps(
+                {
+                    "dead_letter": record.model_dump(mode="json", exclude_none=True),
+                    "raw_message": body.decode("utf-8", errors="replace"),
+                }
+            )
+        )
+        logger.error("Unreadable queue message dead-lettered: %s", reason)
+        return DeliveryOutcome("dead_lettered", None, 1, reason=reason)
+
+
+def _first_status(envelope: QueueEnvelope) -> MessageStatus:
+    """The record a message has before anyone wrote one (its submit could not record it)."""
+    return MessageStatus(
+        id=envelope.id,
+        state=MessageState.QUEUED,
+        accepted_at=envelope.accepted_at,
+        updated_at=envelope.accepted_at,
     )
-    logger.error("Unreadable queue message dead-lettered: %s", reason)
-    return DeliveryOutcome("dead_lettered", None, 1, reason=reason)
+
+
+def _ids(envelope: QueueEnvelope) -> dict[str, Any]:
+    return {"mailgate_id": envelope.id, "attempt": envelope.attempt}

@@ -5,10 +5,14 @@
     ├── RequestRejected             an API request the gateway refuses (maps to a problem+json)
     │   ├── InvalidMessage              400: one or more fields are invalid
     │   ├── SenderNotAllowed            403: `from` is outside ALLOWED_SENDERS
+    │   ├── MessageNotFound             404: no message has that id
+    │   ├── IdempotencyKeyInUse         409: a request with this key is still being accepted
     │   ├── PayloadTooLarge             413: the body or the queued message is too large
-    │   └── UnsupportedMediaType        415: the body is not JSON
+    │   ├── UnsupportedMediaType        415: the body is not JSON
+    │   └── IdempotencyKeyReused        422: this key came with a different body
     ├── StorageUnavailable          an Azure Storage call failed; nothing was accepted
-    ├── MalformedEnvelope           a queue message is not a mailgate envelope
+    ├── ConcurrentUpdate            a status or key record changed between read and write
+    ├── DeliveryInProgress          another worker is sending this message right now
     └── DeliveryError               one attempt to hand a message to SendGrid failed
         ├── RetryableDeliveryError      429, 5xx, timeouts, connection errors: try again later
         └── PermanentDeliveryError      400, 401, 403, 413 and other 4xx: retrying cannot help
@@ -73,12 +77,34 @@ class UnsupportedMediaType(RequestRejected):
     status = 415
 
 
+class MessageNotFound(RequestRejected):
+    """No message has that id."""
+
+    status = 404
+
+
+class IdempotencyKeyInUse(RequestRejected):
+    """A request with the same Idempotency-Key is still being accepted."""
+
+    status = 409
+
+
+class IdempotencyKeyReused(RequestRejected):
+    """The Idempotency-Key was used before with a different body."""
+
+    status = 422
+
+
 class StorageUnavailable(MailgateError):
     """Azure Storage could not be reached or refused the call."""
 
 
-class MalformedEnvelope(MailgateError):
-    """A queue message that is not a readable mailgate envelope."""
+class ConcurrentUpdate(MailgateError):
+    """A record changed between reading and writing it; the loser tries again later."""
+
+
+class DeliveryInProgress(MailgateError):
+    """Another worker is sending this message now; this copy is tried again later."""
 
 
 class DeliveryError(MailgateError):

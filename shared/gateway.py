@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import os
+import random
 import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from shared.delivery import DeliveryOutcome, MailSender, deliver_message
-from shared.errors import ConfigurationError, StorageUnavailable
+from shared.dead_letters import DeadLetters
+from shared.delivery import Delivery, DeliveryOutcome, MailSender
+from shared.errors import ConfigurationError, MessageNotFound, StorageUnavailable
+from shared.idempotency import IdempotencyStore
 from shared.queue import MailQueue
 from shared.sendgrid_client import SendGridClient
 from shared.settings import Settings
+from shared.status import MessageStatus, StatusStore
 from shared.submission import AcceptedMessage, submit_message
 
 
@@ -28,65 +32,91 @@ def new_message_id() -> str:
 
 
 class Gateway:
-    """Accepts messages onto the queue and delivers them from it."""
+    """Accepts messages onto the queue, delivers them from it, and reports on them."""
 
     def __init__(
         self,
         settings: Settings,
         queue: MailQueue,
+        statuses: StatusStore,
         sender: MailSender,
         *,
         now: Callable[[], datetime] = utc_now,
         new_id: Callable[[], str] = new_message_id,
+        rng: random.Random | None = None,
+        keys: IdempotencyStore | None = None,
     ) -> None:
         self.settings = settings
         self.queue = queue
-        self.sender = sender
+        self.statuses = statuses
+        self.keys = keys or IdempotencyStore(
+            statuses.table, timedelta(hours=settings.idempotency_retention_hours)
+        )
+        self.dead_letters = DeadLetters(queue.poison, queue, statuses, now)
+        self._delivery = Delivery(
+            sender=sender, queue=queue, statuses=statuses, settings=settings, now=now, rng=rng
+        )
         self._now = now
         self._new_id = new_id
-        self._queues_ready = False
+        self._storage_ready = False
         self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Gateway:
         """A gateway talking to the configured storage account and SendGrid endpoint."""
         return cls(
-            settings, MailQueue.from_settings(settings), SendGridClient.from_settings(settings)
+            settings,
+            MailQueue.from_settings(settings),
+            StatusStore.from_settings(settings),
+            SendGridClient.from_settings(settings),
         )
 
-    def accept(self, body: bytes, content_type: str | None) -> AcceptedMessage:
+    def accept(
+        self, body: bytes, content_type: str | None, idempotency_key: str | None = None
+    ) -> AcceptedMessage:
         """Validate and durably queue one message."""
-        self._ensure_queues()
+        self.ensure_storage()
         return submit_message(
             body,
             content_type,
             settings=self.settings,
             queue=self.queue,
+            statuses=self.statuses,
+            keys=self.keys,
             now=self._now,
             new_id=self._new_id,
+            idempotency_key=idempotency_key,
         )
 
     def deliver(self, body: bytes) -> DeliveryOutcome:
         """Deliver one queue message, scheduling a retry or dead letter if it fails."""
-        self._ensure_queues()
-        return deliver_message(
-            body, sender=self.sender, queue=self.queue, settings=self.settings, now=self._now
-        )
+        self.ensure_storage()
+        return self._delivery.deliver(body)
 
-    def _ensure_queues(self) -> None:
-        if self._queues_ready:
+    def status(self, message_id: str) -> MessageStatus:
+        """A message's status record; MessageNotFound if there is none."""
+        status = self.statuses.get(message_id) if len(message_id) <= 64 else None
+        if status is None:
+            raise MessageNotFound(f"no message has the id {message_id!r}")
+        return status
+
+    def ensure_storage(self) -> None:
+        """Create the queues and the status table once per process."""
+        if self._storage_ready:
             return
         with self._lock:
-            if not self._queues_ready:
+            if not self._storage_ready:
                 self.queue.ensure_exists()
-                self._queues_ready = True
+                self.statuses.ensure_exists()
+                self._storage_ready = True
 
 
 @dataclass(frozen=True)
 class HealthReport:
-    """Which parts of the gateway work."""
+    """Which parts of the gateway work, and how full its queues are."""
 
     checks: dict[str, str] = field(default_factory=dict)
+    queue_depths: dict[str, int] = field(default_factory=dict)
 
     @property
     def healthy(self) -> bool:
@@ -95,16 +125,17 @@ class HealthReport:
 
 
 def check_health(gateway_factory: Callable[[], Gateway]) -> HealthReport:
-    """Check the configuration and that storage answers."""
+    """Check the configuration, that storage answers, and the queue depths."""
     try:
         gateway = gateway_factory()
     except ConfigurationError as error:
         return HealthReport({"configuration": f"error: {error}", "storage": "not checked"})
     try:
-        gateway.queue.check()
+        depths = gateway.queue.depths()
+        gateway.statuses.check()
     except StorageUnavailable as error:
         return HealthReport({"configuration": "ok", "storage": f"error: {error}"})
-    return HealthReport({"configuration": "ok", "storage": "ok"})
+    return HealthReport({"configuration": "ok", "storage": "ok"}, depths)
 
 
 _gateway: Gateway | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from azure.core.exceptions import AzureError, ResourceExistsError
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.queue import (
     LinearRetry,
     QueueClient,
@@ -61,6 +61,24 @@ class MailQueue:
     def poison_name(self) -> str:
         """The poison queue's name."""
         return self._poison.queue_name
+
+    @property
+    def poison(self) -> QueueClient:
+        """The poison queue's client, for operators' tools."""
+        return self._poison
+
+    def depths(self) -> dict[str, int]:
+        """Approximate number of messages in the mail and poison queues."""
+        depths: dict[str, int] = {}
+        for client in (self._mail, self._poison):
+            try:
+                properties = client.get_queue_properties()
+                depths[client.queue_name] = properties.approximate_message_count or 0
+            except ResourceNotFoundError:
+                depths[client.queue_name] = 0
+            except AzureError as error:
+                raise StorageUnavailable(f"queue {client.queue_name}: {_summary(error)}") from error
+        return depths
 
     def ensure_exists(self) -> None:
         """Create the mail and poison queues if they are missing."""

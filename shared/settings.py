@@ -12,6 +12,7 @@ from shared.errors import ConfigurationError
 STORAGE_CONNECTION = "AzureWebJobsStorage"
 
 DEFAULT_MAIL_QUEUE_NAME = "mail-outbound"
+DEFAULT_STATUS_TABLE_NAME = "mailstatus"
 DEFAULT_SENDGRID_API_BASE_URL = "https://api.sendgrid.com"
 DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
 # The queue keeps at most 7 days of visibility delay.
@@ -21,6 +22,7 @@ MAX_RETRY_DELAY_SECONDS = 7 * 24 * 3600
 _QUEUE_NAME = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,54}[a-z0-9]$")
 # An address (local@domain) or an @domain, one of each, without separators or spaces.
 _SENDER_ENTRY = re.compile(r"^[^@\s,;]*@[^@\s,;]+\.[^@\s,;]+$")
+_TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
@@ -30,6 +32,7 @@ class StorageSettings:
 
     connection_string: str | None = field(default=None, repr=False)
     queue_service_uri: str | None = None
+    table_service_uri: str | None = None
     credential: str | None = None
     client_id: str | None = None
 
@@ -42,6 +45,8 @@ class Settings:
     allowed_senders: tuple[str, ...]
     sendgrid_api_key: str = field(repr=False)
     mail_queue_name: str = DEFAULT_MAIL_QUEUE_NAME
+    status_table_name: str = DEFAULT_STATUS_TABLE_NAME
+    idempotency_retention_hours: float = 24.0
     sendgrid_api_base_url: str = DEFAULT_SENDGRID_API_BASE_URL
     sendgrid_connect_timeout_seconds: float = 5.0
     sendgrid_timeout_seconds: float = 30.0
@@ -64,6 +69,12 @@ class Settings:
             allowed_senders=_allowed_senders(reader.text("ALLOWED_SENDERS")),
             sendgrid_api_key=reader.required("SENDGRID_API_KEY"),
             mail_queue_name=_queue_name(reader.text("MAIL_QUEUE_NAME") or DEFAULT_MAIL_QUEUE_NAME),
+            status_table_name=_table_name(
+                reader.text("STATUS_TABLE_NAME") or DEFAULT_STATUS_TABLE_NAME
+            ),
+            idempotency_retention_hours=reader.number(
+                "IDEMPOTENCY_RETENTION_HOURS", 24.0, minimum=1 / 60, maximum=24 * 30
+            ),
             sendgrid_api_base_url=_base_url(
                 reader.text("SENDGRID_API_BASE_URL") or DEFAULT_SENDGRID_API_BASE_URL
             ),
@@ -145,20 +156,30 @@ def _storage_settings(reader: _Reader) -> StorageSettings:
         _check_connection_string(connection_string)
         return StorageSettings(connection_string=connection_string)
     prefix = f"{STORAGE_CONNECTION}__"
-    # The host's order: accountName, then queueServiceUri, then serviceUri.
+    # The host's order: accountName, then the per-service URIs.
     account = reader.text(prefix + "accountName")
-    uri = (
-        f"https://{account}.queue.core.windows.net"
-        if account
-        else reader.text(prefix + "queueServiceUri") or reader.text(prefix + "serviceUri")
-    )
-    if not uri:
+    queue_uri: str | None
+    table_uri: str | None
+    if account:
+        queue_uri = f"https://{account}.queue.core.windows.net"
+        table_uri = f"https://{account}.table.core.windows.net"
+    else:
+        queue_uri = reader.text(prefix + "queueServiceUri")
+        table_uri = reader.text(prefix + "tableServiceUri")
+    if not queue_uri:
         raise ConfigurationError(
             f"{STORAGE_CONNECTION} is not set: give a connection string, or "
-            f"{prefix}queueServiceUri or {prefix}accountName for an identity-based connection"
+            f"{prefix}accountName (or {prefix}queueServiceUri and {prefix}tableServiceUri) "
+            "for an identity-based connection"
+        )
+    if not table_uri:
+        raise ConfigurationError(
+            f"{prefix}tableServiceUri is required with {prefix}queueServiceUri: "
+            "message status lives in Table storage"
         )
     return StorageSettings(
-        queue_service_uri=uri,
+        queue_service_uri=queue_uri,
+        table_service_uri=table_uri,
         credential=reader.text(prefix + "credential"),
         client_id=reader.text(prefix + "clientId"),
     )
@@ -198,6 +219,15 @@ def _queue_name(name: str) -> str:
         )
     if name.endswith("-poison"):
         raise ConfigurationError("MAIL_QUEUE_NAME must not end in '-poison'")
+    return name
+
+
+def _table_name(name: str) -> str:
+    if not _TABLE_NAME.match(name):
+        raise ConfigurationError(
+            f"STATUS_TABLE_NAME {name!r} is not a valid table name: 3-63 letters and digits, "
+            "starting with a letter"
+        )
     return name
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,11 +15,14 @@ from shared.errors import (
     InvalidMessage,
     PayloadTooLarge,
     SenderNotAllowed,
+    StorageUnavailable,
     UnsupportedMediaType,
 )
+from shared.idempotency import IdempotencyStore, check_key
 from shared.models import MailRequest, QueueEnvelope, field_problems
 from shared.queue import MailQueue
 from shared.settings import Settings
+from shared.status import MessageState, MessageStatus, StatusStore
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +37,8 @@ class AcceptedMessage:
 
     id: str
     status: str = "queued"
+    # True when an Idempotency-Key matched an earlier request: nothing new was queued.
+    replayed: bool = False
 
 
 def submit_message(
@@ -41,10 +47,17 @@ def submit_message(
     *,
     settings: Settings,
     queue: MailQueue,
+    statuses: StatusStore,
+    keys: IdempotencyStore,
     now: Callable[[], datetime],
     new_id: Callable[[], str],
+    idempotency_key: str | None = None,
 ) -> AcceptedMessage:
-    """Validate a request and enqueue it; raise RequestRejected or StorageUnavailable."""
+    """Validate a request and enqueue it; raise RequestRejected or StorageUnavailable.
+
+    The answer comes only after the enqueue succeeded. The status record is written after the
+    enqueue, so a failed enqueue leaves no record claiming the message was queued.
+    """
     if not _is_json(content_type):
         raise UnsupportedMediaType(
             f"the body must be application/json, not {content_type or 'untyped'}"
@@ -65,7 +78,26 @@ def submit_message(
     _check_sender(request, settings)
     envelope = QueueEnvelope(id=new_id(), accepted_at=accepted_at, message=request)
     _check_fits_queue(envelope)
-    queue.enqueue(envelope)
+    claim = None
+    if idempotency_key is not None:
+        claim = keys.claim(check_key(idempotency_key), body, envelope.id, accepted_at)
+        if claim.replay:
+            return AcceptedMessage(claim.record.message_id, replayed=True)
+        envelope = envelope.model_copy(update={"id": claim.record.message_id})
+    try:
+        queue.enqueue(envelope)
+    except StorageUnavailable:
+        if claim is not None:
+            with contextlib.suppress(StorageUnavailable):
+                keys.release(claim.record)
+        raise
+    _record_queued(envelope, statuses)
+    if claim is not None:
+        try:
+            keys.complete(claim.record)
+        except StorageUnavailable as error:
+            # The key stays pending: a retry gets 409 until it times out, then the same id.
+            logger.warning("Message %s: idempotency key not completed: %s", envelope.id, error)
     logger.info(
         "Message %s queued for %s recipient domain(s) %s",
         envelope.id,
@@ -74,6 +106,21 @@ def submit_message(
         extra={"mailgate_id": envelope.id},
     )
     return AcceptedMessage(envelope.id)
+
+
+def _record_queued(envelope: QueueEnvelope, statuses: StatusStore) -> None:
+    status = MessageStatus(
+        id=envelope.id,
+        state=MessageState.QUEUED,
+        accepted_at=envelope.accepted_at,
+        updated_at=envelope.accepted_at,
+    )
+    try:
+        # Insert only: delivery may already have written a newer state.
+        statuses.create(status)
+    except StorageUnavailable as error:
+        # The message is durably queued; delivery writes the record when it picks it up.
+        logger.warning("Message %s queued but its status was not recorded: %s", envelope.id, error)
 
 
 def sender_allowed(address: str, allowed_senders: tuple[str, ...]) -> bool:

@@ -1,0 +1,56 @@
+"""Admin routes over the poison queue: list dead letters, replay them, purge them."""
+
+from __future__ import annotations
+
+import azure.functions as func
+
+from functions.http_responses import json_response, problem_response, refusal_response
+from shared.dead_letters import parse_selection
+from shared.errors import MailgateError
+from shared.gateway import get_gateway
+from shared.problems import Problem
+
+bp = func.Blueprint()
+
+
+@bp.function_name("list_dead_letters")
+@bp.route(route="v1/dead-letters", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
+def list_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
+    """Every dead letter with its reason."""
+    try:
+        entries = get_gateway().dead_letters.list()
+    except MailgateError as error:
+        return refusal_response(error, "the dead letters could not be read")
+    return json_response({"dead_letters": [e.to_document() for e in entries]}, 200)
+
+
+@bp.function_name("replay_dead_letters")
+@bp.route(route="v1/dead-letters/replay", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
+def replay_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
+    """Re-enqueue `{"ids": [...]}` or `{"all": true}` with their attempts reset."""
+    try:
+        selection = parse_selection(req.get_body())
+        report = get_gateway().dead_letters.replay(selection.chosen())
+    except MailgateError as error:
+        return refusal_response(error, "nothing more was replayed")
+    return json_response(report.to_document(), 200)
+
+
+@bp.function_name("purge_dead_letters")
+@bp.route(route="v1/dead-letters/purge", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
+def purge_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
+    """Delete dead letters for good; `confirm` must repeat the poison queue's name."""
+    try:
+        selection = parse_selection(req.get_body())
+        gateway = get_gateway()
+        if selection.confirm != gateway.queue.poison_name:
+            return problem_response(
+                Problem(
+                    400,
+                    f'purging deletes mail for good: add "confirm": "{gateway.queue.poison_name}"',
+                )
+            )
+        report = gateway.dead_letters.purge(selection.chosen())
+    except MailgateError as error:
+        return refusal_response(error, "nothing more was purged")
+    return json_response(report.to_document(), 200)

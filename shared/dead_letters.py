@@ -1,0 +1,223 @@
+"""The poison queue as operators use it: list dead letters with their reasons, replay, purge."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from azure.core.exceptions import AzureError, ResourceNotFoundError
+from azure.storage.queue import QueueClient, QueueMessage
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shared.errors import InvalidMessage, StorageUnavailable
+from shared.models import QueueEnvelope, field_problems
+from shared.queue import MailQueue
+from shared.status import MessageState, MessageStatus, StatusStore
+
+logger = logging.getLogger(__name__)
+
+# Long enough to page through a large poison queue without seeing a message twice.
+HOLD_SECONDS = 60
+HOST_MOVED_REASON = "moved by the Functions host after repeated worker failures (no reason kept)"
+
+
+@dataclass(frozen=True)
+class DeadLetterEntry:
+    """One poison queue message as an operator sees it."""
+
+    message_id: str | None
+    reason: str
+    attempts: int | None
+    dead_lettered_at: datetime | None
+    envelope: QueueEnvelope | None = field(repr=False)
+
+    def to_document(self) -> dict[str, Any]:
+        """The entry as the admin API and the operator command show it."""
+        return {
+            "id": self.message_id,
+            "reason": self.reason,
+            "attempts": self.attempts,
+            "dead_lettered_at": self.dead_lettered_at.isoformat()
+            if self.dead_lettered_at
+            else None,
+            "replayable": self.envelope is not None,
+        }
+
+
+@dataclass
+class ReplayReport:
+    """What a replay or purge did, message by message."""
+
+    done: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    not_found: list[str] = field(default_factory=list)
+
+    def to_document(self) -> dict[str, Any]:
+        """The report as JSON."""
+        return {"done": self.done, "skipped": self.skipped, "not_found": self.not_found}
+
+
+def read_entry(text: str) -> DeadLetterEntry:
+    """Interpret a poison message: the gateway's dead letter, a bare envelope, or unreadable."""
+    try:
+        envelope = QueueEnvelope.model_validate_json(text)
+    except ValidationError:
+        return _unreadable_entry(text)
+    record = envelope.dead_letter
+    if record is None:
+        return DeadLetterEntry(envelope.id, HOST_MOVED_REASON, envelope.attempt, None, envelope)
+    return DeadLetterEntry(envelope.id, record.reason, record.attempts, record.at, envelope)
+
+
+def _unreadable_entry(text: str) -> DeadLetterEntry:
+    try:
+        document = json.loads(text)
+        reason = str(document["dead_letter"]["reason"])
+    except (ValueError, KeyError, TypeError):
+        reason = "not a mailgate envelope"
+    return DeadLetterEntry(None, reason, None, None, None)
+
+
+class DeadLetters:
+    """List, replay and purge the messages in the poison queue."""
+
+    def __init__(
+        self,
+        poison: QueueClient,
+        queue: MailQueue,
+        statuses: StatusStore,
+        now: Callable[[], datetime],
+    ) -> None:
+        self._poison = poison
+        self._queue = queue
+        self._statuses = statuses
+        self._now = now
+
+    def list(self) -> list[DeadLetterEntry]:
+        """Every dead letter, oldest first as the queue returns them."""
+        entries = []
+        for message in self._hold_all():
+            entries.append(read_entry(message.content))
+            self._release(message)
+        return entries
+
+    def replay(self, ids: Collection[str] | None) -> ReplayReport:
+        """Re-enqueue the chosen messages (None = all) as new: same id, attempts reset.
+
+        A message leaves the poison queue only after its copy is on the mail queue.
+        """
+        report = ReplayReport()
+        for message in self._hold_all():
+            entry = read_entry(message.content)
+            if not _chosen(entry, ids) or entry.message_id in report.done:
+                self._release(message)
+                continue
+            if entry.envelope is None:
+                report.skipped[entry.message_id or message.id] = "not a mailgate envelope"
+                self._release(message)
+                continue
+            self._replay_one(entry.envelope)
+            self._delete(message)
+            report.done.append(entry.envelope.id)
+        report.not_found = sorted(set(ids or ()) - set(report.done) - set(report.skipped))
+        return report
+
+    def purge(self, ids: Collection[str] | None) -> ReplayReport:
+        """Delete the chosen dead letters (None = all) for good."""
+        report = ReplayReport()
+        for message in self._hold_all():
+            entry = read_entry(message.content)
+            if _chosen(entry, ids):
+                self._delete(message)
+                report.done.append(entry.message_id or message.id)
+            else:
+                self._release(message)
+        report.not_found = sorted(set(ids or ()) - set(report.done))
+        return report
+
+    def _replay_one(self, envelope: QueueEnvelope) -> None:
+        now = self._now()
+        # Reset the status before the copy is visible: delivery skips a message marked failed.
+        self._statuses.put(
+            MessageStatus(
+                id=envelope.id,
+                state=MessageState.QUEUED,
+                accepted_at=envelope.accepted_at,
+                updated_at=now,
+            )
+        )
+        self._queue.enqueue(envelope.model_copy(update={"attempt": 1, "dead_letter": None}))
+        logger.info(
+            "Message %s replayed from the poison queue",
+            envelope.id,
+            extra={"mailgate_id": envelope.id},
+        )
+
+    def _hold_all(self) -> Iterator[QueueMessage]:
+        try:
+            pages = self._poison.receive_messages(
+                messages_per_page=32, visibility_timeout=HOLD_SECONDS
+            ).by_page()
+            for page in pages:
+                yield from page
+        except ResourceNotFoundError:
+            return
+        except AzureError as error:
+            raise StorageUnavailable(
+                f"queue {self._poison.queue_name}: {type(error).__name__}"
+            ) from error
+
+    def _release(self, message: QueueMessage) -> None:
+        try:
+            self._poison.update_message(message, visibility_timeout=0)
+        except AzureError as error:
+            logger.warning(
+                "Dead letter %s stays hidden for %ss: %s", message.id, HOLD_SECONDS, error
+            )
+
+    def _delete(self, message: QueueMessage) -> None:
+        try:
+            self._poison.delete_message(message)
+        except AzureError as error:
+            raise StorageUnavailable(
+                f"queue {self._poison.queue_name}: {type(error).__name__}"
+            ) from error
+
+
+def _chosen(entry: DeadLetterEntry, ids: Collection[str] | None) -> bool:
+    return ids is None or (entry.message_id is not None and entry.message_id in ids)
+
+
+class DeadLetterSelection(BaseModel):
+    """Which dead letters an operator means: some ids, or all of them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[str] = Field(default_factory=list, max_length=1000)
+    all: bool = False
+    confirm: str | None = None
+
+    @model_validator(mode="after")
+    def _ids_or_all(self) -> DeadLetterSelection:
+        if bool(self.ids) == self.all:
+            raise ValueError('give either "ids" (a non-empty list) or "all": true')
+        return self
+
+    def chosen(self) -> list[str] | None:
+        """The ids, or None for all."""
+        return None if self.all else self.ids
+
+
+def parse_selection(body: bytes) -> DeadLetterSelection:
+    """Read an admin request body; raise InvalidMessage naming what is wrong."""
+    try:
+        return DeadLetterSelection.model_validate_json(body or b"{}")
+    except ValidationError as error:
+        problems = field_problems(error)
+        raise InvalidMessage(
+            f"the request has {len(problems)} invalid field(s)", problems
+        ) from None

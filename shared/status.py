@@ -1,0 +1,206 @@
+"""Message status records in Azure Table storage: what became of every accepted message."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.data.tables import TableClient, TableServiceClient, UpdateMode
+
+from shared.errors import ConcurrentUpdate, StorageUnavailable
+from shared.queue import token_credential
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+STATUS_ROW = "status"
+_CLIENT_OPTIONS: dict[str, Any] = {"retry_total": 2, "retry_backoff_factor": 0.5}
+
+
+class MessageState(str, Enum):
+    """Where a message is: queued → sending → sent, or retrying, or failed (dead-lettered)."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    RETRYING = "retrying"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+FINAL_STATES = frozenset({MessageState.SENT, MessageState.FAILED})
+
+
+@dataclass(frozen=True)
+class MessageStatus:
+    """One message's status record."""
+
+    id: str
+    state: MessageState
+    accepted_at: datetime
+    updated_at: datetime
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    last_status_code: int | None = None
+    last_error: str | None = None
+    # The last attempt timed out after sending: SendGrid may have accepted the mail.
+    ambiguous: bool = False
+    provider_message_id: str | None = None
+    etag: str | None = None
+
+    def moved(self, state: MessageState, now: datetime, **changes: Any) -> MessageStatus:
+        """The same record in a new state; next_attempt_at is cleared unless given."""
+        return replace(self, state=state, updated_at=now, next_attempt_at=None, **changes)
+
+    def to_document(self) -> dict[str, Any]:
+        """The record as `GET /api/v1/messages/{id}` shows it."""
+        document: dict[str, Any] = {
+            "id": self.id,
+            "status": self.state.value,
+            "attempts": self.attempts,
+            "accepted_at": self.accepted_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+        if self.next_attempt_at is not None:
+            document["next_attempt_at"] = self.next_attempt_at.isoformat()
+        if self.last_error is not None or self.last_status_code is not None:
+            document["last_error"] = {
+                "status_code": self.last_status_code,
+                "reason": self.last_error,
+                "ambiguous": self.ambiguous,
+            }
+        if self.provider_message_id is not None:
+            document["sendgrid_message_id"] = self.provider_message_id
+        return document
+
+
+class StatusStore:
+    """Reads and writes status records; one row per message, keyed by the message id."""
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StatusStore:
+        """A store on the configured account's status table."""
+        storage = settings.storage
+        if storage.connection_string:
+            service = TableServiceClient.from_connection_string(
+                storage.connection_string, **_CLIENT_OPTIONS
+            )
+        else:
+            assert storage.table_service_uri is not None
+            service = TableServiceClient(
+                storage.table_service_uri, credential=token_credential(storage), **_CLIENT_OPTIONS
+            )
+        return cls(service.get_table_client(settings.status_table_name))
+
+    @property
+    def table(self) -> TableClient:
+        """The underlying table, shared with the idempotency records."""
+        return self._table
+
+    def ensure_exists(self) -> None:
+        """Create the table if it is missing."""
+        try:
+            self._table.create_table()
+        except ResourceExistsError:
+            pass
+        except AzureError as error:
+            raise StorageUnavailable(f"cannot create table {self._table.table_name}") from error
+
+    def get(self, message_id: str) -> MessageStatus | None:
+        """The record of a message, or None if there is none."""
+        try:
+            entity = self._table.get_entity(message_id, STATUS_ROW)
+        except ResourceNotFoundError:
+            return None
+        except AzureError as error:
+            raise StorageUnavailable(f"status of {message_id}: {type(error).__name__}") from error
+        return _from_entity(entity)
+
+    def create(self, status: MessageStatus) -> bool:
+        """Insert a new record; False if one already exists (someone else wrote first)."""
+        try:
+            self._table.create_entity(_to_entity(status))
+        except ResourceExistsError:
+            return False
+        except AzureError as error:
+            raise StorageUnavailable(f"status of {status.id}: {type(error).__name__}") from error
+        return True
+
+    def claim(self, status: MessageStatus) -> MessageStatus:
+        """Write a record only if nobody changed it since it was read (insert if new)."""
+        try:
+            if status.etag is None:
+                metadata = self._table.create_entity(_to_entity(status))
+            else:
+                metadata = self._table.update_entity(
+                    _to_entity(status),
+                    mode=UpdateMode.REPLACE,
+                    etag=status.etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except (ResourceExistsError, ResourceModifiedError) as error:
+            raise ConcurrentUpdate(f"status of {status.id} changed meanwhile") from error
+        except AzureError as error:
+            raise StorageUnavailable(f"status of {status.id}: {type(error).__name__}") from error
+        return replace(status, etag=metadata.get("etag"))
+
+    def put(self, status: MessageStatus) -> MessageStatus:
+        """Write a record whatever is there (the writer owns the message now)."""
+        try:
+            metadata = self._table.upsert_entity(_to_entity(status), mode=UpdateMode.REPLACE)
+        except AzureError as error:
+            raise StorageUnavailable(f"status of {status.id}: {type(error).__name__}") from error
+        return replace(status, etag=metadata.get("etag"))
+
+    def check(self) -> None:
+        """Raise StorageUnavailable unless the table answers."""
+        try:
+            next(
+                iter(self._table.query_entities("PartitionKey eq 'health'", results_per_page=1)),
+                None,
+            )
+        except AzureError as error:
+            raise StorageUnavailable(
+                f"table {self._table.table_name}: {type(error).__name__}"
+            ) from error
+
+
+def _to_entity(status: MessageStatus) -> dict[str, Any]:
+    fields = asdict(status)
+    fields.pop("etag")
+    fields.pop("id")
+    fields["state"] = status.state.value
+    # Tables store no nulls: leave empty fields out.
+    return {
+        "PartitionKey": status.id,
+        "RowKey": STATUS_ROW,
+        **{k: v for k, v in fields.items() if v is not None},
+    }
+
+
+def _from_entity(entity: Any) -> MessageStatus:
+    return MessageStatus(
+        id=entity["PartitionKey"],
+        state=MessageState(entity["state"]),
+        accepted_at=entity["accepted_at"],
+        updated_at=entity["updated_at"],
+        attempts=int(entity.get("attempts", 0)),
+        next_attempt_at=entity.get("next_attempt_at"),
+        last_status_code=entity.get("last_status_code"),
+        last_error=entity.get("last_error"),
+        ambiguous=bool(entity.get("ambiguous", False)),
+        provider_message_id=entity.get("provider_message_id"),
+        etag=entity.metadata.get("etag"),
+    )
