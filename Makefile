@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: run test lint setup clean
+.PHONY: run test lint setup clean poison replay purge
 
 run: setup local.settings.json
 	$(BIN)/python -m devstack
@@ -32,6 +32,16 @@ $(PY_STAMP): requirements.txt requirements-dev.txt
 $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+# The poison queue, for operators: list, replay (IDS="id ..." or ALL=1), purge (also CONFIRM=<queue>).
+poison: setup
+	$(BIN)/python -m admin list
+
+replay: setup
+	$(BIN)/python -m admin replay $(if $(ALL),--all) $(IDS)
+
+purge: setup
+	$(BIN)/python -m admin purge $(if $(ALL),--all) $(IDS) $(if $(CONFIRM),--confirm $(CONFIRM))
 
 # Core Tools reads local.settings.json; start from the example the first time.
 local.settings.json:

@@ -1,0 +1,1 @@
+"""Operator commands that work on the configured storage account (not deployed)."""
