@@ -59,7 +59,7 @@ class MessageStatus:
 
     def moved(self, state: MessageState, now: datetime, **changes: Any) -> MessageStatus:
         """The same record in a new state; next_attempt_at is cleared unless given."""
-        return replace(self, state=state, updated_at=now, next_attempt_at=None, **changes)
+        return replace(self, state=state, updated_at=now, **{"next_attempt_at": None, **changes})
 
     def to_document(self) -> dict[str, Any]:
         """The record as `GET /api/v1/messages/{id}` shows it."""

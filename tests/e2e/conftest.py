@@ -25,6 +25,7 @@ from devstack.sendgrid_standin import SendGridStandIn
 
 REPO = Path(__file__).resolve().parents[2]
 FUNCTION_KEY = "e2e-function-key"
+ADMIN_KEY = "e2e-admin-key"
 MAIL_QUEUE = "mail-e2e"
 RETRY_BASE_DELAY_SECONDS = 1
 MAX_DELIVERY_ATTEMPTS = 3
@@ -49,14 +50,22 @@ class RunningHost:
     """The local Functions host running the real function_app.py in a subprocess."""
 
     def __init__(self, settings: Mapping[str, str], log_path: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SENDGRID_", "Azure"))}
-        env.update(settings)
+        self._env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("SENDGRID_", "Azure"))
+        }
+        self._env.update(settings)
         self.log_path = log_path
-        self._log = log_path.open("wb")
+        self._log = log_path.open("ab")
+        self._start("0")
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.http = httpx.Client(base_url=self.base_url, timeout=30)
+
+    def _start(self, port: str) -> None:
+        self._started_at = len(self.log())
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "devstack.host", "--app-dir", str(REPO), "--port", "0"],
+            [sys.executable, "-m", "devstack.host", "--app-dir", str(REPO), "--port", port],
             cwd=REPO,
-            env=env,
+            env=self._env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -66,13 +75,24 @@ class RunningHost:
         except BaseException:
             self.stop()
             raise
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.http = httpx.Client(base_url=self.base_url, timeout=30)
+
+    def kill(self) -> None:
+        """SIGKILL the host: in-flight invocations die where they are."""
+        os.killpg(self._process.pid, signal.SIGKILL)
+        self._process.wait()
+
+    def restart(self) -> None:
+        """Start the host again on the same port."""
+        self._start(str(self.port))
+
+    def admin(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Call an admin route with the admin key."""
+        return self.http.request(method, path, headers={"x-functions-key": ADMIN_KEY}, **kwargs)
 
     def _wait_until_started(self) -> int:
         deadline = time.monotonic() + HOST_START_TIMEOUT
         while time.monotonic() < deadline:
-            log = self.log()
+            log = self.log()[self._started_at :]
             if "Host started" in log:
                 match = re.search(r"Listening on http://127\.0\.0\.1:(\d+)", log)
                 assert match, log
@@ -87,11 +107,24 @@ class RunningHost:
         return self.log_path.read_text(errors="replace")
 
     def post_message(
-        self, message: Mapping[str, Any], key: str | None = FUNCTION_KEY
+        self,
+        message: Mapping[str, Any],
+        key: str | None = FUNCTION_KEY,
+        headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         """POST /api/v1/messages with the function key."""
-        headers = {"x-functions-key": key} if key else {}
-        return self.http.post("/api/v1/messages", json=message, headers=headers)
+        all_headers = {"x-functions-key": key} if key else {}
+        all_headers.update(headers or {})
+        return self.http.post("/api/v1/messages", json=message, headers=all_headers)
+
+    def status(self, message_id: str) -> dict[str, Any]:
+        """GET /api/v1/messages/{id} as JSON."""
+        response = self.http.get(
+            f"/api/v1/messages/{message_id}", headers={"x-functions-key": FUNCTION_KEY}
+        )
+        assert response.status_code == 200, response.text
+        document: dict[str, Any] = response.json()
+        return document
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL the host's process group."""
@@ -148,11 +181,16 @@ def gateway_settings(connection_string: str, standin: SendGridStandIn) -> dict[s
         "ALLOWED_SENDERS": "app@example.com,@apps.example.com",
         "SENDGRID_API_BASE_URL": standin.base_url,
         "SENDGRID_API_KEY": standin.api_key,
-        "SENDGRID_TIMEOUT_SECONDS": "5",
+        "SENDGRID_CONNECT_TIMEOUT_SECONDS": "1",
+        "SENDGRID_TIMEOUT_SECONDS": "2",
+        "STATUS_TABLE_NAME": "mailstatuse2e",
         "MAX_DELIVERY_ATTEMPTS": str(MAX_DELIVERY_ATTEMPTS),
         "RETRY_BASE_DELAY_SECONDS": str(RETRY_BASE_DELAY_SECONDS),
         "RETRY_MAX_DELAY_SECONDS": "10",
         "LOCAL_FUNCTION_KEY": FUNCTION_KEY,
+        "LOCAL_ADMIN_KEY": ADMIN_KEY,
+        # Messages held by a killed host come back after this, not the host's 10 minutes.
+        "LOCAL_QUEUE_HOLD_SECONDS": "4",
     }
 
 

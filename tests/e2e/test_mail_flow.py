@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import time
 from typing import Any
 
@@ -154,7 +155,7 @@ def test_should_dead_letter_after_one_attempt_when_sendgrid_refuses_the_message(
     assert queues.peek(queues.mail) == []
 
 
-def test_should_retry_after_the_configured_delay_and_deliver_once(
+def test_should_retry_after_the_scheduled_delay_and_deliver_once(
     stack: RunningHost, standin: SendGridStandIn, queues: Queues
 ) -> None:
     standin.script([{"status": 503}, {"status": 503}])
@@ -166,11 +167,22 @@ def test_should_retry_after_the_configured_delay_and_deliver_once(
     requests = standin.requests()
     assert [r["status"] for r in requests] == [503, 503, 202]
     times = [r["at"] for r in requests]
-    # Backoff doubles from RETRY_BASE_DELAY_SECONDS; the queue, not a sleep, takes the delay.
-    assert times[1] - times[0] >= RETRY_BASE_DELAY_SECONDS
-    assert times[2] - times[1] >= 2 * RETRY_BASE_DELAY_SECONDS
+    delays = [
+        int(d)
+        for d in re.findall(
+            rf"Message {message_id} attempt \d failed .*?retrying in (\d+)s", stack.log()
+        )
+    ]
+    # Full jitter within base x 2^(attempt-1); the queue, not a sleep, takes each delay.
+    assert len(delays) == 2
+    assert 1 <= delays[0] <= RETRY_BASE_DELAY_SECONDS
+    assert 1 <= delays[1] <= 2 * RETRY_BASE_DELAY_SECONDS
+    assert times[1] - times[0] >= delays[0] - 0.1
+    assert times[2] - times[1] >= delays[1] - 0.1
     assert len(mails_for(standin, message_id)) == 1
     assert dead_letter_for(queues, message_id) is None
+    assert stack.status(message_id)["status"] == "sent"
+    assert stack.status(message_id)["attempts"] == 3
 
 
 def test_should_dead_letter_after_the_configured_attempts_when_sendgrid_keeps_failing(
@@ -213,13 +225,16 @@ def test_should_poison_a_raw_text_message_without_calling_the_function_as_the_ho
     assert standin.requests() == []
 
 
-def test_should_refuse_a_missing_or_wrong_function_key_with_401(stack: RunningHost) -> None:
+def test_should_refuse_a_missing_or_wrong_function_key_with_401(
+    stack: RunningHost, standin: SendGridStandIn
+) -> None:
     assert stack.post_message(full_message(), key=None).status_code == 401
     assert stack.post_message(full_message(), key="wrong-key").status_code == 401
     with_code = stack.http.post(
         "/api/v1/messages", json=full_message(), params={"code": "e2e-function-key"}
     )
     assert with_code.status_code == 202
+    wait_for(lambda: mails_for(standin, with_code.json()["id"]))
 
 
 def test_should_refuse_a_sender_outside_allowed_senders_with_403_and_queue_nothing(
@@ -249,7 +264,7 @@ def test_should_report_health(stack: RunningHost) -> None:
     response = stack.http.get("/api/health")
 
     assert response.status_code == 200
-    assert response.json() == {
-        "status": "healthy",
-        "checks": {"configuration": "ok", "storage": "ok"},
-    }
+    document = response.json()
+    assert document["status"] == "healthy"
+    assert document["checks"] == {"configuration": "ok", "storage": "ok"}
+    assert document["queues"] == {"mail-e2e": 0, "mail-e2e-poison": 0}
