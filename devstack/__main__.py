@@ -13,12 +13,12 @@ from urllib.parse import urlsplit
 
 from devstack.azurite import Azurite, AzuriteError
 from devstack.host import DEFAULT_PORT, local_setting_values, merge_settings, read_local_settings
-from devstack.sendgrid_standin import SendGridStandIn
+from devstack.sendgrid_standin import DEFAULT_API_KEY, SendGridStandIn
+from devstack.sendgrid_standin import DEFAULT_PORT as STANDIN_DEFAULT_PORT
 from shared.errors import ConfigurationError
 from shared.settings import DEFAULT_SENDGRID_API_BASE_URL, Settings
 
 DATA_DIR = Path(".devstack")
-STANDIN_DEFAULT_PORT = 7072
 
 
 def main() -> int:
@@ -73,7 +73,7 @@ def _choose_sendgrid(
     settings = merge_settings(local_values, env)
     port = urlsplit(settings.get("SENDGRID_API_BASE_URL", "")).port or STANDIN_DEFAULT_PORT
     standin = SendGridStandIn(
-        api_key=settings.get("SENDGRID_API_KEY") or "SG.local-standin-key",
+        api_key=settings.get("SENDGRID_API_KEY") or DEFAULT_API_KEY,
         outbox=DATA_DIR / "outbox",
         port=port,
     ).start()

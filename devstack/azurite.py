@@ -14,13 +14,13 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
+
+from devstack.processes import ManagedProcess, StartupFailed
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +74,7 @@ class Azurite:
         self.access_log = access_log
         self.executable = Path(executable) if executable is not None else DEFAULT_EXECUTABLE
         self._ports: dict[str, int] = {}
-        self._process: subprocess.Popen[bytes] | None = None
-        self._finalizer: weakref.finalize[[int, str | None], Azurite] | None = None
-        self._workdir: Path | None = None
+        self._process: ManagedProcess | None = None
         self._tempdir: Path | None = None
         self._paused = False
         self._output = ""
@@ -93,21 +91,17 @@ class Azurite:
     def stop(self) -> None:
         """Stop the whole process group; in-memory data is gone afterwards."""
         process, self._process = self._process, None
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
         if process is not None:
             if self._paused:
                 # A stopped process only acts on SIGTERM once continued.
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGCONT)
-            _stop_process_group(process)
+                    process.signal_group(signal.SIGCONT)
+            process.stop()
+            self._output = process.output()
         self._paused = False
-        self._output = self._read_log()
         if self._tempdir is not None:
             shutil.rmtree(self._tempdir, ignore_errors=True)
             self._tempdir = None
-        self._workdir = None
 
     def restart(self) -> Azurite:
         """Stop and start again on the same ports (in-memory data does not survive)."""
@@ -118,20 +112,18 @@ class Azurite:
 
     def pause(self) -> None:
         """Freeze Azurite (SIGSTOP): connections hang, as with storage that stopped answering."""
-        process = self._require_process()
-        os.killpg(process.pid, signal.SIGSTOP)
+        self._require_process().signal_group(signal.SIGSTOP)
         self._paused = True
 
     def resume(self) -> None:
         """Continue a paused Azurite (SIGCONT)."""
-        process = self._require_process()
-        os.killpg(process.pid, signal.SIGCONT)
+        self._require_process().signal_group(signal.SIGCONT)
         self._paused = False
 
     @property
     def running(self) -> bool:
         """Tell whether the process is alive (paused counts as alive)."""
-        return self._process is not None and self._process.poll() is None
+        return self._process is not None and self._process.running
 
     @property
     def pid(self) -> int | None:
@@ -187,7 +179,7 @@ class Azurite:
 
     def output(self) -> str:
         """What Azurite printed so far."""
-        return self._read_log() if self._workdir is not None else self._output
+        return self._process.output() if self._process is not None else self._output
 
     # ---- internals ----
 
@@ -196,16 +188,10 @@ class Azurite:
             raise AzuriteError("Azurite is not started")
         return self._ports[service]
 
-    def _require_process(self) -> subprocess.Popen[bytes]:
+    def _require_process(self) -> ManagedProcess:
         if self._process is None:
             raise AzuriteError("Azurite is not started")
         return self._process
-
-    def _read_log(self) -> str:
-        if self._workdir is None:
-            return self._output
-        log_path = self._workdir / _LOG_NAME
-        return log_path.read_text(errors="replace") if log_path.exists() else ""
 
     def _command(self, ports: dict[str, int]) -> list[str]:
         command = [
@@ -244,91 +230,38 @@ class Azurite:
         if self.in_memory:
             # Azurite writes debug and lock files into its working directory: not into the repo.
             self._tempdir = Path(tempfile.mkdtemp(prefix="azurite-"))
-            self._workdir = self._tempdir
+            workdir = self._tempdir
         else:
             assert self.location is not None
             self.location.mkdir(parents=True, exist_ok=True)
-            self._workdir = self.location
-        log_path = self._workdir / _LOG_NAME
-        with log_path.open("wb") as log:
-            # A file, not a pipe: nobody has to keep draining it while Azurite runs.
-            self._process = subprocess.Popen(
-                self._command(ports),
-                cwd=self._workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        # If the owner never calls stop() (a crashed test run), still leave no process behind.
-        self._finalizer = weakref.finalize(
-            self,
-            _reap_group_at_exit,
-            self._process.pid,
-            str(self._tempdir) if self._tempdir is not None else None,
+            workdir = self.location
+        self._process = ManagedProcess(
+            self._command(ports),
+            log_path=workdir / _LOG_NAME,
+            cwd=workdir,
+            cleanup_dir=self._tempdir,
         )
         self._ports = {}
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            text = log_path.read_text(errors="replace")
-            found = {m.group(1).lower(): int(m.group(3)) for m in _LISTENING_RE.finditer(text)}
-            if len(found) == 3:
-                self._ports = found
-                logger.info(
-                    "Azurite listening: blob %s, queue %s, table %s",
-                    found["blob"],
-                    found["queue"],
-                    found["table"],
-                )
-                return
-            exited = self._process.poll() is not None
-            if exited or time.monotonic() > deadline:
-                self.stop()
-                reason = (
-                    "exited during start-up"
-                    if exited
-                    else f"did not start within {self.startup_timeout:.0f} s"
-                )
-                raise AzuriteError(f"Azurite {reason}. Its output:\n{text}")
-            time.sleep(0.05)
-
-
-def _reap_group_at_exit(pid: int, tempdir: str | None, timeout: float = 3.0) -> None:
-    """Stop a process group whose owner was never stopped (crashed test, forgotten object)."""
-    for sig in (signal.SIGCONT, signal.SIGTERM):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
         try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                break
-        except ChildProcessError:
-            # Already reaped elsewhere: done once nothing is left in the group.
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                break
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-    if tempdir is not None:
-        shutil.rmtree(tempdir, ignore_errors=True)
+            found = self._process.wait_until_ready(
+                _listening_ports, timeout=self.startup_timeout, interval=0.05
+            )
+        except StartupFailed as failure:
+            self.stop()
+            raise AzuriteError(f"Azurite {failure.reason}. Its output:\n{failure.output}") from None
+        self._ports = found
+        logger.info(
+            "Azurite listening: blob %s, queue %s, table %s",
+            found["blob"],
+            found["queue"],
+            found["table"],
+        )
 
 
-def _stop_process_group(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
-    """Terminate a process group, killing it if it does not exit in time."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=timeout)
-    # Anything still in the group (there should be nothing) goes too.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
+def _listening_ports(output: str) -> dict[str, int] | None:
+    """Find the three services' ports in Azurite's output; None until all three listen."""
+    found = {m.group(1).lower(): int(m.group(3)) for m in _LISTENING_RE.finditer(output)}
+    return found if len(found) == 3 else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
