@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -157,15 +157,15 @@ class DeadLetters:
             extra={"mailgate_id": envelope.id},
         )
 
-    def _hold_all(self) -> Iterator[QueueMessage]:
+    def _hold_all(self) -> list[QueueMessage]:
+        # All of them first: a message released while paging would be received again.
         try:
             pages = self._poison.receive_messages(
                 messages_per_page=32, visibility_timeout=HOLD_SECONDS
             ).by_page()
-            for page in pages:
-                yield from page
+            return [message for page in pages for message in page]
         except ResourceNotFoundError:
-            return
+            return []
         except AzureError as error:
             raise StorageUnavailable(
                 f"queue {self._poison.queue_name}: {type(error).__name__}"

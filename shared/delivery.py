@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 # Writing `sent` is retried in place for this long: giving up means a redelivery sends again.
 SENT_WRITE_ATTEMPTS = 5
 SENT_WRITE_PAUSE_SECONDS = 0.2
+CLAIM_MARGIN_SECONDS = 10
 
 
 class MailSender(Protocol):
@@ -95,11 +96,12 @@ class Delivery:
         self._settings = settings
         self._now = now
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not security)
-        # A claim older than one whole SendGrid call belongs to a worker that died.
+        # A claim older than one whole SendGrid call (and a margin for clock skew between
+        # instances) belongs to a worker that died.
         self._claim_timeout = timedelta(
             seconds=settings.sendgrid_connect_timeout_seconds
             + settings.sendgrid_timeout_seconds
-            + 30
+            + CLAIM_MARGIN_SECONDS
         )
 
     def deliver(self, body: bytes) -> DeliveryOutcome:

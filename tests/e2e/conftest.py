@@ -54,6 +54,7 @@ class RunningHost:
             k: v for k, v in os.environ.items() if not k.startswith(("SENDGRID_", "Azure"))
         }
         self._env.update(settings)
+        self.settings = dict(settings)
         self.log_path = log_path
         self._log = log_path.open("ab")
         self._start("0")

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from azure.data.tables import TableClient
 
 from devstack.azurite import Azurite
 from devstack.sendgrid_standin import SendGridStandIn
@@ -37,7 +38,14 @@ def host_behind_proxy(
     running.stop()
 
 
+def status_records(azurite: Azurite) -> list[str]:
+    """The ids of every status record in the test table."""
+    table = TableClient.from_connection_string(azurite.connection_string, "mailstatuse2e")
+    return sorted(e["PartitionKey"] for e in table.list_entities())
+
+
 def test_should_answer_503_and_queue_nothing_while_storage_is_down(
+    azurite: Azurite,
     host_behind_proxy: RunningHost,
     storage_proxy: TcpProxy,
     standin: SendGridStandIn,
@@ -48,6 +56,7 @@ def test_should_answer_503_and_queue_nothing_while_storage_is_down(
     assert host_behind_proxy.post_message(full_message()).status_code == 202
     wait_for(lambda: len(standin.mails()) == 1)
 
+    records_before = status_records(azurite)
     storage_proxy.cut()
     response = host_behind_proxy.post_message(full_message(subject="Sent while storage is down"))
     health = host_behind_proxy.http.get("/api/health")
@@ -64,3 +73,5 @@ def test_should_answer_503_and_queue_nothing_while_storage_is_down(
     time.sleep(2)  # had anything been queued, the restored trigger would deliver it by now
     assert queues.peek(queues.mail) == []
     assert [m["payload"]["subject"] for m in standin.mails()] == ["Your invoice 42"]
+    # No status record claims the refused message was queued.
+    assert status_records(azurite) == records_before
