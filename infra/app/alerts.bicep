@@ -1,0 +1,139 @@
+// Alerts to one email address:
+// - dead letter: any write (PutMessage) to the poison queue, from the queue service's own
+//   resource logs in Log Analytics. It catches both the gateway's dead letters and the host's
+//   poison moves, within minutes (log ingestion delay included).
+// - backlog: the storage account's QueueMessageCount above a threshold. Azure reports that
+//   count for the whole account only (mail queue and poison queue together; there is no
+//   per-queue depth or oldest-message age among the platform metrics), refreshed about hourly.
+
+@description('Required. Name of the action group.')
+param actionGroupName string
+
+@minLength(3)
+@description('Required. Address the alerts are emailed to.')
+param alertEmailAddress string
+
+@description('Required. Storage account that holds the queues.')
+param storageAccountName string
+
+@description('Required. Log Analytics workspace with the queue service\'s StorageWrite logs.')
+param logAnalyticsWorkspaceId string
+
+@description('Required. Azure region of the log search alert.')
+param location string
+
+@minLength(3)
+@maxLength(63)
+@description('Required. Name of the poison queue to watch.')
+param poisonQueueName string
+
+@minValue(0)
+@description('Optional. The backlog alert fires above this many messages in the account\'s queues.')
+param queuedMessagesThreshold int = 100
+
+@description('Optional. Tags for the alert resources.')
+param tags object = {}
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: storageAccountName
+
+  resource queueService 'queueServices' existing = {
+    name: 'default'
+  }
+}
+
+resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = {
+  name: actionGroupName
+  location: 'global'
+  tags: tags
+  properties: {
+    groupShortName: 'mailgate'
+    enabled: true
+    emailReceivers: [
+      {
+        name: 'operator'
+        emailAddress: alertEmailAddress
+        useCommonAlertSchema: true
+      }
+    ]
+  }
+}
+
+resource deadLetterAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: 'mailgate-dead-letter'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: 'mailgate: message dead-lettered'
+    description: 'A message was written to ${poisonQueueName}: the gateway gave up on it or the host moved it there. Read it in Storage Explorer or with make poison.'
+    severity: 1
+    enabled: true
+    scopes: [
+      logAnalyticsWorkspaceId
+    ]
+    evaluationFrequency: 'PT5M'
+    windowSize: 'PT5M'
+    // StorageQueueLogs exists only once the first log arrives.
+    skipQueryValidation: true
+    criteria: {
+      allOf: [
+        {
+          query: 'StorageQueueLogs | where AccountName == "${storageAccountName}" and OperationName == "PutMessage" and Uri contains "/${poisonQueueName}/messages"'
+          timeAggregation: 'Count'
+          operator: 'GreaterThan'
+          threshold: 0
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    autoMitigate: false
+    actions: {
+      actionGroups: [
+        actionGroup.id
+      ]
+    }
+  }
+}
+
+resource backlogAlert 'Microsoft.Insights/metricAlerts@2018-03-01' = {
+  name: 'mailgate-queue-backlog'
+  location: 'global'
+  tags: tags
+  properties: {
+    description: 'More than ${queuedMessagesThreshold} messages wait in ${storageAccountName}\'s queues (the mail queue and ${poisonQueueName} together): delivery is stalled or dead letters pile up.'
+    severity: 2
+    enabled: true
+    scopes: [
+      storage::queueService.id
+    ]
+    evaluationFrequency: 'PT1H'
+    windowSize: 'PT1H'
+    criteria: {
+      'odata.type': 'Microsoft.Azure.Monitor.SingleResourceMultipleMetricCriteria'
+      allOf: [
+        {
+          name: 'queued-messages'
+          criterionType: 'StaticThresholdCriterion'
+          metricNamespace: 'Microsoft.Storage/storageAccounts/queueServices'
+          metricName: 'QueueMessageCount'
+          timeAggregation: 'Average'
+          operator: 'GreaterThan'
+          threshold: queuedMessagesThreshold
+        }
+      ]
+    }
+    autoMitigate: true
+    actions: [
+      {
+        actionGroupId: actionGroup.id
+      }
+    ]
+  }
+}
+
+@description('Resource id of the action group.')
+output actionGroupId string = actionGroup.id

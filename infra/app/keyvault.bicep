@@ -1,0 +1,69 @@
+// Key Vault with RBAC authorization, soft delete and purge protection. It holds the SendGrid
+// API key, which the app reads through a Key Vault reference with its own identity.
+
+@minLength(3)
+@maxLength(24)
+@description('Required. Key Vault name.')
+param name string
+
+@description('Required. Azure region.')
+param location string
+
+@description('Optional. Tags for the vault.')
+param tags object = {}
+
+@minValue(7)
+@maxValue(90)
+@description('Optional. Days a deleted vault or secret can be recovered (and its name stays reserved).')
+param softDeleteRetentionInDays int = 90
+
+@secure()
+@description('Optional. SendGrid API key. Empty: the secret gets no version now and the operator sets it later.')
+param sendgridApiKey string = ''
+
+@description('Optional. Name of the secret that holds the SendGrid API key.')
+param sendgridApiKeySecretName string = 'sendgrid-api-key'
+
+resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  name: name
+  location: location
+  tags: tags
+  properties: {
+    tenantId: subscription().tenantId
+    sku: {
+      family: 'A'
+      name: 'standard'
+    }
+    enableRbacAuthorization: true
+    enableSoftDelete: true
+    softDeleteRetentionInDays: softDeleteRetentionInDays
+    enablePurgeProtection: true
+    // App Service resolves Key Vault references over the vault's public endpoint unless the app
+    // is VNet-integrated; access is still by Entra ID and RBAC only.
+    // checkov:skip=CKV_AZURE_109: no VNet integration yet; Key Vault references need the public endpoint
+    // checkov:skip=CKV_AZURE_189: no VNet integration yet; Key Vault references need the public endpoint
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      defaultAction: 'Allow'
+      bypass: 'AzureServices'
+    }
+  }
+}
+
+module sendgridSecret 'secret.bicep' = if (!empty(sendgridApiKey)) {
+  name: 'sendgrid-api-key-secret'
+  params: {
+    vaultName: vault.name
+    name: sendgridApiKeySecretName
+    value: sendgridApiKey
+  }
+}
+
+@description('Name of the vault.')
+output name string = vault.name
+
+@description('Name of the SendGrid API key secret.')
+output sendgridApiKeySecretName string = sendgridApiKeySecretName
+
+@description('Versionless URI of the SendGrid API key secret, for the Key Vault reference (picks up new versions).')
+output sendgridApiKeySecretUri string = '${vault.properties.vaultUri}secrets/${sendgridApiKeySecretName}'

@@ -1,0 +1,283 @@
+// mailgate on Azure: a Flex Consumption Function App that reaches Storage, Key Vault and
+// Application Insights through one user-assigned identity. `azd up` deploys this file with
+// main.parameters.json; `az deployment sub create` works the same way without azd.
+targetScope = 'subscription'
+
+@minLength(1)
+@maxLength(64)
+@description('Required. Name of the environment (azd sets it); used in the resource group name, the resource token and tags.')
+param environmentName string
+
+@minLength(1)
+@description('Required. Azure region for every resource. It must offer the Flex Consumption plan: `az functionapp list-flexconsumption-locations`.')
+@metadata({
+  azd: {
+    type: 'location'
+  }
+})
+param location string
+
+@description('Optional. Object id of the deploying user or principal; when set it gets the same data roles as the app (and Key Vault Secrets Officer) so it can read the queues and set the SendGrid key. Empty: no such role assignments.')
+param principalId string = ''
+
+@allowed([
+  'User'
+  'ServicePrincipal'
+  'Group'
+])
+@description('Optional. Kind of principal that principalId names.')
+param principalType string = 'User'
+
+@description('Optional. Resource group name; empty means rg-<environmentName>.')
+param resourceGroupName string = ''
+
+@description('Optional. Key Vault name, 3-24 characters; empty means a generated one. Purge protection keeps a deleted vault\'s name reserved for its retention period, so a redeployment after `azd down` may need a new name.')
+param keyVaultName string = ''
+
+@minLength(1)
+@description('Required. ALLOWED_SENDERS: comma-separated addresses and @domains that may appear in `from`, for example \'noreply@example.com,@example.org\'.')
+param allowedSenders string
+
+@secure()
+@description('Optional. SendGrid API key stored as the Key Vault secret sendgrid-api-key. Empty: no secret version is created; set it later with `az keyvault secret set` (see the README).')
+param sendgridApiKey string = ''
+
+@minLength(3)
+@description('Required. Address that receives the dead-letter and queue-backlog alerts.')
+param alertEmailAddress string
+
+@allowed([
+  '3.11'
+  '3.12'
+  '3.13'
+])
+@description('Optional. Python version of the Flex Consumption runtime.')
+param pythonVersion string = '3.12'
+
+@allowed([
+  512
+  2048
+  4096
+])
+@description('Optional. Memory of each Flex Consumption instance, in MB.')
+param instanceMemoryMB int = 2048
+
+@minValue(1)
+@maxValue(1000)
+@description('Optional. Most instances the app scales out to. Each instance runs the queue trigger in parallel, so this caps the request rate SendGrid sees.')
+param maximumInstanceCount int = 40
+
+@minLength(3)
+@maxLength(56)
+@description('Optional. MAIL_QUEUE_NAME: the mail queue; its poison queue <name>-poison is created with it.')
+param mailQueueName string = 'mail-outbound'
+
+@minLength(3)
+@maxLength(63)
+@description('Optional. STATUS_TABLE_NAME: the table that records each message\'s delivery status.')
+param statusTableName string = 'mailstatus'
+
+@description('Optional. SENDGRID_API_BASE_URL: the SendGrid (or compatible) API, https.')
+param sendgridApiBaseUrl string = 'https://api.sendgrid.com'
+
+@minValue(1)
+@maxValue(60)
+@description('Optional. SENDGRID_CONNECT_TIMEOUT_SECONDS: connect timeout to SendGrid.')
+param sendgridConnectTimeoutSeconds int = 5
+
+@minValue(1)
+@maxValue(200)
+@description('Optional. SENDGRID_TIMEOUT_SECONDS: read and write timeout to SendGrid.')
+param sendgridTimeoutSeconds int = 30
+
+@minValue(1024)
+@maxValue(100000000)
+@description('Optional. MAX_REQUEST_BYTES: largest accepted request body.')
+param maxRequestBytes int = 1048576
+
+@minValue(1)
+@maxValue(100)
+@description('Optional. MAX_DELIVERY_ATTEMPTS: attempts before a retryable failure is dead-lettered.')
+param maxDeliveryAttempts int = 8
+
+@minValue(1)
+@maxValue(604800)
+@description('Optional. RETRY_BASE_DELAY_SECONDS: delay after the first failed attempt; it doubles each attempt.')
+param retryBaseDelaySeconds int = 30
+
+@minValue(1)
+@maxValue(604800)
+@description('Optional. RETRY_MAX_DELAY_SECONDS: longest delay between attempts.')
+param retryMaxDelaySeconds int = 3600
+
+@minValue(1)
+@description('Optional. IDEMPOTENCY_RETENTION_HOURS: how long a delivered message id is remembered to refuse a second send.')
+param idempotencyRetentionHours int = 24
+
+@minValue(0)
+@description('Optional. The backlog alert fires when the storage account holds more queue messages than this (mail queue and poison queue together).')
+param queuedMessagesAlertThreshold int = 100
+
+@description('Optional. Tags added to every resource.')
+param tags object = {}
+
+// azd finds the resource group and the app by these tags.
+var allTags = union(tags, {
+  'azd-env-name': environmentName
+})
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var abbreviations = {
+  actionGroup: 'ag-'
+  appInsights: 'appi-'
+  functionApp: 'func-'
+  identity: 'id-'
+  keyVault: 'kv-'
+  logAnalytics: 'log-'
+  plan: 'plan-'
+  resourceGroup: 'rg-'
+  storage: 'st'
+}
+var functionAppName = '${abbreviations.functionApp}${resourceToken}'
+// Flex Consumption keeps the deployment package in this blob container.
+var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(resourceToken, 7)}'
+
+resource resourceGroup 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: !empty(resourceGroupName) ? resourceGroupName : '${abbreviations.resourceGroup}${environmentName}'
+  location: location
+  tags: allTags
+}
+
+module identity 'app/identity.bicep' = {
+  name: 'identity'
+  scope: resourceGroup
+  params: {
+    name: '${abbreviations.identity}api-${resourceToken}'
+    location: location
+    tags: allTags
+  }
+}
+
+module monitoring 'app/monitoring.bicep' = {
+  name: 'monitoring'
+  scope: resourceGroup
+  params: {
+    logAnalyticsName: '${abbreviations.logAnalytics}${resourceToken}'
+    applicationInsightsName: '${abbreviations.appInsights}${resourceToken}'
+    location: location
+    tags: allTags
+  }
+}
+
+module storage 'app/storage.bicep' = {
+  name: 'storage'
+  scope: resourceGroup
+  params: {
+    name: '${abbreviations.storage}${resourceToken}'
+    location: location
+    tags: allTags
+    deploymentContainerName: deploymentContainerName
+    mailQueueName: mailQueueName
+    statusTableName: statusTableName
+    logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
+  }
+}
+
+module keyVault 'app/keyvault.bicep' = {
+  name: 'keyvault'
+  scope: resourceGroup
+  params: {
+    name: !empty(keyVaultName) ? keyVaultName : '${abbreviations.keyVault}${resourceToken}'
+    location: location
+    tags: allTags
+    sendgridApiKey: sendgridApiKey
+  }
+}
+
+module api 'app/api.bicep' = {
+  name: 'api'
+  scope: resourceGroup
+  params: {
+    name: functionAppName
+    planName: '${abbreviations.plan}${resourceToken}'
+    location: location
+    tags: allTags
+    identityId: identity.outputs.id
+    identityClientId: identity.outputs.clientId
+    storageAccountName: storage.outputs.name
+    deploymentContainerUrl: '${storage.outputs.blobEndpoint}${deploymentContainerName}'
+    applicationInsightsConnectionString: monitoring.outputs.applicationInsightsConnectionString
+    sendgridApiKeySecretUri: keyVault.outputs.sendgridApiKeySecretUri
+    pythonVersion: pythonVersion
+    instanceMemoryMB: instanceMemoryMB
+    maximumInstanceCount: maximumInstanceCount
+    allowedSenders: allowedSenders
+    mailQueueName: mailQueueName
+    statusTableName: statusTableName
+    sendgridApiBaseUrl: sendgridApiBaseUrl
+    sendgridConnectTimeoutSeconds: sendgridConnectTimeoutSeconds
+    sendgridTimeoutSeconds: sendgridTimeoutSeconds
+    maxRequestBytes: maxRequestBytes
+    maxDeliveryAttempts: maxDeliveryAttempts
+    retryBaseDelaySeconds: retryBaseDelaySeconds
+    retryMaxDelaySeconds: retryMaxDelaySeconds
+    idempotencyRetentionHours: idempotencyRetentionHours
+  }
+}
+
+module rbac 'app/rbac.bicep' = {
+  name: 'rbac'
+  scope: resourceGroup
+  params: {
+    storageAccountName: storage.outputs.name
+    keyVaultName: keyVault.outputs.name
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    appPrincipalId: identity.outputs.principalId
+    userPrincipalId: principalId
+    userPrincipalType: principalType
+  }
+}
+
+module alerts 'app/alerts.bicep' = {
+  name: 'alerts'
+  scope: resourceGroup
+  params: {
+    actionGroupName: '${abbreviations.actionGroup}mailgate-${resourceToken}'
+    alertEmailAddress: alertEmailAddress
+    tags: allTags
+    storageAccountName: storage.outputs.name
+    logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
+    location: location
+    poisonQueueName: '${mailQueueName}-poison'
+    queuedMessagesThreshold: queuedMessagesAlertThreshold
+  }
+}
+
+@description('Region of the deployment.')
+output AZURE_LOCATION string = location
+
+@description('Tenant of the deployment.')
+output AZURE_TENANT_ID string = tenant().tenantId
+
+@description('Resource group that holds every resource.')
+output AZURE_RESOURCE_GROUP string = resourceGroup.name
+
+@description('Name of the Function App (for `make publish APP=...`).')
+output AZURE_FUNCTION_APP_NAME string = api.outputs.name
+
+@description('Name of the Function App under its azd service name.')
+output SERVICE_API_NAME string = api.outputs.name
+
+@description('HTTPS base URL of the gateway.')
+output SERVICE_API_URI string = api.outputs.uri
+
+@description('Storage account with the mail queue, its poison queue and the status table.')
+output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+
+@description('Key Vault that holds the SendGrid API key.')
+output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
+
+@description('Name of the Key Vault secret the app reads as SENDGRID_API_KEY.')
+output SENDGRID_API_KEY_SECRET_NAME string = keyVault.outputs.sendgridApiKeySecretName
+
+@description('Client id of the app\'s user-assigned identity.')
+output AZURE_FUNCTION_IDENTITY_CLIENT_ID string = identity.outputs.clientId
