@@ -1,0 +1,176 @@
+"""One list of settings: what the code reads, what infra/ sets on the Function App, the keys of
+local.settings.example.json and the rows of the README's settings table agree, but for the
+few settings below that belong to some of those places only."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+
+from shared.errors import ConfigurationError
+from shared.settings import Settings
+from tests.infra.conftest import INFRA, parse_bicep
+from tests.infra.venvs import ROOT
+
+CODE, INFRA_APP, LOCAL, README = "code", "infra", "local.settings.example.json", "README"
+EVERYWHERE = frozenset({CODE, INFRA_APP, LOCAL, README})
+# Settings that belong in some places only, and why. Any other setting belongs everywhere.
+PLACES: dict[str, frozenset[str]] = {
+    # A connection string locally (Azurite); in Azure the identity-based settings below.
+    "AzureWebJobsStorage": frozenset({CODE, LOCAL, README}),
+    "AzureWebJobsStorage__accountName": frozenset({CODE, INFRA_APP, README}),
+    "AzureWebJobsStorage__credential": frozenset({CODE, INFRA_APP, README}),
+    "AzureWebJobsStorage__clientId": frozenset({CODE, INFRA_APP, README}),
+    # Alternatives to __accountName that the code honours; infra/ uses __accountName.
+    "AzureWebJobsStorage__queueServiceUri": frozenset({CODE, README}),
+    "AzureWebJobsStorage__tableServiceUri": frozenset({CODE, README}),
+    # Read by the Functions host, not by the gateway: telemetry with the app's identity.
+    "APPLICATIONINSIGHTS_CONNECTION_STRING": frozenset({INFRA_APP}),
+    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": frozenset({INFRA_APP}),
+    # Core Tools needs it locally; Flex Consumption takes the runtime from functionAppConfig
+    # and refuses it as an app setting.
+    "FUNCTIONS_WORKER_RUNTIME": frozenset({LOCAL}),
+    # The local host's keys (devstack); Azure manages function keys itself.
+    "LOCAL_FUNCTION_KEY": frozenset({LOCAL, README}),
+    # Optional even locally: without it the local host refuses admin routes.
+    "LOCAL_ADMIN_KEY": frozenset({README}),
+}
+# What App Service puts in place of the Key Vault reference once it resolves it.
+RESOLVED_SECRET = "SG.resolved-from-key-vault"
+# Values for the required main.bicep parameters that have no default.
+REQUIRED_PARAMETERS = {"allowedSenders": "noreply@example.com,@example.org"}
+
+
+class RecordingEnviron(Mapping[str, str]):
+    """App settings that remember every name looked up in them."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self._values = values
+        self.looked_up: set[str] = set()
+
+    def __getitem__(self, name: str) -> str:
+        self.looked_up.add(name)
+        return self._values[name]
+
+    def __contains__(self, name: object) -> bool:
+        if isinstance(name, str):
+            self.looked_up.add(name)
+        return name in self._values
+
+    def get(self, name: str, default: Any = None) -> Any:
+        self.looked_up.add(name)
+        return self._values.get(name, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+def code_settings() -> set[str]:
+    """Every name `Settings.from_env` looks up, over the ways storage can be given."""
+    common = {"ALLOWED_SENDERS": "@example.com", "SENDGRID_API_KEY": "SG.key"}
+    identity = {
+        "AzureWebJobsStorage__credential": "managedidentity",
+        "AzureWebJobsStorage__clientId": "00000000-0000-0000-0000-000000000000",
+    }
+    names: set[str] = set()
+    for storage, valid in [
+        ({"AzureWebJobsStorage": "UseDevelopmentStorage=true"}, True),
+        ({"AzureWebJobsStorage__accountName": "stexample", **identity}, True),
+        # No storage at all: the code looks up every alternative before it gives up.
+        (identity, False),
+    ]:
+        environ = RecordingEnviron({**common, **storage})
+        if valid:
+            Settings.from_env(environ)
+        else:
+            with pytest.raises(ConfigurationError):
+                Settings.from_env(environ)
+        names |= environ.looked_up
+    return names
+
+
+def infra_app_settings() -> dict[str, Any]:
+    """The app settings infra/app/api.bicep sets, as pycep parses them."""
+    variables = parse_bicep(INFRA / "app" / "api.bicep")["variables"]
+    settings: dict[str, Any] = variables["appSettings"]["value"]
+    return settings
+
+
+def local_example_settings() -> set[str]:
+    document = json.loads((ROOT / "local.settings.example.json").read_text(encoding="utf-8"))
+    return set(document["Values"])
+
+
+def readme_settings() -> set[str]:
+    """The names in the first column of the README's settings table."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = re.search(r"^## Settings\n(.*?)(?=^## )", text, re.MULTILINE | re.DOTALL)
+    assert section, "README.md has no '## Settings' section"
+    names: set[str] = set()
+    for row in re.findall(r"^\| (`[^|]*) \|", section.group(1), re.MULTILINE):
+        cell = re.findall(r"`([^`]+)`", row)
+        base = cell[0].split("__")[0]
+        # `AzureWebJobsStorage__accountName` / `__queueServiceUri`: the second shares the prefix.
+        names |= {f"{base}{name}" if name.startswith("__") else name for name in cell}
+    return names
+
+
+def test_should_list_the_same_settings_in_code_infra_local_example_and_readme() -> None:
+    found = {
+        CODE: code_settings(),
+        INFRA_APP: set(infra_app_settings()),
+        LOCAL: local_example_settings(),
+        README: readme_settings(),
+    }
+    everything = set().union(*found.values(), PLACES)
+    problems = []
+    for place, names in found.items():
+        expected = {n for n in everything if place in PLACES.get(n, EVERYWHERE)}
+        if missing := sorted(expected - names):
+            problems.append(f"{place} lacks {missing}")
+        if extra := sorted(names - expected):
+            problems.append(f"{place} has {extra}, which belong(s) elsewhere (see PLACES)")
+    assert problems == [], "settings disagree:\n" + "\n".join(problems)
+
+
+def resolved_infra_settings() -> dict[str, str]:
+    """infra's app settings with main.bicep's defaults, as the deployed app would see them."""
+    parameters = parse_bicep(INFRA / "main.bicep")["parameters"]
+    values = {name: p.get("default") for name, p in parameters.items()}
+    values.update(REQUIRED_PARAMETERS)
+    samples = {
+        "storageAccountName": "stexample",
+        "identityClientId": "00000000-0000-0000-0000-000000000000",
+    }
+
+    def resolve(value: Any) -> str:
+        if isinstance(value, dict):
+            [argument] = value["function"]["parameters"].values()
+            assert value["function"]["type"] == "string", value
+            return resolve(argument)
+        if value in samples:
+            return samples[value]
+        if value in values:
+            return str(values[value])
+        return str(value)
+
+    return {name: resolve(value) for name, value in infra_app_settings().items()}
+
+
+def test_should_deploy_settings_the_code_accepts() -> None:
+    settings = resolved_infra_settings()
+    assert settings["AzureWebJobsStorage__credential"] == "managedidentity"
+    assert settings["SENDGRID_API_KEY"].startswith("@Microsoft.KeyVault(SecretUri=")
+    # Unresolved, the reference is refused by name; resolved, the settings are valid.
+    with pytest.raises(ConfigurationError, match="SENDGRID_API_KEY"):
+        Settings.from_env(settings)
+    valid = Settings.from_env({**settings, "SENDGRID_API_KEY": RESOLVED_SECRET})
+    assert valid.storage.credential == "managedidentity"
+    assert valid.storage.queue_service_uri == "https://stexample.queue.core.windows.net"
