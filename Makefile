@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: run test lint setup clean poison replay purge
+.PHONY: run test lint setup clean poison replay purge publish
 
 run: setup local.settings.json
 	$(BIN)/python -m devstack
@@ -42,6 +42,13 @@ replay: setup
 
 purge: setup
 	$(BIN)/python -m admin purge $(if $(ALL),--all) $(IDS) $(if $(CONFIRM),--confirm $(CONFIRM))
+
+# Deploy the code to an existing Function App (remote build from requirements.txt; .funcignore
+# keeps tests and tooling out). `azd up` does this too; see README "Deploy to Azure".
+publish:
+	@test -n "$(APP)" || { echo "usage: make publish APP=<function app name> (azd: azd env get-value AZURE_FUNCTION_APP_NAME)" >&2; exit 2; }
+	@command -v func >/dev/null 2>&1 || { echo "make publish needs Azure Functions Core Tools (func) on PATH: https://learn.microsoft.com/azure/azure-functions/functions-run-local" >&2; exit 2; }
+	func azure functionapp publish "$(APP)"
 
 # Core Tools reads local.settings.json; start from the example the first time.
 local.settings.json:
