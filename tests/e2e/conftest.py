@@ -5,14 +5,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -21,15 +15,14 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueClient, QueueServiceClient
 
 from devstack.azurite import Azurite
+from devstack.host_process import LocalHostProcess
 from devstack.sendgrid_standin import SendGridStandIn
 
-REPO = Path(__file__).resolve().parents[2]
 FUNCTION_KEY = "e2e-function-key"
 ADMIN_KEY = "e2e-admin-key"
 MAIL_QUEUE = "mail-e2e"
 RETRY_BASE_DELAY_SECONDS = 1
 MAX_DELIVERY_ATTEMPTS = 3
-HOST_START_TIMEOUT = 30.0
 
 T = TypeVar("T")
 
@@ -46,66 +39,12 @@ def wait_for(probe: Callable[[], T | None], timeout: float = 15.0, interval: flo
         time.sleep(interval)
 
 
-class RunningHost:
-    """The local Functions host running the real function_app.py in a subprocess."""
-
-    def __init__(self, settings: Mapping[str, str], log_path: Path) -> None:
-        self._env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("SENDGRID_", "Azure"))
-        }
-        self._env.update(settings)
-        self.settings = dict(settings)
-        self.log_path = log_path
-        self._log = log_path.open("ab")
-        self._start("0")
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.http = httpx.Client(base_url=self.base_url, timeout=30)
-
-    def _start(self, port: str) -> None:
-        self._started_at = len(self.log())
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "devstack.host", "--app-dir", str(REPO), "--port", port],
-            cwd=REPO,
-            env=self._env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            self.port = self._wait_until_started()
-        except BaseException:
-            self.stop()
-            raise
-
-    def kill(self) -> None:
-        """SIGKILL the host: in-flight invocations die where they are."""
-        os.killpg(self._process.pid, signal.SIGKILL)
-        self._process.wait()
-
-    def restart(self) -> None:
-        """Start the host again on the same port."""
-        self._start(str(self.port))
+class RunningHost(LocalHostProcess):
+    """The local host running the gateway, with the calls the tests make to it."""
 
     def admin(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Call an admin route with the admin key."""
         return self.http.request(method, path, headers={"x-functions-key": ADMIN_KEY}, **kwargs)
-
-    def _wait_until_started(self) -> int:
-        deadline = time.monotonic() + HOST_START_TIMEOUT
-        while time.monotonic() < deadline:
-            log = self.log()[self._started_at :]
-            if "Host started" in log:
-                match = re.search(r"Listening on http://127\.0\.0\.1:(\d+)", log)
-                assert match, log
-                return int(match[1])
-            if self._process.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise RuntimeError(f"the local host did not start:\n{self.log()}")
-
-    def log(self) -> str:
-        """Everything the host and the functions logged so far."""
-        return self.log_path.read_text(errors="replace")
 
     def post_message(
         self,
@@ -126,19 +65,6 @@ class RunningHost:
         assert response.status_code == 200, response.text
         document: dict[str, Any] = response.json()
         return document
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL the host's process group."""
-        if self._process.poll() is None:
-            os.killpg(self._process.pid, signal.SIGTERM)
-            try:
-                self._process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._process.pid, signal.SIGKILL)
-                self._process.wait()
-        self._log.close()
-        if hasattr(self, "http"):
-            self.http.close()
 
 
 class Queues:
@@ -216,7 +142,7 @@ def host(
     """The local host running the gateway against the test Azurite and stand-in."""
     running = RunningHost(
         gateway_settings(azurite.connection_string, standin),
-        tmp_path_factory.mktemp("host") / "host.log",
+        tmp_path_factory.mktemp("host"),
     )
     yield running
     running.stop()

@@ -177,7 +177,7 @@ def own_host(
         "STATUS_TABLE_NAME": f"status{name}",
     }
     standin.reset()
-    host = RunningHost(settings, tmp_path / "host.log")
+    host = RunningHost(settings, tmp_path)
     yield host
     host.stop()
 
@@ -217,7 +217,7 @@ def test_should_lose_no_accepted_message_when_storage_restarts_mid_run(
                 **gateway_settings(storage.connection_string, standin),
                 "MAIL_QUEUE_NAME": "mail-restart",
             },
-            tmp_path / "host.log",
+            tmp_path,
         )
         try:
             standin.set_latency(300)

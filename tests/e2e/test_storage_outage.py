@@ -33,7 +33,7 @@ def host_behind_proxy(
         f"127.0.0.1:{azurite.queue_port}/", f"127.0.0.1:{storage_proxy.port}/"
     )
     assert connection_string != azurite.connection_string
-    running = RunningHost(gateway_settings(connection_string, standin), tmp_path / "host.log")
+    running = RunningHost(gateway_settings(connection_string, standin), tmp_path)
     yield running
     running.stop()
 
