@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: run test lint setup clean poison replay purge publish
+.PHONY: run test lint setup clean poison replay purge soak publish
 
 run: setup local.settings.json
 	$(BIN)/python -m devstack
@@ -32,6 +32,10 @@ $(PY_STAMP): requirements.txt requirements-dev.txt
 $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+# Not part of `make test`: 2,000 messages, transient faults and two host SIGKILLs.
+soak: setup
+	$(BIN)/python -m bench.soak
 
 # The poison queue, for operators: list, replay (IDS="id ..." or ALL=1), purge (also CONFIRM=<queue>).
 poison: setup
