@@ -36,8 +36,9 @@ PLACES: dict[str, frozenset[str]] = {
     "FUNCTIONS_WORKER_RUNTIME": frozenset({LOCAL}),
     # The local host's keys (devstack); Azure manages function keys itself.
     "LOCAL_FUNCTION_KEY": frozenset({LOCAL, README}),
-    # Optional even locally: without it the local host refuses admin routes.
-    "LOCAL_ADMIN_KEY": frozenset({README}),
+    "LOCAL_ADMIN_KEY": frozenset({LOCAL, README}),
+    # Optional, for tests that kill the local host; it defaults to the real host's 10 minutes.
+    "LOCAL_QUEUE_HOLD_SECONDS": frozenset({README}),
 }
 # What App Service puts in place of the Key Vault reference once it resolves it.
 RESOLVED_SECRET = "SG.resolved-from-key-vault"
