@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dead_letters = gateway.dead_letters
         chosen = None if getattr(args, "all", False) else args.__dict__.get("ids")
         if args.command == "list":
-            entries = dead_letters.list()
+            entries = dead_letters.entries()
             result: object = {"dead_letters": [e.to_document() for e in entries]}
         elif args.command == "replay":
             result = dead_letters.replay(chosen).to_document()

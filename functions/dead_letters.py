@@ -18,7 +18,7 @@ bp = func.Blueprint()
 def list_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
     """Every dead letter with its reason."""
     try:
-        entries = get_gateway().dead_letters.list()
+        entries = get_gateway().dead_letters.entries()
     except MailgateError as error:
         return refusal_response(error, "the dead letters could not be read")
     return json_response({"dead_letters": [e.to_document() for e in entries]}, 200)

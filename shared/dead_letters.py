@@ -97,7 +97,7 @@ class DeadLetters:
         self._statuses = statuses
         self._now = now
 
-    def list(self) -> list[DeadLetterEntry]:
+    def entries(self) -> list[DeadLetterEntry]:
         """Every dead letter, oldest first as the queue returns them."""
         entries = []
         for message in self._hold_all():
