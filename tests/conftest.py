@@ -1,11 +1,17 @@
-"""Fixtures shared by every test: valid settings and the in-memory queue and provider."""
+"""Fixtures shared by every test: valid settings and the in-memory queue, stores and provider."""
 
 from __future__ import annotations
 
 import pytest
 
 from shared.settings import Settings
-from tests.fakes import FakeMailQueue, FakeMailSender
+from tests.fakes import (
+    FakeIdempotencyStore,
+    FakeMailQueue,
+    FakeMailSender,
+    FakeStatusStore,
+    Journal,
+)
 from tests.samples import BASE_ENV
 
 
@@ -16,12 +22,30 @@ def settings() -> Settings:
 
 
 @pytest.fixture
-def fake_queue() -> FakeMailQueue:
-    """An empty in-memory mail queue that answers every call."""
-    return FakeMailQueue()
+def journal() -> Journal:
+    """The order in which the fakes below were called."""
+    return Journal()
 
 
 @pytest.fixture
-def fake_sender() -> FakeMailSender:
+def fake_queue(journal: Journal) -> FakeMailQueue:
+    """An empty in-memory mail queue and poison queue that answer every call."""
+    return FakeMailQueue(journal=journal)
+
+
+@pytest.fixture
+def fake_statuses(journal: Journal) -> FakeStatusStore:
+    """An empty in-memory status store that answers every call."""
+    return FakeStatusStore(journal=journal)
+
+
+@pytest.fixture
+def fake_keys() -> FakeIdempotencyStore:
+    """An empty in-memory Idempotency-Key store with the default 24 h retention."""
+    return FakeIdempotencyStore()
+
+
+@pytest.fixture
+def fake_sender(journal: Journal) -> FakeMailSender:
     """A provider client that accepts every message."""
-    return FakeMailSender()
+    return FakeMailSender(journal=journal)

@@ -1,41 +1,269 @@
-"""In-memory stand-ins for the gateway's outside world: the mail queue and the provider."""
+"""In-memory stand-ins for the gateway's outside world: queues, status and key stores, provider.
+
+The queue and store fakes subclass the real classes only so that the type checker accepts them
+wherever the code takes one; no Azure client is created. Each can be told to fail an operation
+with StorageUnavailable, and each can write what it did to a shared journal, so that a test can
+check the order in which the gateway touched them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+import itertools
+import random
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, cast
 
-from shared.errors import DeliveryError, StorageUnavailable
+from azure.core.exceptions import ResourceNotFoundError, ServiceRequestError
+from azure.storage.queue import QueueClient, QueueMessage, QueueProperties
+
+from shared.errors import (
+    ConcurrentUpdate,
+    DeliveryError,
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    StorageUnavailable,
+)
+from shared.idempotency import PENDING_TIMEOUT, IdempotencyStore, KeyClaim, KeyRecord, digest
 from shared.models import QueueEnvelope
 from shared.queue import MailQueue
+from shared.status import MessageStatus, StatusStore
 
-QUEUE_OPERATIONS = frozenset({"enqueue", "dead_letter", "ensure_exists", "check"})
+QUEUE_OPERATIONS = frozenset({"enqueue", "dead_letter", "ensure_exists", "check", "depths"})
+STATUS_OPERATIONS = frozenset({"get", "create", "claim", "put", "check", "ensure_exists"})
+KEY_OPERATIONS = frozenset({"claim", "complete", "release"})
+
+
+class Journal(list[str]):
+    """What the fakes did, in order: "queue.enqueue", "status.put failed", "sendgrid.send"."""
+
+
+class _Outage:
+    """Operations that fail with StorageUnavailable: for good, or for the next few calls."""
+
+    def __init__(self, component: str, operations: frozenset[str]) -> None:
+        self._component = component
+        self._operations = operations
+        self._always: frozenset[str] = frozenset()
+        self._times: dict[str, int] = {}
+
+    def always(self, operations: Iterable[str]) -> None:
+        self._always = self._checked(operations)
+
+    def next_calls(self, operation: str, times: int) -> None:
+        self._checked([operation])
+        self._times[operation] = times
+
+    def end(self) -> None:
+        self._always = frozenset()
+        self._times = {}
+
+    def check(self, operation: str) -> None:
+        if self._times.get(operation, 0) > 0:
+            self._times[operation] -= 1
+        elif operation not in self._always:
+            return
+        raise StorageUnavailable(f"{self._component}: ServiceRequestError: {operation} failed")
+
+    def _checked(self, operations: Iterable[str]) -> frozenset[str]:
+        chosen = frozenset(operations)
+        unknown = chosen - self._operations
+        if unknown:
+            raise ValueError(f"not {self._component} operations: {sorted(unknown)}")
+        return chosen
+
+
+class JitterAt(random.Random):
+    """A random source whose `uniform(a, b)` always lands at `fraction` of the way from a to b."""
+
+    def __init__(self, fraction: float) -> None:
+        super().__init__(0)
+        self.fraction = fraction
+        self.calls: list[tuple[float, float]] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        self.calls.append((a, b))
+        return a + (b - a) * self.fraction
+
+
+@dataclass
+class _StoredMessage:
+    id: str
+    content: str
+    time_to_live: int | None
+    visible: bool = True
+    dequeue_count: int = 0
+    pop_receipt: str = ""
+
+
+class FakeQueueClient:
+    """The QueueClient calls the gateway makes, on one in-memory queue with visibility.
+
+    Like the service, a received message stays invisible until it is deleted or released
+    (`update_message(..., visibility_timeout=0)`), and `receive_messages(...).by_page()` keeps
+    asking for pages until one comes back empty. A real queue would then page forever over
+    messages released during the same pass; this one raises AssertionError instead.
+    """
+
+    def __init__(self, queue_name: str) -> None:
+        self.queue_name = queue_name
+        self.unavailable = False
+        self.created = 0
+        self._messages: list[_StoredMessage] = []
+        self._ids = itertools.count(1)
+
+    # -- what tests read --
+
+    @property
+    def texts(self) -> list[str]:
+        """Every message's content, visible or not, oldest first."""
+        return [m.content for m in self._messages]
+
+    @property
+    def time_to_live(self) -> list[int | None]:
+        """The time-to-live each message was sent with."""
+        return [m.time_to_live for m in self._messages]
+
+    @property
+    def visible_texts(self) -> list[str]:
+        """The content of the messages a receive would return now."""
+        return [m.content for m in self._messages if m.visible]
+
+    # -- the QueueClient surface --
+
+    def create_queue(self) -> None:
+        self._fail_if_unavailable()
+        self.created += 1
+
+    def get_queue_properties(self) -> QueueProperties:
+        self._fail_if_unavailable()
+        properties = QueueProperties()
+        properties.approximate_message_count = len(self._messages)
+        return properties
+
+    def send_message(
+        self,
+        content: str,
+        *,
+        visibility_timeout: int | None = None,
+        time_to_live: int | None = None,
+    ) -> None:
+        self._fail_if_unavailable()
+        self._messages.append(
+            _StoredMessage(
+                id=f"{self.queue_name}-{next(self._ids)}",
+                content=content,
+                time_to_live=time_to_live,
+                visible=not visibility_timeout,
+            )
+        )
+
+    def receive_messages(
+        self,
+        *,
+        messages_per_page: int | None = None,
+        visibility_timeout: int | None = None,
+        max_messages: int | None = None,
+    ) -> _ReceivedPages:
+        self._fail_if_unavailable()
+        return _ReceivedPages(self, messages_per_page or 1, max_messages)
+
+    def update_message(self, message: QueueMessage, *, visibility_timeout: int = 0) -> None:
+        self._fail_if_unavailable()
+        stored = self._find(message)
+        stored.visible = visibility_timeout == 0
+
+    def delete_message(self, message: QueueMessage) -> None:
+        self._fail_if_unavailable()
+        self._messages.remove(self._find(message))
+
+    # -- internals --
+
+    def _receive(self, count: int) -> list[QueueMessage]:
+        self._fail_if_unavailable()
+        page = []
+        for stored in [m for m in self._messages if m.visible][:count]:
+            stored.visible = False
+            stored.dequeue_count += 1
+            stored.pop_receipt = f"receipt-{next(self._ids)}"
+            page.append(
+                QueueMessage(
+                    stored.content,
+                    id=stored.id,
+                    dequeue_count=stored.dequeue_count,
+                    pop_receipt=stored.pop_receipt,
+                )
+            )
+        return page
+
+    def _find(self, message: QueueMessage) -> _StoredMessage:
+        for stored in self._messages:
+            if stored.id == message.id and stored.pop_receipt == message.pop_receipt:
+                return stored
+        raise ResourceNotFoundError(f"no message {message.id} with that pop receipt")
+
+    def _fail_if_unavailable(self) -> None:
+        if self.unavailable:
+            raise ServiceRequestError(f"queue {self.queue_name}: connection refused")
+
+
+class _ReceivedPages:
+    """What `receive_messages` returns: iterable by message, or page by page with by_page()."""
+
+    def __init__(self, queue: FakeQueueClient, per_page: int, max_messages: int | None) -> None:
+        self._queue = queue
+        self._per_page = per_page
+        self._left = max_messages
+
+    def by_page(self) -> Iterator[list[QueueMessage]]:
+        seen: set[str] = set()
+        while self._left is None or self._left > 0:
+            count = self._per_page if self._left is None else min(self._per_page, self._left)
+            page = self._queue._receive(count)
+            if not page:
+                return
+            again = {m.id for m in page} & seen
+            if again:
+                raise AssertionError(
+                    f"message {sorted(again)[0]} was received twice while paging through "
+                    f"{self._queue.queue_name}: it was released during the pass, and a real "
+                    "queue would go on returning it forever"
+                )
+            seen.update(str(m.id) for m in page)
+            if self._left is not None:
+                self._left -= len(page)
+            yield page
+
+    def __iter__(self) -> Iterator[QueueMessage]:
+        for page in self.by_page():
+            yield from page
 
 
 @dataclass(frozen=True)
 class QueuedText:
-    """One message put on a queue: the text as it would travel, and its visibility delay."""
+    """One message put on the mail queue: the text as it would travel, and its delay."""
 
     text: str
     delay_seconds: int = 0
 
 
 class FakeMailQueue(MailQueue):
-    """The mail queue and its poison queue, in memory.
+    """The mail queue in memory, and its poison queue as a FakeQueueClient.
 
-    It subclasses MailQueue only so that the type checker accepts it wherever the code takes
-    one; no Azure client is created. Envelopes are kept as the JSON text the real queue
-    would carry, so that what a test reads back went through the same serialisation.
+    Envelopes are kept as the JSON text the real queue would carry, so that what a test reads
+    back went through the same serialisation.
     """
 
-    def __init__(self, name: str = "mail-outbound") -> None:
+    def __init__(self, name: str = "mail-outbound", journal: Journal | None = None) -> None:
         self._name = name
         self.messages: list[QueuedText] = []
-        self.poison: list[str] = []
+        self.poison_client = FakeQueueClient(f"{name}-poison")
+        self.journal = journal if journal is not None else Journal()
         self.ensure_exists_calls = 0
         self.check_calls = 0
-        self._unavailable: frozenset[str] = frozenset()
+        self.depths_calls = 0
+        self._outage = _Outage(f"queue {name}", QUEUE_OPERATIONS)
 
     @property
     def name(self) -> str:
@@ -43,43 +271,183 @@ class FakeMailQueue(MailQueue):
 
     @property
     def poison_name(self) -> str:
-        return f"{self._name}-poison"
+        return self.poison_client.queue_name
+
+    @property
+    def poison(self) -> QueueClient:
+        return cast(QueueClient, self.poison_client)
+
+    @property
+    def poison_texts(self) -> list[str]:
+        """What is on the poison queue, oldest first."""
+        return self.poison_client.texts
 
     def make_unavailable(self, operations: Iterable[str] = QUEUE_OPERATIONS) -> None:
         """From now on, the given operations raise StorageUnavailable."""
-        unknown = set(operations) - QUEUE_OPERATIONS
-        if unknown:
-            raise ValueError(f"not queue operations: {sorted(unknown)}")
-        self._unavailable = frozenset(operations)
+        self._outage.always(operations)
+
+    def fail_next(self, operation: str, times: int = 1) -> None:
+        """The next `times` calls of `operation` raise StorageUnavailable."""
+        self._outage.next_calls(operation, times)
 
     def make_available(self) -> None:
         """Storage answers again."""
-        self._unavailable = frozenset()
+        self._outage.end()
 
     def ensure_exists(self) -> None:
-        self._fail_if_unavailable("ensure_exists")
+        self._outage.check("ensure_exists")
         self.ensure_exists_calls += 1
 
     def check(self) -> None:
-        self._fail_if_unavailable("check")
+        self._outage.check("check")
         self.check_calls += 1
 
+    def depths(self) -> dict[str, int]:
+        self._outage.check("depths")
+        self.depths_calls += 1
+        return {self.name: len(self.messages), self.poison_name: len(self.poison_texts)}
+
     def enqueue(self, envelope: QueueEnvelope, *, delay_seconds: int = 0) -> None:
-        self._fail_if_unavailable("enqueue")
+        self._outage.check("enqueue")
+        self.journal.append("queue.enqueue")
         self.messages.append(QueuedText(envelope.to_json(), delay_seconds))
 
     def dead_letter(self, text: str) -> None:
-        self._fail_if_unavailable("dead_letter")
-        self.poison.append(text)
+        self._outage.check("dead_letter")
+        self.journal.append("queue.dead_letter")
+        self.poison_client.send_message(text, time_to_live=-1)
 
     @property
     def envelopes(self) -> list[QueueEnvelope]:
         """The envelopes on the mail queue, decoded as the queue trigger would decode them."""
         return [QueueEnvelope.model_validate_json(m.text) for m in self.messages]
 
-    def _fail_if_unavailable(self, operation: str) -> None:
-        if operation in self._unavailable:
-            raise StorageUnavailable(f"queue {self._name}: ServiceRequestError: {operation} failed")
+
+class FakeStatusStore(StatusStore):
+    """Status records in memory, with the table's ETag semantics.
+
+    Every write gives the record a new etag. `claim` writes only if the caller's etag is the
+    stored one (or, without an etag, only if there is no record yet) and raises
+    ConcurrentUpdate otherwise, as the table's conditional update and insert do.
+    """
+
+    def __init__(self, journal: Journal | None = None) -> None:
+        self.records: dict[str, MessageStatus] = {}
+        self.journal = journal if journal is not None else Journal()
+        self.ensure_exists_calls = 0
+        self.check_calls = 0
+        # Runs after each successful get: a test's way to let another worker write meanwhile.
+        self.after_get: Callable[[str], None] | None = None
+        self._etags = itertools.count(1)
+        self._outage = _Outage("table mailstatus", STATUS_OPERATIONS)
+
+    @property
+    def table(self) -> Any:
+        raise AssertionError("a FakeStatusStore has no table: give the gateway keys= explicitly")
+
+    def make_unavailable(self, operations: Iterable[str] = STATUS_OPERATIONS) -> None:
+        """From now on, the given operations raise StorageUnavailable."""
+        self._outage.always(operations)
+
+    def fail_next(self, operation: str, times: int = 1) -> None:
+        """The next `times` calls of `operation` raise StorageUnavailable."""
+        self._outage.next_calls(operation, times)
+
+    def make_available(self) -> None:
+        """Storage answers again."""
+        self._outage.end()
+
+    def add(self, status: MessageStatus) -> MessageStatus:
+        """Store a record as if someone had written it; returns it with its etag."""
+        stored = replace(status, etag=f"etag-{next(self._etags)}")
+        self.records[status.id] = stored
+        return stored
+
+    def ensure_exists(self) -> None:
+        self._outage.check("ensure_exists")
+        self.ensure_exists_calls += 1
+
+    def check(self) -> None:
+        self._outage.check("check")
+        self.check_calls += 1
+
+    def get(self, message_id: str) -> MessageStatus | None:
+        self._outage.check("get")
+        record = self.records.get(message_id)
+        if self.after_get is not None:
+            self.after_get(message_id)
+        return record
+
+    def create(self, status: MessageStatus) -> bool:
+        self._outage.check("create")
+        if status.id in self.records:
+            return False
+        self.journal.append(f"status.create {status.state.value}")
+        self.add(status)
+        return True
+
+    def claim(self, status: MessageStatus) -> MessageStatus:
+        self._outage.check("claim")
+        stored = self.records.get(status.id)
+        if status.etag is None and stored is not None:
+            raise ConcurrentUpdate(f"status of {status.id} changed meanwhile")
+        if status.etag is not None and (stored is None or stored.etag != status.etag):
+            raise ConcurrentUpdate(f"status of {status.id} changed meanwhile")
+        self.journal.append(f"status.claim {status.state.value}")
+        return self.add(status)
+
+    def put(self, status: MessageStatus) -> MessageStatus:
+        self._outage.check("put")
+        self.journal.append(f"status.put {status.state.value}")
+        return self.add(status)
+
+
+class FakeIdempotencyStore(IdempotencyStore):
+    """Idempotency-Key records in memory, answering as the table-backed store does."""
+
+    def __init__(self, retention: timedelta = timedelta(hours=24)) -> None:
+        self.records: dict[str, KeyRecord] = {}
+        self.released: list[KeyRecord] = []
+        self._retention = retention
+        self._outage = _Outage("table mailstatus", KEY_OPERATIONS)
+
+    def make_unavailable(self, operations: Iterable[str] = KEY_OPERATIONS) -> None:
+        """From now on, the given operations raise StorageUnavailable."""
+        self._outage.always(operations)
+
+    def make_available(self) -> None:
+        """Storage answers again."""
+        self._outage.end()
+
+    def claim(self, key: str, body: bytes, message_id: str, now: datetime) -> KeyClaim:
+        self._outage.check("claim")
+        ours = KeyRecord(digest(key), digest(body), message_id, now)
+        existing = self.records.get(ours.key_hash)
+        if existing is None or now - existing.created_at > self._retention:
+            self.records[ours.key_hash] = ours
+            return KeyClaim(ours, replay=False)
+        if existing.body_hash != ours.body_hash:
+            raise IdempotencyKeyReused("this Idempotency-Key was used with a different body")
+        if existing.completed:
+            return KeyClaim(existing, replay=True)
+        if now - existing.created_at < PENDING_TIMEOUT:
+            raise IdempotencyKeyInUse("a request with this Idempotency-Key is still being accepted")
+        taken = KeyRecord(ours.key_hash, ours.body_hash, existing.message_id, now)
+        self.records[ours.key_hash] = taken
+        return KeyClaim(taken, replay=False)
+
+    def complete(self, record: KeyRecord) -> None:
+        self._outage.check("complete")
+        self.records[record.key_hash] = replace(record, completed=True)
+
+    def release(self, record: KeyRecord) -> None:
+        self._outage.check("release")
+        self.released.append(record)
+        self.records.pop(record.key_hash, None)
+
+    def record_for(self, key: str) -> KeyRecord | None:
+        """The record of a key, looked up by the key itself."""
+        return self.records.get(digest(key))
 
 
 class FakeMailSender:
@@ -90,13 +458,22 @@ class FakeMailSender:
     """
 
     def __init__(
-        self, *outcomes: str | DeliveryError | None, default_id: str = "sg-message-id"
+        self,
+        *outcomes: str | DeliveryError | None,
+        default_id: str = "sg-message-id",
+        journal: Journal | None = None,
     ) -> None:
         self.payloads: list[dict[str, Any]] = []
+        self.journal = journal if journal is not None else Journal()
         self._outcomes = list(outcomes)
         self._default_id = default_id
 
+    def will(self, *outcomes: str | DeliveryError | None) -> None:
+        """Answer the next sends with these outcomes, in order."""
+        self._outcomes.extend(outcomes)
+
     def send(self, payload: dict[str, Any]) -> str | None:
+        self.journal.append("sendgrid.send")
         self.payloads.append(payload)
         outcome = self._outcomes.pop(0) if self._outcomes else self._default_id
         if isinstance(outcome, DeliveryError):

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import pytest
 
+import functions.dead_letters
 import functions.delivery
 import functions.health
 import functions.messages
 import shared.gateway
 from shared.gateway import Gateway
 from shared.settings import Settings
-from tests.fakes import FakeMailQueue, FakeMailSender
+from tests.fakes import (
+    FakeIdempotencyStore,
+    FakeMailQueue,
+    FakeMailSender,
+    FakeStatusStore,
+    JitterAt,
+)
 from tests.samples import NOW
 
 MESSAGE_ID = "5d0c6a52-7c9e-4a57-9a4e-1f1f6d3b2c10"
@@ -21,11 +28,23 @@ def gateway(
     monkeypatch: pytest.MonkeyPatch,
     settings: Settings,
     fake_queue: FakeMailQueue,
+    fake_statuses: FakeStatusStore,
+    fake_keys: FakeIdempotencyStore,
     fake_sender: FakeMailSender,
 ) -> Gateway:
-    """The gateway every function gets from get_gateway(), on the in-memory queue and provider."""
+    """The gateway every function gets from get_gateway(), on in-memory storage and provider.
+
+    Retry delays sit at the top of their jitter window, so they read as the plain schedule.
+    """
     replacement = Gateway(
-        settings, fake_queue, fake_sender, now=lambda: NOW, new_id=lambda: MESSAGE_ID
+        settings,
+        fake_queue,
+        fake_statuses,
+        fake_sender,
+        now=lambda: NOW,
+        new_id=lambda: MESSAGE_ID,
+        rng=JitterAt(1.0),
+        keys=fake_keys,
     )
     monkeypatch.setattr(shared.gateway, "_gateway", replacement)
     return replacement
@@ -40,5 +59,10 @@ def _gateway_from_empty_settings() -> Gateway:
 def misconfigured(monkeypatch: pytest.MonkeyPatch) -> None:
     """get_gateway() raises ConfigurationError in every function, as with bad app settings."""
     monkeypatch.setattr(shared.gateway, "_gateway", None)
-    for module in (functions.messages, functions.health, functions.delivery):
+    for module in (
+        functions.messages,
+        functions.health,
+        functions.delivery,
+        functions.dead_letters,
+    ):
         monkeypatch.setattr(module, "get_gateway", _gateway_from_empty_settings)

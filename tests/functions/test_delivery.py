@@ -9,13 +9,14 @@ from azure.functions.queue import QueueMessage
 from functions.delivery import deliver_message
 from shared.errors import (
     ConfigurationError,
+    DeliveryInProgress,
     PermanentDeliveryError,
     RetryableDeliveryError,
     StorageUnavailable,
 )
-from shared.gateway import Gateway
-from tests.fakes import FakeMailQueue, FakeMailSender
-from tests.samples import envelope
+from shared.status import MessageState, MessageStatus
+from tests.fakes import FakeMailQueue, FakeMailSender, FakeStatusStore
+from tests.samples import NOW, envelope
 
 
 def queue_message(content: bytes, dequeue_count: int = 1) -> QueueMessage:
@@ -24,8 +25,9 @@ def queue_message(content: bytes, dequeue_count: int = 1) -> QueueMessage:
     )
 
 
+@pytest.mark.usefixtures("gateway")
 def test_should_send_a_queued_message(
-    gateway: Gateway, fake_queue: FakeMailQueue, fake_sender: FakeMailSender
+    fake_queue: FakeMailQueue, fake_sender: FakeMailSender
 ) -> None:
     queued = envelope(id="msg-11")
 
@@ -33,16 +35,15 @@ def test_should_send_a_queued_message(
 
     [payload] = fake_sender.payloads
     assert payload["personalizations"][0]["custom_args"]["mailgate_id"] == "msg-11"
-    assert (fake_queue.messages, fake_queue.poison) == ([], [])
+    assert (fake_queue.messages, fake_queue.poison_texts) == ([], [])
     assert fake_queue.ensure_exists_calls == 1
 
 
+@pytest.mark.usefixtures("gateway")
 def test_should_requeue_a_retryable_failure_and_return_normally(
-    gateway: Gateway, fake_queue: FakeMailQueue, monkeypatch: pytest.MonkeyPatch
+    fake_queue: FakeMailQueue, fake_sender: FakeMailSender
 ) -> None:
-    monkeypatch.setattr(
-        gateway, "sender", FakeMailSender(RetryableDeliveryError("SendGrid answered 503"))
-    )
+    fake_sender.will(RetryableDeliveryError("SendGrid answered 503"))
 
     deliver_message(queue_message(envelope(id="msg-12").to_json().encode()))
 
@@ -50,15 +51,17 @@ def test_should_requeue_a_retryable_failure_and_return_normally(
     assert fake_queue.messages[0].delay_seconds == 30
 
 
+@pytest.mark.usefixtures("gateway")
 def test_should_dead_letter_a_permanent_failure_and_return_normally(
-    gateway: Gateway, fake_queue: FakeMailQueue, monkeypatch: pytest.MonkeyPatch
+    fake_queue: FakeMailQueue, fake_sender: FakeMailSender
 ) -> None:
-    refusal = PermanentDeliveryError("SendGrid refused the message with 400", status_code=400)
-    monkeypatch.setattr(gateway, "sender", FakeMailSender(refusal))
+    fake_sender.will(
+        PermanentDeliveryError("SendGrid refused the message with 400", status_code=400)
+    )
 
     deliver_message(queue_message(envelope(id="msg-13").to_json().encode()))
 
-    [record] = [json.loads(text) for text in fake_queue.poison]
+    [record] = [json.loads(text) for text in fake_queue.poison_texts]
     assert (record["id"], record["dead_letter"]["status_code"]) == ("msg-13", 400)
     assert fake_queue.messages == []
 
@@ -69,7 +72,7 @@ def test_should_dead_letter_an_unreadable_message_and_return_normally(
 ) -> None:
     deliver_message(queue_message(b"hello"))
 
-    [record] = [json.loads(text) for text in fake_queue.poison]
+    [record] = [json.loads(text) for text in fake_queue.poison_texts]
     assert record["raw_message"] == "hello"
     assert fake_sender.payloads == []
 
@@ -77,15 +80,76 @@ def test_should_dead_letter_an_unreadable_message_and_return_normally(
 @pytest.mark.usefixtures("gateway")
 @pytest.mark.parametrize("operation", ["ensure_exists", "enqueue"])
 def test_should_raise_when_storage_is_unavailable_so_the_host_retries(
-    operation: str, fake_queue: FakeMailQueue, monkeypatch: pytest.MonkeyPatch, gateway: Gateway
+    operation: str, fake_queue: FakeMailQueue, fake_sender: FakeMailSender
 ) -> None:
-    monkeypatch.setattr(
-        gateway, "sender", FakeMailSender(RetryableDeliveryError("SendGrid answered 503"))
-    )
+    fake_sender.will(RetryableDeliveryError("SendGrid answered 503"))
     fake_queue.make_unavailable([operation])
 
     with pytest.raises(StorageUnavailable):
         deliver_message(queue_message(envelope().to_json().encode()))
+
+
+@pytest.mark.usefixtures("gateway")
+@pytest.mark.parametrize("operation", ["ensure_exists", "get", "claim"])
+def test_should_raise_without_sending_when_the_status_store_is_unavailable(
+    operation: str, fake_statuses: FakeStatusStore, fake_sender: FakeMailSender
+) -> None:
+    fake_statuses.make_unavailable([operation])
+
+    with pytest.raises(StorageUnavailable):
+        deliver_message(queue_message(envelope().to_json().encode()))
+
+    assert fake_sender.payloads == []
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_raise_for_a_message_another_worker_is_sending_so_the_host_retries_later(
+    fake_statuses: FakeStatusStore, fake_sender: FakeMailSender
+) -> None:
+    queued = envelope(id="msg-14")
+    fake_statuses.add(
+        MessageStatus(
+            id="msg-14",
+            state=MessageState.SENDING,
+            accepted_at=NOW,
+            updated_at=NOW,
+            attempts=1,
+        )
+    )
+
+    with pytest.raises(DeliveryInProgress):
+        deliver_message(queue_message(queued.to_json().encode()))
+
+    assert fake_sender.payloads == []
+
+
+@pytest.mark.usefixtures("gateway")
+@pytest.mark.parametrize("dequeue_count", [1, 2, 5])
+def test_should_return_normally_without_sending_a_message_already_sent(
+    dequeue_count: int, fake_statuses: FakeStatusStore, fake_sender: FakeMailSender
+) -> None:
+    fake_statuses.add(
+        MessageStatus(
+            id="msg-15", state=MessageState.SENT, accepted_at=NOW, updated_at=NOW, attempts=1
+        )
+    )
+
+    deliver_message(queue_message(envelope(id="msg-15").to_json().encode(), dequeue_count))
+
+    assert fake_sender.payloads == []
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_record_the_sent_status(
+    fake_statuses: FakeStatusStore, fake_sender: FakeMailSender
+) -> None:
+    fake_sender.will("sg-16")
+
+    deliver_message(queue_message(envelope(id="msg-16").to_json().encode()))
+
+    status = fake_statuses.records["msg-16"]
+    assert (status.state, status.provider_message_id) == (MessageState.SENT, "sg-16")
+    assert fake_statuses.ensure_exists_calls == 1
 
 
 @pytest.mark.usefixtures("misconfigured")

@@ -44,14 +44,26 @@ def test_should_define_exactly_one_function_app(function_app: ModuleType) -> Non
 def test_should_register_exactly_the_gateway_functions(
     functions_by_name: dict[str, Function],
 ) -> None:
-    assert sorted(functions_by_name) == ["deliver_message", "health", "submit_message"]
+    assert sorted(functions_by_name) == [
+        "deliver_message",
+        "get_message_status",
+        "health",
+        "list_dead_letters",
+        "purge_dead_letters",
+        "replay_dead_letters",
+        "submit_message",
+    ]
 
 
 @pytest.mark.parametrize(
     ("name", "route", "method", "auth_level"),
     [
         ("submit_message", "v1/messages", "POST", func.AuthLevel.FUNCTION),
+        ("get_message_status", "v1/messages/{id}", "GET", func.AuthLevel.FUNCTION),
         ("health", "health", "GET", func.AuthLevel.ANONYMOUS),
+        ("list_dead_letters", "v1/dead-letters", "GET", func.AuthLevel.ADMIN),
+        ("replay_dead_letters", "v1/dead-letters/replay", "POST", func.AuthLevel.ADMIN),
+        ("purge_dead_letters", "v1/dead-letters/purge", "POST", func.AuthLevel.ADMIN),
     ],
 )
 def test_should_route_each_http_function(
@@ -81,7 +93,18 @@ def test_should_trigger_delivery_from_the_configured_mail_queue(
     assert trigger.connection == "AzureWebJobsStorage"
 
 
-@pytest.mark.parametrize("name", ["submit_message", "health", "deliver_message"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "submit_message",
+        "get_message_status",
+        "health",
+        "deliver_message",
+        "list_dead_letters",
+        "replay_dead_letters",
+        "purge_dead_letters",
+    ],
+)
 def test_should_name_each_binding_after_a_parameter_of_its_function(
     name: str, functions_by_name: dict[str, Function]
 ) -> None:

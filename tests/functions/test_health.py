@@ -7,7 +7,8 @@ import azure.functions as func
 import pytest
 
 from functions.health import health
-from tests.fakes import FakeMailQueue
+from tests.fakes import FakeMailQueue, FakeStatusStore
+from tests.samples import envelope
 
 
 def get_health() -> tuple[int, dict[str, Any], func.HttpResponse]:
@@ -27,7 +28,9 @@ def get_health() -> tuple[int, dict[str, Any], func.HttpResponse]:
 
 
 @pytest.mark.usefixtures("gateway")
-def test_should_answer_200_when_configured_and_storage_answers(fake_queue: FakeMailQueue) -> None:
+def test_should_answer_200_when_configured_and_storage_answers(
+    fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
     status, document, response = get_health()
 
     assert status == 200
@@ -35,13 +38,28 @@ def test_should_answer_200_when_configured_and_storage_answers(fake_queue: FakeM
     assert document == {
         "status": "healthy",
         "checks": {"configuration": "ok", "storage": "ok"},
+        "queues": {"mail-outbound": 0, "mail-outbound-poison": 0},
     }
-    assert fake_queue.check_calls == 1
+    assert (fake_queue.depths_calls, fake_statuses.check_calls) == (1, 1)
 
 
 @pytest.mark.usefixtures("gateway")
-def test_should_answer_503_when_storage_does_not_answer(fake_queue: FakeMailQueue) -> None:
-    fake_queue.make_unavailable(["check"])
+def test_should_report_the_depth_of_the_mail_and_poison_queues(
+    fake_queue: FakeMailQueue,
+) -> None:
+    for id in ("msg-h1", "msg-h2"):
+        fake_queue.enqueue(envelope(id=id))
+    fake_queue.dead_letter(envelope(id="msg-h3").to_json())
+
+    status, document, _ = get_health()
+
+    assert status == 200
+    assert document["queues"] == {"mail-outbound": 2, "mail-outbound-poison": 1}
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_answer_503_when_the_queues_do_not_answer(fake_queue: FakeMailQueue) -> None:
+    fake_queue.make_unavailable(["depths"])
 
     status, document, _ = get_health()
 
@@ -50,6 +68,20 @@ def test_should_answer_503_when_storage_does_not_answer(fake_queue: FakeMailQueu
     assert document["checks"]["configuration"] == "ok"
     assert document["checks"]["storage"].startswith("error:")
     assert "mail-outbound" in document["checks"]["storage"]
+    assert document["queues"] == {}
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_answer_503_when_the_status_table_does_not_answer(
+    fake_statuses: FakeStatusStore,
+) -> None:
+    fake_statuses.make_unavailable(["check"])
+
+    status, document, _ = get_health()
+
+    assert status == 503
+    assert document["checks"]["storage"].startswith("error:")
+    assert "mailstatus" in document["checks"]["storage"]
 
 
 @pytest.mark.usefixtures("misconfigured")
@@ -60,3 +92,4 @@ def test_should_answer_503_when_the_settings_are_bad() -> None:
     assert document["status"] == "unhealthy"
     assert document["checks"]["configuration"].startswith("error:")
     assert document["checks"]["storage"] == "not checked"
+    assert document["queues"] == {}

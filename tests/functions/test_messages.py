@@ -8,9 +8,10 @@ import azure.functions as func
 import pytest
 
 import shared.gateway
-from functions.messages import submit_message
+from functions.messages import get_message_status, submit_message
 from shared.gateway import Gateway
-from tests.fakes import FakeMailQueue
+from shared.status import MessageState, MessageStatus
+from tests.fakes import FakeIdempotencyStore, FakeMailQueue, FakeStatusStore
 from tests.functions.conftest import MESSAGE_ID
 from tests.samples import NOW, body, message
 
@@ -56,13 +57,21 @@ def test_should_answer_202_with_the_id_once_the_message_is_queued(
 
 
 @pytest.mark.usefixtures("gateway")
-def test_should_create_the_queues_once_before_the_first_message(
-    fake_queue: FakeMailQueue,
+def test_should_record_the_accepted_message_as_queued(fake_statuses: FakeStatusStore) -> None:
+    post(body(message()))
+
+    assert fake_statuses.records[MESSAGE_ID].state is MessageState.QUEUED
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_create_the_queues_and_status_table_once_before_the_first_message(
+    fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
 ) -> None:
     post(body(message()))
     post(body(message()))
 
     assert fake_queue.ensure_exists_calls == 1
+    assert fake_statuses.ensure_exists_calls == 1
     assert len(fake_queue.messages) == 2
 
 
@@ -152,6 +161,19 @@ def test_should_answer_503_with_retry_after_when_storage_is_unavailable(
 
 
 @pytest.mark.usefixtures("gateway")
+def test_should_answer_503_when_the_status_table_cannot_be_created(
+    fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    fake_statuses.make_unavailable(["ensure_exists"])
+
+    response = post(body(message()))
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert fake_queue.messages == []
+
+
+@pytest.mark.usefixtures("gateway")
 def test_should_accept_again_once_storage_is_back(fake_queue: FakeMailQueue) -> None:
     fake_queue.make_unavailable(["ensure_exists"])
     assert post(body(message())).status_code == 503
@@ -176,3 +198,186 @@ def test_should_answer_500_without_details_when_the_settings_are_bad() -> None:
 
 def test_should_use_the_process_gateway(gateway: Gateway, fake_queue: FakeMailQueue) -> None:
     assert shared.gateway.get_gateway() is gateway
+
+
+# --- Idempotency-Key -----------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_replay_the_first_answer_for_a_repeated_idempotency_key(
+    fake_queue: FakeMailQueue,
+) -> None:
+    headers = {"Content-Type": "application/json", "Idempotency-Key": "order-42"}
+
+    first = post(body(message()), headers)
+    again = post(body(message()), headers)
+
+    assert first.status_code == again.status_code == 202
+    assert "Idempotent-Replayed" not in first.headers
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert json.loads(again.get_body()) == json.loads(first.get_body())
+    assert json.loads(again.get_body()) == {"id": MESSAGE_ID, "status": "queued"}
+    assert again.headers["Location"] == first.headers["Location"]
+    assert len(fake_queue.messages) == 1
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_read_the_idempotency_key_whatever_the_header_case(
+    fake_queue: FakeMailQueue,
+) -> None:
+    post(body(message()), {"Content-Type": "application/json", "Idempotency-Key": "k-1"})
+    again = post(body(message()), {"content-type": "application/json", "idempotency-key": "k-1"})
+
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert len(fake_queue.messages) == 1
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_answer_422_problem_for_a_key_reused_with_another_body(
+    fake_queue: FakeMailQueue,
+) -> None:
+    headers = {"Content-Type": "application/json", "Idempotency-Key": "order-43"}
+    post(body(message()), headers)
+
+    response = post(body(message(subject="Changed")), headers)
+
+    assert response.status_code == 422
+    assert "different body" in problem_of(response)["detail"]
+    assert len(fake_queue.messages) == 1
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_answer_409_problem_while_the_first_request_with_a_key_is_being_accepted(
+    fake_queue: FakeMailQueue, fake_keys: FakeIdempotencyStore
+) -> None:
+    # The first request queued its message but could not yet mark its key complete.
+    fake_keys.make_unavailable(["complete"])
+    headers = {"Content-Type": "application/json", "Idempotency-Key": "order-44"}
+    assert post(body(message()), headers).status_code == 202
+    fake_keys.make_available()
+
+    response = post(body(message()), headers)
+
+    assert response.status_code == 409
+    assert "still being accepted" in problem_of(response)["detail"]
+    assert len(fake_queue.messages) == 1
+
+
+@pytest.mark.usefixtures("gateway")
+@pytest.mark.parametrize(
+    "key", ["", "x" * 256, "bad\x01key", "caf\u00e9"], ids=["empty", "256", "SOH", "non-ASCII"]
+)
+def test_should_answer_400_problem_naming_the_header_for_an_invalid_idempotency_key(
+    key: str, fake_queue: FakeMailQueue
+) -> None:
+    response = post(body(message()), {"Content-Type": "application/json", "Idempotency-Key": key})
+
+    assert response.status_code == 400
+    assert "Idempotency-Key" in problem_of(response)["detail"]
+    assert fake_queue.messages == []
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_answer_503_when_the_idempotency_key_cannot_be_claimed(
+    fake_queue: FakeMailQueue, fake_keys: FakeIdempotencyStore
+) -> None:
+    fake_keys.make_unavailable(["claim"])
+
+    response = post(body(message()), {"Content-Type": "application/json", "Idempotency-Key": "k"})
+
+    assert response.status_code == 503
+    assert fake_queue.messages == []
+
+
+# --- GET /api/v1/messages/{id} -------------------------------------------------------------
+
+
+def get_status(message_id: str) -> func.HttpResponse:
+    request = func.HttpRequest(
+        method="GET",
+        url=f"http://localhost:7071/api/v1/messages/{message_id}",
+        headers={},
+        params={},
+        route_params={"id": message_id},
+        body=b"",
+    )
+    response = get_message_status(request)
+    assert isinstance(response, func.HttpResponse)
+    return response
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_answer_200_with_the_status_of_a_message() -> None:
+    post(body(message()))
+
+    response = get_status(MESSAGE_ID)
+
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    assert json.loads(response.get_body()) == {
+        "id": MESSAGE_ID,
+        "status": "queued",
+        "attempts": 0,
+        "accepted_at": "2026-03-02T09:30:00+00:00",
+        "updated_at": "2026-03-02T09:30:00+00:00",
+    }
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_show_the_last_error_and_next_attempt_of_a_retrying_message(
+    fake_statuses: FakeStatusStore,
+) -> None:
+    fake_statuses.add(
+        MessageStatus(
+            id="msg-m1",
+            state=MessageState.RETRYING,
+            accepted_at=NOW,
+            updated_at=NOW,
+            attempts=2,
+            next_attempt_at=NOW.replace(minute=31),
+            last_status_code=429,
+            last_error="SendGrid answered 429",
+        )
+    )
+
+    document = json.loads(get_status("msg-m1").get_body())
+
+    assert document["status"] == "retrying"
+    assert document["attempts"] == 2
+    assert document["next_attempt_at"] == "2026-03-02T09:31:00+00:00"
+    assert document["last_error"] == {
+        "status_code": 429,
+        "reason": "SendGrid answered 429",
+        "ambiguous": False,
+    }
+    assert "etag" not in json.dumps(document)
+
+
+@pytest.mark.usefixtures("gateway")
+@pytest.mark.parametrize("message_id", ["no-such-message", "x" * 65])
+def test_should_answer_404_problem_for_an_unknown_message(message_id: str) -> None:
+    response = get_status(message_id)
+
+    assert response.status_code == 404
+    document = problem_of(response)
+    assert document["title"] == "Not Found"
+    assert "no message has the id" in document["detail"]
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_answer_503_when_the_status_cannot_be_read(fake_statuses: FakeStatusStore) -> None:
+    fake_statuses.make_unavailable(["get"])
+
+    response = get_status(MESSAGE_ID)
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert "status could not be read" in problem_of(response)["detail"]
+
+
+@pytest.mark.usefixtures("misconfigured")
+def test_should_answer_500_for_a_status_when_the_settings_are_bad() -> None:
+    response = get_status(MESSAGE_ID)
+
+    assert response.status_code == 500
+    assert "misconfigured" in problem_of(response)["detail"]

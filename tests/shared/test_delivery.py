@@ -1,33 +1,51 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+import logging
+import math
+import random
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
-from shared.delivery import DeliveryOutcome, deliver_message, retry_delay_seconds
+import shared.delivery
+from shared.delivery import (
+    CLAIM_MARGIN_SECONDS,
+    SENT_WRITE_ATTEMPTS,
+    Delivery,
+    DeliveryOutcome,
+    retry_delay_seconds,
+)
 from shared.errors import (
+    ConcurrentUpdate,
     DeliveryError,
+    DeliveryInProgress,
     PermanentDeliveryError,
     RetryableDeliveryError,
     StorageUnavailable,
 )
 from shared.models import QueueEnvelope
 from shared.sendgrid_client import build_payload
-from shared.settings import Settings
-from tests.fakes import FakeMailQueue, FakeMailSender
+from shared.settings import MAX_RETRY_DELAY_SECONDS, Settings
+from shared.status import MessageState, MessageStatus
+from tests.fakes import FakeMailQueue, FakeMailSender, FakeStatusStore, JitterAt, Journal
 from tests.samples import NOW, envelope, settings_with
 
 LATER = NOW + timedelta(minutes=5)
 SERVER_ERROR = RetryableDeliveryError(
     "SendGrid answered 503", status_code=503, provider_error="unavailable"
 )
+TIMEOUT = RetryableDeliveryError("no answer from SendGrid: ReadTimeout", ambiguous=True)
 REFUSAL = PermanentDeliveryError(
     "SendGrid refused the message with 400",
     status_code=400,
     provider_error='{"errors":[{"field":"from","message":"not verified"}]}',
 )
+# host.json's visibilityTimeout: the host retries a message whose function raised after this.
+HOST_RETRY = timedelta(seconds=30)
+# The backoff at its ceiling, so that delays are those of the plain exponential schedule.
+CEILING = JitterAt(1.0)
 
 
 def deliver(
@@ -35,15 +53,51 @@ def deliver(
     sender: FakeMailSender,
     queue: FakeMailQueue,
     settings: Settings,
+    statuses: FakeStatusStore | None = None,
+    rng: random.Random = CEILING,
+    now: datetime = LATER,
 ) -> DeliveryOutcome:
     raw = content.to_json().encode() if isinstance(content, QueueEnvelope) else content
-    return deliver_message(raw, sender=sender, queue=queue, settings=settings, now=lambda: LATER)
+    delivery = Delivery(
+        sender=sender,
+        queue=queue,
+        statuses=statuses if statuses is not None else FakeStatusStore(queue.journal),
+        settings=settings,
+        now=lambda: now,
+        rng=rng,
+    )
+    return delivery.deliver(raw)
 
 
 def poison_record(queue: FakeMailQueue) -> dict[str, Any]:
-    [text] = queue.poison
+    [text] = queue.poison_texts
     record: dict[str, Any] = json.loads(text)
     return record
+
+
+def status_of(
+    queued: QueueEnvelope,
+    state: MessageState,
+    *,
+    attempts: int = 0,
+    updated_at: Any = None,
+) -> MessageStatus:
+    return MessageStatus(
+        id=queued.id,
+        state=state,
+        accepted_at=queued.accepted_at,
+        updated_at=updated_at or queued.accepted_at,
+        attempts=attempts,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _no_pause_between_sent_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The pause only spaces out the retries of the `sent` write; it proves nothing here.
+    monkeypatch.setattr(shared.delivery, "SENT_WRITE_PAUSE_SECONDS", 0.0)
+
+
+# --- sending, retrying and dead-lettering ---------------------------------------------------
 
 
 def test_should_send_and_queue_nothing(settings: Settings, fake_queue: FakeMailQueue) -> None:
@@ -55,7 +109,7 @@ def test_should_send_and_queue_nothing(settings: Settings, fake_queue: FakeMailQ
     assert outcome == DeliveryOutcome("sent", "msg-1", 2, provider_message_id="sg-123")
     assert sender.payloads == [build_payload(queued)]
     assert sender.payloads[0]["personalizations"][0]["custom_args"]["mailgate_id"] == "msg-1"
-    assert (fake_queue.messages, fake_queue.poison) == ([], [])
+    assert (fake_queue.messages, fake_queue.poison_texts) == ([], [])
 
 
 def test_should_send_a_queued_message_whose_send_at_has_passed(
@@ -98,10 +152,18 @@ def test_should_keep_a_dead_letter_readable_as_an_envelope(
 
     deliver(queued, FakeMailSender(REFUSAL), fake_queue, settings)
 
-    decoded = QueueEnvelope.model_validate_json(fake_queue.poison[0])
+    decoded = QueueEnvelope.model_validate_json(fake_queue.poison_texts[0])
     assert decoded.model_copy(update={"dead_letter": None}) == queued
     assert decoded.dead_letter is not None
     assert decoded.dead_letter.at == LATER
+
+
+def test_should_write_dead_letters_that_never_expire(
+    settings: Settings, fake_queue: FakeMailQueue
+) -> None:
+    deliver(envelope(), FakeMailSender(REFUSAL), fake_queue, settings)
+
+    assert fake_queue.poison_client.time_to_live == [-1]
 
 
 @pytest.mark.parametrize(
@@ -121,7 +183,20 @@ def test_should_requeue_a_retryable_failure_with_exponential_backoff(
     [retry] = fake_queue.messages
     assert retry.delay_seconds == delay
     assert fake_queue.envelopes == [queued.model_copy(update={"attempt": attempt + 1})]
-    assert fake_queue.poison == []
+    assert fake_queue.poison_texts == []
+
+
+def test_should_draw_the_retry_delay_from_the_delivery_random_source(
+    settings: Settings, fake_queue: FakeMailQueue
+) -> None:
+    halfway = JitterAt(0.5)
+
+    outcome = deliver(
+        envelope(attempt=3), FakeMailSender(SERVER_ERROR), fake_queue, settings, rng=halfway
+    )
+
+    assert halfway.calls == [(0, 120)]
+    assert outcome.retry_in_seconds == fake_queue.messages[0].delay_seconds == 60
 
 
 def test_should_cap_the_backoff_at_retry_max_delay(fake_queue: FakeMailQueue) -> None:
@@ -160,9 +235,7 @@ def test_should_keep_the_backoff_when_sendgrid_asks_for_less(
 
 
 def test_should_retry_an_ambiguous_timeout(settings: Settings, fake_queue: FakeMailQueue) -> None:
-    timeout = RetryableDeliveryError("no answer from SendGrid: ReadTimeout", ambiguous=True)
-
-    outcome = deliver(envelope(attempt=1), FakeMailSender(timeout), fake_queue, settings)
+    outcome = deliver(envelope(attempt=1), FakeMailSender(TIMEOUT), fake_queue, settings)
 
     assert outcome.result == "retry_scheduled"
     assert [e.attempt for e in fake_queue.envelopes] == [2]
@@ -197,7 +270,7 @@ def test_should_retry_on_the_attempt_before_the_last(fake_queue: FakeMailQueue) 
 
 
 def test_should_deliver_a_message_through_every_attempt_then_dead_letter_it(
-    fake_queue: FakeMailQueue,
+    fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
 ) -> None:
     settings = settings_with(MAX_DELIVERY_ATTEMPTS="4")
     sender = FakeMailSender(*([SERVER_ERROR] * 4))
@@ -205,13 +278,15 @@ def test_should_deliver_a_message_through_every_attempt_then_dead_letter_it(
 
     results = []
     for _ in range(4):
-        results.append(deliver(content, sender, fake_queue, settings).result)
+        results.append(deliver(content, sender, fake_queue, settings, fake_statuses).result)
         if fake_queue.messages:
             content = fake_queue.messages.pop().text.encode()
 
     assert results == ["retry_scheduled"] * 3 + ["dead_lettered"]
     assert len(sender.payloads) == 4
     assert poison_record(fake_queue)["dead_letter"]["attempts"] == 4
+    assert fake_statuses.records["msg-6"].state is MessageState.FAILED
+    assert fake_statuses.records["msg-6"].attempts == 4
 
 
 @pytest.mark.parametrize(
@@ -226,15 +301,16 @@ def test_should_deliver_a_message_through_every_attempt_then_dead_letter_it(
     ],
 )
 def test_should_dead_letter_an_unreadable_message_keeping_it_intact(
-    content: bytes, settings: Settings, fake_queue: FakeMailQueue
+    content: bytes, settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
 ) -> None:
     sender = FakeMailSender()
 
-    outcome = deliver(content, sender, fake_queue, settings)
+    outcome = deliver(content, sender, fake_queue, settings, fake_statuses)
 
     assert (outcome.result, outcome.message_id) == ("dead_lettered", None)
     assert sender.payloads == []
     assert fake_queue.messages == []
+    assert fake_statuses.records == {}
     record = poison_record(fake_queue)
     assert record["raw_message"] == content.decode()
     assert record["dead_letter"]["reason"].startswith("not a mailgate envelope")
@@ -269,7 +345,380 @@ def test_should_let_storage_unavailable_through_so_the_host_retries(
     with pytest.raises(StorageUnavailable):
         deliver(content, FakeMailSender(*([failure] if failure else [])), fake_queue, settings)
 
-    assert (fake_queue.messages, fake_queue.poison) == ([], [])
+    assert (fake_queue.messages, fake_queue.poison_texts) == ([], [])
+
+
+# --- the status record: transitions --------------------------------------------------------
+
+
+def test_should_move_the_status_from_queued_through_sending_to_sent(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_statuses: FakeStatusStore,
+    journal: Journal,
+) -> None:
+    queued = envelope(id="msg-20")
+    fake_statuses.add(status_of(queued, MessageState.QUEUED))
+
+    deliver(queued, FakeMailSender("sg-20", journal=journal), fake_queue, settings, fake_statuses)
+
+    assert journal == ["status.claim sending", "sendgrid.send", "status.put sent"]
+    sent = fake_statuses.records["msg-20"]
+    assert (sent.state, sent.attempts, sent.provider_message_id) == (MessageState.SENT, 1, "sg-20")
+    assert (sent.accepted_at, sent.updated_at, sent.next_attempt_at) == (NOW, LATER, None)
+    assert (sent.last_status_code, sent.last_error, sent.ambiguous) == (None, None, False)
+
+
+def test_should_clear_the_last_error_once_a_retry_is_sent(
+    settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    queued = envelope(id="msg-21", attempt=2)
+    fake_statuses.add(
+        MessageStatus(
+            id="msg-21",
+            state=MessageState.RETRYING,
+            accepted_at=NOW,
+            updated_at=NOW,
+            attempts=1,
+            next_attempt_at=NOW + timedelta(seconds=30),
+            last_status_code=503,
+            last_error="SendGrid answered 503",
+            ambiguous=True,
+        )
+    )
+
+    deliver(queued, FakeMailSender("sg-21"), fake_queue, settings, fake_statuses)
+
+    sent = fake_statuses.records["msg-21"]
+    assert (sent.state, sent.attempts, sent.next_attempt_at) == (MessageState.SENT, 2, None)
+    assert (sent.last_status_code, sent.last_error, sent.ambiguous) == (None, None, False)
+    assert sent.to_document()["sendgrid_message_id"] == "sg-21"
+    assert "last_error" not in sent.to_document()
+
+
+@pytest.mark.parametrize(
+    ("failure", "ambiguous"), [(SERVER_ERROR, False), (TIMEOUT, True)], ids=["503", "timeout"]
+)
+def test_should_record_a_retry_with_its_time_error_and_ambiguity(
+    failure: RetryableDeliveryError,
+    ambiguous: bool,
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_statuses: FakeStatusStore,
+    journal: Journal,
+) -> None:
+    queued = envelope(id="msg-22", attempt=2)
+    fake_statuses.add(status_of(queued, MessageState.RETRYING, attempts=1))
+
+    outcome = deliver(queued, FakeMailSender(failure), fake_queue, settings, fake_statuses)
+
+    retrying = fake_statuses.records["msg-22"]
+    assert retrying.state is MessageState.RETRYING
+    assert retrying.attempts == 2
+    assert outcome.retry_in_seconds == 60
+    assert retrying.next_attempt_at == LATER + timedelta(seconds=60)
+    assert (retrying.last_status_code, retrying.last_error) == (failure.status_code, failure.reason)
+    assert retrying.ambiguous is ambiguous
+    assert retrying.to_document()["last_error"] == {
+        "status_code": failure.status_code,
+        "reason": failure.reason,
+        "ambiguous": ambiguous,
+    }
+    # The status says retrying before the retry exists: the host retries if the enqueue fails.
+    assert journal == ["status.claim sending", "status.put retrying", "queue.enqueue"]
+
+
+@pytest.mark.parametrize(("failure", "attempt"), [(REFUSAL, 1), (SERVER_ERROR, 8), (TIMEOUT, 8)])
+def test_should_write_the_dead_letter_before_the_failed_status(
+    failure: DeliveryError,
+    attempt: int,
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_statuses: FakeStatusStore,
+    journal: Journal,
+) -> None:
+    queued = envelope(id="msg-23", attempt=attempt)
+
+    outcome = deliver(queued, FakeMailSender(failure), fake_queue, settings, fake_statuses)
+
+    assert outcome.result == "dead_lettered"
+    assert journal == ["status.claim sending", "queue.dead_letter", "status.put failed"]
+    failed = fake_statuses.records["msg-23"]
+    assert (failed.state, failed.attempts, failed.last_status_code) == (
+        MessageState.FAILED,
+        attempt,
+        failure.status_code,
+    )
+    assert failed.last_error == outcome.reason
+    assert failed.ambiguous is (failure is TIMEOUT)
+
+
+def test_should_not_mark_a_message_failed_when_its_dead_letter_cannot_be_written(
+    settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    fake_queue.make_unavailable(["dead_letter"])
+
+    with pytest.raises(StorageUnavailable):
+        deliver(envelope(id="msg-24"), FakeMailSender(REFUSAL), fake_queue, settings, fake_statuses)
+
+    assert fake_statuses.records["msg-24"].state is MessageState.SENDING
+
+
+def test_should_create_the_status_on_claim_when_submit_could_not_write_it(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_statuses: FakeStatusStore,
+    journal: Journal,
+) -> None:
+    queued = envelope(id="msg-25", accepted_at=NOW - timedelta(minutes=1))
+
+    outcome = deliver(queued, FakeMailSender(), fake_queue, settings, fake_statuses)
+
+    assert outcome.result == "sent"
+    assert journal[0] == "status.claim sending"
+    sent = fake_statuses.records["msg-25"]
+    assert (sent.state, sent.accepted_at, sent.attempts) == (
+        MessageState.SENT,
+        NOW - timedelta(minutes=1),
+        1,
+    )
+
+
+# --- the status record: the double-send guard -----------------------------------------------
+
+
+def rival_writes(statuses: FakeStatusStore, status: MessageStatus) -> None:
+    """Another worker writes the record between this worker's read and its claim."""
+    statuses.add(status)
+
+
+@pytest.mark.parametrize("state", [MessageState.SENT, MessageState.FAILED])
+@pytest.mark.parametrize("attempt", [1, 2, 9])
+def test_should_never_send_a_message_already_sent_or_failed(
+    state: MessageState,
+    attempt: int,
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    queued = envelope(id="msg-30", attempt=attempt)
+    before = fake_statuses.add(status_of(queued, state, attempts=1))
+    sender = FakeMailSender()
+
+    outcome = deliver(queued, sender, fake_queue, settings, fake_statuses)
+
+    assert (outcome.result, outcome.message_id, outcome.attempt) == ("skipped", "msg-30", attempt)
+    assert outcome.reason == f"it is already {state.value}"
+    assert sender.payloads == []
+    assert (fake_queue.messages, fake_queue.poison_texts) == ([], [])
+    assert fake_statuses.records["msg-30"] == before
+
+
+@pytest.mark.parametrize("attempt", [1, 2])
+def test_should_skip_a_stale_copy_of_a_message_whose_next_attempt_is_scheduled(
+    attempt: int, settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    queued = envelope(id="msg-31", attempt=attempt)
+    before = fake_statuses.add(status_of(queued, MessageState.RETRYING, attempts=2))
+    sender = FakeMailSender()
+
+    outcome = deliver(queued, sender, fake_queue, settings, fake_statuses)
+
+    assert outcome.result == "skipped"
+    assert outcome.reason == "a later attempt (3) is already scheduled"
+    assert sender.payloads == []
+    assert fake_statuses.records["msg-31"] == before
+
+
+def test_should_send_the_scheduled_attempt_of_a_retrying_message(
+    settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    queued = envelope(id="msg-32", attempt=3)
+    fake_statuses.add(status_of(queued, MessageState.RETRYING, attempts=2))
+
+    outcome = deliver(queued, FakeMailSender(), fake_queue, settings, fake_statuses)
+
+    assert outcome.result == "sent"
+    assert fake_statuses.records["msg-32"].attempts == 3
+
+
+# The default settings' SendGrid call: connect (5 s) plus read (30 s) timeouts.
+SENDGRID_CALL = timedelta(seconds=35)
+# A claim older than a whole call plus this margin belongs to a worker that died.
+CLAIM_TIMEOUT = SENDGRID_CALL + timedelta(seconds=CLAIM_MARGIN_SECONDS)
+
+
+@pytest.mark.parametrize(
+    "age", [timedelta(0), SENDGRID_CALL, CLAIM_TIMEOUT - timedelta(microseconds=1)]
+)
+def test_should_leave_a_message_another_worker_is_sending(
+    age: timedelta, settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    queued = envelope(id="msg-33")
+    before = fake_statuses.add(
+        status_of(queued, MessageState.SENDING, attempts=1, updated_at=LATER - age)
+    )
+    sender = FakeMailSender()
+
+    with pytest.raises(DeliveryInProgress, match="msg-33"):
+        deliver(queued, sender, fake_queue, settings, fake_statuses)
+
+    assert sender.payloads == []
+    assert fake_statuses.records["msg-33"] == before
+    assert (fake_queue.messages, fake_queue.poison_texts) == ([], [])
+
+
+@pytest.mark.parametrize("age", [CLAIM_TIMEOUT, timedelta(hours=1)])
+def test_should_send_again_when_the_claim_is_older_than_a_whole_sendgrid_call(
+    age: timedelta,
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_statuses: FakeStatusStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The documented crash window: the claimant died after SendGrid's answer, before `sent`.
+    queued = envelope(id="msg-34")
+    fake_statuses.add(status_of(queued, MessageState.SENDING, attempts=1, updated_at=LATER - age))
+    sender = FakeMailSender("sg-34")
+
+    with caplog.at_level(logging.WARNING, logger="shared.delivery"):
+        outcome = deliver(queued, sender, fake_queue, settings, fake_statuses)
+
+    assert outcome.result == "sent"
+    assert len(sender.payloads) == 1
+    assert fake_statuses.records["msg-34"].state is MessageState.SENT
+    assert any("may duplicate" in r.getMessage() for r in caplog.records)
+
+
+def test_should_wait_longer_for_a_claim_when_sendgrid_calls_may_take_longer(
+    fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    # 150 s is long past a default claim, but not past one 200 s SendGrid call.
+    settings = settings_with(SENDGRID_TIMEOUT_SECONDS="200")
+    queued = envelope(id="msg-35")
+    fake_statuses.add(
+        status_of(queued, MessageState.SENDING, updated_at=LATER - timedelta(seconds=150))
+    )
+
+    with pytest.raises(DeliveryInProgress):
+        deliver(queued, FakeMailSender(), fake_queue, settings, fake_statuses)
+
+
+def test_should_not_send_when_another_worker_claims_the_message_first(
+    settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    queued = envelope(id="msg-36")
+    fake_statuses.add(status_of(queued, MessageState.QUEUED))
+    rival = status_of(queued, MessageState.SENDING, attempts=1, updated_at=LATER)
+    fake_statuses.after_get = lambda _id: rival_writes(fake_statuses, rival)
+    sender = FakeMailSender()
+
+    with pytest.raises(ConcurrentUpdate):
+        deliver(queued, sender, fake_queue, settings, fake_statuses)
+
+    assert sender.payloads == []
+    assert fake_statuses.records["msg-36"].state is MessageState.SENDING
+
+
+def test_should_not_send_when_another_worker_creates_the_missing_status_first(
+    settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    queued = envelope(id="msg-37")
+    rival = status_of(queued, MessageState.SENDING, attempts=1, updated_at=LATER)
+    fake_statuses.after_get = lambda _id: rival_writes(fake_statuses, rival)
+    sender = FakeMailSender()
+
+    with pytest.raises(ConcurrentUpdate):
+        deliver(queued, sender, fake_queue, settings, fake_statuses)
+
+    assert sender.payloads == []
+
+
+@pytest.mark.parametrize("operation", ["get", "claim"])
+def test_should_send_nothing_when_the_status_cannot_be_read_or_claimed(
+    operation: str, settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    queued = envelope(id="msg-38")
+    fake_statuses.add(status_of(queued, MessageState.QUEUED))
+    fake_statuses.make_unavailable([operation])
+    sender = FakeMailSender()
+
+    with pytest.raises(StorageUnavailable):
+        deliver(queued, sender, fake_queue, settings, fake_statuses)
+
+    assert sender.payloads == []
+    assert (fake_queue.messages, fake_queue.poison_texts) == ([], [])
+    assert fake_statuses.records["msg-38"].state is MessageState.QUEUED
+
+
+def test_should_retry_the_sent_write_until_it_succeeds(
+    settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    fake_statuses.fail_next("put", times=SENT_WRITE_ATTEMPTS - 1)
+    sender = FakeMailSender("sg-39")
+
+    outcome = deliver(envelope(id="msg-39"), sender, fake_queue, settings, fake_statuses)
+
+    assert outcome.result == "sent"
+    assert len(sender.payloads) == 1
+    assert fake_statuses.records["msg-39"].state is MessageState.SENT
+    assert fake_statuses.records["msg-39"].provider_message_id == "sg-39"
+
+
+def test_should_log_but_not_raise_when_the_sent_write_fails_for_good(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_statuses: FakeStatusStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Raising would make the host deliver the queue message again: a second mail.
+    fake_statuses.make_unavailable(["put"])
+    sender = FakeMailSender("sg-40")
+
+    with caplog.at_level(logging.ERROR, logger="shared.delivery"):
+        outcome = deliver(envelope(id="msg-40"), sender, fake_queue, settings, fake_statuses)
+
+    assert outcome == DeliveryOutcome("sent", "msg-40", 1, provider_message_id="sg-40")
+    assert len(sender.payloads) == 1
+    assert fake_queue.messages == []
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "msg-40" in record.getMessage()
+    assert "could not be recorded" in record.getMessage()
+    assert getattr(record, "mailgate_id", None) == "msg-40"
+
+
+def test_should_not_lose_a_message_whose_retry_could_not_be_enqueued(
+    settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    # The retry's status is written first so that, if the enqueue fails, "the host retries
+    # this same attempt". But the host's redelivery of that same queue message (attempt 1)
+    # then meets status `retrying` with attempts 1, is skipped as a stale copy and deleted:
+    # the attempt-2 copy was never queued, and the message is gone while its status says
+    # retrying.
+    queued = envelope(id="msg-41")
+    sender = FakeMailSender(SERVER_ERROR, "sg-41")
+    fake_queue.fail_next("enqueue")
+    with pytest.raises(StorageUnavailable):
+        deliver(queued, sender, fake_queue, settings, fake_statuses)
+
+    # The host tries the same queue message again every 30 s (host.json), 4 more times.
+    outcomes = []
+    for retry in range(1, 5):
+        try:
+            outcome = deliver(
+                queued, sender, fake_queue, settings, fake_statuses, now=LATER + retry * HOST_RETRY
+            )
+        except DeliveryInProgress:
+            outcomes.append("in progress")
+            continue
+        outcomes.append(f"{outcome.result}: {outcome.reason}")
+        break
+
+    assert outcomes[-1].startswith(("sent", "retry_scheduled")), outcomes
+    assert [e.attempt for e in fake_queue.envelopes] == [2] or len(sender.payloads) == 2
+
+
+# --- the retry delay -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -291,20 +740,79 @@ def test_should_let_storage_unavailable_through_so_the_host_retries(
         (5, 30, 3600, 3600, 3600),
     ],
 )
-def test_should_compute_the_retry_delay(
+def test_should_compute_the_retry_delay_at_the_top_of_its_jitter(
     attempt: int, base: float, maximum: float, retry_after: float | None, expected: int
 ) -> None:
     settings = settings_with(
         RETRY_BASE_DELAY_SECONDS=str(base), RETRY_MAX_DELAY_SECONDS=str(maximum)
     )
 
-    assert retry_delay_seconds(attempt, settings, retry_after) == expected
+    assert retry_delay_seconds(attempt, settings, retry_after, JitterAt(1.0)) == expected
 
 
-def test_should_never_retry_sooner_than_sendgrid_asked_even_past_the_backoff_cap() -> None:
-    # retry_delay_seconds promises "never sooner than SendGrid asked"; RETRY_MAX_DELAY_SECONDS
-    # bounds the gateway's own backoff, but a retry before Retry-After only earns another 429
-    # and burns an attempt.
+@pytest.mark.parametrize(
+    ("attempt", "retry_after", "expected"),
+    [(1, None, 1), (8, None, 1), (1, 0, 1), (1, 0.2, 1), (1, 90, 90), (3, 45.2, 46)],
+)
+def test_should_compute_the_retry_delay_at_the_bottom_of_its_jitter(
+    attempt: int, retry_after: float | None, expected: int, settings: Settings
+) -> None:
+    # Full jitter may draw 0: the delay is then at least 1 s, and never before Retry-After.
+    assert retry_delay_seconds(attempt, settings, retry_after, JitterAt(0.0)) == expected
+
+
+@pytest.mark.parametrize(("attempt", "ceiling"), [(1, 30), (3, 120), (7, 1920), (9, 3600)])
+def test_should_spread_retry_delays_over_the_whole_backoff_window(
+    attempt: int, ceiling: int, settings: Settings
+) -> None:
+    rng = random.Random(20260302)
+
+    delays = [retry_delay_seconds(attempt, settings, None, rng) for _ in range(2000)]
+
+    assert min(delays) >= 1
+    assert max(delays) <= ceiling
+    # Full jitter, not "equal jitter": both halves of the window are used.
+    assert min(delays) <= ceiling * 0.05 + 1
+    assert max(delays) >= ceiling * 0.95
+    assert abs(sum(delays) / len(delays) - ceiling / 2) <= ceiling * 0.05
+
+
+def test_should_draw_the_same_delays_from_the_same_seed(settings: Settings) -> None:
+    first = [retry_delay_seconds(4, settings, None, random.Random(7)) for _ in range(3)]
+    again = [retry_delay_seconds(4, settings, None, random.Random(7)) for _ in range(3)]
+    drawn = random.Random(7).uniform(0, 240)
+
+    assert first == again == [math.ceil(drawn)] * 3
+
+
+def test_should_stay_within_the_window_without_a_random_source(settings: Settings) -> None:
+    delays = {retry_delay_seconds(2, settings, None) for _ in range(200)}
+
+    assert delays <= set(range(1, 61))
+    assert len(delays) > 1
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 1.0])
+def test_should_never_retry_sooner_than_sendgrid_asked_even_past_the_backoff_cap(
+    fraction: float,
+) -> None:
+    # RETRY_MAX_DELAY_SECONDS bounds the gateway's own backoff, but a retry before
+    # Retry-After only earns another 429 and burns an attempt.
     settings = settings_with(RETRY_BASE_DELAY_SECONDS="30", RETRY_MAX_DELAY_SECONDS="3600")
 
-    assert retry_delay_seconds(1, settings, 7200) >= 7200
+    assert retry_delay_seconds(1, settings, 7200, JitterAt(fraction)) == 7200
+    assert retry_delay_seconds(1, settings, 7200.4, JitterAt(fraction)) == 7201
+
+
+@pytest.mark.parametrize("retry_after", [MAX_RETRY_DELAY_SECONDS, 30 * 24 * 3600, 1e12])
+def test_should_cap_retry_after_at_the_seven_days_a_queue_message_can_wait(
+    retry_after: float, settings: Settings
+) -> None:
+    assert retry_delay_seconds(1, settings, retry_after, JitterAt(1.0)) == 7 * 24 * 3600
+    assert MAX_RETRY_DELAY_SECONDS == 7 * 24 * 3600
+
+
+def test_should_keep_the_longest_configured_backoff_within_seven_days() -> None:
+    settings = settings_with(RETRY_BASE_DELAY_SECONDS="604800", RETRY_MAX_DELAY_SECONDS="604800")
+
+    assert retry_delay_seconds(100, settings, None, JitterAt(1.0)) == 604_800

@@ -5,13 +5,13 @@ import json
 from typing import Any, cast
 
 import pytest
-from azure.core.exceptions import ResourceExistsError, ServiceRequestError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError, ServiceRequestError
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
-from azure.storage.queue import QueueClient
+from azure.storage.queue import QueueClient, QueueProperties
 
 from shared.errors import StorageUnavailable
 from shared.queue import NEVER_EXPIRES, MailQueue, token_credential
-from shared.settings import Settings, StorageSettings
+from shared.settings import MAX_RETRY_DELAY_SECONDS, Settings, StorageSettings
 from tests.samples import BASE_ENV, envelope
 
 IDENTITY_ENV = {k: v for k, v in BASE_ENV.items() if k != "AzureWebJobsStorage"}
@@ -21,9 +21,12 @@ CLIENT_ID = "00000000-0000-0000-0000-0000000000c1"
 class RecordingQueueClient:
     """The few QueueClient calls MailQueue makes, recorded; `error` makes each call raise it."""
 
-    def __init__(self, queue_name: str, error: Exception | None = None) -> None:
+    def __init__(
+        self, queue_name: str, error: Exception | None = None, message_count: int | None = 0
+    ) -> None:
         self.queue_name = queue_name
         self.error = error
+        self.message_count = message_count
         self.sent: list[tuple[str, dict[str, Any]]] = []
         self.created = 0
         self.property_reads = 0
@@ -36,9 +39,12 @@ class RecordingQueueClient:
         self._maybe_fail()
         self.created += 1
 
-    def get_queue_properties(self) -> None:
+    def get_queue_properties(self) -> QueueProperties:
         self._maybe_fail()
         self.property_reads += 1
+        properties = QueueProperties()
+        properties.approximate_message_count = self.message_count
+        return properties
 
     def _maybe_fail(self) -> None:
         if self.error is not None:
@@ -106,7 +112,10 @@ def test_should_pick_the_credential_the_host_would_use(
             "https://mailgateprod.queue.core.windows.net/mail-outbound",
         ),
         (
-            {"AzureWebJobsStorage__queueServiceUri": "https://mailgatedev.queue.core.windows.net"},
+            {
+                "AzureWebJobsStorage__queueServiceUri": "https://mailgatedev.queue.core.windows.net",
+                "AzureWebJobsStorage__tableServiceUri": "https://mailgatedev.table.core.windows.net",
+            },
             "mailgatedev",
             "https://mailgatedev.queue.core.windows.net/mail-outbound",
         ),
@@ -231,3 +240,50 @@ def test_should_report_storage_unavailable_when_the_check_fails() -> None:
 
     with pytest.raises(StorageUnavailable, match="ServiceRequestError"):
         mail_queue(mail).check()
+
+
+def test_should_report_the_depth_of_both_queues() -> None:
+    mail = RecordingQueueClient("mail-outbound", message_count=12)
+    poison = RecordingQueueClient("mail-outbound-poison", message_count=3)
+
+    assert mail_queue(mail, poison).depths() == {"mail-outbound": 12, "mail-outbound-poison": 3}
+
+
+def test_should_report_a_missing_queue_as_empty() -> None:
+    # The host creates the poison queue only when it first moves a message there.
+    mail = RecordingQueueClient("mail-outbound", message_count=None)
+    poison = RecordingQueueClient("mail-outbound-poison", error=ResourceNotFoundError("gone"))
+
+    assert mail_queue(mail, poison).depths() == {"mail-outbound": 0, "mail-outbound-poison": 0}
+
+
+def test_should_report_storage_unavailable_naming_the_queue_when_depths_fail() -> None:
+    poison = RecordingQueueClient("mail-outbound-poison", error=ServiceRequestError("refused"))
+
+    with pytest.raises(StorageUnavailable, match="mail-outbound-poison"):
+        mail_queue(RecordingQueueClient("mail-outbound"), poison).depths()
+
+
+def test_should_expose_the_poison_queue_client_for_operators() -> None:
+    poison = RecordingQueueClient("mail-outbound-poison")
+
+    queue = mail_queue(RecordingQueueClient("mail-outbound"), poison)
+
+    assert queue.poison is cast(QueueClient, poison)
+
+
+def test_should_keep_a_delayed_retry_on_the_queue_after_it_becomes_visible() -> None:
+    # A queue message lives 7 days unless told otherwise, counted from the enqueue. A retry
+    # delayed by D seconds is then visible for only 7 days - D: with the longest delay the
+    # gateway schedules (Retry-After or RETRY_MAX_DELAY_SECONDS up to 7 days) it expires
+    # the moment it becomes visible, and the message is lost while its status says retrying.
+    # (Azurite shows it: a message sent with visibility_timeout=604800 has expires_on equal
+    # to next_visible_on.)
+    mail = RecordingQueueClient("mail-outbound")
+
+    mail_queue(mail).enqueue(envelope(), delay_seconds=MAX_RETRY_DELAY_SECONDS)
+
+    [(_, options)] = mail.sent
+    time_to_live = options.get("time_to_live")
+    assert time_to_live is not None, "sent with the default 7-day time-to-live"
+    assert time_to_live == NEVER_EXPIRES or time_to_live >= 2 * MAX_RETRY_DELAY_SECONDS

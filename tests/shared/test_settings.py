@@ -22,6 +22,8 @@ def refusal(env: dict[str, str]) -> str:
     [
         ("mail_queue_name", "mail-outbound"),
         ("poison_queue_name", "mail-outbound-poison"),
+        ("status_table_name", "mailstatus"),
+        ("idempotency_retention_hours", 24.0),
         ("sendgrid_api_base_url", "https://api.sendgrid.com"),
         ("sendgrid_connect_timeout_seconds", 5.0),
         ("sendgrid_timeout_seconds", 30.0),
@@ -48,6 +50,11 @@ def test_should_treat_a_blank_optional_setting_as_unset(blank: str) -> None:
         ("MAIL_QUEUE_NAME", "outbound-2", "mail_queue_name", "outbound-2"),
         ("MAIL_QUEUE_NAME", "abc", "mail_queue_name", "abc"),
         ("MAIL_QUEUE_NAME", "a" * 56, "mail_queue_name", "a" * 56),
+        ("STATUS_TABLE_NAME", "MailStatus2", "status_table_name", "MailStatus2"),
+        ("STATUS_TABLE_NAME", "abc", "status_table_name", "abc"),
+        ("STATUS_TABLE_NAME", "t" * 63, "status_table_name", "t" * 63),
+        ("IDEMPOTENCY_RETENTION_HOURS", "0.5", "idempotency_retention_hours", 0.5),
+        ("IDEMPOTENCY_RETENTION_HOURS", "720", "idempotency_retention_hours", 720.0),
         (
             "SENDGRID_API_BASE_URL",
             "https://sg.example.com/",
@@ -116,6 +123,15 @@ def test_should_read_allowed_senders_trimmed_and_lowercased() -> None:
         ({"MAIL_QUEUE_NAME": "mail-"}, "MAIL_QUEUE_NAME"),
         ({"MAIL_QUEUE_NAME": "mail_outbound"}, "MAIL_QUEUE_NAME"),
         ({"MAIL_QUEUE_NAME": "mail-outbound-poison"}, "MAIL_QUEUE_NAME"),
+        ({"STATUS_TABLE_NAME": "ab"}, "STATUS_TABLE_NAME"),
+        ({"STATUS_TABLE_NAME": "mail-status"}, "STATUS_TABLE_NAME"),
+        ({"STATUS_TABLE_NAME": "mail_status"}, "STATUS_TABLE_NAME"),
+        ({"STATUS_TABLE_NAME": "1status"}, "STATUS_TABLE_NAME"),
+        ({"STATUS_TABLE_NAME": "t" * 64}, "STATUS_TABLE_NAME"),
+        ({"IDEMPOTENCY_RETENTION_HOURS": "0"}, "IDEMPOTENCY_RETENTION_HOURS"),
+        ({"IDEMPOTENCY_RETENTION_HOURS": "721"}, "IDEMPOTENCY_RETENTION_HOURS"),
+        ({"IDEMPOTENCY_RETENTION_HOURS": "a day"}, "IDEMPOTENCY_RETENTION_HOURS"),
+        ({"IDEMPOTENCY_RETENTION_HOURS": "nan"}, "IDEMPOTENCY_RETENTION_HOURS"),
         ({"SENDGRID_API_BASE_URL": "http://api.sendgrid.com"}, "SENDGRID_API_BASE_URL"),
         ({"SENDGRID_API_BASE_URL": "http://10.0.0.5:8080"}, "SENDGRID_API_BASE_URL"),
         ({"SENDGRID_API_BASE_URL": "ftp://api.sendgrid.com"}, "SENDGRID_API_BASE_URL"),
@@ -184,6 +200,8 @@ def test_should_say_a_whole_number_is_needed_for_attempts() -> None:
         "ALLOWED_SENDERS",
         "AzureWebJobsStorage",
         "MAIL_QUEUE_NAME",
+        "STATUS_TABLE_NAME",
+        "IDEMPOTENCY_RETENTION_HOURS",
         "SENDGRID_API_BASE_URL",
         "MAX_DELIVERY_ATTEMPTS",
     ],
@@ -248,15 +266,31 @@ def test_should_keep_a_storage_connection_string(connection_string: str) -> None
     [
         (
             {"AzureWebJobsStorage__accountName": "mailgateprod"},
-            StorageSettings(queue_service_uri="https://mailgateprod.queue.core.windows.net"),
+            StorageSettings(
+                queue_service_uri="https://mailgateprod.queue.core.windows.net",
+                table_service_uri="https://mailgateprod.table.core.windows.net",
+            ),
         ),
         (
-            {"AzureWebJobsStorage__queueServiceUri": "https://q.example.net"},
-            StorageSettings(queue_service_uri="https://q.example.net"),
+            {
+                "AzureWebJobsStorage__queueServiceUri": "https://q.example.net",
+                "AzureWebJobsStorage__tableServiceUri": "https://t.example.net",
+            },
+            StorageSettings(
+                queue_service_uri="https://q.example.net",
+                table_service_uri="https://t.example.net",
+            ),
         ),
         (
-            {"AzureWebJobsStorage__serviceUri": "https://s.example.net"},
-            StorageSettings(queue_service_uri="https://s.example.net"),
+            # The host reads serviceUri when queueServiceUri is not set; the table needs its own.
+            {
+                "AzureWebJobsStorage__serviceUri": "https://s.example.net",
+                "AzureWebJobsStorage__tableServiceUri": "https://t.example.net",
+            },
+            StorageSettings(
+                queue_service_uri="https://s.example.net",
+                table_service_uri="https://t.example.net",
+            ),
         ),
         (
             {
@@ -266,16 +300,24 @@ def test_should_keep_a_storage_connection_string(connection_string: str) -> None
             },
             StorageSettings(
                 queue_service_uri="https://mailgateprod.queue.core.windows.net",
+                table_service_uri="https://mailgateprod.table.core.windows.net",
                 credential="managedidentity",
                 client_id="00000000-0000-0000-0000-000000000001",
             ),
         ),
     ],
+    ids=["accountName", "queue and table URIs", "serviceUri and table URI", "managed identity"],
 )
 def test_should_read_an_identity_based_storage_connection(
     identity_env: dict[str, str], expected: StorageSettings
 ) -> None:
     assert Settings.from_env({**IDENTITY_ENV, **identity_env}).storage == expected
+
+
+def test_should_refuse_a_queue_service_uri_without_a_table_service_uri_naming_it() -> None:
+    env = {**IDENTITY_ENV, "AzureWebJobsStorage__queueServiceUri": "https://q.example.net"}
+
+    assert "AzureWebJobsStorage__tableServiceUri" in refusal(env)
 
 
 def test_should_prefer_a_storage_connection_string_over_identity_settings() -> None:
@@ -297,6 +339,7 @@ def test_should_prefer_account_name_over_queue_service_uri_as_the_host_does() ->
     )
 
     assert settings.storage.queue_service_uri == "https://hostreads.queue.core.windows.net"
+    assert settings.storage.table_service_uri == "https://hostreads.table.core.windows.net"
 
 
 def test_should_keep_secrets_out_of_the_settings_repr() -> None:

@@ -2,12 +2,16 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
 from shared.errors import (
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
     InvalidMessage,
     PayloadTooLarge,
     RequestRejected,
@@ -15,10 +19,12 @@ from shared.errors import (
     StorageUnavailable,
     UnsupportedMediaType,
 )
+from shared.idempotency import PENDING_TIMEOUT
 from shared.models import MailRequest
 from shared.settings import Settings
+from shared.status import MessageState, MessageStatus
 from shared.submission import AcceptedMessage, sender_allowed, submit_message
-from tests.fakes import FakeMailQueue
+from tests.fakes import FakeIdempotencyStore, FakeMailQueue, FakeStatusStore
 from tests.samples import (
     ACCEPTED,
     NOW,
@@ -39,14 +45,22 @@ def submit(
     queue: FakeMailQueue,
     content_type: str | None = JSON,
     new_id: str = "msg-0001",
+    *,
+    statuses: FakeStatusStore | None = None,
+    keys: FakeIdempotencyStore | None = None,
+    idempotency_key: str | None = None,
+    now: datetime = NOW,
 ) -> AcceptedMessage:
     return submit_message(
         content,
         content_type,
         settings=settings,
         queue=queue,
-        now=lambda: NOW,
+        statuses=statuses if statuses is not None else FakeStatusStore(queue.journal),
+        keys=keys if keys is not None else FakeIdempotencyStore(),
+        now=lambda: now,
         new_id=lambda: new_id,
+        idempotency_key=idempotency_key,
     )
 
 
@@ -56,9 +70,10 @@ def refused(
     queue: FakeMailQueue,
     content_type: str | None = JSON,
     new_id: str = "msg-0001",
+    **options: Any,
 ) -> RequestRejected:
     with pytest.raises(RequestRejected) as caught:
-        submit(content, settings, queue, content_type, new_id)
+        submit(content, settings, queue, content_type, new_id, **options)
     assert queue.messages == [], "a refused message must not be queued"
     return caught.value
 
@@ -324,3 +339,274 @@ def test_should_refuse_custom_args_that_reach_10000_bytes_once_the_gateway_id_is
 
     assert [p.pointer for p in rejection.problems] == ["#/custom_args"]
     assert "10000 bytes" in rejection.problems[0].detail
+
+
+# --- the status record ---------------------------------------------------------------------
+
+
+def test_should_record_the_message_as_queued_after_enqueuing_it(
+    settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    submit(body(message()), settings, fake_queue, new_id="msg-q1", statuses=fake_statuses)
+
+    assert fake_queue.journal == ["queue.enqueue", "status.create queued"]
+    status = fake_statuses.records["msg-q1"]
+    assert (status.state, status.attempts) == (MessageState.QUEUED, 0)
+    assert (status.accepted_at, status.updated_at) == (NOW, NOW)
+    assert status.to_document() == {
+        "id": "msg-q1",
+        "status": "queued",
+        "attempts": 0,
+        "accepted_at": NOW.isoformat(),
+        "updated_at": NOW.isoformat(),
+    }
+
+
+def test_should_leave_a_newer_status_written_by_delivery_in_place(
+    settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    sent = fake_statuses.add(
+        MessageStatus(
+            id="msg-q2", state=MessageState.SENT, accepted_at=NOW, updated_at=NOW, attempts=1
+        )
+    )
+
+    accepted = submit(
+        body(message()), settings, fake_queue, new_id="msg-q2", statuses=fake_statuses
+    )
+
+    assert accepted.id == "msg-q2"
+    assert fake_statuses.records["msg-q2"] == sent
+
+
+def test_should_record_no_status_when_the_enqueue_fails(
+    settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    fake_queue.make_unavailable(["enqueue"])
+
+    with pytest.raises(StorageUnavailable):
+        submit(body(message()), settings, fake_queue, statuses=fake_statuses)
+
+    assert fake_statuses.records == {}
+    assert fake_queue.journal == []
+
+
+def test_should_accept_a_queued_message_whose_status_could_not_be_written(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_statuses: FakeStatusStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake_statuses.make_unavailable(["create"])
+
+    with caplog.at_level(logging.WARNING, logger="shared.submission"):
+        accepted = submit(
+            body(message()), settings, fake_queue, new_id="msg-q3", statuses=fake_statuses
+        )
+
+    assert accepted == AcceptedMessage(id="msg-q3", status="queued")
+    assert [e.id for e in fake_queue.envelopes] == ["msg-q3"]
+    assert fake_statuses.records == {}
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "msg-q3" in warning.getMessage()
+    assert "status was not recorded" in warning.getMessage()
+
+
+# --- Idempotency-Key -----------------------------------------------------------------------
+
+
+def test_should_replay_the_first_answer_for_the_same_key_and_body(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_statuses: FakeStatusStore,
+    fake_keys: FakeIdempotencyStore,
+) -> None:
+    content = body(message())
+    options: dict[str, Any] = {
+        "statuses": fake_statuses,
+        "keys": fake_keys,
+        "idempotency_key": "order-42",
+    }
+
+    first = submit(content, settings, fake_queue, new_id="msg-k1", **options)
+    again = submit(content, settings, fake_queue, new_id="msg-k2", **options)
+
+    assert first == AcceptedMessage(id="msg-k1", status="queued", replayed=False)
+    assert again == AcceptedMessage(id="msg-k1", status="queued", replayed=True)
+    assert [e.id for e in fake_queue.envelopes] == ["msg-k1"]
+    assert list(fake_statuses.records) == ["msg-k1"]
+
+
+def test_should_give_different_keys_different_messages(
+    settings: Settings, fake_queue: FakeMailQueue, fake_keys: FakeIdempotencyStore
+) -> None:
+    content = body(message())
+
+    first = submit(
+        content, settings, fake_queue, new_id="msg-k3", keys=fake_keys, idempotency_key="a"
+    )
+    other = submit(
+        content, settings, fake_queue, new_id="msg-k4", keys=fake_keys, idempotency_key="b"
+    )
+
+    assert (first.id, other.id) == ("msg-k3", "msg-k4")
+    assert not other.replayed
+    assert len(fake_queue.messages) == 2
+
+
+def test_should_refuse_the_same_key_with_another_body_with_422(
+    settings: Settings, fake_queue: FakeMailQueue, fake_keys: FakeIdempotencyStore
+) -> None:
+    submit(body(message()), settings, fake_queue, keys=fake_keys, idempotency_key="order-43")
+    fake_queue.messages.clear()
+
+    rejection = refused(
+        body(message(subject="Another")),
+        settings,
+        fake_queue,
+        keys=fake_keys,
+        idempotency_key="order-43",
+    )
+
+    assert isinstance(rejection, IdempotencyKeyReused)
+    assert rejection.status == 422
+
+
+def test_should_refuse_a_key_still_being_accepted_with_409_then_finish_it_under_the_same_id(
+    settings: Settings, fake_queue: FakeMailQueue, fake_keys: FakeIdempotencyStore
+) -> None:
+    # The first request queued its message but could not mark the key complete.
+    fake_keys.make_unavailable(["complete"])
+    content = body(message())
+    first = submit(
+        content, settings, fake_queue, new_id="msg-k5", keys=fake_keys, idempotency_key="k"
+    )
+    fake_keys.make_available()
+    fake_queue.messages.clear()
+
+    rejection = refused(
+        content, settings, fake_queue, new_id="msg-k6", keys=fake_keys, idempotency_key="k"
+    )
+    taken_over = submit(
+        content,
+        settings,
+        fake_queue,
+        new_id="msg-k7",
+        keys=fake_keys,
+        idempotency_key="k",
+        now=NOW + PENDING_TIMEOUT + timedelta(seconds=1),
+    )
+
+    assert first.id == "msg-k5"
+    assert isinstance(rejection, IdempotencyKeyInUse)
+    assert rejection.status == 409
+    # The same id again: a copy already queued is the same message, and is sent once.
+    assert taken_over == AcceptedMessage(id="msg-k5", status="queued", replayed=False)
+    assert [e.id for e in fake_queue.envelopes] == ["msg-k5"]
+
+
+def test_should_release_the_key_when_the_enqueue_fails_so_a_retry_is_accepted(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_statuses: FakeStatusStore,
+    fake_keys: FakeIdempotencyStore,
+) -> None:
+    content = body(message())
+    options: dict[str, Any] = {
+        "statuses": fake_statuses,
+        "keys": fake_keys,
+        "idempotency_key": "order-44",
+    }
+    fake_queue.make_unavailable(["enqueue"])
+    with pytest.raises(StorageUnavailable):
+        submit(content, settings, fake_queue, new_id="msg-k8", **options)
+
+    assert [r.message_id for r in fake_keys.released] == ["msg-k8"]
+    assert fake_keys.record_for("order-44") is None
+    assert fake_statuses.records == {}
+
+    fake_queue.make_available()
+    retried = submit(content, settings, fake_queue, new_id="msg-k9", **options)
+
+    assert retried == AcceptedMessage(id="msg-k9", status="queued", replayed=False)
+
+
+def test_should_still_refuse_with_503_when_the_key_cannot_be_released(
+    settings: Settings, fake_queue: FakeMailQueue, fake_keys: FakeIdempotencyStore
+) -> None:
+    fake_queue.make_unavailable(["enqueue"])
+    fake_keys.make_unavailable(["release"])
+
+    with pytest.raises(StorageUnavailable, match="mail-outbound"):
+        submit(body(message()), settings, fake_queue, keys=fake_keys, idempotency_key="k")
+
+
+def test_should_queue_nothing_when_the_key_cannot_be_claimed(
+    settings: Settings, fake_queue: FakeMailQueue, fake_keys: FakeIdempotencyStore
+) -> None:
+    fake_keys.make_unavailable(["claim"])
+
+    with pytest.raises(StorageUnavailable):
+        submit(body(message()), settings, fake_queue, keys=fake_keys, idempotency_key="k")
+
+    assert fake_queue.messages == []
+
+
+def test_should_accept_a_queued_message_whose_key_could_not_be_completed(
+    settings: Settings, fake_queue: FakeMailQueue, fake_keys: FakeIdempotencyStore
+) -> None:
+    fake_keys.make_unavailable(["complete"])
+
+    accepted = submit(body(message()), settings, fake_queue, keys=fake_keys, idempotency_key="k")
+
+    assert accepted.id == "msg-0001"
+    assert len(fake_queue.messages) == 1
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["", "x" * 256, "order\x0142", "tab\there", "line\nbreak", "caf\u00e9", "nul\x00", "\x7f"],
+    ids=["empty", "256 chars", "SOH", "tab", "LF", "non-ASCII", "NUL", "DEL"],
+)
+def test_should_refuse_an_idempotency_key_that_is_not_1_to_255_printable_characters(
+    key: str, settings: Settings, fake_queue: FakeMailQueue, fake_keys: FakeIdempotencyStore
+) -> None:
+    rejection = refused(body(message()), settings, fake_queue, keys=fake_keys, idempotency_key=key)
+
+    assert isinstance(rejection, InvalidMessage)
+    assert rejection.status == 400
+    assert "Idempotency-Key" in rejection.detail
+    assert fake_keys.records == {}
+
+
+@pytest.mark.parametrize("key", ["k", "x" * 255, " ", "~!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}"])
+def test_should_accept_any_idempotency_key_of_1_to_255_printable_characters(
+    key: str, settings: Settings, fake_queue: FakeMailQueue, fake_keys: FakeIdempotencyStore
+) -> None:
+    submit(body(message()), settings, fake_queue, keys=fake_keys, idempotency_key=key)
+
+    assert fake_keys.record_for(key) is not None
+    assert len(fake_queue.messages) == 1
+
+
+def test_should_check_the_message_before_the_idempotency_key(
+    settings: Settings, fake_queue: FakeMailQueue, fake_keys: FakeIdempotencyStore
+) -> None:
+    # A request refused for its body must not use up its key.
+    rejection = refused(
+        body(message(subject="")), settings, fake_queue, keys=fake_keys, idempotency_key="k"
+    )
+
+    assert [p.pointer for p in rejection.problems] == ["#/subject"]
+    assert fake_keys.records == {}
+
+
+def test_should_leave_keys_alone_without_an_idempotency_key(
+    settings: Settings, fake_queue: FakeMailQueue, fake_keys: FakeIdempotencyStore
+) -> None:
+    fake_keys.make_unavailable()
+
+    accepted = submit(body(message()), settings, fake_queue, keys=fake_keys)
+
+    assert not accepted.replayed
+    assert len(fake_queue.messages) == 1

@@ -1,0 +1,237 @@
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from devstack.azurite import Azurite
+from shared.dead_letters import HOST_MOVED_REASON, DeadLetters
+from shared.models import DeadLetter, QueueEnvelope
+from shared.queue import MailQueue
+from shared.settings import Settings
+from shared.status import MessageState, MessageStatus, StatusStore
+from tests.integration.conftest import base64_queue_client, time_limit
+from tests.samples import NOW, envelope
+
+REPLAYED_AT = NOW + timedelta(days=1)
+REFUSED_AT = NOW + timedelta(minutes=1)
+UNREADABLE_REASON = "not a mailgate envelope: 1 problem(s), first at the top level"
+
+
+@pytest.fixture
+def dead_letters(mail_queue: MailQueue, statuses: StatusStore) -> DeadLetters:
+    return DeadLetters(mail_queue.poison, mail_queue, statuses, lambda: REPLAYED_AT)
+
+
+def refused_by_sendgrid(mail_queue: MailQueue, statuses: StatusStore, id: str) -> None:
+    """Dead-letter a message as delivery does: the envelope with why, then status `failed`."""
+    record = DeadLetter(
+        reason="SendGrid refused the message with 400", status_code=400, attempts=2, at=REFUSED_AT
+    )
+    mail_queue.dead_letter(
+        envelope(id=id, attempt=2).model_copy(update={"dead_letter": record}).to_json()
+    )
+    statuses.put(
+        MessageStatus(
+            id=id,
+            state=MessageState.FAILED,
+            accepted_at=NOW,
+            updated_at=REFUSED_AT,
+            attempts=2,
+            last_status_code=400,
+            last_error="SendGrid refused the message with 400",
+        )
+    )
+
+
+def moved_by_the_host(azurite: Azurite, mail_queue: MailQueue, id: str) -> None:
+    """A bare envelope, copied to the poison queue as the host does (base64, 7-day expiry)."""
+    base64_queue_client(azurite, mail_queue.poison_name).send_message(
+        envelope(id=id, attempt=3).to_json()
+    )
+
+
+def unreadable(mail_queue: MailQueue) -> None:
+    """An unreadable queue message as delivery dead-letters it."""
+    mail_queue.dead_letter(
+        json.dumps(
+            {
+                "dead_letter": {"reason": UNREADABLE_REASON, "attempts": 1, "at": "2026-03-02"},
+                "raw_message": "hello",
+            }
+        )
+    )
+
+
+@pytest.fixture
+def poison_queue(azurite: Azurite, mail_queue: MailQueue, statuses: StatusStore) -> None:
+    """msg-a and msg-b refused by SendGrid, msg-c moved by the host, one unreadable message."""
+    refused_by_sendgrid(mail_queue, statuses, "msg-a")
+    refused_by_sendgrid(mail_queue, statuses, "msg-b")
+    moved_by_the_host(azurite, mail_queue, "msg-c")
+    unreadable(mail_queue)
+
+
+def visible_poison_ids(azurite: Azurite, mail_queue: MailQueue) -> list[str | None]:
+    """What a receive on the poison queue gets right now (then gives back after a second)."""
+    client = base64_queue_client(azurite, mail_queue.poison_name)
+    messages = client.receive_messages(messages_per_page=32, visibility_timeout=1)
+    ids: list[str | None] = []
+    for message in messages:
+        document = json.loads(message.content)
+        ids.append(document.get("id"))
+    return sorted(ids, key=none_last)
+
+
+def none_last(id: str | None) -> tuple[bool, str]:
+    """Sort ids alphabetically, unreadable messages (no id) last."""
+    return (id is None, id or "")
+
+
+def mail_envelopes(azurite: Azurite, mail_queue: MailQueue) -> list[QueueEnvelope]:
+    client = base64_queue_client(azurite, mail_queue.name)
+    return sorted(
+        (QueueEnvelope.model_validate_json(m.content) for m in client.peek_messages(32)),
+        key=lambda e: e.id,
+    )
+
+
+@pytest.mark.usefixtures("poison_queue")
+def test_should_list_each_kind_of_dead_letter_and_leave_them_visible(
+    azurite: Azurite, mail_queue: MailQueue, dead_letters: DeadLetters
+) -> None:
+    with time_limit(30):
+        entries = dead_letters.entries()
+
+    documents = sorted((e.to_document() for e in entries), key=lambda d: none_last(d["id"]))
+    assert documents == [
+        {
+            "id": "msg-a",
+            "reason": "SendGrid refused the message with 400",
+            "attempts": 2,
+            "dead_lettered_at": REFUSED_AT.isoformat(),
+            "replayable": True,
+        },
+        {
+            "id": "msg-b",
+            "reason": "SendGrid refused the message with 400",
+            "attempts": 2,
+            "dead_lettered_at": REFUSED_AT.isoformat(),
+            "replayable": True,
+        },
+        {
+            "id": "msg-c",
+            "reason": HOST_MOVED_REASON,
+            "attempts": 3,
+            "dead_lettered_at": None,
+            "replayable": True,
+        },
+        {
+            "id": None,
+            "reason": UNREADABLE_REASON,
+            "attempts": None,
+            "dead_lettered_at": None,
+            "replayable": False,
+        },
+    ]
+    assert visible_poison_ids(azurite, mail_queue) == ["msg-a", "msg-b", "msg-c", None]
+
+
+def test_should_list_more_dead_letters_than_one_receive_returns(
+    azurite: Azurite, mail_queue: MailQueue, dead_letters: DeadLetters
+) -> None:
+    for number in range(40):
+        moved_by_the_host(azurite, mail_queue, f"msg-{number:02}")
+
+    with time_limit(30):
+        entries = dead_letters.entries()
+
+    assert sorted(e.message_id or "" for e in entries) == [f"msg-{n:02}" for n in range(40)]
+    assert mail_queue.depths()[mail_queue.poison_name] == 40
+
+
+def test_should_list_nothing_when_the_poison_queue_does_not_exist(
+    storage_settings: Settings, statuses: StatusStore
+) -> None:
+    queue = MailQueue.from_settings(storage_settings)
+
+    assert DeadLetters(queue.poison, queue, statuses, lambda: NOW).entries() == []
+
+
+@pytest.mark.usefixtures("poison_queue")
+def test_should_replay_chosen_dead_letters_as_fresh_first_attempts(
+    azurite: Azurite, mail_queue: MailQueue, statuses: StatusStore, dead_letters: DeadLetters
+) -> None:
+    with time_limit(30):
+        report = dead_letters.replay(["msg-a", "msg-c", "msg-unknown"])
+
+    assert sorted(report.done) == ["msg-a", "msg-c"]
+    assert (report.skipped, report.not_found) == ({}, ["msg-unknown"])
+    assert mail_envelopes(azurite, mail_queue) == [
+        envelope(id="msg-a", attempt=1),
+        envelope(id="msg-c", attempt=1),
+    ]
+    for id in ("msg-a", "msg-c"):
+        status = statuses.get(id)
+        assert status is not None
+        assert (status.state, status.attempts) == (MessageState.QUEUED, 0)
+        assert (status.accepted_at, status.updated_at) == (NOW, REPLAYED_AT)
+        assert (status.last_status_code, status.last_error) == (None, None)
+    untouched = statuses.get("msg-b")
+    assert untouched is not None
+    assert untouched.state is MessageState.FAILED
+    # The rest are back on the poison queue at once, not hidden for the listing's hold.
+    assert visible_poison_ids(azurite, mail_queue) == ["msg-b", None]
+
+
+def test_should_put_replayed_envelopes_on_the_wire_without_their_dead_letter(
+    azurite: Azurite, mail_queue: MailQueue, statuses: StatusStore, dead_letters: DeadLetters
+) -> None:
+    refused_by_sendgrid(mail_queue, statuses, "msg-a")
+
+    dead_letters.replay(["msg-a"])
+
+    [message] = base64_queue_client(azurite, mail_queue.name).peek_messages()
+    document = json.loads(message.content)
+    assert "dead_letter" not in document
+    assert (document["id"], document["attempt"]) == ("msg-a", 1)
+
+
+@pytest.mark.usefixtures("poison_queue")
+def test_should_replay_every_dead_letter_skipping_the_unreadable(
+    azurite: Azurite, mail_queue: MailQueue, dead_letters: DeadLetters
+) -> None:
+    with time_limit(30):
+        report = dead_letters.replay(None)
+
+    assert sorted(report.done) == ["msg-a", "msg-b", "msg-c"]
+    assert list(report.skipped.values()) == ["not a mailgate envelope"]
+    assert report.not_found == []
+    assert [e.id for e in mail_envelopes(azurite, mail_queue)] == ["msg-a", "msg-b", "msg-c"]
+    assert visible_poison_ids(azurite, mail_queue) == [None]
+
+
+@pytest.mark.usefixtures("poison_queue")
+def test_should_purge_chosen_dead_letters(
+    azurite: Azurite, mail_queue: MailQueue, dead_letters: DeadLetters
+) -> None:
+    with time_limit(30):
+        report = dead_letters.purge(["msg-b", "msg-gone"])
+
+    assert report.to_document() == {"done": ["msg-b"], "skipped": {}, "not_found": ["msg-gone"]}
+    assert visible_poison_ids(azurite, mail_queue) == ["msg-a", "msg-c", None]
+    assert mail_envelopes(azurite, mail_queue) == []
+
+
+@pytest.mark.usefixtures("poison_queue")
+def test_should_purge_every_dead_letter(
+    azurite: Azurite, mail_queue: MailQueue, dead_letters: DeadLetters
+) -> None:
+    with time_limit(30):
+        report = dead_letters.purge(None)
+
+    assert len(report.done) == 4
+    assert {"msg-a", "msg-b", "msg-c"} <= set(report.done)
+    assert mail_queue.depths()[mail_queue.poison_name] == 0
+    assert mail_envelopes(azurite, mail_queue) == []

@@ -1,0 +1,276 @@
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any, cast
+
+import pytest
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+)
+from azure.data.tables import TableClient, UpdateMode
+from azure.identity import ManagedIdentityCredential
+
+from shared.errors import ConcurrentUpdate, StorageUnavailable
+from shared.settings import Settings
+from shared.status import FINAL_STATES, MessageState, MessageStatus, StatusStore
+from tests.samples import BASE_ENV, NOW
+
+LATER = NOW + timedelta(minutes=1)
+QUEUED = MessageStatus(id="msg-s1", state=MessageState.QUEUED, accepted_at=NOW, updated_at=NOW)
+
+
+class RecordingTable:
+    """The few TableClient calls StatusStore makes, recorded; `error` makes each call raise it."""
+
+    table_name = "mailstatus"
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.calls: list[tuple[str, Any, dict[str, Any]]] = []
+
+    def create_table(self) -> None:
+        self._call("create_table", None, {})
+
+    def get_entity(self, partition_key: str, row_key: str) -> Any:
+        self._call("get_entity", (partition_key, row_key), {})
+        raise AssertionError("not reached in these tests")
+
+    def create_entity(self, entity: dict[str, Any]) -> dict[str, Any]:
+        self._call("create_entity", entity, {})
+        return {"etag": "etag-created"}
+
+    def update_entity(self, entity: dict[str, Any], **options: Any) -> dict[str, Any]:
+        self._call("update_entity", entity, options)
+        return {"etag": "etag-updated"}
+
+    def upsert_entity(self, entity: dict[str, Any], **options: Any) -> dict[str, Any]:
+        self._call("upsert_entity", entity, options)
+        return {"etag": "etag-upserted"}
+
+    def query_entities(self, query: str, **options: Any) -> list[Any]:
+        self._call("query_entities", query, options)
+        return []
+
+    def _call(self, name: str, argument: Any, options: dict[str, Any]) -> None:
+        self.calls.append((name, argument, options))
+        if self.error is not None:
+            raise self.error
+
+
+def store(table: RecordingTable) -> StatusStore:
+    return StatusStore(cast(TableClient, table))
+
+
+# --- the record ----------------------------------------------------------------------------
+
+
+def test_should_move_a_record_to_a_new_state_keeping_what_it_knows() -> None:
+    retrying = replace(QUEUED, attempts=2, next_attempt_at=NOW, last_error="503", etag="e1")
+
+    sending = retrying.moved(MessageState.SENDING, LATER, attempts=3)
+
+    assert (sending.state, sending.updated_at, sending.attempts) == (MessageState.SENDING, LATER, 3)
+    assert (sending.id, sending.accepted_at, sending.last_error, sending.etag) == (
+        "msg-s1",
+        NOW,
+        "503",
+        "e1",
+    )
+    assert sending.next_attempt_at is None
+
+
+def test_should_move_a_record_to_retrying_with_its_next_attempt_time() -> None:
+    retrying = QUEUED.moved(MessageState.RETRYING, LATER, next_attempt_at=LATER)
+
+    assert retrying.next_attempt_at == LATER
+
+
+def test_should_call_sent_and_failed_final() -> None:
+    assert {MessageState.SENT, MessageState.FAILED} == FINAL_STATES
+
+
+def test_should_show_a_queued_record_with_only_its_basic_fields() -> None:
+    assert QUEUED.to_document() == {
+        "id": "msg-s1",
+        "status": "queued",
+        "attempts": 0,
+        "accepted_at": "2026-03-02T09:30:00+00:00",
+        "updated_at": "2026-03-02T09:30:00+00:00",
+    }
+
+
+def test_should_show_every_field_a_record_has() -> None:
+    status = MessageStatus(
+        id="msg-s2",
+        state=MessageState.RETRYING,
+        accepted_at=NOW,
+        updated_at=LATER,
+        attempts=3,
+        next_attempt_at=LATER + timedelta(seconds=90),
+        last_status_code=None,
+        last_error="no answer from SendGrid: ReadTimeout",
+        ambiguous=True,
+        provider_message_id="sg-2",
+        etag="never shown",
+    )
+
+    assert status.to_document() == {
+        "id": "msg-s2",
+        "status": "retrying",
+        "attempts": 3,
+        "accepted_at": "2026-03-02T09:30:00+00:00",
+        "updated_at": "2026-03-02T09:31:00+00:00",
+        "next_attempt_at": "2026-03-02T09:32:30+00:00",
+        "last_error": {
+            "status_code": None,
+            "reason": "no answer from SendGrid: ReadTimeout",
+            "ambiguous": True,
+        },
+        "sendgrid_message_id": "sg-2",
+    }
+
+
+def test_should_show_a_last_error_that_has_only_a_status_code() -> None:
+    status = replace(QUEUED, last_status_code=503)
+
+    assert status.to_document()["last_error"] == {
+        "status_code": 503,
+        "reason": None,
+        "ambiguous": False,
+    }
+
+
+# --- the store -----------------------------------------------------------------------------
+
+
+def test_should_write_one_row_per_message_without_empty_fields() -> None:
+    table = RecordingTable()
+
+    store(table).create(replace(QUEUED, etag="ignored"))
+
+    [(_, entity, _)] = table.calls
+    assert entity == {
+        "PartitionKey": "msg-s1",
+        "RowKey": "status",
+        "state": "queued",
+        "accepted_at": NOW,
+        "updated_at": NOW,
+        "attempts": 0,
+        "ambiguous": False,
+    }
+
+
+def test_should_claim_a_record_only_if_its_etag_still_matches() -> None:
+    table = RecordingTable()
+
+    claimed = store(table).claim(replace(QUEUED, state=MessageState.SENDING, etag="etag-read"))
+
+    [(name, _, options)] = table.calls
+    assert name == "update_entity"
+    assert options == {
+        "mode": UpdateMode.REPLACE,
+        "etag": "etag-read",
+        "match_condition": MatchConditions.IfNotModified,
+    }
+    assert claimed.etag == "etag-updated"
+
+
+def test_should_claim_a_record_nobody_wrote_by_inserting_it() -> None:
+    table = RecordingTable()
+
+    claimed = store(table).claim(QUEUED)
+
+    assert [name for name, _, _ in table.calls] == ["create_entity"]
+    assert claimed.etag == "etag-created"
+
+
+def test_should_put_a_record_whatever_is_there() -> None:
+    table = RecordingTable()
+
+    written = store(table).put(replace(QUEUED, etag="old"))
+
+    [(name, _, options)] = table.calls
+    assert (name, options) == ("upsert_entity", {"mode": UpdateMode.REPLACE})
+    assert written.etag == "etag-upserted"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ResourceExistsError("EntityAlreadyExists"),
+        ResourceModifiedError("UpdateConditionNotSatisfied"),
+    ],
+)
+@pytest.mark.parametrize("etag", [None, "etag-read"])
+def test_should_report_a_lost_claim_as_a_concurrent_update(
+    error: Exception, etag: str | None
+) -> None:
+    with pytest.raises(ConcurrentUpdate, match="msg-s1"):
+        store(RecordingTable(error)).claim(replace(QUEUED, etag=etag))
+
+
+def test_should_report_an_existing_record_when_creating_as_false() -> None:
+    assert store(RecordingTable(ResourceExistsError("exists"))).create(QUEUED) is False
+
+
+def test_should_accept_a_table_that_already_exists() -> None:
+    store(RecordingTable(ResourceExistsError("TableAlreadyExists"))).ensure_exists()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: s.get("msg-s1"),
+        lambda s: s.create(QUEUED),
+        lambda s: s.claim(QUEUED),
+        lambda s: s.claim(replace(QUEUED, etag="e")),
+        lambda s: s.put(QUEUED),
+        lambda s: s.check(),
+        lambda s: s.ensure_exists(),
+    ],
+    ids=["get", "create", "claim new", "claim", "put", "check", "ensure_exists"],
+)
+def test_should_report_storage_unavailable_when_the_table_does_not_answer(call: Any) -> None:
+    with pytest.raises(StorageUnavailable, match=r"msg-s1|mailstatus"):
+        call(store(RecordingTable(ServiceRequestError("connection refused"))))
+
+
+def test_should_read_a_missing_record_as_none() -> None:
+    assert store(RecordingTable(ResourceNotFoundError("ResourceNotFound"))).get("msg-x") is None
+
+
+def test_should_aim_the_store_at_the_configured_table_through_a_connection_string() -> None:
+    settings = Settings.from_env(
+        {
+            **BASE_ENV,
+            "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+            "STATUS_TABLE_NAME": "st1",
+        }
+    )
+
+    table = StatusStore.from_settings(settings).table
+
+    assert table.table_name == "st1"
+    assert table.url.startswith("http://127.0.0.1:10002/devstoreaccount1")
+
+
+def test_should_aim_an_identity_based_store_at_the_account_table_service() -> None:
+    env = {k: v for k, v in BASE_ENV.items() if k != "AzureWebJobsStorage"}
+    settings = Settings.from_env(
+        {
+            **env,
+            "AzureWebJobsStorage__accountName": "mailgateprod",
+            "AzureWebJobsStorage__credential": "managedidentity",
+        }
+    )
+
+    table = StatusStore.from_settings(settings).table
+
+    assert table.url.startswith("https://mailgateprod.table.core.windows.net")
+    assert table.table_name == "mailstatus"
+    assert isinstance(table.credential, ManagedIdentityCredential)
