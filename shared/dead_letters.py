@@ -120,6 +120,12 @@ class DeadLetters:
                 report.skipped[entry.message_id or message.id] = "not a mailgate envelope"
                 self._release(message)
                 continue
+            current = self._statuses.get(entry.envelope.id)
+            if current is not None and current.state is MessageState.SENT:
+                # A stray copy of a message that went out: replaying it would send it twice.
+                report.skipped[entry.envelope.id] = "already sent; purge this copy"
+                self._release(message)
+                continue
             self._replay_one(entry.envelope)
             self._delete(message)
             report.done.append(entry.envelope.id)

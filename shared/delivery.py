@@ -195,20 +195,29 @@ class Delivery:
             envelope.attempt, self._settings, error.retry_after_seconds, self._rng
         )
         now = self._now()
-        # Status first: if the enqueue then fails, the host retries this same attempt.
-        self._statuses.put(
-            status.moved(
-                MessageState.RETRYING,
-                now,
-                next_attempt_at=now + timedelta(seconds=delay),
-                last_status_code=error.status_code,
-                last_error=error.reason,
-                ambiguous=error.ambiguous,
-            )
-        )
+        # The next copy first: if that fails, this copy stays on the queue and the host
+        # retries it (the claim says `sending`, so no copy is mistaken for a stale one).
         self._queue.enqueue(
             envelope.model_copy(update={"attempt": envelope.attempt + 1}), delay_seconds=delay
         )
+        retrying = status.moved(
+            MessageState.RETRYING,
+            now,
+            next_attempt_at=now + timedelta(seconds=delay),
+            last_status_code=error.status_code,
+            last_error=error.reason,
+            ambiguous=error.ambiguous,
+        )
+        try:
+            self._statuses.put(retrying)
+        except StorageUnavailable as status_error:
+            # The retry is queued; its claim will find `sending` and wait out the claim timeout.
+            logger.warning(
+                "Message %s: retry queued but its status not recorded: %s",
+                envelope.id,
+                status_error,
+                extra=_ids(envelope),
+            )
         logger.warning(
             "Message %s attempt %s failed (%s%s); retrying in %ss",
             envelope.id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Messages the gateway dead-letters never expire; the host's own poison copies last 7 days.
+# Messages the gateway queues never expire; the host's own poison copies last 7 days.
 NEVER_EXPIRES = -1
 
 _CLIENT_OPTIONS: dict[str, Any] = {
@@ -49,7 +50,9 @@ class MailQueue:
         service = _service_client(settings.storage)
         return cls(
             _queue_client(service, settings.mail_queue_name),
-            _queue_client(service, settings.poison_queue_name),
+            _queue_client(
+                service, settings.poison_queue_name, decode_policy=RawTextFallbackDecodePolicy()
+            ),
         )
 
     @property
@@ -98,8 +101,15 @@ class MailQueue:
             raise StorageUnavailable(f"queue {self._mail.queue_name}: {_summary(error)}") from error
 
     def enqueue(self, envelope: QueueEnvelope, *, delay_seconds: int = 0) -> None:
-        """Put an envelope on the mail queue, visible after `delay_seconds`."""
-        self._send(self._mail, envelope.to_json(), visibility_timeout=delay_seconds or None)
+        """Put an envelope on the mail queue, visible after `delay_seconds`; it never expires."""
+        # The default time-to-live (7 days from the enqueue) would silently drop a message the
+        # gateway could not deliver in time, or a retry delayed by days.
+        self._send(
+            self._mail,
+            envelope.to_json(),
+            visibility_timeout=delay_seconds or None,
+            time_to_live=NEVER_EXPIRES,
+        )
 
     def dead_letter(self, text: str) -> None:
         """Put a dead-letter record on the poison queue, where it stays until an operator acts."""
@@ -133,12 +143,25 @@ def token_credential(storage: StorageSettings) -> TokenCredential:
     return DefaultAzureCredential(managed_identity_client_id=storage.client_id)
 
 
-def _queue_client(service: QueueServiceClient, name: str) -> QueueClient:
+class RawTextFallbackDecodePolicy(TextBase64DecodePolicy):
+    """Base64 as the gateway writes it, else the raw text (the host's copy of a raw message)."""
+
+    def decode(self, content: str, response: Any) -> str:
+        """The decoded text, or the content itself when it is not base64 of UTF-8."""
+        try:
+            return base64.b64decode(content, validate=True).decode("utf-8")
+        except ValueError:
+            return content
+
+
+def _queue_client(
+    service: QueueServiceClient, name: str, decode_policy: TextBase64DecodePolicy | None = None
+) -> QueueClient:
     # The host's default messageEncoding is base64; raw text would go straight to poison.
     return service.get_queue_client(
         name,
         message_encode_policy=TextBase64EncodePolicy(),
-        message_decode_policy=TextBase64DecodePolicy(),
+        message_decode_policy=decode_policy or TextBase64DecodePolicy(),
     )
 
 

@@ -164,7 +164,7 @@ def _storage_settings(reader: _Reader) -> StorageSettings:
         queue_uri = f"https://{account}.queue.core.windows.net"
         table_uri = f"https://{account}.table.core.windows.net"
     else:
-        queue_uri = reader.text(prefix + "queueServiceUri")
+        queue_uri = reader.text(prefix + "queueServiceUri") or reader.text(prefix + "serviceUri")
         table_uri = reader.text(prefix + "tableServiceUri")
     if not queue_uri:
         raise ConfigurationError(

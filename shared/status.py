@@ -171,6 +171,8 @@ class StatusStore:
                 iter(self._table.query_entities("PartitionKey eq 'health'", results_per_page=1)),
                 None,
             )
+        except ResourceNotFoundError:
+            pass  # not created yet: the first message creates it
         except AzureError as error:
             raise StorageUnavailable(
                 f"table {self._table.table_name}: {type(error).__name__}"

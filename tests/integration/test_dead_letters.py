@@ -4,6 +4,7 @@ import json
 from datetime import timedelta
 
 import pytest
+from azure.storage.queue import QueueClient
 
 from devstack.azurite import Azurite
 from shared.dead_letters import HOST_MOVED_REASON, DeadLetters
@@ -235,3 +236,19 @@ def test_should_purge_every_dead_letter(
     assert {"msg-a", "msg-b", "msg-c"} <= set(report.done)
     assert mail_queue.depths()[mail_queue.poison_name] == 0
     assert mail_envelopes(azurite, mail_queue) == []
+
+
+def test_should_list_a_raw_text_message_the_host_copied_to_the_poison_queue(
+    azurite: Azurite, mail_queue: MailQueue, dead_letters: DeadLetters
+) -> None:
+    # The host copies an undecodable (raw text) message to the poison queue as it was, not
+    # base64: listing must show it rather than fail on it.
+    raw = QueueClient.from_connection_string(azurite.connection_string, mail_queue.poison_name)
+    raw.send_message('{"not": "base64"}')
+
+    with time_limit(30):
+        [entry] = dead_letters.entries()
+
+    assert entry.message_id is None
+    assert entry.reason == "not a mailgate envelope"
+    assert entry.envelope is None
