@@ -59,12 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "replay":
             result = dead_letters.replay(chosen).to_document()
         else:
-            if args.confirm != gateway.queue.poison_name:
-                print(
-                    f"purging deletes mail for good: add --confirm {gateway.queue.poison_name}",
-                    file=sys.stderr,
-                )
-                return 2
+            dead_letters.confirm_purge(args.confirm)
             result = dead_letters.purge(chosen).to_document()
     except MailgateError as error:
         print(f"mailgate admin: {error}", file=sys.stderr)

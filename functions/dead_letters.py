@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from functions.http_responses import json_response, problem_response, refusal_response
+from functions.http_responses import json_response, refusal_response
 from shared.dead_letters import parse_selection
 from shared.errors import MailgateError
 from shared.gateway import get_gateway
-from shared.problems import Problem
 
 bp = func.Blueprint()
 
@@ -42,15 +41,9 @@ def purge_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
     """Delete dead letters for good; `confirm` must repeat the poison queue's name."""
     try:
         selection = parse_selection(req.get_body())
-        gateway = get_gateway()
-        if selection.confirm != gateway.queue.poison_name:
-            return problem_response(
-                Problem(
-                    400,
-                    f'purging deletes mail for good: add "confirm": "{gateway.queue.poison_name}"',
-                )
-            )
-        report = gateway.dead_letters.purge(selection.chosen())
+        dead_letters = get_gateway().dead_letters
+        dead_letters.confirm_purge(selection.confirm)
+        report = dead_letters.purge(selection.chosen())
     except MailgateError as error:
         return refusal_response(error, "nothing more was purged")
     return json_response(report.to_document(), 200)

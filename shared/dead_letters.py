@@ -13,7 +13,7 @@ from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.storage.queue import QueueClient, QueueMessage
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from shared.errors import InvalidMessage, StorageUnavailable
+from shared.errors import FieldProblem, InvalidMessage, StorageUnavailable
 from shared.models import QueueEnvelope, field_problems
 from shared.queue import MailQueue
 from shared.status import MessageState, MessageStatus, StatusStore
@@ -132,8 +132,17 @@ class DeadLetters:
         report.not_found = sorted(set(ids or ()) - set(report.done) - set(report.skipped))
         return report
 
+    def confirm_purge(self, confirmation: str | None) -> None:
+        """Refuse a purge unless the operator repeated the poison queue's name."""
+        if confirmation != self._poison.queue_name:
+            raise InvalidMessage(
+                f"purging deletes mail for good: confirm with the poison queue's name, "
+                f"{self._poison.queue_name!r}",
+                (FieldProblem("#/confirm", f"must be {self._poison.queue_name!r}"),),
+            )
+
     def purge(self, ids: Collection[str] | None) -> ReplayReport:
-        """Delete the chosen dead letters (None = all) for good."""
+        """Delete the chosen dead letters (None = all) for good; see confirm_purge."""
         report = ReplayReport()
         for message in self._hold_all():
             entry = read_entry(message.content)

@@ -156,7 +156,9 @@ def test_should_refuse_a_purge_not_confirmed_with_the_poison_queue_name(
     response = purge(selection)
 
     assert response.status_code == 400
-    assert f'"confirm": "{POISON}"' in problem_of(response)["detail"]
+    assert problem_of(response)["errors"] == [
+        {"pointer": "#/confirm", "detail": f"must be {POISON!r}"}
+    ]
     assert len(fake_queue.poison_texts) == 2
 
 
