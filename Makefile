@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: run test lint setup clean poison replay purge soak publish
+.PHONY: run test lint setup clean poison replay purge soak bench publish
 
 run: setup local.settings.json
 	$(BIN)/python -m devstack
@@ -36,6 +36,11 @@ $(NODE_STAMP): package.json package-lock.json
 # Not part of `make test`: 2,000 messages, transient faults and two host SIGKILLs.
 soak: setup
 	$(BIN)/python -m bench.soak
+
+# Not part of `make test`: the gateway against its baselines and ceilings (about 5 minutes);
+# prints one table and writes it to docs/performance.md. BENCH_ARGS="--help" lists the options.
+bench: setup
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # The poison queue, for operators: list, replay (IDS="id ..." or ALL=1), purge (also CONFIRM=<queue>).
 poison: setup

@@ -1,0 +1,519 @@
+"""`make bench`: the gateway against its baselines and ceilings on the real local stack.
+
+    python -m bench [--seconds 10] [--concurrency 1,8,32] [--messages 2000] [--latency-ms 100]
+                    [--transport-sends 200] [--round-trip-ms 20] [--host-threads N]
+                    [--scenarios accept,delivery,transport,host] [--profile DIR] [--no-write]
+
+Starts Azurite (in memory) and the SendGrid stand-in on loopback, runs each scenario with its
+baseline in the same run, prints one markdown table and writes it, with the machine and the
+command, between the result markers of docs/performance.md (only when every scenario ran and
+nothing was profiled). Exits 0 when the bench ran, whatever the table says; 1 if it failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench.accept import AcceptLevel, run_accept
+from bench.delivery import ConsumerBaseline, DrainResult, run_drain, run_minimal_consumer
+from bench.host_overhead import NoopResult, noop_settings, run_noop
+from bench.load import LoadResult
+from bench.profiling import Profiler
+from bench.report import Row, Target, machine_lines, missed, render_table, write_results
+from bench.stack import FUNCTION_KEY, REPO, gateway_settings
+from bench.stats import ratio
+from bench.storage import STALL_SECONDS
+from bench.transport import TransportComparison, run_transport
+from devstack.azurite import Azurite
+from devstack.host_invoke import default_thread_count
+from devstack.sendgrid_standin import SendGridStandIn
+
+SCENARIOS = ("accept", "delivery", "transport", "host")
+DOC = REPO / "docs" / "performance.md"
+MIB = 2**20
+MS = 1e3
+US = 1e6
+
+ACCEPT_THROUGHPUT = Target(">=", 0.8)
+ACCEPT_P99 = Target("<=", 2.0)
+DRAIN = Target(">=", 0.8)
+CPU_PER_MESSAGE = Target("<=", 1.5)
+TRANSPORT = Target(">=", 4.0)
+MEMORY_FLAT = Target("<=", 1.05)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+    def levels(text: str) -> list[int]:
+        values = [int(v) for v in text.split(",") if v.strip()]
+        if not values or min(values) < 1 or max(values) > 256:
+            raise argparse.ArgumentTypeError("give concurrencies between 1 and 256, e.g. 1,8,32")
+        return values
+
+    def scenarios(text: str) -> list[str]:
+        chosen = [s.strip() for s in text.split(",") if s.strip()]
+        unknown = set(chosen) - set(SCENARIOS)
+        if unknown or not chosen:
+            raise argparse.ArgumentTypeError(f"choose from {','.join(SCENARIOS)}")
+        return chosen
+
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured time per load run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured start of each run")
+    parser.add_argument("--concurrency", type=levels, default=[1, 8, 32])
+    parser.add_argument("--messages", type=int, default=2000, help="messages to drain")
+    parser.add_argument("--latency-ms", type=int, default=100, help="stand-in latency L")
+    parser.add_argument("--drain-timeout", type=float, default=240.0)
+    parser.add_argument("--baseline-messages", type=int, default=500, help="minimal consumer")
+    parser.add_argument("--transport-sends", type=int, default=200)
+    parser.add_argument("--round-trip-ms", type=float, default=20.0, help="the proxy's delay")
+    parser.add_argument(
+        "--host-threads",
+        type=int,
+        default=None,
+        help="PYTHON_THREADPOOL_THREAD_COUNT for the hosts (default: unset, the worker's default)",
+    )
+    parser.add_argument("--scenarios", type=scenarios, default=list(SCENARIOS))
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy the host into DIR")
+    parser.add_argument("--no-write", action="store_true", help=f"do not update {DOC.name}")
+    parser.add_argument("--output", type=Path, default=DOC, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+@dataclass
+class Results:
+    """Everything one run measured."""
+
+    accept: list[AcceptLevel] = field(default_factory=list)
+    drain: DrainResult | None = None
+    consumer: ConsumerBaseline | None = None
+    transport: list[TransportComparison] = field(default_factory=list)
+    noop: NoopResult | None = None
+
+
+def run(args: argparse.Namespace, workdir: Path, profiler: Profiler | None) -> Results:
+    """Start the shared stack and run the chosen scenarios in order."""
+    results = Results()
+    with (
+        Azurite(in_memory=True) as azurite,
+        SendGridStandIn(outbox=workdir / "outbox") as standin,
+    ):
+        if "accept" in args.scenarios:
+            _step("accept path")
+            results.accept = run_accept(
+                azurite=azurite,
+                settings=gateway_settings(
+                    azurite,
+                    standin,
+                    queue="bench-accept",
+                    table="benchaccept",
+                    host_threads=args.host_threads,
+                ),
+                levels=args.concurrency,
+                seconds=args.seconds,
+                warmup=args.warmup,
+                log_dir=workdir,
+                profiler=profiler,
+            )
+        if "delivery" in args.scenarios:
+            _step(f"delivery path: {args.messages} messages, L = {args.latency_ms} ms")
+            results.drain = run_drain(
+                settings=gateway_settings(
+                    azurite,
+                    standin,
+                    queue="bench-drain",
+                    table="benchdrain",
+                    host_threads=args.host_threads,
+                ),
+                standin=standin,
+                azurite=azurite,
+                messages=args.messages,
+                latency_ms=args.latency_ms,
+                timeout=args.drain_timeout,
+                log_dir=workdir,
+                profiler=profiler,
+            )
+            _step("delivery baseline: minimal consumer")
+            results.consumer = run_minimal_consumer(
+                azurite=azurite,
+                standin=standin,
+                messages=args.baseline_messages,
+            )
+        if "host" in args.scenarios:
+            _step("host overhead: no-op app")
+            settings = noop_settings(azurite.connection_string, FUNCTION_KEY)
+            if args.host_threads is not None:
+                settings["PYTHON_THREADPOOL_THREAD_COUNT"] = str(args.host_threads)
+            results.noop = run_noop(
+                azurite=azurite,
+                settings=settings,
+                messages=args.messages,
+                levels=args.concurrency,
+                seconds=args.seconds,
+                warmup=args.warmup,
+                timeout=args.drain_timeout,
+                log_dir=workdir,
+            )
+    if "transport" in args.scenarios:
+        _step("transport: gateway client vs official client over TLS")
+        round_trips = [0.0] + ([args.round_trip_ms] if args.round_trip_ms > 0 else [])
+        results.transport = run_transport(
+            workdir, sends=args.transport_sends, round_trips_ms=round_trips
+        )
+    return results
+
+
+def _step(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def _ms_triple(result: LoadResult) -> str:
+    s = result.summary
+    return f"{s.p50 * MS:.1f} / {s.p95 * MS:.1f} / {s.p99 * MS:.1f}"
+
+
+def _us(value: float | None) -> float | None:
+    return None if value is None else value * US
+
+
+def accept_rows(levels: Sequence[AcceptLevel]) -> list[Row]:
+    """Throughput and latency of the gateway and the SDK baseline at each concurrency."""
+    rows = []
+    for level in levels:
+        c, gateway, baseline = level.concurrency, level.gateway, level.baseline
+        rows.append(
+            Row(
+                "1 accept",
+                f"requests/s, concurrency {c}",
+                gateway.throughput,
+                baseline.throughput,
+                ratio(gateway.throughput, baseline.throughput),
+                ACCEPT_THROUGHPUT,
+            )
+        )
+        rows.append(
+            Row(
+                "1 accept",
+                f"latency ms p50 / p95 / p99, concurrency {c} (ratio: p99)",
+                _ms_triple(gateway),
+                _ms_triple(baseline),
+                ratio(gateway.summary.p99, baseline.summary.p99),
+                ACCEPT_P99,
+            )
+        )
+    return rows
+
+
+def delivery_rows(drain: DrainResult) -> list[Row]:
+    """Drain rate against C ÷ L, and the host's memory over the drain."""
+    rows = [
+        Row(
+            "2 delivery",
+            f"drain msg/s, {drain.messages:,} queued, L = {drain.latency_ms} ms "
+            f"(baseline: ceiling C ÷ L, C = {drain.in_flight})",
+            drain.rate,
+            drain.ceiling,
+            ratio(drain.rate, drain.ceiling),
+            DRAIN,
+        ),
+        Row(
+            "2 delivery",
+            "seconds from host ready to the last send (ceiling: N ÷ (C ÷ L))",
+            drain.ready_to_done_seconds,
+            drain.messages / drain.ceiling,
+        ),
+    ]
+    checkpoints = sorted(drain.rss_at)
+    if checkpoints:
+        rows.append(
+            Row(
+                "2 delivery",
+                "host RSS MiB after " + " / ".join(f"{n:,}" for n in checkpoints) + " sent",
+                " / ".join(f"{drain.rss_at[n] / MIB:.0f}" for n in checkpoints),
+            )
+        )
+        first, last = checkpoints[0], checkpoints[-1]
+        if last > first:
+            rows.append(
+                Row(
+                    "2 delivery",
+                    f"memory flat: RSS MiB after {last:,} (gateway) vs after {first:,} "
+                    "(baseline) sent",
+                    drain.rss_at[last] / MIB,
+                    drain.rss_at[first] / MIB,
+                    ratio(drain.rss_at[last], drain.rss_at[first]),
+                    MEMORY_FLAT,
+                )
+            )
+    return rows
+
+
+def transport_rows(comparisons: Sequence[TransportComparison]) -> list[Row]:
+    """Sends/s and CPU per send of both clients, direct and through the delaying proxy."""
+    rows = []
+    direct_ratio: float | None = None
+    for comparison in comparisons:
+        gateway, official = comparison.gateway, comparison.official
+        throughput_ratio = ratio(gateway.per_second, official.per_second)
+        if comparison.round_trip_ms <= 0:
+            path = "direct"
+            direct_ratio = throughput_ratio
+            target: Target | str = TRANSPORT
+        else:
+            path = f"+{comparison.round_trip_ms:g} ms round trip"
+            target = (
+                Target(">=", max(TRANSPORT.bound, direct_ratio))
+                if direct_ratio is not None
+                else TRANSPORT
+            )
+        rows.append(
+            Row(
+                "3 transport",
+                f"sends/s, one worker, {path} (baseline: official client)",
+                gateway.per_second,
+                official.per_second,
+                throughput_ratio,
+                target,
+            )
+        )
+        rows.append(
+            Row(
+                "3 transport",
+                f"CPU ms per send, {path}",
+                gateway.cpu_per_send * MS,
+                official.cpu_per_send * MS,
+                ratio(gateway.cpu_per_send, official.cpu_per_send),
+            )
+        )
+        if comparison.official_ca_only is not None:
+            only = comparison.official_ca_only
+            rows.append(
+                Row(
+                    "3 transport",
+                    f"sends/s, {path}, official client trusting only the bench CA "
+                    "(TLS handshakes without loading a CA bundle)",
+                    gateway.per_second,
+                    only.per_second,
+                    ratio(gateway.per_second, only.per_second),
+                )
+            )
+    return rows
+
+
+def cost_rows(results: Results) -> list[Row]:
+    """Host CPU per message against the baselines' CPU, and the host's peak RSS."""
+    rows = []
+    for level in results.accept:
+        host = level.gateway.cpu_per_request("host")
+        sdk = level.baseline.cpu_per_request("bench")
+        rows.append(
+            Row(
+                "4 cost",
+                f"CPU µs per accepted message, concurrency {level.concurrency} "
+                "(baseline: send_message in the bench process)",
+                _us(host),
+                _us(sdk),
+                ratio(host, sdk),
+                CPU_PER_MESSAGE,
+            )
+        )
+    if results.drain is not None and results.consumer is not None:
+        host = results.drain.cpu_per_message("host")
+        consumer = results.consumer.cpu_per_message
+        rows.append(
+            Row(
+                "4 cost",
+                "CPU µs per delivered message (baseline: receive + POST + delete loop)",
+                _us(host),
+                _us(consumer),
+                ratio(host, consumer),
+                CPU_PER_MESSAGE,
+            )
+        )
+    if results.drain is not None:
+        rows.append(Row("4 cost", "host peak RSS MiB, delivery", results.drain.peak_rss / MIB))
+    return rows
+
+
+def host_rows(noop: NoopResult, results: Results) -> list[Row]:
+    """The no-op app beside the gateway (baseline column: the no-op app)."""
+    rows = [
+        Row(
+            "5 host",
+            f"queue: no-op messages settled/s, {noop.messages:,} queued, no latency",
+            None,
+            noop.drain_rate,
+        )
+    ]
+    drain_host = results.drain.cpu_per_message("host") if results.drain else None
+    rows.append(
+        Row(
+            "5 host",
+            "queue: host CPU µs per message (baseline: no-op app)",
+            _us(drain_host),
+            _us(noop.drain_cpu_per_message),
+            ratio(drain_host, noop.drain_cpu_per_message),
+        )
+    )
+    gateway_by_level = {level.concurrency: level.gateway for level in results.accept}
+    for http in noop.http:
+        gateway = gateway_by_level.get(http.concurrency)
+        rows.append(
+            Row(
+                "5 host",
+                f"HTTP: requests/s, concurrency {http.concurrency} (baseline: no-op app)",
+                gateway.throughput if gateway else None,
+                http.throughput,
+                ratio(gateway.throughput, http.throughput) if gateway else None,
+            )
+        )
+        gateway_cpu = gateway.cpu_per_request("host") if gateway else None
+        rows.append(
+            Row(
+                "5 host",
+                f"HTTP: host CPU µs per request, concurrency {http.concurrency} "
+                "(baseline: no-op app)",
+                _us(gateway_cpu),
+                _us(http.cpu_per_request("host")),
+                ratio(gateway_cpu, http.cpu_per_request("host")),
+            )
+        )
+    return rows
+
+
+def all_rows(results: Results) -> list[Row]:
+    """The table's rows, scenario by scenario."""
+    rows = accept_rows(results.accept)
+    if results.drain is not None:
+        rows += delivery_rows(results.drain)
+    rows += transport_rows(results.transport)
+    rows += cost_rows(results)
+    if results.noop is not None:
+        rows += host_rows(results.noop, results)
+    return rows
+
+
+def _cores(cpu: dict[str, float], seconds: float) -> str:
+    return ", ".join(f"{name} {used / seconds:.2f}" for name, used in sorted(cpu.items()))
+
+
+def notes(results: Results, args: argparse.Namespace) -> list[str]:
+    """What the reader needs to read the table right, and anything that went wrong."""
+    threads = args.host_threads or default_thread_count()
+    out = [
+        f"- Host thread pool: {threads} threads "
+        + (
+            "(--host-threads)."
+            if args.host_threads
+            else "(PYTHON_THREADPOOL_THREAD_COUNT unset: the worker's default, min(32, cores + 4))."
+        )
+    ]
+    for level in results.accept:
+        for name, run_ in (("gateway", level.gateway), ("baseline", level.baseline)):
+            if run_.errors:
+                out.append(
+                    f"- Accept, concurrency {level.concurrency}, {name}: {run_.errors} failed "
+                    "requests in the window (not counted in requests/s)."
+                )
+        out.append(
+            f"- Accept, concurrency {level.concurrency}: CPU cores busy, gateway run: "
+            f"{_cores(level.gateway.cpu, level.gateway.seconds)}; baseline run: "
+            f"{_cores(level.baseline.cpu, level.baseline.seconds)}. Load generator: "
+            f"{(level.gateway.cpu_per_request('bench') or 0) * US:.0f} µs of bench-process CPU "
+            "per gateway request."
+        )
+    stalls = [
+        f"accept c={level.concurrency} {name} {run_.storage_stall:.1f} s"
+        for level in results.accept
+        for name, run_ in (("gateway", level.gateway), ("baseline", level.baseline))
+        if run_.storage_stall > STALL_SECONDS
+    ]
+    for name, stall in (
+        ("delivery drain", results.drain.storage_stall if results.drain else 0.0),
+        ("no-op drain", results.noop.storage_stall if results.noop else 0.0),
+    ):
+        if stall > STALL_SECONDS:
+            stalls.append(f"{name} {stall:.1f} s")
+    if stalls:
+        out.append(
+            "- Azurite stopped answering for a while (its 60 s queue clean-up) during: "
+            + "; ".join(stalls)
+            + ". Those figures understate the gateway and its baseline alike."
+        )
+    drain = results.drain
+    if drain is not None:
+        out.append(
+            f"- Delivery: {drain.sent:,} of {drain.messages:,} sent"
+            + (f" before the {args.drain_timeout:g} s timeout" if drain.timed_out else "")
+            + f"; CPU cores busy over the drain: {_cores(drain.cpu, drain.ready_to_done_seconds)}."
+        )
+    if results.noop is not None and results.noop.timed_out:
+        out.append(f"- No-op drain: only {results.noop.drained:,} settled before the timeout.")
+    for rule in missed(all_rows(results)):
+        out.append(f"- NOT met: {rule.scenario}, {rule.figure}.")
+    return out
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """The command as the reader would type it again."""
+    tail = " ".join(shlex.quote(a) for a in argv)
+    if os.environ.get("MAKELEVEL"):
+        return "make bench" + (f" BENCH_ARGS={shlex.quote(tail)}" if tail else "")
+    return "python -m bench" + (f" {tail}" if tail else "")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the bench; print the table; write it to docs/performance.md when complete."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(arguments)
+    started = time.monotonic()
+    profiler = Profiler(args.profile.resolve()) if args.profile else None
+    try:
+        with tempfile.TemporaryDirectory(prefix="mailgate-bench-") as tmp:
+            results = run(args, Path(tmp), profiler)
+    except Exception as error:
+        print(f"bench failed: {type(error).__name__}: {error}", file=sys.stderr)
+        raise
+    took = time.monotonic() - started
+    rows = all_rows(results)
+    table = render_table(rows)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    section = "\n".join(
+        [
+            "## Results of the last run",
+            "",
+            f"`{command_line(arguments)}`, {stamp}, took {took / 60:.1f} min.",
+            "",
+            *machine_lines(),
+            "",
+            table,
+            "",
+            *notes(results, args),
+        ]
+    )
+    print("\n" + section + "\n")
+    if profiler is not None:
+        print(profiler.summary(str(REPO)))
+    complete = set(args.scenarios) == set(SCENARIOS)
+    if complete and profiler is None and not args.no_write:
+        write_results(args.output, section)
+        print(f"written to {args.output}", file=sys.stderr)
+    else:
+        print(
+            f"{args.output.name} not updated (partial, profiled or --no-write run)", file=sys.stderr
+        )
+    return 0

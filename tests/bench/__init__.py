@@ -1,0 +1,1 @@
+"""Unit tests of the bench's own helpers (no stack needed)."""
