@@ -2,11 +2,14 @@
 
 `python -m bench --profile DIR` records one profile per measured window of the gateway (accept
 at each concurrency, the delivery drain) as py-spy's collapsed-stack text in DIR, and prints
-where the samples fell: by frame (inclusive and self) and by package (self).
+where the samples fell: the repository's own frames and the library calls they make
+(inclusive), and the innermost frames and their packages (self). Only threads holding the GIL
+are sampled, so the shares are of the host's Python CPU time, not of time spent waiting.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import signal
@@ -81,14 +84,42 @@ def _shares(counter: Counter[str], total: int, limit: int) -> list[Share]:
     return [Share(name, n, 100.0 * n / total) for name, n in counter.most_common(limit)]
 
 
-def top_inclusive(stacks: Iterable[Stack], limit: int = 20, repo: str = "") -> list[Share]:
+def is_own(frame: str, repo: str) -> bool:
+    """Whether a frame is the repository's code (not a library in its virtual environment)."""
+    match = _FRAME.match(frame)
+    if match is None or not repo:
+        return False
+    path = match["file"]
+    return path.startswith(repo.rstrip("/") + "/") and _SITE.match(path) is None
+
+
+def top_inclusive(
+    stacks: Iterable[Stack], limit: int = 20, repo: str = "", *, own_only: bool = False
+) -> list[Share]:
     """Frames by the share of samples they appear in (anywhere in the stack)."""
     counter: Counter[str] = Counter()
     total = 0
     for frames, count in stacks:
         total += count
-        for frame in {short_frame(f, repo) for f in frames}:
+        chosen = {short_frame(f, repo) for f in frames if not own_only or is_own(f, repo)}
+        for frame in chosen:
             counter[frame] += count
+    return _shares(counter, total, limit) if total else []
+
+
+def library_calls(stacks: Iterable[Stack], limit: int = 20, repo: str = "") -> list[Share]:
+    """Library functions the repository's code calls, by the share of samples under them."""
+    counter: Counter[str] = Counter()
+    total = 0
+    for frames, count in stacks:
+        total += count
+        calls = {
+            short_frame(callee, repo)
+            for caller, callee in itertools.pairwise(frames)
+            if is_own(caller, repo) and not is_own(callee, repo)
+        }
+        for call in calls:
+            counter[call] += count
     return _shares(counter, total, limit) if total else []
 
 
@@ -113,11 +144,15 @@ def by_package(stacks: Iterable[Stack], limit: int = 20, repo: str = "") -> list
 
 
 def render_profile(title: str, stacks: list[Stack], repo: str = "", limit: int = 15) -> str:
-    """A profile summary as markdown: inclusive frames, self frames, packages."""
+    """A profile summary as markdown: the repository's frames, its library calls, self time."""
     total = sum(count for _, count in stacks)
-    out = [f"### {title} ({total} samples at {SAMPLES_PER_SECOND}/s, non-idle threads)"]
+    out = [f"### {title} ({total} samples at {SAMPLES_PER_SECOND}/s, threads holding the GIL)"]
     for heading, shares in (
-        ("inclusive (frame anywhere on the stack)", top_inclusive(stacks, limit, repo)),
+        ("the repository's code, inclusive", top_inclusive(stacks, limit, repo, own_only=True)),
+        (
+            "library calls made by the repository's code, inclusive",
+            library_calls(stacks, limit, repo),
+        ),
         ("self (innermost Python frame)", top_self(stacks, limit, repo)),
         ("self by package", by_package(stacks, limit, repo)),
     ):
@@ -161,6 +196,9 @@ class ProfileSession:
                 "--output",
                 str(self.output),
                 "--nonblocking",
+                # CPU, not waiting: only threads that hold the GIL (the host is one process).
+                "--gil",
+                "--full-filenames",
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,

@@ -29,11 +29,12 @@ from bench.host_overhead import NoopResult, noop_settings, run_noop
 from bench.load import LoadResult
 from bench.profiling import Profiler
 from bench.report import Row, Target, machine_lines, missed, render_table, write_results
-from bench.stack import FUNCTION_KEY, REPO, gateway_settings
+from bench.stack import ACCEPT_APP, FUNCTION_KEY, NOOP_APP, REPO, gateway_settings
 from bench.stats import ratio
 from bench.storage import STALL_SECONDS
 from bench.transport import TransportComparison, run_transport
 from devstack.azurite import Azurite
+from devstack.host import read_host_json
 from devstack.host_invoke import default_thread_count
 from devstack.sendgrid_standin import SendGridStandIn
 
@@ -422,6 +423,12 @@ def notes(results: Results, args: argparse.Namespace) -> list[str]:
             else "(PYTHON_THREADPOOL_THREAD_COUNT unset: the worker's default, min(32, cores + 4))."
         )
     ]
+    for app_dir in (ACCEPT_APP, NOOP_APP):
+        if read_host_json(app_dir).get("extensions") != read_host_json(REPO).get("extensions"):
+            out.append(
+                f"- {app_dir.relative_to(REPO)}/host.json differs from host.json in `extensions`: "
+                "copy it over, or its figures do not compare."
+            )
     for level in results.accept:
         for name, run_ in (("gateway", level.gateway), ("baseline", level.baseline)):
             if run_.errors:

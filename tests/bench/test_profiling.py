@@ -6,6 +6,8 @@ import pytest
 
 from bench.profiling import (
     by_package,
+    is_own,
+    library_calls,
     package_of,
     parse_collapsed,
     render_profile,
@@ -77,5 +79,23 @@ def test_should_attribute_self_time_to_the_innermost_frame() -> None:
 def test_should_render_three_tables_and_cope_with_no_samples() -> None:
     text = render_profile("accept", parse_collapsed(RAW), "/repo", limit=2)
     assert text.startswith("### accept (100 samples")
-    assert text.count("| % | frame |") == 3
+    assert text.count("| % | frame |") == 4
     assert top_inclusive([]) == []
+
+
+def test_should_tell_the_repositorys_frames_from_its_virtual_environments() -> None:
+    assert is_own("submit (/repo/shared/submission.py:3)", "/repo")
+    assert not is_own("send (/repo/.venv/lib/python3.11/site-packages/httpx/_client.py:1)", "/repo")
+    assert not is_own("run (/usr/lib/python3.11/threading.py:10)", "/repo")
+    assert not is_own("submit (/repo/shared/submission.py:3)", "")
+
+
+def test_should_list_the_library_calls_made_from_the_repositorys_code() -> None:
+    stacks = parse_collapsed(RAW)
+    calls = {s.name: s.percent for s in library_calls(stacks, repo="/repo")}
+    assert calls == {
+        "send (azure/core/pipeline/_base.py)": 60.0,
+        "validate (pydantic/main.py)": 30.0,
+    }
+    own = {s.name: s.percent for s in top_inclusive(stacks, repo="/repo", own_only=True)}
+    assert own == {"submit_message (functions/messages.py)": 90.0}
