@@ -37,7 +37,7 @@ $(NODE_STAMP): package.json package-lock.json
 soak: setup
 	$(BIN)/python -m bench.soak
 
-# Not part of `make test`: the gateway against its baselines and ceilings (about 5 minutes);
+# Not part of `make test`: the gateway against its baselines and ceilings (about 4 minutes);
 # prints one table and writes it to docs/performance.md. BENCH_ARGS="--help" lists the options.
 bench: setup
 	$(BIN)/python -m bench $(BENCH_ARGS)
