@@ -325,7 +325,10 @@ class LocalHost:
     def _bind(self) -> socket.socket:
         """Bind the listening socket first, so `--port 0` has a known port for the banner."""
         port = DEFAULT_PORT if self.port is None else self.port
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say so,
+        # and with it on every response body waited ~40 ms for the client's delayed ACK.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self.host, port))
