@@ -18,13 +18,13 @@ from azure.core.exceptions import (
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from shared.errors import ConcurrentUpdate, StorageUnavailable
-from shared.queue import token_credential
+from shared.queue import storage_transport, token_credential
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 STATUS_ROW = "status"
-_CLIENT_OPTIONS: dict[str, Any] = {"retry_total": 2, "retry_backoff_factor": 0.5}
+_RETRY_OPTIONS: dict[str, Any] = {"retry_total": 2, "retry_backoff_factor": 0.5}
 
 
 class MessageState(str, Enum):
@@ -95,12 +95,15 @@ class StatusStore:
         storage = settings.storage
         if storage.connection_string:
             service = TableServiceClient.from_connection_string(
-                storage.connection_string, **_CLIENT_OPTIONS
+                storage.connection_string, transport=storage_transport(), **_RETRY_OPTIONS
             )
         else:
             assert storage.table_service_uri is not None
             service = TableServiceClient(
-                storage.table_service_uri, credential=token_credential(storage), **_CLIENT_OPTIONS
+                storage.table_service_uri,
+                credential=token_credential(storage),
+                transport=storage_transport(),
+                **_RETRY_OPTIONS,
             )
         return cls(service.get_table_client(settings.status_table_name))
 
