@@ -97,6 +97,8 @@ var appSettings = {
   MAX_DELIVERY_ATTEMPTS: string(maxDeliveryAttempts)
   RETRY_BASE_DELAY_SECONDS: string(retryBaseDelaySeconds)
   RETRY_MAX_DELAY_SECONDS: string(retryMaxDelaySeconds)
+  // Read by the Python worker: at least batchSize + newBatchThreshold (host.json) deliveries at once.
+  PYTHON_THREADPOOL_THREAD_COUNT: '32'
 }
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {

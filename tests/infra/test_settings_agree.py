@@ -32,6 +32,8 @@ PLACES: dict[str, frozenset[str]] = {
     # Read by the Functions host, not by the gateway: telemetry with the app's identity.
     "APPLICATIONINSIGHTS_CONNECTION_STRING": frozenset({INFRA_APP}),
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": frozenset({INFRA_APP}),
+    # Read by the Python worker (and the local host), not by the gateway's code.
+    "PYTHON_THREADPOOL_THREAD_COUNT": frozenset({INFRA_APP, LOCAL, README}),
     # Core Tools needs it locally; Flex Consumption takes the runtime from functionAppConfig
     # and refuses it as an app setting.
     "FUNCTIONS_WORKER_RUNTIME": frozenset({LOCAL}),
