@@ -48,7 +48,7 @@ def gateway_settings(
         "SENDGRID_API_KEY": standin.api_key,
         "LOCAL_FUNCTION_KEY": FUNCTION_KEY,
     }
-    if host_threads is not None:
+    if host_threads:
         settings["PYTHON_THREADPOOL_THREAD_COUNT"] = str(host_threads)
     return settings
 
