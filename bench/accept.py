@@ -21,9 +21,10 @@ from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 from bench.load import Call, CpuMeter, LoadResult, WindowHooks, run_closed_loop
 from bench.mail import typical_body, typical_envelope
 from bench.profiling import Profiler
-from bench.stack import ACCEPT_APP, FUNCTION_KEY, AppHost, http_client
+from bench.stack import ACCEPT_APP, FUNCTION_KEY, http_client
 from bench.storage import StallWatch, fresh_storage
 from devstack.azurite import Azurite
+from devstack.host_process import LocalHostProcess
 
 MESSAGES_PATH = "/api/v1/messages"
 BASELINE_QUEUE = "bench-baseline"
@@ -104,8 +105,10 @@ def run_accept(
         baseline_client = QueueClient.from_connection_string(
             connection, BASELINE_QUEUE, message_encode_policy=TextBase64EncodePolicy()
         )
-        log = log_dir / f"accept-host-c{concurrency}.log"
-        with baseline_client, AppHost(ACCEPT_APP, settings, log) as host:
+        host = LocalHostProcess(
+            settings, log_dir, app_dir=ACCEPT_APP, log_name=f"accept-host-c{concurrency}"
+        )
+        with baseline_client, host:
             with http_client(host.base_url) as client:
                 client.post(MESSAGES_PATH, content=body, headers=POST_HEADERS).raise_for_status()
             pids = {"host": host.pid, "azurite": azurite.pid or 0}

@@ -26,7 +26,7 @@ from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64E
 from bench.load import CpuMeter, process_cpu_seconds
 from bench.mail import typical_envelope
 from bench.profiling import Profiler
-from bench.stack import REPO, host_pid
+from bench.stack import REPO
 from bench.storage import StallWatch, fresh_storage
 from devstack.azurite import Azurite
 from devstack.host import read_host_json
@@ -151,7 +151,7 @@ def run_drain(
     already = count_outbox(standin.outbox)
     host = LocalHostProcess(settings, log_dir)
     try:
-        pid = host_pid()
+        pid = host.pid
         meter = CpuMeter({"host": pid, "azurite": azurite.pid or 0, "standin": standin.pid or 0})
         meter.start()
         watch = StallWatch(azurite.connection_string)

@@ -17,9 +17,10 @@ from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 from bench.accept import post_factory
 from bench.load import CpuMeter, LoadResult, run_closed_loop
 from bench.mail import typical_body, typical_envelope
-from bench.stack import NOOP_APP, AppHost
+from bench.stack import NOOP_APP
 from bench.storage import StallWatch, fresh_storage
 from devstack.azurite import Azurite
+from devstack.host_process import LocalHostProcess
 
 NOOP_PATH = "/api/noop"
 NOOP_QUEUE = "bench-noop"
@@ -85,7 +86,9 @@ def run_noop(
     with queue:
         with ThreadPoolExecutor(FILL_THREADS) as pool:
             list(pool.map(lambda _: queue.send_message(text), range(messages)))
-        with AppHost(NOOP_APP, settings, log_dir / "noop-host-drain.log") as host:
+        with LocalHostProcess(
+            settings, log_dir, app_dir=NOOP_APP, log_name="noop-host-drain"
+        ) as host:
             meter = CpuMeter({"host": host.pid, "azurite": azurite.pid or 0})
             watch = StallWatch(connection)
             meter.start()
@@ -106,7 +109,7 @@ def run_noop(
             result.drained = messages - left
     fresh_storage(azurite, queues=[NOOP_QUEUE])
     body = typical_body()
-    with AppHost(NOOP_APP, settings, log_dir / "noop-host-http.log") as host:
+    with LocalHostProcess(settings, log_dir, app_dir=NOOP_APP, log_name="noop-host-http") as host:
         pids = {"host": host.pid, "azurite": azurite.pid or 0}
         for concurrency in levels:
             result.http.append(

@@ -9,11 +9,10 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
-import psutil
 
 from devstack.azurite import Azurite
 from devstack.processes import ManagedProcess
@@ -24,8 +23,6 @@ ACCEPT_APP = REPO / "bench" / "accept_app"
 NOOP_APP = REPO / "bench" / "noop_app"
 FUNCTION_KEY = "bench-key"
 STARTUP_TIMEOUT = 30.0
-HOST_MODULE = "devstack.host"
-_HOST_LISTENING = re.compile(r"Listening on http://127\.0\.0\.1:(\d+)")
 _HELPER_LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 
 
@@ -51,79 +48,6 @@ def gateway_settings(
     if host_threads:
         settings["PYTHON_THREADPOOL_THREAD_COUNT"] = str(host_threads)
     return settings
-
-
-def host_environment(settings: Mapping[str, str]) -> dict[str, str]:
-    """This environment without storage, SendGrid or local-host settings, plus `settings`.
-
-    The same filter as LocalHostProcess: nothing from the shell may aim the host elsewhere.
-    """
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("SENDGRID_", "Azure", "LOCAL_"))
-    }
-    env.update(settings)
-    return env
-
-
-def host_pid() -> int:
-    """The process id of the one local host this bench process has started."""
-    hosts = [
-        child.pid
-        for child in psutil.Process().children()
-        if HOST_MODULE in _cmdline(child) and child.status() != psutil.STATUS_ZOMBIE
-    ]
-    if len(hosts) != 1:
-        raise RuntimeError(f"expected one running local host, found {len(hosts)}")
-    return hosts[0]
-
-
-def _cmdline(process: psutil.Process) -> list[str]:
-    try:
-        return process.cmdline()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return []
-
-
-def _host_port(output: str) -> str | None:
-    if "Host started" not in output:
-        return None
-    match = _HOST_LISTENING.search(output)
-    return match[1] if match else None
-
-
-class AppHost:
-    """`python -m devstack.host` on a bench-only app directory (accept_app, noop_app)."""
-
-    def __init__(self, app_dir: Path, settings: Mapping[str, str], log_path: Path) -> None:
-        self._process = ManagedProcess(
-            [sys.executable, "-m", HOST_MODULE, "--app-dir", str(app_dir), "--port", "0"],
-            log_path=log_path,
-            cwd=REPO,
-            env=host_environment(settings),
-        )
-        try:
-            port = self._process.wait_until_ready(
-                _host_port, timeout=STARTUP_TIMEOUT, interval=0.05
-            )
-        except BaseException:
-            self._process.stop()
-            raise
-        self.base_url = f"http://127.0.0.1:{port}"
-
-    @property
-    def pid(self) -> int:
-        """The host's process id."""
-        return self._process.pid
-
-    def stop(self) -> None:
-        """SIGTERM the host (SIGKILL after 15 s)."""
-        self._process.stop(timeout=15)
-
-    def __enter__(self) -> AppHost:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 class HelperServer:

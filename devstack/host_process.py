@@ -19,11 +19,19 @@ _LISTENING = re.compile(r"Listening on http://127\.0\.0\.1:(\d+)")
 
 
 class LocalHostProcess:
-    """`python -m devstack.host` on the real function_app.py, with the given app settings."""
+    """`python -m devstack.host` on an app (the real function_app.py unless told otherwise)."""
 
-    def __init__(self, settings: Mapping[str, str], log_dir: Path, port: int = 0) -> None:
-        # Only the given settings: nothing from this shell or a developer's local.settings.json
-        # aimed at other storage or SendGrid may leak in.
+    def __init__(
+        self,
+        settings: Mapping[str, str],
+        log_dir: Path,
+        *,
+        app_dir: Path = REPO,
+        log_name: str = "host",
+        port: int = 0,
+    ) -> None:
+        # Only the given settings: nothing from this shell aimed at other storage or SendGrid
+        # may leak in.
         self.settings = dict(settings)
         self._env = {
             k: v
@@ -31,7 +39,9 @@ class LocalHostProcess:
             if not k.startswith(("SENDGRID_", "Azure", "LOCAL_"))
         }
         self._env.update(self.settings)
+        self._app_dir = app_dir
         self._log_dir = log_dir
+        self._log_name = log_name
         self._runs: list[ManagedProcess] = []
         self.port = port
         self._start()
@@ -45,11 +55,11 @@ class LocalHostProcess:
                 "-m",
                 "devstack.host",
                 "--app-dir",
-                str(REPO),
+                str(self._app_dir),
                 "--port",
                 str(self.port),
             ],
-            log_path=self._log_dir / f"host-{len(self._runs) + 1}.log",
+            log_path=self._log_dir / f"{self._log_name}-{len(self._runs) + 1}.log",
             cwd=REPO,
             env=self._env,
         )
@@ -61,6 +71,17 @@ class LocalHostProcess:
         except BaseException:
             process.stop()
             raise
+
+    @property
+    def pid(self) -> int:
+        """The process id of the running host."""
+        return self._runs[-1].pid
+
+    def __enter__(self) -> LocalHostProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def log(self) -> str:
         """Everything every run of the host logged, in order."""
