@@ -14,6 +14,7 @@ from shared.dead_letters import DeadLetters
 from shared.delivery import Delivery, DeliveryOutcome, MailSender
 from shared.errors import ConfigurationError, MessageNotFound, StorageUnavailable
 from shared.idempotency import IdempotencyStore
+from shared.models import MAX_MESSAGE_ID_LENGTH
 from shared.queue import MailQueue
 from shared.sendgrid_client import SendGridClient
 from shared.settings import Settings
@@ -95,7 +96,7 @@ class Gateway:
 
     def status(self, message_id: str) -> MessageStatus:
         """A message's status record; MessageNotFound if there is none."""
-        status = self.statuses.get(message_id) if len(message_id) <= 64 else None
+        status = self.statuses.get(message_id) if len(message_id) <= MAX_MESSAGE_ID_LENGTH else None
         if status is None:
             raise MessageNotFound(f"no message has the id {message_id!r}")
         return status

@@ -98,11 +98,12 @@ def submit_message(
         except StorageUnavailable as error:
             # The key stays pending: a retry gets 409 until it times out, then the same id.
             logger.warning("Message %s: idempotency key not completed: %s", envelope.id, error)
+    domains = request.recipient_domains()
     logger.info(
         "Message %s queued for %s recipient domain(s) %s",
         envelope.id,
-        len(request.recipient_domains()),
-        ",".join(request.recipient_domains()),
+        len(domains),
+        ",".join(domains),
         extra={"mailgate_id": envelope.id},
     )
     return AcceptedMessage(envelope.id)

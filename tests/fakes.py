@@ -44,7 +44,7 @@ class _Outage:
 
     def __init__(self, component: str, operations: frozenset[str]) -> None:
         self._component = component
-        self._operations = operations
+        self.operations = operations
         self._always: frozenset[str] = frozenset()
         self._times: dict[str, int] = {}
 
@@ -68,10 +68,28 @@ class _Outage:
 
     def _checked(self, operations: Iterable[str]) -> frozenset[str]:
         chosen = frozenset(operations)
-        unknown = chosen - self._operations
+        unknown = chosen - self.operations
         if unknown:
             raise ValueError(f"not {self._component} operations: {sorted(unknown)}")
         return chosen
+
+
+class _OutageControls:
+    """What a test calls to make a fake storage component fail."""
+
+    _outage: _Outage
+
+    def make_unavailable(self, operations: Iterable[str] | None = None) -> None:
+        """From now on, the given operations (all by default) raise StorageUnavailable."""
+        self._outage.always(self._outage.operations if operations is None else operations)
+
+    def fail_next(self, operation: str, times: int = 1) -> None:
+        """The next `times` calls of `operation` raise StorageUnavailable."""
+        self._outage.next_calls(operation, times)
+
+    def make_available(self) -> None:
+        """Storage answers again."""
+        self._outage.end()
 
 
 class JitterAt(random.Random):
@@ -248,7 +266,7 @@ class QueuedText:
     delay_seconds: int = 0
 
 
-class FakeMailQueue(MailQueue):
+class FakeMailQueue(_OutageControls, MailQueue):
     """The mail queue in memory, and its poison queue as a FakeQueueClient.
 
     Envelopes are kept as the JSON text the real queue would carry, so that what a test reads
@@ -282,18 +300,6 @@ class FakeMailQueue(MailQueue):
         """What is on the poison queue, oldest first."""
         return self.poison_client.texts
 
-    def make_unavailable(self, operations: Iterable[str] = QUEUE_OPERATIONS) -> None:
-        """From now on, the given operations raise StorageUnavailable."""
-        self._outage.always(operations)
-
-    def fail_next(self, operation: str, times: int = 1) -> None:
-        """The next `times` calls of `operation` raise StorageUnavailable."""
-        self._outage.next_calls(operation, times)
-
-    def make_available(self) -> None:
-        """Storage answers again."""
-        self._outage.end()
-
     def ensure_exists(self) -> None:
         self._outage.check("ensure_exists")
         self.ensure_exists_calls += 1
@@ -323,7 +329,7 @@ class FakeMailQueue(MailQueue):
         return [QueueEnvelope.model_validate_json(m.text) for m in self.messages]
 
 
-class FakeStatusStore(StatusStore):
+class FakeStatusStore(_OutageControls, StatusStore):
     """Status records in memory, with the table's ETag semantics.
 
     Every write gives the record a new etag. `claim` writes only if the caller's etag is the
@@ -344,18 +350,6 @@ class FakeStatusStore(StatusStore):
     @property
     def table(self) -> Any:
         raise AssertionError("a FakeStatusStore has no table: give the gateway keys= explicitly")
-
-    def make_unavailable(self, operations: Iterable[str] = STATUS_OPERATIONS) -> None:
-        """From now on, the given operations raise StorageUnavailable."""
-        self._outage.always(operations)
-
-    def fail_next(self, operation: str, times: int = 1) -> None:
-        """The next `times` calls of `operation` raise StorageUnavailable."""
-        self._outage.next_calls(operation, times)
-
-    def make_available(self) -> None:
-        """Storage answers again."""
-        self._outage.end()
 
     def add(self, status: MessageStatus) -> MessageStatus:
         """Store a record as if someone had written it; returns it with its etag."""
@@ -402,7 +396,7 @@ class FakeStatusStore(StatusStore):
         return self.add(status)
 
 
-class FakeIdempotencyStore(IdempotencyStore):
+class FakeIdempotencyStore(_OutageControls, IdempotencyStore):
     """Idempotency-Key records in memory, answering as the table-backed store does."""
 
     def __init__(self, retention: timedelta = timedelta(hours=24)) -> None:
@@ -410,14 +404,6 @@ class FakeIdempotencyStore(IdempotencyStore):
         self.released: list[KeyRecord] = []
         self._retention = retention
         self._outage = _Outage("table mailstatus", KEY_OPERATIONS)
-
-    def make_unavailable(self, operations: Iterable[str] = KEY_OPERATIONS) -> None:
-        """From now on, the given operations raise StorageUnavailable."""
-        self._outage.always(operations)
-
-    def make_available(self) -> None:
-        """Storage answers again."""
-        self._outage.end()
 
     def claim(self, key: str, body: bytes, message_id: str, now: datetime) -> KeyClaim:
         self._outage.check("claim")
