@@ -132,7 +132,7 @@ class Delivery:
                 return self._dead_letter(envelope, status, error, reason)
             return self._schedule_retry(envelope, status, error)
         self._record_sent(status, provider_id)
-        domains = envelope.message.recipient_domains()
+        domains = envelope.recipient_domains()
         logger.info(
             "Message %s sent on attempt %s to %s recipient domain(s) %s, SendGrid id %s",
             envelope.id,

@@ -265,8 +265,26 @@ class QueueEnvelope(BaseModel):
     id: str = Field(min_length=1, max_length=MAX_MESSAGE_ID_LENGTH)
     accepted_at: datetime
     attempt: int = Field(default=1, ge=1)
-    message: MailRequest
+    # The client that submitted the message (absent on envelopes from before clients existed).
+    client: str | None = None
+    # The body, exactly one of: a `POST /api/v1/messages` request; a `POST /api/v3/mail/send`
+    # body as the client sent it (validated on accept); or the name of the blob holding either
+    # of those when the message is too large for one queue message (claim-check).
+    message: MailRequest | None = None
+    sendgrid: dict[str, Any] | None = None
+    blob: str | None = Field(default=None, min_length=1, max_length=1024)
     dead_letter: DeadLetter | None = None
+
+    @model_validator(mode="after")
+    def _carries_one_body(self) -> QueueEnvelope:
+        carried = [name for name in ("message", "sendgrid", "blob") if getattr(self, name)]
+        if len(carried) != 1:
+            raise ValueError("an envelope carries exactly one of message, sendgrid or blob")
+        return self
+
+    def recipient_domains(self) -> list[str]:
+        """The distinct recipient domains of the body carried in the queue message itself."""
+        return self.message.recipient_domains() if self.message is not None else []
 
     def to_json(self) -> str:
         """The envelope as the compact JSON text that goes on the queue."""

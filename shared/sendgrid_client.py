@@ -46,6 +46,8 @@ MAX_PROVIDER_ERROR_CHARS = 1000
 def build_payload(envelope: QueueEnvelope) -> dict[str, Any]:
     """The v3 Mail Send body for an envelope; the gateway id travels in custom_args."""
     request = envelope.message
+    if request is None:
+        raise TypeError(f"envelope {envelope.id} carries no v1 message to build a payload from")
     mail = Mail()
     mail.from_email = From(request.from_.email, request.from_.name)
     personalization = Personalization()

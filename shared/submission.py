@@ -77,7 +77,7 @@ def submit_message(
         ) from None
     _check_sender(request, settings)
     envelope = QueueEnvelope(id=new_id(), accepted_at=accepted_at, message=request)
-    _check_fits_queue(envelope)
+    _check_fits_queue(envelope, request)
     claim = None
     if idempotency_key is not None:
         claim = keys.claim(check_key(idempotency_key), body, envelope.id, accepted_at)
@@ -138,10 +138,10 @@ def _check_sender(request: MailRequest, settings: Settings) -> None:
         )
 
 
-def _check_fits_queue(envelope: QueueEnvelope) -> None:
+def _check_fits_queue(envelope: QueueEnvelope, request: MailRequest) -> None:
     size = len(envelope.to_json().encode())
     if size > MAX_QUEUED_JSON_BYTES:
-        pointer = "#/attachments" if envelope.message.attachments else "#"
+        pointer = "#/attachments" if request.attachments else "#"
         raise PayloadTooLarge(
             f"the message takes {size} bytes queued; one queue message holds at most "
             f"{MAX_QUEUED_JSON_BYTES}. Large attachments are not supported yet: send smaller ones",

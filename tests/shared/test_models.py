@@ -191,6 +191,7 @@ def test_should_round_trip_an_envelope_through_json(queued: QueueEnvelope) -> No
 
 def test_should_decode_a_queued_envelope_whose_send_at_has_passed() -> None:
     queued = everything_envelope()
+    assert queued.message is not None
     assert queued.message.send_at is not None
     hours_later = queued.message.send_at + timedelta(hours=1)
     with pytest.raises(ValidationError):
@@ -226,3 +227,14 @@ def test_should_refuse_an_envelope_with_unknown_fields() -> None:
 
     with pytest.raises(ValidationError):
         QueueEnvelope.model_validate({**document, "priority": "high"})
+
+
+@pytest.mark.parametrize(
+    "bodies",
+    [{}, {"sendgrid": {"from": {"email": "a@example.com"}}, "blob": "large/1"}],
+    ids=["none", "two"],
+)
+def test_should_refuse_an_envelope_without_exactly_one_body(bodies: dict[str, object]) -> None:
+    document = {"id": "m-1", "accepted_at": "2026-01-01T00:00:00Z", **bodies}
+    with pytest.raises(ValidationError, match="exactly one of message, sendgrid or blob"):
+        QueueEnvelope.model_validate(document)
