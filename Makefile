@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: run test lint setup clean poison replay purge soak bench publish
+.PHONY: run test lint setup clean poison replay purge soak bench publish \
+	client clients client-disable client-enable client-rotate
 
 run: setup local.settings.json
 	$(BIN)/python -m devstack
@@ -51,6 +52,19 @@ replay: setup
 
 purge: setup
 	$(BIN)/python -m admin purge $(if $(ALL),--all) $(IDS) $(if $(CONFIRM),--confirm $(CONFIRM))
+
+# Clients, the apps allowed to send. `make client` and `make client-rotate` print the key on
+# their last line; it is shown only then.
+client: setup
+	@test -n "$(NAME)" -a -n "$(SENDERS)" || { echo "usage: make client NAME=<name> SENDERS=<addresses and @domains> [RATE=<messages per minute>]" >&2; exit 2; }
+	@$(BIN)/python -m admin client create "$(NAME)" --senders "$(SENDERS)" $(if $(RATE),--rate "$(RATE)")
+
+clients: setup
+	@$(BIN)/python -m admin client list
+
+client-disable client-enable client-rotate: setup
+	@test -n "$(NAME)" || { echo "usage: make $@ NAME=<name>" >&2; exit 2; }
+	@$(BIN)/python -m admin client $(subst client-,,$@) "$(NAME)"
 
 # Deploy the code to an existing Function App (remote build from requirements.txt; .funcignore
 # keeps tests and tooling out). `azd up` does this too; see README "Deploy to Azure".

@@ -1,8 +1,13 @@
-"""Operator command for the poison queue.
+"""Operator command for the poison queue and the clients.
 
     python -m admin list
     python -m admin replay (--all | ID ...)
     python -m admin purge (--all | ID ...) --confirm <poison queue name>
+    python -m admin client create NAME --senders LIST [--rate N]
+    python -m admin client (list | disable NAME | enable NAME | rotate NAME)
+
+`client create` and `client rotate` print the new key on the last line of their output; it is
+shown only then (the gateway keeps a digest of it).
 
 Settings come from local.settings.json `Values` with environment variables taking precedence,
 as the Functions host reads them; for an Azure account use `AzureWebJobsStorage__accountName`
@@ -19,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from devstack.host import local_setting_values, merge_settings, read_local_settings
+from shared.clients import DEFAULT_RATE_PER_MINUTE, ClientStore
+from shared.dead_letters import DeadLetters
 from shared.errors import MailgateError
 from shared.gateway import Gateway
 from shared.settings import Settings
@@ -39,33 +46,75 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     commands.choices["purge"].add_argument(
         "--confirm", metavar="QUEUE", help="the poison queue's name, to confirm a purge"
     )
+    clients = commands.add_parser("client", help="manage the apps allowed to send").add_subparsers(
+        dest="client_command", required=True
+    )
+    create = clients.add_parser("create", help="add a client and print its key")
+    create.add_argument("name", help="1-40 lowercase letters, digits and hyphens")
+    create.add_argument(
+        "--senders", required=True, help="comma-separated addresses and @domains it may send as"
+    )
+    create.add_argument(
+        "--rate", type=int, default=DEFAULT_RATE_PER_MINUTE, help="messages per minute"
+    )
+    clients.add_parser("list", help="list clients (never their keys)")
+    for name, help_text in (
+        ("disable", "refuse the client's key from now on"),
+        ("enable", "accept the client's key again"),
+        ("rotate", "give the client a new key; the old one stops working"),
+    ):
+        clients.add_parser(name, help=help_text).add_argument("name")
     args = parser.parse_args(argv)
-    if args.command != "list" and bool(args.ids) == args.all:
+    if args.command in ("replay", "purge") and bool(args.ids) == args.all:
         parser.error("give message ids or --all (not both)")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; print its result as JSON."""
+    """Run one command; print its result as JSON (and a new key on the last line)."""
     args = parse_args(argv)
     local = local_setting_values(read_local_settings(Path.cwd()))
+    key = None
     try:
-        gateway = Gateway.from_settings(Settings.from_env(merge_settings(local, os.environ)))
-        dead_letters = gateway.dead_letters
-        chosen = None if getattr(args, "all", False) else args.__dict__.get("ids")
-        if args.command == "list":
-            entries = dead_letters.entries()
-            result: object = {"dead_letters": [e.to_document() for e in entries]}
-        elif args.command == "replay":
-            result = dead_letters.replay(chosen).to_document()
+        settings = Settings.from_env(merge_settings(local, os.environ))
+        if args.command == "client":
+            result, key = client_command(ClientStore.from_settings(settings), args)
         else:
-            dead_letters.confirm_purge(args.confirm)
-            result = dead_letters.purge(chosen).to_document()
+            result = dead_letter_command(Gateway.from_settings(settings).dead_letters, args)
     except MailgateError as error:
         print(f"mailgate admin: {error}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2))
+    if key is not None:
+        print(f"Key of client {args.name!r}, shown only now (send 'Authorization: Bearer <key>'):")
+        print(key)
     return 0
+
+
+def dead_letter_command(dead_letters: DeadLetters, args: argparse.Namespace) -> object:
+    """list, replay or purge."""
+    chosen = None if getattr(args, "all", False) else args.__dict__.get("ids")
+    if args.command == "list":
+        return {"dead_letters": [e.to_document() for e in dead_letters.entries()]}
+    if args.command == "replay":
+        return dead_letters.replay(chosen).to_document()
+    dead_letters.confirm_purge(args.confirm)
+    return dead_letters.purge(chosen).to_document()
+
+
+def client_command(store: ClientStore, args: argparse.Namespace) -> tuple[object, str | None]:
+    """client create, list, disable, enable or rotate; the key when one was made."""
+    store.ensure_exists()
+    command = args.client_command
+    if command == "list":
+        return {"clients": [c.describe() for c in store.all()]}, None
+    if command == "create":
+        client, key = store.create(args.name, args.senders, args.rate)
+        return client.describe(), key
+    if command == "rotate":
+        client, key = store.rotate(args.name)
+        return client.describe(), key
+    return store.set_enabled(args.name, command == "enable").describe(), None
 
 
 if __name__ == "__main__":

@@ -21,14 +21,13 @@ from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 from bench.load import Call, CpuMeter, LoadResult, WindowHooks, run_closed_loop
 from bench.mail import typical_body, typical_envelope
 from bench.profiling import Profiler
-from bench.stack import ACCEPT_APP, FUNCTION_KEY, http_client
+from bench.stack import ACCEPT_APP, client_headers, http_client
 from bench.storage import StallWatch, fresh_storage
 from devstack.azurite import Azurite
 from devstack.host_process import LocalHostProcess
 
 MESSAGES_PATH = "/api/v1/messages"
 BASELINE_QUEUE = "bench-baseline"
-POST_HEADERS = {"x-functions-key": FUNCTION_KEY, "Content-Type": "application/json"}
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ class AcceptLevel:
 
 
 def post_factory(
-    base_url: str, path: str, body: bytes
+    base_url: str, path: str, body: bytes, headers: dict[str, str]
 ) -> Callable[[], tuple[Call, Callable[[], None]]]:
     """Each thread's client POSTs `body` to `path` and expects 202."""
 
@@ -49,7 +48,7 @@ def post_factory(
         client = http_client(base_url)
 
         def call() -> bool:
-            response: httpx.Response = client.post(path, content=body, headers=POST_HEADERS)
+            response: httpx.Response = client.post(path, content=body, headers=headers)
             return response.status_code == 202
 
         return call, client.close
@@ -108,16 +107,17 @@ def run_accept(
         host = LocalHostProcess(
             settings, log_dir, app_dir=ACCEPT_APP, log_name=f"accept-host-c{concurrency}"
         )
+        headers = client_headers(settings)
         with baseline_client, host:
             with http_client(host.base_url) as client:
-                client.post(MESSAGES_PATH, content=body, headers=POST_HEADERS).raise_for_status()
+                client.post(MESSAGES_PATH, content=body, headers=headers).raise_for_status()
             pids = {"host": host.pid, "azurite": azurite.pid or 0}
             watch = StallWatch(connection)
             hooks: list[WindowHooks] = [watch]
             if profiler is not None:
                 hooks.append(profiler.session(f"accept-c{concurrency}", host.pid))
             gateway = run_closed_loop(
-                post_factory(host.base_url, MESSAGES_PATH, body),
+                post_factory(host.base_url, MESSAGES_PATH, body, headers),
                 concurrency=concurrency,
                 seconds=seconds,
                 warmup=warmup,

@@ -114,7 +114,15 @@ def run_noop(
         for concurrency in levels:
             result.http.append(
                 run_closed_loop(
-                    post_factory(host.base_url, NOOP_PATH, body),
+                    post_factory(
+                        host.base_url,
+                        NOOP_PATH,
+                        body,
+                        {
+                            "x-functions-key": settings["LOCAL_FUNCTION_KEY"],
+                            "Content-Type": "application/json",
+                        },
+                    ),
                     concurrency=concurrency,
                     seconds=seconds,
                     warmup=warmup,

@@ -22,11 +22,11 @@ from typing import Any
 
 from azure.data.tables import TableClient
 
+from bench.stack import client_headers
 from devstack.azurite import Azurite
 from devstack.host_process import LocalHostProcess
 from devstack.sendgrid_standin import SendGridStandIn
 
-FUNCTION_KEY = "soak-key"
 TABLE = "soakstatus"
 FAULTS: list[dict[str, Any]] = [
     {"status": 500},
@@ -61,7 +61,6 @@ def host_settings(azurite: Azurite, standin: SendGridStandIn) -> dict[str, str]:
         "MAX_DELIVERY_ATTEMPTS": "8",
         "RETRY_BASE_DELAY_SECONDS": "1",
         "RETRY_MAX_DELAY_SECONDS": "5",
-        "LOCAL_FUNCTION_KEY": FUNCTION_KEY,
         "LOCAL_QUEUE_HOLD_SECONDS": "5",
     }
 
@@ -76,6 +75,7 @@ def states(table: TableClient) -> dict[str, str]:
 
 def submit(host: LocalHostProcess, count: int) -> list[str]:
     """POST `count` messages from 16 threads; return the accepted ids."""
+    headers = client_headers(host.settings)
 
     def post(n: int) -> str | None:
         message = {
@@ -84,9 +84,7 @@ def submit(host: LocalHostProcess, count: int) -> list[str]:
             "subject": f"Soak {n}",
             "text": "soak",
         }
-        response = host.http.post(
-            "/api/v1/messages", json=message, headers={"x-functions-key": FUNCTION_KEY}
-        )
+        response = host.http.post("/api/v1/messages", json=message, headers=headers)
         return str(response.json()["id"]) if response.status_code == 202 else None
 
     with ThreadPoolExecutor(max_workers=16) as pool:

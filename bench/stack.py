@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -17,10 +18,13 @@ import httpx
 from devstack.azurite import Azurite
 from devstack.processes import ManagedProcess
 from devstack.sendgrid_standin import SendGridStandIn
+from shared.clients import MAX_RATE_PER_MINUTE, ClientStore
+from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 ACCEPT_APP = REPO / "bench" / "accept_app"
 NOOP_APP = REPO / "bench" / "noop_app"
+# The no-op app's routes run at the host's FUNCTION level; the gateway's take client keys.
 FUNCTION_KEY = "bench-key"
 STARTUP_TIMEOUT = 30.0
 _HELPER_LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
@@ -43,11 +47,20 @@ def gateway_settings(
         "ALLOWED_SENDERS": "@example.com",
         "SENDGRID_API_BASE_URL": standin.base_url,
         "SENDGRID_API_KEY": standin.api_key,
-        "LOCAL_FUNCTION_KEY": FUNCTION_KEY,
     }
     if host_threads:
         settings["PYTHON_THREADPOOL_THREAD_COUNT"] = str(host_threads)
     return settings
+
+
+def client_headers(settings: Mapping[str, str]) -> dict[str, str]:
+    """Headers for POSTing JSON as a new client, made in the settings' storage, never limited."""
+    store = ClientStore.from_settings(Settings.from_env(settings))
+    store.ensure_exists()
+    _, key = store.create(
+        f"bench-{uuid.uuid4().hex[:12]}", settings["ALLOWED_SENDERS"], MAX_RATE_PER_MINUTE
+    )
+    return {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
 
 
 class HelperServer:

@@ -15,10 +15,13 @@ from devstack.azurite import Azurite, AzuriteError
 from devstack.host import DEFAULT_PORT, local_setting_values, merge_settings, read_local_settings
 from devstack.sendgrid_standin import DEFAULT_API_KEY, SendGridStandIn
 from devstack.sendgrid_standin import DEFAULT_PORT as STANDIN_DEFAULT_PORT
-from shared.errors import ConfigurationError
+from shared.clients import ClientStore
+from shared.errors import MailgateError, Unauthorized
 from shared.settings import DEFAULT_SENDGRID_API_BASE_URL, Settings
 
 DATA_DIR = Path(".devstack")
+DEV_CLIENT = "dev"
+DEV_KEY_FILE = DATA_DIR / "dev-client-key"
 
 
 def main() -> int:
@@ -33,11 +36,44 @@ def main() -> int:
             if _uses_development_storage(merge_settings(local_values, env)):
                 stack.enter_context(_azurite())
             _choose_sendgrid(stack, local_values, env)
-            Settings.from_env(merge_settings(local_values, env))
-        except (AzuriteError, ConfigurationError, OSError) as error:
+            settings = Settings.from_env(merge_settings(local_values, env))
+            _announce_dev_client(settings)
+        except (AzuriteError, MailgateError, OSError) as error:
             print(f"mailgate: cannot start: {error}", file=sys.stderr)
             return 2
         return _run_host(env)
+
+
+def _announce_dev_client(settings: Settings) -> None:
+    """Print the development client's key, creating the client on the first start."""
+    key = dev_client_key(ClientStore.from_settings(settings), settings.allowed_senders)
+    print(
+        f"Client {DEV_CLIENT!r} may send as {','.join(settings.allowed_senders)}; its key "
+        f"(also in {DEV_KEY_FILE}):\n  Authorization: Bearer {key}"
+    )
+
+
+def dev_client_key(
+    store: ClientStore, senders: tuple[str, ...], key_file: Path = DEV_KEY_FILE
+) -> str:
+    """The development client's key: the saved one while it works, else a new one, saved."""
+    store.ensure_exists()
+    saved = key_file.read_text().strip() if key_file.exists() else ""
+    if saved:
+        try:
+            store.authenticate(f"Bearer {saved}")
+            return saved
+        except Unauthorized:
+            pass  # rotated or disabled by hand, or the local storage was wiped
+    if store.get(DEV_CLIENT) is None:
+        _, key = store.create(DEV_CLIENT, ",".join(senders))
+    else:
+        _, key = store.rotate(DEV_CLIENT)
+        store.set_enabled(DEV_CLIENT, True)
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(key + "\n")
+    key_file.chmod(0o600)
+    return key
 
 
 def _uses_development_storage(settings: dict[str, str]) -> bool:

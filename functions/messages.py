@@ -6,7 +6,9 @@ import logging
 
 import azure.functions as func
 
+from functions.auth import client_route
 from functions.http_responses import json_response, refusal_response
+from shared.clients import Client
 from shared.errors import MailgateError
 from shared.gateway import get_gateway
 
@@ -16,12 +18,16 @@ bp = func.Blueprint()
 
 
 @bp.function_name("submit_message")
-@bp.route(route="v1/messages", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
-def submit_message(req: func.HttpRequest) -> func.HttpResponse:
+@bp.route(route="v1/messages", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@client_route()
+def submit_message(req: func.HttpRequest, client: Client) -> func.HttpResponse:
     """Answer 202 once the message is on the queue, or a problem saying why not."""
     try:
         accepted = get_gateway().accept(
-            req.get_body(), req.headers.get("Content-Type"), req.headers.get("Idempotency-Key")
+            req.get_body(),
+            req.headers.get("Content-Type"),
+            client,
+            req.headers.get("Idempotency-Key"),
         )
     except MailgateError as error:
         return refusal_response(error, "the message was not accepted")
@@ -32,11 +38,12 @@ def submit_message(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.function_name("get_message_status")
-@bp.route(route="v1/messages/{id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
-def get_message_status(req: func.HttpRequest) -> func.HttpResponse:
-    """The message's status record, or 404."""
+@bp.route(route="v1/messages/{id}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@client_route()
+def get_message_status(req: func.HttpRequest, client: Client) -> func.HttpResponse:
+    """The client's own message's status record, or 404."""
     try:
-        status = get_gateway().status(req.route_params["id"])
+        status = get_gateway().status(req.route_params["id"], client)
     except MailgateError as error:
         return refusal_response(error, "the status could not be read")
     return json_response(status.to_document(), 200)

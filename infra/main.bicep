@@ -77,6 +77,11 @@ param mailQueueName string = 'mail-outbound'
 @description('Optional. STATUS_TABLE_NAME: the table that records each message\'s delivery status.')
 param statusTableName string = 'mailstatus'
 
+@minLength(3)
+@maxLength(63)
+@description('Optional. CLIENT_TABLE_NAME: the table of clients (apps allowed to send), their key digests and rate counters.')
+param clientTableName string = 'mailclients'
+
 @description('Optional. SENDGRID_API_BASE_URL: the SendGrid (or compatible) API, https.')
 param sendgridApiBaseUrl string = 'https://api.sendgrid.com'
 
@@ -178,6 +183,7 @@ module storage 'app/storage.bicep' = {
     deploymentContainerName: deploymentContainerName
     mailQueueName: mailQueueName
     statusTableName: statusTableName
+    clientTableName: clientTableName
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
   }
 }
@@ -213,6 +219,7 @@ module api 'app/api.bicep' = {
     allowedSenders: allowedSenders
     mailQueueName: mailQueueName
     statusTableName: statusTableName
+    clientTableName: clientTableName
     sendgridApiBaseUrl: sendgridApiBaseUrl
     sendgridConnectTimeoutSeconds: sendgridConnectTimeoutSeconds
     sendgridTimeoutSeconds: sendgridTimeoutSeconds

@@ -163,6 +163,7 @@ class DeadLetters:
                 state=MessageState.QUEUED,
                 accepted_at=envelope.accepted_at,
                 updated_at=now,
+                client=envelope.client,
             )
         )
         self._queue.enqueue(envelope.model_copy(update={"attempt": 1, "dead_letter": None}))

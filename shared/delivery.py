@@ -294,6 +294,7 @@ def _first_status(envelope: QueueEnvelope) -> MessageStatus:
         state=MessageState.QUEUED,
         accepted_at=envelope.accepted_at,
         updated_at=envelope.accepted_at,
+        client=envelope.client,
     )
 
 

@@ -4,12 +4,15 @@
     ├── ConfigurationError          a setting is missing or invalid; the gateway cannot work
     ├── RequestRejected             an API request the gateway refuses (maps to a problem+json)
     │   ├── InvalidMessage              400: one or more fields are invalid
-    │   ├── SenderNotAllowed            403: `from` is outside ALLOWED_SENDERS
+    │   ├── Unauthorized                401: no client key, or not a valid, enabled one
+    │   ├── SenderNotAllowed            403: `from` is outside the client's or gateway's senders
     │   ├── MessageNotFound             404: no message has that id
     │   ├── IdempotencyKeyInUse         409: a request with this key is still being accepted
     │   ├── PayloadTooLarge             413: the body or the queued message is too large
     │   ├── UnsupportedMediaType        415: the body is not JSON
-    │   └── IdempotencyKeyReused        422: this key came with a different body
+    │   ├── IdempotencyKeyReused        422: this key came with a different body
+    │   └── RateLimited                 429: the client is over its messages per minute
+    ├── ClientError                 an operator's client command cannot be done (unknown, exists)
     ├── StorageUnavailable          an Azure Storage call failed; nothing was accepted
     ├── ConcurrentUpdate            a status or key record changed between read and write
     ├── DeliveryInProgress          another worker is sending this message right now
@@ -47,16 +50,31 @@ class RequestRejected(MailgateError):
 
     status = 400
 
-    def __init__(self, detail: str, problems: tuple[FieldProblem, ...] = ()) -> None:
+    def __init__(
+        self,
+        detail: str,
+        problems: tuple[FieldProblem, ...] = (),
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.problems = problems
+        self.headers = headers or {}
 
 
 class InvalidMessage(RequestRejected):
     """The request body is not a valid message."""
 
     status = 400
+
+
+class Unauthorized(RequestRejected):
+    """The request has no client key, or one that is malformed, unknown or disabled."""
+
+    status = 401
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="mailgate"'})
 
 
 class SenderNotAllowed(RequestRejected):
@@ -93,6 +111,20 @@ class IdempotencyKeyReused(RequestRejected):
     """The Idempotency-Key was used before with a different body."""
 
     status = 422
+
+
+class RateLimited(RequestRejected):
+    """The client sent more messages this minute than its rate limit allows."""
+
+    status = 429
+
+    def __init__(self, detail: str, retry_after_seconds: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after_seconds)})
+        self.retry_after_seconds = retry_after_seconds
+
+
+class ClientError(MailgateError):
+    """A client command an operator gave cannot be carried out (no such client, name taken)."""
 
 
 class StorageUnavailable(MailgateError):

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from shared.clients import Client, ClientStore
 from shared.dead_letters import DeadLetters
 from shared.delivery import Delivery, DeliveryOutcome, MailSender
 from shared.errors import ConfigurationError, MessageNotFound, StorageUnavailable
@@ -41,6 +42,7 @@ class Gateway:
         queue: MailQueue,
         statuses: StatusStore,
         sender: MailSender,
+        clients: ClientStore,
         *,
         now: Callable[[], datetime] = utc_now,
         new_id: Callable[[], str] = new_message_id,
@@ -53,6 +55,7 @@ class Gateway:
         self.keys = keys or IdempotencyStore(
             statuses.table, timedelta(hours=settings.idempotency_retention_hours)
         )
+        self.clients = clients
         self.dead_letters = DeadLetters(queue.poison, queue, statuses, now)
         self._delivery = Delivery(
             sender=sender, queue=queue, statuses=statuses, settings=settings, now=now, rng=rng
@@ -70,13 +73,24 @@ class Gateway:
             MailQueue.from_settings(settings),
             StatusStore.from_settings(settings),
             SendGridClient.from_settings(settings),
+            ClientStore.from_settings(settings),
         )
 
-    def accept(
-        self, body: bytes, content_type: str | None, idempotency_key: str | None = None
-    ) -> AcceptedMessage:
-        """Validate and durably queue one message."""
+    def authenticate(self, authorization: str | None) -> Client:
+        """The client an `Authorization: Bearer <key>` header stands for; Unauthorized if none."""
         self.ensure_storage()
+        return self.clients.authenticate(authorization)
+
+    def accept(
+        self,
+        body: bytes,
+        content_type: str | None,
+        client: Client,
+        idempotency_key: str | None = None,
+    ) -> AcceptedMessage:
+        """Count the request against the client's rate, then validate and durably queue it."""
+        self.ensure_storage()
+        self.clients.take(client)
         return submit_message(
             body,
             content_type,
@@ -86,6 +100,7 @@ class Gateway:
             keys=self.keys,
             now=self._now,
             new_id=self._new_id,
+            client=client,
             idempotency_key=idempotency_key,
         )
 
@@ -94,10 +109,11 @@ class Gateway:
         self.ensure_storage()
         return self._delivery.deliver(body)
 
-    def status(self, message_id: str) -> MessageStatus:
-        """A message's status record; MessageNotFound if there is none."""
+    def status(self, message_id: str, client: Client) -> MessageStatus:
+        """The client's own message's status; MessageNotFound for no message or another's."""
         status = self.statuses.get(message_id) if len(message_id) <= MAX_MESSAGE_ID_LENGTH else None
-        if status is None:
+        # Another client's message reads as no message at all: ids are not secrets to probe.
+        if status is None or status.client != client.name:
             raise MessageNotFound(f"no message has the id {message_id!r}")
         return status
 
@@ -109,6 +125,7 @@ class Gateway:
             if not self._storage_ready:
                 self.queue.ensure_exists()
                 self.statuses.ensure_exists()
+                self.clients.ensure_exists()
                 self._storage_ready = True
 
 

@@ -24,7 +24,7 @@ class Problem:
     @classmethod
     def from_rejection(cls, rejection: RequestRejected) -> Problem:
         """The problem a refused request gets."""
-        return cls(rejection.status, rejection.detail, rejection.problems)
+        return cls(rejection.status, rejection.detail, rejection.problems, dict(rejection.headers))
 
     def body(self) -> str:
         """The JSON document."""

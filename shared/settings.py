@@ -13,6 +13,7 @@ STORAGE_CONNECTION = "AzureWebJobsStorage"
 
 DEFAULT_MAIL_QUEUE_NAME = "mail-outbound"
 DEFAULT_STATUS_TABLE_NAME = "mailstatus"
+DEFAULT_CLIENT_TABLE_NAME = "mailclients"
 DEFAULT_SENDGRID_API_BASE_URL = "https://api.sendgrid.com"
 DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
 # The queue keeps at most 7 days of visibility delay.
@@ -46,6 +47,7 @@ class Settings:
     sendgrid_api_key: str = field(repr=False)
     mail_queue_name: str = DEFAULT_MAIL_QUEUE_NAME
     status_table_name: str = DEFAULT_STATUS_TABLE_NAME
+    client_table_name: str = DEFAULT_CLIENT_TABLE_NAME
     idempotency_retention_hours: float = 24.0
     sendgrid_api_base_url: str = DEFAULT_SENDGRID_API_BASE_URL
     sendgrid_connect_timeout_seconds: float = 5.0
@@ -70,7 +72,10 @@ class Settings:
             sendgrid_api_key=reader.required("SENDGRID_API_KEY"),
             mail_queue_name=_queue_name(reader.text("MAIL_QUEUE_NAME") or DEFAULT_MAIL_QUEUE_NAME),
             status_table_name=_table_name(
-                reader.text("STATUS_TABLE_NAME") or DEFAULT_STATUS_TABLE_NAME
+                "STATUS_TABLE_NAME", reader.text("STATUS_TABLE_NAME") or DEFAULT_STATUS_TABLE_NAME
+            ),
+            client_table_name=_table_name(
+                "CLIENT_TABLE_NAME", reader.text("CLIENT_TABLE_NAME") or DEFAULT_CLIENT_TABLE_NAME
             ),
             idempotency_retention_hours=reader.number(
                 "IDEMPOTENCY_RETENTION_HOURS", 24.0, minimum=1 / 60, maximum=24 * 30
@@ -99,6 +104,8 @@ class Settings:
                 "RETRY_MAX_DELAY_SECONDS", 3600.0, minimum=1, maximum=MAX_RETRY_DELAY_SECONDS
             ),
         )
+        if settings.client_table_name.lower() == settings.status_table_name.lower():
+            raise ConfigurationError("CLIENT_TABLE_NAME must differ from STATUS_TABLE_NAME")
         if settings.retry_max_delay_seconds < settings.retry_base_delay_seconds:
             raise ConfigurationError(
                 "RETRY_MAX_DELAY_SECONDS must not be smaller than RETRY_BASE_DELAY_SECONDS"
@@ -196,19 +203,31 @@ def _check_connection_string(connection_string: str) -> None:
     )
 
 
-def _allowed_senders(raw: str | None) -> tuple[str, ...]:
+def sender_allowed(address: str, senders: tuple[str, ...]) -> bool:
+    """Whether an address is among `senders` (lower-case entries) itself or by its @domain."""
+    address = address.lower()
+    return address in senders or "@" + address.rpartition("@")[2] in senders
+
+
+def parse_senders(raw: str | None, source: str) -> tuple[str, ...]:
+    """Comma-separated addresses and @domains, lower-cased; ValueError naming `source` if bad."""
     entries = tuple(e.strip().lower() for e in (raw or "").split(",") if e.strip())
     if not entries:
-        raise ConfigurationError(
-            "ALLOWED_SENDERS is empty: list the addresses and @domains that may send, "
+        raise ValueError(
+            f"{source} is empty: list the addresses and @domains that may send, "
             "for example 'noreply@example.com,@example.org'"
         )
     for entry in entries:
         if not _SENDER_ENTRY.match(entry):
-            raise ConfigurationError(
-                f"ALLOWED_SENDERS entry {entry!r} is neither an address nor an @domain"
-            )
+            raise ValueError(f"{source} entry {entry!r} is neither an address nor an @domain")
     return entries
+
+
+def _allowed_senders(raw: str | None) -> tuple[str, ...]:
+    try:
+        return parse_senders(raw, "ALLOWED_SENDERS")
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from None
 
 
 def _queue_name(name: str) -> str:
@@ -222,10 +241,10 @@ def _queue_name(name: str) -> str:
     return name
 
 
-def _table_name(name: str) -> str:
+def _table_name(setting: str, name: str) -> str:
     if not _TABLE_NAME.match(name):
         raise ConfigurationError(
-            f"STATUS_TABLE_NAME {name!r} is not a valid table name: 3-63 letters and digits, "
+            f"{setting} {name!r} is not a valid table name: 3-63 letters and digits, "
             "starting with a letter"
         )
     return name

@@ -55,6 +55,8 @@ class MessageStatus:
     # The last attempt timed out after sending: SendGrid may have accepted the mail.
     ambiguous: bool = False
     provider_message_id: str | None = None
+    # The client that submitted the message: only it may read this record.
+    client: str | None = None
     etag: str | None = None
 
     def moved(self, state: MessageState, now: datetime, **changes: Any) -> MessageStatus:
@@ -92,20 +94,7 @@ class StatusStore:
     @classmethod
     def from_settings(cls, settings: Settings) -> StatusStore:
         """A store on the configured account's status table."""
-        storage = settings.storage
-        if storage.connection_string:
-            service = TableServiceClient.from_connection_string(
-                storage.connection_string, transport=storage_transport(), **_RETRY_OPTIONS
-            )
-        else:
-            assert storage.table_service_uri is not None
-            service = TableServiceClient(
-                storage.table_service_uri,
-                credential=token_credential(storage),
-                transport=storage_transport(),
-                **_RETRY_OPTIONS,
-            )
-        return cls(service.get_table_client(settings.status_table_name))
+        return cls(table_service(settings).get_table_client(settings.status_table_name))
 
     @property
     def table(self) -> TableClient:
@@ -182,6 +171,22 @@ class StatusStore:
             ) from error
 
 
+def table_service(settings: Settings) -> TableServiceClient:
+    """A client for the configured account's Table service, with the pooled transport."""
+    storage = settings.storage
+    if storage.connection_string:
+        return TableServiceClient.from_connection_string(
+            storage.connection_string, transport=storage_transport(), **_RETRY_OPTIONS
+        )
+    assert storage.table_service_uri is not None
+    return TableServiceClient(
+        storage.table_service_uri,
+        credential=token_credential(storage),
+        transport=storage_transport(),
+        **_RETRY_OPTIONS,
+    )
+
+
 def _to_entity(status: MessageStatus) -> dict[str, Any]:
     fields = asdict(status)
     fields.pop("etag")
@@ -207,5 +212,6 @@ def _from_entity(entity: Any) -> MessageStatus:
         last_error=entity.get("last_error"),
         ambiguous=bool(entity.get("ambiguous", False)),
         provider_message_id=entity.get("provider_message_id"),
+        client=entity.get("client"),
         etag=entity.metadata.get("etag"),
     )

@@ -10,6 +10,7 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
+from shared.clients import Client
 from shared.errors import (
     FieldProblem,
     InvalidMessage,
@@ -21,7 +22,7 @@ from shared.errors import (
 from shared.idempotency import IdempotencyStore, check_key
 from shared.models import MailRequest, QueueEnvelope, field_problems
 from shared.queue import MailQueue
-from shared.settings import Settings
+from shared.settings import Settings, sender_allowed
 from shared.status import MessageState, MessageStatus, StatusStore
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def submit_message(
     keys: IdempotencyStore,
     now: Callable[[], datetime],
     new_id: Callable[[], str],
+    client: Client,
     idempotency_key: str | None = None,
 ) -> AcceptedMessage:
     """Validate a request and enqueue it; raise RequestRejected or StorageUnavailable.
@@ -75,12 +77,16 @@ def submit_message(
         raise InvalidMessage(
             f"the message has {len(problems)} invalid field(s)", problems
         ) from None
-    _check_sender(request, settings)
-    envelope = QueueEnvelope(id=new_id(), accepted_at=accepted_at, message=request)
+    _check_sender(request.from_.email, client, settings)
+    envelope = QueueEnvelope(
+        id=new_id(), accepted_at=accepted_at, client=client.name, message=request
+    )
     _check_fits_queue(envelope, request)
     claim = None
     if idempotency_key is not None:
-        claim = keys.claim(check_key(idempotency_key), body, envelope.id, accepted_at)
+        # Keys are the client's own: two apps using the same key never collide.
+        scoped_key = f"{client.name}:{check_key(idempotency_key)}"
+        claim = keys.claim(scoped_key, body, envelope.id, accepted_at)
         if claim.replay:
             return AcceptedMessage(claim.record.message_id, replayed=True)
         envelope = envelope.model_copy(update={"id": claim.record.message_id})
@@ -115,6 +121,7 @@ def _record_queued(envelope: QueueEnvelope, statuses: StatusStore) -> None:
         state=MessageState.QUEUED,
         accepted_at=envelope.accepted_at,
         updated_at=envelope.accepted_at,
+        client=envelope.client,
     )
     try:
         # Insert only: delivery may already have written a newer state.
@@ -124,17 +131,17 @@ def _record_queued(envelope: QueueEnvelope, statuses: StatusStore) -> None:
         logger.warning("Message %s queued but its status was not recorded: %s", envelope.id, error)
 
 
-def sender_allowed(address: str, allowed_senders: tuple[str, ...]) -> bool:
-    """Whether an address is listed itself or by its @domain."""
-    address = address.lower()
-    return address in allowed_senders or "@" + address.rpartition("@")[2] in allowed_senders
-
-
-def _check_sender(request: MailRequest, settings: Settings) -> None:
-    if not sender_allowed(request.from_.email, settings.allowed_senders):
+def _check_sender(address: str, client: Client, settings: Settings) -> None:
+    # The gateway's list bounds every client's, whatever the client record says.
+    if not sender_allowed(address, settings.allowed_senders):
         raise SenderNotAllowed(
             "this gateway does not send for that address (ALLOWED_SENDERS)",
             (FieldProblem("#/from", "is not an allowed sender"),),
+        )
+    if not client.may_send_as(address):
+        raise SenderNotAllowed(
+            f"the client {client.name!r} may not send as that address (its senders)",
+            (FieldProblem("#/from", "is not one of the client's senders"),),
         )
 
 

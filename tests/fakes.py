@@ -15,9 +15,17 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from azure.core.exceptions import ResourceNotFoundError, ServiceRequestError
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+)
+from azure.data.tables import TableClient, TableEntity, UpdateMode
 from azure.storage.queue import QueueClient, QueueMessage, QueueProperties
 
+from shared.clients import ClientStore
 from shared.errors import (
     ConcurrentUpdate,
     DeliveryError,
@@ -465,3 +473,105 @@ class FakeMailSender:
         if isinstance(outcome, DeliveryError):
             raise outcome
         return outcome
+
+
+TABLE_OPERATIONS = frozenset({"create_table", "create", "get", "update", "query"})
+
+
+class FakeTableClient(_OutageControls):
+    """The part of `azure.data.tables.TableClient` the client store uses, in memory, with ETags.
+
+    Stores built on it are the real ones: only Azure's side of the table is replaced.
+    """
+
+    def __init__(self, name: str = "fake") -> None:
+        self.table_name = name
+        self.rows: dict[tuple[str, str], dict[str, Any]] = {}
+        self._etags: dict[tuple[str, str], str] = {}
+        self._versions = itertools.count(1)
+        self._outage = _Outage("table", TABLE_OPERATIONS)
+        # Called before each conditional update: a test can change the row in between.
+        self.before_update: Callable[[], object] | None = None
+
+    def create_table(self) -> None:
+        self._check("create_table")
+
+    def create_entity(self, entity: dict[str, Any]) -> dict[str, Any]:
+        self._check("create")
+        key = (entity["PartitionKey"], entity["RowKey"])
+        if key in self.rows:
+            raise ResourceExistsError("EntityAlreadyExists")
+        return self._store(key, dict(entity))
+
+    def get_entity(self, partition_key: str, row_key: str) -> TableEntity:
+        self._check("get")
+        key = (partition_key, row_key)
+        if key not in self.rows:
+            raise ResourceNotFoundError("ResourceNotFound")
+        return self._entity(key)
+
+    def update_entity(
+        self,
+        entity: dict[str, Any],
+        mode: UpdateMode = UpdateMode.MERGE,
+        *,
+        etag: str | None = None,
+        match_condition: MatchConditions | None = None,
+    ) -> dict[str, Any]:
+        if self.before_update is not None:
+            hook, self.before_update = self.before_update, None
+            hook()
+        self._check("update")
+        key = (entity["PartitionKey"], entity["RowKey"])
+        if key not in self.rows:
+            raise ResourceNotFoundError("ResourceNotFound")
+        if match_condition not in (
+            None,
+            MatchConditions.Unconditionally,
+            MatchConditions.IfNotModified,
+        ):
+            raise ValueError(f"Unsupported match condition: {match_condition}")  # as the SDK does
+        if match_condition is MatchConditions.IfNotModified and not etag:
+            raise ValueError("IfNotModified must be specified with etag.")  # as the SDK does
+        if match_condition is MatchConditions.IfNotModified and etag != self._etags[key]:
+            raise ResourceModifiedError("UpdateConditionNotSatisfied")
+        row = {**self.rows[key], **entity} if mode is UpdateMode.MERGE else dict(entity)
+        return self._store(key, row)
+
+    def query_entities(self, query_filter: str, **options: Any) -> list[TableEntity]:
+        self._check("query")
+        name, _, value = query_filter.partition(" eq ")
+        wanted = value.strip("'")
+        return [self._entity(key) for key, row in self.rows.items() if str(row.get(name)) == wanted]
+
+    def _check(self, operation: str) -> None:
+        # As Azure would fail: the store under test maps this to StorageUnavailable itself.
+        try:
+            self._outage.check(operation)
+        except StorageUnavailable as error:
+            raise ServiceRequestError(str(error)) from None
+
+    def _store(self, key: tuple[str, str], row: dict[str, Any]) -> dict[str, Any]:
+        self.rows[key] = row
+        self._etags[key] = f'W/"{next(self._versions)}"'
+        return {"etag": self._etags[key]}
+
+    def _entity(self, key: tuple[str, str]) -> TableEntity:
+        entity = TableEntity(self.rows[key])
+        entity._metadata = {"etag": self._etags[key], "timestamp": None}
+        return entity
+
+
+class Clock:
+    """A settable time.time() for rate windows."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def client_store(table: FakeTableClient | None = None, clock: Clock | None = None) -> ClientStore:
+    """The real client store on an in-memory table."""
+    return ClientStore(cast("TableClient", table or FakeTableClient()), clock=clock or Clock(0.0))

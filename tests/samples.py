@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from shared.clients import Client
 from shared.models import MailRequest, QueueEnvelope
 from shared.settings import Settings
 
@@ -27,6 +28,17 @@ BASE_ENV: dict[str, str] = {
 }
 
 PNG_BASE64 = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(32)).decode()
+
+
+# The client most tests submit as: the same senders as the gateway's ALLOWED_SENDERS.
+CLIENT = Client(
+    name="app",
+    senders=(SENDER, "@example.org"),
+    rate_per_minute=600,
+    enabled=True,
+    key_digest="sha256:unused-here",
+    created_at=NOW,
+)
 
 
 def settings_with(**overrides: str) -> Settings:
@@ -65,6 +77,7 @@ def envelope(
         id=id,
         accepted_at=accepted_at,
         attempt=attempt,
+        client=CLIENT.name,
         message=MailRequest.model_validate(message(**fields)),
     )
 

@@ -53,6 +53,9 @@ param mailQueueName string
 @description('Required. The STATUS_TABLE_NAME app setting.')
 param statusTableName string
 
+@description('Required. The CLIENT_TABLE_NAME app setting.')
+param clientTableName string
+
 @description('Required. The SENDGRID_API_BASE_URL app setting.')
 param sendgridApiBaseUrl string
 
@@ -89,6 +92,7 @@ var appSettings = {
   ALLOWED_SENDERS: allowedSenders
   MAIL_QUEUE_NAME: mailQueueName
   STATUS_TABLE_NAME: statusTableName
+  CLIENT_TABLE_NAME: clientTableName
   IDEMPOTENCY_RETENTION_HOURS: string(idempotencyRetentionHours)
   SENDGRID_API_BASE_URL: sendgridApiBaseUrl
   SENDGRID_CONNECT_TIMEOUT_SECONDS: string(sendgridConnectTimeoutSeconds)

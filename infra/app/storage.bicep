@@ -37,6 +37,11 @@ param mailQueueName string
 @description('Required. Name of the delivery status table.')
 param statusTableName string
 
+@minLength(3)
+@maxLength(63)
+@description('Required. Name of the clients table.')
+param clientTableName string
+
 @description('Required. Log Analytics workspace that receives the queue service\'s write and delete logs (the dead-letter alert reads them).')
 param logAnalyticsWorkspaceId string
 
@@ -97,6 +102,10 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
 
     resource statusTable 'tables' = {
       name: statusTableName
+    }
+
+    resource clientTable 'tables' = {
+      name: clientTableName
     }
   }
 }

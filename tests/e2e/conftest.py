@@ -6,7 +6,9 @@ import base64
 import contextlib
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -17,8 +19,13 @@ from azure.storage.queue import QueueClient, QueueServiceClient
 from devstack.azurite import Azurite
 from devstack.host_process import LocalHostProcess
 from devstack.sendgrid_standin import SendGridStandIn
+from shared.clients import MAX_RATE_PER_MINUTE, ClientStore
+from shared.settings import Settings
 
-FUNCTION_KEY = "e2e-function-key"
+# Stands for the test client's own key in post_message().
+OWN_KEY = "<the e2e client's key>"
+CLIENT_NAME = "e2e"
+CLIENT_SENDERS = "app@example.com,@apps.example.com"
 ADMIN_KEY = "e2e-admin-key"
 MAIL_QUEUE = "mail-e2e"
 RETRY_BASE_DELAY_SECONDS = 1
@@ -42,6 +49,20 @@ def wait_for(probe: Callable[[], T | None], timeout: float = 15.0, interval: flo
 class RunningHost(LocalHostProcess):
     """The local host running the gateway, with the calls the tests make to it."""
 
+    def __init__(self, settings: Mapping[str, str], log_dir: Path) -> None:
+        # The client the tests send as, made in the host's storage before it starts.
+        clients = ClientStore.from_settings(Settings.from_env(settings))
+        clients.ensure_exists()
+        _, self.client_key = clients.create(
+            f"{CLIENT_NAME}-{uuid.uuid4().hex[:12]}", CLIENT_SENDERS, MAX_RATE_PER_MINUTE
+        )
+        super().__init__(settings, log_dir)
+
+    def client_headers(self, key: str | None = OWN_KEY) -> dict[str, str]:
+        """`Authorization: Bearer` with the test client's key, another key, or none."""
+        key = self.client_key if key == OWN_KEY else key
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
     def admin(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Call an admin route with the admin key."""
         return self.http.request(method, path, headers={"x-functions-key": ADMIN_KEY}, **kwargs)
@@ -49,19 +70,17 @@ class RunningHost(LocalHostProcess):
     def post_message(
         self,
         message: Mapping[str, Any],
-        key: str | None = FUNCTION_KEY,
+        key: str | None = OWN_KEY,
         headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
-        """POST /api/v1/messages with the function key."""
-        all_headers = {"x-functions-key": key} if key else {}
+        """POST /api/v1/messages as the test client (or with another key, or none)."""
+        all_headers = self.client_headers(key)
         all_headers.update(headers or {})
         return self.http.post("/api/v1/messages", json=message, headers=all_headers)
 
     def status(self, message_id: str) -> dict[str, Any]:
         """GET /api/v1/messages/{id} as JSON."""
-        response = self.http.get(
-            f"/api/v1/messages/{message_id}", headers={"x-functions-key": FUNCTION_KEY}
-        )
+        response = self.http.get(f"/api/v1/messages/{message_id}", headers=self.client_headers())
         assert response.status_code == 200, response.text
         document: dict[str, Any] = response.json()
         return document
@@ -114,7 +133,7 @@ def gateway_settings(connection_string: str, standin: SendGridStandIn) -> dict[s
         "MAX_DELIVERY_ATTEMPTS": str(MAX_DELIVERY_ATTEMPTS),
         "RETRY_BASE_DELAY_SECONDS": str(RETRY_BASE_DELAY_SECONDS),
         "RETRY_MAX_DELAY_SECONDS": "10",
-        "LOCAL_FUNCTION_KEY": FUNCTION_KEY,
+        "CLIENT_TABLE_NAME": "mailclientse2e",
         "LOCAL_ADMIN_KEY": ADMIN_KEY,
         # Messages held by a killed host come back after this, not the host's 10 minutes.
         "LOCAL_QUEUE_HOLD_SECONDS": "4",
@@ -136,13 +155,22 @@ def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SendGridStandI
 
 
 @pytest.fixture(scope="session")
+def clients(azurite: Azurite, standin: SendGridStandIn) -> ClientStore:
+    """The gateway's client table in the test Azurite, as an operator's tools reach it."""
+    store = ClientStore.from_settings(
+        Settings.from_env(gateway_settings(azurite.connection_string, standin))
+    )
+    store.ensure_exists()
+    return store
+
+
+@pytest.fixture(scope="session")
 def host(
     azurite: Azurite, standin: SendGridStandIn, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningHost]:
     """The local host running the gateway against the test Azurite and stand-in."""
     running = RunningHost(
-        gateway_settings(azurite.connection_string, standin),
-        tmp_path_factory.mktemp("host"),
+        gateway_settings(azurite.connection_string, standin), tmp_path_factory.mktemp("host")
     )
     yield running
     running.stop()

@@ -5,9 +5,13 @@ from __future__ import annotations
 import base64
 import re
 import time
+from functools import partial
 from typing import Any
 
+import pytest
+
 from devstack.sendgrid_standin import SendGridStandIn
+from shared.clients import ClientStore
 from tests.e2e.conftest import (
     MAX_DELIVERY_ATTEMPTS,
     RETRY_BASE_DELAY_SECONDS,
@@ -225,16 +229,68 @@ def test_should_poison_a_raw_text_message_without_calling_the_function_as_the_ho
     assert standin.requests() == []
 
 
-def test_should_refuse_a_missing_or_wrong_function_key_with_401(
-    stack: RunningHost, standin: SendGridStandIn
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong-key"},
+        {"Authorization": "Basic YXBwOmtleQ=="},
+        {"x-functions-key": "e2e-admin-key"},
+    ],
+    ids=["no key", "unknown key", "other scheme", "host key instead"],
+)
+def test_should_refuse_a_request_without_a_client_key_with_401(
+    stack: RunningHost, headers: dict[str, str]
 ) -> None:
-    assert stack.post_message(full_message(), key=None).status_code == 401
-    assert stack.post_message(full_message(), key="wrong-key").status_code == 401
-    with_code = stack.http.post(
-        "/api/v1/messages", json=full_message(), params={"code": "e2e-function-key"}
+    response = stack.http.post("/api/v1/messages", json=full_message(), headers=headers)
+    status = stack.http.get("/api/v1/messages/any-id", headers=headers)
+
+    assert (response.status_code, status.status_code) == (401, 401)
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="mailgate"'
+    assert response.headers["Content-Type"].startswith("application/problem+json")
+
+
+def test_should_serve_each_client_alone_and_stop_a_disabled_one(
+    stack: RunningHost, standin: SendGridStandIn, clients: ClientStore
+) -> None:
+    name = f"other-{time.time_ns()}"
+    _, other_key = clients.create(name, "@apps.example.com")
+    mine = stack.post_message(full_message())
+    theirs = stack.post_message(full_message(**{"from": "x@apps.example.com"}), key=other_key)
+    assert (mine.status_code, theirs.status_code) == (202, 202)
+
+    peek = stack.http.get(
+        f"/api/v1/messages/{mine.json()['id']}", headers=stack.client_headers(other_key)
     )
-    assert with_code.status_code == 202
-    wait_for(lambda: mails_for(standin, with_code.json()["id"]))
+    narrow = stack.post_message(full_message(), key=other_key)
+    clients.set_enabled(name, False)
+    disabled = stack.post_message(full_message(**{"from": "x@apps.example.com"}), key=other_key)
+
+    assert peek.status_code == 404
+    assert narrow.status_code == 403
+    assert disabled.status_code == 401
+    assert "disabled" in disabled.json()["detail"]
+    # Both delivered before the next test looks at the stand-in.
+    for message_id in (mine.json()["id"], theirs.json()["id"]):
+        wait_for(partial(mails_for, standin, message_id))
+
+
+def test_should_answer_429_with_retry_after_past_the_clients_rate(
+    stack: RunningHost, standin: SendGridStandIn, clients: ClientStore
+) -> None:
+    # Not across a minute boundary, where the count starts again.
+    if time.time() % 60 > 50:
+        time.sleep(61 - time.time() % 60)
+    _, key = clients.create(f"slow-{time.time_ns()}", "@apps.example.com", 2)
+    message = full_message(**{"from": "x@apps.example.com"})
+
+    answers = [stack.post_message(message, key=key) for _ in range(3)]
+
+    assert [a.status_code for a in answers] == [202, 202, 429]
+    assert 1 <= int(answers[2].headers["Retry-After"]) <= 60
+    assert "2 message(s) per minute" in answers[2].json()["detail"]
+    for accepted in answers[:2]:
+        wait_for(partial(mails_for, standin, accepted.json()["id"]))
 
 
 def test_should_refuse_a_sender_outside_allowed_senders_with_403_and_queue_nothing(

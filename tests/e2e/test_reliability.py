@@ -52,9 +52,7 @@ def test_should_show_each_message_status_and_404_for_an_unknown_id(
     wait_for(lambda: stack.status(message_id)["status"] == "sent")
 
     document = stack.status(message_id)
-    unknown = stack.http.get(
-        "/api/v1/messages/no-such-id", headers={"x-functions-key": "e2e-function-key"}
-    )
+    unknown = stack.http.get("/api/v1/messages/no-such-id", headers=stack.client_headers())
 
     assert document["attempts"] == 1
     assert document["sendgrid_message_id"] == mails_for(standin, message_id)[0]["x_message_id"]

@@ -8,19 +8,38 @@ import functions.dead_letters
 import functions.delivery
 import functions.health
 import functions.messages
+import shared.clients
 import shared.gateway
+from shared.clients import ClientStore
 from shared.gateway import Gateway
 from shared.settings import Settings
 from tests.fakes import (
+    Clock,
     FakeIdempotencyStore,
     FakeMailQueue,
     FakeMailSender,
     FakeStatusStore,
     JitterAt,
+    client_store,
 )
-from tests.samples import NOW
+from tests.samples import CLIENT, NOW
 
 MESSAGE_ID = "5d0c6a52-7c9e-4a57-9a4e-1f1f6d3b2c10"
+# The keys of the two clients every function test has (made deterministic for readability).
+APP_KEY = "mg_app_" + "a" * 43
+OTHER_KEY = "mg_other_" + "o" * 43
+APP_AUTH = {"Authorization": f"Bearer {APP_KEY}"}
+
+
+@pytest.fixture
+def clients(monkeypatch: pytest.MonkeyPatch) -> ClientStore:
+    """The real client store on an in-memory table, with clients `app` and `other`."""
+    store = client_store(clock=Clock(NOW.timestamp()))
+    for name, key in (("app", APP_KEY), ("other", OTHER_KEY)):
+        with monkeypatch.context() as patch:
+            patch.setattr(shared.clients, "new_key", lambda _name, key=key: key)
+            store.create(name, ",".join(CLIENT.senders))
+    return store
 
 
 @pytest.fixture
@@ -31,6 +50,7 @@ def gateway(
     fake_statuses: FakeStatusStore,
     fake_keys: FakeIdempotencyStore,
     fake_sender: FakeMailSender,
+    clients: ClientStore,
 ) -> Gateway:
     """The gateway every function gets from get_gateway(), on in-memory storage and provider.
 
@@ -41,6 +61,7 @@ def gateway(
         fake_queue,
         fake_statuses,
         fake_sender,
+        clients,
         now=lambda: NOW,
         new_id=lambda: MESSAGE_ID,
         rng=JitterAt(1.0),

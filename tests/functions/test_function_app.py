@@ -58,8 +58,8 @@ def test_should_register_exactly_the_gateway_functions(
 @pytest.mark.parametrize(
     ("name", "route", "method", "auth_level"),
     [
-        ("submit_message", "v1/messages", "POST", func.AuthLevel.FUNCTION),
-        ("get_message_status", "v1/messages/{id}", "GET", func.AuthLevel.FUNCTION),
+        ("submit_message", "v1/messages", "POST", func.AuthLevel.ANONYMOUS),
+        ("get_message_status", "v1/messages/{id}", "GET", func.AuthLevel.ANONYMOUS),
         ("health", "health", "GET", func.AuthLevel.ANONYMOUS),
         ("list_dead_letters", "v1/dead-letters", "GET", func.AuthLevel.ADMIN),
         ("replay_dead_letters", "v1/dead-letters/replay", "POST", func.AuthLevel.ADMIN),

@@ -9,10 +9,11 @@ import pytest
 
 import shared.gateway
 from functions.messages import get_message_status, submit_message
+from shared.clients import ClientStore
 from shared.gateway import Gateway
 from shared.status import MessageState, MessageStatus
 from tests.fakes import FakeIdempotencyStore, FakeMailQueue, FakeStatusStore
-from tests.functions.conftest import MESSAGE_ID
+from tests.functions.conftest import APP_AUTH, MESSAGE_ID, OTHER_KEY
 from tests.samples import NOW, body, message
 
 PROBLEM_JSON = "application/problem+json"
@@ -22,7 +23,10 @@ def post(content: bytes, headers: dict[str, str] | None = None) -> func.HttpResp
     request = func.HttpRequest(
         method="POST",
         url="http://localhost:7071/api/v1/messages",
-        headers={"Content-Type": "application/json"} if headers is None else headers,
+        headers={
+            **APP_AUTH,
+            **({"Content-Type": "application/json"} if headers is None else headers),
+        },
         params={},
         route_params={},
         body=content,
@@ -144,9 +148,12 @@ def test_should_answer_415_for_a_body_not_sent_as_json(
 
 
 @pytest.mark.usefixtures("gateway")
-@pytest.mark.parametrize("operation", ["enqueue", "ensure_exists"])
+@pytest.mark.parametrize(
+    ("operation", "what"),
+    [("enqueue", "not accepted"), ("ensure_exists", "client key could not be checked")],
+)
 def test_should_answer_503_with_retry_after_when_storage_is_unavailable(
-    operation: str, fake_queue: FakeMailQueue
+    operation: str, what: str, fake_queue: FakeMailQueue
 ) -> None:
     fake_queue.make_unavailable([operation])
 
@@ -155,7 +162,7 @@ def test_should_answer_503_with_retry_after_when_storage_is_unavailable(
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
     document = problem_of(response)
-    assert "not accepted" in document["detail"]
+    assert what in document["detail"]
     assert "ServiceRequestError" not in document["detail"]
     assert fake_queue.messages == []
 
@@ -292,11 +299,11 @@ def test_should_answer_503_when_the_idempotency_key_cannot_be_claimed(
 # --- GET /api/v1/messages/{id} -------------------------------------------------------------
 
 
-def get_status(message_id: str) -> func.HttpResponse:
+def get_status(message_id: str, headers: dict[str, str] = APP_AUTH) -> func.HttpResponse:
     request = func.HttpRequest(
         method="GET",
         url=f"http://localhost:7071/api/v1/messages/{message_id}",
-        headers={},
+        headers=headers,
         params={},
         route_params={"id": message_id},
         body=b"",
@@ -337,6 +344,7 @@ def test_should_show_the_last_error_and_next_attempt_of_a_retrying_message(
             next_attempt_at=NOW.replace(minute=31),
             last_status_code=429,
             last_error="SendGrid answered 429",
+            client="app",
         )
     )
 
@@ -381,3 +389,40 @@ def test_should_answer_500_for_a_status_when_the_settings_are_bad() -> None:
 
     assert response.status_code == 500
     assert "misconfigured" in problem_of(response)["detail"]
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_answer_404_for_another_clients_message() -> None:
+    assert post(body(message())).status_code == 202
+
+    response = get_status(MESSAGE_ID, {"Authorization": f"Bearer {OTHER_KEY}"})
+
+    assert response.status_code == 404
+    assert get_status(MESSAGE_ID).status_code == 200
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_answer_429_with_retry_after_once_the_client_is_over_its_rate(
+    clients: ClientStore, fake_queue: FakeMailQueue
+) -> None:
+    _, key = clients.create("tiny", "@example.com", 2)
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+
+    answers = [post(body(message()), headers) for _ in range(3)]
+
+    assert [a.status_code for a in answers] == [202, 202, 429]
+    # NOW is 09:30:00: the whole minute is left.
+    assert answers[2].headers["Retry-After"] == "60"
+    assert "2 message(s) per minute" in problem_of(answers[2])["detail"]
+    assert len(fake_queue.envelopes) == 2
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_answer_403_for_a_sender_outside_the_clients_own(clients: ClientStore) -> None:
+    _, key = clients.create("narrow", "@example.org")
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+
+    response = post(body(message()), headers)
+
+    assert response.status_code == 403
+    assert "'narrow' may not send" in problem_of(response)["detail"]

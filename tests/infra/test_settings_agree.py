@@ -37,8 +37,7 @@ PLACES: dict[str, frozenset[str]] = {
     # Core Tools needs it locally; Flex Consumption takes the runtime from functionAppConfig
     # and refuses it as an app setting.
     "FUNCTIONS_WORKER_RUNTIME": frozenset({LOCAL}),
-    # The local host's keys (devstack); Azure manages function keys itself.
-    "LOCAL_FUNCTION_KEY": frozenset({LOCAL, README}),
+    # The local host's admin key (devstack); Azure manages host keys itself.
     "LOCAL_ADMIN_KEY": frozenset({LOCAL, README}),
     # Optional, for tests that kill the local host; it defaults to the real host's 10 minutes.
     "LOCAL_QUEUE_HOLD_SECONDS": frozenset({README}),

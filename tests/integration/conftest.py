@@ -14,6 +14,7 @@ from azure.data.tables import TableClient
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from devstack.azurite import Azurite
+from shared.clients import ClientStore
 from shared.idempotency import IdempotencyStore
 from shared.queue import MailQueue
 from shared.settings import Settings
@@ -38,6 +39,7 @@ def storage_settings(azurite: Azurite) -> Settings:
             "AzureWebJobsStorage": azurite.connection_string,
             "MAIL_QUEUE_NAME": f"mail-{suffix}",
             "STATUS_TABLE_NAME": f"status{suffix}",
+            "CLIENT_TABLE_NAME": f"clients{suffix}",
         }
     )
 
@@ -54,6 +56,14 @@ def mail_queue(storage_settings: Settings) -> MailQueue:
 def statuses(storage_settings: Settings) -> StatusStore:
     """The gateway's status table in Azurite, created."""
     store = StatusStore.from_settings(storage_settings)
+    store.ensure_exists()
+    return store
+
+
+@pytest.fixture
+def clients(storage_settings: Settings) -> ClientStore:
+    """The client table in Azurite, created."""
+    store = ClientStore.from_settings(storage_settings)
     store.ensure_exists()
     return store
 

@@ -1,18 +1,29 @@
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from shared.errors import IdempotencyKeyReused, MessageNotFound
+from shared.clients import Client, ClientStore
+from shared.errors import IdempotencyKeyReused, MessageNotFound, RateLimited
 from shared.gateway import Gateway, check_health
 from shared.queue import MailQueue
 from shared.sendgrid_client import SendGridClient
 from shared.settings import Settings
 from shared.status import MessageState, StatusStore
-from tests.samples import body, message
+from tests.samples import CLIENT, body, message
 
 JSON = "application/json"
+
+
+@pytest.fixture
+def client(gateway: Gateway) -> Client:
+    """A client allowed the samples' senders, in Azurite."""
+    gateway.ensure_storage()
+    created, _ = gateway.clients.create("app", ",".join(CLIENT.senders))
+    return created
 
 
 @pytest.fixture
@@ -24,6 +35,7 @@ def gateway(storage_settings: Settings) -> Iterator[Gateway]:
         MailQueue.from_settings(storage_settings),
         StatusStore.from_settings(storage_settings),
         sender,
+        ClientStore.from_settings(storage_settings),
     )
     sender.close()
 
@@ -39,9 +51,11 @@ def test_should_report_healthy_on_fresh_storage_before_any_message(gateway: Gate
     assert report.queue_depths == {gateway.queue.name: 0, gateway.queue.poison_name: 0}
 
 
-def test_should_report_the_queue_depths_once_messages_are_queued(gateway: Gateway) -> None:
-    gateway.accept(body(message()), JSON)
-    gateway.accept(body(message()), JSON)
+def test_should_report_the_queue_depths_once_messages_are_queued(
+    gateway: Gateway, client: Client
+) -> None:
+    gateway.accept(body(message()), JSON, client)
+    gateway.accept(body(message()), JSON, client)
 
     report = check_health(lambda: gateway)
 
@@ -49,32 +63,72 @@ def test_should_report_the_queue_depths_once_messages_are_queued(gateway: Gatewa
     assert report.queue_depths == {gateway.queue.name: 2, gateway.queue.poison_name: 0}
 
 
-def test_should_record_an_accepted_message_as_queued(gateway: Gateway) -> None:
-    accepted = gateway.accept(body(message()), JSON)
+def test_should_record_an_accepted_message_as_queued(gateway: Gateway, client: Client) -> None:
+    accepted = gateway.accept(body(message()), JSON, client)
 
-    status = gateway.status(accepted.id)
+    status = gateway.status(accepted.id, client)
 
     assert (status.state, status.attempts) == (MessageState.QUEUED, 0)
     assert status.to_document()["status"] == "queued"
 
 
-def test_should_not_find_a_message_nobody_submitted(gateway: Gateway) -> None:
+def test_should_not_find_a_message_nobody_submitted(gateway: Gateway, client: Client) -> None:
     gateway.ensure_storage()
 
     with pytest.raises(MessageNotFound):
-        gateway.status("5d0c6a52-7c9e-4a57-9a4e-1f1f6d3b2c10")
+        gateway.status("5d0c6a52-7c9e-4a57-9a4e-1f1f6d3b2c10", client)
 
 
 def test_should_not_find_a_message_before_the_table_exists(gateway: Gateway) -> None:
     with pytest.raises(MessageNotFound):
-        gateway.status("5d0c6a52-7c9e-4a57-9a4e-1f1f6d3b2c10")
+        gateway.status("5d0c6a52-7c9e-4a57-9a4e-1f1f6d3b2c10", CLIENT)
 
 
-def test_should_queue_a_message_once_per_idempotency_key(gateway: Gateway) -> None:
-    first = gateway.accept(body(message()), JSON, "order-42")
-    again = gateway.accept(body(message()), JSON, "order-42")
+def test_should_queue_a_message_once_per_idempotency_key(gateway: Gateway, client: Client) -> None:
+    first = gateway.accept(body(message()), JSON, client, "order-42")
+    again = gateway.accept(body(message()), JSON, client, "order-42")
 
     assert (again.id, again.replayed) == (first.id, True)
     assert gateway.queue.depths()[gateway.queue.name] == 1
     with pytest.raises(IdempotencyKeyReused):
-        gateway.accept(body(message(subject="Other")), JSON, "order-42")
+        gateway.accept(body(message(subject="Other")), JSON, client, "order-42")
+
+
+def test_should_show_a_message_only_to_the_client_that_sent_it(
+    gateway: Gateway, client: Client
+) -> None:
+    other, _ = gateway.clients.create("other", ",".join(CLIENT.senders))
+    accepted = gateway.accept(body(message()), JSON, client)
+
+    assert gateway.status(accepted.id, client).client == "app"
+    with pytest.raises(MessageNotFound):
+        gateway.status(accepted.id, other)
+
+
+def test_should_count_the_rate_in_the_table_across_gateway_instances(
+    gateway: Gateway, client: Client, storage_settings: Settings
+) -> None:
+    """Two instances, four threads each, 40 requests against a rate of 15: exactly 15 pass."""
+    second = ClientStore.from_settings(storage_settings)
+    _, key = gateway.clients.create("tiny", ",".join(CLIENT.senders), 15)
+    outcomes: list[str] = []
+
+    def send_ten(store: ClientStore) -> None:
+        for _ in range(5):
+            try:
+                store.take(store.authenticate(f"Bearer {key}"))
+                outcomes.append("ok")
+            except RateLimited:
+                outcomes.append("limited")
+
+    threads = [
+        threading.Thread(target=send_ten, args=(store,)) for store in (gateway.clients, second) * 4
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # A minute boundary in the middle would reset the count: then more than 15 pass.
+    assert outcomes.count("ok") == 15 or time.time() % 60 < 5, outcomes
+    assert len(outcomes) == 40

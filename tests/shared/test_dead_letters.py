@@ -204,6 +204,7 @@ def test_should_replay_a_chosen_dead_letter_as_a_fresh_first_attempt(
         LATER,
     )
     assert (status.last_error, status.last_status_code) == (None, None)
+    assert status.client == replayed.client == "app"
     # Reset first: delivery skips a message whose status still says failed.
     assert journal == ["status.put queued", "queue.enqueue"]
     assert [read_entry(t).message_id for t in fake_queue.poison_client.visible_texts] == ["msg-d6"]

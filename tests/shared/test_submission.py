@@ -4,11 +4,13 @@ import base64
 import json
 import logging
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
+from shared.clients import Client
 from shared.errors import (
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
@@ -21,12 +23,13 @@ from shared.errors import (
 )
 from shared.idempotency import PENDING_TIMEOUT
 from shared.models import MailRequest
-from shared.settings import Settings
+from shared.settings import Settings, sender_allowed
 from shared.status import MessageState, MessageStatus
-from shared.submission import AcceptedMessage, sender_allowed, submit_message
+from shared.submission import AcceptedMessage, submit_message
 from tests.fakes import FakeIdempotencyStore, FakeMailQueue, FakeStatusStore
 from tests.samples import (
     ACCEPTED,
+    CLIENT,
     NOW,
     REFUSED,
     Refusal,
@@ -50,6 +53,7 @@ def submit(
     keys: FakeIdempotencyStore | None = None,
     idempotency_key: str | None = None,
     now: datetime = NOW,
+    client: Client = CLIENT,
 ) -> AcceptedMessage:
     return submit_message(
         content,
@@ -60,6 +64,7 @@ def submit(
         keys=keys if keys is not None else FakeIdempotencyStore(),
         now=lambda: now,
         new_id=lambda: new_id,
+        client=client,
         idempotency_key=idempotency_key,
     )
 
@@ -585,8 +590,68 @@ def test_should_accept_any_idempotency_key_of_1_to_255_printable_characters(
 ) -> None:
     submit(body(message()), settings, fake_queue, keys=fake_keys, idempotency_key=key)
 
-    assert fake_keys.record_for(key) is not None
+    assert fake_keys.record_for(f"{CLIENT.name}:{key}") is not None
     assert len(fake_queue.messages) == 1
+
+
+def test_should_keep_each_clients_idempotency_keys_apart(
+    settings: Settings, fake_queue: FakeMailQueue, fake_keys: FakeIdempotencyStore
+) -> None:
+    other = replace(CLIENT, name="other-app")
+    first = submit(
+        body(message()),
+        settings,
+        fake_queue,
+        "application/json",
+        "m-1",
+        keys=fake_keys,
+        idempotency_key="order-7",
+    )
+    second = submit(
+        body(message()),
+        settings,
+        fake_queue,
+        "application/json",
+        "m-2",
+        keys=fake_keys,
+        idempotency_key="order-7",
+        client=other,
+    )
+
+    assert (first.replayed, second.replayed) == (False, False)
+    assert [m.id for m in fake_queue.envelopes] == ["m-1", "m-2"]
+
+
+def test_should_refuse_a_sender_the_gateway_allows_but_the_client_does_not(
+    settings: Settings, fake_queue: FakeMailQueue
+) -> None:
+    narrow = replace(CLIENT, senders=("@example.org",))
+    rejection = refused(body(message()), settings, fake_queue, client=narrow)
+
+    assert isinstance(rejection, SenderNotAllowed)
+    assert [p.pointer for p in rejection.problems] == ["#/from"]
+    assert "'app' may not send as that address" in rejection.detail
+
+
+def test_should_bound_a_clients_senders_by_allowed_senders(
+    settings: Settings, fake_queue: FakeMailQueue
+) -> None:
+    wide = replace(CLIENT, senders=("@example.com", "@elsewhere.net"))
+    rejection = refused(
+        body(message(**{"from": "me@elsewhere.net"})), settings, fake_queue, client=wide
+    )
+
+    assert "ALLOWED_SENDERS" in rejection.detail
+
+
+def test_should_record_the_submitting_client_on_the_envelope_and_the_status(
+    settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    accepted = submit(body(message()), settings, fake_queue, statuses=fake_statuses)
+
+    assert [e.client for e in fake_queue.envelopes] == ["app"]
+    status = fake_statuses.records[accepted.id]
+    assert status.client == "app"
 
 
 def test_should_check_the_message_before_the_idempotency_key(

@@ -1,0 +1,256 @@
+"""The client store on an in-memory table: keys, authentication, senders and the rate counter."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.clients import CLIENT_ROW, ClientStore, bearer_key, client_name_of
+from shared.errors import ClientError, RateLimited, StorageUnavailable, Unauthorized
+from tests.fakes import Clock, FakeTableClient, client_store
+
+# 12:00:15 on some day: 45 s left in the minute's window.
+START = 1_790_000_000 // 60 * 60 + 15.0
+
+
+@pytest.fixture
+def table() -> FakeTableClient:
+    return FakeTableClient("clients")
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(START)
+
+
+@pytest.fixture
+def store(table: FakeTableClient, clock: Clock) -> ClientStore:
+    return client_store(table, clock)
+
+
+def bearer(key: str) -> str:
+    return f"Bearer {key}"
+
+
+# ---- creating ---------------------------------------------------------------------------------
+
+
+def test_should_create_a_client_whose_key_names_it_and_is_stored_only_as_a_digest(
+    store: ClientStore, table: FakeTableClient
+) -> None:
+    client, key = store.create("billing", "noreply@example.com, @Example.org", 120)
+
+    assert key.startswith("mg_billing_")
+    assert client_name_of(key) == "billing"
+    assert (client.name, client.senders, client.rate_per_minute, client.enabled) == (
+        "billing",
+        ("noreply@example.com", "@example.org"),
+        120,
+        True,
+    )
+    row = table.rows[("billing", CLIENT_ROW)]
+    assert all(key not in str(value) for value in row.values())
+    assert row["key_digest"].startswith("sha256:")
+
+
+def test_should_make_a_different_key_every_time(store: ClientStore) -> None:
+    _, first = store.create("one", "@example.com")
+    _, second = store.create("two", "@example.com")
+
+    assert first.split("_", 2)[2] != second.split("_", 2)[2]
+
+
+def test_should_refuse_a_name_that_is_taken(store: ClientStore) -> None:
+    store.create("billing", "@example.com")
+
+    with pytest.raises(ClientError, match="'billing' exists already"):
+        store.create("billing", "@example.org")
+
+
+@pytest.mark.parametrize(
+    ("name", "senders", "rate", "complaint"),
+    [
+        ("Billing", "@example.com", 10, "client name 'Billing'"),
+        ("-billing", "@example.com", 10, "client name"),
+        ("bill_ing", "@example.com", 10, "client name"),
+        ("b" * 41, "@example.com", 10, "client name"),
+        ("billing", "", 10, "SENDERS is empty"),
+        ("billing", "example.com", 10, "SENDERS entry 'example.com'"),
+        ("billing", "@example.com", 0, "the rate must be 1 to"),
+    ],
+)
+def test_should_refuse_a_bad_client_naming_what_is_wrong(
+    store: ClientStore, table: FakeTableClient, name: str, senders: str, rate: int, complaint: str
+) -> None:
+    with pytest.raises(ClientError, match=complaint):
+        store.create(name, senders, rate)
+
+    assert table.rows == {}
+
+
+def test_should_list_clients_without_their_keys(store: ClientStore) -> None:
+    store.create("zeta", "@example.com")
+    store.create("alpha", "a@example.com", 5)
+
+    listed = [c.describe() for c in store.all()]
+
+    assert [c["name"] for c in listed] == ["alpha", "zeta"]
+    assert listed[0]["senders"] == ["a@example.com"]
+    assert all("key" not in field for c in listed for field in c)
+
+
+# ---- authenticating ---------------------------------------------------------------------------
+
+
+def test_should_authenticate_the_client_a_key_belongs_to(store: ClientStore) -> None:
+    created, key = store.create("billing", "@example.com")
+
+    assert store.authenticate(bearer(key)).name == created.name
+    assert store.authenticate(f"bearer  {key} ").name == created.name
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        "Basic dXNlcjpwYXNz",
+        "Token mg_billing_x",
+        "Bearer two words",
+    ],
+    ids=["missing", "empty", "no key", "blank key", "basic", "other scheme", "two words"],
+)
+def test_should_refuse_a_missing_or_malformed_header(
+    store: ClientStore, header: str | None
+) -> None:
+    store.create("billing", "@example.com")
+
+    with pytest.raises(Unauthorized) as caught:
+        store.authenticate(header)
+
+    assert caught.value.status == 401
+    assert caught.value.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_should_refuse_unknown_wrong_and_disabled_keys(store: ClientStore) -> None:
+    _, key = store.create("billing", "@example.com")
+    secret = key.removeprefix("mg_billing_")
+    wrong_secret = "mg_billing_" + ("A" if secret[0] != "A" else "B") + secret[1:]
+
+    for unknown in (wrong_secret, "mg_nobody_" + secret, "SG.some-sendgrid-key", "mg_billing_"):
+        with pytest.raises(Unauthorized, match="not valid"):
+            store.authenticate(bearer(unknown))
+
+    store.set_enabled("billing", False)
+    with pytest.raises(Unauthorized, match="'billing' is disabled"):
+        store.authenticate(bearer(key))
+
+    store.set_enabled("billing", True)
+    assert store.authenticate(bearer(key)).enabled
+
+
+def test_should_retire_the_old_key_when_rotating(store: ClientStore) -> None:
+    _, old = store.create("billing", "@example.com")
+
+    rotated, new = store.rotate("billing")
+
+    assert new != old
+    assert store.authenticate(bearer(new)).name == rotated.name
+    with pytest.raises(Unauthorized):
+        store.authenticate(bearer(old))
+
+
+def test_should_refuse_to_change_a_client_that_does_not_exist(store: ClientStore) -> None:
+    with pytest.raises(ClientError, match="no client named 'ghost'"):
+        store.set_enabled("ghost", False)
+    with pytest.raises(ClientError, match="no client named 'ghost'"):
+        store.rotate("ghost")
+
+
+def test_should_read_a_bearer_key() -> None:
+    assert bearer_key("Bearer mg_a_b") == "mg_a_b"
+    with pytest.raises(Unauthorized, match="Bearer <key>"):
+        bearer_key("mg_a_b")
+
+
+def test_should_check_senders_by_address_and_by_domain(store: ClientStore) -> None:
+    client, _ = store.create("billing", "noreply@example.com,@example.org")
+
+    assert client.may_send_as("NoReply@Example.com")
+    assert client.may_send_as("anyone@example.org")
+    assert not client.may_send_as("other@example.com")
+    assert not client.may_send_as("anyone@mail.example.org")
+
+
+# ---- the rate counter -------------------------------------------------------------------------
+
+
+def test_should_allow_the_rate_per_minute_then_answer_429_until_the_next_minute(
+    store: ClientStore, clock: Clock
+) -> None:
+    client, _ = store.create("billing", "@example.com", 3)
+
+    for _ in range(3):
+        client = store.take(client)
+    with pytest.raises(RateLimited) as caught:
+        store.take(client)
+
+    assert caught.value.status == 429
+    assert caught.value.retry_after_seconds == 45
+    assert caught.value.headers == {"Retry-After": "45"}
+
+    clock.now += 45
+    assert store.take(client).count == 1
+
+
+def test_should_count_in_the_table_so_every_instance_shares_the_count(
+    table: FakeTableClient, clock: Clock
+) -> None:
+    one, two = client_store(table, clock), client_store(table, clock)
+    created, key = one.create("billing", "@example.com", 4)
+
+    # Each instance authenticates (reads the row) and counts on its own copy.
+    for store in (one, two, one, two):
+        store.take(store.authenticate(bearer(key)))
+
+    with pytest.raises(RateLimited):
+        two.take(two.authenticate(bearer(key)))
+    assert table.rows[("billing", CLIENT_ROW)]["count"] == created.rate_per_minute
+
+
+def test_should_recount_when_another_instance_wrote_between_read_and_write(
+    store: ClientStore, table: FakeTableClient, clock: Clock
+) -> None:
+    _, key = store.create("billing", "@example.com", 2)
+    stale = store.authenticate(bearer(key))
+    other = client_store(table, clock)
+    table.before_update = lambda: other.take(other.authenticate(bearer(key)))
+
+    # The stale copy says 0 sent; the other instance's message makes it 1, so this is the 2nd.
+    assert store.take(stale).count == 2
+    with pytest.raises(RateLimited):
+        store.take(store.authenticate(bearer(key)))
+
+
+def test_should_refuse_a_client_disabled_while_counting(
+    store: ClientStore, table: FakeTableClient
+) -> None:
+    _, key = store.create("billing", "@example.com", 5)
+    client = store.authenticate(bearer(key))
+    table.before_update = lambda: store.set_enabled("billing", False)
+
+    with pytest.raises(Unauthorized, match="disabled"):
+        store.take(client)
+
+
+def test_should_report_storage_failures_as_storage_unavailable(
+    store: ClientStore, table: FakeTableClient
+) -> None:
+    client, key = store.create("billing", "@example.com")
+    table.make_unavailable({"get", "update"})
+
+    with pytest.raises(StorageUnavailable):
+        store.authenticate(bearer(key))
+    with pytest.raises(StorageUnavailable):
+        store.take(client)
