@@ -77,6 +77,11 @@ param mailQueueName string = 'mail-outbound'
 @description('Optional. STATUS_TABLE_NAME: the table that records each message\'s delivery status.')
 param statusTableName string = 'mailstatus'
 
+@minLength(3)
+@maxLength(63)
+@description('Optional. LARGE_MESSAGE_CONTAINER_NAME: the blob container that holds the bodies of messages too large for one queue message (claim-check) until they are sent or purged.')
+param largeMessageContainerName string = 'mail-large'
+
 @description('Optional. SENDGRID_API_BASE_URL: the SendGrid (or compatible) API, https.')
 param sendgridApiBaseUrl string = 'https://api.sendgrid.com'
 
@@ -91,9 +96,9 @@ param sendgridConnectTimeoutSeconds int = 5
 param sendgridTimeoutSeconds int = 30
 
 @minValue(1024)
-@maxValue(100000000)
-@description('Optional. MAX_REQUEST_BYTES: largest accepted request body.')
-param maxRequestBytes int = 1048576
+@maxValue(30000000)
+@description('Optional. MAX_REQUEST_BYTES: largest accepted request body; at most 30,000,000, as SendGrid refuses a message of 30 MB or more.')
+param maxRequestBytes int = 30000000
 
 @minValue(1)
 @maxValue(100)
@@ -178,6 +183,7 @@ module storage 'app/storage.bicep' = {
     deploymentContainerName: deploymentContainerName
     mailQueueName: mailQueueName
     statusTableName: statusTableName
+    largeMessageContainerName: largeMessageContainerName
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
   }
 }
@@ -213,6 +219,7 @@ module api 'app/api.bicep' = {
     allowedSenders: allowedSenders
     mailQueueName: mailQueueName
     statusTableName: statusTableName
+    largeMessageContainerName: storage.outputs.largeMessageContainerName
     sendgridApiBaseUrl: sendgridApiBaseUrl
     sendgridConnectTimeoutSeconds: sendgridConnectTimeoutSeconds
     sendgridTimeoutSeconds: sendgridTimeoutSeconds
