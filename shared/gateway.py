@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from shared.blobs import MessageBodyStore
 from shared.dead_letters import DeadLetters
 from shared.delivery import Delivery, DeliveryOutcome, MailSender
 from shared.errors import ConfigurationError, MessageNotFound, StorageUnavailable
@@ -39,6 +40,7 @@ class Gateway:
         self,
         settings: Settings,
         queue: MailQueue,
+        bodies: MessageBodyStore,
         statuses: StatusStore,
         sender: MailSender,
         *,
@@ -49,13 +51,20 @@ class Gateway:
     ) -> None:
         self.settings = settings
         self.queue = queue
+        self.bodies = bodies
         self.statuses = statuses
         self.keys = keys or IdempotencyStore(
             statuses.table, timedelta(hours=settings.idempotency_retention_hours)
         )
-        self.dead_letters = DeadLetters(queue.poison, queue, statuses, now)
+        self.dead_letters = DeadLetters(queue.poison, queue, bodies, statuses, now)
         self._delivery = Delivery(
-            sender=sender, queue=queue, statuses=statuses, settings=settings, now=now, rng=rng
+            sender=sender,
+            queue=queue,
+            bodies=bodies,
+            statuses=statuses,
+            settings=settings,
+            now=now,
+            rng=rng,
         )
         self._now = now
         self._new_id = new_id
@@ -68,6 +77,7 @@ class Gateway:
         return cls(
             settings,
             MailQueue.from_settings(settings),
+            MessageBodyStore.from_settings(settings),
             StatusStore.from_settings(settings),
             SendGridClient.from_settings(settings),
         )
@@ -82,6 +92,7 @@ class Gateway:
             content_type,
             settings=self.settings,
             queue=self.queue,
+            bodies=self.bodies,
             statuses=self.statuses,
             keys=self.keys,
             now=self._now,
@@ -102,13 +113,14 @@ class Gateway:
         return status
 
     def ensure_storage(self) -> None:
-        """Create the queues and the status table once per process."""
+        """Create the queues, the status table and the body container once per process."""
         if self._storage_ready:
             return
         with self._lock:
             if not self._storage_ready:
                 self.queue.ensure_exists()
                 self.statuses.ensure_exists()
+                self.bodies.ensure_exists()
                 self._storage_ready = True
 
 
@@ -126,7 +138,7 @@ class HealthReport:
 
 
 def check_health(gateway_factory: Callable[[], Gateway]) -> HealthReport:
-    """Check the configuration, that storage answers, and the queue depths."""
+    """Check the configuration, that storage (queues, table, blobs) answers, and queue depths."""
     try:
         gateway = gateway_factory()
     except ConfigurationError as error:
@@ -134,6 +146,7 @@ def check_health(gateway_factory: Callable[[], Gateway]) -> HealthReport:
     try:
         depths = gateway.queue.depths()
         gateway.statuses.check()
+        gateway.bodies.check()
     except StorageUnavailable as error:
         return HealthReport({"configuration": "ok", "storage": f"error: {error}"})
     return HealthReport({"configuration": "ok", "storage": "ok"}, depths)

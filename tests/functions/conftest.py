@@ -15,6 +15,7 @@ from tests.fakes import (
     FakeIdempotencyStore,
     FakeMailQueue,
     FakeMailSender,
+    FakeMessageBodyStore,
     FakeStatusStore,
     JitterAt,
 )
@@ -28,6 +29,7 @@ def gateway(
     monkeypatch: pytest.MonkeyPatch,
     settings: Settings,
     fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
     fake_statuses: FakeStatusStore,
     fake_keys: FakeIdempotencyStore,
     fake_sender: FakeMailSender,
@@ -39,6 +41,7 @@ def gateway(
     replacement = Gateway(
         settings,
         fake_queue,
+        fake_bodies,
         fake_statuses,
         fake_sender,
         now=lambda: NOW,

@@ -1,15 +1,21 @@
 from __future__ import annotations
 
+import base64
+import os
 from collections.abc import Iterator
 
 import pytest
 
+from devstack.azurite import Azurite
+from shared.blobs import MessageBodyStore
 from shared.errors import IdempotencyKeyReused, MessageNotFound
 from shared.gateway import Gateway, check_health
 from shared.queue import MailQueue
 from shared.sendgrid_client import SendGridClient
 from shared.settings import Settings
 from shared.status import MessageState, StatusStore
+from tests.fakes import FakeMailSender
+from tests.integration.conftest import base64_queue_client
 from tests.samples import body, message
 
 JSON = "application/json"
@@ -22,6 +28,7 @@ def gateway(storage_settings: Settings) -> Iterator[Gateway]:
     yield Gateway(
         storage_settings,
         MailQueue.from_settings(storage_settings),
+        MessageBodyStore.from_settings(storage_settings),
         StatusStore.from_settings(storage_settings),
         sender,
     )
@@ -78,3 +85,32 @@ def test_should_queue_a_message_once_per_idempotency_key(gateway: Gateway) -> No
     assert gateway.queue.depths()[gateway.queue.name] == 1
     with pytest.raises(IdempotencyKeyReused):
         gateway.accept(body(message(subject="Other")), JSON, "order-42")
+
+
+def test_should_carry_a_large_message_through_a_blob_and_delete_the_blob_once_sent(
+    storage_settings: Settings, azurite: Azurite
+) -> None:
+    sender = FakeMailSender("sg-large")
+    gateway = Gateway(
+        storage_settings,
+        MailQueue.from_settings(storage_settings),
+        MessageBodyStore.from_settings(storage_settings),
+        StatusStore.from_settings(storage_settings),
+        sender,
+    )
+    content = os.urandom(2 * 1024 * 1024)
+    attachment = {"filename": "big.bin", "content": base64.b64encode(content).decode()}
+
+    accepted = gateway.accept(body(message(attachments=[attachment])), JSON)
+
+    [queued] = base64_queue_client(azurite, storage_settings.mail_queue_name).receive_messages()
+    assert len(queued.content) < 200
+    assert gateway.bodies.get(f"{accepted.id}.json") is not None
+
+    outcome = gateway.deliver(queued.content.encode())
+
+    assert (outcome.result, outcome.provider_message_id) == ("sent", "sg-large")
+    [payload] = sender.payloads
+    assert base64.b64decode(payload["attachments"][0]["content"]) == content
+    assert gateway.bodies.get(f"{accepted.id}.json") is None
+    assert gateway.status(accepted.id).state is MessageState.SENT
