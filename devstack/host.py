@@ -252,16 +252,22 @@ class LocalHost:
     """The local Functions host: settings, app import, HTTP server and queue listeners."""
 
     def __init__(
-        self, app_dir: Path | str, host: str = "127.0.0.1", port: int | None = None
+        self,
+        app_dir: Path | str,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        *,
+        use_local_settings: bool = True,
     ) -> None:
         self.app_dir = Path(app_dir).resolve()
         self.host = host
         self.port = port
+        self.use_local_settings = use_local_settings
 
     async def serve(self, stop: asyncio.Event | None = None) -> bool:
         """Run until `stop` is set or SIGINT/SIGTERM; True if every invocation finished."""
         stop = stop or asyncio.Event()
-        local = read_local_settings(self.app_dir)
+        local = read_local_settings(self.app_dir) if self.use_local_settings else {}
         settings = apply_settings(local_setting_values(local), os.environ)
         host_json = read_host_json(self.app_dir)
         app = load_function_app(self.app_dir)
@@ -445,6 +451,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="port (default: local.settings.json Host.LocalHttpPort, else 7071; 0 = any free)",
     )
+    parser.add_argument(
+        "--environment-only",
+        action="store_true",
+        help="take settings from the environment alone, not local.settings.json (for tests)",
+    )
     return parser.parse_args(argv)
 
 
@@ -457,7 +468,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(HostError):
             host_settings = read_local_settings(Path(args.app_dir)).get("Host") or {}
             port = host_settings.get("LocalHttpPort")
-    host = LocalHost(args.app_dir, args.host, None if port is None else int(port))
+    host = LocalHost(
+        args.app_dir,
+        args.host,
+        None if port is None else int(port),
+        use_local_settings=not args.environment_only,
+    )
     try:
         asyncio.run(host.serve())
     except HostError as exc:

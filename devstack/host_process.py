@@ -58,6 +58,8 @@ class LocalHostProcess:
                 str(self._app_dir),
                 "--port",
                 str(self.port),
+                # The given settings alone: a developer's local.settings.json must not leak in.
+                "--environment-only",
             ],
             log_path=self._log_dir / f"{self._log_name}-{len(self._runs) + 1}.log",
             cwd=REPO,

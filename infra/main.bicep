@@ -82,6 +82,9 @@ param statusTableName string = 'mailstatus'
 @description('Optional. CLIENT_TABLE_NAME: the table of clients (apps allowed to send), their key digests and rate counters.')
 param clientTableName string = 'mailclients'
 
+@description('Optional. LARGE_MESSAGE_CONTAINER_NAME: the blob container that holds the bodies of messages too large for one queue message (claim-check) until they are sent or purged.')
+param largeMessageContainerName string = 'mail-large'
+
 @description('Optional. SENDGRID_API_BASE_URL: the SendGrid (or compatible) API, https.')
 param sendgridApiBaseUrl string = 'https://api.sendgrid.com'
 
@@ -96,9 +99,9 @@ param sendgridConnectTimeoutSeconds int = 5
 param sendgridTimeoutSeconds int = 30
 
 @minValue(1024)
-@maxValue(100000000)
-@description('Optional. MAX_REQUEST_BYTES: largest accepted request body.')
-param maxRequestBytes int = 1048576
+@maxValue(30000000)
+@description('Optional. MAX_REQUEST_BYTES: largest accepted request body; at most 30,000,000, as SendGrid refuses a message of 30 MB or more.')
+param maxRequestBytes int = 30000000
 
 @minValue(1)
 @maxValue(100)
@@ -184,6 +187,7 @@ module storage 'app/storage.bicep' = {
     mailQueueName: mailQueueName
     statusTableName: statusTableName
     clientTableName: clientTableName
+    largeMessageContainerName: largeMessageContainerName
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
   }
 }
@@ -220,6 +224,7 @@ module api 'app/api.bicep' = {
     mailQueueName: mailQueueName
     statusTableName: statusTableName
     clientTableName: clientTableName
+    largeMessageContainerName: storage.outputs.largeMessageContainerName
     sendgridApiBaseUrl: sendgridApiBaseUrl
     sendgridConnectTimeoutSeconds: sendgridConnectTimeoutSeconds
     sendgridTimeoutSeconds: sendgridTimeoutSeconds

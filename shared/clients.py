@@ -255,6 +255,8 @@ class ClientStore:
         """
         with self._lock_for(client.name):
             counter = self._counters.get(client.name, client)
+            if counter.etag is None:  # not read from the table: nothing to write against
+                counter = self._reread(client.name)
             for attempt in range(1, RATE_WRITE_ATTEMPTS + 1):
                 now = self._clock()
                 window = int(now // WINDOW_SECONDS)

@@ -13,10 +13,11 @@ from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.storage.queue import QueueClient, QueueMessage
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from shared.blobs import MessageBodyStore
 from shared.errors import FieldProblem, InvalidMessage, StorageUnavailable
 from shared.models import QueueEnvelope, field_problems
 from shared.queue import MailQueue
-from shared.status import MessageState, MessageStatus, StatusStore
+from shared.status import FINAL_STATES, MessageState, MessageStatus, StatusStore
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +36,14 @@ class DeadLetterEntry:
     dead_lettered_at: datetime | None
     envelope: QueueEnvelope | None = field(repr=False)
 
+    @property
+    def blob(self) -> str | None:
+        """The blob that holds the message's body, when it is too large for a queue message."""
+        return self.envelope.blob if self.envelope is not None else None
+
     def to_document(self) -> dict[str, Any]:
         """The entry as the admin API and the operator command show it."""
-        return {
+        document: dict[str, Any] = {
             "id": self.message_id,
             "reason": self.reason,
             "attempts": self.attempts,
@@ -46,6 +52,9 @@ class DeadLetterEntry:
             else None,
             "replayable": self.envelope is not None,
         }
+        if self.blob is not None:
+            document["blob"] = self.blob
+        return document
 
 
 @dataclass
@@ -89,11 +98,13 @@ class DeadLetters:
         self,
         poison: QueueClient,
         queue: MailQueue,
+        bodies: MessageBodyStore,
         statuses: StatusStore,
         now: Callable[[], datetime],
     ) -> None:
         self._poison = poison
         self._queue = queue
+        self._bodies = bodies
         self._statuses = statuses
         self._now = now
 
@@ -108,7 +119,8 @@ class DeadLetters:
     def replay(self, ids: Collection[str] | None) -> ReplayReport:
         """Re-enqueue the chosen messages (None = all) as new: same id, attempts reset.
 
-        A message leaves the poison queue only after its copy is on the mail queue.
+        A message leaves the poison queue only after its copy is on the mail queue. A body kept
+        in a blob stays there: the copy names the same blob.
         """
         report = ReplayReport()
         for message in self._hold_all():
@@ -142,17 +154,48 @@ class DeadLetters:
             )
 
     def purge(self, ids: Collection[str] | None) -> ReplayReport:
-        """Delete the chosen dead letters (None = all) for good; see confirm_purge."""
+        """Delete the chosen dead letters (None = all) for good, and their bodies' blobs.
+
+        See confirm_purge. A blob stays while a replayed copy of its message may still need it.
+        """
         report = ReplayReport()
+        purged_blobs: dict[str, str] = {}  # blob name: message id, once for all its copies
         for message in self._hold_all():
             entry = read_entry(message.content)
             if _chosen(entry, ids):
                 self._delete(message)
                 report.done.append(entry.message_id or message.id)
+                if entry.envelope is not None and entry.envelope.blob is not None:
+                    purged_blobs[entry.envelope.blob] = entry.envelope.id
             else:
                 self._release(message)
+        for blob, message_id in purged_blobs.items():
+            self._delete_body(message_id, blob)
         report.not_found = sorted(set(ids or ()) - set(report.done))
         return report
+
+    def _delete_body(self, message_id: str, blob: str) -> None:
+        try:
+            # A replayed copy of the message may be on the mail queue (or retrying) and need it.
+            status = self._statuses.get(message_id)
+            if status is not None and status.state not in FINAL_STATES:
+                logger.info(
+                    "Dead letter %s purged; its body, blob %s, stays for the message's live copy",
+                    message_id,
+                    blob,
+                    extra={"mailgate_id": message_id},
+                )
+                return
+            self._bodies.delete(blob)
+        except StorageUnavailable as error:
+            # The dead letter is gone already; a leftover blob costs only its space.
+            logger.warning(
+                "Dead letter %s purged but its body, blob %s, was not deleted: %s",
+                message_id,
+                blob,
+                error,
+                extra={"mailgate_id": message_id},
+            )
 
     def _replay_one(self, envelope: QueueEnvelope) -> None:
         now = self._now()

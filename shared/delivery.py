@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
+from shared.blobs import MessageBodyStore
 from shared.errors import (
     DeliveryError,
     DeliveryInProgress,
@@ -28,7 +29,7 @@ from shared.errors import (
     RetryableDeliveryError,
     StorageUnavailable,
 )
-from shared.models import DeadLetter, QueueEnvelope
+from shared.models import DeadLetter, QueueEnvelope, StoredBody
 from shared.queue import MailQueue
 from shared.sendgrid_client import build_payload
 from shared.settings import MAX_RETRY_DELAY_SECONDS, Settings
@@ -85,6 +86,7 @@ class Delivery:
         *,
         sender: MailSender,
         queue: MailQueue,
+        bodies: MessageBodyStore,
         statuses: StatusStore,
         settings: Settings,
         now: Callable[[], datetime],
@@ -92,6 +94,7 @@ class Delivery:
     ) -> None:
         self._sender = sender
         self._queue = queue
+        self._bodies = bodies
         self._statuses = statuses
         self._settings = settings
         self._now = now
@@ -118,12 +121,21 @@ class Delivery:
         skip = self._reason_to_skip(envelope, status)
         if skip is not None:
             logger.info("Message %s not sent again: %s", envelope.id, skip, extra=_ids(envelope))
+            if status.state is MessageState.SENT:
+                # A copy that outlived the send (a replay, a lost delete) may find the body
+                # still there if the delete after the send failed.
+                self._delete_body(envelope)
             return DeliveryOutcome("skipped", envelope.id, envelope.attempt, reason=skip)
+        # Read before the claim, so that a storage failure here leaves nothing to wait out.
+        loaded = self._load_body(envelope)
         status = self._statuses.claim(
             status.moved(MessageState.SENDING, self._now(), attempts=envelope.attempt)
         )
+        if isinstance(loaded, PermanentDeliveryError):
+            # The claim went through, so nobody sent it meanwhile (and deleted the body then).
+            return self._dead_letter(envelope, status, loaded, loaded.reason)
         try:
-            provider_id = self._sender.send(build_payload(envelope))
+            provider_id = self._sender.send(build_payload(loaded))
         except PermanentDeliveryError as error:
             return self._dead_letter(envelope, status, error, error.reason)
         except RetryableDeliveryError as error:
@@ -131,8 +143,11 @@ class Delivery:
                 reason = f"gave up after {envelope.attempt} attempt(s): {error.reason}"
                 return self._dead_letter(envelope, status, error, reason)
             return self._schedule_retry(envelope, status, error)
-        self._record_sent(status, provider_id)
-        domains = envelope.recipient_domains()
+        if self._record_sent(status, provider_id):
+            # Only once `sent` is recorded: were the record still `sending`, a later copy must
+            # still find the body to send (the documented duplicate) rather than fail for good.
+            self._delete_body(envelope)
+        domains = loaded.recipient_domains()
         logger.info(
             "Message %s sent on attempt %s to %s recipient domain(s) %s, SendGrid id %s",
             envelope.id,
@@ -163,7 +178,50 @@ class Delivery:
             )
         return None
 
-    def _record_sent(self, status: MessageStatus, provider_id: str | None) -> None:
+    def _load_body(self, envelope: QueueEnvelope) -> QueueEnvelope | PermanentDeliveryError:
+        """The envelope with its body in it, read from its blob if it has one.
+
+        A blob that is missing or unreadable is an error no retry can fix, returned for the
+        caller to dead-letter. Raises StorageUnavailable when the blob cannot be read now: the
+        message then waits on the queue.
+        """
+        if envelope.blob is None:
+            return envelope
+        content = self._bodies.get(envelope.blob)
+        if content is None:
+            return PermanentDeliveryError(
+                f"its body, blob {envelope.blob}, is missing: there is nothing to send"
+            )
+        try:
+            stored = StoredBody.model_validate_json(content)
+        except ValidationError as error:
+            return PermanentDeliveryError(
+                f"its body, blob {envelope.blob}, is not a mailgate message body: "
+                + _problems(error)
+            )
+        if stored.id != envelope.id:
+            return PermanentDeliveryError(
+                f"its body, blob {envelope.blob}, belongs to message {stored.id}"
+            )
+        return envelope.with_body(stored)
+
+    def _delete_body(self, envelope: QueueEnvelope) -> None:
+        if envelope.blob is None:
+            return
+        try:
+            self._bodies.delete(envelope.blob)
+        except StorageUnavailable as error:
+            # A leftover blob costs only its space; raising would have the host try again.
+            logger.warning(
+                "Message %s: its body, blob %s, was not deleted: %s",
+                envelope.id,
+                envelope.blob,
+                error,
+                extra=_ids(envelope),
+            )
+
+    def _record_sent(self, status: MessageStatus, provider_id: str | None) -> bool:
+        """Write `sent`, retrying in place; False if it could not be recorded."""
         sent = status.moved(
             MessageState.SENT,
             self._now(),
@@ -175,7 +233,7 @@ class Delivery:
         for attempt in range(1, SENT_WRITE_ATTEMPTS + 1):
             try:
                 self._statuses.put(sent)
-                return
+                return True
             except StorageUnavailable as error:
                 if attempt == SENT_WRITE_ATTEMPTS:
                     # Raising would have the host send it again: keep the mail single instead.
@@ -185,8 +243,9 @@ class Delivery:
                         error,
                         extra={"mailgate_id": status.id},
                     )
-                    return
+                    return False
                 time.sleep(SENT_WRITE_PAUSE_SECONDS * attempt)
+        return False
 
     def _schedule_retry(
         self, envelope: QueueEnvelope, status: MessageStatus, error: RetryableDeliveryError
@@ -271,9 +330,7 @@ class Delivery:
         return DeliveryOutcome("dead_lettered", envelope.id, envelope.attempt, reason=reason)
 
     def _dead_letter_unreadable(self, body: bytes, error: ValidationError) -> DeliveryOutcome:
-        reason = f"not a mailgate envelope: {error.error_count()} problem(s), first at " + (
-            ".".join(str(p) for p in error.errors()[0]["loc"]) or "the top level"
-        )
+        reason = "not a mailgate envelope: " + _problems(error)
         record = DeadLetter(reason=reason, attempts=1, at=self._now())
         self._queue.dead_letter(
             json.dumps(
@@ -295,6 +352,13 @@ def _first_status(envelope: QueueEnvelope) -> MessageStatus:
         accepted_at=envelope.accepted_at,
         updated_at=envelope.accepted_at,
         client=envelope.client,
+    )
+
+
+def _problems(error: ValidationError) -> str:
+    """How many problems and where the first is, without the values (they may be mail)."""
+    return f"{error.error_count()} problem(s), first at " + (
+        ".".join(str(p) for p in error.errors()[0]["loc"]) or "the top level"
     )
 
 

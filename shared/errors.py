@@ -8,7 +8,7 @@
     │   ├── SenderNotAllowed            403: `from` is outside the client's or gateway's senders
     │   ├── MessageNotFound             404: no message has that id
     │   ├── IdempotencyKeyInUse         409: a request with this key is still being accepted
-    │   ├── PayloadTooLarge             413: the body or the queued message is too large
+    │   ├── PayloadTooLarge             413: the body is over MAX_REQUEST_BYTES
     │   ├── UnsupportedMediaType        415: the body is not JSON
     │   ├── IdempotencyKeyReused        422: this key came with a different body
     │   └── RateLimited                 429: the client is over its messages per minute
@@ -84,7 +84,7 @@ class SenderNotAllowed(RequestRejected):
 
 
 class PayloadTooLarge(RequestRejected):
-    """The body, or the message built from it, is too large."""
+    """The request body is larger than the gateway accepts (MAX_REQUEST_BYTES)."""
 
     status = 413
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from shared.blobs import MessageBodyStore
 from shared.clients import Client, ClientStore
 from shared.dead_letters import DeadLetters
 from shared.delivery import Delivery, DeliveryOutcome, MailSender
@@ -40,6 +41,7 @@ class Gateway:
         self,
         settings: Settings,
         queue: MailQueue,
+        bodies: MessageBodyStore,
         statuses: StatusStore,
         sender: MailSender,
         clients: ClientStore,
@@ -51,14 +53,21 @@ class Gateway:
     ) -> None:
         self.settings = settings
         self.queue = queue
+        self.bodies = bodies
         self.statuses = statuses
         self.keys = keys or IdempotencyStore(
             statuses.table, timedelta(hours=settings.idempotency_retention_hours)
         )
         self.clients = clients
-        self.dead_letters = DeadLetters(queue.poison, queue, statuses, now)
+        self.dead_letters = DeadLetters(queue.poison, queue, bodies, statuses, now)
         self._delivery = Delivery(
-            sender=sender, queue=queue, statuses=statuses, settings=settings, now=now, rng=rng
+            sender=sender,
+            queue=queue,
+            bodies=bodies,
+            statuses=statuses,
+            settings=settings,
+            now=now,
+            rng=rng,
         )
         self._now = now
         self._new_id = new_id
@@ -71,6 +80,7 @@ class Gateway:
         return cls(
             settings,
             MailQueue.from_settings(settings),
+            MessageBodyStore.from_settings(settings),
             StatusStore.from_settings(settings),
             SendGridClient.from_settings(settings),
             ClientStore.from_settings(settings),
@@ -96,6 +106,7 @@ class Gateway:
             content_type,
             settings=self.settings,
             queue=self.queue,
+            bodies=self.bodies,
             statuses=self.statuses,
             keys=self.keys,
             now=self._now,
@@ -118,7 +129,7 @@ class Gateway:
         return status
 
     def ensure_storage(self) -> None:
-        """Create the queues and the status table once per process."""
+        """Create the queues, the status table and the body container once per process."""
         if self._storage_ready:
             return
         with self._lock:
@@ -126,6 +137,7 @@ class Gateway:
                 self.queue.ensure_exists()
                 self.statuses.ensure_exists()
                 self.clients.ensure_exists()
+                self.bodies.ensure_exists()
                 self._storage_ready = True
 
 
@@ -143,7 +155,7 @@ class HealthReport:
 
 
 def check_health(gateway_factory: Callable[[], Gateway]) -> HealthReport:
-    """Check the configuration, that storage answers, and the queue depths."""
+    """Check the configuration, that storage (queues, table, blobs) answers, and queue depths."""
     try:
         gateway = gateway_factory()
     except ConfigurationError as error:
@@ -151,6 +163,7 @@ def check_health(gateway_factory: Callable[[], Gateway]) -> HealthReport:
     try:
         depths = gateway.queue.depths()
         gateway.statuses.check()
+        gateway.bodies.check()
     except StorageUnavailable as error:
         return HealthReport({"configuration": "ok", "storage": f"error: {error}"})
     return HealthReport({"configuration": "ok", "storage": "ok"}, depths)

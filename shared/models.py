@@ -290,6 +290,44 @@ class QueueEnvelope(BaseModel):
         """The envelope as the compact JSON text that goes on the queue."""
         return self.model_dump_json(by_alias=True, exclude_none=True)
 
+    def claim_checked(self, blob: str) -> tuple[QueueEnvelope, StoredBody]:
+        """This envelope split in two: a small one naming `blob`, and the body to store there."""
+        if self.blob is not None:
+            raise ValueError(f"envelope {self.id} already keeps its body in blob {self.blob}")
+        body = StoredBody(id=self.id, message=self.message, sendgrid=self.sendgrid)
+        # model_copy skips validation: the body was validated once, on accept.
+        return self.model_copy(update={"message": None, "sendgrid": None, "blob": blob}), body
+
+    def with_body(self, body: StoredBody) -> QueueEnvelope:
+        """The envelope with the body from its blob in place of the blob's name."""
+        if body.id != self.id:
+            raise ValueError(f"blob {self.blob} holds the body of {body.id}, not of {self.id}")
+        return self.model_copy(
+            update={"blob": None, "message": body.message, "sendgrid": body.sendgrid}
+        )
+
+
+class StoredBody(BaseModel):
+    """A claim-checked message's body as its blob holds it: versioned, human-readable JSON."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1] = 1
+    # The message the body belongs to, so that a blob read on its own says whose it is.
+    id: str = Field(min_length=1, max_length=MAX_MESSAGE_ID_LENGTH)
+    message: MailRequest | None = None
+    sendgrid: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _carries_one_body(self) -> StoredBody:
+        if (self.message is None) == (self.sendgrid is None):
+            raise ValueError("a stored body is exactly one of message or sendgrid")
+        return self
+
+    def to_json(self) -> bytes:
+        """The body as the compact UTF-8 JSON that goes into the blob."""
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
 
 def field_problems(error: ValidationError) -> tuple[FieldProblem, ...]:
     """Translate a pydantic error into one problem per offending field, located by JSON Pointer."""

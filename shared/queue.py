@@ -55,13 +55,13 @@ def storage_transport() -> RequestsTransport:
     )
 
 
+# Fail within seconds when storage is down, so callers get a prompt 503; the SDK's default
+# retry waits 15 s and more between tries. The arguments of each storage SDK's LinearRetry.
+PROMPT_RETRY: dict[str, Any] = {"backoff": 1, "random_jitter_range": 1, "retry_total": 2}
+
+
 def _client_options() -> dict[str, Any]:
-    return {
-        # Fail within seconds when storage is down, so callers get a prompt 503; the SDK's
-        # default retry waits 15 s and more between tries.
-        "retry_policy": LinearRetry(backoff=1, random_jitter_range=1, retry_total=2),
-        "transport": storage_transport(),
-    }
+    return {"retry_policy": LinearRetry(**PROMPT_RETRY), "transport": storage_transport()}
 
 
 class MailQueue:
@@ -107,7 +107,7 @@ class MailQueue:
             except ResourceNotFoundError:
                 depths[client.queue_name] = 0
             except AzureError as error:
-                raise StorageUnavailable(f"queue {client.queue_name}: {_summary(error)}") from error
+                raise StorageUnavailable(f"queue {client.queue_name}: {summary(error)}") from error
         return depths
 
     def ensure_exists(self) -> None:
@@ -125,7 +125,7 @@ class MailQueue:
         try:
             self._mail.get_queue_properties()
         except AzureError as error:
-            raise StorageUnavailable(f"queue {self._mail.queue_name}: {_summary(error)}") from error
+            raise StorageUnavailable(f"queue {self._mail.queue_name}: {summary(error)}") from error
 
     def enqueue(self, envelope: QueueEnvelope, *, delay_seconds: int = 0) -> None:
         """Put an envelope on the mail queue, visible after `delay_seconds`; it never expires."""
@@ -147,7 +147,7 @@ class MailQueue:
         try:
             client.send_message(text, **options)
         except AzureError as error:
-            raise StorageUnavailable(f"queue {client.queue_name}: {_summary(error)}") from error
+            raise StorageUnavailable(f"queue {client.queue_name}: {summary(error)}") from error
 
 
 def _service_client(storage: StorageSettings) -> QueueServiceClient:
@@ -192,5 +192,6 @@ def _queue_client(
     )
 
 
-def _summary(error: AzureError) -> str:
+def summary(error: AzureError) -> str:
+    """The error's type and the first line of its message: enough for a log or a 503."""
     return type(error).__name__ + ": " + str(error.message or error).splitlines()[0][:200]

@@ -14,8 +14,11 @@ STORAGE_CONNECTION = "AzureWebJobsStorage"
 DEFAULT_MAIL_QUEUE_NAME = "mail-outbound"
 DEFAULT_STATUS_TABLE_NAME = "mailstatus"
 DEFAULT_CLIENT_TABLE_NAME = "mailclients"
+DEFAULT_LARGE_MESSAGE_CONTAINER_NAME = "mail-large"
 DEFAULT_SENDGRID_API_BASE_URL = "https://api.sendgrid.com"
-DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
+# SendGrid refuses a message of 30 MB or more in total; a larger request could never be sent.
+MAX_REQUEST_BYTES_LIMIT = 30_000_000
+DEFAULT_MAX_REQUEST_BYTES = MAX_REQUEST_BYTES_LIMIT
 # The queue keeps at most 7 days of visibility delay.
 MAX_RETRY_DELAY_SECONDS = 7 * 24 * 3600
 
@@ -24,6 +27,8 @@ _QUEUE_NAME = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,54}[a-z0-9]$")
 # An address (local@domain) or an @domain, one of each, without separators or spaces.
 _SENDER_ENTRY = re.compile(r"^[^@\s,;]*@[^@\s,;]+\.[^@\s,;]+$")
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
+# 3-63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit.
+_CONTAINER_NAME = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
@@ -34,6 +39,7 @@ class StorageSettings:
     connection_string: str | None = field(default=None, repr=False)
     queue_service_uri: str | None = None
     table_service_uri: str | None = None
+    blob_service_uri: str | None = None
     credential: str | None = None
     client_id: str | None = None
 
@@ -48,6 +54,7 @@ class Settings:
     mail_queue_name: str = DEFAULT_MAIL_QUEUE_NAME
     status_table_name: str = DEFAULT_STATUS_TABLE_NAME
     client_table_name: str = DEFAULT_CLIENT_TABLE_NAME
+    large_message_container_name: str = DEFAULT_LARGE_MESSAGE_CONTAINER_NAME
     idempotency_retention_hours: float = 24.0
     sendgrid_api_base_url: str = DEFAULT_SENDGRID_API_BASE_URL
     sendgrid_connect_timeout_seconds: float = 5.0
@@ -77,6 +84,9 @@ class Settings:
             client_table_name=_table_name(
                 "CLIENT_TABLE_NAME", reader.text("CLIENT_TABLE_NAME") or DEFAULT_CLIENT_TABLE_NAME
             ),
+            large_message_container_name=_container_name(
+                reader.text("LARGE_MESSAGE_CONTAINER_NAME") or DEFAULT_LARGE_MESSAGE_CONTAINER_NAME
+            ),
             idempotency_retention_hours=reader.number(
                 "IDEMPOTENCY_RETENTION_HOURS", 24.0, minimum=1 / 60, maximum=24 * 30
             ),
@@ -91,7 +101,10 @@ class Settings:
             ),
             max_request_bytes=int(
                 reader.number(
-                    "MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES, minimum=1024, maximum=100e6
+                    "MAX_REQUEST_BYTES",
+                    DEFAULT_MAX_REQUEST_BYTES,
+                    minimum=1024,
+                    maximum=MAX_REQUEST_BYTES_LIMIT,
                 )
             ),
             max_delivery_attempts=int(
@@ -167,26 +180,35 @@ def _storage_settings(reader: _Reader) -> StorageSettings:
     account = reader.text(prefix + "accountName")
     queue_uri: str | None
     table_uri: str | None
+    blob_uri: str | None
     if account:
         queue_uri = f"https://{account}.queue.core.windows.net"
         table_uri = f"https://{account}.table.core.windows.net"
+        blob_uri = f"https://{account}.blob.core.windows.net"
     else:
         queue_uri = reader.text(prefix + "queueServiceUri") or reader.text(prefix + "serviceUri")
         table_uri = reader.text(prefix + "tableServiceUri")
+        blob_uri = reader.text(prefix + "blobServiceUri")
     if not queue_uri:
         raise ConfigurationError(
             f"{STORAGE_CONNECTION} is not set: give a connection string, or "
-            f"{prefix}accountName (or {prefix}queueServiceUri and {prefix}tableServiceUri) "
-            "for an identity-based connection"
+            f"{prefix}accountName (or {prefix}queueServiceUri, {prefix}tableServiceUri and "
+            f"{prefix}blobServiceUri) for an identity-based connection"
         )
     if not table_uri:
         raise ConfigurationError(
             f"{prefix}tableServiceUri is required with {prefix}queueServiceUri: "
             "message status lives in Table storage"
         )
+    if not blob_uri:
+        raise ConfigurationError(
+            f"{prefix}blobServiceUri is required with {prefix}queueServiceUri: "
+            "messages too large for one queue message are kept in Blob storage"
+        )
     return StorageSettings(
         queue_service_uri=queue_uri,
         table_service_uri=table_uri,
+        blob_service_uri=blob_uri,
         credential=reader.text(prefix + "credential"),
         client_id=reader.text(prefix + "clientId"),
     )
@@ -195,8 +217,18 @@ def _storage_settings(reader: _Reader) -> StorageSettings:
 def _check_connection_string(connection_string: str) -> None:
     pairs = dict(part.split("=", 1) for part in connection_string.split(";") if "=" in part.strip())
     keys = {key.strip().lower() for key in pairs}
-    if "usedevelopmentstorage" in keys or "queueendpoint" in keys or "accountname" in keys:
+    if "usedevelopmentstorage" in keys or "accountname" in keys:
         return
+    if "queueendpoint" in keys:
+        # Without an account name the clients know only the endpoints given: the gateway uses
+        # all three services.
+        missing = [e for e in ("TableEndpoint", "BlobEndpoint") if e.lower() not in keys]
+        if not missing:
+            return
+        raise ConfigurationError(
+            f"{STORAGE_CONNECTION} gives QueueEndpoint but not {' or '.join(missing)}: status "
+            "records live in Table storage and large messages in Blob storage"
+        )
     raise ConfigurationError(
         f"{STORAGE_CONNECTION} is not a storage connection string: it needs AccountName, "
         "QueueEndpoint or UseDevelopmentStorage=true"
@@ -246,6 +278,16 @@ def _table_name(setting: str, name: str) -> str:
         raise ConfigurationError(
             f"{setting} {name!r} is not a valid table name: 3-63 letters and digits, "
             "starting with a letter"
+        )
+    return name
+
+
+def _container_name(name: str) -> str:
+    if not _CONTAINER_NAME.match(name):
+        raise ConfigurationError(
+            f"LARGE_MESSAGE_CONTAINER_NAME {name!r} is not a valid blob container name: 3-63 "
+            "lowercase letters, digits and single hyphens, starting and ending with a letter or "
+            "digit"
         )
     return name
 

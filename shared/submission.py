@@ -10,6 +10,7 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
+from shared.blobs import MessageBodyStore, body_blob_name
 from shared.clients import Client
 from shared.errors import (
     FieldProblem,
@@ -28,7 +29,8 @@ from shared.status import MessageState, MessageStatus, StatusStore
 logger = logging.getLogger(__name__)
 
 # A queue message holds 64 KiB of base64, so 48 KiB of JSON; keep 4 KiB of that free for
-# the reason a dead letter adds to the same envelope.
+# the reason a dead letter adds to the same envelope. A larger envelope is claim-checked: its
+# body goes to a blob and the queue message names it.
 MAX_QUEUED_JSON_BYTES = 48 * 1024 - 4 * 1024
 
 
@@ -48,6 +50,7 @@ def submit_message(
     *,
     settings: Settings,
     queue: MailQueue,
+    bodies: MessageBodyStore,
     statuses: StatusStore,
     keys: IdempotencyStore,
     now: Callable[[], datetime],
@@ -57,7 +60,8 @@ def submit_message(
 ) -> AcceptedMessage:
     """Validate a request and enqueue it; raise RequestRejected or StorageUnavailable.
 
-    The answer comes only after the enqueue succeeded. The status record is written after the
+    The answer comes only after the enqueue (and, for a message too large for one queue
+    message, the write of its body's blob) succeeded. The status record is written after the
     enqueue, so a failed enqueue leaves no record claiming the message was queued.
     """
     if not _is_json(content_type):
@@ -81,7 +85,6 @@ def submit_message(
     envelope = QueueEnvelope(
         id=new_id(), accepted_at=accepted_at, client=client.name, message=request
     )
-    _check_fits_queue(envelope, request)
     claim = None
     if idempotency_key is not None:
         # Keys are the client's own: two apps using the same key never collide.
@@ -91,7 +94,7 @@ def submit_message(
             return AcceptedMessage(claim.record.message_id, replayed=True)
         envelope = envelope.model_copy(update={"id": claim.record.message_id})
     try:
-        queue.enqueue(envelope)
+        envelope = _enqueue(envelope, queue, bodies)
     except StorageUnavailable:
         if claim is not None:
             with contextlib.suppress(StorageUnavailable):
@@ -106,13 +109,45 @@ def submit_message(
             logger.warning("Message %s: idempotency key not completed: %s", envelope.id, error)
     domains = request.recipient_domains()
     logger.info(
-        "Message %s queued for %s recipient domain(s) %s",
+        "Message %s queued for %s recipient domain(s) %s%s",
         envelope.id,
         len(domains),
         ",".join(domains),
+        f", its body in blob {envelope.blob}" if envelope.blob else "",
         extra={"mailgate_id": envelope.id},
     )
     return AcceptedMessage(envelope.id)
+
+
+def _enqueue(envelope: QueueEnvelope, queue: MailQueue, bodies: MessageBodyStore) -> QueueEnvelope:
+    """Queue the envelope, or its body in a blob and a reference to it; return what was queued.
+
+    The blob is written before the reference is queued, so no queued message ever points at a
+    body that is not there yet; a failed enqueue takes the blob back.
+    """
+    size = len(envelope.to_json().encode())
+    if size <= MAX_QUEUED_JSON_BYTES:
+        queue.enqueue(envelope)
+        return envelope
+    blob = body_blob_name(envelope.id)
+    small, body = envelope.claim_checked(blob)
+    bodies.put(blob, body.to_json())
+    try:
+        queue.enqueue(small)
+    except StorageUnavailable:
+        try:
+            bodies.delete(blob)
+        except StorageUnavailable as error:
+            # Harmless but for the space it takes: nothing refers to it.
+            logger.warning(
+                "Message %s not queued; its body stays in blob %s: %s",
+                envelope.id,
+                blob,
+                error,
+                extra={"mailgate_id": envelope.id},
+            )
+        raise
+    return small
 
 
 def _record_queued(envelope: QueueEnvelope, statuses: StatusStore) -> None:
@@ -142,17 +177,6 @@ def _check_sender(address: str, client: Client, settings: Settings) -> None:
         raise SenderNotAllowed(
             f"the client {client.name!r} may not send as that address (its senders)",
             (FieldProblem("#/from", "is not one of the client's senders"),),
-        )
-
-
-def _check_fits_queue(envelope: QueueEnvelope, request: MailRequest) -> None:
-    size = len(envelope.to_json().encode())
-    if size > MAX_QUEUED_JSON_BYTES:
-        pointer = "#/attachments" if request.attachments else "#"
-        raise PayloadTooLarge(
-            f"the message takes {size} bytes queued; one queue message holds at most "
-            f"{MAX_QUEUED_JSON_BYTES}. Large attachments are not supported yet: send smaller ones",
-            (FieldProblem(pointer, "makes the message too large for one queue message"),),
         )
 
 

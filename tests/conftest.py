@@ -9,6 +9,7 @@ from tests.fakes import (
     FakeIdempotencyStore,
     FakeMailQueue,
     FakeMailSender,
+    FakeMessageBodyStore,
     FakeStatusStore,
     Journal,
 )
@@ -31,6 +32,12 @@ def journal() -> Journal:
 def fake_queue(journal: Journal) -> FakeMailQueue:
     """An empty in-memory mail queue and poison queue that answer every call."""
     return FakeMailQueue(journal=journal)
+
+
+@pytest.fixture
+def fake_bodies(journal: Journal) -> FakeMessageBodyStore:
+    """An empty in-memory blob container for message bodies that answers every call."""
+    return FakeMessageBodyStore(journal=journal)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""In-memory stand-ins for the gateway's outside world: queues, status and key stores, provider.
+"""In-memory stand-ins for the gateway's outside world: queues, stores and the provider.
 
 The queue and store fakes subclass the real classes only so that the type checker accepts them
 wherever the code takes one; no Azure client is created. Each can be told to fail an operation
@@ -25,6 +25,7 @@ from azure.core.exceptions import (
 from azure.data.tables import TableClient, TableEntity, UpdateMode
 from azure.storage.queue import QueueClient, QueueMessage, QueueProperties
 
+from shared.blobs import MessageBodyStore
 from shared.clients import ClientStore
 from shared.errors import (
     ConcurrentUpdate,
@@ -34,13 +35,14 @@ from shared.errors import (
     StorageUnavailable,
 )
 from shared.idempotency import PENDING_TIMEOUT, IdempotencyStore, KeyClaim, KeyRecord, digest
-from shared.models import QueueEnvelope
+from shared.models import QueueEnvelope, StoredBody
 from shared.queue import MailQueue
 from shared.status import MessageStatus, StatusStore
 
 QUEUE_OPERATIONS = frozenset({"enqueue", "dead_letter", "ensure_exists", "check", "depths"})
 STATUS_OPERATIONS = frozenset({"get", "create", "claim", "put", "check", "ensure_exists"})
 KEY_OPERATIONS = frozenset({"claim", "complete", "release"})
+BODY_OPERATIONS = frozenset({"put", "get", "delete", "ensure_exists", "check"})
 
 
 class Journal(list[str]):
@@ -402,6 +404,48 @@ class FakeStatusStore(_OutageControls, StatusStore):
         self._outage.check("put")
         self.journal.append(f"status.put {status.state.value}")
         return self.add(status)
+
+
+class FakeMessageBodyStore(_OutageControls, MessageBodyStore):
+    """Message bodies in memory, by blob name, as the blob container keeps them."""
+
+    def __init__(self, container: str = "mail-large", journal: Journal | None = None) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.journal = journal if journal is not None else Journal()
+        self.ensure_exists_calls = 0
+        self.check_calls = 0
+        self._container_name = container
+        self._outage = _Outage(f"container {container}", BODY_OPERATIONS)
+
+    @property
+    def container_name(self) -> str:
+        return self._container_name
+
+    def stored(self, name: str) -> StoredBody:
+        """A blob's content read as the gateway reads it."""
+        return StoredBody.model_validate_json(self.blobs[name])
+
+    def ensure_exists(self) -> None:
+        self._outage.check("ensure_exists")
+        self.ensure_exists_calls += 1
+
+    def check(self) -> None:
+        self._outage.check("check")
+        self.check_calls += 1
+
+    def put(self, name: str, data: bytes) -> None:
+        self._outage.check("put")
+        self.journal.append("blobs.put")
+        self.blobs[name] = bytes(data)
+
+    def get(self, name: str) -> bytes | None:
+        self._outage.check("get")
+        return self.blobs.get(name)
+
+    def delete(self, name: str) -> None:
+        self._outage.check("delete")
+        self.journal.append("blobs.delete")
+        self.blobs.pop(name, None)
 
 
 class FakeIdempotencyStore(_OutageControls, IdempotencyStore):

@@ -23,7 +23,7 @@ param identityId string
 @description('Required. Client id of that identity.')
 param identityClientId string
 
-@description('Required. Storage account for host storage, the queues and the status table.')
+@description('Required. Storage account for host storage, the queues, the status table and the large-message container.')
 param storageAccountName string
 
 @description('Required. URL of the blob container that holds the deployment package.')
@@ -55,6 +55,9 @@ param statusTableName string
 
 @description('Required. The CLIENT_TABLE_NAME app setting.')
 param clientTableName string
+
+@description('Required. The LARGE_MESSAGE_CONTAINER_NAME app setting.')
+param largeMessageContainerName string
 
 @description('Required. The SENDGRID_API_BASE_URL app setting.')
 param sendgridApiBaseUrl string
@@ -93,6 +96,7 @@ var appSettings = {
   MAIL_QUEUE_NAME: mailQueueName
   STATUS_TABLE_NAME: statusTableName
   CLIENT_TABLE_NAME: clientTableName
+  LARGE_MESSAGE_CONTAINER_NAME: largeMessageContainerName
   IDEMPOTENCY_RETENTION_HOURS: string(idempotencyRetentionHours)
   SENDGRID_API_BASE_URL: sendgridApiBaseUrl
   SENDGRID_CONNECT_TIMEOUT_SECONDS: string(sendgridConnectTimeoutSeconds)

@@ -35,8 +35,9 @@ var roles = {
 }
 
 // Storage Queue Data Contributor rather than Reader + Message Processor: the host must release
-// failed messages and create and write the poison queue. Blob Data Owner: host storage and the
-// deployment package. Table Data Contributor: status records.
+// failed messages and create and write the poison queue. Blob Data Owner: host storage, the
+// deployment package and the bodies of large messages (claim-check), all in this account, so
+// no container-scoped blob role is added for them. Table Data Contributor: status records.
 var storageRoles = [
   'Storage Blob Data Owner'
   'Storage Queue Data Contributor'

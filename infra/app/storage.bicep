@@ -1,6 +1,7 @@
-// The app's storage account: host storage and the Flex deployment container (blob), the mail
-// queue and its poison queue, the status table. Shared keys are off: every caller signs in with
-// Entra ID (the app with its identity, operators with their own account).
+// The app's storage account: host storage, the Flex deployment container and the container for
+// large message bodies (blob), the mail queue and its poison queue, the status table. Shared keys
+// are off: every caller signs in with Entra ID (the app with its identity, operators with their
+// own account).
 
 @minLength(3)
 @maxLength(24)
@@ -42,6 +43,9 @@ param statusTableName string
 @description('Required. Name of the clients table.')
 param clientTableName string
 
+@description('Required. Blob container for the bodies of messages too large for one queue message.')
+param largeMessageContainerName string
+
 @description('Required. Log Analytics workspace that receives the queue service\'s write and delete logs (the dead-letter alert reads them).')
 param logAnalyticsWorkspaceId string
 
@@ -77,6 +81,16 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
 
     resource deploymentContainer 'containers' = {
       name: deploymentContainerName
+      properties: {
+        publicAccess: 'None'
+      }
+    }
+
+    // Mail bodies (addresses, content, attachments) waiting to be sent: the gateway deletes
+    // each blob once its message is sent or purged. No lifecycle rule: a dead letter keeps its
+    // body until an operator replays or purges it, however long that takes.
+    resource largeMessageContainer 'containers' = {
+      name: largeMessageContainerName
       properties: {
         publicAccess: 'None'
       }
@@ -135,6 +149,9 @@ output name string = storage.name
 
 @description('Blob endpoint, ending in a slash.')
 output blobEndpoint string = storage.properties.primaryEndpoints.blob
+
+@description('Name of the container for large message bodies.')
+output largeMessageContainerName string = storage::blobService::largeMessageContainer.name
 
 @description('Name of the mail queue.')
 output mailQueueName string = storage::queueService::mailQueue.name

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
+from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient, QueueServiceClient
 
 from devstack.azurite import Azurite
@@ -28,6 +29,7 @@ CLIENT_NAME = "e2e"
 CLIENT_SENDERS = "app@example.com,@apps.example.com"
 ADMIN_KEY = "e2e-admin-key"
 MAIL_QUEUE = "mail-e2e"
+LARGE_MESSAGE_CONTAINER = "mail-large"
 RETRY_BASE_DELAY_SECONDS = 1
 MAX_DELIVERY_ATTEMPTS = 3
 
@@ -118,6 +120,27 @@ class Queues:
                 client.clear_messages()
 
 
+class LargeMessageBodies:
+    """Direct access to the container of large message bodies, as an operator would have."""
+
+    def __init__(self, connection_string: str, name: str = LARGE_MESSAGE_CONTAINER) -> None:
+        service = BlobServiceClient.from_connection_string(connection_string)
+        self.container = service.get_container_client(name)
+
+    def names(self) -> list[str]:
+        """The names of the blobs in the container (none while it does not exist)."""
+        try:
+            return sorted(blob.name for blob in self.container.list_blobs())
+        except ResourceNotFoundError:  # not created yet
+            return []
+
+    def clear(self) -> None:
+        """Delete every blob."""
+        for name in self.names():
+            with contextlib.suppress(ResourceNotFoundError):
+                self.container.delete_blob(name)
+
+
 def gateway_settings(connection_string: str, standin: SendGridStandIn) -> dict[str, str]:
     """App settings for a host aimed at the test Azurite and stand-in, with fast retries."""
     return {
@@ -130,6 +153,7 @@ def gateway_settings(connection_string: str, standin: SendGridStandIn) -> dict[s
         "SENDGRID_CONNECT_TIMEOUT_SECONDS": "1",
         "SENDGRID_TIMEOUT_SECONDS": "2",
         "STATUS_TABLE_NAME": "mailstatuse2e",
+        "LARGE_MESSAGE_CONTAINER_NAME": LARGE_MESSAGE_CONTAINER,
         "MAX_DELIVERY_ATTEMPTS": str(MAX_DELIVERY_ATTEMPTS),
         "RETRY_BASE_DELAY_SECONDS": str(RETRY_BASE_DELAY_SECONDS),
         "RETRY_MAX_DELAY_SECONDS": "10",
@@ -180,6 +204,12 @@ def host(
 def queues(azurite: Azurite) -> Queues:
     """The gateway's queues in the test Azurite."""
     return Queues(azurite.connection_string, MAIL_QUEUE)
+
+
+@pytest.fixture
+def large_bodies(azurite: Azurite) -> LargeMessageBodies:
+    """The gateway's container of large message bodies in the test Azurite."""
+    return LargeMessageBodies(azurite.connection_string)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from tests.fakes import (
     FakeIdempotencyStore,
     FakeMailQueue,
     FakeMailSender,
+    FakeMessageBodyStore,
     FakeStatusStore,
     JitterAt,
     client_store,
@@ -47,6 +48,7 @@ def gateway(
     monkeypatch: pytest.MonkeyPatch,
     settings: Settings,
     fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
     fake_statuses: FakeStatusStore,
     fake_keys: FakeIdempotencyStore,
     fake_sender: FakeMailSender,
@@ -59,6 +61,7 @@ def gateway(
     replacement = Gateway(
         settings,
         fake_queue,
+        fake_bodies,
         fake_statuses,
         fake_sender,
         clients,

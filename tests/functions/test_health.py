@@ -7,7 +7,7 @@ import azure.functions as func
 import pytest
 
 from functions.health import health
-from tests.fakes import FakeMailQueue, FakeStatusStore
+from tests.fakes import FakeMailQueue, FakeMessageBodyStore, FakeStatusStore
 from tests.samples import envelope
 
 
@@ -29,7 +29,7 @@ def get_health() -> tuple[int, dict[str, Any], func.HttpResponse]:
 
 @pytest.mark.usefixtures("gateway")
 def test_should_answer_200_when_configured_and_storage_answers(
-    fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+    fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore, fake_bodies: FakeMessageBodyStore
 ) -> None:
     status, document, response = get_health()
 
@@ -41,6 +41,7 @@ def test_should_answer_200_when_configured_and_storage_answers(
         "queues": {"mail-outbound": 0, "mail-outbound-poison": 0},
     }
     assert (fake_queue.depths_calls, fake_statuses.check_calls) == (1, 1)
+    assert fake_bodies.check_calls == 1
 
 
 @pytest.mark.usefixtures("gateway")
@@ -82,6 +83,19 @@ def test_should_answer_503_when_the_status_table_does_not_answer(
     assert status == 503
     assert document["checks"]["storage"].startswith("error:")
     assert "mailstatus" in document["checks"]["storage"]
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_answer_503_when_blob_storage_does_not_answer(
+    fake_bodies: FakeMessageBodyStore,
+) -> None:
+    fake_bodies.make_unavailable(["check"])
+
+    status, document, _ = get_health()
+
+    assert status == 503
+    assert document["checks"]["storage"].startswith("error:")
+    assert "mail-large" in document["checks"]["storage"]
 
 
 @pytest.mark.usefixtures("misconfigured")

@@ -12,7 +12,12 @@ from functions.messages import get_message_status, submit_message
 from shared.clients import ClientStore
 from shared.gateway import Gateway
 from shared.status import MessageState, MessageStatus
-from tests.fakes import FakeIdempotencyStore, FakeMailQueue, FakeStatusStore
+from tests.fakes import (
+    FakeIdempotencyStore,
+    FakeMailQueue,
+    FakeMessageBodyStore,
+    FakeStatusStore,
+)
 from tests.functions.conftest import APP_AUTH, MESSAGE_ID, OTHER_KEY
 from tests.samples import NOW, body, message
 
@@ -68,14 +73,15 @@ def test_should_record_the_accepted_message_as_queued(fake_statuses: FakeStatusS
 
 
 @pytest.mark.usefixtures("gateway")
-def test_should_create_the_queues_and_status_table_once_before_the_first_message(
-    fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+def test_should_create_the_queues_status_table_and_container_once_before_the_first_message(
+    fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore, fake_bodies: FakeMessageBodyStore
 ) -> None:
     post(body(message()))
     post(body(message()))
 
     assert fake_queue.ensure_exists_calls == 1
     assert fake_statuses.ensure_exists_calls == 1
+    assert fake_bodies.ensure_exists_calls == 1
     assert len(fake_queue.messages) == 2
 
 
@@ -123,15 +129,44 @@ def test_should_answer_403_for_a_sender_outside_allowed_senders(
 
 
 @pytest.mark.usefixtures("gateway")
-def test_should_answer_413_for_a_message_too_large_for_the_queue(
-    fake_queue: FakeMailQueue,
+def test_should_answer_202_for_a_message_too_large_for_the_queue_keeping_its_body_in_a_blob(
+    fake_queue: FakeMailQueue, fake_bodies: FakeMessageBodyStore
 ) -> None:
     attachment = {"filename": "big.bin", "content": base64.b64encode(bytes(45_000)).decode()}
 
     response = post(body(message(attachments=[attachment])))
 
+    assert response.status_code == 202
+    [queued] = fake_queue.envelopes
+    assert (queued.id, queued.blob) == (MESSAGE_ID, f"{MESSAGE_ID}.json")
+    stored = fake_bodies.stored(f"{MESSAGE_ID}.json").message
+    assert stored is not None
+    assert stored.attachments[0].content == attachment["content"]
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_answer_413_for_a_body_over_max_request_bytes(
+    fake_queue: FakeMailQueue, fake_bodies: FakeMessageBodyStore
+) -> None:
+    response = post(b"{" + b" " * 30_000_000 + b"}")
+
     assert response.status_code == 413
-    assert [e["pointer"] for e in problem_of(response)["errors"]] == ["#/attachments"]
+    assert "MAX_REQUEST_BYTES" in problem_of(response)["detail"]
+    assert (fake_queue.messages, fake_bodies.blobs) == ([], {})
+
+
+@pytest.mark.usefixtures("gateway")
+@pytest.mark.parametrize("operation", ["put", "ensure_exists"])
+def test_should_answer_503_when_blob_storage_is_unavailable_for_a_large_message(
+    operation: str, fake_queue: FakeMailQueue, fake_bodies: FakeMessageBodyStore
+) -> None:
+    fake_bodies.make_unavailable([operation])
+    attachment = {"filename": "big.bin", "content": base64.b64encode(bytes(45_000)).decode()}
+
+    response = post(body(message(attachments=[attachment])))
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
     assert fake_queue.messages == []
 
 

@@ -28,6 +28,7 @@ PLACES: dict[str, frozenset[str]] = {
     # Alternatives to __accountName that the code honours; infra/ uses __accountName.
     "AzureWebJobsStorage__queueServiceUri": frozenset({CODE, README}),
     "AzureWebJobsStorage__tableServiceUri": frozenset({CODE, README}),
+    "AzureWebJobsStorage__blobServiceUri": frozenset({CODE, README}),
     "AzureWebJobsStorage__serviceUri": frozenset({CODE, README}),
     # Read by the Functions host, not by the gateway: telemetry with the app's identity.
     "APPLICATIONINSIGHTS_CONNECTION_STRING": frozenset({INFRA_APP}),

@@ -14,6 +14,7 @@ from azure.data.tables import TableClient
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from devstack.azurite import Azurite
+from shared.blobs import MessageBodyStore
 from shared.clients import ClientStore
 from shared.idempotency import IdempotencyStore
 from shared.queue import MailQueue
@@ -31,7 +32,7 @@ def azurite() -> Iterator[Azurite]:
 
 @pytest.fixture
 def storage_settings(azurite: Azurite) -> Settings:
-    """Settings aimed at Azurite, with a mail queue and a status table no other test uses."""
+    """Settings aimed at Azurite, with queues, a status table and a container no other test uses."""
     suffix = uuid.uuid4().hex[:16]
     return Settings.from_env(
         {
@@ -40,6 +41,7 @@ def storage_settings(azurite: Azurite) -> Settings:
             "MAIL_QUEUE_NAME": f"mail-{suffix}",
             "STATUS_TABLE_NAME": f"status{suffix}",
             "CLIENT_TABLE_NAME": f"clients{suffix}",
+            "LARGE_MESSAGE_CONTAINER_NAME": f"large-{suffix}",
         }
     )
 
@@ -50,6 +52,14 @@ def mail_queue(storage_settings: Settings) -> MailQueue:
     queue = MailQueue.from_settings(storage_settings)
     queue.ensure_exists()
     return queue
+
+
+@pytest.fixture
+def message_bodies(storage_settings: Settings) -> MessageBodyStore:
+    """The gateway's container for large message bodies in Azurite, created."""
+    store = MessageBodyStore.from_settings(storage_settings)
+    store.ensure_exists()
+    return store
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import pytest
 from azure.storage.queue import QueueClient
 
 from devstack.azurite import Azurite
+from shared.blobs import MessageBodyStore
 from shared.dead_letters import HOST_MOVED_REASON, DeadLetters
 from shared.models import DeadLetter, QueueEnvelope
 from shared.queue import MailQueue
@@ -21,8 +22,10 @@ UNREADABLE_REASON = "not a mailgate envelope: 1 problem(s), first at the top lev
 
 
 @pytest.fixture
-def dead_letters(mail_queue: MailQueue, statuses: StatusStore) -> DeadLetters:
-    return DeadLetters(mail_queue.poison, mail_queue, statuses, lambda: REPLAYED_AT)
+def dead_letters(
+    mail_queue: MailQueue, message_bodies: MessageBodyStore, statuses: StatusStore
+) -> DeadLetters:
+    return DeadLetters(mail_queue.poison, mail_queue, message_bodies, statuses, lambda: REPLAYED_AT)
 
 
 def refused_by_sendgrid(mail_queue: MailQueue, statuses: StatusStore, id: str) -> None:
@@ -156,8 +159,9 @@ def test_should_list_nothing_when_the_poison_queue_does_not_exist(
     storage_settings: Settings, statuses: StatusStore
 ) -> None:
     queue = MailQueue.from_settings(storage_settings)
+    bodies = MessageBodyStore.from_settings(storage_settings)
 
-    assert DeadLetters(queue.poison, queue, statuses, lambda: NOW).entries() == []
+    assert DeadLetters(queue.poison, queue, bodies, statuses, lambda: NOW).entries() == []
 
 
 @pytest.mark.usefixtures("poison_queue")

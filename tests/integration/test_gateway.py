@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import base64
+import os
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from devstack.azurite import Azurite
+from shared.blobs import MessageBodyStore
 from shared.clients import Client, ClientStore
 from shared.errors import IdempotencyKeyReused, MessageNotFound, RateLimited
 from shared.gateway import Gateway, check_health
@@ -13,6 +17,8 @@ from shared.queue import MailQueue
 from shared.sendgrid_client import SendGridClient
 from shared.settings import Settings
 from shared.status import MessageState, StatusStore
+from tests.fakes import FakeMailSender
+from tests.integration.conftest import base64_queue_client
 from tests.samples import CLIENT, body, message
 
 JSON = "application/json"
@@ -33,6 +39,7 @@ def gateway(storage_settings: Settings) -> Iterator[Gateway]:
     yield Gateway(
         storage_settings,
         MailQueue.from_settings(storage_settings),
+        MessageBodyStore.from_settings(storage_settings),
         StatusStore.from_settings(storage_settings),
         sender,
         ClientStore.from_settings(storage_settings),
@@ -132,3 +139,35 @@ def test_should_count_the_rate_in_the_table_across_gateway_instances(
     # A minute boundary in the middle would reset the count: then more than 15 pass.
     assert outcomes.count("ok") == 15 or time.time() % 60 < 5, outcomes
     assert len(outcomes) == 40
+
+
+def test_should_carry_a_large_message_through_a_blob_and_delete_the_blob_once_sent(
+    storage_settings: Settings, azurite: Azurite
+) -> None:
+    sender = FakeMailSender("sg-large")
+    gateway = Gateway(
+        storage_settings,
+        MailQueue.from_settings(storage_settings),
+        MessageBodyStore.from_settings(storage_settings),
+        StatusStore.from_settings(storage_settings),
+        sender,
+        ClientStore.from_settings(storage_settings),
+    )
+    content = os.urandom(2 * 1024 * 1024)
+    attachment = {"filename": "big.bin", "content": base64.b64encode(content).decode()}
+
+    gateway.ensure_storage()
+    client, _ = gateway.clients.create(CLIENT.name, ",".join(CLIENT.senders))
+    accepted = gateway.accept(body(message(attachments=[attachment])), JSON, client)
+
+    [queued] = base64_queue_client(azurite, storage_settings.mail_queue_name).receive_messages()
+    assert len(queued.content) < 200
+    assert gateway.bodies.get(f"{accepted.id}.json") is not None
+
+    outcome = gateway.deliver(queued.content.encode())
+
+    assert (outcome.result, outcome.provider_message_id) == ("sent", "sg-large")
+    [payload] = sender.payloads
+    assert base64.b64decode(payload["attachments"][0]["content"]) == content
+    assert gateway.bodies.get(f"{accepted.id}.json") is None
+    assert gateway.status(accepted.id, client).state is MessageState.SENT

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import timedelta
 
 import pytest
@@ -14,9 +15,16 @@ from shared.dead_letters import (
 from shared.delivery import Delivery
 from shared.errors import InvalidMessage, StorageUnavailable
 from shared.models import DeadLetter, QueueEnvelope
+from shared.sendgrid_client import build_payload
 from shared.settings import Settings
 from shared.status import MessageState, MessageStatus
-from tests.fakes import FakeMailQueue, FakeMailSender, FakeStatusStore, Journal
+from tests.fakes import (
+    FakeMailQueue,
+    FakeMailSender,
+    FakeMessageBodyStore,
+    FakeStatusStore,
+    Journal,
+)
 from tests.samples import NOW, envelope
 
 LATER = NOW + timedelta(hours=2)
@@ -43,8 +51,10 @@ UNREADABLE = json.dumps(
 
 
 @pytest.fixture
-def dead_letters(fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore) -> DeadLetters:
-    return DeadLetters(fake_queue.poison, fake_queue, fake_statuses, lambda: LATER)
+def dead_letters(
+    fake_queue: FakeMailQueue, fake_bodies: FakeMessageBodyStore, fake_statuses: FakeStatusStore
+) -> DeadLetters:
+    return DeadLetters(fake_queue.poison, fake_queue, fake_bodies, fake_statuses, lambda: LATER)
 
 
 def poison(queue: FakeMailQueue, *texts: str) -> None:
@@ -286,6 +296,7 @@ def test_should_not_send_a_replayed_message_again_when_it_was_already_sent(
     delivery = Delivery(
         sender=sender,
         queue=fake_queue,
+        bodies=FakeMessageBodyStore(),
         statuses=fake_statuses,
         settings=settings,
         now=lambda: LATER,
@@ -353,3 +364,173 @@ def test_should_keep_replayed_envelopes_readable_by_delivery(
     assert QueueEnvelope.model_validate_json(queued.text).attempt == 1
     assert "dead_letter" not in json.loads(queued.text)
     assert queued.delay_seconds == 0
+
+
+# --- claim-checked messages: bodies in blobs -----------------------------------------------
+
+
+def claim_checked_dead_letter(bodies: FakeMessageBodyStore, id: str) -> str:
+    """A dead letter whose body is in a blob, the blob written as submit writes it."""
+    queued, body = envelope(id=id).claim_checked(f"{id}.json")
+    bodies.put(f"{id}.json", body.to_json())
+    record = DeadLetter(reason="SendGrid refused it", status_code=400, attempts=1, at=REFUSED_AT)
+    return queued.model_copy(update={"dead_letter": record}).to_json()
+
+
+def test_should_list_a_claim_checked_dead_letter_with_its_blob_without_reading_it(
+    dead_letters: DeadLetters, fake_queue: FakeMailQueue, fake_bodies: FakeMessageBodyStore
+) -> None:
+    poison(fake_queue, claim_checked_dead_letter(fake_bodies, "msg-b1"), dead_lettered("msg-b2"))
+    fake_bodies.make_unavailable()
+
+    documents = [e.to_document() for e in dead_letters.entries()]
+
+    assert documents[0] == {
+        "id": "msg-b1",
+        "reason": "SendGrid refused it",
+        "attempts": 1,
+        "dead_lettered_at": REFUSED_AT.isoformat(),
+        "replayable": True,
+        "blob": "msg-b1.json",
+    }
+    assert "blob" not in documents[1]
+
+
+def test_should_replay_a_claim_checked_message_with_the_same_blob(
+    dead_letters: DeadLetters,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    poison(fake_queue, claim_checked_dead_letter(fake_bodies, "msg-b3"))
+    fake_statuses.add(failed("msg-b3"))
+    stored = fake_bodies.blobs["msg-b3.json"]
+
+    report = dead_letters.replay(["msg-b3"])
+
+    assert report.done == ["msg-b3"]
+    [replayed] = fake_queue.envelopes
+    assert (replayed.id, replayed.attempt, replayed.blob, replayed.message) == (
+        "msg-b3",
+        1,
+        "msg-b3.json",
+        None,
+    )
+    assert fake_bodies.blobs == {"msg-b3.json": stored}
+
+
+def test_should_send_a_replayed_claim_checked_message_intact(
+    dead_letters: DeadLetters,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+    settings: Settings,
+) -> None:
+    poison(fake_queue, claim_checked_dead_letter(fake_bodies, "msg-b4"))
+    fake_statuses.add(failed("msg-b4"))
+    sender = FakeMailSender()
+    delivery = Delivery(
+        sender=sender,
+        queue=fake_queue,
+        bodies=fake_bodies,
+        statuses=fake_statuses,
+        settings=settings,
+        now=lambda: LATER,
+    )
+
+    dead_letters.replay(None)
+    [queued] = fake_queue.messages
+    outcome = delivery.deliver(queued.text.encode())
+
+    assert outcome.result == "sent"
+    assert sender.payloads == [build_payload(envelope(id="msg-b4"))]
+    assert fake_bodies.blobs == {}
+
+
+def test_should_delete_the_blob_of_each_purged_dead_letter_and_no_other(
+    dead_letters: DeadLetters,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    poison(
+        fake_queue,
+        claim_checked_dead_letter(fake_bodies, "msg-b5"),
+        claim_checked_dead_letter(fake_bodies, "msg-b6"),
+        dead_lettered("msg-b7"),
+    )
+    fake_statuses.add(failed("msg-b5"))
+
+    report = dead_letters.purge(["msg-b5", "msg-b7"])
+
+    assert report.done == ["msg-b5", "msg-b7"]
+    assert list(fake_bodies.blobs) == ["msg-b6.json"]
+    assert [read_entry(t).message_id for t in fake_queue.poison_client.visible_texts] == ["msg-b6"]
+
+
+def test_should_delete_the_blob_once_when_purging_two_copies_of_a_message(
+    dead_letters: DeadLetters, fake_queue: FakeMailQueue, fake_bodies: FakeMessageBodyStore
+) -> None:
+    text = claim_checked_dead_letter(fake_bodies, "msg-b8")
+    poison(fake_queue, text, text)
+    fake_bodies.journal.clear()
+
+    report = dead_letters.purge(None)
+
+    assert report.done == ["msg-b8", "msg-b8"]
+    assert fake_bodies.blobs == {}
+    assert fake_bodies.journal == ["blobs.delete"]
+
+
+def test_should_keep_the_blob_of_a_purged_copy_while_a_replayed_copy_is_on_its_way(
+    dead_letters: DeadLetters,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    # Two poison copies of one message; a replay re-enqueues one and leaves the other.
+    text = claim_checked_dead_letter(fake_bodies, "msg-b9")
+    poison(fake_queue, text, text)
+    fake_statuses.add(failed("msg-b9"))
+    dead_letters.replay(["msg-b9"])
+
+    report = dead_letters.purge(["msg-b9"])
+
+    assert report.done == ["msg-b9"]
+    assert fake_queue.poison_texts == []
+    assert "msg-b9.json" in fake_bodies.blobs
+    assert fake_statuses.records["msg-b9"].state is MessageState.QUEUED
+
+
+def test_should_purge_even_when_the_blob_cannot_be_deleted(
+    dead_letters: DeadLetters,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    poison(fake_queue, claim_checked_dead_letter(fake_bodies, "msg-b10"))
+    fake_bodies.make_unavailable(["delete"])
+
+    with caplog.at_level(logging.WARNING, logger="shared.dead_letters"):
+        report = dead_letters.purge(["msg-b10"])
+
+    assert report.done == ["msg-b10"]
+    assert fake_queue.poison_texts == []
+    assert "msg-b10.json" in fake_bodies.blobs
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "msg-b10.json" in warning.getMessage()
+
+
+def test_should_keep_the_blob_when_the_status_cannot_be_read_while_purging(
+    dead_letters: DeadLetters,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    poison(fake_queue, claim_checked_dead_letter(fake_bodies, "msg-b11"))
+    fake_statuses.make_unavailable(["get"])
+
+    report = dead_letters.purge(["msg-b11"])
+
+    assert report.done == ["msg-b11"]
+    assert "msg-b11.json" in fake_bodies.blobs

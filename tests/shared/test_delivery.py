@@ -25,11 +25,18 @@ from shared.errors import (
     RetryableDeliveryError,
     StorageUnavailable,
 )
-from shared.models import QueueEnvelope
+from shared.models import QueueEnvelope, StoredBody
 from shared.sendgrid_client import build_payload
 from shared.settings import MAX_RETRY_DELAY_SECONDS, Settings
 from shared.status import MessageState, MessageStatus
-from tests.fakes import FakeMailQueue, FakeMailSender, FakeStatusStore, JitterAt, Journal
+from tests.fakes import (
+    FakeMailQueue,
+    FakeMailSender,
+    FakeMessageBodyStore,
+    FakeStatusStore,
+    JitterAt,
+    Journal,
+)
 from tests.samples import NOW, envelope, settings_with
 
 LATER = NOW + timedelta(minutes=5)
@@ -56,11 +63,13 @@ def deliver(
     statuses: FakeStatusStore | None = None,
     rng: random.Random = CEILING,
     now: datetime = LATER,
+    bodies: FakeMessageBodyStore | None = None,
 ) -> DeliveryOutcome:
     raw = content.to_json().encode() if isinstance(content, QueueEnvelope) else content
     delivery = Delivery(
         sender=sender,
         queue=queue,
+        bodies=bodies if bodies is not None else FakeMessageBodyStore(journal=queue.journal),
         statuses=statuses if statuses is not None else FakeStatusStore(queue.journal),
         settings=settings,
         now=lambda: now,
@@ -717,6 +726,291 @@ def test_should_not_lose_a_message_whose_retry_could_not_be_enqueued(
 
     assert outcomes[-1].startswith(("sent", "retry_scheduled")), outcomes
     assert [e.attempt for e in fake_queue.envelopes] == [2] or len(sender.payloads) == 2
+
+
+# --- claim-check: a body kept in a blob ----------------------------------------------------
+
+
+def claim_checked(
+    bodies: FakeMessageBodyStore, *, id: str = "msg-c1", attempt: int = 1, **fields: Any
+) -> tuple[QueueEnvelope, QueueEnvelope]:
+    """A message whose body is in a blob, as submit leaves it: the full and the queued envelope."""
+    full = envelope(id=id, attempt=attempt, **fields)
+    queued, body = full.claim_checked(f"{id}.json")
+    bodies.put(f"{id}.json", body.to_json())
+    bodies.journal.clear()
+    return full, queued
+
+
+def test_should_send_the_body_from_its_blob_then_delete_the_blob_once_sent_is_recorded(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+    journal: Journal,
+) -> None:
+    full, queued = claim_checked(
+        fake_bodies, attachments=[{"filename": "a.pdf", "content": "JVBE"}]
+    )
+    sender = FakeMailSender("sg-c1", journal=journal)
+
+    outcome = deliver(queued, sender, fake_queue, settings, fake_statuses, bodies=fake_bodies)
+
+    assert outcome == DeliveryOutcome("sent", "msg-c1", 1, provider_message_id="sg-c1")
+    assert sender.payloads == [build_payload(full)]
+    assert sender.payloads[0]["attachments"][0]["content"] == "JVBE"
+    assert fake_bodies.blobs == {}
+    assert journal == ["status.claim sending", "sendgrid.send", "status.put sent", "blobs.delete"]
+    assert fake_statuses.records["msg-c1"].state is MessageState.SENT
+
+
+def test_should_dead_letter_a_message_whose_blob_is_missing_without_sending(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    _, queued = claim_checked(fake_bodies, id="msg-c2")
+    fake_bodies.blobs.clear()
+    sender = FakeMailSender()
+
+    outcome = deliver(queued, sender, fake_queue, settings, fake_statuses, bodies=fake_bodies)
+
+    assert (outcome.result, outcome.message_id) == ("dead_lettered", "msg-c2")
+    assert outcome.reason is not None
+    assert "msg-c2.json" in outcome.reason
+    assert "missing" in outcome.reason
+    assert sender.payloads == []
+    record = poison_record(fake_queue)
+    assert (record["blob"], record["dead_letter"]["reason"]) == ("msg-c2.json", outcome.reason)
+    assert "message" not in record
+    failed = fake_statuses.records["msg-c2"]
+    assert (failed.state, failed.last_error) == (MessageState.FAILED, outcome.reason)
+    assert fake_queue.messages == []
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"not json", "not a mailgate message body"),
+        (b'{"version": 1, "id": "msg-c3"}', "not a mailgate message body"),
+        (b'{"version": 2, "id": "msg-c3", "sendgrid": {"x": 1}}', "not a mailgate message body"),
+        (
+            StoredBody(id="msg-other", sendgrid={"personalizations": []}).to_json(),
+            "belongs to message msg-other",
+        ),
+    ],
+    ids=["not JSON", "no body", "unknown version", "another message's body"],
+)
+def test_should_dead_letter_a_message_whose_blob_is_not_its_body(
+    content: bytes,
+    expected: str,
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+) -> None:
+    _, queued = claim_checked(fake_bodies, id="msg-c3")
+    fake_bodies.blobs["msg-c3.json"] = content
+    sender = FakeMailSender()
+
+    outcome = deliver(queued, sender, fake_queue, settings, bodies=fake_bodies)
+
+    assert outcome.result == "dead_lettered"
+    assert outcome.reason is not None
+    assert expected in outcome.reason
+    assert sender.payloads == []
+    # Kept for the operator to look at.
+    assert fake_bodies.blobs["msg-c3.json"] == content
+
+
+def test_should_leave_the_message_on_the_queue_when_its_blob_cannot_be_read(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    _, queued = claim_checked(fake_bodies, id="msg-c4")
+    before = fake_statuses.add(status_of(queued, MessageState.QUEUED))
+    fake_bodies.make_unavailable(["get"])
+    sender = FakeMailSender()
+
+    with pytest.raises(StorageUnavailable, match="mail-large"):
+        deliver(queued, sender, fake_queue, settings, fake_statuses, bodies=fake_bodies)
+
+    assert sender.payloads == []
+    # No claim: the host's next try finds the message as it was, not "being sent".
+    assert fake_statuses.records["msg-c4"] == before
+    assert (fake_queue.messages, fake_queue.poison_texts) == ([], [])
+    assert "msg-c4.json" in fake_bodies.blobs
+
+
+def test_should_retry_with_the_blob_reference_and_keep_the_blob(
+    settings: Settings, fake_queue: FakeMailQueue, fake_bodies: FakeMessageBodyStore
+) -> None:
+    full, queued = claim_checked(fake_bodies, id="msg-c5")
+    sender = FakeMailSender(SERVER_ERROR, "sg-c5")
+
+    first = deliver(queued, sender, fake_queue, settings, bodies=fake_bodies)
+
+    assert first.result == "retry_scheduled"
+    [retry] = fake_queue.envelopes
+    assert (retry.attempt, retry.blob, retry.message) == (2, "msg-c5.json", None)
+    assert len(fake_queue.messages[0].text) < 200
+    assert fake_bodies.stored("msg-c5.json").message == full.message
+
+
+def test_should_send_a_claim_checked_retry_intact_on_its_next_attempt(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    full, queued = claim_checked(fake_bodies, id="msg-c6")
+    sender = FakeMailSender(SERVER_ERROR, "sg-c6")
+    deliver(queued, sender, fake_queue, settings, fake_statuses, bodies=fake_bodies)
+    [retry] = fake_queue.messages
+
+    outcome = deliver(
+        retry.text.encode(), sender, fake_queue, settings, fake_statuses, bodies=fake_bodies
+    )
+
+    assert (outcome.result, outcome.attempt) == ("sent", 2)
+    assert sender.payloads == [build_payload(full), build_payload(full)]
+    assert fake_bodies.blobs == {}
+
+
+def test_should_dead_letter_a_refused_message_with_the_blob_reference_and_keep_the_blob(
+    settings: Settings, fake_queue: FakeMailQueue, fake_bodies: FakeMessageBodyStore
+) -> None:
+    _, queued = claim_checked(fake_bodies, id="msg-c7")
+
+    outcome = deliver(queued, FakeMailSender(REFUSAL), fake_queue, settings, bodies=fake_bodies)
+
+    assert outcome.result == "dead_lettered"
+    record = poison_record(fake_queue)
+    assert (record["id"], record["blob"], record["dead_letter"]["status_code"]) == (
+        "msg-c7",
+        "msg-c7.json",
+        400,
+    )
+    assert "message" not in record
+    assert "msg-c7.json" in fake_bodies.blobs
+
+
+def test_should_count_a_sent_message_whose_blob_cannot_be_deleted_as_sent(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _, queued = claim_checked(fake_bodies, id="msg-c8")
+    fake_bodies.make_unavailable(["delete"])
+
+    with caplog.at_level(logging.WARNING, logger="shared.delivery"):
+        outcome = deliver(
+            queued, FakeMailSender("sg-c8"), fake_queue, settings, fake_statuses, bodies=fake_bodies
+        )
+
+    assert outcome.result == "sent"
+    assert fake_statuses.records["msg-c8"].state is MessageState.SENT
+    assert "msg-c8.json" in fake_bodies.blobs
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "msg-c8.json" in warning.getMessage()
+
+
+def test_should_keep_the_blob_when_sent_could_not_be_recorded(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    # The record still says `sending`: a later copy must find the body to send, not a hole.
+    _, queued = claim_checked(fake_bodies, id="msg-c9")
+    fake_statuses.make_unavailable(["put"])
+
+    outcome = deliver(
+        queued, FakeMailSender("sg-c9"), fake_queue, settings, fake_statuses, bodies=fake_bodies
+    )
+
+    assert outcome.result == "sent"
+    assert "msg-c9.json" in fake_bodies.blobs
+
+
+def test_should_delete_a_leftover_blob_when_a_copy_of_a_sent_message_comes_back(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    _, queued = claim_checked(fake_bodies, id="msg-c10")
+    fake_statuses.add(status_of(queued, MessageState.SENT, attempts=1))
+    sender = FakeMailSender()
+
+    outcome = deliver(queued, sender, fake_queue, settings, fake_statuses, bodies=fake_bodies)
+
+    assert outcome.result == "skipped"
+    assert sender.payloads == []
+    assert fake_bodies.blobs == {}
+
+
+@pytest.mark.parametrize(
+    ("state", "attempts"),
+    [(MessageState.FAILED, 1), (MessageState.RETRYING, 2)],
+    ids=["failed: the dead letter needs it", "retrying: the next attempt needs it"],
+)
+def test_should_keep_the_blob_when_skipping_a_copy_of_a_message_not_sent(
+    state: MessageState,
+    attempts: int,
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    _, queued = claim_checked(fake_bodies, id="msg-c11")
+    fake_statuses.add(status_of(queued, state, attempts=attempts))
+
+    outcome = deliver(
+        queued, FakeMailSender(), fake_queue, settings, fake_statuses, bodies=fake_bodies
+    )
+
+    assert outcome.result == "skipped"
+    assert "msg-c11.json" in fake_bodies.blobs
+
+
+def test_should_not_read_the_blob_of_a_message_already_sent(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    _, queued = claim_checked(fake_bodies, id="msg-c12")
+    fake_statuses.add(status_of(queued, MessageState.SENT, attempts=1))
+    fake_bodies.make_unavailable(["get"])
+
+    outcome = deliver(
+        queued, FakeMailSender(), fake_queue, settings, fake_statuses, bodies=fake_bodies
+    )
+
+    assert outcome.result == "skipped"
+
+
+def test_should_keep_the_claim_checked_body_out_of_the_logs(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _, queued = claim_checked(fake_bodies, id="msg-c13", subject="Secret subject")
+
+    with caplog.at_level(logging.DEBUG):
+        deliver(queued, FakeMailSender(REFUSAL), fake_queue, settings, bodies=fake_bodies)
+        fake_bodies.blobs["msg-c13.json"] = b'{"version": 1, "id": "msg-c13", "to": "x@y.example"}'
+        deliver(queued, FakeMailSender(), FakeMailQueue(), settings, bodies=fake_bodies)
+
+    assert "msg-c13" in caplog.text
+    for secret in ("Secret subject", "someone@example.net", "x@y.example"):
+        assert secret not in caplog.text
 
 
 # --- the retry delay -----------------------------------------------------------------------

@@ -14,6 +14,7 @@ from shared.models import (
     DeadLetter,
     MailRequest,
     QueueEnvelope,
+    StoredBody,
     field_problems,
 )
 from tests.samples import (
@@ -238,3 +239,75 @@ def test_should_refuse_an_envelope_without_exactly_one_body(bodies: dict[str, ob
     document = {"id": "m-1", "accepted_at": "2026-01-01T00:00:00Z", **bodies}
     with pytest.raises(ValidationError, match="exactly one of message, sendgrid or blob"):
         QueueEnvelope.model_validate(document)
+
+
+# --- claim-check: the body in a blob, the envelope naming it ---------------------------------
+
+
+def test_should_split_an_envelope_into_a_small_one_naming_the_blob_and_the_body() -> None:
+    full = everything_envelope(attempt=3)
+
+    small, body = full.claim_checked("msg-42.json")
+
+    assert (small.id, small.accepted_at, small.attempt) == ("msg-42", NOW, 3)
+    assert (small.blob, small.message, small.sendgrid) == ("msg-42.json", None, None)
+    assert json.loads(small.to_json()) == {
+        "version": 1,
+        "id": "msg-42",
+        "accepted_at": "2026-03-02T09:30:00Z",
+        "attempt": 3,
+        "blob": "msg-42.json",
+    }
+    assert (body.version, body.id, body.message) == (1, "msg-42", full.message)
+
+
+def test_should_put_the_body_back_into_the_envelope_as_it_was() -> None:
+    full = everything_envelope()
+    small, body = full.claim_checked("msg-42.json")
+
+    stored = StoredBody.model_validate_json(body.to_json())
+
+    assert small.with_body(stored) == full
+    assert small.with_body(stored).to_json() == full.to_json()
+
+
+def test_should_store_the_body_as_readable_versioned_json() -> None:
+    _, body = everything_envelope().claim_checked("msg-42.json")
+
+    document = json.loads(body.to_json())
+
+    assert (document["version"], document["id"]) == (1, "msg-42")
+    assert document["message"]["from"] == {"email": SENDER, "name": "Mailgate Sender"}
+    assert set(document) == {"version", "id", "message"}
+
+
+def test_should_refuse_to_claim_check_an_envelope_twice() -> None:
+    small, _ = everything_envelope().claim_checked("msg-42.json")
+
+    with pytest.raises(ValueError, match="already"):
+        small.claim_checked("msg-42.json")
+
+
+def test_should_refuse_the_body_of_another_message() -> None:
+    small, _ = everything_envelope().claim_checked("msg-42.json")
+    other = StoredBody(id="msg-43", message=validate(message()))
+
+    with pytest.raises(ValueError, match="msg-43"):
+        small.with_body(other)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"version": 1, "id": "msg-1"},
+        {"version": 1, "id": "msg-1", "message": message(), "sendgrid": {"a": 1}},
+        {"version": 2, "id": "msg-1", "message": message()},
+        {"version": 1, "id": "msg-1", "message": message(), "blob": "x"},
+    ],
+    ids=["no body", "two bodies", "another version", "unknown field"],
+)
+def test_should_refuse_a_stored_body_that_is_not_exactly_one_body_of_this_version(
+    document: dict[str, Any],
+) -> None:
+    with pytest.raises(ValidationError):
+        StoredBody.model_validate(document)

@@ -115,6 +115,7 @@ def test_should_pick_the_credential_the_host_would_use(
             {
                 "AzureWebJobsStorage__queueServiceUri": "https://mailgatedev.queue.core.windows.net",
                 "AzureWebJobsStorage__tableServiceUri": "https://mailgatedev.table.core.windows.net",
+                "AzureWebJobsStorage__blobServiceUri": "https://mailgatedev.blob.core.windows.net",
             },
             "mailgatedev",
             "https://mailgatedev.queue.core.windows.net/mail-outbound",

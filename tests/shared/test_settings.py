@@ -27,7 +27,8 @@ def refusal(env: dict[str, str]) -> str:
         ("sendgrid_api_base_url", "https://api.sendgrid.com"),
         ("sendgrid_connect_timeout_seconds", 5.0),
         ("sendgrid_timeout_seconds", 30.0),
-        ("max_request_bytes", 1_048_576),
+        ("max_request_bytes", 30_000_000),
+        ("large_message_container_name", "mail-large"),
         ("max_delivery_attempts", 8),
         ("retry_base_delay_seconds", 30.0),
         ("retry_max_delay_seconds", 3600.0),
@@ -82,6 +83,10 @@ def test_should_treat_a_blank_optional_setting_as_unset(blank: str) -> None:
         ("SENDGRID_CONNECT_TIMEOUT_SECONDS", "2.5", "sendgrid_connect_timeout_seconds", 2.5),
         ("SENDGRID_TIMEOUT_SECONDS", "200", "sendgrid_timeout_seconds", 200.0),
         ("MAX_REQUEST_BYTES", "1024", "max_request_bytes", 1024),
+        ("MAX_REQUEST_BYTES", "30000000", "max_request_bytes", 30_000_000),
+        ("LARGE_MESSAGE_CONTAINER_NAME", "bodies-2", "large_message_container_name", "bodies-2"),
+        ("LARGE_MESSAGE_CONTAINER_NAME", "abc", "large_message_container_name", "abc"),
+        ("LARGE_MESSAGE_CONTAINER_NAME", "c" * 63, "large_message_container_name", "c" * 63),
         ("MAX_DELIVERY_ATTEMPTS", " 3 ", "max_delivery_attempts", 3),
         ("MAX_DELIVERY_ATTEMPTS", "1", "max_delivery_attempts", 1),
         ("RETRY_BASE_DELAY_SECONDS", "5", "retry_base_delay_seconds", 5.0),
@@ -145,6 +150,16 @@ def test_should_read_allowed_senders_trimmed_and_lowercased() -> None:
         ({"SENDGRID_TIMEOUT_SECONDS": "nan"}, "SENDGRID_TIMEOUT_SECONDS"),
         ({"MAX_REQUEST_BYTES": "1023"}, "MAX_REQUEST_BYTES"),
         ({"MAX_REQUEST_BYTES": "1e9"}, "MAX_REQUEST_BYTES"),
+        # SendGrid refuses a message of 30 MB or more: a larger request could never be sent.
+        ({"MAX_REQUEST_BYTES": "30000001"}, "MAX_REQUEST_BYTES"),
+        ({"LARGE_MESSAGE_CONTAINER_NAME": "Mail-Large"}, "LARGE_MESSAGE_CONTAINER_NAME"),
+        ({"LARGE_MESSAGE_CONTAINER_NAME": "ab"}, "LARGE_MESSAGE_CONTAINER_NAME"),
+        ({"LARGE_MESSAGE_CONTAINER_NAME": "c" * 64}, "LARGE_MESSAGE_CONTAINER_NAME"),
+        ({"LARGE_MESSAGE_CONTAINER_NAME": "mail--large"}, "LARGE_MESSAGE_CONTAINER_NAME"),
+        ({"LARGE_MESSAGE_CONTAINER_NAME": "-mail"}, "LARGE_MESSAGE_CONTAINER_NAME"),
+        ({"LARGE_MESSAGE_CONTAINER_NAME": "mail-"}, "LARGE_MESSAGE_CONTAINER_NAME"),
+        ({"LARGE_MESSAGE_CONTAINER_NAME": "mail_large"}, "LARGE_MESSAGE_CONTAINER_NAME"),
+        ({"LARGE_MESSAGE_CONTAINER_NAME": "$root"}, "LARGE_MESSAGE_CONTAINER_NAME"),
         ({"MAX_REQUEST_BYTES": "1MB"}, "MAX_REQUEST_BYTES"),
         ({"MAX_DELIVERY_ATTEMPTS": "0"}, "MAX_DELIVERY_ATTEMPTS"),
         ({"MAX_DELIVERY_ATTEMPTS": "101"}, "MAX_DELIVERY_ATTEMPTS"),
@@ -201,6 +216,7 @@ def test_should_say_a_whole_number_is_needed_for_attempts() -> None:
         "AzureWebJobsStorage",
         "MAIL_QUEUE_NAME",
         "STATUS_TABLE_NAME",
+        "LARGE_MESSAGE_CONTAINER_NAME",
         "IDEMPOTENCY_RETENTION_HOURS",
         "SENDGRID_API_BASE_URL",
         "MAX_DELIVERY_ATTEMPTS",
@@ -269,16 +285,19 @@ def test_should_keep_a_storage_connection_string(connection_string: str) -> None
             StorageSettings(
                 queue_service_uri="https://mailgateprod.queue.core.windows.net",
                 table_service_uri="https://mailgateprod.table.core.windows.net",
+                blob_service_uri="https://mailgateprod.blob.core.windows.net",
             ),
         ),
         (
             {
                 "AzureWebJobsStorage__queueServiceUri": "https://q.example.net",
                 "AzureWebJobsStorage__tableServiceUri": "https://t.example.net",
+                "AzureWebJobsStorage__blobServiceUri": "https://b.example.net",
             },
             StorageSettings(
                 queue_service_uri="https://q.example.net",
                 table_service_uri="https://t.example.net",
+                blob_service_uri="https://b.example.net",
             ),
         ),
         (
@@ -286,10 +305,12 @@ def test_should_keep_a_storage_connection_string(connection_string: str) -> None
             {
                 "AzureWebJobsStorage__serviceUri": "https://s.example.net",
                 "AzureWebJobsStorage__tableServiceUri": "https://t.example.net",
+                "AzureWebJobsStorage__blobServiceUri": "https://b.example.net",
             },
             StorageSettings(
                 queue_service_uri="https://s.example.net",
                 table_service_uri="https://t.example.net",
+                blob_service_uri="https://b.example.net",
             ),
         ),
         (
@@ -301,12 +322,13 @@ def test_should_keep_a_storage_connection_string(connection_string: str) -> None
             StorageSettings(
                 queue_service_uri="https://mailgateprod.queue.core.windows.net",
                 table_service_uri="https://mailgateprod.table.core.windows.net",
+                blob_service_uri="https://mailgateprod.blob.core.windows.net",
                 credential="managedidentity",
                 client_id="00000000-0000-0000-0000-000000000001",
             ),
         ),
     ],
-    ids=["accountName", "queue and table URIs", "serviceUri and table URI", "managed identity"],
+    ids=["accountName", "service URIs", "serviceUri and table and blob URIs", "managed identity"],
 )
 def test_should_read_an_identity_based_storage_connection(
     identity_env: dict[str, str], expected: StorageSettings
@@ -318,6 +340,50 @@ def test_should_refuse_a_queue_service_uri_without_a_table_service_uri_naming_it
     env = {**IDENTITY_ENV, "AzureWebJobsStorage__queueServiceUri": "https://q.example.net"}
 
     assert "AzureWebJobsStorage__tableServiceUri" in refusal(env)
+
+
+def test_should_refuse_queue_and_table_service_uris_without_a_blob_service_uri_naming_it() -> None:
+    env = {
+        **IDENTITY_ENV,
+        "AzureWebJobsStorage__queueServiceUri": "https://q.example.net",
+        "AzureWebJobsStorage__tableServiceUri": "https://t.example.net",
+    }
+
+    message = refusal(env)
+
+    assert "AzureWebJobsStorage__blobServiceUri" in message
+    assert "Blob storage" in message
+
+
+@pytest.mark.parametrize(
+    ("connection_string", "missing"),
+    [
+        ("QueueEndpoint=https://q.example.net;SharedAccessSignature=sv=1", "TableEndpoint"),
+        (
+            "QueueEndpoint=https://q.example.net;TableEndpoint=https://t.example.net;"
+            "SharedAccessSignature=sv=1",
+            "BlobEndpoint",
+        ),
+    ],
+)
+def test_should_refuse_a_connection_string_of_endpoints_without_table_or_blob_naming_it(
+    connection_string: str, missing: str
+) -> None:
+    message = refusal({**BASE_ENV, "AzureWebJobsStorage": connection_string})
+
+    assert "AzureWebJobsStorage" in message
+    assert missing in message
+
+
+def test_should_keep_a_connection_string_of_all_three_endpoints() -> None:
+    connection_string = (
+        "QueueEndpoint=https://q.example.net;TableEndpoint=https://t.example.net;"
+        "BlobEndpoint=https://b.example.net;SharedAccessSignature=sv=1"
+    )
+
+    assert settings_with(AzureWebJobsStorage=connection_string).storage == StorageSettings(
+        connection_string=connection_string
+    )
 
 
 def test_should_prefer_a_storage_connection_string_over_identity_settings() -> None:
@@ -340,6 +406,7 @@ def test_should_prefer_account_name_over_queue_service_uri_as_the_host_does() ->
 
     assert settings.storage.queue_service_uri == "https://hostreads.queue.core.windows.net"
     assert settings.storage.table_service_uri == "https://hostreads.table.core.windows.net"
+    assert settings.storage.blob_service_uri == "https://hostreads.blob.core.windows.net"
 
 
 def test_should_keep_secrets_out_of_the_settings_repr() -> None:

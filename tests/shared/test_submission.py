@@ -22,11 +22,20 @@ from shared.errors import (
     UnsupportedMediaType,
 )
 from shared.idempotency import PENDING_TIMEOUT
-from shared.models import MailRequest
+from shared.models import MailRequest, QueueEnvelope
 from shared.settings import Settings, sender_allowed
 from shared.status import MessageState, MessageStatus
-from shared.submission import AcceptedMessage, submit_message
-from tests.fakes import FakeIdempotencyStore, FakeMailQueue, FakeStatusStore
+from shared.submission import (
+    MAX_QUEUED_JSON_BYTES,
+    AcceptedMessage,
+    submit_message,
+)
+from tests.fakes import (
+    FakeIdempotencyStore,
+    FakeMailQueue,
+    FakeMessageBodyStore,
+    FakeStatusStore,
+)
 from tests.samples import (
     ACCEPTED,
     CLIENT,
@@ -49,6 +58,7 @@ def submit(
     content_type: str | None = JSON,
     new_id: str = "msg-0001",
     *,
+    bodies: FakeMessageBodyStore | None = None,
     statuses: FakeStatusStore | None = None,
     keys: FakeIdempotencyStore | None = None,
     idempotency_key: str | None = None,
@@ -60,6 +70,7 @@ def submit(
         content_type,
         settings=settings,
         queue=queue,
+        bodies=bodies if bodies is not None else FakeMessageBodyStore(journal=queue.journal),
         statuses=statuses if statuses is not None else FakeStatusStore(queue.journal),
         keys=keys if keys is not None else FakeIdempotencyStore(),
         now=lambda: now,
@@ -77,9 +88,11 @@ def refused(
     new_id: str = "msg-0001",
     **options: Any,
 ) -> RequestRejected:
+    bodies = options.pop("bodies", None) or FakeMessageBodyStore(journal=queue.journal)
     with pytest.raises(RequestRejected) as caught:
-        submit(content, settings, queue, content_type, new_id, **options)
+        submit(content, settings, queue, content_type, new_id, bodies=bodies, **options)
     assert queue.messages == [], "a refused message must not be queued"
+    assert bodies.blobs == {}, "a refused message must leave no body behind"
     return caught.value
 
 
@@ -193,36 +206,18 @@ def test_should_check_the_content_type_before_the_size(fake_queue: FakeMailQueue
     assert rejection.status == 415
 
 
-def test_should_refuse_a_message_too_large_for_one_queue_message_with_413(
-    settings: Settings, fake_queue: FakeMailQueue
-) -> None:
-    attachment = {"filename": "big.bin", "content": base64.b64encode(bytes(45_000)).decode()}
-
-    rejection = refused(body(message(attachments=[attachment])), settings, fake_queue)
-
-    assert isinstance(rejection, PayloadTooLarge)
-    assert [p.pointer for p in rejection.problems] == ["#/attachments"]
-    assert "queue message" in rejection.detail
-
-
-def test_should_refuse_a_large_message_without_attachments_pointing_at_the_whole(
-    settings: Settings, fake_queue: FakeMailQueue
-) -> None:
-    rejection = refused(body(message(html="<p>" + "x" * 60_000 + "</p>")), settings, fake_queue)
-
-    assert isinstance(rejection, PayloadTooLarge)
-    assert [p.pointer for p in rejection.problems] == ["#"]
-
-
-def test_should_accept_an_attachment_that_fits_one_queue_message(
-    settings: Settings, fake_queue: FakeMailQueue
+def test_should_accept_an_attachment_that_fits_one_queue_message_without_a_blob(
+    settings: Settings, fake_queue: FakeMailQueue, fake_bodies: FakeMessageBodyStore
 ) -> None:
     attachment = {"filename": "ok.bin", "content": base64.b64encode(bytes(20_000)).decode()}
 
-    submit(body(message(attachments=[attachment])), settings, fake_queue)
+    submit(body(message(attachments=[attachment])), settings, fake_queue, bodies=fake_bodies)
 
     # 64 KiB of base64 on the queue is 48 KiB of JSON.
     assert len(fake_queue.messages[0].text.encode()) <= 48 * 1024
+    [queued] = fake_queue.envelopes
+    assert (queued.blob, queued.message is not None) == (None, True)
+    assert fake_bodies.blobs == {}
 
 
 @pytest.mark.parametrize(
@@ -675,3 +670,256 @@ def test_should_leave_keys_alone_without_an_idempotency_key(
 
     assert not accepted.replayed
     assert len(fake_queue.messages) == 1
+
+
+# --- claim-check: a body too large for one queue message goes to a blob ----------------------
+
+
+def big_attachment(size: int = 45_000) -> dict[str, str]:
+    return {"filename": "big.bin", "content": base64.b64encode(bytes(size)).decode()}
+
+
+def envelope_size(document: dict[str, Any], message_id: str = "msg-0001") -> int:
+    """How many bytes of JSON the document's envelope would take on the queue."""
+    request = MailRequest.model_validate(document, context={"now": NOW})
+    queued = QueueEnvelope(id=message_id, accepted_at=NOW, client=CLIENT.name, message=request)
+    return len(queued.to_json().encode())
+
+
+def test_should_keep_the_body_of_a_message_too_large_for_a_queue_message_in_a_blob(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    document = message(attachments=[big_attachment()])
+
+    accepted = submit(
+        body(document),
+        settings,
+        fake_queue,
+        new_id="msg-b1",
+        bodies=fake_bodies,
+        statuses=fake_statuses,
+    )
+
+    assert accepted == AcceptedMessage(id="msg-b1", status="queued")
+    [queued] = fake_queue.envelopes
+    assert (queued.id, queued.accepted_at, queued.attempt) == ("msg-b1", NOW, 1)
+    assert (queued.blob, queued.message, queued.sendgrid) == ("msg-b1.json", None, None)
+    assert len(fake_queue.messages[0].text.encode()) < 200
+    stored = fake_bodies.stored("msg-b1.json")
+    assert (stored.version, stored.id) == (1, "msg-b1")
+    assert stored.message == MailRequest.model_validate(document, context={"now": NOW})
+    # The body is in place before anything on the queue points at it.
+    assert fake_queue.journal == ["blobs.put", "queue.enqueue", "status.create queued"]
+    assert fake_statuses.records["msg-b1"].state is MessageState.QUEUED
+
+
+def test_should_claim_check_a_large_message_without_attachments(
+    settings: Settings, fake_queue: FakeMailQueue, fake_bodies: FakeMessageBodyStore
+) -> None:
+    document = message(html="<p>" + "x" * 60_000 + "</p>")
+
+    submit(body(document), settings, fake_queue, bodies=fake_bodies)
+
+    [queued] = fake_queue.envelopes
+    assert queued.blob == "msg-0001.json"
+    stored = fake_bodies.stored("msg-0001.json").message
+    assert stored is not None
+    assert stored.html == document["html"]
+
+
+def test_should_queue_a_message_of_exactly_the_queue_limit_and_claim_check_one_byte_more(
+    settings: Settings, fake_queue: FakeMailQueue, fake_bodies: FakeMessageBodyStore
+) -> None:
+    padding = MAX_QUEUED_JSON_BYTES - envelope_size(message(text="x"))
+    fits, over = message(text="x" * (padding + 1)), message(text="x" * (padding + 2))
+    assert (envelope_size(fits), envelope_size(over)) == (
+        MAX_QUEUED_JSON_BYTES,
+        MAX_QUEUED_JSON_BYTES + 1,
+    )
+
+    submit(body(fits), settings, fake_queue, new_id="msg-0001", bodies=fake_bodies)
+    submit(body(over), settings, fake_queue, new_id="msg-0002", bodies=fake_bodies)
+
+    first, second = fake_queue.envelopes
+    assert (first.blob, first.message is not None) == (None, True)
+    assert (second.blob, second.message) == ("msg-0002.json", None)
+    assert list(fake_bodies.blobs) == ["msg-0002.json"]
+
+
+@pytest.mark.parametrize(
+    ("recipients", "claim_checked"),
+    [
+        ([f"user{i}@example.net" for i in range(1000)], False),
+        (
+            [f"Recipient Number {i} <recipient.{i}@customers.example.net>" for i in range(1000)],
+            True,
+        ),
+    ],
+    ids=["short addresses fit the queue", "named addresses take a blob"],
+)
+def test_should_carry_1000_recipients_intact_in_the_queue_or_a_blob(
+    recipients: list[str],
+    claim_checked: bool,
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+) -> None:
+    document = message(to=recipients)
+
+    submit(body(document), settings, fake_queue, bodies=fake_bodies)
+
+    [queued] = fake_queue.envelopes
+    carried = fake_bodies.stored("msg-0001.json").message if claim_checked else queued.message
+    assert (queued.blob is not None) is claim_checked
+    assert carried == MailRequest.model_validate(document, context={"now": NOW})
+    assert carried is not None
+    assert len(carried.to) == 1000
+
+
+def test_should_delete_the_blob_and_record_nothing_when_the_enqueue_fails(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+    fake_keys: FakeIdempotencyStore,
+) -> None:
+    fake_queue.make_unavailable(["enqueue"])
+
+    with pytest.raises(StorageUnavailable, match="mail-outbound"):
+        submit(
+            body(message(attachments=[big_attachment()])),
+            settings,
+            fake_queue,
+            new_id="msg-b2",
+            bodies=fake_bodies,
+            statuses=fake_statuses,
+            keys=fake_keys,
+            idempotency_key="order-b2",
+        )
+
+    assert fake_bodies.blobs == {}
+    assert fake_queue.journal == ["blobs.put", "blobs.delete"]
+    assert fake_statuses.records == {}
+    assert fake_keys.record_for("order-b2") is None
+
+
+def test_should_answer_503_with_the_enqueue_failure_when_the_blob_cannot_be_deleted_either(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake_queue.make_unavailable(["enqueue"])
+    fake_bodies.make_unavailable(["delete"])
+
+    with (
+        caplog.at_level(logging.WARNING, logger="shared.submission"),
+        pytest.raises(StorageUnavailable, match="mail-outbound"),
+    ):
+        submit(
+            body(message(attachments=[big_attachment()])),
+            settings,
+            fake_queue,
+            new_id="msg-b3",
+            bodies=fake_bodies,
+            statuses=fake_statuses,
+        )
+
+    assert fake_queue.messages == []
+    assert fake_statuses.records == {}
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "msg-b3" in warning.getMessage()
+    assert "msg-b3.json" in warning.getMessage()
+
+
+def test_should_queue_nothing_when_the_blob_cannot_be_written(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+    fake_keys: FakeIdempotencyStore,
+) -> None:
+    fake_bodies.make_unavailable(["put"])
+
+    with pytest.raises(StorageUnavailable, match="mail-large"):
+        submit(
+            body(message(attachments=[big_attachment()])),
+            settings,
+            fake_queue,
+            bodies=fake_bodies,
+            statuses=fake_statuses,
+            keys=fake_keys,
+            idempotency_key="order-b4",
+        )
+
+    assert fake_queue.messages == []
+    assert fake_statuses.records == {}
+    assert fake_keys.record_for("order-b4") is None
+
+
+def test_should_not_touch_blob_storage_for_a_message_that_fits_one_queue_message(
+    settings: Settings, fake_queue: FakeMailQueue, fake_bodies: FakeMessageBodyStore
+) -> None:
+    fake_bodies.make_unavailable()
+
+    accepted = submit(body(message()), settings, fake_queue, bodies=fake_bodies)
+
+    assert accepted.id == "msg-0001"
+    assert len(fake_queue.messages) == 1
+
+
+def test_should_accept_a_body_of_sendgrids_limit_by_default_and_refuse_one_byte_more(
+    settings: Settings, fake_queue: FakeMailQueue, fake_bodies: FakeMessageBodyStore
+) -> None:
+    assert settings.max_request_bytes == 30_000_000
+
+    submit(padded_to(30_000_000), settings, fake_queue, bodies=fake_bodies)
+    rejection = refused(padded_to(30_000_001), settings, FakeMailQueue())
+
+    [queued] = fake_queue.envelopes
+    assert queued.blob is not None
+    stored = fake_bodies.stored(queued.blob).message
+    assert stored is not None
+    assert stored.text is not None
+    assert len(stored.text) == 30_000_000 - len(body(message(text="")))
+    assert isinstance(rejection, PayloadTooLarge)
+    assert "30000001" in rejection.detail
+
+
+def test_should_replay_a_claim_checked_message_once_per_idempotency_key(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_keys: FakeIdempotencyStore,
+) -> None:
+    content = body(message(attachments=[big_attachment()]))
+    options: dict[str, Any] = {"bodies": fake_bodies, "keys": fake_keys, "idempotency_key": "k"}
+
+    first = submit(content, settings, fake_queue, new_id="msg-b5", **options)
+    again = submit(content, settings, fake_queue, new_id="msg-b6", **options)
+
+    assert (again.id, again.replayed) == (first.id, True)
+    assert [e.blob for e in fake_queue.envelopes] == ["msg-b5.json"]
+    assert list(fake_bodies.blobs) == ["msg-b5.json"]
+
+
+def test_should_keep_the_body_out_of_the_logs(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    document = message(subject="Secret subject", attachments=[big_attachment()])
+
+    with caplog.at_level(logging.DEBUG):
+        submit(body(document), settings, fake_queue, new_id="msg-b7", bodies=fake_bodies)
+
+    log = caplog.text
+    assert "msg-b7" in log
+    assert "msg-b7.json" in log
+    for secret in ("Secret subject", "someone@example.net", big_attachment()["content"][:100]):
+        assert secret not in log
