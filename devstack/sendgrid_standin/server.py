@@ -34,9 +34,9 @@ from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.utils import get_remote_addr
 
-from devstack.sendgrid_standin.errors import UNAUTHORIZED_BODY, error_body, schema_path
 from devstack.sendgrid_standin.outbox import build_eml_or_stub, new_message_id, write_outbox
-from devstack.sendgrid_standin.schema import MailSend, validate_mail_send
+from shared.sendgrid_v3.error_format import UNAUTHORIZED_BODY, error_body, schema_path
+from shared.sendgrid_v3.schema import MailSend, validate_mail_send
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from devstack.sendgrid_standin import DEFAULT_API_KEY, MAX_BODY_BYTES, StandInState, create_app
-from tests.devstack.sendgrid_samples import PDF_BYTES, PNG_BYTES, minimal_payload, valid_payload
+from tests.sendgrid_samples import PDF_BYTES, PNG_BYTES, minimal_payload, valid_payload
 
 
 def call(

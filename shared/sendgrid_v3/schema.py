@@ -28,7 +28,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from devstack.sendgrid_standin.errors import Problem, problems_error, validation_errors
+from shared.sendgrid_v3.error_format import Problem, problems_error, validation_errors
 
 MAX_PERSONALIZATIONS = 1000
 MAX_RECIPIENTS = 1000

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from devstack.sendgrid_standin import RESERVED_HEADERS, validate_mail_send
-from tests.devstack.sendgrid_samples import NOW, minimal_payload, valid_payload
+from shared.sendgrid_v3.schema import RESERVED_HEADERS, validate_mail_send
+from tests.sendgrid_samples import NOW, minimal_payload, valid_payload
 
 
 def errors_of(payload: object) -> list[dict[str, Any]]:
