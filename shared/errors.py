@@ -23,6 +23,7 @@ delay until the attempts run out, permanent ones are dead-lettered at once.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -40,6 +41,11 @@ class FieldProblem:
 
     pointer: str
     detail: str
+
+
+def json_pointer(path: Iterable[str | int]) -> str:
+    """The URI-fragment JSON Pointer (RFC 6901) of a path, e.g. `#/to/0/email`."""
+    return "#" + "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in path)
 
 
 class RequestRejected(MailgateError):

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from shared.errors import FieldProblem
+from shared.errors import FieldProblem, json_pointer
 
 MAX_RECIPIENTS = 1000
 MAX_CATEGORIES = 10
@@ -295,7 +295,7 @@ def field_problems(error: ValidationError) -> tuple[FieldProblem, ...]:
     """Translate a pydantic error into one problem per offending field, located by JSON Pointer."""
     problems: list[FieldProblem] = []
     for detail in error.errors(include_url=False):
-        base = "#" + "".join(f"/{_escape_pointer(str(part))}" for part in detail["loc"])
+        base = json_pointer(detail["loc"])
         cause = (detail.get("ctx") or {}).get("error")
         if isinstance(cause, FieldErrors):
             problems.extend(
@@ -307,7 +307,3 @@ def field_problems(error: ValidationError) -> tuple[FieldProblem, ...]:
             message = "is not a known field"
         problems.append(FieldProblem(base, message))
     return tuple(problems)
-
-
-def _escape_pointer(part: str) -> str:
-    return part.replace("~", "~0").replace("/", "~1")
