@@ -284,11 +284,35 @@ class QueueEnvelope(BaseModel):
 
     def recipient_domains(self) -> list[str]:
         """The distinct recipient domains of the body carried in the queue message itself."""
-        return self.message.recipient_domains() if self.message is not None else []
+        if self.message is not None:
+            return self.message.recipient_domains()
+        if self.sendgrid is not None:
+            return sendgrid_recipient_domains(self.sendgrid)
+        return []
 
     def to_json(self) -> str:
         """The envelope as the compact JSON text that goes on the queue."""
         return self.model_dump_json(by_alias=True, exclude_none=True)
+
+
+def sendgrid_recipient_domains(body: dict[str, Any]) -> list[str]:
+    """The distinct to, cc and bcc domains of a v3 Mail Send body, safe to log (addresses are not).
+
+    Read leniently: the body was validated when it was accepted, and a log line must not fail
+    on a queue message someone edited since.
+    """
+    domains: set[str] = set()
+    personalizations = body.get("personalizations")
+    for personalization in personalizations if isinstance(personalizations, list) else []:
+        if not isinstance(personalization, dict):
+            continue
+        for kind in ("to", "cc", "bcc"):
+            recipients = personalization.get(kind)
+            for recipient in recipients if isinstance(recipients, list) else []:
+                email = recipient.get("email") if isinstance(recipient, dict) else None
+                if isinstance(email, str) and "@" in email:
+                    domains.add(email.rpartition("@")[2].lower())
+    return sorted(domains)
 
 
 def field_problems(error: ValidationError) -> tuple[FieldProblem, ...]:
