@@ -17,10 +17,13 @@ from shared.errors import (
     SenderNotAllowed,
     StorageUnavailable,
     UnsupportedMediaType,
+    json_pointer,
 )
 from shared.idempotency import IdempotencyStore, check_key
 from shared.models import MailRequest, QueueEnvelope, field_problems
 from shared.queue import MailQueue
+from shared.sendgrid_v3.request import parse_mail_send
+from shared.sendgrid_v3.schema import MailSend
 from shared.settings import Settings
 from shared.status import MessageState, MessageStatus, StatusStore
 
@@ -53,20 +56,8 @@ def submit_message(
     new_id: Callable[[], str],
     idempotency_key: str | None = None,
 ) -> AcceptedMessage:
-    """Validate a request and enqueue it; raise RequestRejected or StorageUnavailable.
-
-    The answer comes only after the enqueue succeeded. The status record is written after the
-    enqueue, so a failed enqueue leaves no record claiming the message was queued.
-    """
-    if not _is_json(content_type):
-        raise UnsupportedMediaType(
-            f"the body must be application/json, not {content_type or 'untyped'}"
-        )
-    if len(body) > settings.max_request_bytes:
-        raise PayloadTooLarge(
-            f"the body is {len(body)} bytes; this gateway accepts at most "
-            f"{settings.max_request_bytes} (MAX_REQUEST_BYTES)"
-        )
+    """Validate a `POST /api/v1/messages` request and enqueue it; see `_queue_durably`."""
+    _check_body(body, content_type, settings)
     accepted_at = now()
     try:
         request = MailRequest.model_validate_json(body, context={"now": accepted_at})
@@ -77,10 +68,63 @@ def submit_message(
         ) from None
     _check_sender(request, settings)
     envelope = QueueEnvelope(id=new_id(), accepted_at=accepted_at, message=request)
-    _check_fits_queue(envelope, request)
+    return _queue_durably(envelope, body, queue, statuses, keys, idempotency_key)
+
+
+def submit_sendgrid_mail(
+    body: bytes,
+    content_type: str | None,
+    *,
+    settings: Settings,
+    queue: MailQueue,
+    statuses: StatusStore,
+    keys: IdempotencyStore,
+    now: Callable[[], datetime],
+    new_id: Callable[[], str],
+    idempotency_key: str | None = None,
+) -> AcceptedMessage:
+    """Validate a SendGrid v3 Mail Send body and enqueue it as sent; see `_queue_durably`.
+
+    The envelope carries the body exactly as the client sent it; delivery adds the gateway id.
+    """
+    _check_body(body, content_type, settings)
+    accepted_at = now()
+    document, mail = parse_mail_send(body, accepted_at)
+    _check_sendgrid_senders(mail, settings)
+    envelope = QueueEnvelope(id=new_id(), accepted_at=accepted_at, sendgrid=document)
+    return _queue_durably(envelope, body, queue, statuses, keys, idempotency_key)
+
+
+def _check_body(body: bytes, content_type: str | None, settings: Settings) -> None:
+    """Refuse a body that is not JSON or too large, before reading it."""
+    if not _is_json(content_type):
+        raise UnsupportedMediaType(
+            f"the body must be application/json, not {content_type or 'untyped'}"
+        )
+    if len(body) > settings.max_request_bytes:
+        raise PayloadTooLarge(
+            f"the body is {len(body)} bytes; this gateway accepts at most "
+            f"{settings.max_request_bytes} (MAX_REQUEST_BYTES)"
+        )
+
+
+def _queue_durably(
+    envelope: QueueEnvelope,
+    body: bytes,
+    queue: MailQueue,
+    statuses: StatusStore,
+    keys: IdempotencyStore,
+    idempotency_key: str | None,
+) -> AcceptedMessage:
+    """Enqueue an envelope once per Idempotency-Key; raise RequestRejected or StorageUnavailable.
+
+    The answer comes only after the enqueue succeeded. The status record is written after the
+    enqueue, so a failed enqueue leaves no record claiming the message was queued.
+    """
+    _check_fits_queue(envelope)
     claim = None
     if idempotency_key is not None:
-        claim = keys.claim(check_key(idempotency_key), body, envelope.id, accepted_at)
+        claim = keys.claim(check_key(idempotency_key), body, envelope.id, envelope.accepted_at)
         if claim.replay:
             return AcceptedMessage(claim.record.message_id, replayed=True)
         envelope = envelope.model_copy(update={"id": claim.record.message_id})
@@ -98,7 +142,7 @@ def submit_message(
         except StorageUnavailable as error:
             # The key stays pending: a retry gets 409 until it times out, then the same id.
             logger.warning("Message %s: idempotency key not completed: %s", envelope.id, error)
-    domains = request.recipient_domains()
+    domains = envelope.recipient_domains()
     logger.info(
         "Message %s queued for %s recipient domain(s) %s",
         envelope.id,
@@ -138,14 +182,40 @@ def _check_sender(request: MailRequest, settings: Settings) -> None:
         )
 
 
-def _check_fits_queue(envelope: QueueEnvelope, request: MailRequest) -> None:
+def _check_sendgrid_senders(mail: MailSend, settings: Settings) -> None:
+    senders = [("#/from", mail.from_)] + [
+        (json_pointer(["personalizations", index, "from"]), personalization.from_)
+        for index, personalization in enumerate(mail.personalizations)
+        if personalization.from_ is not None
+    ]
+    problems = tuple(
+        FieldProblem(pointer, "The from address is not one this gateway may send for.")
+        for pointer, sender in senders
+        if not sender_allowed(sender.email, settings.allowed_senders)
+    )
+    if problems:
+        raise SenderNotAllowed(
+            "this gateway does not send for that address (ALLOWED_SENDERS)", problems
+        )
+
+
+def _check_fits_queue(envelope: QueueEnvelope) -> None:
     size = len(envelope.to_json().encode())
     if size > MAX_QUEUED_JSON_BYTES:
-        pointer = "#/attachments" if request.attachments else "#"
+        if envelope.message is not None:
+            has_attachments = bool(envelope.message.attachments)
+        else:
+            has_attachments = bool((envelope.sendgrid or {}).get("attachments"))
+        problem = FieldProblem("#", "The message is too large for one queue message.")
+        if has_attachments:
+            problem = FieldProblem(
+                "#/attachments",
+                "The attachments make the message too large for one queue message.",
+            )
         raise PayloadTooLarge(
             f"the message takes {size} bytes queued; one queue message holds at most "
             f"{MAX_QUEUED_JSON_BYTES}. Large attachments are not supported yet: send smaller ones",
-            (FieldProblem(pointer, "makes the message too large for one queue message"),),
+            (problem,),
         )
 
 

@@ -10,7 +10,7 @@ from shared.queue import MailQueue
 from shared.sendgrid_client import SendGridClient
 from shared.settings import Settings
 from shared.status import MessageState, StatusStore
-from tests.samples import body, message
+from tests.samples import body, message, sendgrid_mail
 
 JSON = "application/json"
 
@@ -78,3 +78,18 @@ def test_should_queue_a_message_once_per_idempotency_key(gateway: Gateway) -> No
     assert gateway.queue.depths()[gateway.queue.name] == 1
     with pytest.raises(IdempotencyKeyReused):
         gateway.accept(body(message(subject="Other")), JSON, "order-42")
+
+
+def test_should_queue_a_sendgrid_v3_body_once_per_idempotency_key_and_record_it(
+    gateway: Gateway,
+) -> None:
+    # send_at is checked against the real clock here: leave it out.
+    mail = {k: v for k, v in sendgrid_mail().items() if k != "send_at"}
+    del mail["personalizations"][0]["send_at"]
+
+    first = gateway.accept_sendgrid(body(mail), JSON, "v3-order-42")
+    again = gateway.accept_sendgrid(body(mail), JSON, "v3-order-42")
+
+    assert (again.id, again.replayed) == (first.id, True)
+    assert gateway.queue.depths()[gateway.queue.name] == 1
+    assert gateway.status(first.id).state is MessageState.QUEUED
