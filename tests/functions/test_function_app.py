@@ -51,6 +51,7 @@ def test_should_register_exactly_the_gateway_functions(
         "list_dead_letters",
         "purge_dead_letters",
         "replay_dead_letters",
+        "sendgrid_mail_send",
         "submit_message",
     ]
 
@@ -59,6 +60,9 @@ def test_should_register_exactly_the_gateway_functions(
     ("name", "route", "method", "auth_level"),
     [
         ("submit_message", "v1/messages", "POST", func.AuthLevel.FUNCTION),
+        # With the host's routePrefix "api": POST /api/v3/mail/send, where SendGrid's libraries
+        # post once their host is https://<app>/api.
+        ("sendgrid_mail_send", "v3/mail/send", "POST", func.AuthLevel.FUNCTION),
         ("get_message_status", "v1/messages/{id}", "GET", func.AuthLevel.FUNCTION),
         ("health", "health", "GET", func.AuthLevel.ANONYMOUS),
         ("list_dead_letters", "v1/dead-letters", "GET", func.AuthLevel.ADMIN),
@@ -97,6 +101,7 @@ def test_should_trigger_delivery_from_the_configured_mail_queue(
     "name",
     [
         "submit_message",
+        "sendgrid_mail_send",
         "get_message_status",
         "health",
         "deliver_message",
