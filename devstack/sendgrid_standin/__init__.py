@@ -2,7 +2,7 @@
 
 It validates every payload with the gateway's own models of SendGrid's published request
 schema and its documented limits (``shared.sendgrid_v3``, deployed with the gateway), answers
-like SendGrid (401/400/413/202/200), writes each accepted mail to an outbox folder as
+like SendGrid (401/400/413/415/202/200), writes each accepted mail to an outbox folder as
 ``<x-message-id>.json`` and ``<x-message-id>.eml``, and offers a control API under
 ``/_standin/`` so tests can script failures, dropped connections and latency.
 

@@ -272,7 +272,8 @@ class MailSendEndpoint:
             )
         media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         if media_type != "application/json":
-            return self._refuse(entry, 400, error_body("Content-Type should be application/json."))
+            # 415, as SendGrid's libraries' issue trackers show SendGrid answering.
+            return self._refuse(entry, 415, error_body("Content-Type should be application/json."))
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
