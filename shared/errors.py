@@ -4,7 +4,7 @@
     ├── ConfigurationError          a setting is missing or invalid; the gateway cannot work
     ├── RequestRejected             an API request the gateway refuses (maps to a problem+json)
     │   ├── InvalidMessage              400: one or more fields are invalid
-    │   ├── SenderNotAllowed            403: `from` is outside ALLOWED_SENDERS
+    │   ├── SenderNotAllowed            403: a `from` is outside ALLOWED_SENDERS
     │   ├── MessageNotFound             404: no message has that id
     │   ├── IdempotencyKeyInUse         409: a request with this key is still being accepted
     │   ├── PayloadTooLarge             413: the body or the queued message is too large
@@ -18,7 +18,9 @@
         └── PermanentDeliveryError      400, 401, 403, 413 and other 4xx: retrying cannot help
 
 The queue trigger's behaviour follows from the type: retryable errors are retried with a
-delay until the attempts run out, permanent ones are dead-lettered at once.
+delay until the attempts run out, permanent ones are dead-lettered at once. A RequestRejected
+is answered as problem+json, or on `/api/v3/mail/send` in SendGrid's error format, from the
+same status and FieldProblems.
 """
 
 from __future__ import annotations
