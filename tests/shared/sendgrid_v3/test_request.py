@@ -59,8 +59,16 @@ def test_should_refuse_an_invalid_field_in_sendgrids_words() -> None:
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b"{", b"not json", b"\xff\xfe{}", b'{"send_at": NaN}', b"[" * 100_000],
-    ids=["empty", "truncated", "text", "not UTF-8", "NaN", "absurdly nested"],
+    [
+        b"",
+        b"{",
+        b"not json",
+        b"\xff\xfe{}",
+        b'{"send_at": NaN}',
+        b'{"personalizations": [{"dynamic_template_data": {"k": "\\udc00"}}]}',
+        b"[" * 100_000,
+    ],
+    ids=["empty", "truncated", "text", "not UTF-8", "NaN", "lone surrogate", "absurdly nested"],
 )
 def test_should_refuse_a_body_that_is_not_json(content: bytes) -> None:
     rejection = refusal(content)
