@@ -10,6 +10,7 @@ import azure.functions as func
 
 from shared.errors import ConfigurationError, MailgateError, RequestRejected, StorageUnavailable
 from shared.problems import PROBLEM_CONTENT_TYPE, Problem
+from shared.sendgrid_v3.error_format import refusal_body
 
 logger = logging.getLogger(__name__)
 
@@ -37,19 +38,30 @@ def problem_response(problem: Problem) -> func.HttpResponse:
 
 def refusal_response(error: MailgateError, unavailable: str) -> func.HttpResponse:
     """The problem response for a gateway error; `unavailable` says what did not happen."""
+    return problem_response(problem_for(error, unavailable))
+
+
+def sendgrid_refusal_response(error: MailgateError, unavailable: str) -> func.HttpResponse:
+    """The same refusal as SendGrid words one: status and headers kept, SendGrid's error body."""
+    problem = problem_for(error, unavailable)
+    return json_response(
+        refusal_body(problem.detail, problem.errors), problem.status, problem.headers
+    )
+
+
+def problem_for(error: MailgateError, unavailable: str) -> Problem:
+    """The status, explanation and headers a gateway error is answered with, logged if ours."""
     if isinstance(error, RequestRejected):
-        return problem_response(Problem.from_rejection(error))
+        return Problem.from_rejection(error)
     if isinstance(error, StorageUnavailable):
         logger.error("Storage unavailable: %s", error)
-        return problem_response(
-            Problem(
-                503,
-                f"storage is unavailable and {unavailable}; try again later",
-                headers={"Retry-After": STORAGE_RETRY_AFTER_SECONDS},
-            )
+        return Problem(
+            503,
+            f"storage is unavailable and {unavailable}; try again later",
+            headers={"Retry-After": STORAGE_RETRY_AFTER_SECONDS},
         )
     if isinstance(error, ConfigurationError):
         logger.error("The gateway is misconfigured: %s", error)
-        return problem_response(Problem(500, "the gateway is misconfigured; see its logs"))
+        return Problem(500, "the gateway is misconfigured; see its logs")
     logger.error("Request failed: %s", error)
-    return problem_response(Problem(503, f"{unavailable}; try again later"))
+    return Problem(503, f"{unavailable}; try again later")

@@ -21,11 +21,14 @@
         └── PermanentDeliveryError      400, 401, 403, 413 and other 4xx: retrying cannot help
 
 The queue trigger's behaviour follows from the type: retryable errors are retried with a
-delay until the attempts run out, permanent ones are dead-lettered at once.
+delay until the attempts run out, permanent ones are dead-lettered at once. A RequestRejected
+is answered as problem+json, or on `/api/v3/mail/send` in SendGrid's error format, from the
+same status and FieldProblems.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -43,6 +46,11 @@ class FieldProblem:
 
     pointer: str
     detail: str
+
+
+def json_pointer(path: Iterable[str | int]) -> str:
+    """The URI-fragment JSON Pointer (RFC 6901) of a path, e.g. `#/to/0/email`."""
+    return "#" + "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in path)
 
 
 class RequestRejected(MailgateError):

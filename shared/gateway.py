@@ -21,7 +21,7 @@ from shared.queue import MailQueue
 from shared.sendgrid_client import SendGridClient
 from shared.settings import Settings
 from shared.status import MessageStatus, StatusStore
-from shared.submission import AcceptedMessage, submit_message
+from shared.submission import AcceptedMessage, submit_message, submit_sendgrid_mail
 
 
 def utc_now() -> datetime:
@@ -102,6 +102,31 @@ class Gateway:
         self.ensure_storage()
         self.clients.take(client)
         return submit_message(
+            body,
+            content_type,
+            settings=self.settings,
+            queue=self.queue,
+            bodies=self.bodies,
+            statuses=self.statuses,
+            keys=self.keys,
+            now=self._now,
+            new_id=self._new_id,
+            client=client,
+            idempotency_key=idempotency_key,
+        )
+
+    def accept_sendgrid(
+        self,
+        body: bytes,
+        content_type: str | None,
+        client: Client,
+        idempotency_key: str | None = None,
+    ) -> AcceptedMessage:
+        """Count against the client's rate, then validate a SendGrid v3 Mail Send body and
+        durably queue it as the client sent it."""
+        self.ensure_storage()
+        self.clients.take(client)
+        return submit_sendgrid_mail(
             body,
             content_type,
             settings=self.settings,

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from shared.errors import FieldProblem
+from shared.errors import FieldProblem, json_pointer
 
 MAX_RECIPIENTS = 1000
 MAX_CATEGORIES = 10
@@ -284,7 +284,11 @@ class QueueEnvelope(BaseModel):
 
     def recipient_domains(self) -> list[str]:
         """The distinct recipient domains of the body carried in the queue message itself."""
-        return self.message.recipient_domains() if self.message is not None else []
+        if self.message is not None:
+            return self.message.recipient_domains()
+        if self.sendgrid is not None:
+            return sendgrid_recipient_domains(self.sendgrid)
+        return []
 
     def to_json(self) -> str:
         """The envelope as the compact JSON text that goes on the queue."""
@@ -329,11 +333,31 @@ class StoredBody(BaseModel):
         return self.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 
+def sendgrid_recipient_domains(body: dict[str, Any]) -> list[str]:
+    """The distinct to, cc and bcc domains of a v3 Mail Send body, safe to log (addresses are not).
+
+    Read leniently: the body was validated when it was accepted, and a log line must not fail
+    on a queue message someone edited since.
+    """
+    domains: set[str] = set()
+    personalizations = body.get("personalizations")
+    for personalization in personalizations if isinstance(personalizations, list) else []:
+        if not isinstance(personalization, dict):
+            continue
+        for kind in ("to", "cc", "bcc"):
+            recipients = personalization.get(kind)
+            for recipient in recipients if isinstance(recipients, list) else []:
+                email = recipient.get("email") if isinstance(recipient, dict) else None
+                if isinstance(email, str) and "@" in email:
+                    domains.add(email.rpartition("@")[2].lower())
+    return sorted(domains)
+
+
 def field_problems(error: ValidationError) -> tuple[FieldProblem, ...]:
     """Translate a pydantic error into one problem per offending field, located by JSON Pointer."""
     problems: list[FieldProblem] = []
     for detail in error.errors(include_url=False):
-        base = "#" + "".join(f"/{_escape_pointer(str(part))}" for part in detail["loc"])
+        base = json_pointer(detail["loc"])
         cause = (detail.get("ctx") or {}).get("error")
         if isinstance(cause, FieldErrors):
             problems.extend(
@@ -345,7 +369,3 @@ def field_problems(error: ValidationError) -> tuple[FieldProblem, ...]:
             message = "is not a known field"
         problems.append(FieldProblem(base, message))
     return tuple(problems)
-
-
-def _escape_pointer(part: str) -> str:
-    return part.replace("~", "~0").replace("/", "~1")

@@ -45,9 +45,11 @@ MAX_PROVIDER_ERROR_CHARS = 1000
 
 def build_payload(envelope: QueueEnvelope) -> dict[str, Any]:
     """The v3 Mail Send body for an envelope; the gateway id travels in custom_args."""
+    if envelope.sendgrid is not None:
+        return _with_gateway_id(envelope.sendgrid, envelope.id)
     request = envelope.message
     if request is None:
-        raise TypeError(f"envelope {envelope.id} carries no v1 message to build a payload from")
+        raise TypeError(f"envelope {envelope.id} carries no message or SendGrid body to send")
     mail = Mail()
     mail.from_email = From(request.from_.email, request.from_.name)
     personalization = Personalization()
@@ -92,6 +94,30 @@ def build_payload(envelope: QueueEnvelope) -> dict[str, Any]:
         )
     payload: dict[str, Any] = mail.get()
     return payload
+
+
+def _with_gateway_id(body: dict[str, Any], message_id: str) -> dict[str, Any]:
+    """A client's own v3 body, unchanged but for mailgate_id added to every personalization."""
+    personalizations = body.get("personalizations")
+    if not isinstance(personalizations, list) or not all(
+        isinstance(p, dict) for p in personalizations
+    ):
+        # Validated on accept, so only a queue message edited since gets here: SendGrid would
+        # refuse it too, and retrying cannot help.
+        raise PermanentDeliveryError("the queued SendGrid body has no valid personalizations")
+    # Per personalization, not at the top level: SendGrid merges a personalization's
+    # custom_args over the top-level ones and returns the merge on every webhook event, so the
+    # id comes back on each recipient's events, whatever the caller put at either level; the
+    # caller's top-level custom_args stay exactly as sent. (SendGrid's published schema also
+    # types the top-level custom_args as a string, which a validating mock would refuse.)
+    # New dicts only where the id goes in: the envelope's own body is never changed.
+    return {
+        **body,
+        "personalizations": [
+            {**p, "custom_args": {**p.get("custom_args", {}), MAILGATE_ID_ARG: message_id}}
+            for p in personalizations
+        ],
+    }
 
 
 class SendGridClient:

@@ -19,10 +19,13 @@ from shared.errors import (
     SenderNotAllowed,
     StorageUnavailable,
     UnsupportedMediaType,
+    json_pointer,
 )
 from shared.idempotency import IdempotencyStore, check_key
 from shared.models import MailRequest, QueueEnvelope, field_problems
 from shared.queue import MailQueue
+from shared.sendgrid_v3.request import parse_mail_send
+from shared.sendgrid_v3.schema import MailSend
 from shared.settings import Settings, sender_allowed
 from shared.status import MessageState, MessageStatus, StatusStore
 
@@ -58,12 +61,53 @@ def submit_message(
     client: Client,
     idempotency_key: str | None = None,
 ) -> AcceptedMessage:
-    """Validate a request and enqueue it; raise RequestRejected or StorageUnavailable.
+    """Validate a `POST /api/v1/messages` request and enqueue it; see `_queue_durably`."""
+    _check_body(body, content_type, settings)
+    accepted_at = now()
+    try:
+        request = MailRequest.model_validate_json(body, context={"now": accepted_at})
+    except ValidationError as error:
+        problems = field_problems(error)
+        raise InvalidMessage(
+            f"the message has {len(problems)} invalid field(s)", problems
+        ) from None
+    _check_senders([("#/from", request.from_.email)], client, settings)
+    envelope = QueueEnvelope(
+        id=new_id(), accepted_at=accepted_at, client=client.name, message=request
+    )
+    return _queue_durably(envelope, body, queue, bodies, statuses, keys, client, idempotency_key)
 
-    The answer comes only after the enqueue (and, for a message too large for one queue
-    message, the write of its body's blob) succeeded. The status record is written after the
-    enqueue, so a failed enqueue leaves no record claiming the message was queued.
+
+def submit_sendgrid_mail(
+    body: bytes,
+    content_type: str | None,
+    *,
+    settings: Settings,
+    queue: MailQueue,
+    bodies: MessageBodyStore,
+    statuses: StatusStore,
+    keys: IdempotencyStore,
+    now: Callable[[], datetime],
+    new_id: Callable[[], str],
+    client: Client,
+    idempotency_key: str | None = None,
+) -> AcceptedMessage:
+    """Validate a SendGrid v3 Mail Send body and enqueue it as sent; see `_queue_durably`.
+
+    The envelope carries the body exactly as the client sent it; delivery adds the gateway id.
     """
+    _check_body(body, content_type, settings)
+    accepted_at = now()
+    document, mail = parse_mail_send(body, accepted_at)
+    _check_senders(_sendgrid_senders(mail), client, settings)
+    envelope = QueueEnvelope(
+        id=new_id(), accepted_at=accepted_at, client=client.name, sendgrid=document
+    )
+    return _queue_durably(envelope, body, queue, bodies, statuses, keys, client, idempotency_key)
+
+
+def _check_body(body: bytes, content_type: str | None, settings: Settings) -> None:
+    """Refuse a body that is not JSON or too large, before reading it."""
     if not _is_json(content_type):
         raise UnsupportedMediaType(
             f"the body must be application/json, not {content_type or 'untyped'}"
@@ -73,26 +117,33 @@ def submit_message(
             f"the body is {len(body)} bytes; this gateway accepts at most "
             f"{settings.max_request_bytes} (MAX_REQUEST_BYTES)"
         )
-    accepted_at = now()
-    try:
-        request = MailRequest.model_validate_json(body, context={"now": accepted_at})
-    except ValidationError as error:
-        problems = field_problems(error)
-        raise InvalidMessage(
-            f"the message has {len(problems)} invalid field(s)", problems
-        ) from None
-    _check_sender(request.from_.email, client, settings)
-    envelope = QueueEnvelope(
-        id=new_id(), accepted_at=accepted_at, client=client.name, message=request
-    )
+
+
+def _queue_durably(
+    envelope: QueueEnvelope,
+    body: bytes,
+    queue: MailQueue,
+    bodies: MessageBodyStore,
+    statuses: StatusStore,
+    keys: IdempotencyStore,
+    client: Client,
+    idempotency_key: str | None,
+) -> AcceptedMessage:
+    """Enqueue an envelope once per Idempotency-Key; raise RequestRejected or StorageUnavailable.
+
+    The answer comes only after the enqueue (and, for a message too large for one queue
+    message, the write of its body's blob) succeeded. The status record is written after the
+    enqueue, so a failed enqueue leaves no record claiming the message was queued.
+    """
     claim = None
     if idempotency_key is not None:
         # Keys are the client's own: two apps using the same key never collide.
         scoped_key = f"{client.name}:{check_key(idempotency_key)}"
-        claim = keys.claim(scoped_key, body, envelope.id, accepted_at)
+        claim = keys.claim(scoped_key, body, envelope.id, envelope.accepted_at)
         if claim.replay:
             return AcceptedMessage(claim.record.message_id, replayed=True)
         envelope = envelope.model_copy(update={"id": claim.record.message_id})
+    domains = envelope.recipient_domains()
     try:
         envelope = _enqueue(envelope, queue, bodies)
     except StorageUnavailable:
@@ -107,7 +158,6 @@ def submit_message(
         except StorageUnavailable as error:
             # The key stays pending: a retry gets 409 until it times out, then the same id.
             logger.warning("Message %s: idempotency key not completed: %s", envelope.id, error)
-    domains = request.recipient_domains()
     logger.info(
         "Message %s queued for %s recipient domain(s) %s%s",
         envelope.id,
@@ -166,18 +216,35 @@ def _record_queued(envelope: QueueEnvelope, statuses: StatusStore) -> None:
         logger.warning("Message %s queued but its status was not recorded: %s", envelope.id, error)
 
 
-def _check_sender(address: str, client: Client, settings: Settings) -> None:
+def _check_senders(senders: list[tuple[str, str]], client: Client, settings: Settings) -> None:
+    """Refuse each `(pointer, address)` outside ALLOWED_SENDERS or the client's own senders."""
     # The gateway's list bounds every client's, whatever the client record says.
-    if not sender_allowed(address, settings.allowed_senders):
+    outside = tuple(
+        FieldProblem(pointer, "is not an allowed sender")
+        for pointer, address in senders
+        if not sender_allowed(address, settings.allowed_senders)
+    )
+    if outside:
         raise SenderNotAllowed(
-            "this gateway does not send for that address (ALLOWED_SENDERS)",
-            (FieldProblem("#/from", "is not an allowed sender"),),
+            "this gateway does not send for that address (ALLOWED_SENDERS)", outside
         )
-    if not client.may_send_as(address):
+    not_theirs = tuple(
+        FieldProblem(pointer, "is not one of the client's senders")
+        for pointer, address in senders
+        if not client.may_send_as(address)
+    )
+    if not_theirs:
         raise SenderNotAllowed(
-            f"the client {client.name!r} may not send as that address (its senders)",
-            (FieldProblem("#/from", "is not one of the client's senders"),),
+            f"the client {client.name!r} may not send as that address (its senders)", not_theirs
         )
+
+
+def _sendgrid_senders(mail: MailSend) -> list[tuple[str, str]]:
+    return [("#/from", mail.from_.email)] + [
+        (json_pointer(["personalizations", index, "from"]), personalization.from_.email)
+        for index, personalization in enumerate(mail.personalizations)
+        if personalization.from_ is not None
+    ]
 
 
 def _is_json(content_type: str | None) -> bool:

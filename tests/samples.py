@@ -82,6 +82,68 @@ def envelope(
     )
 
 
+def sendgrid_mail(**fields: Any) -> dict[str, Any]:
+    """A SendGrid v3 Mail Send body as an app sends it, using every field that must pass through.
+
+    Keyword arguments replace or add top-level fields; `from` is passed as `**{"from": ...}`.
+    """
+    send_at = int((NOW + timedelta(hours=2)).timestamp())
+    return {
+        "personalizations": [
+            {
+                "to": [{"email": "ann@example.net", "name": "Ann"}, {"email": "bob@Example.NET"}],
+                "cc": [{"email": "carol@partner.example.org"}],
+                "bcc": [{"email": "audit@example.com"}],
+                "dynamic_template_data": {"name": "Ann", "items": [{"sku": "A-1", "qty": 2}]},
+                "custom_args": {"order": "42"},
+                "send_at": send_at,
+            },
+            {
+                "to": [{"email": "dee@elsewhere.example"}],
+                "subject": "For Dee",
+                "headers": {"X-Campaign": "spring"},
+                "dynamic_template_data": {"name": "Dee", "vip": True, "balance": None},
+            },
+        ],
+        "from": {"email": SENDER, "name": "Mailgate Sender"},
+        "reply_to": {"email": "support@example.com"},
+        "subject": "Your order",
+        "content": [
+            {"type": "text/plain", "value": "Plain body"},
+            {"type": "text/html", "value": "<p>HTML body</p>"},
+        ],
+        "attachments": [{"content": PNG_BASE64, "filename": "logo.png", "type": "image/png"}],
+        "template_id": "d-0123456789abcdef0123456789abcdef",
+        "categories": ["orders"],
+        "custom_args": {"tenant": "acme"},
+        "send_at": send_at,
+        "batch_id": "YOUR_BATCH_ID_0123456789",
+        "asm": {"group_id": 123, "groups_to_display": [123, 456]},
+        "ip_pool_name": "transactional",
+        "mail_settings": {
+            "sandbox_mode": {"enable": True},
+            "bypass_list_management": {"enable": False},
+            "footer": {"enable": False},
+        },
+        "tracking_settings": {
+            "click_tracking": {"enable": True, "enable_text": False},
+            "open_tracking": {"enable": True, "substitution_tag": "%open%"},
+            "subscription_tracking": {"enable": False},
+            "ganalytics": {"enable": True, "utm_source": "mailgate"},
+        },
+        **fields,
+    }
+
+
+def sendgrid_envelope(
+    *, id: str = "msg-0001", attempt: int = 1, accepted_at: datetime = NOW, **fields: Any
+) -> QueueEnvelope:
+    """An envelope around `sendgrid_mail(**fields)`, as the gateway queues a v3 request."""
+    return QueueEnvelope(
+        id=id, accepted_at=accepted_at, attempt=attempt, sendgrid=sendgrid_mail(**fields)
+    )
+
+
 def everything_message() -> dict[str, Any]:
     """A message that uses every field."""
     return message(

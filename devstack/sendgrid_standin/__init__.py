@@ -1,20 +1,19 @@
 """A loopback stand-in for SendGrid's v3 Mail Send API, for tests and the local stack.
 
-It validates every payload with pydantic models that encode SendGrid's published request
-schema and its documented limits, answers like SendGrid (401/400/413/202/200), writes each
-accepted mail to an outbox folder as ``<x-message-id>.json`` and ``<x-message-id>.eml``, and
-offers a control API under ``/_standin/`` so tests can script failures, dropped connections
-and latency.
+It validates every payload with the gateway's own models of SendGrid's published request
+schema and its documented limits (``shared.sendgrid_v3``, deployed with the gateway), answers
+like SendGrid (401/400/413/415/202/200), writes each accepted mail to an outbox folder as
+``<x-message-id>.json`` and ``<x-message-id>.eml``, and offers a control API under
+``/_standin/`` so tests can script failures, dropped connections and latency.
 
 Run it with ``python -m devstack.sendgrid_standin [--port 0]``, or from tests with
 ``SendGridStandIn().start()``.
 
-Modules: ``schema`` (request models, ``validate_mail_send``), ``errors`` (SendGrid error
-entries), ``outbox`` (``.eml`` and ``.json`` files), ``server`` (endpoint, control API,
+Modules: ``outbox`` (``.eml`` and ``.json`` files), ``server`` (endpoint, control API,
 ``serve``), ``process`` (the ``SendGridStandIn`` subprocess wrapper), ``__main__`` (the CLI).
+The request models and SendGrid's error format live in ``shared.sendgrid_v3``.
 """
 
-from devstack.sendgrid_standin.errors import UNAUTHORIZED_BODY, validation_errors
 from devstack.sendgrid_standin.outbox import build_eml, new_message_id, write_outbox
 from devstack.sendgrid_standin.process import (
     API_KEY_ENV,
@@ -22,7 +21,6 @@ from devstack.sendgrid_standin.process import (
     SendGridStandIn,
     StandInError,
 )
-from devstack.sendgrid_standin.schema import RESERVED_HEADERS, MailSend, validate_mail_send
 from devstack.sendgrid_standin.server import (
     DEFAULT_API_KEY,
     DEFAULT_OUTBOX,
@@ -34,6 +32,8 @@ from devstack.sendgrid_standin.server import (
     create_app,
     serve,
 )
+from shared.sendgrid_v3.error_format import UNAUTHORIZED_BODY, validation_errors
+from shared.sendgrid_v3.schema import RESERVED_HEADERS, MailSend, validate_mail_send
 
 __all__ = [
     "API_KEY_ENV",

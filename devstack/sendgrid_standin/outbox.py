@@ -18,7 +18,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from devstack.sendgrid_standin.schema import EmailObject, MailSend
+from shared.sendgrid_v3.schema import EmailObject, MailSend
 
 logger = logging.getLogger(__name__)
 

@@ -34,9 +34,9 @@ from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.utils import get_remote_addr
 
-from devstack.sendgrid_standin.errors import UNAUTHORIZED_BODY, error_body, schema_path
 from devstack.sendgrid_standin.outbox import build_eml_or_stub, new_message_id, write_outbox
-from devstack.sendgrid_standin.schema import MailSend, validate_mail_send
+from shared.sendgrid_v3.error_format import UNAUTHORIZED_BODY, error_body, schema_path
+from shared.sendgrid_v3.schema import MailSend, validate_mail_send
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +272,8 @@ class MailSendEndpoint:
             )
         media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         if media_type != "application/json":
-            return self._refuse(entry, 400, error_body("Content-Type should be application/json."))
+            # 415, as SendGrid's libraries' issue trackers show SendGrid answering.
+            return self._refuse(entry, 415, error_body("Content-Type should be application/json."))
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from devstack.sendgrid_standin import MAX_BODY_BYTES, UNAUTHORIZED_BODY, SendGridStandIn
-from tests.devstack.sendgrid_samples import minimal_payload, valid_payload
+from tests.sendgrid_samples import minimal_payload, valid_payload
 
 
 @pytest.fixture(scope="module")

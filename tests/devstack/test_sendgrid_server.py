@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from devstack.sendgrid_standin import DEFAULT_API_KEY, MAX_BODY_BYTES, StandInState, create_app
-from tests.devstack.sendgrid_samples import PDF_BYTES, PNG_BYTES, minimal_payload, valid_payload
+from tests.sendgrid_samples import PDF_BYTES, PNG_BYTES, minimal_payload, valid_payload
 
 
 def call(
@@ -63,11 +63,11 @@ def test_should_answer_400_to_a_body_that_is_not_json(state: StandInState) -> No
     assert response.json()["errors"][0]["field"] is None
 
 
-def test_should_answer_400_unless_the_body_is_declared_json(state: StandInState) -> None:
+def test_should_answer_415_unless_the_body_is_declared_json(state: StandInState) -> None:
     body = json.dumps(minimal_payload()).encode()
     headers = {**AUTH, "Content-Type": "text/plain"}
     response = call(state, "POST", "/v3/mail/send", content=body, headers=headers)
-    assert response.status_code == 400
+    assert response.status_code == 415
     assert response.json()["errors"][0]["message"] == "Content-Type should be application/json."
 
 

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+import sendgrid
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient, QueueServiceClient
@@ -86,6 +87,16 @@ class RunningHost(LocalHostProcess):
         assert response.status_code == 200, response.text
         document: dict[str, Any] = response.json()
         return document
+
+
+def sendgrid_library(host: RunningHost, key: str = OWN_KEY) -> sendgrid.SendGridAPIClient:
+    """The official SendGrid Python library aimed at the gateway, as a migrating app sets it up:
+    its host is the gateway's /api, its API key the client key."""
+    key = host.client_key if key == OWN_KEY else key
+    client = sendgrid.SendGridAPIClient(api_key=key, host=f"{host.base_url}/api")
+    # python_http_client waits forever by default.
+    client.client.timeout = 30
+    return client
 
 
 class Queues:

@@ -8,6 +8,7 @@ import functions.dead_letters
 import functions.delivery
 import functions.health
 import functions.messages
+import functions.sendgrid_compat
 import shared.clients
 import shared.gateway
 from shared.clients import ClientStore
@@ -85,6 +86,7 @@ def misconfigured(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shared.gateway, "_gateway", None)
     for module in (
         functions.messages,
+        functions.sendgrid_compat,
         functions.health,
         functions.delivery,
         functions.dead_letters,

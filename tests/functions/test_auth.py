@@ -19,7 +19,7 @@ from azure.functions.decorators.http import HttpTrigger
 from functions.auth import REQUIRES_CLIENT_KEY
 from shared.clients import ClientStore
 from tests.functions.conftest import APP_KEY, OTHER_KEY
-from tests.samples import body, message
+from tests.samples import body, message, sendgrid_mail
 
 # Anonymous routes that are meant to be public, and why.
 PUBLIC_ROUTES = {
@@ -59,7 +59,9 @@ def call(function: Function, trigger: HttpTrigger, headers: dict[str, str]) -> f
         headers={"Content-Type": "application/json", **headers},
         params={},
         route_params=route_params,
-        body=body(message()) if method == "POST" else b"",
+        body=(body(sendgrid_mail()) if route.startswith("v3/") else body(message()))
+        if method == "POST"
+        else b"",
     )
     response = function.get_user_function()(request)
     assert isinstance(response, func.HttpResponse)
@@ -67,7 +69,9 @@ def call(function: Function, trigger: HttpTrigger, headers: dict[str, str]) -> f
 
 
 def test_should_find_the_mail_routes_among_the_anonymous_ones() -> None:
-    assert {"submit_message", "get_message_status"} <= {name for name, _, _ in CLIENT_ROUTES}
+    assert {"submit_message", "get_message_status", "sendgrid_mail_send"} <= {
+        name for name, _, _ in CLIENT_ROUTES
+    }
 
 
 @pytest.mark.parametrize(

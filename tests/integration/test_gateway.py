@@ -19,7 +19,7 @@ from shared.settings import Settings
 from shared.status import MessageState, StatusStore
 from tests.fakes import FakeMailSender
 from tests.integration.conftest import base64_queue_client
-from tests.samples import CLIENT, body, message
+from tests.samples import CLIENT, body, message, sendgrid_mail
 
 JSON = "application/json"
 
@@ -171,3 +171,18 @@ def test_should_carry_a_large_message_through_a_blob_and_delete_the_blob_once_se
     assert base64.b64decode(payload["attachments"][0]["content"]) == content
     assert gateway.bodies.get(f"{accepted.id}.json") is None
     assert gateway.status(accepted.id, client).state is MessageState.SENT
+
+
+def test_should_queue_a_sendgrid_v3_body_once_per_idempotency_key_and_record_it(
+    gateway: Gateway, client: Client
+) -> None:
+    # send_at is checked against the real clock here: leave it out.
+    mail = {k: v for k, v in sendgrid_mail().items() if k != "send_at"}
+    del mail["personalizations"][0]["send_at"]
+
+    first = gateway.accept_sendgrid(body(mail), JSON, client, "v3-order-42")
+    again = gateway.accept_sendgrid(body(mail), JSON, client, "v3-order-42")
+
+    assert (again.id, again.replayed) == (first.id, True)
+    assert gateway.queue.depths()[gateway.queue.name] == 1
+    assert gateway.status(first.id, client).state is MessageState.QUEUED

@@ -25,7 +25,7 @@ from tests.fakes import (
     FakeStatusStore,
     Journal,
 )
-from tests.samples import NOW, envelope
+from tests.samples import NOW, envelope, sendgrid_envelope, sendgrid_mail
 
 LATER = NOW + timedelta(hours=2)
 REFUSED_AT = NOW + timedelta(minutes=1)
@@ -351,6 +351,21 @@ def test_should_report_storage_unavailable_when_the_poison_queue_does_not_answer
 
     with pytest.raises(StorageUnavailable, match="mail-outbound-poison"):
         dead_letters.entries()
+
+
+def test_should_replay_a_v3_body_unchanged(
+    dead_letters: DeadLetters, fake_queue: FakeMailQueue
+) -> None:
+    record = DeadLetter(reason="SendGrid refused it", status_code=400, attempts=2, at=REFUSED_AT)
+    queued = sendgrid_envelope(id="msg-v3", attempt=2)
+    poison(fake_queue, queued.model_copy(update={"dead_letter": record}).to_json())
+
+    report = dead_letters.replay(["msg-v3"])
+
+    assert report.done == ["msg-v3"]
+    [replayed] = fake_queue.envelopes
+    assert replayed == queued.model_copy(update={"attempt": 1})
+    assert json.loads(fake_queue.messages[0].text)["sendgrid"] == sendgrid_mail()
 
 
 def test_should_keep_replayed_envelopes_readable_by_delivery(

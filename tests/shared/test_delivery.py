@@ -37,7 +37,7 @@ from tests.fakes import (
     JitterAt,
     Journal,
 )
-from tests.samples import NOW, envelope, settings_with
+from tests.samples import NOW, envelope, sendgrid_envelope, sendgrid_mail, settings_with
 
 LATER = NOW + timedelta(minutes=5)
 SERVER_ERROR = RetryableDeliveryError(
@@ -296,6 +296,90 @@ def test_should_deliver_a_message_through_every_attempt_then_dead_letter_it(
     assert poison_record(fake_queue)["dead_letter"]["attempts"] == 4
     assert fake_statuses.records["msg-6"].state is MessageState.FAILED
     assert fake_statuses.records["msg-6"].attempts == 4
+
+
+# --- a SendGrid v3 body takes the same path ------------------------------------------------
+
+
+def test_should_send_a_v3_body_as_the_client_sent_it_with_the_gateway_id(
+    settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    sender = FakeMailSender("sg-v3")
+    queued = sendgrid_envelope(id="msg-v3")
+
+    outcome = deliver(queued, sender, fake_queue, settings, fake_statuses)
+
+    assert outcome == DeliveryOutcome("sent", "msg-v3", 1, provider_message_id="sg-v3")
+    [payload] = sender.payloads
+    assert {k: v for k, v in payload.items() if k != "personalizations"} == {
+        k: v for k, v in sendgrid_mail().items() if k != "personalizations"
+    }
+    assert [p["custom_args"]["mailgate_id"] for p in payload["personalizations"]] == ["msg-v3"] * 2
+    assert fake_statuses.records["msg-v3"].state is MessageState.SENT
+
+
+def test_should_requeue_a_v3_body_unchanged_for_its_retry(
+    settings: Settings, fake_queue: FakeMailQueue
+) -> None:
+    queued = sendgrid_envelope(id="msg-v3", attempt=2)
+
+    outcome = deliver(queued, FakeMailSender(SERVER_ERROR), fake_queue, settings)
+
+    assert outcome.result == "retry_scheduled"
+    [retry] = fake_queue.envelopes
+    assert retry == queued.model_copy(update={"attempt": 3})
+    assert json.loads(fake_queue.messages[0].text)["sendgrid"] == sendgrid_mail()
+
+
+def test_should_send_the_same_v3_payload_on_every_attempt(
+    fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    settings = settings_with(MAX_DELIVERY_ATTEMPTS="3")
+    sender = FakeMailSender(SERVER_ERROR, SERVER_ERROR, "sg-v3")
+    content = sendgrid_envelope(id="msg-v3").to_json().encode()
+
+    results = []
+    for _ in range(3):
+        results.append(deliver(content, sender, fake_queue, settings, fake_statuses).result)
+        if fake_queue.messages:
+            content = fake_queue.messages.pop().text.encode()
+
+    assert results == ["retry_scheduled", "retry_scheduled", "sent"]
+    assert sender.payloads == [build_payload(sendgrid_envelope(id="msg-v3"))] * 3
+
+
+@pytest.mark.parametrize(
+    ("failure", "attempt"), [(REFUSAL, 1), (SERVER_ERROR, 8)], ids=["refused", "attempts run out"]
+)
+def test_should_dead_letter_a_v3_body_unchanged(
+    failure: DeliveryError, attempt: int, settings: Settings, fake_queue: FakeMailQueue
+) -> None:
+    queued = sendgrid_envelope(id="msg-v3", attempt=attempt)
+
+    outcome = deliver(queued, FakeMailSender(failure), fake_queue, settings)
+
+    assert outcome.result == "dead_lettered"
+    record = poison_record(fake_queue)
+    assert record["sendgrid"] == sendgrid_mail()
+    assert "mailgate_id" not in json.dumps(record["sendgrid"])
+    assert {k: v for k, v in record.items() if k != "dead_letter"} == json.loads(queued.to_json())
+    decoded = QueueEnvelope.model_validate_json(fake_queue.poison_texts[0])
+    assert decoded.model_copy(update={"dead_letter": None}) == queued
+
+
+def test_should_dead_letter_a_queued_v3_body_that_lost_its_personalizations(
+    settings: Settings, fake_queue: FakeMailQueue
+) -> None:
+    sender = FakeMailSender()
+    queued = QueueEnvelope(id="msg-v3", accepted_at=NOW, sendgrid={"personalizations": "none"})
+
+    outcome = deliver(queued, sender, fake_queue, settings)
+
+    assert outcome.result == "dead_lettered"
+    assert sender.payloads == []
+    assert poison_record(fake_queue)["dead_letter"]["reason"] == (
+        "the queued SendGrid body has no valid personalizations"
+    )
 
 
 @pytest.mark.parametrize(

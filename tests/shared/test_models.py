@@ -26,6 +26,8 @@ from tests.samples import (
     Refusal,
     everything_message,
     message,
+    sendgrid_envelope,
+    sendgrid_mail,
     without,
 )
 
@@ -151,6 +153,30 @@ def test_should_list_distinct_recipient_domains_for_logs() -> None:
     assert request.recipient_domains() == ["a.example", "example.net", "example.org"]
 
 
+def test_should_list_the_recipient_domains_of_a_v3_body_in_every_personalization() -> None:
+    assert sendgrid_envelope().recipient_domains() == [
+        "elsewhere.example",
+        "example.com",
+        "example.net",
+        "partner.example.org",
+    ]
+
+
+def test_should_list_v3_recipient_domains_even_from_a_body_edited_on_the_queue() -> None:
+    body = {
+        "personalizations": [
+            {"to": [{"email": "a@one.example"}, {"name": "no address"}, "b@two.example"]},
+            "not an object",
+            {"cc": {"email": "c@three.example"}, "bcc": [{"email": "nobody"}]},
+        ]
+    }
+
+    queued = QueueEnvelope(id="m", accepted_at=NOW, sendgrid=body)
+
+    assert queued.recipient_domains() == ["one.example"]
+    assert QueueEnvelope(id="m", accepted_at=NOW, sendgrid={"x": 1}).recipient_domains() == []
+
+
 def test_should_refuse_an_attachment_without_content() -> None:
     with pytest.raises(ValidationError):
         Attachment(filename="a.txt", content="")
@@ -183,8 +209,16 @@ def everything_envelope(**changes: Any) -> QueueEnvelope:
                 at=NOW,
             )
         ),
+        sendgrid_envelope(attempt=3),
     ],
-    ids=["minimal", "everything", "fifth attempt", "template with nulls", "dead letter"],
+    ids=[
+        "minimal",
+        "everything",
+        "fifth attempt",
+        "template with nulls",
+        "dead letter",
+        "SendGrid v3 body",
+    ],
 )
 def test_should_round_trip_an_envelope_through_json(queued: QueueEnvelope) -> None:
     assert QueueEnvelope.model_validate_json(queued.to_json()) == queued
@@ -214,6 +248,13 @@ def test_should_queue_readable_versioned_json() -> None:
     assert document["message"]["from"] == {"email": SENDER, "name": "Mailgate Sender"}
     assert "from_" not in document["message"]
     assert "dead_letter" not in document
+
+
+def test_should_queue_a_v3_body_exactly_as_the_client_sent_it() -> None:
+    document = json.loads(sendgrid_envelope(id="msg-v3").to_json())
+
+    assert document["sendgrid"] == sendgrid_mail()
+    assert "message" not in document
 
 
 def test_should_refuse_an_envelope_of_another_version() -> None:

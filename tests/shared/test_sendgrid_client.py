@@ -19,7 +19,16 @@ from shared.sendgrid_client import (
     retry_after_seconds,
 )
 from shared.settings import Settings
-from tests.samples import NOW, PNG_BASE64, SENDER, everything_message, message, without
+from tests.samples import (
+    NOW,
+    PNG_BASE64,
+    SENDER,
+    everything_message,
+    message,
+    sendgrid_envelope,
+    sendgrid_mail,
+    without,
+)
 
 API_KEY = "SG.unit-test-key"
 BASE_URL = "https://api.sendgrid.test"
@@ -155,6 +164,88 @@ def test_should_build_a_json_serialisable_payload() -> None:
     payload = payload_for(everything_message())
 
     assert json.loads(json.dumps(payload)) == payload
+
+
+# --- payload of a SendGrid v3 body -------------------------------------------------------
+
+PASSED_THROUGH = [
+    "from",
+    "reply_to",
+    "subject",
+    "content",
+    "attachments",
+    "template_id",
+    "categories",
+    "custom_args",
+    "send_at",
+    "batch_id",
+    "asm",
+    "ip_pool_name",
+    "mail_settings",
+    "tracking_settings",
+]
+
+
+def test_should_send_a_v3_body_unchanged_but_for_the_gateway_id() -> None:
+    queued = sendgrid_envelope(id="msg-v3")
+    sent = sendgrid_mail()
+
+    payload = build_payload(queued)
+
+    for personalization in sent["personalizations"]:
+        personalization["custom_args"] = {
+            **personalization.get("custom_args", {}),
+            "mailgate_id": "msg-v3",
+        }
+    assert payload == sent
+
+
+@pytest.mark.parametrize("field", PASSED_THROUGH)
+def test_should_pass_each_top_level_field_of_a_v3_body_through(field: str) -> None:
+    payload = build_payload(sendgrid_envelope())
+
+    assert payload[field] == sendgrid_mail()[field]
+
+
+def test_should_pass_personalizations_of_a_v3_body_through_with_their_template_data() -> None:
+    payload = build_payload(sendgrid_envelope(id="msg-v3"))
+
+    first, second = payload["personalizations"]
+    original_first, original_second = sendgrid_mail()["personalizations"]
+    assert {k: v for k, v in first.items() if k != "custom_args"} == {
+        k: v for k, v in original_first.items() if k != "custom_args"
+    }
+    assert first["dynamic_template_data"] == {"name": "Ann", "items": [{"sku": "A-1", "qty": 2}]}
+    assert first["send_at"] == original_first["send_at"]
+    assert {k: v for k, v in second.items() if k != "custom_args"} == original_second
+    assert payload["mail_settings"]["sandbox_mode"] == {"enable": True}
+
+
+def test_should_add_the_gateway_id_to_every_personalization_keeping_the_callers_args() -> None:
+    payload = build_payload(sendgrid_envelope(id="msg-v3"))
+
+    assert [p["custom_args"] for p in payload["personalizations"]] == [
+        {"order": "42", "mailgate_id": "msg-v3"},
+        {"mailgate_id": "msg-v3"},
+    ]
+    # The caller's top-level custom_args are theirs: no id there, nothing dropped.
+    assert payload["custom_args"] == {"tenant": "acme"}
+
+
+def test_should_leave_the_queued_v3_body_untouched() -> None:
+    queued = sendgrid_envelope(id="msg-v3")
+
+    build_payload(queued)
+    build_payload(queued)
+
+    assert queued.sendgrid == sendgrid_mail()
+
+
+def test_should_refuse_for_good_a_queued_v3_body_without_personalizations() -> None:
+    queued = QueueEnvelope(id="m", accepted_at=NOW, sendgrid={"from": {"email": SENDER}})
+
+    with pytest.raises(PermanentDeliveryError, match="personalizations"):
+        build_payload(queued)
 
 
 # --- sending and classifying outcomes -----------------------------------------------------

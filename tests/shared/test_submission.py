@@ -29,6 +29,7 @@ from shared.submission import (
     MAX_QUEUED_JSON_BYTES,
     AcceptedMessage,
     submit_message,
+    submit_sendgrid_mail,
 )
 from tests.fakes import (
     FakeIdempotencyStore,
@@ -45,6 +46,7 @@ from tests.samples import (
     body,
     custom_args_totalling,
     message,
+    sendgrid_mail,
     settings_with,
 )
 
@@ -923,3 +925,226 @@ def test_should_keep_the_body_out_of_the_logs(
     assert "msg-b7.json" in log
     for secret in ("Secret subject", "someone@example.net", big_attachment()["content"][:100]):
         assert secret not in log
+
+
+# --- SendGrid v3 bodies: checked their own way, then the same queue, status and keys --------
+
+
+def submit_sendgrid(
+    content: bytes,
+    settings: Settings,
+    queue: FakeMailQueue,
+    content_type: str | None = JSON,
+    new_id: str = "msg-v3",
+    *,
+    bodies: FakeMessageBodyStore | None = None,
+    statuses: FakeStatusStore | None = None,
+    keys: FakeIdempotencyStore | None = None,
+    idempotency_key: str | None = None,
+    now: datetime = NOW,
+    client: Client = CLIENT,
+) -> AcceptedMessage:
+    return submit_sendgrid_mail(
+        content,
+        content_type,
+        settings=settings,
+        queue=queue,
+        bodies=bodies if bodies is not None else FakeMessageBodyStore(journal=queue.journal),
+        statuses=statuses if statuses is not None else FakeStatusStore(queue.journal),
+        keys=keys if keys is not None else FakeIdempotencyStore(),
+        now=lambda: now,
+        new_id=lambda: new_id,
+        client=client,
+        idempotency_key=idempotency_key,
+    )
+
+
+def refused_sendgrid(
+    content: bytes,
+    settings: Settings,
+    queue: FakeMailQueue,
+    content_type: str | None = JSON,
+    **options: Any,
+) -> RequestRejected:
+    with pytest.raises(RequestRejected) as caught:
+        submit_sendgrid(content, settings, queue, content_type, **options)
+    assert queue.messages == [], "a refused mail must not be queued"
+    return caught.value
+
+
+def test_should_queue_a_v3_body_exactly_as_the_client_sent_it(
+    settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    accepted = submit_sendgrid(
+        body(sendgrid_mail()), settings, fake_queue, new_id="msg-v3", statuses=fake_statuses
+    )
+
+    assert accepted == AcceptedMessage(id="msg-v3", status="queued")
+    [queued] = fake_queue.envelopes
+    assert (queued.id, queued.accepted_at, queued.attempt) == ("msg-v3", NOW, 1)
+    assert queued.message is None
+    assert queued.sendgrid == sendgrid_mail()
+    assert "mailgate_id" not in fake_queue.messages[0].text
+    assert fake_queue.journal == ["queue.enqueue", "status.create queued"]
+    assert fake_statuses.records["msg-v3"].state is MessageState.QUEUED
+
+
+def test_should_refuse_an_invalid_v3_body_with_sendgrids_wording(
+    settings: Settings, fake_queue: FakeMailQueue
+) -> None:
+    document = sendgrid_mail(categories=["a", "a"])
+    document["personalizations"][0]["to"][1]["email"] = "bob(at)example.net"
+
+    rejection = refused_sendgrid(body(document), settings, fake_queue)
+
+    assert isinstance(rejection, InvalidMessage)
+    assert rejection.status == 400
+    assert [p.pointer for p in rejection.problems] == [
+        "#/personalizations/0/to/1/email",
+        "#/categories",
+    ]
+    assert rejection.problems[0].detail == "Does not contain a valid address."
+
+
+def test_should_refuse_a_callers_mailgate_id_in_a_v3_body(
+    settings: Settings, fake_queue: FakeMailQueue
+) -> None:
+    rejection = refused_sendgrid(
+        body(sendgrid_mail(custom_args={"mailgate_id": "mine"})), settings, fake_queue
+    )
+
+    assert isinstance(rejection, InvalidMessage)
+    assert [p.pointer for p in rejection.problems] == ["#/custom_args/mailgate_id"]
+
+
+def test_should_check_send_at_of_a_v3_body_against_the_accept_time(
+    settings: Settings, fake_queue: FakeMailQueue
+) -> None:
+    too_far = int((NOW + timedelta(hours=72, seconds=1)).timestamp())
+    content = body(sendgrid_mail(send_at=too_far))
+
+    rejection = refused_sendgrid(content, settings, fake_queue)
+    submit_sendgrid(content, settings, fake_queue, now=NOW + timedelta(seconds=1))
+
+    assert [p.pointer for p in rejection.problems] == ["#/send_at"]
+    assert len(fake_queue.messages) == 1
+
+
+@pytest.mark.parametrize(
+    "sender", ["noreply@example.com", "NoReply@Example.COM", "anyone@example.org"]
+)
+def test_should_accept_a_v3_sender_listed_by_address_or_domain(
+    sender: str, settings: Settings, fake_queue: FakeMailQueue
+) -> None:
+    document = sendgrid_mail(**{"from": {"email": sender}})
+    document["personalizations"][1]["from"] = {"email": "other@example.org", "name": "Other"}
+
+    submit_sendgrid(body(document), settings, fake_queue)
+
+    assert len(fake_queue.messages) == 1
+
+
+def test_should_refuse_a_v3_sender_outside_allowed_senders_with_403(
+    settings: Settings, fake_queue: FakeMailQueue
+) -> None:
+    document = sendgrid_mail(**{"from": {"email": "ceo@elsewhere.net"}})
+
+    rejection = refused_sendgrid(body(document), settings, fake_queue)
+
+    assert isinstance(rejection, SenderNotAllowed)
+    assert rejection.status == 403
+    assert [p.pointer for p in rejection.problems] == ["#/from"]
+    assert "ALLOWED_SENDERS" in rejection.detail
+
+
+def test_should_refuse_a_v3_personalization_from_outside_allowed_senders_with_403(
+    settings: Settings, fake_queue: FakeMailQueue
+) -> None:
+    # SendGrid sends a personalization with its own `from`: it is checked like the top one.
+    document = sendgrid_mail()
+    document["personalizations"][1]["from"] = {"email": "noreply@example.com.attacker.net"}
+
+    rejection = refused_sendgrid(body(document), settings, fake_queue)
+
+    assert isinstance(rejection, SenderNotAllowed)
+    assert [p.pointer for p in rejection.problems] == ["#/personalizations/1/from"]
+
+
+def test_should_check_a_v3_body_before_its_senders(
+    settings: Settings, fake_queue: FakeMailQueue
+) -> None:
+    document = sendgrid_mail(**{"from": {"email": "ceo@elsewhere.net"}}, subject="")
+
+    assert refused_sendgrid(body(document), settings, fake_queue).status == 400
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_should_refuse_a_v3_body_not_sent_as_json_with_415_before_reading_it(
+    content_type: str | None, settings: Settings, fake_queue: FakeMailQueue
+) -> None:
+    rejection = refused_sendgrid(b"not even json", settings, fake_queue, content_type)
+
+    assert isinstance(rejection, UnsupportedMediaType)
+
+
+def test_should_refuse_a_v3_body_over_max_request_bytes_with_413_before_reading_it(
+    fake_queue: FakeMailQueue,
+) -> None:
+    settings = settings_with(MAX_REQUEST_BYTES="1024")
+
+    rejection = refused_sendgrid(b"{" * 1025, settings, fake_queue)
+
+    assert isinstance(rejection, PayloadTooLarge)
+    assert "MAX_REQUEST_BYTES" in rejection.detail
+
+
+def test_should_keep_a_v3_body_too_large_for_one_queue_message_in_a_blob(
+    settings: Settings, fake_queue: FakeMailQueue, fake_bodies: FakeMessageBodyStore
+) -> None:
+    attachment = {"content": base64.b64encode(bytes(45_000)).decode(), "filename": "a.bin"}
+    document = sendgrid_mail(attachments=[attachment])
+
+    submit_sendgrid(body(document), settings, fake_queue, new_id="msg-v3big", bodies=fake_bodies)
+
+    [queued] = fake_queue.envelopes
+    assert (queued.blob, queued.sendgrid, queued.client) == ("msg-v3big.json", None, "app")
+    stored = fake_bodies.stored("msg-v3big.json")
+    assert stored.sendgrid == json.loads(body(document))
+
+
+def test_should_replay_a_v3_body_sent_again_with_the_same_idempotency_key(
+    settings: Settings, fake_queue: FakeMailQueue, fake_keys: FakeIdempotencyStore
+) -> None:
+    content = body(sendgrid_mail())
+
+    first = submit_sendgrid(content, settings, fake_queue, keys=fake_keys, idempotency_key="k1")
+    again = submit_sendgrid(
+        content, settings, fake_queue, new_id="other", keys=fake_keys, idempotency_key="k1"
+    )
+
+    assert (first.id, first.replayed) == ("msg-v3", False)
+    assert (again.id, again.replayed) == ("msg-v3", True)
+    assert len(fake_queue.messages) == 1
+    with pytest.raises(IdempotencyKeyReused):
+        submit_sendgrid(
+            body(sendgrid_mail(subject="Changed")),
+            settings,
+            fake_queue,
+            keys=fake_keys,
+            idempotency_key="k1",
+        )
+
+
+def test_should_log_only_the_recipient_domains_of_a_v3_body(
+    settings: Settings, fake_queue: FakeMailQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="shared.submission"):
+        submit_sendgrid(body(sendgrid_mail()), settings, fake_queue)
+
+    [record] = caplog.records
+    assert record.getMessage() == (
+        "Message msg-v3 queued for 4 recipient domain(s) "
+        "elsewhere.example,example.com,example.net,partner.example.org"
+    )
+    assert "ann@" not in caplog.text
+    assert "Your order" not in caplog.text

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from devstack.sendgrid_standin import RESERVED_HEADERS, validate_mail_send
-from tests.devstack.sendgrid_samples import NOW, minimal_payload, valid_payload
+from shared.sendgrid_v3.schema import RESERVED_HEADERS, validate_mail_send
+from tests.sendgrid_samples import NOW, minimal_payload, valid_payload
 
 
 def errors_of(payload: object) -> list[dict[str, Any]]:
@@ -364,6 +364,32 @@ def test_should_refuse_custom_args_over_10000_bytes_after_merging() -> None:
     payload = minimal_payload()
     payload["custom_args"] = {"global": "g" * 6000}
     payload["personalizations"][0]["custom_args"] = {"local": "l" * 4000}
+    assert fields_of(payload) == ["personalizations.0.custom_args"]
+
+
+def custom_args_of_size(size: int) -> dict[str, str]:
+    """One custom arg whose object is `size` bytes as compact JSON."""
+    return {"k": "x" * (size - len('{"k":""}'))}
+
+
+def test_should_accept_custom_args_just_under_10000_bytes() -> None:
+    payload = minimal_payload()
+    payload["custom_args"] = custom_args_of_size(9_999)
+    # The same key: the personalization's value replaces the global one, so the merge is 9,999.
+    payload["personalizations"][0]["custom_args"] = custom_args_of_size(9_999)
+    assert errors_of(payload) == []
+
+
+def test_should_refuse_custom_args_of_exactly_10000_bytes() -> None:
+    # SendGrid wants them under 10,000 bytes, not up to.
+    payload = minimal_payload()
+    payload["custom_args"] = custom_args_of_size(10_000)
+    assert fields_of(payload) == ["custom_args"]
+
+
+def test_should_refuse_personalization_custom_args_of_exactly_10000_bytes() -> None:
+    payload = minimal_payload()
+    payload["personalizations"][0]["custom_args"] = custom_args_of_size(10_000)
     assert fields_of(payload) == ["personalizations.0.custom_args"]
 
 

@@ -1,7 +1,10 @@
 """SendGrid-style error bodies, and pydantic validation errors worded as SendGrid words them.
 
-Every problem becomes one ``{"message", "field", "help"}`` entry, ``field`` being the dotted
-path with list indexes (``personalizations.0.to.0.email``), as in SendGrid's answers.
+Validation errors become the gateway's ``FieldProblem``s (a JSON Pointer and a message), and
+every ``FieldProblem`` becomes one ``{"message", "field", "help"}`` entry, ``field`` being the
+dotted path with list indexes (``#/personalizations/0/to/0/email`` becomes
+``personalizations.0.to.0.email``), as in SendGrid's answers. The same conversion serves the
+gateway's own refusals of a v3 request, whatever check made them.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
+
+from shared.errors import FieldProblem, json_pointer
 
 
 def error_body(message: str, field_path: str | None = None) -> dict[str, Any]:
@@ -261,20 +266,42 @@ def _message(error: Mapping[str, Any], loc: Sequence[str | int]) -> str:
     return str(error["msg"])
 
 
-def _error_entry(message: str, loc: Sequence[str | int]) -> dict[str, Any]:
-    """Build one SendGrid error entry."""
-    field_path = ".".join(str(item) for item in loc if item != "[key]")
-    return {"message": message, "field": field_path or None, "help": None}
+def _pointer(loc: Sequence[str | int]) -> str:
+    """The JSON Pointer of an error location (pydantic's "[key]" marks a key, not a step)."""
+    return json_pointer(item for item in loc if item != "[key]")
 
 
-def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
-    """Convert a ValidationError from MailSend into SendGrid error entries, one per problem."""
-    entries: list[dict[str, Any]] = []
+def sendgrid_field(pointer: str) -> str | None:
+    """Name a field as SendGrid does: `#/personalizations/0/to` is `personalizations.0.to`."""
+    steps = pointer.removeprefix("#").split("/")[1:]
+    return ".".join(step.replace("~1", "/").replace("~0", "~") for step in steps) or None
+
+
+def error_entry(problem: FieldProblem) -> dict[str, Any]:
+    """One SendGrid error entry: the problem's message and the field it is about."""
+    return {"message": problem.detail, "field": sendgrid_field(problem.pointer), "help": None}
+
+
+def refusal_body(message: str, problems: Sequence[FieldProblem] = ()) -> dict[str, Any]:
+    """A SendGrid error body: one entry per problem, or one without a field for the message."""
+    if not problems:
+        return error_body(message)
+    return {"errors": [error_entry(problem) for problem in problems]}
+
+
+def validation_problems(exc: ValidationError) -> tuple[FieldProblem, ...]:
+    """Convert a ValidationError from MailSend into problems worded as SendGrid words them."""
+    problems: list[FieldProblem] = []
     for error in exc.errors(include_url=False):
         loc = list(error["loc"])
         if error["type"] == PROBLEMS_ERROR:
             for relative, message in error["ctx"]["problems"]:
-                entries.append(_error_entry(message, [*loc, *relative]))
+                problems.append(FieldProblem(_pointer([*loc, *relative]), message))
             continue
-        entries.append(_error_entry(_message(error, loc), loc))
-    return entries
+        problems.append(FieldProblem(_pointer(loc), _message(error, loc)))
+    return tuple(problems)
+
+
+def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """Convert a ValidationError from MailSend into SendGrid error entries, one per problem."""
+    return [error_entry(problem) for problem in validation_problems(exc)]

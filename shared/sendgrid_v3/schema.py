@@ -28,7 +28,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from devstack.sendgrid_standin.errors import Problem, problems_error, validation_errors
+from shared.sendgrid_v3.error_format import Problem, problems_error, validation_errors
 
 MAX_PERSONALIZATIONS = 1000
 MAX_RECIPIENTS = 1000
@@ -516,13 +516,14 @@ class MailSend(_Strict):
                     "followed by any other content.",
                 )
             )
-        if _custom_args_size(self.custom_args or {}) > MAX_CUSTOM_ARGS_BYTES:
+        # "Less than 10,000 bytes" (PLATFORM.md): exactly 10,000 is already too many.
+        if custom_args_size(self.custom_args or {}) >= MAX_CUSTOM_ARGS_BYTES:
             problems.append(
                 (("custom_args",), "Total custom_args size may not exceed 10,000 bytes.")
             )
         for index, personalization in enumerate(self.personalizations):
             merged = {**(self.custom_args or {}), **(personalization.custom_args or {})}
-            if personalization.custom_args and _custom_args_size(merged) > MAX_CUSTOM_ARGS_BYTES:
+            if personalization.custom_args and custom_args_size(merged) >= MAX_CUSTOM_ARGS_BYTES:
                 problems.append(
                     (
                         ("personalizations", index, "custom_args"),
@@ -542,7 +543,7 @@ def _content_order_ok(content_types: list[str]) -> bool:
     return ranks == sorted(ranks)
 
 
-def _custom_args_size(custom_args: Mapping[str, str]) -> int:
+def custom_args_size(custom_args: Mapping[str, str]) -> int:
     """Measure custom_args as SendGrid carries them: compact JSON, in UTF-8 bytes."""
     if not custom_args:
         return 0
