@@ -1,8 +1,15 @@
 """The Functions app: one FunctionApp with the gateway's blueprints registered."""
 
+import os
+
 import azure.functions as func
 
 from functions import dead_letters, delivery, health, messages, sendgrid_compat
+from shared.settings import refuse_unresolved_key_vault_references
+
+# A secret App Service could not resolve stops the app here, at start, naming the setting:
+# the host logs the error and runs no function rather than one on a reference's text.
+refuse_unresolved_key_vault_references(os.environ)
 
 app = func.FunctionApp()
 app.register_functions(messages.bp)

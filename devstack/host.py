@@ -167,6 +167,9 @@ def load_function_app(app_dir: Path) -> func.FunctionApp:
         if exc.name == "function_app":
             raise HostError(f"No function_app.py in '{app_dir}'") from exc
         raise
+    except Exception as exc:
+        # As the worker reports an app that fails to index: the error, and no function runs.
+        raise HostError(f"function_app failed to load: {type(exc).__name__}: {exc}") from exc
     location = Path(module.__file__ or "").resolve().parent
     if location != app_dir.resolve():
         raise HostError(f"Imported function_app from '{location}', not from '{app_dir}'")

@@ -126,6 +126,27 @@ class Settings:
         return settings
 
 
+KEY_VAULT_REFERENCE_PREFIX = "@Microsoft.KeyVault("
+
+
+def refuse_unresolved_key_vault_references(environ: Mapping[str, str]) -> None:
+    """Raise ConfigurationError naming every setting that still holds a Key Vault reference.
+
+    App Service leaves the reference text in place when it cannot resolve it (the secret is
+    missing, or the app's identity may not read it); the app must not start on such a value.
+    """
+    unresolved = sorted(
+        name
+        for name, value in environ.items()
+        if value.strip().startswith(KEY_VAULT_REFERENCE_PREFIX)
+    )
+    if unresolved:
+        raise ConfigurationError(
+            f"{', '.join(unresolved)}: unresolved Key Vault reference(s); check the secret exists "
+            "and the app's identity may read it (Key Vault Secrets User), then restart the app"
+        )
+
+
 class _Reader:
     """Reads settings, treating blanks as missing and unresolved Key Vault references as errors."""
 
@@ -134,7 +155,7 @@ class _Reader:
 
     def text(self, name: str) -> str | None:
         value = self._environ.get(name, "").strip()
-        if value.startswith("@Microsoft.KeyVault("):
+        if value.startswith(KEY_VAULT_REFERENCE_PREFIX):
             # App Service leaves the reference text in place when it cannot resolve it.
             raise ConfigurationError(
                 f"{name} is an unresolved Key Vault reference: check the secret exists and the "

@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from shared.errors import ConfigurationError
-from shared.settings import Settings, StorageSettings
+from shared.settings import Settings, StorageSettings, refuse_unresolved_key_vault_references
 from tests.samples import BASE_ENV, SENDGRID_API_KEY, STORAGE_ACCOUNT_KEY, settings_with
 
 IDENTITY_ENV = {k: v for k, v in BASE_ENV.items() if k != "AzureWebJobsStorage"}
@@ -424,3 +424,15 @@ def test_should_be_frozen() -> None:
 
     with pytest.raises(AttributeError):
         settings.sendgrid_api_key = "other"  # type: ignore[misc]
+
+
+def test_should_name_every_setting_that_holds_an_unresolved_key_vault_reference() -> None:
+    reference = "@Microsoft.KeyVault(VaultName=kv;SecretName=x)"
+    environ = {"SENDGRID_API_KEY": f" {reference}", "OTHER": reference, "FINE": "value"}
+
+    with pytest.raises(ConfigurationError) as caught:
+        refuse_unresolved_key_vault_references(environ)
+
+    assert str(caught.value).startswith("OTHER, SENDGRID_API_KEY: unresolved Key Vault")
+    assert "FINE" not in str(caught.value)
+    refuse_unresolved_key_vault_references({"SENDGRID_API_KEY": "SG.resolved"})
