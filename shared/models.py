@@ -105,7 +105,10 @@ class Address(BaseModel):
         return self.email.rpartition("@")[2]
 
 
-AddressIn = Annotated[Address, BeforeValidator(_split_address)]
+# The schema says what is accepted: the object, or "a@example.com" / "Name <a@example.com>".
+AddressIn = Annotated[
+    Address, BeforeValidator(_split_address, json_schema_input_type=str | Address)
+]
 
 
 class Attachment(BaseModel):

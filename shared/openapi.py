@@ -1,0 +1,404 @@
+"""The API contract: an OpenAPI 3.1 document built from the models the gateway validates with.
+
+Request bodies are described by the very models that parse them (`MailRequest`, SendGrid's
+`MailSend`, `DeadLetterSelection`), so the document cannot drift from what the routes accept.
+Responses are described by the small models below; `make test` runs schemathesis against the
+local host with this document and fails on any response that does not match it.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
+
+from shared.clients import KEY_PREFIX
+from shared.dead_letters import DeadLetterSelection
+from shared.models import MAX_MESSAGE_ID_LENGTH, MailRequest
+from shared.sendgrid_v3.schema import MailSend
+from shared.status import MessageState
+
+VERSION = "1.0.0"
+REF_TEMPLATE = "#/components/schemas/{model}"
+PROBLEM_JSON = "application/problem+json"
+JSON = "application/json"
+
+
+class _Document(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Accepted(_Document):
+    """A message durably queued."""
+
+    id: str = Field(description="The gateway's message id.")
+    status: Literal["queued"]
+
+
+class LastError(_Document):
+    """The last failed attempt: a status code and a short reason, never mail content."""
+
+    status_code: int | None
+    reason: str | None
+    ambiguous: bool = Field(
+        description="The attempt timed out after sending: SendGrid may have accepted the mail."
+    )
+
+
+class MessageStatusDocument(_Document):
+    """What became of a message."""
+
+    id: str
+    status: MessageState
+    attempts: int = Field(ge=0)
+    accepted_at: datetime
+    updated_at: datetime
+    next_attempt_at: datetime | None = None
+    last_error: LastError | None = None
+    sendgrid_message_id: str | None = None
+
+
+class FieldProblemDocument(_Document):
+    """One offending field, located by a JSON Pointer into the request body."""
+
+    pointer: str
+    detail: str
+
+
+class ProblemDocument(_Document):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldProblemDocument] | None = None
+
+
+class HealthDocument(_Document):
+    """Each check's result and the queue depths."""
+
+    status: Literal["healthy", "unhealthy"]
+    checks: dict[str, str]
+    queues: dict[str, int]
+
+
+class DeadLetterDocument(_Document):
+    """One message in the poison queue, with the reason it is there."""
+
+    id: str | None
+    reason: str
+    attempts: int | None
+    dead_lettered_at: datetime | None
+    replayable: bool
+    blob: str | None = Field(default=None, description="Where a large message's body is.")
+
+
+class DeadLetterList(_Document):
+    """The poison queue."""
+
+    dead_letters: list[DeadLetterDocument]
+
+
+class DeadLetterReport(_Document):
+    """What a replay or purge did, message by message."""
+
+    done: list[str]
+    skipped: dict[str, str]
+    not_found: list[str]
+
+
+class SendGridError(_Document):
+    """One entry of SendGrid's error body."""
+
+    message: str
+    field: str | None
+    help: Any | None
+
+
+class SendGridErrors(_Document):
+    """SendGrid's error body."""
+
+    errors: list[SendGridError]
+
+
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (MailRequest, MailSend, DeadLetterSelection)
+RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    Accepted,
+    MessageStatusDocument,
+    ProblemDocument,
+    HealthDocument,
+    DeadLetterList,
+    DeadLetterReport,
+    SendGridErrors,
+)
+
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Makes a retry of the same request safe: the same key and body answer the "
+    "first 202 again; another body is 422.",
+    "schema": {"type": "string", "pattern": "^[\\x20-\\x7e]{1,255}$"},
+}
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait."}}
+
+# Why each refusal happens, per route family; every one comes with a body (see _refusal).
+_MAIL_REFUSALS = {
+    "400": "Invalid JSON or an invalid field; one entry per field.",
+    "401": "No client key, or one that is malformed, unknown or disabled.",
+    "403": "A `from` outside the client's senders or ALLOWED_SENDERS.",
+    "409": "A request with the same Idempotency-Key is still being accepted.",
+    "413": "The body is over MAX_REQUEST_BYTES.",
+    "415": "The body is not application/json.",
+    "422": "The Idempotency-Key was used before with another body.",
+    "429": "The client is over its messages per minute.",
+    "503": "Storage is unavailable: nothing was queued.",
+}
+
+
+def _schema(name: str) -> dict[str, str]:
+    return {"$ref": REF_TEMPLATE.format(model=name)}
+
+
+def _refusal(description: str, media_type: str, schema: str, status: str) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {media_type: {"schema": _schema(schema)}},
+    }
+    if status in ("429", "503"):
+        response["headers"] = _RETRY_AFTER
+    if status == "401":
+        response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+    return response
+
+
+def _refusals(
+    statuses: dict[str, str], media_type: str = PROBLEM_JSON, schema: str = "ProblemDocument"
+) -> dict[str, Any]:
+    return {
+        status: _refusal(description, media_type, schema, status)
+        for status, description in statuses.items()
+    }
+
+
+def _json_body(schema: str, description: str, example: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "required": True,
+        "description": description,
+        "content": {JSON: {"schema": _schema(schema), "example": example}},
+    }
+
+
+MESSAGE_EXAMPLE = {
+    "from": "App <app@example.com>",
+    "to": ["someone@example.org"],
+    "subject": "Hello",
+    "text": "Sent through mailgate.",
+    "custom_args": {"order": "42"},
+}
+MAIL_SEND_EXAMPLE = {
+    "personalizations": [{"to": [{"email": "someone@example.org"}]}],
+    "from": {"email": "app@example.com", "name": "App"},
+    "subject": "Hello",
+    "content": [{"type": "text/plain", "value": "Sent through mailgate."}],
+}
+
+
+def _ok(schema: str, description: str, status: str = "200") -> dict[str, Any]:
+    return {status: {"description": description, "content": {JSON: {"schema": _schema(schema)}}}}
+
+
+_ADMIN_REFUSALS = {
+    # The host itself refuses a missing or wrong admin key, with an empty body.
+    "401": {"description": "No admin key, or the wrong one (answered by the host)."},
+    **_refusals({"503": "Storage is unavailable."}),
+}
+
+
+def _paths() -> dict[str, Any]:
+    client_key: list[dict[str, list[str]]] = [{"clientKey": []}]
+    admin_key: list[dict[str, list[str]]] = [{"adminKey": []}]
+    return {
+        "/v1/messages": {
+            "post": {
+                "operationId": "submit_message",
+                "summary": "Queue a message for delivery",
+                "security": client_key,
+                "parameters": [_IDEMPOTENCY_KEY],
+                "requestBody": _json_body("MailRequest", "The message.", MESSAGE_EXAMPLE),
+                "responses": {
+                    "202": {
+                        "description": "Durably queued.",
+                        "headers": {
+                            "Location": {"schema": {"type": "string"}},
+                            "Idempotent-Replayed": {"schema": {"type": "string"}},
+                        },
+                        "content": {JSON: {"schema": _schema("Accepted")}},
+                    },
+                    **_refusals(_MAIL_REFUSALS),
+                },
+            }
+        },
+        "/v1/messages/{id}": {
+            "get": {
+                "operationId": "get_message_status",
+                "summary": "What became of one of the client's messages",
+                "security": client_key,
+                "parameters": [
+                    {
+                        "name": "id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "maxLength": MAX_MESSAGE_ID_LENGTH},
+                    }
+                ],
+                "responses": {
+                    **_ok("MessageStatusDocument", "The message's status record."),
+                    **_refusals(
+                        {
+                            "401": _MAIL_REFUSALS["401"],
+                            "404": "No message of this client has that id.",
+                            "503": "Storage is unavailable.",
+                        }
+                    ),
+                },
+            }
+        },
+        "/v3/mail/send": {
+            "post": {
+                "operationId": "sendgrid_mail_send",
+                "summary": "SendGrid's v3 Mail Send, answered as SendGrid answers it",
+                "security": client_key,
+                "parameters": [_IDEMPOTENCY_KEY],
+                "requestBody": _json_body(
+                    "MailSend", "SendGrid's v3 Mail Send request.", MAIL_SEND_EXAMPLE
+                ),
+                "responses": {
+                    "202": {
+                        "description": "Durably queued; the body is empty.",
+                        "headers": {
+                            "X-Message-Id": {
+                                "schema": {"type": "string"},
+                                "description": "The gateway's message id.",
+                            }
+                        },
+                    },
+                    **_refusals(_MAIL_REFUSALS, JSON, "SendGridErrors"),
+                },
+            }
+        },
+        "/health": {
+            "get": {
+                "operationId": "health",
+                "summary": "Whether the gateway is configured and its storage answers",
+                "security": [],
+                "responses": {
+                    **_ok("HealthDocument", "Every check passed."),
+                    "503": {
+                        "description": "A check failed.",
+                        "content": {JSON: {"schema": _schema("HealthDocument")}},
+                    },
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "The OpenAPI 3.1 document.",
+                        "content": {JSON: {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
+        "/v1/dead-letters": {
+            "get": {
+                "operationId": "list_dead_letters",
+                "summary": "The poison queue, with each message's reason",
+                "security": admin_key,
+                "responses": {
+                    **_ok("DeadLetterList", "Every dead letter."),
+                    **_ADMIN_REFUSALS,
+                },
+            }
+        },
+        "/v1/dead-letters/replay": {
+            "post": {
+                "operationId": "replay_dead_letters",
+                "summary": "Queue dead letters again as fresh first attempts",
+                "security": admin_key,
+                "requestBody": _json_body(
+                    "DeadLetterSelection", "Some ids, or all.", {"ids": ["6f1c0e0e-..."]}
+                ),
+                "responses": {
+                    **_ok("DeadLetterReport", "What was replayed."),
+                    **_refusals({"400": "An invalid selection."}),
+                    **_ADMIN_REFUSALS,
+                },
+            }
+        },
+        "/v1/dead-letters/purge": {
+            "post": {
+                "operationId": "purge_dead_letters",
+                "summary": "Delete dead letters for good (confirm: the poison queue's name)",
+                "security": admin_key,
+                "requestBody": _json_body(
+                    "DeadLetterSelection",
+                    "Some ids, or all, confirmed.",
+                    {"ids": ["6f1c0e0e-..."], "confirm": "mail-outbound-poison"},
+                ),
+                "responses": {
+                    **_ok("DeadLetterReport", "What was purged."),
+                    **_refusals({"400": "An invalid selection, or no confirmation."}),
+                    **_ADMIN_REFUSALS,
+                },
+            }
+        },
+    }
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    """The whole document, built once per process."""
+    _, requests = models_json_schema(
+        [(model, "validation") for model in REQUEST_MODELS], ref_template=REF_TEMPLATE
+    )
+    _, responses = models_json_schema(
+        [(model, "serialization") for model in RESPONSE_MODELS], ref_template=REF_TEMPLATE
+    )
+    schemas = {**requests.get("$defs", {}), **responses.get("$defs", {})}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "mailgate",
+            "version": VERSION,
+            "description": "An email gateway for Azure Functions: apps queue mail over HTTPS; "
+            "the gateway delivers it through SendGrid's v3 API with retries and a poison queue.",
+        },
+        "servers": [{"url": "/api"}],
+        "paths": _paths(),
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "clientKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": f"A client key ({KEY_PREFIX}<client>_<secret>), made with "
+                    "`make client`.",
+                },
+                "adminKey": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "x-functions-key",
+                    "description": "The Function App's admin (master) key.",
+                },
+            },
+        },
+    }
