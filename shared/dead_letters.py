@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from shared.blobs import MessageBodyStore
 from shared.errors import FieldProblem, InvalidMessage, StorageUnavailable
 from shared.models import QueueEnvelope, field_problems
-from shared.queue import MailQueue
+from shared.queue import MailQueue, summary
 from shared.status import FINAL_STATES, MessageState, MessageStatus, StatusStore
 
 logger = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ class DeadLetters:
             self._poison.update_message(message, visibility_timeout=0)
         except AzureError as error:
             logger.warning(
-                "Dead letter %s stays hidden for %ss: %s", message.id, HOLD_SECONDS, error
+                "Dead letter %s stays hidden for %ss: %s", message.id, HOLD_SECONDS, summary(error)
             )
 
     def _delete(self, message: QueueMessage) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 import requests
@@ -32,6 +33,9 @@ NEVER_EXPIRES = -1
 
 # Enough pooled connections for every function thread (PYTHON_THREADPOOL_THREAD_COUNT).
 STORAGE_POOL_SIZE = 64
+
+# A SAS signature in a URL's query string, as a storage error's message may quote it.
+_SIGNATURE = re.compile(r"([?&]sig=)[^&\s'\"]+", re.IGNORECASE)
 
 
 def storage_transport() -> RequestsTransport:
@@ -193,5 +197,11 @@ def _queue_client(
 
 
 def summary(error: AzureError) -> str:
-    """The error's type and the first line of its message: enough for a log or a 503."""
-    return type(error).__name__ + ": " + str(error.message or error).splitlines()[0][:200]
+    """The error's type and the first line of its message, signatures masked: for a log or a 503.
+
+    A connection error's message quotes the request's URL, and with a SAS connection string
+    that URL carries the signature (`sig=`), a secret: it would reach the logs, and through
+    GET /api/health anyone.
+    """
+    first_line = str(error.message or error).splitlines()[0]
+    return type(error).__name__ + ": " + _SIGNATURE.sub(r"\1REDACTED", first_line)[:200]

@@ -10,7 +10,7 @@ from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 from azure.storage.queue import QueueClient, QueueProperties
 
 from shared.errors import StorageUnavailable
-from shared.queue import NEVER_EXPIRES, MailQueue, token_credential
+from shared.queue import NEVER_EXPIRES, MailQueue, summary, token_credential
 from shared.settings import MAX_RETRY_DELAY_SECONDS, Settings, StorageSettings
 from tests.samples import BASE_ENV, envelope
 
@@ -201,6 +201,24 @@ def test_should_report_storage_unavailable_when_a_dead_letter_fails() -> None:
 
     with pytest.raises(StorageUnavailable, match="mail-outbound-poison"):
         mail_queue(RecordingQueueClient("mail-outbound"), poison).dead_letter("{}")
+
+
+def test_should_mask_a_sas_signature_that_a_storage_error_quotes() -> None:
+    # What requests says when a SAS connection string's account cannot be reached.
+    refused = ServiceRequestError(
+        "HTTPConnectionPool(host='acct.queue.core.windows.net', port=443): Max retries exceeded "
+        "with url: /mail-outbound?restype=service&sv=2022-11-02&sp=raup&sig=c2lnbmF0dXJl%3D "
+        "(Caused by NewConnectionError('Connection refused'))"
+    )
+    poison = RecordingQueueClient("mail-outbound-poison", error=refused)
+
+    with pytest.raises(StorageUnavailable) as caught:
+        mail_queue(RecordingQueueClient("mail-outbound"), poison).depths()
+
+    # The error reaches the logs, and GET /api/health shows it to anyone.
+    assert "c2lnbmF0dXJl" not in str(caught.value)
+    assert "sp=raup&sig=REDACTED (Caused by" in str(caught.value)
+    assert summary(refused).startswith("ServiceRequestError: HTTPConnectionPool(")
 
 
 def test_should_create_both_queues() -> None:
