@@ -68,6 +68,8 @@ HTTP_TRIGGER = "httpTrigger"
 QUEUE_TRIGGER = "queueTrigger"
 STORAGE_THREADS = 32
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
+# Libraries that log every request at INFO: quiet unless asked (--library-log-level).
+NOISY_LOGGERS = ("azure", "uvicorn")
 
 
 def read_local_settings(app_dir: Path) -> dict[str, Any]:
@@ -428,15 +430,20 @@ class LocalHost:
                 loop.remove_signal_handler(sig)
 
 
-def configure_logging() -> None:
-    """Host and function logs to stderr at INFO; the SDKs' request chatter only from WARNING."""
+def configure_logging(library_level: str = "WARNING") -> None:
+    """Host and function logs to stderr at INFO; the SDKs' request chatter from `library_level`.
+
+    In Azure the worker passes on every level and host.json keeps Information and up (its
+    default), so the Azure SDK's HTTP logging policy lines are kept there: `INFO` shows them
+    here too, as a test of what the app logs in Azure needs.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(logging.INFO)
-    for noisy in ("azure", "uvicorn"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(library_level)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -459,13 +466,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="take settings from the environment alone, not local.settings.json (for tests)",
     )
+    parser.add_argument(
+        "--library-log-level",
+        choices=("DEBUG", "INFO", "WARNING"),
+        default="WARNING",
+        help="level of the Azure SDK's and uvicorn's loggers (default: WARNING; INFO logs "
+        "each storage request as the app's logs in Azure hold it)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the host until SIGINT/SIGTERM; 0 after a graceful stop, 1 if it cannot start."""
     args = parse_args(argv)
-    configure_logging()
+    configure_logging(args.library_log_level)
     port = args.port
     if port is None:
         with contextlib.suppress(HostError):

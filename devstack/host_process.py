@@ -29,6 +29,7 @@ class LocalHostProcess:
         app_dir: Path = REPO,
         log_name: str = "host",
         port: int = 0,
+        library_log_level: str = "WARNING",
     ) -> None:
         # Only the given settings: nothing from this shell aimed at other storage or SendGrid
         # may leak in.
@@ -42,6 +43,7 @@ class LocalHostProcess:
         self._app_dir = app_dir
         self._log_dir = log_dir
         self._log_name = log_name
+        self._library_log_level = library_log_level
         self._runs: list[ManagedProcess] = []
         self.port = port
         self._start()
@@ -60,6 +62,8 @@ class LocalHostProcess:
                 str(self.port),
                 # The given settings alone: a developer's local.settings.json must not leak in.
                 "--environment-only",
+                "--library-log-level",
+                self._library_log_level,
             ],
             log_path=self._log_dir / f"{self._log_name}-{len(self._runs) + 1}.log",
             cwd=REPO,

@@ -52,14 +52,16 @@ def wait_for(probe: Callable[[], T | None], timeout: float = 15.0, interval: flo
 class RunningHost(LocalHostProcess):
     """The local host running the gateway, with the calls the tests make to it."""
 
-    def __init__(self, settings: Mapping[str, str], log_dir: Path) -> None:
+    def __init__(
+        self, settings: Mapping[str, str], log_dir: Path, library_log_level: str = "WARNING"
+    ) -> None:
         # The client the tests send as, made in the host's storage before it starts.
         clients = ClientStore.from_settings(Settings.from_env(settings))
         clients.ensure_exists()
         _, self.client_key = clients.create(
             f"{CLIENT_NAME}-{uuid.uuid4().hex[:12]}", CLIENT_SENDERS, MAX_RATE_PER_MINUTE
         )
-        super().__init__(settings, log_dir)
+        super().__init__(settings, log_dir, library_log_level=library_log_level)
 
     def client_headers(self, key: str | None = OWN_KEY) -> dict[str, str]:
         """`Authorization: Bearer` with the test client's key, another key, or none."""
