@@ -6,10 +6,14 @@ import azure.functions as func
 
 from functions import dead_letters, delivery, health, messages, openapi, sendgrid_compat
 from shared.settings import refuse_unresolved_key_vault_references
+from shared.telemetry import configure_telemetry
 
 # A secret App Service could not resolve stops the app here, at start, naming the setting:
 # the host logs the error and runs no function rather than one on a reference's text.
 refuse_unresolved_key_vault_references(os.environ)
+# Traces, metrics and logs to Application Insights when APPLICATIONINSIGHTS_CONNECTION_STRING
+# is set; otherwise nothing is exported.
+configure_telemetry(os.environ)
 
 app = func.FunctionApp()
 app.register_functions(messages.bp)

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
+from shared import telemetry
 from shared.blobs import MessageBodyStore
 from shared.errors import (
     DeliveryError,
@@ -107,7 +109,7 @@ class Delivery:
             + CLAIM_MARGIN_SECONDS
         )
 
-    def deliver(self, body: bytes) -> DeliveryOutcome:
+    def deliver(self, body: bytes, dequeue_count: int = 1) -> DeliveryOutcome:
         """Try to send one queue message; the queue carries any retry or dead letter.
 
         Raises StorageUnavailable, ConcurrentUpdate or DeliveryInProgress when the message must
@@ -116,8 +118,34 @@ class Delivery:
         try:
             envelope = QueueEnvelope.model_validate_json(body)
         except ValidationError as error:
-            return self._dead_letter_unreadable(body, error)
-        status = self._statuses.get(envelope.id) or _first_status(envelope)
+            with telemetry.span("mailgate.deliver", kind=SpanKind.CONSUMER):
+                return self._dead_letter_unreadable(body, error)
+        # Every attempt continues the trace its message's accept began.
+        with telemetry.span(
+            "mailgate.deliver",
+            kind=SpanKind.CONSUMER,
+            context=telemetry.context_from(envelope.trace),
+            id=envelope.id,
+            attempt=envelope.attempt,
+            client=envelope.client,
+        ) as current:
+            if dequeue_count > 1:
+                # The gateway's own retries are new queue messages: a repeat of this one means
+                # an earlier invocation crashed or could not write its outcome.
+                logger.warning(
+                    "Message %s attempt %s is delivered again (dequeue count %s)",
+                    envelope.id,
+                    envelope.attempt,
+                    dequeue_count,
+                    extra=_ids(envelope),
+                )
+            outcome = self._deliver(envelope)
+            current.set_attribute("mailgate.result", outcome.result)
+            return outcome
+
+    def _deliver(self, envelope: QueueEnvelope) -> DeliveryOutcome:
+        with telemetry.span("mailgate.status.read", id=envelope.id):
+            status = self._statuses.get(envelope.id) or _first_status(envelope)
         skip = self._reason_to_skip(envelope, status)
         if skip is not None:
             logger.info("Message %s not sent again: %s", envelope.id, skip, extra=_ids(envelope))
@@ -128,9 +156,10 @@ class Delivery:
             return DeliveryOutcome("skipped", envelope.id, envelope.attempt, reason=skip)
         # Read before the claim, so that a storage failure here leaves nothing to wait out.
         loaded = self._load_body(envelope)
-        status = self._statuses.claim(
-            status.moved(MessageState.SENDING, self._now(), attempts=envelope.attempt)
-        )
+        with telemetry.span("mailgate.status.write", id=envelope.id, state="sending"):
+            status = self._statuses.claim(
+                status.moved(MessageState.SENDING, self._now(), attempts=envelope.attempt)
+            )
         if isinstance(loaded, PermanentDeliveryError):
             # The claim went through, so nobody sent it meanwhile (and deleted the body then).
             return self._dead_letter(envelope, status, loaded, loaded.reason)
@@ -143,10 +172,14 @@ class Delivery:
                 reason = f"gave up after {envelope.attempt} attempt(s): {error.reason}"
                 return self._dead_letter(envelope, status, error, reason)
             return self._schedule_retry(envelope, status, error)
-        if self._record_sent(status, provider_id):
+        with telemetry.span("mailgate.status.write", id=envelope.id, state="sent"):
+            recorded = self._record_sent(status, provider_id)
+        if recorded:
             # Only once `sent` is recorded: were the record still `sending`, a later copy must
             # still find the body to send (the documented duplicate) rather than fail for good.
             self._delete_body(envelope)
+        telemetry.sent.add(1)
+        telemetry.latency.record((self._now() - envelope.accepted_at).total_seconds())
         domains = loaded.recipient_domains()
         logger.info(
             "Message %s sent on attempt %s to %s recipient domain(s) %s, SendGrid id %s",
@@ -256,9 +289,11 @@ class Delivery:
         now = self._now()
         # The next copy first: if that fails, this copy stays on the queue and the host
         # retries it (the claim says `sending`, so no copy is mistaken for a stale one).
-        self._queue.enqueue(
-            envelope.model_copy(update={"attempt": envelope.attempt + 1}), delay_seconds=delay
-        )
+        with telemetry.span("mailgate.enqueue", id=envelope.id, attempt=envelope.attempt + 1):
+            self._queue.enqueue(
+                envelope.model_copy(update={"attempt": envelope.attempt + 1}),
+                delay_seconds=delay,
+            )
         retrying = status.moved(
             MessageState.RETRYING,
             now,
@@ -268,7 +303,8 @@ class Delivery:
             ambiguous=error.ambiguous,
         )
         try:
-            self._statuses.put(retrying)
+            with telemetry.span("mailgate.status.write", id=envelope.id, state="retrying"):
+                self._statuses.put(retrying)
         except StorageUnavailable as status_error:
             # The retry is queued; its claim will find `sending` and wait out the claim timeout.
             logger.warning(
@@ -277,6 +313,7 @@ class Delivery:
                 status_error,
                 extra=_ids(envelope),
             )
+        telemetry.retried.add(1)
         logger.warning(
             "Message %s attempt %s failed (%s%s); retrying in %ss",
             envelope.id,
@@ -310,16 +347,19 @@ class Delivery:
             at=now,
         )
         # The poison copy first: a status of `failed` must never point at nothing.
-        self._queue.dead_letter(envelope.model_copy(update={"dead_letter": record}).to_json())
-        self._statuses.put(
-            status.moved(
-                MessageState.FAILED,
-                now,
-                last_status_code=error.status_code,
-                last_error=reason,
-                ambiguous=isinstance(error, RetryableDeliveryError) and error.ambiguous,
+        with telemetry.span("mailgate.dead_letter", id=envelope.id):
+            self._queue.dead_letter(envelope.model_copy(update={"dead_letter": record}).to_json())
+        with telemetry.span("mailgate.status.write", id=envelope.id, state="failed"):
+            self._statuses.put(
+                status.moved(
+                    MessageState.FAILED,
+                    now,
+                    last_status_code=error.status_code,
+                    last_error=reason,
+                    ambiguous=isinstance(error, RetryableDeliveryError) and error.ambiguous,
+                )
             )
-        )
+        telemetry.dead_lettered.add(1)
         logger.error(
             "Message %s dead-lettered to %s: %s",
             envelope.id,

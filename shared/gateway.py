@@ -10,6 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from opentelemetry.trace import SpanKind
+
+from shared import telemetry
 from shared.blobs import MessageBodyStore
 from shared.clients import Client, ClientStore
 from shared.dead_letters import DeadLetters
@@ -99,21 +102,22 @@ class Gateway:
         idempotency_key: str | None = None,
     ) -> AcceptedMessage:
         """Count the request against the client's rate, then validate and durably queue it."""
-        self.ensure_storage()
-        self.clients.take(client)
-        return submit_message(
-            body,
-            content_type,
-            settings=self.settings,
-            queue=self.queue,
-            bodies=self.bodies,
-            statuses=self.statuses,
-            keys=self.keys,
-            now=self._now,
-            new_id=self._new_id,
-            client=client,
-            idempotency_key=idempotency_key,
-        )
+        with telemetry.span("mailgate.accept", kind=SpanKind.SERVER, api="v1", client=client.name):
+            self.ensure_storage()
+            self.clients.take(client)
+            return submit_message(
+                body,
+                content_type,
+                settings=self.settings,
+                queue=self.queue,
+                bodies=self.bodies,
+                statuses=self.statuses,
+                keys=self.keys,
+                now=self._now,
+                new_id=self._new_id,
+                client=client,
+                idempotency_key=idempotency_key,
+            )
 
     def accept_sendgrid(
         self,
@@ -124,26 +128,27 @@ class Gateway:
     ) -> AcceptedMessage:
         """Count against the client's rate, then validate a SendGrid v3 Mail Send body and
         durably queue it as the client sent it."""
-        self.ensure_storage()
-        self.clients.take(client)
-        return submit_sendgrid_mail(
-            body,
-            content_type,
-            settings=self.settings,
-            queue=self.queue,
-            bodies=self.bodies,
-            statuses=self.statuses,
-            keys=self.keys,
-            now=self._now,
-            new_id=self._new_id,
-            client=client,
-            idempotency_key=idempotency_key,
-        )
+        with telemetry.span("mailgate.accept", kind=SpanKind.SERVER, api="v3", client=client.name):
+            self.ensure_storage()
+            self.clients.take(client)
+            return submit_sendgrid_mail(
+                body,
+                content_type,
+                settings=self.settings,
+                queue=self.queue,
+                bodies=self.bodies,
+                statuses=self.statuses,
+                keys=self.keys,
+                now=self._now,
+                new_id=self._new_id,
+                client=client,
+                idempotency_key=idempotency_key,
+            )
 
-    def deliver(self, body: bytes) -> DeliveryOutcome:
+    def deliver(self, body: bytes, dequeue_count: int = 1) -> DeliveryOutcome:
         """Deliver one queue message, scheduling a retry or dead letter if it fails."""
         self.ensure_storage()
-        return self._delivery.deliver(body)
+        return self._delivery.deliver(body, dequeue_count)
 
     def status(self, message_id: str, client: Client) -> MessageStatus:
         """The client's own message's status; MessageNotFound for no message or another's."""

@@ -276,6 +276,9 @@ class QueueEnvelope(BaseModel):
     message: MailRequest | None = None
     sendgrid: dict[str, Any] | None = None
     blob: str | None = Field(default=None, min_length=1, max_length=1024)
+    # The W3C trace context of the accept (traceparent, tracestate): every delivery attempt
+    # continues that trace. Absent when telemetry is off.
+    trace: dict[str, str] | None = None
     dead_letter: DeadLetter | None = None
 
     @model_validator(mode="after")

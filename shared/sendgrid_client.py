@@ -8,6 +8,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
+from opentelemetry.trace import SpanKind
 from sendgrid.helpers.mail import (
     Attachment,
     Bcc,
@@ -32,6 +33,7 @@ from sendgrid.helpers.mail import (
     To,
 )
 
+from shared import telemetry
 from shared.errors import PermanentDeliveryError, RetryableDeliveryError
 from shared.models import MAILGATE_ID_ARG, QueueEnvelope
 from shared.settings import Settings
@@ -153,20 +155,25 @@ class SendGridClient:
 
     def send(self, payload: dict[str, Any]) -> str | None:
         """POST one mail; return SendGrid's X-Message-Id, or raise a DeliveryError."""
-        try:
-            response = self._http.post(MAIL_SEND_PATH, json=payload)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
-            raise RetryableDeliveryError(
-                f"cannot connect to SendGrid: {type(error).__name__}"
-            ) from error
-        except httpx.TransportError as error:
-            # The request may have reached SendGrid: it may or may not have accepted the mail.
-            raise RetryableDeliveryError(
-                f"no answer from SendGrid: {type(error).__name__}", ambiguous=True
-            ) from error
-        raise_for_outcome(response)
-        provider_id: str | None = response.headers.get("X-Message-Id")
-        return provider_id
+        with telemetry.span("mailgate.sendgrid.send", kind=SpanKind.CLIENT) as current:
+            try:
+                response = self._http.post(MAIL_SEND_PATH, json=payload)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
+                telemetry.sendgrid_responses.add(1, {"http.response.status_code": 0})
+                raise RetryableDeliveryError(
+                    f"cannot connect to SendGrid: {type(error).__name__}"
+                ) from error
+            except httpx.TransportError as error:
+                telemetry.sendgrid_responses.add(1, {"http.response.status_code": 0})
+                # The request may have reached SendGrid: it may or may not have accepted it.
+                raise RetryableDeliveryError(
+                    f"no answer from SendGrid: {type(error).__name__}", ambiguous=True
+                ) from error
+            current.set_attribute("http.response.status_code", response.status_code)
+            telemetry.sendgrid_responses.add(1, {"http.response.status_code": response.status_code})
+            raise_for_outcome(response)
+            provider_id: str | None = response.headers.get("X-Message-Id")
+            return provider_id
 
     def close(self) -> None:
         """Close the connection pool."""

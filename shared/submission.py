@@ -8,8 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from opentelemetry import trace
 from pydantic import ValidationError
 
+from shared import telemetry
 from shared.blobs import MessageBodyStore, body_blob_name
 from shared.clients import Client
 from shared.errors import (
@@ -143,21 +145,32 @@ def _queue_durably(
         if claim.replay:
             return AcceptedMessage(claim.record.message_id, replayed=True)
         envelope = envelope.model_copy(update={"id": claim.record.message_id})
+    # Delivery continues this trace (the accept's span) from the context the envelope carries.
+    envelope = envelope.model_copy(update={"trace": telemetry.current_trace_context()})
+    trace.get_current_span().set_attribute("mailgate.id", envelope.id)
     domains = envelope.recipient_domains()
     try:
-        envelope = _enqueue(envelope, queue, bodies)
+        with telemetry.span("mailgate.enqueue", id=envelope.id, attempt=1):
+            envelope = _enqueue(envelope, queue, bodies)
     except StorageUnavailable:
         if claim is not None:
             with contextlib.suppress(StorageUnavailable):
                 keys.release(claim.record)
         raise
-    _record_queued(envelope, statuses)
+    with telemetry.span("mailgate.status.write", id=envelope.id, state="queued"):
+        _record_queued(envelope, statuses)
+    telemetry.accepted.add(1)
     if claim is not None:
         try:
             keys.complete(claim.record)
         except StorageUnavailable as error:
             # The key stays pending: a retry gets 409 until it times out, then the same id.
-            logger.warning("Message %s: idempotency key not completed: %s", envelope.id, error)
+            logger.warning(
+                "Message %s: idempotency key not completed: %s",
+                envelope.id,
+                error,
+                extra={"mailgate_id": envelope.id},
+            )
     logger.info(
         "Message %s queued for %s recipient domain(s) %s%s",
         envelope.id,
@@ -213,7 +226,12 @@ def _record_queued(envelope: QueueEnvelope, statuses: StatusStore) -> None:
         statuses.create(status)
     except StorageUnavailable as error:
         # The message is durably queued; delivery writes the record when it picks it up.
-        logger.warning("Message %s queued but its status was not recorded: %s", envelope.id, error)
+        logger.warning(
+            "Message %s queued but its status was not recorded: %s",
+            envelope.id,
+            error,
+            extra={"mailgate_id": envelope.id},
+        )
 
 
 def _check_senders(senders: list[tuple[str, str]], client: Client, settings: Settings) -> None:

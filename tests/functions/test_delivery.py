@@ -162,17 +162,17 @@ def test_should_raise_when_the_settings_are_bad_so_the_host_retries() -> None:
 def test_should_warn_when_the_host_delivers_a_message_again(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="functions.delivery"):
-        deliver_message(queue_message(envelope().to_json().encode(), dequeue_count=3))
+    with caplog.at_level(logging.WARNING, logger="shared.delivery"):
+        deliver_message(queue_message(envelope(id="msg-again").to_json().encode(), dequeue_count=3))
 
-    [record] = [r for r in caplog.records if r.name == "functions.delivery"]
-    assert "3f0e7d4c-queue-message" in record.getMessage()
-    assert "3" in record.getMessage()
+    [record] = [r for r in caplog.records if "delivered again" in r.getMessage()]
+    assert record.getMessage() == "Message msg-again attempt 1 is delivered again (dequeue count 3)"
+    assert getattr(record, "mailgate_id", None) == "msg-again"
 
 
 @pytest.mark.usefixtures("gateway")
 def test_should_not_warn_on_a_first_delivery(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="functions.delivery"):
+    with caplog.at_level(logging.WARNING, logger="shared.delivery"):
         deliver_message(queue_message(envelope().to_json().encode(), dequeue_count=1))
 
-    assert [r for r in caplog.records if r.name == "functions.delivery"] == []
+    assert [r for r in caplog.records if "delivered again" in r.getMessage()] == []
