@@ -4,7 +4,15 @@ import os
 
 import azure.functions as func
 
-from functions import dead_letters, delivery, health, messages, openapi, sendgrid_compat
+from functions import (
+    dead_letters,
+    delivery,
+    health,
+    messages,
+    monitor,
+    openapi,
+    sendgrid_compat,
+)
 from shared.settings import refuse_unresolved_key_vault_references
 from shared.telemetry import configure_telemetry
 
@@ -22,3 +30,4 @@ app.register_functions(health.bp)
 app.register_functions(delivery.bp)
 app.register_functions(dead_letters.bp)
 app.register_functions(openapi.bp)
+app.register_functions(monitor.bp)

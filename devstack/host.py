@@ -1,4 +1,4 @@
-"""Local Azure Functions host for the Python v2 programming model (HTTP and queue triggers).
+"""Local Azure Functions host for the Python v2 programming model (HTTP, queue, timer triggers).
 
 Core Tools cannot run here, so this stands in for `func start`:
 
@@ -8,7 +8,8 @@ It merges `local.settings.json` Values into the environment (environment variabl
 imports `function_app.py`, and serves every function from its own binding metadata. Sync
 functions share a thread pool of PYTHON_THREADPOOL_THREAD_COUNT threads (default, as the
 worker's: min(32, cores + 4)); async ones run on the event loop. FUNCTION-level routes need
-the key in LOCAL_FUNCTION_KEY (or LOCAL_ADMIN_KEY), ADMIN-level ones LOCAL_ADMIN_KEY.
+the key in LOCAL_FUNCTION_KEY (or LOCAL_ADMIN_KEY), ADMIN-level ones LOCAL_ADMIN_KEY. Timer
+schedules run in UTC; LOCAL_TIMER_SCHEDULE_<function name> replaces a function's schedule.
 Readiness: the log lines `Listening on http://HOST:PORT` then `Host started`.
 """
 
@@ -31,7 +32,7 @@ from collections.abc import Generator, Iterable, Mapping, MutableMapping, Sequen
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 import azure.functions as func
 import uvicorn
@@ -59,6 +60,7 @@ from devstack.host_queue import (
     resolve_connection_string,
     resolve_setting_expressions,
 )
+from devstack.host_timer import ScheduleMonitor, TimerListener, timer_config, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,8 @@ DEFAULT_PORT = 7071
 SHUTDOWN_GRACE_SECONDS = 10.0
 HTTP_TRIGGER = "httpTrigger"
 QUEUE_TRIGGER = "queueTrigger"
+TIMER_TRIGGER = "timerTrigger"
+SUPPORTED_TRIGGERS = (HTTP_TRIGGER, QUEUE_TRIGGER, TIMER_TRIGGER)
 STORAGE_THREADS = 32
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
 # Libraries that log every request at INFO: quiet unless asked (--library-log-level).
@@ -205,7 +209,7 @@ def collect_functions(functions: Iterable[func.Function], app_dir: Path) -> list
         trigger = function.get_trigger()
         bindings = function.get_bindings()
         check_parameters(name, user_function, bindings)
-        if trigger is None or trigger.type not in (HTTP_TRIGGER, QUEUE_TRIGGER):
+        if trigger is None or trigger.type not in SUPPORTED_TRIGGERS:
             kind = trigger.type if trigger is not None else "no trigger"
             logger.warning("%s: %s is not supported by the local host; skipped", name, kind)
             continue
@@ -242,6 +246,21 @@ def http_route(spec: FunctionSpec) -> HttpRoute:
         auth_level=normalize_auth_level(getattr(trigger, "auth_level", None)),
         param_name=trigger.name,
     )
+
+
+class Listener(Protocol):
+    """What the host starts and stops besides the HTTP server: a queue or timer listener."""
+
+    spec: FunctionSpec
+
+    async def start(self) -> None:
+        """Begin listening."""
+
+    async def stop(self, timeout: float) -> bool:
+        """Stop, waiting up to `timeout` s for invocations; True if they all finished."""
+
+    def close(self) -> None:
+        """Release the listener's clients."""
 
 
 class _Server(uvicorn.Server):
@@ -283,13 +302,22 @@ class LocalHost:
         specs = collect_functions(functions, self.app_dir)
         routes = [http_route(s) for s in specs if s.trigger.type == HTTP_TRIGGER]
         queue_specs = [s for s in specs if s.trigger.type == QUEUE_TRIGGER]
+        timer_specs = [s for s in specs if s.trigger.type == TIMER_TRIGGER]
         options = QueueOptions.from_host_json(host_json, os.cpu_count() or 1)
         invoker = Invoker(thread_count(settings))
         io = ThreadPoolExecutor(max_workers=STORAGE_THREADS, thread_name_prefix="storage")
-        listeners: list[QueueListener] = []
+        listeners: list[Listener] = []
+        monitor: ScheduleMonitor | None = None
         sock: socket.socket | None = None
         try:
             listeners.extend(self._listener(s, settings, options, invoker, io) for s in queue_specs)
+            timers = [(s, timer_config(s, settings, utc_now())) for s in timer_specs]
+            if any(config.use_monitor for _, config in timers):
+                monitor = self._schedule_monitor(settings)
+            listeners.extend(
+                TimerListener(s, c, invoker, io, monitor if c.use_monitor else None)
+                for s, c in timers
+            )
             self._warn_about_keys(routes, settings)
             sock = self._bind()
             self._banner(routes, listeners, route_prefix(host_json))
@@ -300,6 +328,8 @@ class LocalHost:
                 sock.close()  # uvicorn closes it too; this covers a failed start
             for listener in listeners:
                 listener.close()
+            if monitor is not None:
+                monitor.close()
             invoker.shutdown()
             io.shutdown(wait=False, cancel_futures=True)
 
@@ -322,6 +352,18 @@ class LocalHost:
         # Local only: tests that kill the host shorten the host's fixed 10-minute hold.
         hold = int(settings.get("LOCAL_QUEUE_HOLD_SECONDS") or MESSAGE_HOLD_SECONDS)
         return QueueListener(spec, queue, poison, options, invoker, io, hold_seconds=hold)
+
+    def _schedule_monitor(self, settings: Mapping[str, str]) -> ScheduleMonitor | None:
+        """Where timers with `use_monitor` keep their schedule status, if storage allows."""
+        try:
+            return ScheduleMonitor.from_settings(settings, str(self.app_dir))
+        except HostError as exc:
+            logger.warning(
+                "Timers with use_monitor keep their schedule status in AzureWebJobsStorage, "
+                "which is not usable here (%s): they will not catch up on a missed occurrence",
+                exc,
+            )
+            return None
 
     @staticmethod
     def _warn_about_keys(routes: Sequence[HttpRoute], settings: Mapping[str, str]) -> None:
@@ -351,7 +393,7 @@ class LocalHost:
         return sock
 
     def _banner(
-        self, routes: Sequence[HttpRoute], listeners: Sequence[QueueListener], prefix: str
+        self, routes: Sequence[HttpRoute], listeners: Sequence[Listener], prefix: str
     ) -> None:
         base = f"http://{self.host}:{self.port}"
         logger.info("Functions:")
@@ -360,13 +402,25 @@ class LocalHost:
             path = "/".join(p for p in (prefix, route.template.template) if p)
             logger.info("    %s: [%s] %s/%s", route.spec.name, methods, base, path)
         for listener in listeners:
-            logger.info("    %s: queueTrigger %s", listener.spec.name, listener.queue_name)
+            if isinstance(listener, QueueListener):
+                logger.info("    %s: queueTrigger %s", listener.spec.name, listener.queue_name)
+            elif isinstance(listener, TimerListener):
+                config = listener.config
+                notes = [f"from {config.override}"] if config.override else []
+                if config.run_on_startup:
+                    notes.append("runOnStartup")
+                if listener.monitored:
+                    notes.append("useMonitor")
+                suffix = f" ({', '.join(notes)})" if notes else ""
+                logger.info(
+                    "    %s: timerTrigger %s%s", listener.spec.name, config.schedule, suffix
+                )
 
     async def _run(
         self,
         http: HttpApp,
         sock: socket.socket,
-        listeners: Sequence[QueueListener],
+        listeners: Sequence[Listener],
         invoker: Invoker,
         stop: asyncio.Event,
     ) -> bool:

@@ -43,7 +43,7 @@ param allowedSenders string
 param sendgridApiKey string = ''
 
 @minLength(3)
-@description('Required. Address that receives the dead-letter and queue-backlog alerts.')
+@description('Required. Address that receives the dead-letter, dead-letters-waiting and queue-backlog alerts.')
 param alertEmailAddress string
 
 @allowed([
@@ -258,6 +258,7 @@ module alerts 'app/alerts.bicep' = {
     tags: allTags
     storageAccountName: storage.outputs.name
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
+    applicationInsightsId: monitoring.outputs.applicationInsightsId
     location: location
     poisonQueueName: '${mailQueueName}-poison'
     queuedMessagesThreshold: queuedMessagesAlertThreshold

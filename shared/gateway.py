@@ -20,7 +20,7 @@ from shared.delivery import Delivery, DeliveryOutcome, MailSender
 from shared.errors import ConfigurationError, MessageNotFound, StorageUnavailable
 from shared.idempotency import IdempotencyStore
 from shared.models import MAX_MESSAGE_ID_LENGTH
-from shared.queue import MailQueue
+from shared.queue import MailQueue, QueueReport
 from shared.sendgrid_client import SendGridClient
 from shared.settings import Settings
 from shared.status import MessageStatus, StatusStore
@@ -157,6 +157,11 @@ class Gateway:
         if status is None or status.client != client.name:
             raise MessageNotFound(f"no message has the id {message_id!r}")
         return status
+
+    def measure_queues(self) -> QueueReport:
+        """How full the mail and poison queues are now; a missing queue counts as empty."""
+        # Read-only on purpose: a monitor that created the queues would hide a missing one.
+        return self.queue.measure(self._now())
 
     def ensure_storage(self) -> None:
         """Create the queues, the status table and the body container once per process."""

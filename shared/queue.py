@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import logging
 import re
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import requests
@@ -68,6 +70,57 @@ def _client_options() -> dict[str, Any]:
     return {"retry_policy": LinearRetry(**PROMPT_RETRY), "transport": storage_transport()}
 
 
+@dataclass(frozen=True)
+class QueueMeasurement:
+    """How full one queue is: its approximate depth and the age of its oldest visible message.
+
+    The depth is the service's approximate count: it includes messages that are invisible
+    (scheduled retries, messages being delivered) and may briefly include deleted ones. The
+    age is that of the message at the front of the queue among those visible now, from its
+    insertion time; None when no message is visible. A retry is a new queue message, so the
+    age is how long this copy has waited, not how long ago the mail was accepted.
+    """
+
+    queue: str
+    depth: int
+    oldest_age_seconds: int | None
+    exists: bool = True
+
+
+@dataclass(frozen=True)
+class QueueReport:
+    """The mail queue's and the poison queue's measurements, taken together."""
+
+    mail: QueueMeasurement
+    poison: QueueMeasurement
+
+    @property
+    def measurements(self) -> tuple[QueueMeasurement, QueueMeasurement]:
+        """Both measurements, the mail queue's first."""
+        return (self.mail, self.poison)
+
+
+def measure_queue(client: QueueClient, now: datetime) -> QueueMeasurement:
+    """Measure one queue; a missing queue is empty. StorageUnavailable if storage fails."""
+    name = client.queue_name
+    try:
+        properties = client.get_queue_properties()
+        # Peeking neither hides the message nor counts a dequeue.
+        peeked = client.peek_messages(max_messages=1)
+    except ResourceNotFoundError:
+        return QueueMeasurement(name, 0, None, exists=False)
+    except AzureError as error:
+        raise StorageUnavailable(f"queue {name}: {summary(error)}") from error
+    depth = properties.approximate_message_count or 0
+    oldest = peeked[0].inserted_on if peeked else None
+    if oldest is None:
+        return QueueMeasurement(name, depth, None)
+    # Server time against ours: a small skew must not make a negative age.
+    age = max(0, int((now - oldest).total_seconds()))
+    # The count lags behind the queue: a message seen is a message there.
+    return QueueMeasurement(name, max(depth, 1), age)
+
+
 class MailQueue:
     """Puts envelopes on the mail queue (base64, as the host reads them) and the poison queue."""
 
@@ -79,11 +132,11 @@ class MailQueue:
     def from_settings(cls, settings: Settings) -> MailQueue:
         """Create the clients once; each holds its own connection pool."""
         service = _service_client(settings.storage)
+        # Raw text may sit on either queue (a producer that forgot base64, until the host moves
+        # it; the host's poison copy of it): reading it, as a peek does, must not fail.
         return cls(
             _queue_client(service, settings.mail_queue_name),
-            _queue_client(
-                service, settings.poison_queue_name, decode_policy=RawTextFallbackDecodePolicy()
-            ),
+            _queue_client(service, settings.poison_queue_name),
         )
 
     @property
@@ -113,6 +166,10 @@ class MailQueue:
             except AzureError as error:
                 raise StorageUnavailable(f"queue {client.queue_name}: {summary(error)}") from error
         return depths
+
+    def measure(self, now: datetime) -> QueueReport:
+        """The depth and oldest visible message's age of the mail and poison queues, at `now`."""
+        return QueueReport(measure_queue(self._mail, now), measure_queue(self._poison, now))
 
     def ensure_exists(self) -> None:
         """Create the mail and poison queues if they are missing."""
@@ -185,14 +242,12 @@ class RawTextFallbackDecodePolicy(TextBase64DecodePolicy):
             return content
 
 
-def _queue_client(
-    service: QueueServiceClient, name: str, decode_policy: TextBase64DecodePolicy | None = None
-) -> QueueClient:
+def _queue_client(service: QueueServiceClient, name: str) -> QueueClient:
     # The host's default messageEncoding is base64; raw text would go straight to poison.
     return service.get_queue_client(
         name,
         message_encode_policy=TextBase64EncodePolicy(),
-        message_decode_policy=decode_policy or TextBase64DecodePolicy(),
+        message_decode_policy=RawTextFallbackDecodePolicy(),
     )
 
 

@@ -12,7 +12,7 @@ import itertools
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, cast
 
 from azure.core import MatchConditions
@@ -123,6 +123,7 @@ class _StoredMessage:
     visible: bool = True
     dequeue_count: int = 0
     pop_receipt: str = ""
+    inserted_on: datetime | None = None
 
 
 class FakeQueueClient:
@@ -134,10 +135,13 @@ class FakeQueueClient:
     messages released during the same pass; this one raises AssertionError instead.
     """
 
-    def __init__(self, queue_name: str) -> None:
+    def __init__(self, queue_name: str, clock: Callable[[], datetime] | None = None) -> None:
         self.queue_name = queue_name
         self.unavailable = False
+        # False: the queue does not exist (until create_queue), as before the host makes it.
+        self.exists = True
         self.created = 0
+        self._clock = clock or (lambda: datetime.now(timezone.utc))
         self._messages: list[_StoredMessage] = []
         self._ids = itertools.count(1)
 
@@ -162,13 +166,24 @@ class FakeQueueClient:
 
     def create_queue(self) -> None:
         self._fail_if_unavailable()
+        self.exists = True
         self.created += 1
 
     def get_queue_properties(self) -> QueueProperties:
         self._fail_if_unavailable()
+        self._fail_if_missing()
         properties = QueueProperties()
         properties.approximate_message_count = len(self._messages)
         return properties
+
+    def peek_messages(self, max_messages: int | None = None) -> list[QueueMessage]:
+        """The visible messages at the front, left visible and undequeued."""
+        self._fail_if_unavailable()
+        self._fail_if_missing()
+        return [
+            QueueMessage(m.content, id=m.id, inserted_on=m.inserted_on, dequeue_count=0)
+            for m in [m for m in self._messages if m.visible][: max_messages or 1]
+        ]
 
     def send_message(
         self,
@@ -184,6 +199,7 @@ class FakeQueueClient:
                 content=content,
                 time_to_live=time_to_live,
                 visible=not visibility_timeout,
+                inserted_on=self._clock(),
             )
         )
 
@@ -234,6 +250,10 @@ class FakeQueueClient:
     def _fail_if_unavailable(self) -> None:
         if self.unavailable:
             raise ServiceRequestError(f"queue {self.queue_name}: connection refused")
+
+    def _fail_if_missing(self) -> None:
+        if not self.exists:
+            raise ResourceNotFoundError(f"queue {self.queue_name}: QueueNotFound")
 
 
 class _ReceivedPages:

@@ -2,6 +2,10 @@
 // - dead letter: any write (PutMessage) to the poison queue, from the queue service's own
 //   resource logs in Log Analytics. It catches both the gateway's dead letters and the host's
 //   poison moves, within minutes (log ingestion delay included).
+// - dead letters waiting: the queue monitor (functions/monitor.py, every 5 minutes) logs a
+//   warning, "Poison queue not empty: queue=<name> depth=<n>", while the poison queue holds
+//   messages. The alert fires on that warning in Application Insights' traces and resolves
+//   once the warnings stop, that is once an operator has replayed or purged the dead letters.
 // - backlog: the storage account's QueueMessageCount above a threshold. Azure reports that
 //   count for the whole account only (mail queue and poison queue together; there is no
 //   per-queue depth or oldest-message age among the platform metrics), refreshed about hourly.
@@ -19,7 +23,10 @@ param storageAccountName string
 @description('Required. Log Analytics workspace with the queue service\'s StorageWrite logs.')
 param logAnalyticsWorkspaceId string
 
-@description('Required. Azure region of the log search alert.')
+@description('Required. Resource id of the Application Insights component that receives the app\'s logs (the queue monitor\'s warning).')
+param applicationInsightsId string
+
+@description('Required. Azure region of the log search alerts.')
 param location string
 
 @minLength(3)
@@ -91,6 +98,48 @@ resource deadLetterAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
       ]
     }
     autoMitigate: false
+    actions: {
+      actionGroups: [
+        actionGroup.id
+      ]
+    }
+  }
+}
+
+// The monitor's cadence (5 minutes) is fixed in functions/monitor.py: a 15-minute window holds
+// three of its runs, so one late or lost trace neither delays the alert nor resolves it.
+resource deadLettersWaitingAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: 'mailgate-dead-letters-waiting'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: 'mailgate: dead letters waiting'
+    description: 'The queue monitor found messages in ${poisonQueueName}: dead letters wait for an operator. List them with make poison (or GET /api/v1/dead-letters), then replay or purge them. The alert resolves by itself once the monitor no longer warns.'
+    severity: 2
+    enabled: true
+    scopes: [
+      applicationInsightsId
+    ]
+    evaluationFrequency: 'PT5M'
+    windowSize: 'PT15M'
+    criteria: {
+      allOf: [
+        {
+          // severityLevel 2 is Warning; the text is functions/monitor.py's POISON_WARNING.
+          query: 'traces | where severityLevel == 2 and message startswith "Poison queue not empty: queue=${poisonQueueName} "'
+          timeAggregation: 'Count'
+          operator: 'GreaterThan'
+          threshold: 0
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    // Stateful: one notification when dead letters start waiting, one when they are gone.
+    autoMitigate: true
     actions: {
       actionGroups: [
         actionGroup.id

@@ -48,5 +48,8 @@ output logAnalyticsWorkspaceId string = logAnalytics.id
 @description('Name of the Application Insights component.')
 output applicationInsightsName string = applicationInsights.name
 
+@description('Resource id of the Application Insights component (scope of the alerts on the app\'s logs).')
+output applicationInsightsId string = applicationInsights.id
+
 @description('Connection string of Application Insights (an endpoint and instrumentation key, not a secret once local auth is off).')
 output applicationInsightsConnectionString string = applicationInsights.properties.ConnectionString

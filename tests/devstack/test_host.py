@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import itertools
 import json
 import os
 import re
@@ -18,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import IO, Any
@@ -25,7 +28,8 @@ from typing import IO, Any
 import azure.functions as func
 import httpx
 import pytest
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient
 
 from devstack.host import (
@@ -396,13 +400,17 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
     try:
         assert process.stdout is not None
         output = LineReader(process.stdout)
-        found = output.wait_for(
+        queue = output.wait_for(
             r"Queue service is successfully listening at http://127\.0\.0\.1:(\d+)"
+        )
+        blob = output.wait_for(
+            r"Blob service is successfully listening at http://127\.0\.0\.1:(\d+)"
         )
         yield Azurite(
             "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
             f"AccountKey={DEVSTORE_KEY};"
-            f"QueueEndpoint=http://127.0.0.1:{found.group(1)}/devstoreaccount1;"
+            f"BlobEndpoint=http://127.0.0.1:{blob.group(1)}/devstoreaccount1;"
+            f"QueueEndpoint=http://127.0.0.1:{queue.group(1)}/devstoreaccount1;"
         )
     finally:
         stop_process_group(process)
@@ -609,9 +617,13 @@ def test_should_give_environment_variables_precedence_over_local_settings(sample
 def test_should_list_functions_and_skip_unsupported_trigger_with_warning(sample: Sample) -> None:
     log = sample.host.log
 
-    log.wait_for(r"every_five_minutes: timerTrigger is not supported by the local host")
+    log.wait_for(r"on_blob: blobTrigger is not supported by the local host")
     log.wait_for(r"get_message: \[DELETE,GET\] http://127\.0\.0\.1:\d+/api/v1/messages/\{id\}")
     log.wait_for(r"on_work: queueTrigger work-items")
+    log.wait_for(r"tick: timerTrigger Cron: '0 \*/5 \* \* \* \*'$")
+    log.wait_for(r"at_startup: timerTrigger Cron: '0 0 0 1 1 \*' \(runOnStartup\)$")
+    # use_monitor needs AzureWebJobsStorage, which the sample's settings leave out.
+    log.wait_for(r"Timers with use_monitor keep their schedule status in AzureWebJobsStorage")
 
 
 # ---------------------------------------------------------------- queues
@@ -772,3 +784,92 @@ def test_should_exit_with_error_naming_a_missing_queue_name_setting(
 
     assert code == 1
     host.log.wait_for(r"the app setting 'WORK_QUEUE' is not set")
+
+
+# ---------------------------------------------------------------- timers
+
+
+def timer_calls(records: Path, function: str) -> list[dict[str, Any]]:
+    """The recorded calls of one timer function of the sample app, in order."""
+    path = records / "timers.jsonl"
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [entry for entry in map(json.loads, lines) if entry["function"] == function]
+
+
+def test_should_run_timers_on_schedule_at_startup_and_past_due_then_stop_between_calls(
+    azurite: Azurite, tmp_path: Path
+) -> None:
+    # The sample's hourly timer last ran two hours ago: the occurrence an hour ago was missed.
+    this_hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    missed = this_hour - timedelta(hours=1)
+    container = BlobServiceClient.from_connection_string(
+        azurite.connection_string
+    ).get_container_client("azure-webjobs-hosts")
+    with contextlib.suppress(ResourceExistsError):
+        container.create_container()
+    status_blob = "timers/sample-host/Host.Functions.hourly/status"
+    before = (missed - timedelta(hours=1)).isoformat()
+    container.upload_blob(
+        status_blob,
+        json.dumps({"Last": before, "Next": missed.isoformat(), "LastUpdated": before}),
+        overwrite=True,
+    )
+    values = {
+        "WORK_QUEUE": "timer-items",
+        "SampleStorage": azurite.connection_string,
+        "AzureWebJobsStorage": azurite.connection_string,
+        "AzureFunctionsWebHost__hostid": "sample-host",
+        # Every second instead of every five minutes; each call takes 1.5 s.
+        "LOCAL_TIMER_SCHEDULE_tick": "* * * * * *",
+    }
+    env = {"SAMPLE_RECORD_DIR": str(tmp_path), "SAMPLE_TICK_SECONDS": "1.5"}
+    host = HostProcess(make_app(tmp_path, values), env)
+    try:
+        host.log.wait_for(
+            r"tick: timerTrigger Cron: '\* \* \* \* \* \*' \(from LOCAL_TIMER_SCHEDULE_tick\)"
+        )
+        host.log.wait_for(r"The next 5 occurrences of the 'tick' schedule \(Cron: '\* \* \*")
+        host.log.wait_for(r"hourly: timerTrigger Cron: '0 0 \* \* \* \*' \(useMonitor\)")
+        wait_until(lambda: len(timer_calls(tmp_path, "tick")) >= 3)
+        wait_until(lambda: len(timer_calls(tmp_path, "hourly")) == 1)
+    finally:
+        # Stopped while a tick is running: it finishes, and no other starts.
+        code = host.stop()
+
+    assert code == 0
+    ticks = timer_calls(tmp_path, "tick")
+    for before_call, after_call in itertools.pairwise(ticks):
+        assert after_call["started"] >= before_call["ended"]
+        # Each call outlasts the next occurrence: the next call follows at once, and only one.
+        assert after_call["started"] - before_call["ended"] < 0.5
+    assert not any(call["past_due"] for call in ticks)
+    log = host.log.text
+    assert log.count("Executing 'Functions.tick'") == len(ticks)
+    assert log.count("Executed 'Functions.tick' (Succeeded") == len(ticks)
+    assert "Executing 'Functions.tick'" not in log.split("Stopping host")[1]
+    [startup] = timer_calls(tmp_path, "at_startup")
+    assert startup["past_due"] is False
+    [hourly] = timer_calls(tmp_path, "hourly")
+    assert hourly["past_due"] is True
+    assert hourly["schedule_status"]["Next"] == missed.isoformat()
+    assert "UnscheduledInvocationReason: IsPastDue" in log
+    recorded = json.loads(container.download_blob(status_blob).readall())
+    assert datetime.fromisoformat(recorded["Next"]) > this_hour
+
+
+def test_should_exit_with_error_naming_a_timer_with_an_invalid_schedule(
+    azurite: Azurite, tmp_path: Path
+) -> None:
+    values = {
+        "WORK_QUEUE": "bad-timer-items",
+        "SampleStorage": azurite.connection_string,
+        "LOCAL_TIMER_SCHEDULE_tick": "*/5 * * * *",
+    }
+    host = HostProcess(make_app(tmp_path, values), {}, wait=False)
+
+    code = host.process.wait(timeout=20)
+
+    assert code == 1
+    host.log.wait_for(r"tick: invalid timer schedule \(from LOCAL_TIMER_SCHEDULE_tick\)")

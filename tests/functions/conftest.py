@@ -8,6 +8,7 @@ import functions.dead_letters
 import functions.delivery
 import functions.health
 import functions.messages
+import functions.monitor
 import functions.sendgrid_compat
 import shared.clients
 import shared.gateway
@@ -90,5 +91,6 @@ def misconfigured(monkeypatch: pytest.MonkeyPatch) -> None:
         functions.health,
         functions.delivery,
         functions.dead_letters,
+        functions.monitor,
     ):
         monkeypatch.setattr(module, "get_gateway", _gateway_from_empty_settings)

@@ -12,6 +12,7 @@ from azure.functions.decorators.core import Binding
 from azure.functions.decorators.function_app import Function
 from azure.functions.decorators.http import HttpTrigger
 from azure.functions.decorators.queue import QueueTrigger
+from azure.functions.decorators.timer import TimerTrigger
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,6 +50,7 @@ def test_should_register_exactly_the_gateway_functions(
         "get_message_status",
         "health",
         "list_dead_letters",
+        "monitor_queues",
         "openapi",
         "purge_dead_letters",
         "replay_dead_letters",
@@ -99,6 +101,18 @@ def test_should_trigger_delivery_from_the_configured_mail_queue(
     assert trigger.connection == "AzureWebJobsStorage"
 
 
+def test_should_monitor_the_queues_every_five_minutes_without_catching_up(
+    functions_by_name: dict[str, Function],
+) -> None:
+    trigger = trigger_of(functions_by_name["monitor_queues"])
+
+    assert trigger.type == "timerTrigger"
+    assert isinstance(trigger, TimerTrigger)
+    # NCRONTAB, seconds first: second 0 of every fifth minute.
+    assert trigger.schedule == "0 */5 * * * *"
+    assert (trigger.run_on_startup, trigger.use_monitor) == (False, False)
+
+
 @pytest.mark.parametrize(
     "name",
     [
@@ -110,6 +124,7 @@ def test_should_trigger_delivery_from_the_configured_mail_queue(
         "list_dead_letters",
         "replay_dead_letters",
         "purge_dead_letters",
+        "monitor_queues",
     ],
 )
 def test_should_name_each_binding_after_a_parameter_of_its_function(

@@ -43,6 +43,9 @@ PLACES: dict[str, frozenset[str]] = {
     "LOCAL_ADMIN_KEY": frozenset({LOCAL, README}),
     # Optional, for tests that kill the local host; it defaults to the real host's 10 minutes.
     "LOCAL_QUEUE_HOLD_SECONDS": frozenset({README}),
+    # Optional, one per timer function: the local host's replacement for its schedule, so that
+    # tests and `make run` need not wait five minutes.
+    "LOCAL_TIMER_SCHEDULE_<function>": frozenset({README}),
 }
 # What App Service puts in place of the Key Vault reference once it resolves it.
 RESOLVED_SECRET = "SG.resolved-from-key-vault"

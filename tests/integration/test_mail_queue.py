@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 from devstack.azurite import Azurite
 from shared.models import DeadLetter
-from shared.queue import MailQueue
+from shared.queue import MailQueue, QueueMeasurement
 from shared.settings import Settings
 from tests.integration.conftest import base64_queue_client, plain_queue_client
 from tests.samples import NOW, envelope
@@ -92,3 +92,53 @@ def test_should_keep_a_retry_invisible_for_its_delay(
 def test_should_answer_the_check_once_the_queues_exist(mail_queue: MailQueue) -> None:
     mail_queue.check()
     mail_queue.ensure_exists()
+
+
+def test_should_measure_missing_queues_as_empty_without_creating_them(
+    storage_settings: Settings, azurite: Azurite
+) -> None:
+    queue = MailQueue.from_settings(storage_settings)
+
+    report = queue.measure(datetime.now(timezone.utc))
+
+    assert report.mail == QueueMeasurement(queue.name, 0, None, exists=False)
+    assert report.poison == QueueMeasurement(queue.poison_name, 0, None, exists=False)
+    assert queue.depths() == {queue.name: 0, queue.poison_name: 0}
+
+
+def test_should_measure_the_age_of_the_oldest_visible_message_only(
+    mail_queue: MailQueue,
+) -> None:
+    # A retry scheduled for later is counted but not seen; the visible one is.
+    mail_queue.enqueue(envelope(id="msg-m1", attempt=2), delay_seconds=600)
+    mail_queue.enqueue(envelope(id="msg-m2"))
+    later = datetime.now(timezone.utc) + timedelta(seconds=90)
+
+    report = mail_queue.measure(later)
+
+    assert report.mail.depth == 2
+    assert report.mail.oldest_age_seconds is not None
+    assert 85 <= report.mail.oldest_age_seconds <= 95
+    assert report.poison == QueueMeasurement(mail_queue.poison_name, 0, None)
+
+
+def test_should_leave_a_measured_message_visible_and_undequeued(
+    azurite: Azurite, mail_queue: MailQueue
+) -> None:
+    mail_queue.dead_letter(envelope(id="msg-m3").to_json())
+
+    for _ in range(2):
+        assert mail_queue.measure(datetime.now(timezone.utc)).poison.depth == 1
+
+    [message] = base64_queue_client(azurite, mail_queue.poison_name).receive_messages()
+    assert message.dequeue_count == 1
+
+
+def test_should_measure_a_queue_holding_raw_text(azurite: Azurite, mail_queue: MailQueue) -> None:
+    # A producer that forgot base64: the host will move it to poison, the monitor still reads.
+    plain_queue_client(azurite, mail_queue.name).send_message('{"not": "base64"}')
+
+    report = mail_queue.measure(datetime.now(timezone.utc))
+
+    assert report.mail.depth == 1
+    assert report.mail.oldest_age_seconds is not None

@@ -2,17 +2,18 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import timedelta
 from typing import Any, cast
 
 import pytest
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError, ServiceRequestError
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
-from azure.storage.queue import QueueClient, QueueProperties
+from azure.storage.queue import QueueClient, QueueMessage, QueueProperties
 
 from shared.errors import StorageUnavailable
-from shared.queue import NEVER_EXPIRES, MailQueue, summary, token_credential
+from shared.queue import NEVER_EXPIRES, MailQueue, QueueMeasurement, summary, token_credential
 from shared.settings import MAX_RETRY_DELAY_SECONDS, Settings, StorageSettings
-from tests.samples import BASE_ENV, envelope
+from tests.samples import BASE_ENV, NOW, envelope
 
 IDENTITY_ENV = {k: v for k, v in BASE_ENV.items() if k != "AzureWebJobsStorage"}
 CLIENT_ID = "00000000-0000-0000-0000-0000000000c1"
@@ -22,14 +23,21 @@ class RecordingQueueClient:
     """The few QueueClient calls MailQueue makes, recorded; `error` makes each call raise it."""
 
     def __init__(
-        self, queue_name: str, error: Exception | None = None, message_count: int | None = 0
+        self,
+        queue_name: str,
+        error: Exception | None = None,
+        message_count: int | None = 0,
+        front: list[QueueMessage] | None = None,
     ) -> None:
         self.queue_name = queue_name
         self.error = error
         self.message_count = message_count
+        # What a peek sees: the visible messages at the front of the queue.
+        self.front = front or []
         self.sent: list[tuple[str, dict[str, Any]]] = []
         self.created = 0
         self.property_reads = 0
+        self.peeks: list[int | None] = []
 
     def send_message(self, content: str, **options: Any) -> None:
         self._maybe_fail()
@@ -45,6 +53,11 @@ class RecordingQueueClient:
         properties = QueueProperties()
         properties.approximate_message_count = self.message_count
         return properties
+
+    def peek_messages(self, max_messages: int | None = None) -> list[QueueMessage]:
+        self._maybe_fail()
+        self.peeks.append(max_messages)
+        return self.front[: max_messages or 1]
 
     def _maybe_fail(self) -> None:
         if self.error is not None:
@@ -154,6 +167,19 @@ def test_should_encode_messages_in_base64_as_the_host_reads_them() -> None:
     for client in (queue._mail, queue._poison):
         encoded = client._message_encode_policy('{"version":1}')
         assert base64.b64decode(encoded) == b'{"version":1}'
+
+
+def test_should_read_raw_text_on_either_queue_without_failing() -> None:
+    # A producer that forgot base64 leaves raw text on the mail queue until the host moves it
+    # to poison: a peek (the queue monitor) must not fail on it.
+    queue = MailQueue.from_settings(Settings.from_env(BASE_ENV))
+
+    no_response: Any = None
+    for client in (queue._mail, queue._poison):
+        decode = client._message_decode_policy.decode
+        encoded = base64.b64encode(b'{"version":1}').decode()
+        assert decode(encoded, no_response) == '{"version":1}'
+        assert decode('{"not": "base64"}', no_response) == '{"not": "base64"}'
 
 
 def test_should_send_the_envelope_json_visible_at_once() -> None:
@@ -306,3 +332,70 @@ def test_should_keep_a_delayed_retry_on_the_queue_after_it_becomes_visible() -> 
     time_to_live = options.get("time_to_live")
     assert time_to_live is not None, "sent with the default 7-day time-to-live"
     assert time_to_live == NEVER_EXPIRES or time_to_live >= 2 * MAX_RETRY_DELAY_SECONDS
+
+
+def message_inserted(seconds_ago: float) -> QueueMessage:
+    """A message as a peek returns it, inserted `seconds_ago` before NOW."""
+    message = QueueMessage('{"version": 1}', id="m-1")
+    message.inserted_on = NOW - timedelta(seconds=seconds_ago)
+    return message
+
+
+def test_should_measure_the_depth_and_the_age_of_the_oldest_visible_message() -> None:
+    mail = RecordingQueueClient("mail-outbound", message_count=7, front=[message_inserted(95.8)])
+    poison = RecordingQueueClient(
+        "mail-outbound-poison", message_count=2, front=[message_inserted(3600)]
+    )
+
+    report = mail_queue(mail, poison).measure(NOW)
+
+    assert report.mail == QueueMeasurement("mail-outbound", 7, 95)
+    assert report.poison == QueueMeasurement("mail-outbound-poison", 2, 3600)
+    assert report.measurements == (report.mail, report.poison)
+    # One message peeked, without hiding it or counting a dequeue.
+    assert (mail.peeks, poison.peeks) == ([1], [1])
+
+
+def test_should_measure_an_empty_queue_with_no_age() -> None:
+    report = mail_queue(RecordingQueueClient("mail-outbound", message_count=None)).measure(NOW)
+
+    assert report.mail == QueueMeasurement("mail-outbound", 0, None)
+
+
+def test_should_give_no_age_when_every_message_is_invisible() -> None:
+    # Scheduled retries wait invisible: they count in the depth but a peek does not see them.
+    mail = RecordingQueueClient("mail-outbound", message_count=3, front=[])
+
+    assert mail_queue(mail).measure(NOW).mail == QueueMeasurement("mail-outbound", 3, None)
+
+
+def test_should_count_a_message_seen_even_when_the_approximate_count_lags() -> None:
+    poison = RecordingQueueClient(
+        "mail-outbound-poison", message_count=0, front=[message_inserted(5)]
+    )
+
+    report = mail_queue(RecordingQueueClient("mail-outbound"), poison).measure(NOW)
+
+    assert report.poison == QueueMeasurement("mail-outbound-poison", 1, 5)
+
+
+def test_should_not_give_a_negative_age_when_the_server_clock_is_ahead() -> None:
+    mail = RecordingQueueClient("mail-outbound", message_count=1, front=[message_inserted(-2)])
+
+    assert mail_queue(mail).measure(NOW).mail.oldest_age_seconds == 0
+
+
+def test_should_measure_a_missing_queue_as_empty_and_say_it_is_missing() -> None:
+    # The host creates the poison queue only when it first moves a message there.
+    poison = RecordingQueueClient("mail-outbound-poison", error=ResourceNotFoundError("gone"))
+
+    report = mail_queue(RecordingQueueClient("mail-outbound"), poison).measure(NOW)
+
+    assert report.poison == QueueMeasurement("mail-outbound-poison", 0, None, exists=False)
+
+
+def test_should_report_storage_unavailable_naming_the_queue_when_a_measure_fails() -> None:
+    poison = RecordingQueueClient("mail-outbound-poison", error=ServiceRequestError("refused"))
+
+    with pytest.raises(StorageUnavailable, match="mail-outbound-poison: ServiceRequestError"):
+        mail_queue(RecordingQueueClient("mail-outbound"), poison).measure(NOW)

@@ -97,6 +97,39 @@ def on_work(msg: func.QueueMessage) -> None:
         raise ValueError(f"refusing {body}")
 
 
+def _record_timer(name: str, timer: func.TimerRequest, seconds: float = 0.0) -> None:
+    started = time.time()
+    time.sleep(seconds)
+    _record(
+        "timers",
+        {
+            "function": name,
+            "past_due": timer.past_due,
+            "schedule_status": getattr(timer, "schedule_status", None),
+            "started": started,
+            "ended": time.time(),
+        },
+    )
+
+
 @app.timer_trigger(arg_name="timer", schedule="0 */5 * * * *")
-def every_five_minutes(timer: func.TimerRequest) -> None:
+def tick(timer: func.TimerRequest) -> None:
+    """Every five minutes (tests override it); takes SAMPLE_TICK_SECONDS."""
+    _record_timer("tick", timer, float(os.environ.get("SAMPLE_TICK_SECONDS") or 0))
+
+
+@app.timer_trigger(arg_name="timer", schedule="0 0 0 1 1 *", run_on_startup=True)
+def at_startup(timer: func.TimerRequest) -> None:
+    """Once a year, and whenever the host starts."""
+    _record_timer("at_startup", timer)
+
+
+@app.timer_trigger(arg_name="timer", schedule="0 0 * * * *", use_monitor=True)
+def hourly(timer: func.TimerRequest) -> None:
+    """Every hour, with the schedule status kept: past due after a missed hour."""
+    _record_timer("hourly", timer)
+
+
+@app.blob_trigger(arg_name="blob", path="samples/{name}", connection="SampleStorage")
+def on_blob(blob: func.InputStream) -> None:
     """Not supported by the local host: must be skipped with a warning."""
