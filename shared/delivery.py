@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
+from shared.activity import ActivityEvent, ActivityLog
 from shared.blobs import MessageBodyStore
 from shared.errors import (
     DeliveryError,
@@ -88,6 +89,7 @@ class Delivery:
         queue: MailQueue,
         bodies: MessageBodyStore,
         statuses: StatusStore,
+        activity: ActivityLog,
         settings: Settings,
         now: Callable[[], datetime],
         rng: random.Random | None = None,
@@ -96,6 +98,7 @@ class Delivery:
         self._queue = queue
         self._bodies = bodies
         self._statuses = statuses
+        self._activity = activity
         self._settings = settings
         self._now = now
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not security)
@@ -147,6 +150,7 @@ class Delivery:
             # Only once `sent` is recorded: were the record still `sending`, a later copy must
             # still find the body to send (the documented duplicate) rather than fail for good.
             self._delete_body(envelope)
+        self._record(envelope.id, MessageState.SENT, envelope.attempt)
         domains = loaded.recipient_domains()
         logger.info(
             "Message %s sent on attempt %s to %s recipient domain(s) %s, SendGrid id %s",
@@ -160,6 +164,12 @@ class Delivery:
         return DeliveryOutcome(
             "sent", envelope.id, envelope.attempt, provider_message_id=provider_id
         )
+
+    def _record(
+        self, message_id: str | None, state: MessageState, attempt: int, at: datetime | None = None
+    ) -> None:
+        # For the operator's per-minute view; best effort, after the status record is written.
+        self._activity.record(ActivityEvent(message_id, state, attempt, at or self._now()))
 
     def _reason_to_skip(self, envelope: QueueEnvelope, status: MessageStatus) -> str | None:
         if status.state in FINAL_STATES:
@@ -277,6 +287,7 @@ class Delivery:
                 status_error,
                 extra=_ids(envelope),
             )
+        self._record(envelope.id, MessageState.RETRYING, envelope.attempt, now)
         logger.warning(
             "Message %s attempt %s failed (%s%s); retrying in %ss",
             envelope.id,
@@ -320,6 +331,7 @@ class Delivery:
                 ambiguous=isinstance(error, RetryableDeliveryError) and error.ambiguous,
             )
         )
+        self._record(envelope.id, MessageState.FAILED, envelope.attempt, now)
         logger.error(
             "Message %s dead-lettered to %s: %s",
             envelope.id,
@@ -340,6 +352,7 @@ class Delivery:
                 }
             )
         )
+        self._record(None, MessageState.FAILED, 1, record.at)
         logger.error("Unreadable queue message dead-lettered: %s", reason)
         return DeliveryOutcome("dead_lettered", None, 1, reason=reason)
 

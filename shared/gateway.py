@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from shared.activity import ActivityLog
 from shared.blobs import MessageBodyStore
 from shared.clients import Client, ClientStore
 from shared.dead_letters import DeadLetters
@@ -50,6 +51,7 @@ class Gateway:
         new_id: Callable[[], str] = new_message_id,
         rng: random.Random | None = None,
         keys: IdempotencyStore | None = None,
+        activity: ActivityLog | None = None,
     ) -> None:
         self.settings = settings
         self.queue = queue
@@ -59,12 +61,15 @@ class Gateway:
             statuses.table, timedelta(hours=settings.idempotency_retention_hours)
         )
         self.clients = clients
+        # Its rows live in the status table, in partitions of their own.
+        self.activity = activity or ActivityLog(statuses.table)
         self.dead_letters = DeadLetters(queue.poison, queue, bodies, statuses, now)
         self._delivery = Delivery(
             sender=sender,
             queue=queue,
             bodies=bodies,
             statuses=statuses,
+            activity=self.activity,
             settings=settings,
             now=now,
             rng=rng,

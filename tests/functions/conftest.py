@@ -16,6 +16,7 @@ from shared.gateway import Gateway
 from shared.settings import Settings
 from tests.fakes import (
     Clock,
+    FakeActivityLog,
     FakeIdempotencyStore,
     FakeMailQueue,
     FakeMailSender,
@@ -54,6 +55,7 @@ def gateway(
     fake_keys: FakeIdempotencyStore,
     fake_sender: FakeMailSender,
     clients: ClientStore,
+    fake_activity: FakeActivityLog,
 ) -> Gateway:
     """The gateway every function gets from get_gateway(), on in-memory storage and provider.
 
@@ -70,6 +72,7 @@ def gateway(
         new_id=lambda: MESSAGE_ID,
         rng=JitterAt(1.0),
         keys=fake_keys,
+        activity=fake_activity,
     )
     monkeypatch.setattr(shared.gateway, "_gateway", replacement)
     return replacement
