@@ -4,7 +4,15 @@ import os
 
 import azure.functions as func
 
-from functions import dead_letters, delivery, health, messages, openapi, sendgrid_compat
+from functions import (
+    console,
+    dead_letters,
+    delivery,
+    health,
+    messages,
+    openapi,
+    sendgrid_compat,
+)
 from shared.settings import refuse_unresolved_key_vault_references
 
 # A secret App Service could not resolve stops the app here, at start, naming the setting:
@@ -18,3 +26,4 @@ app.register_functions(health.bp)
 app.register_functions(delivery.bp)
 app.register_functions(dead_letters.bp)
 app.register_functions(openapi.bp)
+app.register_functions(console.bp)

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from shared.activity import ActivityLog
 from shared.blobs import MessageBodyStore
 from shared.clients import Client, ClientStore
+from shared.console import Console
 from shared.dead_letters import DeadLetters
 from shared.delivery import Delivery, DeliveryOutcome, MailSender
 from shared.errors import ConfigurationError, MessageNotFound, StorageUnavailable
@@ -64,6 +65,7 @@ class Gateway:
         # Its rows live in the status table, in partitions of their own.
         self.activity = activity or ActivityLog(statuses.table)
         self.dead_letters = DeadLetters(queue.poison, queue, bodies, statuses, now)
+        self.console = Console(queue, statuses, self.activity, now)
         self._delivery = Delivery(
             sender=sender,
             queue=queue,

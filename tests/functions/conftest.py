@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import functions.console
 import functions.dead_letters
 import functions.delivery
 import functions.health
@@ -88,6 +89,7 @@ def misconfigured(monkeypatch: pytest.MonkeyPatch) -> None:
     """get_gateway() raises ConfigurationError in every function, as with bad app settings."""
     monkeypatch.setattr(shared.gateway, "_gateway", None)
     for module in (
+        functions.console,
         functions.messages,
         functions.sendgrid_compat,
         functions.health,

@@ -45,6 +45,9 @@ def test_should_register_exactly_the_gateway_functions(
     functions_by_name: dict[str, Function],
 ) -> None:
     assert sorted(functions_by_name) == [
+        "console",
+        "console_message",
+        "console_summary",
         "deliver_message",
         "get_message_status",
         "health",
@@ -70,6 +73,9 @@ def test_should_register_exactly_the_gateway_functions(
         ("list_dead_letters", "v1/dead-letters", "GET", func.AuthLevel.ADMIN),
         ("replay_dead_letters", "v1/dead-letters/replay", "POST", func.AuthLevel.ADMIN),
         ("purge_dead_letters", "v1/dead-letters/purge", "POST", func.AuthLevel.ADMIN),
+        ("console", "console", "GET", func.AuthLevel.ADMIN),
+        ("console_summary", "v1/console/summary", "GET", func.AuthLevel.ADMIN),
+        ("console_message", "v1/console/messages/{id}", "GET", func.AuthLevel.ADMIN),
     ],
 )
 def test_should_route_each_http_function(
@@ -110,6 +116,9 @@ def test_should_trigger_delivery_from_the_configured_mail_queue(
         "list_dead_letters",
         "replay_dead_letters",
         "purge_dead_letters",
+        "console",
+        "console_summary",
+        "console_message",
     ],
 )
 def test_should_name_each_binding_after_a_parameter_of_its_function(
