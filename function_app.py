@@ -5,6 +5,7 @@ import os
 import azure.functions as func
 
 from functions import (
+    console,
     dead_letters,
     delivery,
     health,
@@ -31,3 +32,4 @@ app.register_functions(delivery.bp)
 app.register_functions(dead_letters.bp)
 app.register_functions(openapi.bp)
 app.register_functions(monitor.bp)
+app.register_functions(console.bp)

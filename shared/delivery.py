@@ -23,6 +23,7 @@ from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from shared import telemetry
+from shared.activity import ActivityEvent, ActivityLog
 from shared.blobs import MessageBodyStore
 from shared.errors import (
     DeliveryError,
@@ -90,6 +91,7 @@ class Delivery:
         queue: MailQueue,
         bodies: MessageBodyStore,
         statuses: StatusStore,
+        activity: ActivityLog,
         settings: Settings,
         now: Callable[[], datetime],
         rng: random.Random | None = None,
@@ -98,6 +100,7 @@ class Delivery:
         self._queue = queue
         self._bodies = bodies
         self._statuses = statuses
+        self._activity = activity
         self._settings = settings
         self._now = now
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not security)
@@ -180,6 +183,7 @@ class Delivery:
             self._delete_body(envelope)
         telemetry.sent.add(1)
         telemetry.latency.record((self._now() - envelope.accepted_at).total_seconds())
+        self._record(envelope.id, MessageState.SENT, envelope.attempt)
         domains = loaded.recipient_domains()
         logger.info(
             "Message %s sent on attempt %s to %s recipient domain(s) %s, SendGrid id %s",
@@ -193,6 +197,12 @@ class Delivery:
         return DeliveryOutcome(
             "sent", envelope.id, envelope.attempt, provider_message_id=provider_id
         )
+
+    def _record(
+        self, message_id: str | None, state: MessageState, attempt: int, at: datetime | None = None
+    ) -> None:
+        # For the operator's per-minute view; best effort, after the status record is written.
+        self._activity.record(ActivityEvent(message_id, state, attempt, at or self._now()))
 
     def _reason_to_skip(self, envelope: QueueEnvelope, status: MessageStatus) -> str | None:
         if status.state in FINAL_STATES:
@@ -314,6 +324,7 @@ class Delivery:
                 extra=_ids(envelope),
             )
         telemetry.retried.add(1)
+        self._record(envelope.id, MessageState.RETRYING, envelope.attempt, now)
         logger.warning(
             "Message %s attempt %s failed (%s%s); retrying in %ss",
             envelope.id,
@@ -360,6 +371,7 @@ class Delivery:
                 )
             )
         telemetry.dead_lettered.add(1)
+        self._record(envelope.id, MessageState.FAILED, envelope.attempt, now)
         logger.error(
             "Message %s dead-lettered to %s: %s",
             envelope.id,
@@ -380,6 +392,7 @@ class Delivery:
                 }
             )
         )
+        self._record(None, MessageState.FAILED, 1, record.at)
         logger.error("Unreadable queue message dead-lettered: %s", reason)
         return DeliveryOutcome("dead_lettered", None, 1, reason=reason)
 

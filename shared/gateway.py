@@ -13,8 +13,10 @@ from datetime import datetime, timedelta, timezone
 from opentelemetry.trace import SpanKind
 
 from shared import telemetry
+from shared.activity import ActivityLog
 from shared.blobs import MessageBodyStore
 from shared.clients import Client, ClientStore
+from shared.console import Console
 from shared.dead_letters import DeadLetters
 from shared.delivery import Delivery, DeliveryOutcome, MailSender
 from shared.errors import ConfigurationError, MessageNotFound, StorageUnavailable
@@ -53,6 +55,7 @@ class Gateway:
         new_id: Callable[[], str] = new_message_id,
         rng: random.Random | None = None,
         keys: IdempotencyStore | None = None,
+        activity: ActivityLog | None = None,
     ) -> None:
         self.settings = settings
         self.queue = queue
@@ -62,12 +65,16 @@ class Gateway:
             statuses.table, timedelta(hours=settings.idempotency_retention_hours)
         )
         self.clients = clients
+        # Its rows live in the status table, in partitions of their own.
+        self.activity = activity or ActivityLog(statuses.table)
         self.dead_letters = DeadLetters(queue.poison, queue, bodies, statuses, now)
+        self.console = Console(queue, statuses, self.activity, now)
         self._delivery = Delivery(
             sender=sender,
             queue=queue,
             bodies=bodies,
             statuses=statuses,
+            activity=self.activity,
             settings=settings,
             now=now,
             rng=rng,

@@ -111,6 +111,71 @@ class DeadLetterReport(_Document):
     not_found: list[str]
 
 
+class QueueDepthDocument(_Document):
+    """One queue and its approximate number of messages."""
+
+    name: str
+    depth: int = Field(ge=0)
+
+
+class ConsoleQueues(_Document):
+    """The mail queue and its poison queue."""
+
+    mail: QueueDepthDocument
+    poison: QueueDepthDocument
+
+
+class MinuteCounts(_Document):
+    """Delivery outcomes in one minute."""
+
+    minute: datetime = Field(description="The minute's start (UTC).")
+    sent: int = Field(ge=0)
+    retried: int = Field(ge=0, description="Failed attempts that were scheduled to retry.")
+    failed: int = Field(ge=0, description="Messages dead-lettered.")
+
+
+class ActivityCoverage(_Document):
+    """How much of the hour the counts cover: all of it unless more rows than the limit."""
+
+    rows_read: int = Field(ge=0)
+    limit: int = Field(ge=1)
+    complete: bool
+    covers_from: datetime
+
+
+class ConsoleMessageDocument(MessageStatusDocument):
+    """A message's status record as the operator sees it, with the client that sent it."""
+
+    client: str | None = None
+
+
+class ConsoleSummary(_Document):
+    """What the operator console shows at a glance."""
+
+    generated_at: datetime
+    queues: ConsoleQueues
+    minutes: list[MinuteCounts] = Field(description="The last 60 minutes, oldest first.")
+    activity: ActivityCoverage
+    latest: list[ConsoleMessageDocument] = Field(
+        description="The messages with the newest delivery outcomes, newest first."
+    )
+
+
+class ActivityEventDocument(_Document):
+    """One delivery outcome of a message."""
+
+    state: MessageState
+    attempt: int = Field(ge=0)
+    at: datetime
+
+
+class ConsoleMessage(_Document):
+    """Any message's status record and its delivery outcomes of the last hour."""
+
+    status: ConsoleMessageDocument
+    activity: list[ActivityEventDocument]
+
+
 class SendGridError(_Document):
     """One entry of SendGrid's error body."""
 
@@ -134,6 +199,8 @@ RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     DeadLetterList,
     DeadLetterReport,
     SendGridErrors,
+    ConsoleSummary,
+    ConsoleMessage,
 )
 
 _IDEMPOTENCY_KEY = {
@@ -217,6 +284,66 @@ _ADMIN_REFUSALS = {
     "401": {"description": "No admin key, or the wrong one (answered by the host)."},
     **_refusals({"503": "Storage is unavailable."}),
 }
+
+
+_NO_STORE = {"Cache-Control": {"schema": {"type": "string"}}}
+
+
+def _console_paths(admin_key: list[dict[str, list[str]]]) -> dict[str, Any]:
+    return {
+        "/console": {
+            "get": {
+                "operationId": "console",
+                "summary": "The operator console: one self-contained HTML page",
+                "description": "Open it as `/api/console?code=<admin key>`: the page sends the "
+                "key from its own address as `x-functions-key` to the routes below. The server "
+                "never writes the key into the page.",
+                "security": admin_key,
+                "responses": {
+                    "200": {
+                        "description": "The page; its script and style are allowed by hash.",
+                        "headers": {
+                            "Content-Security-Policy": {"schema": {"type": "string"}},
+                            **_NO_STORE,
+                        },
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    },
+                    "401": _ADMIN_REFUSALS["401"],
+                },
+            }
+        },
+        "/v1/console/summary": {
+            "get": {
+                "operationId": "console_summary",
+                "summary": "Queue depths, outcomes per minute over the last hour, latest messages",
+                "security": admin_key,
+                "responses": {
+                    **_ok("ConsoleSummary", "The summary."),
+                    **_ADMIN_REFUSALS,
+                },
+            }
+        },
+        "/v1/console/messages/{id}": {
+            "get": {
+                "operationId": "console_message",
+                "summary": "Any client's message: its status and outcomes of the last hour",
+                "security": admin_key,
+                "parameters": [
+                    {
+                        "name": "id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "maxLength": MAX_MESSAGE_ID_LENGTH},
+                    }
+                ],
+                "responses": {
+                    **_ok("ConsoleMessage", "The message."),
+                    **_refusals({"404": "No message has that id."}),
+                    **_ADMIN_REFUSALS,
+                },
+            }
+        },
+    }
 
 
 def _paths() -> dict[str, Any]:
@@ -361,6 +488,7 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        **_console_paths(admin_key),
     }
 
 

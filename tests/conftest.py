@@ -6,6 +6,7 @@ import pytest
 
 from shared.settings import Settings
 from tests.fakes import (
+    FakeActivityLog,
     FakeIdempotencyStore,
     FakeMailQueue,
     FakeMailSender,
@@ -56,3 +57,9 @@ def fake_keys() -> FakeIdempotencyStore:
 def fake_sender(journal: Journal) -> FakeMailSender:
     """A provider client that accepts every message."""
     return FakeMailSender(journal=journal)
+
+
+@pytest.fixture
+def fake_activity() -> FakeActivityLog:
+    """An empty in-memory activity log that answers every call."""
+    return FakeActivityLog()

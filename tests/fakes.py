@@ -25,6 +25,7 @@ from azure.core.exceptions import (
 from azure.data.tables import TableClient, TableEntity, UpdateMode
 from azure.storage.queue import QueueClient, QueueMessage, QueueProperties
 
+from shared.activity import ActivityEvent, ActivityLog, ActivityWindow, minute_of, partition_of
 from shared.blobs import MessageBodyStore
 from shared.clients import ClientStore
 from shared.errors import (
@@ -424,6 +425,51 @@ class FakeStatusStore(_OutageControls, StatusStore):
         self._outage.check("put")
         self.journal.append(f"status.put {status.state.value}")
         return self.add(status)
+
+
+class FakeActivityLog(_OutageControls, ActivityLog):
+    """The activity log in memory: every recorded event, read back as the table would give it.
+
+    Like the real log, `record` never raises; an outage makes it drop the event.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[ActivityEvent] = []
+        self._outage = _Outage("table mailstatus", frozenset({"record", "read"}))
+
+    def record(self, event: ActivityEvent) -> None:
+        try:
+            self._outage.check("record")
+        except StorageUnavailable:
+            return
+        self.events.append(event)
+
+    def between(self, start: datetime, end: datetime, limit: int) -> ActivityWindow:
+        self._outage.check("read")
+        # As the table returns them: newest minute first, then by key within a minute.
+        chosen = sorted(
+            (
+                e
+                for e in self.events
+                if partition_of(end) <= partition_of(e.at) <= partition_of(start)
+            ),
+            key=lambda e: (partition_of(e.at), e.message_id or "", e.attempt),
+        )
+        complete = len(chosen) <= limit
+        newest_first = sorted(chosen[:limit], key=lambda e: e.at, reverse=True)
+        if complete:
+            return ActivityWindow(newest_first, minute_of(start), complete=True)
+        return ActivityWindow(
+            newest_first, minute_of(newest_first[-1].at) + timedelta(minutes=1), complete=False
+        )
+
+    def of_message(
+        self, message_id: str, start: datetime, end: datetime, limit: int
+    ) -> list[ActivityEvent]:
+        window = self.between(start, end, len(self.events))
+        return sorted((e for e in window.events if e.message_id == message_id), key=lambda e: e.at)[
+            :limit
+        ]
 
 
 class FakeMessageBodyStore(_OutageControls, MessageBodyStore):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import functions.console
 import functions.dead_letters
 import functions.delivery
 import functions.health
@@ -17,6 +18,7 @@ from shared.gateway import Gateway
 from shared.settings import Settings
 from tests.fakes import (
     Clock,
+    FakeActivityLog,
     FakeIdempotencyStore,
     FakeMailQueue,
     FakeMailSender,
@@ -55,6 +57,7 @@ def gateway(
     fake_keys: FakeIdempotencyStore,
     fake_sender: FakeMailSender,
     clients: ClientStore,
+    fake_activity: FakeActivityLog,
 ) -> Gateway:
     """The gateway every function gets from get_gateway(), on in-memory storage and provider.
 
@@ -71,6 +74,7 @@ def gateway(
         new_id=lambda: MESSAGE_ID,
         rng=JitterAt(1.0),
         keys=fake_keys,
+        activity=fake_activity,
     )
     monkeypatch.setattr(shared.gateway, "_gateway", replacement)
     return replacement
@@ -86,6 +90,7 @@ def misconfigured(monkeypatch: pytest.MonkeyPatch) -> None:
     """get_gateway() raises ConfigurationError in every function, as with bad app settings."""
     monkeypatch.setattr(shared.gateway, "_gateway", None)
     for module in (
+        functions.console,
         functions.messages,
         functions.sendgrid_compat,
         functions.health,

@@ -46,6 +46,9 @@ def test_should_register_exactly_the_gateway_functions(
     functions_by_name: dict[str, Function],
 ) -> None:
     assert sorted(functions_by_name) == [
+        "console",
+        "console_message",
+        "console_summary",
         "deliver_message",
         "get_message_status",
         "health",
@@ -72,6 +75,9 @@ def test_should_register_exactly_the_gateway_functions(
         ("list_dead_letters", "v1/dead-letters", "GET", func.AuthLevel.ADMIN),
         ("replay_dead_letters", "v1/dead-letters/replay", "POST", func.AuthLevel.ADMIN),
         ("purge_dead_letters", "v1/dead-letters/purge", "POST", func.AuthLevel.ADMIN),
+        ("console", "console", "GET", func.AuthLevel.ADMIN),
+        ("console_summary", "v1/console/summary", "GET", func.AuthLevel.ADMIN),
+        ("console_message", "v1/console/messages/{id}", "GET", func.AuthLevel.ADMIN),
     ],
 )
 def test_should_route_each_http_function(
@@ -125,6 +131,9 @@ def test_should_monitor_the_queues_every_five_minutes_without_catching_up(
         "replay_dead_letters",
         "purge_dead_letters",
         "monitor_queues",
+        "console",
+        "console_summary",
+        "console_message",
     ],
 )
 def test_should_name_each_binding_after_a_parameter_of_its_function(

@@ -34,6 +34,7 @@ from shared.sendgrid_client import SendGridClient
 from shared.settings import Settings
 from shared.telemetry import _aad_client_id, configure_telemetry
 from tests.fakes import (
+    FakeActivityLog,
     FakeIdempotencyStore,
     FakeMailQueue,
     FakeMessageBodyStore,
@@ -85,6 +86,7 @@ def traced_gateway(
     fake_statuses: FakeStatusStore,
     clients: ClientStore,
     sendgrid: SendGrid,
+    fake_activity: FakeActivityLog,
 ) -> Iterator[Gateway]:
     client = SendGridClient(
         "https://api.sendgrid.test", "SG.key", transport=httpx.MockTransport(sendgrid)
@@ -99,6 +101,7 @@ def traced_gateway(
         now=lambda: NOW,
         rng=JitterAt(1.0),
         keys=FakeIdempotencyStore(),
+        activity=fake_activity,
     )
     monkeypatch.setattr(shared.gateway, "_gateway", gateway)
     _spans.clear()

@@ -94,3 +94,14 @@ def test_should_load_every_function_with_requirements_txt_alone(
     # Every module of the app came from the package, none from the repository.
     outside = [f for f in loaded["files"] if not Path(f).is_relative_to(package.directory)]
     assert outside == []
+
+
+def test_should_carry_the_console_page_it_serves(package: Package) -> None:
+    # The page's HTML, CSS and JS are read at run time; a package without them would 500.
+    pages = sorted(e for e in package.entries if e.startswith("shared/console_page/"))
+
+    assert pages == [
+        "shared/console_page/console.css",
+        "shared/console_page/console.html",
+        "shared/console_page/console.js",
+    ]

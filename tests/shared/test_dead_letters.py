@@ -19,6 +19,7 @@ from shared.sendgrid_client import build_payload
 from shared.settings import Settings
 from shared.status import MessageState, MessageStatus
 from tests.fakes import (
+    FakeActivityLog,
     FakeMailQueue,
     FakeMailSender,
     FakeMessageBodyStore,
@@ -298,6 +299,7 @@ def test_should_not_send_a_replayed_message_again_when_it_was_already_sent(
         queue=fake_queue,
         bodies=FakeMessageBodyStore(),
         statuses=fake_statuses,
+        activity=FakeActivityLog(),
         settings=settings,
         now=lambda: LATER,
     )
@@ -449,6 +451,7 @@ def test_should_send_a_replayed_claim_checked_message_intact(
         queue=fake_queue,
         bodies=fake_bodies,
         statuses=fake_statuses,
+        activity=FakeActivityLog(),
         settings=settings,
         now=lambda: LATER,
     )

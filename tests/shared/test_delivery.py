@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import shared.delivery
+from shared.activity import ActivityEvent
 from shared.delivery import (
     CLAIM_MARGIN_SECONDS,
     SENT_WRITE_ATTEMPTS,
@@ -30,6 +31,7 @@ from shared.sendgrid_client import build_payload
 from shared.settings import MAX_RETRY_DELAY_SECONDS, Settings
 from shared.status import MessageState, MessageStatus
 from tests.fakes import (
+    FakeActivityLog,
     FakeMailQueue,
     FakeMailSender,
     FakeMessageBodyStore,
@@ -64,6 +66,7 @@ def deliver(
     rng: random.Random = CEILING,
     now: datetime = LATER,
     bodies: FakeMessageBodyStore | None = None,
+    activity: FakeActivityLog | None = None,
 ) -> DeliveryOutcome:
     raw = content.to_json().encode() if isinstance(content, QueueEnvelope) else content
     delivery = Delivery(
@@ -71,6 +74,7 @@ def deliver(
         queue=queue,
         bodies=bodies if bodies is not None else FakeMessageBodyStore(journal=queue.journal),
         statuses=statuses if statuses is not None else FakeStatusStore(queue.journal),
+        activity=activity if activity is not None else FakeActivityLog(),
         settings=settings,
         now=lambda: now,
         rng=rng,
@@ -1195,3 +1199,84 @@ def test_should_keep_the_longest_configured_backoff_within_seven_days() -> None:
     settings = settings_with(RETRY_BASE_DELAY_SECONDS="604800", RETRY_MAX_DELAY_SECONDS="604800")
 
     assert retry_delay_seconds(100, settings, None, JitterAt(1.0)) == 604_800
+
+
+# --- the activity log: one row per outcome, for the operator console ------------------------
+
+
+@pytest.mark.parametrize(
+    ("outcome", "state"),
+    [
+        ("sg-1", MessageState.SENT),
+        (SERVER_ERROR, MessageState.RETRYING),
+        (REFUSAL, MessageState.FAILED),
+    ],
+    ids=["sent", "retried", "dead-lettered"],
+)
+def test_should_log_each_outcome_with_its_attempt_and_time(
+    outcome: str | DeliveryError, state: MessageState, settings: Settings, fake_queue: FakeMailQueue
+) -> None:
+    activity = FakeActivityLog()
+
+    deliver(
+        envelope(id="msg-a1", attempt=2),
+        FakeMailSender(outcome),
+        fake_queue,
+        settings,
+        activity=activity,
+    )
+
+    assert activity.events == [ActivityEvent("msg-a1", state, 2, LATER)]
+
+
+def test_should_log_the_last_attempt_that_runs_out_as_failed(fake_queue: FakeMailQueue) -> None:
+    activity = FakeActivityLog()
+    settings = settings_with(MAX_DELIVERY_ATTEMPTS="3")
+
+    deliver(
+        envelope(id="msg-a2", attempt=3),
+        FakeMailSender(SERVER_ERROR),
+        fake_queue,
+        settings,
+        activity=activity,
+    )
+
+    assert activity.events == [ActivityEvent("msg-a2", MessageState.FAILED, 3, LATER)]
+
+
+def test_should_log_an_unreadable_message_as_failed_under_no_id(
+    settings: Settings, fake_queue: FakeMailQueue
+) -> None:
+    activity = FakeActivityLog()
+
+    deliver(b"not json", FakeMailSender(), fake_queue, settings, activity=activity)
+
+    assert activity.events == [ActivityEvent(None, MessageState.FAILED, 1, LATER)]
+
+
+def test_should_log_nothing_for_a_copy_that_is_skipped(
+    settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    activity = FakeActivityLog()
+    queued = envelope(id="msg-a3")
+    fake_statuses.add(status_of(queued, MessageState.SENT, attempts=1))
+
+    deliver(queued, FakeMailSender(), fake_queue, settings, fake_statuses, activity=activity)
+
+    assert activity.events == []
+
+
+def test_should_send_and_record_sent_even_when_the_activity_log_is_down(
+    settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    activity = FakeActivityLog()
+    activity.make_unavailable(["record"])
+    sender = FakeMailSender()
+
+    outcome = deliver(
+        envelope(id="msg-a4"), sender, fake_queue, settings, fake_statuses, activity=activity
+    )
+
+    assert outcome.result == "sent"
+    assert fake_statuses.records["msg-a4"].state is MessageState.SENT
+    assert activity.events == []

@@ -1,0 +1,44 @@
+"""The operator console: `GET /api/console` (the page) and the admin JSON routes it reads."""
+
+from __future__ import annotations
+
+import azure.functions as func
+
+from functions.http_responses import json_response, refusal_response
+from shared.console import console_page
+from shared.errors import MailgateError
+from shared.gateway import get_gateway
+
+bp = func.Blueprint()
+
+
+@bp.function_name("console")
+@bp.route(route="console", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
+def console(req: func.HttpRequest) -> func.HttpResponse:
+    """The page: static HTML whose script reads the admin key from its own `?code=`."""
+    page = console_page()
+    return func.HttpResponse(
+        page.html, status_code=200, headers=page.headers, mimetype="text/html", charset="utf-8"
+    )
+
+
+@bp.function_name("console_summary")
+@bp.route(route="v1/console/summary", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
+def console_summary(req: func.HttpRequest) -> func.HttpResponse:
+    """Queue depths, outcomes per minute over the last hour, and the latest messages."""
+    try:
+        summary = get_gateway().console.summary()
+    except MailgateError as error:
+        return refusal_response(error, "the summary could not be read")
+    return json_response(summary, 200, {"Cache-Control": "no-store"})
+
+
+@bp.function_name("console_message")
+@bp.route(route="v1/console/messages/{id}", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
+def console_message(req: func.HttpRequest) -> func.HttpResponse:
+    """Any client's message: its status record and its outcomes of the last hour, or 404."""
+    try:
+        document = get_gateway().console.message(req.route_params["id"])
+    except MailgateError as error:
+        return refusal_response(error, "the message could not be read")
+    return json_response(document, 200, {"Cache-Control": "no-store"})

@@ -1,0 +1,184 @@
+"""The operator console in a real browser: headless Chromium (Debian's `chromium` package)
+driven by Playwright against the local stack.
+
+Without Chromium the browser tests are skipped with a reason that says they did not run; in CI
+(`MAILGATE_REQUIRE_BROWSER`, set by .ci/run, which installs Chromium) they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+
+from devstack.sendgrid_standin import SendGridStandIn
+from tests.e2e.conftest import ADMIN_KEY, Queues, RunningHost, wait_for
+from tests.e2e.test_mail_flow import accept, dead_letter_for, mails_for
+
+# Set by .ci/run: there the browser tests must run, never be skipped.
+REQUIRE_BROWSER = "MAILGATE_REQUIRE_BROWSER"
+# As root, in a sandbox without a network: no sandbox, no GPU, and none of the background
+# connections Chromium would make to Google's hosts (a closed network refuses each one).
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# The page refreshes its summary every 5 s: a state change shows within two refreshes.
+PAGE_TIMEOUT_MS = 20_000
+
+
+def find_chromium() -> str | None:
+    """Debian's Chromium, if this machine has it."""
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium, started once for the module (Playwright downloads no browser)."""
+    executable = find_chromium()
+    if executable is None:
+        how = "apt-get install chromium chromium-driver"
+        if os.environ.get(REQUIRE_BROWSER):
+            pytest.fail(f"{REQUIRE_BROWSER} is set but there is no chromium on PATH ({how})")
+        pytest.skip(
+            f"DID NOT RUN: the console browser tests need Chromium, and there is none on PATH; "
+            f"install it ({how}) to run them"
+        )
+    with sync_playwright() as playwright:
+        # Playwright gives each launch a fresh, empty profile (--user-data-dir) of its own.
+        running = playwright.chromium.launch(
+            executable_path=executable, headless=True, args=CHROMIUM_FLAGS
+        )
+        yield running
+        running.close()
+
+
+class OpenedPage:
+    """A page with every console error and uncaught exception it produced."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.errors: list[str] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.errors.append(f"console: {message.text} at {message.location}")
+
+
+@pytest.fixture
+def console_page(browser: Browser) -> Iterator[OpenedPage]:
+    """A fresh browser page for the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    opened = OpenedPage(context.new_page())
+    opened.page.set_default_timeout(PAGE_TIMEOUT_MS)
+    yield opened
+    context.close()
+
+
+def open_console(opened: OpenedPage, host: RunningHost) -> Page:
+    """The console as an operator opens it: the admin key in the address."""
+    page = opened.page
+    response = page.goto(f"{host.base_url}/api/console?code={ADMIN_KEY}")
+    assert response is not None
+    assert response.status == 200
+    return page
+
+
+def screenshot(page: Page, folder: Path, name: str = "console.png") -> Path:
+    """A full-page screenshot in the test's output folder; its path is printed."""
+    path = folder / name
+    page.screenshot(path=str(path), full_page=True)
+    print(f"console screenshot: {path}")
+    return path
+
+
+def test_should_serve_the_page_only_with_the_admin_key_and_never_echo_it(
+    stack: RunningHost,
+) -> None:
+    without = httpx.get(f"{stack.base_url}/api/console", timeout=10)
+    wrong = httpx.get(f"{stack.base_url}/api/console?code=not-the-key", timeout=10)
+    page = httpx.get(f"{stack.base_url}/api/console?code={ADMIN_KEY}", timeout=10)
+
+    assert (without.status_code, wrong.status_code) == (401, 401)
+    assert page.status_code == 200
+    assert page.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert "script-src 'sha256-" in page.headers["Content-Security-Policy"]
+    assert ADMIN_KEY not in page.text
+
+
+def test_should_show_depths_the_hour_and_a_message_sent_with_no_console_error(
+    stack: RunningHost, standin: SendGridStandIn, console_page: OpenedPage, tmp_path: Path
+) -> None:
+    sent_id = accept(stack, subject="Shown on the console")
+    wait_for(lambda: stack.status(sent_id)["status"] == "sent")
+
+    page = open_console(console_page, stack)
+
+    expect(page.locator(f'#latest tr[data-id="{sent_id}"] .state')).to_have_text("sent")
+    expect(page.locator("#depth-mail")).to_have_text(re.compile(r"^\d+$"))
+    expect(page.locator("#depth-poison")).to_have_text("0")
+    expect(page.locator("#name-mail")).to_have_text("mail-e2e")
+    expect(page.locator("#chart svg#chart-svg g.minute")).to_have_count(60)
+    assert page.locator("#chart svg rect.bar-sent").count() >= 1
+    expect(page.locator("#total-sent")).to_have_text(re.compile(r"^[1-9]\d*$"))
+    expect(page.locator("#updated")).to_contain_text("updated")
+    expect(page.locator("#dead-empty")).to_be_visible()
+    screenshot(page, tmp_path)
+    assert console_page.errors == []
+
+
+def test_should_show_a_dead_letters_timeline_and_resend_it_when_replayed_from_the_page(
+    stack: RunningHost,
+    standin: SendGridStandIn,
+    queues: Queues,
+    console_page: OpenedPage,
+    tmp_path: Path,
+) -> None:
+    standin.script([{"status": 400, "body": {"errors": [{"message": "sender not verified"}]}}])
+    dead_id = accept(stack, subject="Refused, then replayed")
+    wait_for(lambda: dead_letter_for(queues, dead_id))
+    wait_for(lambda: stack.status(dead_id)["status"] == "failed")
+
+    page = open_console(console_page, stack)
+    row = page.locator(f'#dead-letters tr[data-id="{dead_id}"]')
+    expect(row.locator(".reason")).to_contain_text("400")
+    expect(page.locator("#depth-poison")).to_have_text("1")
+    page.fill("#search-id", dead_id)
+    page.click("#search-form button[type=submit]")
+    timeline = page.locator(f'#timeline[data-id="{dead_id}"][data-state="failed"]')
+    expect(timeline).to_be_visible()
+    expect(timeline.locator("li .what")).to_have_text(
+        ["accepted", "dead-lettered (attempt 1)", "failed now, after 1 attempt(s)"]
+    )
+    expect(timeline).to_contain_text("last error 400")
+    assert mails_for(standin, dead_id) == []
+    screenshot(page, tmp_path, "console-before-replay.png")
+
+    row.locator("button.replay").click()
+
+    expect(page.locator("#notice")).to_contain_text(f"Replayed {dead_id}")
+    [mail] = wait_for(lambda: mails_for(standin, dead_id), timeout=20)
+    assert mail["payload"]["subject"] == "Refused, then replayed"
+    wait_for(lambda: stack.status(dead_id)["status"] == "sent", timeout=20)
+    expect(page.locator(f'#latest tr[data-id="{dead_id}"] .state')).to_have_text("sent")
+    expect(page.locator("#dead-empty")).to_be_visible()
+    expect(page.locator("#depth-poison")).to_have_text("0")
+    page.click(f'#latest tr[data-id="{dead_id}"] button.link')
+    expect(page.locator(f'#timeline[data-id="{dead_id}"][data-state="sent"]')).to_be_visible()
+    expect(page.locator("#timeline li .what").last).to_have_text("sent now, after 1 attempt(s)")
+    screenshot(page, tmp_path)
+    assert queues.poison_records() == []
+    assert console_page.errors == []
