@@ -4,7 +4,15 @@ import os
 
 import azure.functions as func
 
-from functions import dead_letters, delivery, health, messages, openapi, sendgrid_compat
+from functions import (
+    dead_letters,
+    delivery,
+    health,
+    messages,
+    openapi,
+    sendgrid_compat,
+    sendgrid_events,
+)
 from shared.settings import refuse_unresolved_key_vault_references
 
 # A secret App Service could not resolve stops the app here, at start, naming the setting:
@@ -14,6 +22,7 @@ refuse_unresolved_key_vault_references(os.environ)
 app = func.FunctionApp()
 app.register_functions(messages.bp)
 app.register_functions(sendgrid_compat.bp)
+app.register_functions(sendgrid_events.bp)
 app.register_functions(health.bp)
 app.register_functions(delivery.bp)
 app.register_functions(dead_letters.bp)
