@@ -315,7 +315,11 @@ class DeliveryEventStore:
             except TableTransactionError as error:
                 # Set by the SDK from the service's answer (a TableErrorCode, or the raw string).
                 code = getattr(error, "error_code", None)
-                if code == TableErrorCode.ENTITY_ALREADY_EXISTS and error.index < len(chunk):
+                if (
+                    code == TableErrorCode.ENTITY_ALREADY_EXISTS
+                    and error.index < len(chunk)
+                    and self._has_row(message_id, chunk[error.index])
+                ):
                     # Recorded before, and gone from the timeline since: a duplicate.
                     duplicates += 1
                     pending.remove(chunk[error.index])
@@ -341,6 +345,17 @@ class DeliveryEventStore:
             recorded += len(chunk)
             pending = pending[len(chunk) :]
         return RecordedEvents(recorded=recorded, duplicates=duplicates)
+
+    def _has_row(self, message_id: str, entry: TimelineEntry) -> bool:
+        # The service names the failed operation by its index; checking the row itself keeps a
+        # misreported index from dropping an event that was never recorded.
+        try:
+            self._table.get_entity(message_id, event_row_key(entry.sg_event_id))
+        except ResourceNotFoundError:
+            return False
+        except AzureError as error:
+            raise StorageUnavailable(f"event of {message_id}: {type(error).__name__}") from error
+        return True
 
 
 @dataclass(frozen=True)

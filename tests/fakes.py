@@ -603,7 +603,7 @@ class FakeTableClient(_OutageControls):
         if len({(entity["PartitionKey"]) for _, entity, *_ in operations}) > 1:
             raise ValueError("Partition Keys in the batch must all be the same")  # as the SDK does
         if len(operations) > MAX_TRANSACTION_OPERATIONS:
-            raise _transaction_error(0, "InvalidInput", "too many operations")
+            raise transaction_error(0, "InvalidInput", "too many operations")
         rows, etags = dict(self.rows), dict(self._etags)
         results = []
         for index, (kind, entity, *rest) in enumerate(operations):
@@ -611,16 +611,16 @@ class FakeTableClient(_OutageControls):
             key = (entity["PartitionKey"], entity["RowKey"])
             if kind == "create":
                 if key in rows:
-                    raise _transaction_error(index, TableErrorCode.ENTITY_ALREADY_EXISTS)
+                    raise transaction_error(index, TableErrorCode.ENTITY_ALREADY_EXISTS)
                 row = dict(entity)
             elif kind == "update":
                 if key not in rows:
-                    raise _transaction_error(index, TableErrorCode.RESOURCE_NOT_FOUND)
+                    raise transaction_error(index, TableErrorCode.RESOURCE_NOT_FOUND)
                 if (
                     options.get("match_condition") is MatchConditions.IfNotModified
                     and options.get("etag") != etags[key]
                 ):
-                    raise _transaction_error(index, TableErrorCode.UPDATE_CONDITION_NOT_SATISFIED)
+                    raise transaction_error(index, TableErrorCode.UPDATE_CONDITION_NOT_SATISFIED)
                 mode = options.get("mode", UpdateMode.MERGE)
                 row = {**rows[key], **entity} if mode is UpdateMode.MERGE else dict(entity)
             else:
@@ -656,7 +656,7 @@ class FakeTableClient(_OutageControls):
         return entity
 
 
-def _transaction_error(index: int, code: str, message: str = "refused") -> TableTransactionError:
+def transaction_error(index: int, code: str, message: str = "refused") -> TableTransactionError:
     # As the SDK builds it from the service's answer: "<index>:<message>" and the error code.
     error = TableTransactionError(message=f"{index}:{message}\nErrorCode:{code}")
     error.error_code = code  # type: ignore[attr-defined]

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, cast
 
 import pytest
-from azure.data.tables import TableClient
+from azure.data.tables import TableClient, TableErrorCode
 
 from shared.delivery_events import (
     DELIVERY_ROW,
@@ -32,7 +32,7 @@ from shared.delivery_events import (
 from shared.errors import ConcurrentUpdate, InvalidEventBatch, StorageUnavailable
 from shared.status import MessageState, MessageStatus
 from tests.event_webhook_samples import sendgrid_event
-from tests.fakes import FakeStatusStore, FakeTableClient
+from tests.fakes import FakeStatusStore, FakeTableClient, transaction_error
 from tests.samples import NOW
 
 MESSAGE = "5d0c6a52-7c9e-4a57-9a4e-1f1f6d3b2c10"
@@ -383,6 +383,27 @@ def test_should_find_a_duplicate_by_its_row_once_it_left_the_timeline(
     assert after is not None
     assert oldest not in after.timeline
     assert after.timeline[-1].sg_event_id == "ev-new"
+
+
+def test_should_not_drop_an_event_the_service_names_by_mistake(
+    store: DeliveryEventStore, table: FakeTableClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "Entity already exists" at index 0, but no such event row: treated as a lost race.
+    submit = table.submit_transaction
+    answers = iter([transaction_error(0, TableErrorCode.ENTITY_ALREADY_EXISTS)])
+
+    def misreporting(operations: Any) -> Any:
+        error = next(answers, None)
+        if error is not None:
+            raise error
+        return submit(operations)
+
+    monkeypatch.setattr(table, "submit_transaction", misreporting)
+
+    outcome = store.record(MESSAGE, [entry("delivered", "ev-1")], NOW)
+
+    assert (outcome.recorded, outcome.duplicates) == (1, 0)
+    assert (MESSAGE, event_row_key("ev-1")) in table.rows
 
 
 def test_should_write_many_events_in_transactions_of_at_most_a_hundred_operations(
