@@ -13,6 +13,7 @@ from functions import (
     monitor,
     openapi,
     sendgrid_compat,
+    sendgrid_events,
 )
 from shared.settings import refuse_unresolved_key_vault_references
 from shared.telemetry import configure_telemetry
@@ -27,6 +28,7 @@ configure_telemetry(os.environ)
 app = func.FunctionApp()
 app.register_functions(messages.bp)
 app.register_functions(sendgrid_compat.bp)
+app.register_functions(sendgrid_events.bp)
 app.register_functions(health.bp)
 app.register_functions(delivery.bp)
 app.register_functions(dead_letters.bp)

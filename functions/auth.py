@@ -1,10 +1,13 @@
-"""Client authentication for the mail routes, which the host serves at its anonymous level.
+"""Authentication for the routes the host serves at its anonymous level.
 
 The host's function keys cannot tell apps apart, and SendGrid's SDKs send only
 `Authorization: Bearer <key>`; so mail routes run at `AuthLevel.ANONYMOUS` and every one of them
 is wrapped in `client_route`, which refuses the request with 401 before the handler runs unless
-it carries the key of an enabled client. tests/functions/test_auth.py checks that no anonymous
-route goes without it, except the few listed public there.
+it carries the key of an enabled client. SendGrid's Event Webhook carries no client key: its
+ECDSA signature is the credential, and its route is wrapped in `sendgrid_signed_route`, which
+refuses with 401 anything SendGrid did not sign within the last minutes.
+tests/functions/test_auth.py checks that no anonymous route goes without one of the two, except
+the few listed public there.
 """
 
 from __future__ import annotations
@@ -17,12 +20,16 @@ from functions.http_responses import refusal_response
 from shared.clients import Client
 from shared.errors import MailgateError
 from shared.gateway import get_gateway
+from shared.webhook_signature import SIGNATURE_HEADER, TIMESTAMP_HEADER
 
+Handler = Callable[[func.HttpRequest], func.HttpResponse]
 ClientHandler = Callable[[func.HttpRequest, Client], func.HttpResponse]
 Refusal = Callable[[MailgateError, str], func.HttpResponse]
 
-# Set on every handler client_route wraps, so a test can find routes that lack it.
+# Set on every handler client_route (sendgrid_signed_route) wraps, so a test can find routes
+# that lack both.
 REQUIRES_CLIENT_KEY = "requires_client_key"
+REQUIRES_SENDGRID_SIGNATURE = "requires_sendgrid_signature"
 
 
 def client_route(
@@ -31,9 +38,6 @@ def client_route(
     """Run the handler with the authenticated client, or answer 401 (in `refuse`'s format)."""
 
     def wrap(handler: ClientHandler) -> Callable[[func.HttpRequest], func.HttpResponse]:
-        # The worker binds parameters by name: the wrapper must take `req` and nothing else,
-        # so it is a plain function rather than functools.wraps (whose signature follows the
-        # handler's).
         def req_with_client(req: func.HttpRequest) -> func.HttpResponse:
             try:
                 client = get_gateway().authenticate(req.headers.get("Authorization"))
@@ -41,11 +45,35 @@ def client_route(
                 return refuse(error, "the client key could not be checked")
             return handler(req, client)
 
-        req_with_client.__name__ = handler.__name__
-        req_with_client.__qualname__ = handler.__qualname__
-        req_with_client.__doc__ = handler.__doc__
-        req_with_client.__module__ = handler.__module__
+        _name_like(req_with_client, handler)
         setattr(req_with_client, REQUIRES_CLIENT_KEY, True)
         return req_with_client
 
     return wrap
+
+
+def sendgrid_signed_route(handler: Handler) -> Handler:
+    """Run the handler only for a body SendGrid signed lately, or answer 401 (503 without a
+    verification key configured)."""
+
+    def req_signed(req: func.HttpRequest) -> func.HttpResponse:
+        try:
+            get_gateway().verify_sendgrid_signature(
+                req.get_body(), req.headers.get(SIGNATURE_HEADER), req.headers.get(TIMESTAMP_HEADER)
+            )
+        except MailgateError as error:
+            return refusal_response(error, "no event was recorded")
+        return handler(req)
+
+    _name_like(req_signed, handler)
+    setattr(req_signed, REQUIRES_SENDGRID_SIGNATURE, True)
+    return req_signed
+
+
+def _name_like(wrapper: Callable[..., object], handler: Callable[..., object]) -> None:
+    # The worker binds parameters by name: a wrapper takes `req` alone, so it is a plain
+    # function named like its handler rather than functools.wraps (whose signature follows it).
+    wrapper.__name__ = handler.__name__
+    wrapper.__qualname__ = handler.__qualname__
+    wrapper.__doc__ = handler.__doc__
+    wrapper.__module__ = handler.__module__

@@ -13,13 +13,15 @@ bp = func.Blueprint()
 @bp.function_name("health")
 @bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
-    """200 when every check passes, else 503; the body gives each check and the queue depths."""
+    """200 when every check passes, else 503; the body gives each check and the queue depths,
+    and whether the (optional) Event Webhook is configured."""
     report = check_health(get_gateway)
     return json_response(
         {
             "status": "healthy" if report.healthy else "unhealthy",
             "checks": report.checks,
             "queues": report.queue_depths,
+            "event_webhook": report.event_webhook,
         },
         200 if report.healthy else 503,
     )

@@ -41,9 +41,9 @@ def submit_message(req: func.HttpRequest, client: Client) -> func.HttpResponse:
 @bp.route(route="v1/messages/{id}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 @client_route()
 def get_message_status(req: func.HttpRequest, client: Client) -> func.HttpResponse:
-    """The client's own message's status record, or 404."""
+    """The client's own message's status record, with SendGrid's events once any came, or 404."""
     try:
-        status = get_gateway().status(req.route_params["id"], client)
+        document = get_gateway().status_document(req.route_params["id"], client)
     except MailgateError as error:
         return refusal_response(error, "the status could not be read")
-    return json_response(status.to_document(), 200)
+    return json_response(document, 200)

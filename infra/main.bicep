@@ -122,6 +122,9 @@ param retryMaxDelaySeconds int = 3600
 @description('Optional. IDEMPOTENCY_RETENTION_HOURS: how long a delivered message id is remembered to refuse a second send.')
 param idempotencyRetentionHours int = 24
 
+@description('Optional. SENDGRID_WEBHOOK_PUBLIC_KEY: the verification key of SendGrid\'s signed Event Webhook (base64, as SendGrid shows it). A public key, so a plain app setting. Empty: the webhook route answers 503 and the rest of the gateway works.')
+param sendgridWebhookPublicKey string = ''
+
 @minValue(0)
 @description('Optional. The backlog alert fires when the storage account holds more queue messages than this (mail queue and poison queue together).')
 param queuedMessagesAlertThreshold int = 100
@@ -233,6 +236,7 @@ module api 'app/api.bicep' = {
     retryBaseDelaySeconds: retryBaseDelaySeconds
     retryMaxDelaySeconds: retryMaxDelaySeconds
     idempotencyRetentionHours: idempotencyRetentionHours
+    sendgridWebhookPublicKey: sendgridWebhookPublicKey
   }
 }
 

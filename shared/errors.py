@@ -4,14 +4,17 @@
     ├── ConfigurationError          a setting is missing or invalid; the gateway cannot work
     ├── RequestRejected             an API request the gateway refuses (maps to a problem+json)
     │   ├── InvalidMessage              400: one or more fields are invalid
+    │   ├── InvalidEventBatch           400: a signed Event Webhook body that is not a batch
     │   ├── Unauthorized                401: no client key, or not a valid, enabled one
+    │   ├── SignatureRejected           401: an Event Webhook request unsigned, badly signed or old
     │   ├── SenderNotAllowed            403: `from` is outside the client's or gateway's senders
     │   ├── MessageNotFound             404: no message has that id
     │   ├── IdempotencyKeyInUse         409: a request with this key is still being accepted
     │   ├── PayloadTooLarge             413: the body is over MAX_REQUEST_BYTES
     │   ├── UnsupportedMediaType        415: the body is not JSON
     │   ├── IdempotencyKeyReused        422: this key came with a different body
-    │   └── RateLimited                 429: the client is over its messages per minute
+    │   ├── RateLimited                 429: the client is over its messages per minute
+    │   └── EventWebhookNotConfigured   503: SENDGRID_WEBHOOK_PUBLIC_KEY is not set
     ├── ClientError                 an operator's client command cannot be done (unknown, exists)
     ├── StorageUnavailable          an Azure Storage call failed; nothing was accepted
     ├── ConcurrentUpdate            a status or key record changed between read and write
@@ -83,6 +86,30 @@ class Unauthorized(RequestRejected):
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="mailgate"'})
+
+
+class InvalidEventBatch(RequestRejected):
+    """A correctly signed Event Webhook body that is not an array of SendGrid events."""
+
+    status = 400
+
+
+class SignatureRejected(RequestRejected):
+    """An Event Webhook request without a valid, recent signature from SendGrid's key."""
+
+    status = 401
+
+    def __init__(self, detail: str) -> None:
+        # RFC 9110 wants a challenge with every 401; this one names what the route checks.
+        super().__init__(
+            detail, headers={"WWW-Authenticate": 'SendGrid-Signature realm="mailgate"'}
+        )
+
+
+class EventWebhookNotConfigured(RequestRejected):
+    """The Event Webhook route was called but no verification key is configured."""
+
+    status = 503
 
 
 class SenderNotAllowed(RequestRejected):

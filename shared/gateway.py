@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from opentelemetry.trace import SpanKind
 
@@ -19,6 +20,12 @@ from shared.clients import Client, ClientStore
 from shared.console import Console
 from shared.dead_letters import DeadLetters
 from shared.delivery import Delivery, DeliveryOutcome, MailSender
+from shared.delivery_events import (
+    DeliveryEventStore,
+    EventBatchReport,
+    parse_event_batch,
+    record_event_batch,
+)
 from shared.errors import ConfigurationError, MessageNotFound, StorageUnavailable
 from shared.idempotency import IdempotencyStore
 from shared.models import MAX_MESSAGE_ID_LENGTH
@@ -27,6 +34,7 @@ from shared.sendgrid_client import SendGridClient
 from shared.settings import Settings
 from shared.status import MessageStatus, StatusStore
 from shared.submission import AcceptedMessage, submit_message, submit_sendgrid_mail
+from shared.webhook_signature import SignatureVerifier
 
 
 def utc_now() -> datetime:
@@ -56,6 +64,7 @@ class Gateway:
         rng: random.Random | None = None,
         keys: IdempotencyStore | None = None,
         activity: ActivityLog | None = None,
+        events: DeliveryEventStore | None = None,
     ) -> None:
         self.settings = settings
         self.queue = queue
@@ -67,6 +76,9 @@ class Gateway:
         self.clients = clients
         # Its rows live in the status table, in partitions of their own.
         self.activity = activity or ActivityLog(statuses.table)
+        # SendGrid's delivery events live beside the status records, in the same table.
+        self.events = events or DeliveryEventStore(statuses.table)
+        self.signatures = SignatureVerifier(settings.sendgrid_webhook_public_key)
         self.dead_letters = DeadLetters(queue.poison, queue, bodies, statuses, now)
         self.console = Console(queue, statuses, self.activity, now)
         self._delivery = Delivery(
@@ -170,6 +182,28 @@ class Gateway:
         # Read-only on purpose: a monitor that created the queues would hide a missing one.
         return self.queue.measure(self._now())
 
+    def status_document(self, message_id: str, client: Client) -> dict[str, Any]:
+        """The client's own message's status as `GET /api/v1/messages/{id}` shows it, with what
+        SendGrid's events said of it once there are any."""
+        document = self.status(message_id, client).to_document()
+        delivery = self.events.get(message_id)
+        if delivery is not None:
+            document.update(delivery.to_document())
+        return document
+
+    def verify_sendgrid_signature(
+        self, body: bytes, signature: str | None, timestamp: str | None
+    ) -> None:
+        """Return if SendGrid signed this Event Webhook body lately; else SignatureRejected, or
+        EventWebhookNotConfigured without SENDGRID_WEBHOOK_PUBLIC_KEY."""
+        self.signatures.verify(body, signature, timestamp, self._now())
+
+    def record_sendgrid_events(self, body: bytes) -> EventBatchReport:
+        """Record a signed Event Webhook batch; InvalidEventBatch if it is not one."""
+        events = parse_event_batch(body)
+        self.ensure_storage()
+        return record_event_batch(events, self.statuses, self.events, self._now())
+
     def ensure_storage(self) -> None:
         """Create the queues, the status table and the body container once per process."""
         if self._storage_ready:
@@ -189,6 +223,8 @@ class HealthReport:
 
     checks: dict[str, str] = field(default_factory=dict)
     queue_depths: dict[str, int] = field(default_factory=dict)
+    # Optional, so not a check: without a key the gateway works, the webhook route is closed.
+    event_webhook: str = "not checked"
 
     @property
     def healthy(self) -> bool:
@@ -202,13 +238,16 @@ def check_health(gateway_factory: Callable[[], Gateway]) -> HealthReport:
         gateway = gateway_factory()
     except ConfigurationError as error:
         return HealthReport({"configuration": f"error: {error}", "storage": "not checked"})
+    event_webhook = "configured" if gateway.signatures.configured else "not configured"
     try:
         depths = gateway.queue.depths()
         gateway.statuses.check()
         gateway.bodies.check()
     except StorageUnavailable as error:
-        return HealthReport({"configuration": "ok", "storage": f"error: {error}"})
-    return HealthReport({"configuration": "ok", "storage": "ok"}, depths)
+        return HealthReport(
+            {"configuration": "ok", "storage": f"error: {error}"}, event_webhook=event_webhook
+        )
+    return HealthReport({"configuration": "ok", "storage": "ok"}, depths, event_webhook)
 
 
 _gateway: Gateway | None = None

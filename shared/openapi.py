@@ -1,7 +1,8 @@
 """The API contract: an OpenAPI 3.1 document built from the models the gateway validates with.
 
 Request bodies are described by the very models that parse them (`MailRequest`, SendGrid's
-`MailSend`, `DeadLetterSelection`), so the document cannot drift from what the routes accept.
+`MailSend`, `DeadLetterSelection`, `SendGridEvent`), so the document cannot drift from what the
+routes accept.
 Responses are described by the small models below; `make test` runs schemathesis against the
 local host with this document and fails on any response that does not match it.
 """
@@ -17,9 +18,11 @@ from pydantic.json_schema import models_json_schema
 
 from shared.clients import KEY_PREFIX
 from shared.dead_letters import DeadLetterSelection
+from shared.delivery_events import MAX_TIMELINE_EVENTS, DeliveryState, SendGridEvent
 from shared.models import MAX_MESSAGE_ID_LENGTH, MailRequest
 from shared.sendgrid_v3.schema import MailSend
 from shared.status import MessageState
+from shared.webhook_signature import MAX_SIGNATURE_SKEW, SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 VERSION = "1.0.0"
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -48,6 +51,23 @@ class LastError(_Document):
     )
 
 
+class TimelineEvent(_Document):
+    """One of SendGrid's events for the message: never an address, nor a link's query."""
+
+    event: str = Field(description="SendGrid's event type: processed, delivered, bounce, ...")
+    at: datetime = Field(description="When it happened, by SendGrid's clock.")
+    sg_event_id: str
+    recipient_domain: str | None = Field(default=None, description="The recipient's domain.")
+    status: str | None = Field(default=None, description="The SMTP status code, e.g. 5.1.1.")
+    reason: str | None = Field(
+        default=None, description="Why, in short; any address cut to *@domain."
+    )
+    bounce_type: str | None = Field(default=None, description="bounce or blocked.")
+    url: str | None = Field(
+        default=None, description="A clicked link, without its query or fragment."
+    )
+
+
 class MessageStatusDocument(_Document):
     """What became of a message."""
 
@@ -59,6 +79,18 @@ class MessageStatusDocument(_Document):
     next_attempt_at: datetime | None = None
     last_error: LastError | None = None
     sendgrid_message_id: str | None = None
+    delivery: DeliveryState | None = Field(
+        default=None,
+        description="How far SendGrid's events took the mail; absent until the first event.",
+    )
+    delivery_updated_at: datetime | None = Field(
+        default=None, description="When the gateway last recorded an event for it."
+    )
+    timeline: list[TimelineEvent] | None = Field(
+        default=None,
+        max_length=MAX_TIMELINE_EVENTS,
+        description=f"SendGrid's events, oldest first; the newest {MAX_TIMELINE_EVENTS} at most.",
+    )
 
 
 class FieldProblemDocument(_Document):
@@ -79,11 +111,26 @@ class ProblemDocument(_Document):
 
 
 class HealthDocument(_Document):
-    """Each check's result and the queue depths."""
+    """Each check's result, the queue depths, and whether the Event Webhook is configured."""
 
     status: Literal["healthy", "unhealthy"]
     checks: dict[str, str]
     queues: dict[str, int]
+    event_webhook: Literal["configured", "not configured", "not checked"] = Field(
+        description="Whether SENDGRID_WEBHOOK_PUBLIC_KEY is set; optional, so not a check."
+    )
+
+
+class EventBatchReport(_Document):
+    """What became of the events of one batch."""
+
+    received: int = Field(ge=0, description="Events in the batch.")
+    recorded: int = Field(ge=0, description="Events recorded now.")
+    duplicates: int = Field(ge=0, description="Events recorded before (SendGrid retries).")
+    unknown: int = Field(
+        ge=0, description="Events without a mailgate_id, or for an id that is no message here."
+    )
+    ignored: int = Field(ge=0, description="Events of types the gateway does not record.")
 
 
 class DeadLetterDocument(_Document):
@@ -190,7 +237,12 @@ class SendGridErrors(_Document):
     errors: list[SendGridError]
 
 
-REQUEST_MODELS: tuple[type[BaseModel], ...] = (MailRequest, MailSend, DeadLetterSelection)
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (
+    MailRequest,
+    MailSend,
+    DeadLetterSelection,
+    SendGridEvent,
+)
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     Accepted,
     MessageStatusDocument,
@@ -201,6 +253,7 @@ RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     SendGridErrors,
     ConsoleSummary,
     ConsoleMessage,
+    EventBatchReport,
 )
 
 _IDEMPOTENCY_KEY = {
@@ -278,6 +331,19 @@ MAIL_SEND_EXAMPLE = {
 def _ok(schema: str, description: str, status: str = "200") -> dict[str, Any]:
     return {status: {"description": description, "content": {JSON: {"schema": _schema(schema)}}}}
 
+
+EVENT_BATCH_EXAMPLE = [
+    {
+        "event": "delivered",
+        "sg_event_id": "ZGVsaXZlcmVkLTAtMjQ0NjE2NzItMA",
+        "timestamp": 1_700_000_000,
+        "mailgate_id": "6f1c0e0e-2b4e-4c4f-9a43-0c7d2b9a1e55",
+        "email": "someone@example.org",
+        "sg_message_id": "14c5d75ce93.dfd.64b469.filter0001.16648.5515E0B88.0",
+        "response": "250 OK",
+    }
+]
+_SKEW_SECONDS = int(MAX_SIGNATURE_SKEW.total_seconds())
 
 _ADMIN_REFUSALS = {
     # The host itself refuses a missing or wrong admin key, with an empty body.
@@ -418,6 +484,48 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/events/sendgrid": {
+            "post": {
+                "operationId": "sendgrid_events",
+                "summary": "SendGrid's Event Webhook: record what became of each mail",
+                "description": "SendGrid posts batches of events here, signed. Events are matched "
+                "to messages by `mailgate_id`, recorded once each by `sg_event_id`, and shown by "
+                "`GET /v1/messages/{id}`. A batch received twice changes nothing.",
+                "security": [{"sendgridSignature": []}],
+                "parameters": [
+                    {
+                        "name": TIMESTAMP_HEADER,
+                        "in": "header",
+                        "required": True,
+                        "description": "When SendGrid signed the request, in seconds since "
+                        f"1970; refused if more than {_SKEW_SECONDS} s from the gateway's clock.",
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "description": "A batch of SendGrid events.",
+                    "content": {
+                        JSON: {
+                            "schema": {"type": "array", "items": _schema("SendGridEvent")},
+                            "example": EVENT_BATCH_EXAMPLE,
+                        }
+                    },
+                },
+                "responses": {
+                    **_ok("EventBatchReport", "Recorded; the counts tell what became of each."),
+                    **_refusals(
+                        {
+                            "400": "Signed, but not a JSON array of SendGrid events.",
+                            "401": "Not signed, signed with another key, or the timestamp is "
+                            f"more than {_SKEW_SECONDS} s from the gateway's clock.",
+                            "503": "SENDGRID_WEBHOOK_PUBLIC_KEY is not set, or storage is "
+                            "unavailable: SendGrid sends the batch again later.",
+                        }
+                    ),
+                },
+            }
+        },
         "/health": {
             "get": {
                 "operationId": "health",
@@ -526,6 +634,14 @@ def openapi_document() -> dict[str, Any]:
                     "in": "header",
                     "name": "x-functions-key",
                     "description": "The Function App's admin (master) key.",
+                },
+                "sendgridSignature": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": SIGNATURE_HEADER,
+                    "description": "SendGrid's ECDSA P-256 signature (base64) of the "
+                    f"{TIMESTAMP_HEADER} header followed by the raw body, checked with "
+                    "SENDGRID_WEBHOOK_PUBLIC_KEY.",
                 },
             },
         },

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from shared.errors import ConfigurationError
+from shared.webhook_signature import PUBLIC_KEY_SETTING, normalize_public_key
 
 STORAGE_CONNECTION = "AzureWebJobsStorage"
 
@@ -63,6 +64,8 @@ class Settings:
     max_delivery_attempts: int = 8
     retry_base_delay_seconds: float = 30.0
     retry_max_delay_seconds: float = 3600.0
+    # The Event Webhook's verification key (base64 DER); None leaves the webhook route closed.
+    sendgrid_webhook_public_key: str | None = None
 
     @property
     def poison_queue_name(self) -> str:
@@ -116,6 +119,7 @@ class Settings:
             retry_max_delay_seconds=reader.number(
                 "RETRY_MAX_DELAY_SECONDS", 3600.0, minimum=1, maximum=MAX_RETRY_DELAY_SECONDS
             ),
+            sendgrid_webhook_public_key=_webhook_public_key(reader.text(PUBLIC_KEY_SETTING)),
         )
         if settings.client_table_name.lower() == settings.status_table_name.lower():
             raise ConfigurationError("CLIENT_TABLE_NAME must differ from STATUS_TABLE_NAME")
@@ -311,6 +315,18 @@ def _container_name(name: str) -> str:
             "digit"
         )
     return name
+
+
+def _webhook_public_key(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        return normalize_public_key(text)
+    except ValueError as error:
+        raise ConfigurationError(
+            f"{PUBLIC_KEY_SETTING} is not SendGrid's verification key: {error}; copy it from "
+            "SendGrid's Mail Settings, Event Webhook, Signature Verification"
+        ) from None
 
 
 def _base_url(url: str) -> str:

@@ -22,7 +22,13 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
     ServiceRequestError,
 )
-from azure.data.tables import TableClient, TableEntity, UpdateMode
+from azure.data.tables import (
+    TableClient,
+    TableEntity,
+    TableErrorCode,
+    TableTransactionError,
+    UpdateMode,
+)
 from azure.storage.queue import QueueClient, QueueMessage, QueueProperties
 
 from shared.activity import ActivityEvent, ActivityLog, ActivityWindow, minute_of, partition_of
@@ -585,11 +591,15 @@ class FakeMailSender:
         return outcome
 
 
-TABLE_OPERATIONS = frozenset({"create_table", "create", "get", "update", "query"})
+TABLE_OPERATIONS = frozenset({"create_table", "create", "get", "update", "query", "transaction"})
+# The service refuses a transaction of more operations.
+MAX_TRANSACTION_OPERATIONS = 100
 
 
 class FakeTableClient(_OutageControls):
-    """The part of `azure.data.tables.TableClient` the client store uses, in memory, with ETags.
+    """The part of `azure.data.tables.TableClient` the stores use, in memory, with ETags and
+    entity-group transactions (all or nothing, failing at the first operation the service would
+    refuse, with its index and error code).
 
     Stores built on it are the real ones: only Azure's side of the table is replaced.
     """
@@ -602,6 +612,9 @@ class FakeTableClient(_OutageControls):
         self._outage = _Outage("table", TABLE_OPERATIONS)
         # Called before each conditional update: a test can change the row in between.
         self.before_update: Callable[[], object] | None = None
+        # Called before each transaction, likewise; it stays set until a test clears it.
+        self.before_transaction: Callable[[], object] | None = None
+        self.transactions = 0
 
     def create_table(self) -> None:
         self._check("create_table")
@@ -648,6 +661,43 @@ class FakeTableClient(_OutageControls):
         row = {**self.rows[key], **entity} if mode is UpdateMode.MERGE else dict(entity)
         return self._store(key, row)
 
+    def submit_transaction(self, operations: Iterable[tuple[Any, ...]]) -> list[dict[str, Any]]:
+        if self.before_transaction is not None:
+            self.before_transaction()
+        self._check("transaction")
+        operations = list(operations)
+        if len({(entity["PartitionKey"]) for _, entity, *_ in operations}) > 1:
+            raise ValueError("Partition Keys in the batch must all be the same")  # as the SDK does
+        if len(operations) > MAX_TRANSACTION_OPERATIONS:
+            raise transaction_error(0, "InvalidInput", "too many operations")
+        rows, etags = dict(self.rows), dict(self._etags)
+        results = []
+        for index, (kind, entity, *rest) in enumerate(operations):
+            options: dict[str, Any] = rest[0] if rest else {}
+            key = (entity["PartitionKey"], entity["RowKey"])
+            if kind == "create":
+                if key in rows:
+                    raise transaction_error(index, TableErrorCode.ENTITY_ALREADY_EXISTS)
+                row = dict(entity)
+            elif kind == "update":
+                if key not in rows:
+                    raise transaction_error(index, TableErrorCode.RESOURCE_NOT_FOUND)
+                if (
+                    options.get("match_condition") is MatchConditions.IfNotModified
+                    and options.get("etag") != etags[key]
+                ):
+                    raise transaction_error(index, TableErrorCode.UPDATE_CONDITION_NOT_SATISFIED)
+                mode = options.get("mode", UpdateMode.MERGE)
+                row = {**rows[key], **entity} if mode is UpdateMode.MERGE else dict(entity)
+            else:
+                raise ValueError(f"the fake table does not do {kind!r} in a transaction")
+            rows[key] = row
+            etags[key] = f'W/"{next(self._versions)}"'
+            results.append({"etag": etags[key]})
+        self.rows, self._etags = rows, etags
+        self.transactions += 1
+        return results
+
     def query_entities(self, query_filter: str, **options: Any) -> list[TableEntity]:
         self._check("query")
         name, _, value = query_filter.partition(" eq ")
@@ -670,6 +720,13 @@ class FakeTableClient(_OutageControls):
         entity = TableEntity(self.rows[key])
         entity._metadata = {"etag": self._etags[key], "timestamp": None}
         return entity
+
+
+def transaction_error(index: int, code: str, message: str = "refused") -> TableTransactionError:
+    # As the SDK builds it from the service's answer: "<index>:<message>" and the error code.
+    error = TableTransactionError(message=f"{index}:{message}\nErrorCode:{code}")
+    error.error_code = code  # type: ignore[attr-defined]
+    return error
 
 
 class Clock:

@@ -83,6 +83,9 @@ param retryMaxDelaySeconds int
 @description('Required. The IDEMPOTENCY_RETENTION_HOURS app setting.')
 param idempotencyRetentionHours int
 
+@description('Optional. The SENDGRID_WEBHOOK_PUBLIC_KEY app setting; empty leaves the Event Webhook route closed.')
+param sendgridWebhookPublicKey string = ''
+
 // Names as the code reads them (tests/infra checks this list against the code, the README and
 // local.settings.example.json). No FUNCTIONS_WORKER_RUNTIME: Flex takes it from functionAppConfig.
 var appSettings = {
@@ -105,6 +108,8 @@ var appSettings = {
   MAX_DELIVERY_ATTEMPTS: string(maxDeliveryAttempts)
   RETRY_BASE_DELAY_SECONDS: string(retryBaseDelaySeconds)
   RETRY_MAX_DELAY_SECONDS: string(retryMaxDelaySeconds)
+  // A public key: nothing secret, so not a Key Vault reference.
+  SENDGRID_WEBHOOK_PUBLIC_KEY: sendgridWebhookPublicKey
   // Read by the Python worker: at least batchSize + newBatchThreshold (host.json) deliveries at once.
   PYTHON_THREADPOOL_THREAD_COUNT: '32'
 }

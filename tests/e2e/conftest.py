@@ -23,6 +23,7 @@ from devstack.host_process import LocalHostProcess
 from devstack.sendgrid_standin import SendGridStandIn
 from shared.clients import MAX_RATE_PER_MINUTE, ClientStore
 from shared.settings import Settings
+from tests.event_webhook_samples import SignedRequest, WebhookSigner
 
 # Stands for the test client's own key in post_message().
 OWN_KEY = "<the e2e client's key>"
@@ -33,6 +34,8 @@ MAIL_QUEUE = "mail-e2e"
 LARGE_MESSAGE_CONTAINER = "mail-large"
 RETRY_BASE_DELAY_SECONDS = 1
 MAX_DELIVERY_ATTEMPTS = 3
+# SendGrid's Event Webhook key pair for the session: hosts get its public half in their settings.
+WEBHOOK_SIGNER = WebhookSigner()
 
 T = TypeVar("T")
 
@@ -82,6 +85,12 @@ class RunningHost(LocalHostProcess):
         all_headers = self.client_headers(key)
         all_headers.update(headers or {})
         return self.http.post("/api/v1/messages", json=message, headers=all_headers)
+
+    def post_events(self, signed: SignedRequest) -> httpx.Response:
+        """POST a (signed, or not) batch to SendGrid's Event Webhook route, as SendGrid would."""
+        return self.http.post(
+            "/api/v1/events/sendgrid", content=signed.body, headers=signed.headers
+        )
 
     def status(self, message_id: str) -> dict[str, Any]:
         """GET /api/v1/messages/{id} as JSON."""
@@ -172,6 +181,7 @@ def gateway_settings(connection_string: str, standin: SendGridStandIn) -> dict[s
         "RETRY_MAX_DELAY_SECONDS": "10",
         "CLIENT_TABLE_NAME": "mailclientse2e",
         "LOCAL_ADMIN_KEY": ADMIN_KEY,
+        "SENDGRID_WEBHOOK_PUBLIC_KEY": WEBHOOK_SIGNER.public_key,
         # Messages held by a killed host come back after this, not the host's 10 minutes.
         "LOCAL_QUEUE_HOLD_SECONDS": "4",
     }

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from typing import cast
 
+import pytest
+from azure.data.tables import TableClient
+
+import functions.auth
 import functions.console
 import functions.dead_letters
 import functions.delivery
@@ -11,11 +15,14 @@ import functions.health
 import functions.messages
 import functions.monitor
 import functions.sendgrid_compat
+import functions.sendgrid_events
 import shared.clients
 import shared.gateway
 from shared.clients import ClientStore
+from shared.delivery_events import DeliveryEventStore
 from shared.gateway import Gateway
 from shared.settings import Settings
+from tests.event_webhook_samples import WebhookSigner
 from tests.fakes import (
     Clock,
     FakeActivityLog,
@@ -24,16 +31,31 @@ from tests.fakes import (
     FakeMailSender,
     FakeMessageBodyStore,
     FakeStatusStore,
+    FakeTableClient,
     JitterAt,
     client_store,
 )
-from tests.samples import CLIENT, NOW
+from tests.samples import BASE_ENV, CLIENT, NOW
 
 MESSAGE_ID = "5d0c6a52-7c9e-4a57-9a4e-1f1f6d3b2c10"
 # The keys of the two clients every function test has (made deterministic for readability).
 APP_KEY = "mg_app_" + "a" * 43
 OTHER_KEY = "mg_other_" + "o" * 43
 APP_AUTH = {"Authorization": f"Bearer {APP_KEY}"}
+# The key pair SendGrid would sign the Event Webhook with; the gateway has its public half.
+WEBHOOK_SIGNER = WebhookSigner()
+
+
+@pytest.fixture
+def settings() -> Settings:
+    """Valid settings with every optional setting at its default, and the Event Webhook's key."""
+    return Settings.from_env({**BASE_ENV, "SENDGRID_WEBHOOK_PUBLIC_KEY": WEBHOOK_SIGNER.public_key})
+
+
+@pytest.fixture
+def event_table() -> FakeTableClient:
+    """The status table's delivery rows and event rows, in memory."""
+    return FakeTableClient("mailstatus")
 
 
 @pytest.fixture
@@ -58,6 +80,7 @@ def gateway(
     fake_sender: FakeMailSender,
     clients: ClientStore,
     fake_activity: FakeActivityLog,
+    event_table: FakeTableClient,
 ) -> Gateway:
     """The gateway every function gets from get_gateway(), on in-memory storage and provider.
 
@@ -75,6 +98,7 @@ def gateway(
         rng=JitterAt(1.0),
         keys=fake_keys,
         activity=fake_activity,
+        events=DeliveryEventStore(cast(TableClient, event_table)),
     )
     monkeypatch.setattr(shared.gateway, "_gateway", replacement)
     return replacement
@@ -93,6 +117,8 @@ def misconfigured(monkeypatch: pytest.MonkeyPatch) -> None:
         functions.console,
         functions.messages,
         functions.sendgrid_compat,
+        functions.sendgrid_events,
+        functions.auth,
         functions.health,
         functions.delivery,
         functions.dead_letters,

@@ -1,7 +1,8 @@
-"""Every mail route refuses a request without the key of an enabled client, found from the app.
+"""Every mail route refuses a request without the key of an enabled client, and the Event
+Webhook route one without SendGrid's signature; the routes are found from the app.
 
 The routes are read from function_app itself, so a route added later at the anonymous level
-without `client_route` fails here rather than going out open.
+without `client_route` (or `sendgrid_signed_route`) fails here rather than going out open.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import pytest
 from azure.functions.decorators.function_app import Function
 from azure.functions.decorators.http import HttpTrigger
 
-from functions.auth import REQUIRES_CLIENT_KEY
+from functions.auth import REQUIRES_CLIENT_KEY, REQUIRES_SENDGRID_SIGNATURE
 from shared.clients import ClientStore
-from tests.functions.conftest import APP_KEY, OTHER_KEY
-from tests.samples import body, message, sendgrid_mail
+from shared.webhook_signature import SIGNATURE_HEADER, TIMESTAMP_HEADER
+from tests.event_webhook_samples import WebhookSigner, sendgrid_event
+from tests.functions.conftest import APP_KEY, OTHER_KEY, WEBHOOK_SIGNER
+from tests.samples import NOW, body, message, sendgrid_mail
 
 # Anonymous routes that are meant to be public, and why.
 PUBLIC_ROUTES = {
@@ -28,7 +31,7 @@ PUBLIC_ROUTES = {
 }
 
 
-def http_functions() -> list[tuple[str, HttpTrigger, func.FunctionApp]]:
+def http_functions() -> list[tuple[str, HttpTrigger, Function]]:
     # A fresh import: get_functions() may be called only once per FunctionApp.
     module: ModuleType = importlib.reload(importlib.import_module("function_app"))
     found = []
@@ -39,12 +42,20 @@ def http_functions() -> list[tuple[str, HttpTrigger, func.FunctionApp]]:
     return found
 
 
+def signed(function: Function) -> bool:
+    return bool(getattr(function.get_user_function(), REQUIRES_SENDGRID_SIGNATURE, False))
+
+
 HTTP_FUNCTIONS = http_functions()
-CLIENT_ROUTES = [
+ANONYMOUS_ROUTES = [
     (name, trigger, function)
     for name, trigger, function in HTTP_FUNCTIONS
     if trigger.auth_level == func.AuthLevel.ANONYMOUS and name not in PUBLIC_ROUTES
 ]
+# Routes whose credential is SendGrid's signature (the Event Webhook); every other anonymous,
+# non-public route must check a client key.
+SIGNED_ROUTES = [route for route in ANONYMOUS_ROUTES if signed(route[2])]
+CLIENT_ROUTES = [route for route in ANONYMOUS_ROUTES if not signed(route[2])]
 
 
 def call(function: Function, trigger: HttpTrigger, headers: dict[str, str]) -> func.HttpResponse:
@@ -73,6 +84,10 @@ def test_should_find_the_mail_routes_among_the_anonymous_ones() -> None:
     assert {"submit_message", "get_message_status", "sendgrid_mail_send"} <= {
         name for name, _, _ in CLIENT_ROUTES
     }
+
+
+def test_should_find_the_event_webhook_among_the_signed_ones() -> None:
+    assert [name for name, _, _ in SIGNED_ROUTES] == ["sendgrid_events"]
 
 
 @pytest.mark.parametrize(
@@ -152,3 +167,79 @@ def test_should_list_only_routes_that_exist_as_public() -> None:
     names = {name for name, _, _ in HTTP_FUNCTIONS}
 
     assert set(PUBLIC_ROUTES) <= names
+
+
+def call_signed(
+    function: Function, trigger: HttpTrigger, body: bytes, headers: dict[str, str]
+) -> func.HttpResponse:
+    """Call a signed route's handler as the host would."""
+    request = func.HttpRequest(
+        method="POST",
+        url=f"http://localhost:7071/api/{trigger.route}",
+        headers=headers,
+        params={},
+        route_params={},
+        body=body,
+    )
+    response = function.get_user_function()(request)
+    assert isinstance(response, func.HttpResponse)
+    return response
+
+
+BATCH = [sendgrid_event("delivered", "5d0c6a52-7c9e-4a57-9a4e-1f1f6d3b2c10", "ev-1", NOW)]
+
+
+def unsigned_or_badly_signed() -> list[tuple[bytes, dict[str, str]]]:
+    good = WEBHOOK_SIGNER.sign(BATCH, NOW)
+    other = WebhookSigner().sign(BATCH, NOW)
+    old = WEBHOOK_SIGNER.sign(BATCH, int(NOW.timestamp()) - 3600)
+    return [
+        (good.body, {}),
+        (good.body, {TIMESTAMP_HEADER: good.headers[TIMESTAMP_HEADER]}),
+        (good.body, {SIGNATURE_HEADER: good.headers[SIGNATURE_HEADER]}),
+        (good.body, {"Authorization": f"Bearer {APP_KEY}"}),
+        (good.body + b" ", good.headers),
+        (other.body, other.headers),
+        (old.body, old.headers),
+    ]
+
+
+@pytest.mark.usefixtures("gateway")
+@pytest.mark.parametrize(
+    ("name", "trigger", "function"), SIGNED_ROUTES, ids=[n for n, _, _ in SIGNED_ROUTES]
+)
+@pytest.mark.parametrize(
+    ("body_", "headers"),
+    unsigned_or_badly_signed(),
+    ids=[
+        "unsigned",
+        "timestamp only",
+        "signature only",
+        "client key instead",
+        "tampered",
+        "other key",
+        "an hour old",
+    ],
+)
+def test_should_refuse_with_401_without_a_valid_recent_sendgrid_signature(
+    name: str, trigger: HttpTrigger, function: Function, body_: bytes, headers: dict[str, str]
+) -> None:
+    response = call_signed(function, trigger, body_, headers)
+
+    assert response.status_code == 401, name
+    assert response.headers["WWW-Authenticate"].startswith("SendGrid-Signature")
+    assert json.loads(response.get_body())
+
+
+@pytest.mark.usefixtures("gateway")
+@pytest.mark.parametrize(
+    ("name", "trigger", "function"), SIGNED_ROUTES, ids=[n for n, _, _ in SIGNED_ROUTES]
+)
+def test_should_let_a_valid_sendgrid_signature_through(
+    name: str, trigger: HttpTrigger, function: Function
+) -> None:
+    signed_request = WEBHOOK_SIGNER.sign(BATCH, NOW)
+
+    response = call_signed(function, trigger, signed_request.body, signed_request.headers)
+
+    assert response.status_code == 200, (name, response.get_body())

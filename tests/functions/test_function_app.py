@@ -57,6 +57,7 @@ def test_should_register_exactly_the_gateway_functions(
         "openapi",
         "purge_dead_letters",
         "replay_dead_letters",
+        "sendgrid_events",
         "sendgrid_mail_send",
         "submit_message",
     ]

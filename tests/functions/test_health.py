@@ -7,6 +7,8 @@ import azure.functions as func
 import pytest
 
 from functions.health import health
+from shared.gateway import Gateway
+from shared.webhook_signature import SignatureVerifier
 from tests.fakes import FakeMailQueue, FakeMessageBodyStore, FakeStatusStore
 from tests.samples import envelope
 
@@ -39,6 +41,7 @@ def test_should_answer_200_when_configured_and_storage_answers(
         "status": "healthy",
         "checks": {"configuration": "ok", "storage": "ok"},
         "queues": {"mail-outbound": 0, "mail-outbound-poison": 0},
+        "event_webhook": "configured",
     }
     assert (fake_queue.depths_calls, fake_statuses.check_calls) == (1, 1)
     assert fake_bodies.check_calls == 1
@@ -107,3 +110,26 @@ def test_should_answer_503_when_the_settings_are_bad() -> None:
     assert document["checks"]["configuration"].startswith("error:")
     assert document["checks"]["storage"] == "not checked"
     assert document["queues"] == {}
+    assert document["event_webhook"] == "not checked"
+
+
+def test_should_stay_healthy_saying_the_event_webhook_is_not_configured(gateway: Gateway) -> None:
+    # The key is optional: a gateway without it sends mail as well as ever.
+    gateway.signatures = SignatureVerifier(None)
+
+    status, document, _ = get_health()
+
+    assert status == 200
+    assert document["status"] == "healthy"
+    assert document["event_webhook"] == "not configured"
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_say_whether_the_event_webhook_is_configured_when_storage_fails(
+    fake_queue: FakeMailQueue,
+) -> None:
+    fake_queue.make_unavailable(["depths"])
+
+    _, document, _ = get_health()
+
+    assert document["event_webhook"] == "configured"

@@ -8,21 +8,25 @@ from datetime import datetime, timedelta
 from typing import cast
 
 import pytest
+from azure.data.tables import TableClient
 from azure.functions.timer import TimerRequest
 from azure.storage.queue import QueueClient
 
 import shared.gateway
 from functions.monitor import POISON_WARNING, monitor_queues
 from shared.clients import ClientStore
+from shared.delivery_events import DeliveryEventStore
 from shared.gateway import Gateway
 from shared.queue import MailQueue
 from shared.settings import Settings
 from tests.fakes import (
+    FakeActivityLog,
     FakeIdempotencyStore,
     FakeMailSender,
     FakeMessageBodyStore,
     FakeQueueClient,
     FakeStatusStore,
+    FakeTableClient,
 )
 from tests.samples import NOW, envelope
 
@@ -67,6 +71,8 @@ def gateway(
     fake_keys: FakeIdempotencyStore,
     fake_sender: FakeMailSender,
     clients: ClientStore,
+    fake_activity: FakeActivityLog,
+    event_table: FakeTableClient,
 ) -> Gateway:
     """The gateway get_gateway() returns, its real MailQueue on the in-memory queues, at NOW."""
     queue = MailQueue(cast(QueueClient, queues.mail), cast(QueueClient, queues.poison))
@@ -79,6 +85,8 @@ def gateway(
         clients,
         now=lambda: NOW,
         keys=fake_keys,
+        activity=fake_activity,
+        events=DeliveryEventStore(cast(TableClient, event_table)),
     )
     monkeypatch.setattr(shared.gateway, "_gateway", replacement)
     return replacement

@@ -11,10 +11,12 @@ from pydantic import BaseModel
 
 from functions.openapi import openapi
 from shared.dead_letters import DeadLetterSelection
+from shared.delivery_events import SendGridEvent
 from shared.models import MailRequest
 from shared.openapi import openapi_document
 from shared.sendgrid_v3.schema import MailSend
-from tests.functions.test_auth import HTTP_FUNCTIONS, PUBLIC_ROUTES
+from shared.webhook_signature import SIGNATURE_HEADER, TIMESTAMP_HEADER
+from tests.functions.test_auth import HTTP_FUNCTIONS, PUBLIC_ROUTES, SIGNED_ROUTES
 
 DOCUMENT = openapi_document()
 ROUTES = [
@@ -42,6 +44,8 @@ def test_should_name_the_credentials_each_route_checks(
 
     if name in PUBLIC_ROUTES:
         expected: list[dict[str, list[str]]] = []
+    elif name in {signed for signed, _, _ in SIGNED_ROUTES}:
+        expected = [{"sendgridSignature": []}]
     elif auth_level == func.AuthLevel.ADMIN:
         expected = [{"adminKey": []}]
     else:
@@ -72,6 +76,32 @@ def test_should_take_request_schemas_from_the_validating_models(
     }
     # The example a reader copies is one the model accepts.
     model.model_validate(body["example"])
+
+
+def test_should_take_the_event_webhook_batch_from_the_validating_model() -> None:
+    body = DOCUMENT["paths"]["/v1/events/sendgrid"]["post"]["requestBody"]["content"][
+        "application/json"
+    ]
+    schema = DOCUMENT["components"]["schemas"]["SendGridEvent"]
+
+    assert body["schema"] == {
+        "type": "array",
+        "items": {"$ref": "#/components/schemas/SendGridEvent"},
+    }
+    assert set(schema["properties"]) == set(SendGridEvent.model_fields)
+    # SendGrid sends many more fields than the gateway reads: they must not be refused.
+    assert schema["additionalProperties"] is True
+    for event in body["example"]:
+        SendGridEvent.model_validate(event)
+
+
+def test_should_describe_the_signature_and_its_timestamp() -> None:
+    operation = DOCUMENT["paths"]["/v1/events/sendgrid"]["post"]
+    scheme = DOCUMENT["components"]["securitySchemes"]["sendgridSignature"]
+
+    assert (scheme["type"], scheme["in"], scheme["name"]) == ("apiKey", "header", SIGNATURE_HEADER)
+    assert [p["name"] for p in operation["parameters"]] == [TIMESTAMP_HEADER]
+    assert set(operation["responses"]) == {"200", "400", "401", "503"}
 
 
 def test_should_serve_the_document() -> None:

@@ -13,11 +13,12 @@ import base64
 import json
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import azure.functions as func
 import httpx
 import pytest
+from azure.data.tables import TableClient
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -29,6 +30,7 @@ import shared.gateway
 from functions.delivery import deliver_message
 from functions.messages import submit_message
 from shared.clients import ClientStore
+from shared.delivery_events import DeliveryEventStore
 from shared.gateway import Gateway
 from shared.sendgrid_client import SendGridClient
 from shared.settings import Settings
@@ -39,6 +41,7 @@ from tests.fakes import (
     FakeMailQueue,
     FakeMessageBodyStore,
     FakeStatusStore,
+    FakeTableClient,
     JitterAt,
 )
 from tests.functions.conftest import APP_AUTH
@@ -87,6 +90,7 @@ def traced_gateway(
     clients: ClientStore,
     sendgrid: SendGrid,
     fake_activity: FakeActivityLog,
+    event_table: FakeTableClient,
 ) -> Iterator[Gateway]:
     client = SendGridClient(
         "https://api.sendgrid.test", "SG.key", transport=httpx.MockTransport(sendgrid)
@@ -102,6 +106,7 @@ def traced_gateway(
         rng=JitterAt(1.0),
         keys=FakeIdempotencyStore(),
         activity=fake_activity,
+        events=DeliveryEventStore(cast(TableClient, event_table)),
     )
     monkeypatch.setattr(shared.gateway, "_gateway", gateway)
     _spans.clear()

@@ -6,6 +6,7 @@ import pytest
 
 from shared.errors import ConfigurationError
 from shared.settings import Settings, StorageSettings, refuse_unresolved_key_vault_references
+from tests.event_webhook_samples import WebhookSigner
 from tests.samples import BASE_ENV, SENDGRID_API_KEY, STORAGE_ACCOUNT_KEY, settings_with
 
 IDENTITY_ENV = {k: v for k, v in BASE_ENV.items() if k != "AzureWebJobsStorage"}
@@ -436,3 +437,26 @@ def test_should_name_every_setting_that_holds_an_unresolved_key_vault_reference(
     assert str(caught.value).startswith("OTHER, SENDGRID_API_KEY: unresolved Key Vault")
     assert "FINE" not in str(caught.value)
     refuse_unresolved_key_vault_references({"SENDGRID_API_KEY": "SG.resolved"})
+
+
+def test_should_leave_the_event_webhook_closed_without_its_key() -> None:
+    assert Settings.from_env(BASE_ENV).sendgrid_webhook_public_key is None
+    assert settings_with(SENDGRID_WEBHOOK_PUBLIC_KEY="  ").sendgrid_webhook_public_key is None
+
+
+def test_should_read_the_event_webhook_key_as_sendgrid_shows_it_or_as_pem() -> None:
+    signer = WebhookSigner()
+
+    plain = settings_with(SENDGRID_WEBHOOK_PUBLIC_KEY=signer.public_key)
+    pem = settings_with(SENDGRID_WEBHOOK_PUBLIC_KEY=signer.public_key_pem)
+
+    assert plain.sendgrid_webhook_public_key == signer.public_key
+    assert pem.sendgrid_webhook_public_key == signer.public_key
+
+
+@pytest.mark.parametrize("key", ["SG.not-a-public-key", "MFkwEwYHKoZIzj0CAQ"])
+def test_should_refuse_a_malformed_event_webhook_key_naming_it(key: str) -> None:
+    message = refusal({**BASE_ENV, "SENDGRID_WEBHOOK_PUBLIC_KEY": key})
+
+    assert "SENDGRID_WEBHOOK_PUBLIC_KEY" in message
+    assert key not in message
