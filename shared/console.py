@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.activity import ActivityEvent, ActivityLog, minute_of
+from shared.delivery_events import DeliveryEventStore
 from shared.errors import MessageNotFound
 from shared.models import MAX_MESSAGE_ID_LENGTH
 from shared.queue import MailQueue
@@ -54,11 +55,13 @@ class Console:
         queue: MailQueue,
         statuses: StatusStore,
         activity: ActivityLog,
+        events: DeliveryEventStore,
         now: Callable[[], datetime],
     ) -> None:
         self._queue = queue
         self._statuses = statuses
         self._activity = activity
+        self._events = events
         self._now = now
 
     def summary(self) -> dict[str, Any]:
@@ -87,7 +90,8 @@ class Console:
         }
 
     def message(self, message_id: str) -> dict[str, Any]:
-        """Any message's status record and its delivery outcomes of the last hour."""
+        """Any message's status record (with what SendGrid's events said of it, once there are
+        any) and its delivery outcomes of the last hour."""
         status = None
         if len(message_id) <= MAX_MESSAGE_ID_LENGTH:
             status = self._statuses.get(message_id)
@@ -96,10 +100,11 @@ class Console:
         now = self._now()
         start = minute_of(now) - timedelta(minutes=WINDOW_MINUTES - 1)
         events = self._activity.of_message(status.id, start, now, MESSAGE_ACTIVITY_LIMIT)
-        return {
-            "status": message_document(status),
-            "activity": [e.to_document() for e in events],
-        }
+        document = message_document(status)
+        delivery = self._events.get(status.id)
+        if delivery is not None:
+            document.update(delivery.to_document())
+        return {"status": document, "activity": [e.to_document() for e in events]}
 
     def _latest(self, events: list[ActivityEvent]) -> list[dict[str, Any]]:
         # The messages with the newest outcomes, each read once for its current state (a

@@ -80,7 +80,7 @@ class Gateway:
         self.events = events or DeliveryEventStore(statuses.table)
         self.signatures = SignatureVerifier(settings.sendgrid_webhook_public_key)
         self.dead_letters = DeadLetters(queue.poison, queue, bodies, statuses, now)
-        self.console = Console(queue, statuses, self.activity, now)
+        self.console = Console(queue, statuses, self.activity, self.events, now)
         self._delivery = Delivery(
             sender=sender,
             queue=queue,

@@ -8,15 +8,18 @@ import hashlib
 import itertools
 import re
 from datetime import datetime, timedelta
+from typing import cast
 
 import pytest
+from azure.data.tables import TableClient
 
 import shared.console
 from shared.activity import ActivityEvent
 from shared.console import Console, console_page
+from shared.delivery_events import DeliveryEventStore, TimelineEntry
 from shared.errors import MessageNotFound, StorageUnavailable
 from shared.status import MessageState, MessageStatus
-from tests.fakes import FakeActivityLog, FakeMailQueue, FakeStatusStore
+from tests.fakes import FakeActivityLog, FakeMailQueue, FakeStatusStore, FakeTableClient
 from tests.samples import NOW, envelope
 
 # Mid-minute, so that "this minute" and "the minute before" are both plain to see.
@@ -36,10 +39,18 @@ def status(message_id: str, state: MessageState, client: str | None = "billing")
 
 
 @pytest.fixture
+def events() -> DeliveryEventStore:
+    return DeliveryEventStore(cast(TableClient, FakeTableClient("mailstatus")))
+
+
+@pytest.fixture
 def console(
-    fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore, fake_activity: FakeActivityLog
+    fake_queue: FakeMailQueue,
+    fake_statuses: FakeStatusStore,
+    fake_activity: FakeActivityLog,
+    events: DeliveryEventStore,
 ) -> Console:
-    return Console(fake_queue, fake_statuses, fake_activity, lambda: AT)
+    return Console(fake_queue, fake_statuses, fake_activity, events, lambda: AT)
 
 
 def event(
@@ -269,3 +280,16 @@ def test_should_place_each_minute_from_its_start(console: Console) -> None:
     starts = [datetime.fromisoformat(m["minute"]) for m in minutes]
     assert all(b - a == timedelta(minutes=1) for a, b in itertools.pairwise(starts))
     assert all(s.second == 0 and s.microsecond == 0 for s in starts)
+
+
+def test_should_show_what_sendgrids_events_said_of_a_message(
+    console: Console, fake_statuses: FakeStatusStore, events: DeliveryEventStore
+) -> None:
+    fake_statuses.add(status("msg-e1", MessageState.SENT))
+    delivered = TimelineEntry("delivered", AT, "sg-event-1", recipient_domain="example.net")
+    events.record("msg-e1", [delivered], AT)
+
+    shown = console.message("msg-e1")["status"]
+
+    assert shown["delivery"] == "delivered"
+    assert shown["timeline"] == [delivered.to_document()]
