@@ -121,22 +121,7 @@ class Gateway:
         idempotency_key: str | None = None,
     ) -> AcceptedMessage:
         """Count the request against the client's rate, then validate and durably queue it."""
-        with telemetry.span("mailgate.accept", kind=SpanKind.SERVER, api="v1", client=client.name):
-            self.ensure_storage()
-            self.clients.take(client)
-            return submit_message(
-                body,
-                content_type,
-                settings=self.settings,
-                queue=self.queue,
-                bodies=self.bodies,
-                statuses=self.statuses,
-                keys=self.keys,
-                now=self._now,
-                new_id=self._new_id,
-                client=client,
-                idempotency_key=idempotency_key,
-            )
+        return self._accept(submit_message, "v1", body, content_type, client, idempotency_key)
 
     def accept_sendgrid(
         self,
@@ -147,10 +132,21 @@ class Gateway:
     ) -> AcceptedMessage:
         """Count against the client's rate, then validate a SendGrid v3 Mail Send body and
         durably queue it as the client sent it."""
-        with telemetry.span("mailgate.accept", kind=SpanKind.SERVER, api="v3", client=client.name):
+        return self._accept(submit_sendgrid_mail, "v3", body, content_type, client, idempotency_key)
+
+    def _accept(
+        self,
+        submit: Callable[..., AcceptedMessage],
+        api: str,
+        body: bytes,
+        content_type: str | None,
+        client: Client,
+        idempotency_key: str | None,
+    ) -> AcceptedMessage:
+        with telemetry.span("mailgate.accept", kind=SpanKind.SERVER, api=api, client=client.name):
             self.ensure_storage()
             self.clients.take(client)
-            return submit_sendgrid_mail(
+            return submit(
                 body,
                 content_type,
                 settings=self.settings,

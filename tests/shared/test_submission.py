@@ -4,6 +4,7 @@ import base64
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -66,8 +67,10 @@ def submit(
     idempotency_key: str | None = None,
     now: datetime = NOW,
     client: Client = CLIENT,
+    submitter: Callable[..., AcceptedMessage] = submit_message,
 ) -> AcceptedMessage:
-    return submit_message(
+    """Submit with in-memory stores (`submitter`: the v1 or the SendGrid v3 entry point)."""
+    return submitter(
         content,
         content_type,
         settings=settings,
@@ -936,26 +939,16 @@ def submit_sendgrid(
     queue: FakeMailQueue,
     content_type: str | None = JSON,
     new_id: str = "msg-v3",
-    *,
-    bodies: FakeMessageBodyStore | None = None,
-    statuses: FakeStatusStore | None = None,
-    keys: FakeIdempotencyStore | None = None,
-    idempotency_key: str | None = None,
-    now: datetime = NOW,
-    client: Client = CLIENT,
+    **options: Any,
 ) -> AcceptedMessage:
-    return submit_sendgrid_mail(
+    return submit(
         content,
+        settings,
+        queue,
         content_type,
-        settings=settings,
-        queue=queue,
-        bodies=bodies if bodies is not None else FakeMessageBodyStore(journal=queue.journal),
-        statuses=statuses if statuses is not None else FakeStatusStore(queue.journal),
-        keys=keys if keys is not None else FakeIdempotencyStore(),
-        now=lambda: now,
-        new_id=lambda: new_id,
-        client=client,
-        idempotency_key=idempotency_key,
+        new_id,
+        submitter=submit_sendgrid_mail,
+        **options,
     )
 
 
