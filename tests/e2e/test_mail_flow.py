@@ -287,7 +287,7 @@ def test_should_answer_429_with_retry_after_past_the_clients_rate(
     answers = [stack.post_message(message, key=key) for _ in range(3)]
 
     assert [a.status_code for a in answers] == [202, 202, 429]
-    assert 1 <= int(answers[2].headers["Retry-After"]) <= 60
+    assert int(answers[2].headers["Retry-After"]) in range(1, 61)
     assert "2 message(s) per minute" in answers[2].json()["detail"]
     for accepted in answers[:2]:
         wait_for(partial(mails_for, standin, accepted.json()["id"]))
