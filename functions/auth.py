@@ -33,14 +33,20 @@ REQUIRES_SENDGRID_SIGNATURE = "requires_sendgrid_signature"
 
 
 def client_route(
-    refuse: Refusal = refusal_response,
+    refuse: Refusal = refusal_response, *, accepts_mail: bool = False
 ) -> Callable[[ClientHandler], Callable[[func.HttpRequest], func.HttpResponse]]:
-    """Run the handler with the authenticated client, or answer 401 (in `refuse`'s format)."""
+    """Run the handler with the authenticated client, or answer 401 (in `refuse`'s format).
+
+    `accepts_mail`: the handler accepts a message, which writes the client's rate counter
+    only if the client's row is unchanged; the key check may then skip reading the row.
+    """
 
     def wrap(handler: ClientHandler) -> Callable[[func.HttpRequest], func.HttpResponse]:
         def req_with_client(req: func.HttpRequest) -> func.HttpResponse:
             try:
-                client = get_gateway().authenticate(req.headers.get("Authorization"))
+                client = get_gateway().authenticate(
+                    req.headers.get("Authorization"), counted=accepts_mail
+                )
             except MailgateError as error:
                 return refuse(error, "the client key could not be checked")
             return handler(req, client)

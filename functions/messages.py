@@ -19,7 +19,7 @@ bp = func.Blueprint()
 
 @bp.function_name("submit_message")
 @bp.route(route="v1/messages", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
-@client_route()
+@client_route(accepts_mail=True)
 def submit_message(req: func.HttpRequest, client: Client) -> func.HttpResponse:
     """Answer 202 once the message is on the queue, or a problem saying why not."""
     try:

@@ -20,7 +20,7 @@ bp = func.Blueprint()
 
 @bp.function_name("sendgrid_mail_send")
 @bp.route(route="v3/mail/send", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
-@client_route(sendgrid_refusal_response)
+@client_route(sendgrid_refusal_response, accepts_mail=True)
 def sendgrid_mail_send(req: func.HttpRequest, client: Client) -> func.HttpResponse:
     """Answer 202 once the mail is on the queue, or SendGrid's error body saying why not."""
     try:

@@ -232,14 +232,25 @@ class ClientStore:
 
     # ---- for requests --------------------------------------------------------------------
 
-    def authenticate(self, authorization: str | None) -> Client:
-        """The enabled client whose key the header carries; Unauthorized otherwise."""
+    def authenticate(self, authorization: str | None, *, counted: bool = False) -> Client:
+        """The enabled client whose key the header carries; Unauthorized otherwise.
+
+        `counted`: the request goes on to take() a message from the client's rate. Then the
+        client may be the one this instance last wrote (its rate counter) instead of a fresh
+        read, because take() writes the row only if nobody changed it since: a key rotated or
+        a client disabled meanwhile makes that write fail, and the row is read again. This
+        saves one storage call per accepted message.
+        """
         key = bearer_key(authorization)
         name = client_name_of(key)
+        if counted and name:
+            with self._locks_lock:
+                cached = self._counters.get(name)
+            if cached is not None and cached.enabled and _same_key(key, cached.key_digest):
+                return cached
         client = self.get(name) if name else None
         # Compared in constant time even when there is no such client.
-        expected = client.key_digest if client else key_digest("")
-        if not hmac.compare_digest(key_digest(key), expected) or client is None:
+        if not _same_key(key, client.key_digest if client else key_digest("")) or client is None:
             raise Unauthorized("the client key is not valid")
         if not client.enabled:
             raise Unauthorized(f"the client {client.name!r} is disabled")
@@ -248,23 +259,29 @@ class ClientStore:
     def take(self, client: Client) -> Client:
         """Count one message against the client's rate; RateLimited when over it this minute.
 
-        `client` is as authenticate() read it: its rate and enabled flag hold for this request.
-        Threads of one instance count one at a time, from the count this instance last wrote,
-        so they never conflict with each other; a conflict means another instance (or an
-        operator) wrote the row, and the count is read again.
+        Threads of one instance count one at a time, from the row as this instance last wrote
+        it, so they never conflict with each other; a conflict means another instance (or an
+        operator) wrote the row, and it is read again (and the key and enabled flag checked
+        again). A 429 is answered only from a row read in this call.
         """
         with self._lock_for(client.name):
             counter = self._counters.get(client.name, client)
-            if counter.etag is None:  # not read from the table: nothing to write against
-                counter = self._reread(client.name)
+            read_now = counter.etag is None
+            if read_now:  # not read from the table: nothing to write against
+                counter = self._reread(client)
             for attempt in range(1, RATE_WRITE_ATTEMPTS + 1):
                 now = self._clock()
                 window = int(now // WINDOW_SECONDS)
                 count = counter.count if counter.window == window else 0
-                if count >= client.rate_per_minute:
+                if count >= counter.rate_per_minute:
+                    if not read_now:
+                        # The count only grows within a minute, but the client may have been
+                        # disabled since this instance's copy: refuse with what the row says.
+                        counter, read_now = self._reread(client), True
+                        continue
                     retry_after = max(1, math.ceil((window + 1) * WINDOW_SECONDS - now))
                     raise RateLimited(
-                        f"the client {client.name!r} may send {client.rate_per_minute} "
+                        f"the client {client.name!r} may send {counter.rate_per_minute} "
                         f"message(s) per minute; retry in {retry_after}s",
                         retry_after,
                     )
@@ -281,7 +298,7 @@ class ClientStore:
                         match_condition=MatchConditions.IfNotModified,
                     )
                 except ResourceModifiedError:
-                    counter = self._reread(client.name)
+                    counter, read_now = self._reread(client), True
                     # Instances that collided spread out before trying again.
                     time.sleep(random.uniform(0, RATE_CONFLICT_PAUSE_SECONDS * attempt))  # noqa: S311
                     continue
@@ -289,20 +306,27 @@ class ClientStore:
                     raise StorageUnavailable(f"client table: {type(error).__name__}") from error
                 counter = replace(counter, window=window, count=count + 1, etag=metadata["etag"])
                 self._counters[client.name] = counter
-                return replace(client, window=window, count=count + 1, etag=counter.etag)
+                return counter
         raise StorageUnavailable(
             f"the rate counter of {client.name!r} kept changing; too many concurrent requests"
         )
 
-    def _reread(self, name: str) -> Client:
-        fresh = self.get(name)
-        if fresh is None or not fresh.enabled:
-            raise Unauthorized(f"the client {name!r} is disabled")
+    def _reread(self, client: Client) -> Client:
+        """The client's row as it is now; Unauthorized if its key changed or it is disabled."""
+        fresh = self.get(client.name)
+        if fresh is None or not hmac.compare_digest(fresh.key_digest, client.key_digest):
+            raise Unauthorized("the client key is not valid")
+        if not fresh.enabled:
+            raise Unauthorized(f"the client {client.name!r} is disabled")
         return fresh
 
     def _lock_for(self, name: str) -> threading.Lock:
         with self._locks_lock:
             return self._locks.setdefault(name, threading.Lock())
+
+
+def _same_key(key: str, digest: str) -> bool:
+    return hmac.compare_digest(key_digest(key), digest)
 
 
 def _to_entity(client: Client) -> dict[str, Any]:

@@ -108,10 +108,14 @@ class Gateway:
             ClientStore.from_settings(settings),
         )
 
-    def authenticate(self, authorization: str | None) -> Client:
-        """The client an `Authorization: Bearer <key>` header stands for; Unauthorized if none."""
+    def authenticate(self, authorization: str | None, *, counted: bool = False) -> Client:
+        """The client an `Authorization: Bearer <key>` header stands for; Unauthorized if none.
+
+        `counted`: the request goes on to accept a message, which counts it against the
+        client's rate (see ClientStore.authenticate).
+        """
         self.ensure_storage()
-        return self.clients.authenticate(authorization)
+        return self.clients.authenticate(authorization, counted=counted)
 
     def accept(
         self,

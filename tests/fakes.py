@@ -8,6 +8,7 @@ check the order in which the gateway touched them.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import random
 from collections.abc import Callable, Iterable, Iterator
@@ -612,6 +613,8 @@ class FakeTableClient(_OutageControls):
         self._outage = _Outage("table", TABLE_OPERATIONS)
         # Called before each conditional update: a test can change the row in between.
         self.before_update: Callable[[], object] | None = None
+        # How many times each operation was called, failed ones included.
+        self.calls: collections.Counter[str] = collections.Counter()
         # Called before each transaction, likewise; it stays set until a test clears it.
         self.before_transaction: Callable[[], object] | None = None
         self.transactions = 0
@@ -705,6 +708,7 @@ class FakeTableClient(_OutageControls):
         return [self._entity(key) for key, row in self.rows.items() if str(row.get(name)) == wanted]
 
     def _check(self, operation: str) -> None:
+        self.calls[operation] += 1
         # As Azure would fail: the store under test maps this to StorageUnavailable itself.
         try:
             self._outage.check(operation)

@@ -254,3 +254,63 @@ def test_should_report_storage_failures_as_storage_unavailable(
         store.authenticate(bearer(key))
     with pytest.raises(StorageUnavailable):
         store.take(client)
+
+
+# ---- accepting mail: the key check from this instance's own copy of the row -------------------
+
+
+def test_should_check_a_counted_request_without_reading_the_row_once_it_was_written(
+    store: ClientStore, table: FakeTableClient
+) -> None:
+    _, key = store.create("billing", "@example.com", 100)
+    store.take(store.authenticate(bearer(key), counted=True))
+    reads = table.calls["get"]
+
+    for _ in range(5):
+        store.take(store.authenticate(bearer(key), counted=True))
+
+    assert table.calls["get"] == reads
+    assert table.rows[("billing", CLIENT_ROW)]["count"] == 6
+    # A request that writes nothing (a status lookup) always reads.
+    store.authenticate(bearer(key))
+    assert table.calls["get"] == reads + 1
+
+
+@pytest.mark.parametrize("change", ["disable", "rotate"])
+def test_should_refuse_a_counted_request_once_another_instance_changed_the_client(
+    store: ClientStore, table: FakeTableClient, clock: Clock, change: str
+) -> None:
+    _, key = store.create("billing", "@example.com", 100)
+    store.take(store.authenticate(bearer(key), counted=True))
+    operator = client_store(table, clock)
+    if change == "disable":
+        operator.set_enabled("billing", False)
+    else:
+        operator.rotate("billing")
+
+    # Accepted from this instance's copy, then refused by the write that finds the row changed.
+    client = store.authenticate(bearer(key), counted=True)
+    with pytest.raises(Unauthorized):
+        store.take(client)
+    assert table.rows[("billing", CLIENT_ROW)]["count"] == 1
+
+
+def test_should_take_the_new_key_at_once_after_a_rotation_elsewhere(
+    store: ClientStore, table: FakeTableClient, clock: Clock
+) -> None:
+    _, old = store.create("billing", "@example.com", 100)
+    store.take(store.authenticate(bearer(old), counted=True))
+    _, new = client_store(table, clock).rotate("billing")
+
+    assert store.take(store.authenticate(bearer(new), counted=True)).count == 2
+
+
+def test_should_answer_a_disabled_client_over_its_rate_with_401_not_429(
+    store: ClientStore, table: FakeTableClient, clock: Clock
+) -> None:
+    _, key = store.create("billing", "@example.com", 1)
+    store.take(store.authenticate(bearer(key), counted=True))
+    client_store(table, clock).set_enabled("billing", False)
+
+    with pytest.raises(Unauthorized, match="disabled"):
+        store.take(store.authenticate(bearer(key), counted=True))
