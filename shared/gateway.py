@@ -33,7 +33,7 @@ from shared.queue import MailQueue, QueueReport
 from shared.sendgrid_client import SendGridClient
 from shared.settings import Settings
 from shared.status import MessageStatus, StatusStore
-from shared.submission import AcceptedMessage, submit_message, submit_sendgrid_mail
+from shared.submission import AcceptedMessage, Submission
 from shared.webhook_signature import SignatureVerifier
 
 
@@ -91,8 +91,8 @@ class Gateway:
             now=now,
             rng=rng,
         )
+        self._submission = Submission(settings, queue, bodies, statuses, self.keys, now, new_id)
         self._now = now
-        self._new_id = new_id
         self._storage_ready = False
         self._lock = threading.Lock()
 
@@ -125,7 +125,9 @@ class Gateway:
         idempotency_key: str | None = None,
     ) -> AcceptedMessage:
         """Count the request against the client's rate, then validate and durably queue it."""
-        return self._accept(submit_message, "v1", body, content_type, client, idempotency_key)
+        return self._accept(
+            self._submission.message, "v1", body, content_type, client, idempotency_key
+        )
 
     def accept_sendgrid(
         self,
@@ -136,11 +138,13 @@ class Gateway:
     ) -> AcceptedMessage:
         """Count against the client's rate, then validate a SendGrid v3 Mail Send body and
         durably queue it as the client sent it."""
-        return self._accept(submit_sendgrid_mail, "v3", body, content_type, client, idempotency_key)
+        return self._accept(
+            self._submission.sendgrid_mail, "v3", body, content_type, client, idempotency_key
+        )
 
     def _accept(
         self,
-        submit: Callable[..., AcceptedMessage],
+        submit: Callable[[bytes, str | None, Client, str | None], AcceptedMessage],
         api: str,
         body: bytes,
         content_type: str | None,
@@ -150,19 +154,7 @@ class Gateway:
         with telemetry.span("mailgate.accept", kind=SpanKind.SERVER, api=api, client=client.name):
             self.ensure_storage()
             self.clients.take(client)
-            return submit(
-                body,
-                content_type,
-                settings=self.settings,
-                queue=self.queue,
-                bodies=self.bodies,
-                statuses=self.statuses,
-                keys=self.keys,
-                now=self._now,
-                new_id=self._new_id,
-                client=client,
-                idempotency_key=idempotency_key,
-            )
+            return submit(body, content_type, client, idempotency_key)
 
     def deliver(self, body: bytes, dequeue_count: int = 1) -> DeliveryOutcome:
         """Deliver one queue message, scheduling a retry or dead letter if it fails."""

@@ -49,63 +49,119 @@ class AcceptedMessage:
     replayed: bool = False
 
 
-def submit_message(
-    body: bytes,
-    content_type: str | None,
-    *,
-    settings: Settings,
-    queue: MailQueue,
-    bodies: MessageBodyStore,
-    statuses: StatusStore,
-    keys: IdempotencyStore,
-    now: Callable[[], datetime],
-    new_id: Callable[[], str],
-    client: Client,
-    idempotency_key: str | None = None,
-) -> AcceptedMessage:
-    """Validate a `POST /api/v1/messages` request and enqueue it; see `_queue_durably`."""
-    _check_body(body, content_type, settings)
-    accepted_at = now()
-    try:
-        request = MailRequest.model_validate_json(body, context={"now": accepted_at})
-    except ValidationError as error:
-        problems = field_problems(error)
-        raise InvalidMessage(
-            f"the message has {len(problems)} invalid field(s)", problems
-        ) from None
-    _check_senders([("#/from", request.from_.email)], client, settings)
-    envelope = QueueEnvelope(
-        id=new_id(), accepted_at=accepted_at, client=client.name, message=request
-    )
-    return _queue_durably(envelope, body, queue, bodies, statuses, keys, client, idempotency_key)
+@dataclass(frozen=True)
+class Submission:
+    """Accepting messages: the settings, the stores and the clock it needs, built once."""
 
+    settings: Settings
+    queue: MailQueue
+    bodies: MessageBodyStore
+    statuses: StatusStore
+    keys: IdempotencyStore
+    now: Callable[[], datetime]
+    new_id: Callable[[], str]
 
-def submit_sendgrid_mail(
-    body: bytes,
-    content_type: str | None,
-    *,
-    settings: Settings,
-    queue: MailQueue,
-    bodies: MessageBodyStore,
-    statuses: StatusStore,
-    keys: IdempotencyStore,
-    now: Callable[[], datetime],
-    new_id: Callable[[], str],
-    client: Client,
-    idempotency_key: str | None = None,
-) -> AcceptedMessage:
-    """Validate a SendGrid v3 Mail Send body and enqueue it as sent; see `_queue_durably`.
+    def message(
+        self,
+        body: bytes,
+        content_type: str | None,
+        client: Client,
+        idempotency_key: str | None = None,
+    ) -> AcceptedMessage:
+        """Validate a `POST /api/v1/messages` request and enqueue it; see `_queue_durably`."""
+        _check_body(body, content_type, self.settings)
+        accepted_at = self.now()
+        try:
+            request = MailRequest.model_validate_json(body, context={"now": accepted_at})
+        except ValidationError as error:
+            problems = field_problems(error)
+            raise InvalidMessage(
+                f"the message has {len(problems)} invalid field(s)", problems
+            ) from None
+        _check_senders([("#/from", request.from_.email)], client, self.settings)
+        envelope = QueueEnvelope(
+            id=self.new_id(), accepted_at=accepted_at, client=client.name, message=request
+        )
+        return self._queue_durably(envelope, body, client, idempotency_key)
 
-    The envelope carries the body exactly as the client sent it; delivery adds the gateway id.
-    """
-    _check_body(body, content_type, settings)
-    accepted_at = now()
-    document, mail = parse_mail_send(body, accepted_at)
-    _check_senders(_sendgrid_senders(mail), client, settings)
-    envelope = QueueEnvelope(
-        id=new_id(), accepted_at=accepted_at, client=client.name, sendgrid=document
-    )
-    return _queue_durably(envelope, body, queue, bodies, statuses, keys, client, idempotency_key)
+    def sendgrid_mail(
+        self,
+        body: bytes,
+        content_type: str | None,
+        client: Client,
+        idempotency_key: str | None = None,
+    ) -> AcceptedMessage:
+        """Validate a SendGrid v3 Mail Send body and enqueue it as sent; see `_queue_durably`.
+
+        The envelope carries the body exactly as the client sent it; delivery adds the gateway
+        id.
+        """
+        _check_body(body, content_type, self.settings)
+        accepted_at = self.now()
+        document, mail = parse_mail_send(body, accepted_at)
+        _check_senders(_sendgrid_senders(mail), client, self.settings)
+        envelope = QueueEnvelope(
+            id=self.new_id(), accepted_at=accepted_at, client=client.name, sendgrid=document
+        )
+        return self._queue_durably(envelope, body, client, idempotency_key)
+
+    def _queue_durably(
+        self,
+        envelope: QueueEnvelope,
+        body: bytes,
+        client: Client,
+        idempotency_key: str | None,
+    ) -> AcceptedMessage:
+        """Enqueue an envelope once per Idempotency-Key; raise RequestRejected or
+        StorageUnavailable.
+
+        The answer comes only after the enqueue (and, for a message too large for one queue
+        message, the write of its body's blob) succeeded. The status record is written after
+        the enqueue, so a failed enqueue leaves no record claiming the message was queued.
+        """
+        claim = None
+        if idempotency_key is not None:
+            # Keys are the client's own: two apps using the same key never collide.
+            scoped_key = f"{client.name}:{check_key(idempotency_key)}"
+            claim = self.keys.claim(scoped_key, body, envelope.id, envelope.accepted_at)
+            if claim.replay:
+                return AcceptedMessage(claim.record.message_id, replayed=True)
+            envelope = envelope.model_copy(update={"id": claim.record.message_id})
+        # Delivery continues this trace (the accept's span) from the context the envelope carries.
+        envelope = envelope.model_copy(update={"trace": telemetry.current_trace_context()})
+        trace.get_current_span().set_attribute("mailgate.id", envelope.id)
+        domains = envelope.recipient_domains()
+        try:
+            with telemetry.span("mailgate.enqueue", id=envelope.id, attempt=1):
+                envelope = _enqueue(envelope, self.queue, self.bodies)
+        except StorageUnavailable:
+            if claim is not None:
+                with contextlib.suppress(StorageUnavailable):
+                    self.keys.release(claim.record)
+            raise
+        with telemetry.span("mailgate.status.write", id=envelope.id, state="queued"):
+            _record_queued(envelope, self.statuses)
+        telemetry.accepted.add(1)
+        if claim is not None:
+            try:
+                self.keys.complete(claim.record)
+            except StorageUnavailable as error:
+                # The key stays pending: a retry gets 409 until it times out, then the same id.
+                logger.warning(
+                    "Message %s: idempotency key not completed: %s",
+                    envelope.id,
+                    error,
+                    extra={"mailgate_id": envelope.id},
+                )
+        logger.info(
+            "Message %s queued for %s recipient domain(s) %s%s",
+            envelope.id,
+            len(domains),
+            ",".join(domains),
+            f", its body in blob {envelope.blob}" if envelope.blob else "",
+            extra={"mailgate_id": envelope.id},
+        )
+        return AcceptedMessage(envelope.id)
 
 
 def _check_body(body: bytes, content_type: str | None, settings: Settings) -> None:
@@ -119,67 +175,6 @@ def _check_body(body: bytes, content_type: str | None, settings: Settings) -> No
             f"the body is {len(body)} bytes; this gateway accepts at most "
             f"{settings.max_request_bytes} (MAX_REQUEST_BYTES)"
         )
-
-
-def _queue_durably(
-    envelope: QueueEnvelope,
-    body: bytes,
-    queue: MailQueue,
-    bodies: MessageBodyStore,
-    statuses: StatusStore,
-    keys: IdempotencyStore,
-    client: Client,
-    idempotency_key: str | None,
-) -> AcceptedMessage:
-    """Enqueue an envelope once per Idempotency-Key; raise RequestRejected or StorageUnavailable.
-
-    The answer comes only after the enqueue (and, for a message too large for one queue
-    message, the write of its body's blob) succeeded. The status record is written after the
-    enqueue, so a failed enqueue leaves no record claiming the message was queued.
-    """
-    claim = None
-    if idempotency_key is not None:
-        # Keys are the client's own: two apps using the same key never collide.
-        scoped_key = f"{client.name}:{check_key(idempotency_key)}"
-        claim = keys.claim(scoped_key, body, envelope.id, envelope.accepted_at)
-        if claim.replay:
-            return AcceptedMessage(claim.record.message_id, replayed=True)
-        envelope = envelope.model_copy(update={"id": claim.record.message_id})
-    # Delivery continues this trace (the accept's span) from the context the envelope carries.
-    envelope = envelope.model_copy(update={"trace": telemetry.current_trace_context()})
-    trace.get_current_span().set_attribute("mailgate.id", envelope.id)
-    domains = envelope.recipient_domains()
-    try:
-        with telemetry.span("mailgate.enqueue", id=envelope.id, attempt=1):
-            envelope = _enqueue(envelope, queue, bodies)
-    except StorageUnavailable:
-        if claim is not None:
-            with contextlib.suppress(StorageUnavailable):
-                keys.release(claim.record)
-        raise
-    with telemetry.span("mailgate.status.write", id=envelope.id, state="queued"):
-        _record_queued(envelope, statuses)
-    telemetry.accepted.add(1)
-    if claim is not None:
-        try:
-            keys.complete(claim.record)
-        except StorageUnavailable as error:
-            # The key stays pending: a retry gets 409 until it times out, then the same id.
-            logger.warning(
-                "Message %s: idempotency key not completed: %s",
-                envelope.id,
-                error,
-                extra={"mailgate_id": envelope.id},
-            )
-    logger.info(
-        "Message %s queued for %s recipient domain(s) %s%s",
-        envelope.id,
-        len(domains),
-        ",".join(domains),
-        f", its body in blob {envelope.blob}" if envelope.blob else "",
-        extra={"mailgate_id": envelope.id},
-    )
-    return AcceptedMessage(envelope.id)
 
 
 def _enqueue(envelope: QueueEnvelope, queue: MailQueue, bodies: MessageBodyStore) -> QueueEnvelope:

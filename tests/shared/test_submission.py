@@ -4,10 +4,9 @@ import base64
 import json
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -29,8 +28,7 @@ from shared.status import MessageState, MessageStatus
 from shared.submission import (
     MAX_QUEUED_JSON_BYTES,
     AcceptedMessage,
-    submit_message,
-    submit_sendgrid_mail,
+    Submission,
 )
 from tests.fakes import (
     FakeIdempotencyStore,
@@ -67,12 +65,10 @@ def submit(
     idempotency_key: str | None = None,
     now: datetime = NOW,
     client: Client = CLIENT,
-    submitter: Callable[..., AcceptedMessage] = submit_message,
+    api: Literal["v1", "v3"] = "v1",
 ) -> AcceptedMessage:
-    """Submit with in-memory stores (`submitter`: the v1 or the SendGrid v3 entry point)."""
-    return submitter(
-        content,
-        content_type,
+    """Submit with in-memory stores, to the v1 or the SendGrid v3 entry point."""
+    submission = Submission(
         settings=settings,
         queue=queue,
         bodies=bodies if bodies is not None else FakeMessageBodyStore(journal=queue.journal),
@@ -80,9 +76,9 @@ def submit(
         keys=keys if keys is not None else FakeIdempotencyStore(),
         now=lambda: now,
         new_id=lambda: new_id,
-        client=client,
-        idempotency_key=idempotency_key,
     )
+    accept = submission.message if api == "v1" else submission.sendgrid_mail
+    return accept(content, content_type, client, idempotency_key)
 
 
 def refused(
@@ -947,7 +943,7 @@ def submit_sendgrid(
         queue,
         content_type,
         new_id,
-        submitter=submit_sendgrid_mail,
+        api="v3",
         **options,
     )
 
