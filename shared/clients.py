@@ -38,7 +38,7 @@ from azure.data.tables import TableClient, UpdateMode
 
 from shared.errors import ClientError, RateLimited, StorageUnavailable, Unauthorized
 from shared.settings import Settings, parse_senders, sender_allowed
-from shared.status import table_service
+from shared.status import table_client
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class ClientStore:
     @classmethod
     def from_settings(cls, settings: Settings) -> ClientStore:
         """A store on the configured table (CLIENT_TABLE_NAME)."""
-        return cls(table_service(settings).get_table_client(settings.client_table_name))
+        return cls(table_client(settings, settings.client_table_name))
 
     def ensure_exists(self) -> None:
         """Create the table if it is missing."""

@@ -15,13 +15,13 @@ from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.queue import (
     LinearRetry,
     QueueClient,
-    QueueServiceClient,
     TextBase64DecodePolicy,
     TextBase64EncodePolicy,
 )
 
 from shared.errors import StorageUnavailable
 from shared.settings import Settings, StorageSettings
+from shared.storage_http import FastQueueClient
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -131,12 +131,11 @@ class MailQueue:
     @classmethod
     def from_settings(cls, settings: Settings) -> MailQueue:
         """Create the clients once; each holds its own connection pool."""
-        service = _service_client(settings.storage)
-        # Raw text may sit on either queue (a producer that forgot base64, until the host moves
-        # it; the host's poison copy of it): reading it, as a peek does, must not fail.
+        storage = settings.storage
+        credential = None if storage.connection_string else token_credential(storage)
         return cls(
-            _queue_client(service, settings.mail_queue_name),
-            _queue_client(service, settings.poison_queue_name),
+            _queue_client(storage, settings.mail_queue_name, credential),
+            _queue_client(storage, settings.poison_queue_name, credential),
         )
 
     @property
@@ -211,17 +210,6 @@ class MailQueue:
             raise StorageUnavailable(f"queue {client.queue_name}: {summary(error)}") from error
 
 
-def _service_client(storage: StorageSettings) -> QueueServiceClient:
-    if storage.connection_string:
-        return QueueServiceClient.from_connection_string(
-            storage.connection_string, **_client_options()
-        )
-    assert storage.queue_service_uri is not None
-    return QueueServiceClient(
-        storage.queue_service_uri, credential=token_credential(storage), **_client_options()
-    )
-
-
 def token_credential(storage: StorageSettings) -> TokenCredential:
     """The identity the host itself would use for this connection."""
     from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
@@ -242,13 +230,21 @@ class RawTextFallbackDecodePolicy(TextBase64DecodePolicy):
             return content
 
 
-def _queue_client(service: QueueServiceClient, name: str) -> QueueClient:
-    # The host's default messageEncoding is base64; raw text would go straight to poison.
-    return service.get_queue_client(
-        name,
-        message_encode_policy=TextBase64EncodePolicy(),
-        message_decode_policy=RawTextFallbackDecodePolicy(),
-    )
+def _queue_client(
+    storage: StorageSettings, name: str, credential: TokenCredential | None
+) -> FastQueueClient:
+    # The host's default messageEncoding is base64; raw text would go straight to poison. Raw
+    # text may still sit on either queue (a producer that forgot base64, until the host moves
+    # it; the host's poison copy of it): reading it, as a peek does, must not fail.
+    options: dict[str, Any] = {
+        **_client_options(),
+        "message_encode_policy": TextBase64EncodePolicy(),
+        "message_decode_policy": RawTextFallbackDecodePolicy(),
+    }
+    if storage.connection_string:
+        return FastQueueClient.from_connection_string(storage.connection_string, name, **options)
+    assert storage.queue_service_uri is not None
+    return FastQueueClient(storage.queue_service_uri, name, credential=credential, **options)
 
 
 def summary(error: AzureError) -> str:

@@ -15,11 +15,12 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.data.tables import TableClient, TableServiceClient, UpdateMode
+from azure.data.tables import TableClient, UpdateMode
 
 from shared.errors import ConcurrentUpdate, StorageUnavailable
 from shared.queue import storage_transport, token_credential
 from shared.settings import Settings
+from shared.storage_http import FastTableClient
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class StatusStore:
     @classmethod
     def from_settings(cls, settings: Settings) -> StatusStore:
         """A store on the configured account's status table."""
-        return cls(table_service(settings).get_table_client(settings.status_table_name))
+        return cls(table_client(settings, settings.status_table_name))
 
     @property
     def table(self) -> TableClient:
@@ -171,16 +172,18 @@ class StatusStore:
             ) from error
 
 
-def table_service(settings: Settings) -> TableServiceClient:
-    """A client for the configured account's Table service, with the pooled transport."""
+def table_client(settings: Settings, name: str) -> FastTableClient:
+    """A client for one table of the configured account; its per-message calls skip the SDK's
+    pipeline (shared/storage_http.py)."""
     storage = settings.storage
     if storage.connection_string:
-        return TableServiceClient.from_connection_string(
-            storage.connection_string, transport=storage_transport(), **_RETRY_OPTIONS
+        return FastTableClient.from_connection_string(
+            storage.connection_string, name, transport=storage_transport(), **_RETRY_OPTIONS
         )
     assert storage.table_service_uri is not None
-    return TableServiceClient(
+    return FastTableClient(
         storage.table_service_uri,
+        name,
         credential=token_credential(storage),
         transport=storage_transport(),
         **_RETRY_OPTIONS,
