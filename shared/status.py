@@ -177,9 +177,11 @@ def table_client(settings: Settings, name: str) -> FastTableClient:
     pipeline (shared/storage_http.py)."""
     storage = settings.storage
     if storage.connection_string:
-        return FastTableClient.from_connection_string(
+        client = FastTableClient.from_connection_string(
             storage.connection_string, name, transport=storage_transport(), **_RETRY_OPTIONS
         )
+        assert isinstance(client, FastTableClient)
+        return client
     assert storage.table_service_uri is not None
     return FastTableClient(
         storage.table_service_uri,

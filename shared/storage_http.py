@@ -282,9 +282,8 @@ class StorageHttp:
         while True:
             connection, reused = self._connections.take()
             try:
-                if connection.sock is None:
+                if not reused:
                     connection.connect()
-                    assert connection.sock is not None
                     connection.sock.settimeout(READ_TIMEOUT_SECONDS)
                 connection.request(method, target, body=body, headers=headers)
                 answer = connection.getresponse()
@@ -314,7 +313,7 @@ def _error(response: Response) -> HttpResponseError:
     kind = _ERRORS.get(response.status, HttpResponseError)
     error = kind(message=f"Operation returned status {response.status}, ErrorCode:{code}")
     error.status_code = response.status
-    error.error_code = code or None
+    error.error_code = code or None  # type: ignore[attr-defined]
     return error
 
 
@@ -400,7 +399,7 @@ class FastTableClient(TableClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._http = StorageHttp(
-            self.url, self.credential, self.account_name, self.api_version, table=True
+            self.url, self.credential, self.account_name or "", self.api_version, table=True
         )
 
     def close(self) -> None:
@@ -477,7 +476,7 @@ class FastQueueClient(QueueClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._http = StorageHttp(
-            self.url, self.credential, self.account_name, self.api_version, table=False
+            self.url, self.credential, self.account_name or "", self.api_version, table=False
         )
         self._messages_path = "/messages"
 
@@ -524,5 +523,6 @@ class FastQueueClient(QueueClient):
         )
         message = QueueMessage(content=content)
         found = _MESSAGE_ID.search(response.body.decode("utf-8", "replace"))
-        message.id = found.group(1) if found else None
+        if found:
+            message.id = found.group(1)
         return message
