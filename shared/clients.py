@@ -1,9 +1,24 @@
 """Clients: the apps allowed to send, each with a hashed key, its senders and a rate limit.
 
 A client's record and its rate counter live in one Table storage row (the client's name is
-the partition), so every instance of the gateway sees the same counts: authenticating a mail
-request reads the row, and taking one message from the minute's allowance writes it back only
-if nobody changed it since (ETag), retrying on a conflict.
+the partition), so every instance of the gateway sees the same count: authenticating a mail
+request reads the row, and the count is raised only if nobody changed the row since it was read
+(ETag), retrying on a conflict.
+
+An instance does not write the row for every message: it leases tokens of the minute's
+allowance. With none left for this minute, it raises the row's count by a grant of
+`min(block, rate - count)` and keeps `grant - 1` tokens in memory, so the next messages of that
+minute cost no storage call. The first grant of a minute is 1 token; each further one by the
+same instance in that minute is twice the one before, at most `rate // MAX_LEASE_FRACTION` (and
+at least 1). So:
+
+- the rate is an exact upper bound across instances: every grant is written to the one row, and
+  the grants of a minute add up to at most `rate_per_minute`;
+- tokens an instance was granted but did not use are lost when the minute ends (at most a tenth
+  of the rate per instance, less one), so a busy client spread over many instances may get
+  slightly fewer than its rate; a client sending now and then still costs one write a message;
+- a client disabled, or its key rotated, stops being accepted within CLIENT_CHECK_SECONDS: an
+  instance serving from its tokens reads the row again once its copy is older than that.
 
 Keys are `mg_<client name>_<secret>`, the secret 32 random bytes. Only a SHA-256 digest of the
 whole key is stored: a fast hash is enough for a key with 256 bits of entropy (there is nothing
@@ -50,6 +65,10 @@ WINDOW_SECONDS = 60
 # Optimistic writes of the rate counter that lost to another instance are retried this often.
 RATE_WRITE_ATTEMPTS = 10
 RATE_CONFLICT_PAUSE_SECONDS = 0.01
+# An instance leases at most rate_per_minute // MAX_LEASE_FRACTION tokens (at least 1) at a time.
+MAX_LEASE_FRACTION = 10
+# An instance serving from its leased tokens checks the client's row at least this often.
+CLIENT_CHECK_SECONDS = 2.0
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 _SECRET = re.compile(r"^[A-Za-z0-9_-]{43}$")
 _BEARER = re.compile(r"^Bearer[ \t]+(?P<key>\S+)[ \t]*$", re.IGNORECASE)
@@ -132,16 +151,32 @@ class Client:
         }
 
 
+@dataclass
+class _Lease:
+    """This instance's tokens of one client's rate, and its copy of the row they came from.
+
+    Changed only under the client's lock.
+    """
+
+    # The row as this instance last read or wrote it, and when (the store's clock).
+    client: Client
+    checked_at: float
+    # The window the tokens are for, how many are left, and the last grant in that window.
+    window: int = -1
+    tokens: int = 0
+    grant: int = 0
+
+
 class ClientStore:
     """Client records in their own table."""
 
     def __init__(self, table: TableClient, *, clock: Callable[[], float] = time.time) -> None:
         self.table = table
         self._clock = clock
-        # Per client: a lock, and the rate counter as this instance last wrote it.
+        # Per client: a lock, and this instance's lease of the rate (with its copy of the row).
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
-        self._counters: dict[str, Client] = {}
+        self._leases: dict[str, _Lease] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ClientStore:
@@ -207,11 +242,13 @@ class ClientStore:
         return sorted((_from_entity(e) for e in entities), key=lambda c: c.name)
 
     def set_enabled(self, name: str, enabled: bool) -> Client:
-        """Enable or disable a client; its key stops (or starts) working at once."""
+        """Enable or disable a client; its key stops (or starts) working at once, except that
+        an instance serving mail from leased tokens notices within CLIENT_CHECK_SECONDS."""
         return self._update(name, {"enabled": enabled})
 
     def rotate(self, name: str) -> tuple[Client, str]:
-        """A new key for the client; the old one stops working at once."""
+        """A new key for the client; the old one stops working at once (for mail, within
+        CLIENT_CHECK_SECONDS on an instance serving it from leased tokens)."""
         key = new_key(check_name(name))
         return self._update(name, {"key_digest": key_digest(key)}), key
 
@@ -236,16 +273,18 @@ class ClientStore:
         """The enabled client whose key the header carries; Unauthorized otherwise.
 
         `counted`: the request goes on to take() a message from the client's rate. Then the
-        client may be the one this instance last wrote (its rate counter) instead of a fresh
-        read, because take() writes the row only if nobody changed it since: a key rotated or
-        a client disabled meanwhile makes that write fail, and the row is read again. This
-        saves one storage call per accepted message.
+        client may be this instance's copy of the row (from its rate lease) instead of a fresh
+        read: take() checks that copy against the table at least every CLIENT_CHECK_SECONDS,
+        and a conditional write of the count fails if the row changed, so a key rotated or a
+        client disabled meanwhile is refused within that time. This saves one storage call per
+        accepted message.
         """
         key = bearer_key(authorization)
         name = client_name_of(key)
         if counted and name:
             with self._locks_lock:
-                cached = self._counters.get(name)
+                lease = self._leases.get(name)
+            cached = lease.client if lease is not None else None
             if cached is not None and cached.enabled and _same_key(key, cached.key_digest):
                 return cached
         client = self.get(name) if name else None
@@ -259,57 +298,108 @@ class ClientStore:
     def take(self, client: Client) -> Client:
         """Count one message against the client's rate; RateLimited when over it this minute.
 
-        Threads of one instance count one at a time, from the row as this instance last wrote
-        it, so they never conflict with each other; a conflict means another instance (or an
-        operator) wrote the row, and it is read again (and the key and enabled flag checked
-        again). A 429 is answered only from a row read in this call.
+        Most messages are served from tokens this instance leased for the current minute, with
+        no storage call. Without tokens, the instance writes the row (MERGE, If-Match its copy's
+        ETag) raising `count` by a grant of `min(block, rate - count)` and keeps `grant - 1`
+        tokens: the first grant of a minute is 1, each further one twice the one before, at most
+        `max(1, rate // MAX_LEASE_FRACTION)`. Bounds:
+
+        - all instances together never admit more than the rate in a minute (the grants are
+          written to the one row, conditionally); tokens unused when the minute ends are lost,
+          at most a tenth of the rate per instance;
+        - before serving from tokens, the instance reads the row again (Unauthorized if the
+          client is disabled or its key changed) once its copy was last read or written
+          CLIENT_CHECK_SECONDS ago or more; a successful conditional write counts as a read.
+
+        Threads of one instance take the client's lock: briefly for a token, and across the
+        storage call of a refill or a check (rare). A write that conflicts means another
+        instance (or an operator) wrote the row; it is read again and the key and enabled flag
+        checked again. A 429 is answered only from a row read or written in this call, so a
+        disabled client over its rate gets 401. Returns this instance's copy of the row.
         """
         with self._lock_for(client.name):
-            counter = self._counters.get(client.name, client)
-            read_now = counter.etag is None
-            if read_now:  # not read from the table: nothing to write against
-                counter = self._reread(client)
-            for attempt in range(1, RATE_WRITE_ATTEMPTS + 1):
-                now = self._clock()
-                window = int(now // WINDOW_SECONDS)
-                count = counter.count if counter.window == window else 0
-                if count >= counter.rate_per_minute:
-                    if not read_now:
-                        # The count only grows within a minute, but the client may have been
-                        # disabled since this instance's copy: refuse with what the row says.
-                        counter, read_now = self._reread(client), True
-                        continue
-                    retry_after = max(1, math.ceil((window + 1) * WINDOW_SECONDS - now))
-                    raise RateLimited(
-                        f"the client {client.name!r} may send {counter.rate_per_minute} "
-                        f"message(s) per minute; retry in {retry_after}s",
-                        retry_after,
-                    )
-                try:
-                    metadata = self.table.update_entity(
-                        {
-                            "PartitionKey": client.name,
-                            "RowKey": CLIENT_ROW,
-                            "window": window,
-                            "count": count + 1,
-                        },
-                        mode=UpdateMode.MERGE,
-                        etag=counter.etag,
-                        match_condition=MatchConditions.IfNotModified,
-                    )
-                except ResourceModifiedError:
-                    counter, read_now = self._reread(client), True
-                    # Instances that collided spread out before trying again.
-                    time.sleep(random.uniform(0, RATE_CONFLICT_PAUSE_SECONDS * attempt))  # noqa: S311
+            now = self._clock()
+            lease = self._leases.get(client.name)
+            if lease is not None and lease.tokens > 0 and lease.window == _window(now):
+                if now - lease.checked_at >= CLIENT_CHECK_SECONDS or not _same_row_key(
+                    lease.client, client
+                ):
+                    self._check(client, now)
+                lease.tokens -= 1
+                return lease.client
+            return self._refill(client, lease)
+
+    def _refill(self, client: Client, lease: _Lease | None) -> Client:
+        """Lease a grant of tokens from the row and use one; under the client's lock."""
+        counter = lease.client if lease is not None else client
+        # Not read from the table (nothing to write against), not enabled, or another key than
+        # the request's: read the row first.
+        read_now = counter.etag is None or not counter.enabled or not _same_row_key(counter, client)
+        if read_now:
+            counter = self._check(client, self._clock())
+        for attempt in range(1, RATE_WRITE_ATTEMPTS + 1):
+            now = self._clock()
+            window = _window(now)
+            rate = counter.rate_per_minute
+            count = counter.count if counter.window == window else 0
+            if count >= rate:
+                if not read_now:
+                    # The count only grows within a minute, but the client may have been
+                    # disabled since this instance's copy: refuse with what the row says.
+                    counter, read_now = self._check(client, now), True
                     continue
-                except AzureError as error:
-                    raise StorageUnavailable(f"client table: {type(error).__name__}") from error
-                counter = replace(counter, window=window, count=count + 1, etag=metadata["etag"])
-                self._counters[client.name] = counter
-                return counter
+                retry_after = max(1, math.ceil((window + 1) * WINDOW_SECONDS - now))
+                raise RateLimited(
+                    f"the client {client.name!r} may send {rate} "
+                    f"message(s) per minute; retry in {retry_after}s",
+                    retry_after,
+                )
+            lease = self._leases.get(client.name)
+            previous = lease.grant if lease is not None and lease.window == window else 0
+            block = min(2 * previous if previous else 1, max(1, rate // MAX_LEASE_FRACTION))
+            grant = min(block, rate - count)
+            try:
+                metadata = self.table.update_entity(
+                    {
+                        "PartitionKey": client.name,
+                        "RowKey": CLIENT_ROW,
+                        "window": window,
+                        "count": count + grant,
+                    },
+                    mode=UpdateMode.MERGE,
+                    etag=counter.etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+            except ResourceModifiedError:
+                counter, read_now = self._check(client, self._clock()), True
+                # Instances that collided spread out before trying again.
+                time.sleep(random.uniform(0, RATE_CONFLICT_PAUSE_SECONDS * attempt))  # noqa: S311
+                continue
+            except AzureError as error:
+                raise StorageUnavailable(f"client table: {type(error).__name__}") from error
+            counter = replace(counter, window=window, count=count + grant, etag=metadata["etag"])
+            # The write matched the copy's ETag: the copy was current, so this is a check too.
+            self._leases[client.name] = _Lease(
+                counter, checked_at=now, window=window, tokens=grant - 1, grant=grant
+            )
+            return counter
         raise StorageUnavailable(
             f"the rate counter of {client.name!r} kept changing; too many concurrent requests"
         )
+
+    def _check(self, client: Client, now: float) -> Client:
+        """The row read again (see _reread), kept as this instance's copy; under the lock.
+
+        `now` is taken before the read, so the copy is never thought fresher than it is.
+        """
+        fresh = self._reread(client)
+        lease = self._leases.get(client.name)
+        if lease is None:
+            self._leases[client.name] = _Lease(fresh, checked_at=now)
+        else:
+            # Its tokens stay: they are counted in the row already.
+            lease.client, lease.checked_at = fresh, now
+        return fresh
 
     def _reread(self, client: Client) -> Client:
         """The client's row as it is now; Unauthorized if its key changed or it is disabled."""
@@ -327,6 +417,16 @@ class ClientStore:
 
 def _same_key(key: str, digest: str) -> bool:
     return hmac.compare_digest(key_digest(key), digest)
+
+
+def _same_row_key(copy: Client, client: Client) -> bool:
+    """Whether this instance's copy of the row has the key the request was checked against."""
+    return hmac.compare_digest(copy.key_digest, client.key_digest)
+
+
+def _window(now: float) -> int:
+    """The minute a time falls in, as the row's `window` counts it."""
+    return int(now // WINDOW_SECONDS)
 
 
 def _to_entity(client: Client) -> dict[str, Any]:

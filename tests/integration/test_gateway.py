@@ -112,33 +112,62 @@ def test_should_show_a_message_only_to_the_client_that_sent_it(
         gateway.status(accepted.id, other)
 
 
-def test_should_count_the_rate_in_the_table_across_gateway_instances(
-    gateway: Gateway, client: Client, storage_settings: Settings
-) -> None:
-    """Two instances, four threads each, 40 requests against a rate of 15: exactly 15 pass."""
-    second = ClientStore.from_settings(storage_settings)
-    _, key = gateway.clients.create("tiny", ",".join(CLIENT.senders), 15)
+def send_from_threads(
+    stores: tuple[ClientStore, ...], key: str, threads_each: int, requests_each: int
+) -> tuple[list[str], bool]:
+    """Counted requests from `threads_each` threads per store: their outcomes, and whether a
+    minute boundary fell in the middle (it resets the count: then more than the rate pass)."""
     outcomes: list[str] = []
 
-    def send_ten(store: ClientStore) -> None:
-        for _ in range(5):
+    def send(store: ClientStore) -> None:
+        for _ in range(requests_each):
             try:
-                store.take(store.authenticate(f"Bearer {key}"))
+                store.take(store.authenticate(f"Bearer {key}", counted=True))
                 outcomes.append("ok")
             except RateLimited:
                 outcomes.append("limited")
 
-    threads = [
-        threading.Thread(target=send_ten, args=(store,)) for store in (gateway.clients, second) * 4
-    ]
+    threads = [threading.Thread(target=send, args=(store,)) for store in stores * threads_each]
+    window = int(time.time() // 60)
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return outcomes, int(time.time() // 60) != window
 
-    # A minute boundary in the middle would reset the count: then more than 15 pass.
-    assert outcomes.count("ok") == 15 or time.time() % 60 < 5, outcomes
+
+def test_should_count_the_rate_in_the_table_across_gateway_instances(
+    gateway: Gateway, client: Client, storage_settings: Settings
+) -> None:
+    """Two instances, four threads each, 40 requests against a rate of 15: exactly 15 pass
+    (a rate under 20 leases one token per write, so no token is left unused)."""
+    second = ClientStore.from_settings(storage_settings)
+    _, key = gateway.clients.create("tiny", ",".join(CLIENT.senders), 15)
+
+    outcomes, crossed_a_minute = send_from_threads((gateway.clients, second), key, 4, 5)
+
+    assert outcomes.count("ok") == 15 or crossed_a_minute, outcomes
     assert len(outcomes) == 40
+
+
+def test_should_never_pass_the_rate_across_instances_leasing_tokens(
+    gateway: Gateway, client: Client, storage_settings: Settings
+) -> None:
+    """Two instances, four threads each, 320 requests against a rate of 200 (leases of up to
+    20 tokens): at most 200 pass, and at least 200 - 2 x 19, since each instance can be left
+    with at most 19 unused tokens of its last lease when the others are refused."""
+    second = ClientStore.from_settings(storage_settings)
+    _, key = gateway.clients.create("busy", ",".join(CLIENT.senders), 200)
+
+    outcomes, crossed_a_minute = send_from_threads((gateway.clients, second), key, 4, 40)
+
+    row = second.get("busy")
+    assert row is not None
+    if not crossed_a_minute:
+        assert 200 - 2 * 19 <= outcomes.count("ok") <= 200, outcomes.count("ok")
+        # A 429 is answered only from a row that had counted the whole rate.
+        assert row.count == 200
+    assert len(outcomes) == 320
 
 
 def test_should_carry_a_large_message_through_a_blob_and_delete_the_blob_once_sent(

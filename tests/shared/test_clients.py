@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import random
+import threading
+from typing import Any
+
 import pytest
 
-from shared.clients import CLIENT_ROW, ClientStore, bearer_key, client_name_of
+from shared.clients import (
+    CLIENT_CHECK_SECONDS,
+    CLIENT_ROW,
+    WINDOW_SECONDS,
+    Client,
+    ClientStore,
+    bearer_key,
+    client_name_of,
+)
 from shared.errors import ClientError, RateLimited, StorageUnavailable, Unauthorized
 from tests.fakes import Clock, FakeTableClient, client_store
 
@@ -270,7 +282,8 @@ def test_should_check_a_counted_request_without_reading_the_row_once_it_was_writ
         store.take(store.authenticate(bearer(key), counted=True))
 
     assert table.calls["get"] == reads
-    assert table.rows[("billing", CLIENT_ROW)]["count"] == 6
+    # Six messages from leases of 1, 2 and 4 tokens: the row counts the 7 leased.
+    assert table.rows[("billing", CLIENT_ROW)]["count"] == 7
     # A request that writes nothing (a status lookup) always reads.
     store.authenticate(bearer(key))
     assert table.calls["get"] == reads + 1
@@ -288,7 +301,8 @@ def test_should_refuse_a_counted_request_once_another_instance_changed_the_clien
     else:
         operator.rotate("billing")
 
-    # Accepted from this instance's copy, then refused by the write that finds the row changed.
+    # Accepted from this instance's copy; with no token left (the first lease is 1 token), the
+    # write that would lease more finds the row changed, reads it and refuses.
     client = store.authenticate(bearer(key), counted=True)
     with pytest.raises(Unauthorized):
         store.take(client)
@@ -302,7 +316,8 @@ def test_should_take_the_new_key_at_once_after_a_rotation_elsewhere(
     store.take(store.authenticate(bearer(old), counted=True))
     _, new = client_store(table, clock).rotate("billing")
 
-    assert store.take(store.authenticate(bearer(new), counted=True)).count == 2
+    # The minute's second lease, 2 tokens, on top of the first message.
+    assert store.take(store.authenticate(bearer(new), counted=True)).count == 3
 
 
 def test_should_answer_a_disabled_client_over_its_rate_with_401_not_429(
@@ -314,3 +329,261 @@ def test_should_answer_a_disabled_client_over_its_rate_with_401_not_429(
 
     with pytest.raises(Unauthorized, match="disabled"):
         store.take(store.authenticate(bearer(key), counted=True))
+
+
+# ---- leasing: most messages cost no storage call --------------------------------------------
+
+
+def row(table: FakeTableClient, name: str = "billing") -> dict[str, Any]:
+    return table.rows[(name, CLIENT_ROW)]
+
+
+def counted(store: ClientStore, key: str) -> Client:
+    """What accepting one message does: the key check, then one message off the rate."""
+    return store.take(store.authenticate(bearer(key), counted=True))
+
+
+def until_refused(store: ClientStore, key: str) -> int:
+    """How many messages the instance accepts before its first 429."""
+    for admitted in range(10_000):
+        try:
+            counted(store, key)
+        except RateLimited:
+            return admitted
+    raise AssertionError("never refused")
+
+
+def grants(store: ClientStore, table: FakeTableClient, key: str, messages: int) -> list[int]:
+    """By how much each write raised the row's count, over `messages` accepted messages."""
+    raised: list[int] = []
+    for _ in range(messages):
+        writes, before = table.calls["update"], row(table)["count"]
+        counted(store, key)
+        if table.calls["update"] != writes:
+            raised.append(row(table)["count"] - before)
+    return raised
+
+
+def test_should_accept_most_messages_without_writing_the_row(
+    store: ClientStore, table: FakeTableClient
+) -> None:
+    _, key = store.create("billing", "@example.com", 600)
+    writes, reads = table.calls["update"], table.calls["get"]
+
+    for _ in range(200):
+        counted(store, key)
+
+    # Leases of 1, 2, 4, 8, 16, 32, then 60 (600 // 10) tokens: 9 writes cover 243 messages,
+    # and one read, by the first key check (this instance had no copy of the row yet).
+    assert table.calls["update"] - writes == 9
+    assert table.calls["get"] - reads == 1
+    assert row(table)["count"] == 243
+
+
+def test_should_double_each_lease_up_to_a_tenth_of_the_rate(
+    store: ClientStore, table: FakeTableClient
+) -> None:
+    _, key = store.create("billing", "@example.com", 100)
+
+    assert grants(store, table, key, 100) == [1, 2, 4, 8] + [10] * 8 + [5]
+    # The minute's whole rate was leased and used: the next message is refused.
+    with pytest.raises(RateLimited):
+        counted(store, key)
+    assert row(table)["count"] == 100
+
+
+@pytest.mark.parametrize(("rate", "leases"), [(9, [1] * 9), (25, [1, 2, 2, 2, 2, 2])])
+def test_should_lease_one_token_at_a_time_to_a_client_with_a_low_rate(
+    store: ClientStore, table: FakeTableClient, rate: int, leases: list[int]
+) -> None:
+    _, key = store.create("billing", "@example.com", rate)
+
+    assert grants(store, table, key, sum(leases)) == leases
+
+
+def test_should_never_let_two_instances_together_pass_the_rate(
+    table: FakeTableClient, clock: Clock
+) -> None:
+    one, two = client_store(table, clock), client_store(table, clock)
+    _, key = one.create("billing", "@example.com", 100)
+    picks = random.Random(7)
+    admitted = {"one": 0, "two": 0}
+    refused = {"one": False, "two": False}
+
+    # Requests land on either instance at random until both have answered 429.
+    while not all(refused.values()):
+        name = picks.choice(("one", "two"))
+        try:
+            counted(one if name == "one" else two, key)
+            admitted[name] += 1
+        except RateLimited:
+            refused[name] = True
+        assert row(table)["count"] <= 100
+
+    # Each instance used up its tokens before it was refused, so none were lost.
+    assert sum(admitted.values()) == 100
+    assert min(admitted.values()) > 0
+
+
+def test_should_lose_at_most_the_unused_lease_of_an_instance_that_stops_getting_requests(
+    table: FakeTableClient, clock: Clock
+) -> None:
+    one, two = client_store(table, clock), client_store(table, clock)
+    _, key = one.create("billing", "@example.com", 100)
+    # Leases of 1, 2, 4, 8 and 10: 25 tokens, 7 of them left unused on `one`.
+    for _ in range(18):
+        counted(one, key)
+    assert row(table)["count"] == 25
+
+    admitted = until_refused(two, key)
+
+    assert 18 + admitted == 93
+    assert 18 + admitted >= 100 - (100 // 10 - 1)
+
+
+def test_should_count_exactly_the_rate_with_threads_of_one_instance(
+    store: ClientStore, table: FakeTableClient
+) -> None:
+    _, key = store.create("billing", "@example.com", 300)
+    outcomes: list[str] = []
+
+    def send() -> None:
+        for _ in range(50):
+            try:
+                counted(store, key)
+                outcomes.append("ok")
+            except RateLimited:
+                outcomes.append("limited")
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert (outcomes.count("ok"), outcomes.count("limited")) == (300, 100)
+    assert row(table)["count"] == 300
+
+
+def test_should_drop_the_last_minutes_tokens_when_a_new_minute_starts(
+    store: ClientStore, table: FakeTableClient, clock: Clock
+) -> None:
+    _, key = store.create("billing", "@example.com", 100)
+    for _ in range(4):  # leases of 1, 2 and 4: 3 tokens left
+        counted(store, key)
+    assert row(table)["count"] == 7
+
+    clock.now += WINDOW_SECONDS
+    writes = table.calls["update"]
+    counted(store, key)
+
+    # Not served from the old tokens: a new lease of 1 in the new minute, which it counts alone.
+    assert table.calls["update"] == writes + 1
+    assert (row(table)["window"], row(table)["count"]) == (int(clock.now // WINDOW_SECONDS), 1)
+    assert grants(store, table, key, 6) == [2, 4]
+
+
+@pytest.mark.parametrize("change", ["disable", "rotate"])
+def test_should_serve_tokens_then_refuse_a_client_changed_elsewhere_within_the_check_interval(
+    store: ClientStore, table: FakeTableClient, clock: Clock, change: str
+) -> None:
+    _, key = store.create("billing", "@example.com", 100)
+    for _ in range(4):  # leases of 1, 2 and 4: 3 tokens left, the last write at START
+        counted(store, key)
+    operator = client_store(table, clock)
+    if change == "disable":
+        operator.set_enabled("billing", False)
+    else:
+        operator.rotate("billing")
+    reads, writes = table.calls["get"], table.calls["update"]
+
+    # Still served from this instance's tokens until its copy is CLIENT_CHECK_SECONDS old.
+    clock.now += CLIENT_CHECK_SECONDS - 0.5
+    counted(store, key)
+    assert (table.calls["get"], table.calls["update"]) == (reads, writes)
+
+    clock.now += 0.5
+    with pytest.raises(Unauthorized):
+        counted(store, key)
+    with pytest.raises(Unauthorized):
+        counted(store, key)
+    assert table.calls["update"] == writes
+    assert row(table)["count"] == 7
+
+
+def test_should_keep_the_tokens_when_the_check_finds_the_client_unchanged(
+    store: ClientStore, table: FakeTableClient, clock: Clock
+) -> None:
+    _, key = store.create("billing", "@example.com", 100)
+    for _ in range(4):  # 3 tokens left
+        counted(store, key)
+    reads, writes = table.calls["get"], table.calls["update"]
+
+    clock.now += CLIENT_CHECK_SECONDS
+    counted(store, key)  # reads the row, then uses a token
+    clock.now += CLIENT_CHECK_SECONDS - 0.1
+    counted(store, key)  # a token: the copy was checked 1.9 s ago
+    counted(store, key)  # the last token
+
+    assert (table.calls["get"], table.calls["update"]) == (reads + 1, writes)
+    assert row(table)["count"] == 7
+    counted(store, key)  # a new lease, of 8
+    assert row(table)["count"] == 15
+
+
+def test_should_not_serve_tokens_when_the_check_cannot_read_the_row(
+    store: ClientStore, table: FakeTableClient, clock: Clock
+) -> None:
+    _, key = store.create("billing", "@example.com", 100)
+    for _ in range(4):  # 3 tokens left
+        counted(store, key)
+    clock.now += CLIENT_CHECK_SECONDS
+    table.fail_next("get")
+
+    with pytest.raises(StorageUnavailable):
+        counted(store, key)
+    # Storage answers again: the check is made, and the 3 tokens are still there.
+    writes = table.calls["update"]
+    for _ in range(3):
+        counted(store, key)
+    assert table.calls["update"] == writes
+
+
+def test_should_serve_the_new_key_from_the_tokens_once_the_row_shows_it(
+    store: ClientStore, table: FakeTableClient, clock: Clock
+) -> None:
+    _, old = store.create("billing", "@example.com", 100)
+    for _ in range(4):  # 3 tokens left
+        counted(store, old)
+    _, new = client_store(table, clock).rotate("billing")
+    writes = table.calls["update"]
+
+    counted(store, new)  # this instance's copy has the old key: it reads the row, then a token
+    with pytest.raises(Unauthorized):  # the old key, refused at once now that the copy is new
+        counted(store, old)
+    counted(store, new)
+
+    assert table.calls["update"] == writes
+    assert row(table)["count"] == 7
+
+
+def test_should_answer_a_client_disabled_elsewhere_with_401_even_over_its_rate(
+    table: FakeTableClient, clock: Clock
+) -> None:
+    one, two = client_store(table, clock), client_store(table, clock)
+    _, key = one.create("billing", "@example.com", 20)
+    for _ in range(3):  # leases of 1 and 2, all used
+        counted(one, key)
+    assert until_refused(two, key) == 17
+    two.set_enabled("billing", False)
+
+    with pytest.raises(Unauthorized, match="disabled"):
+        counted(one, key)
+
+
+def test_should_refuse_to_count_a_disabled_client_it_is_handed(store: ClientStore) -> None:
+    store.create("billing", "@example.com", 100)
+    disabled = store.set_enabled("billing", False)  # the row as it is now, ETag and all
+
+    with pytest.raises(Unauthorized, match="disabled"):
+        store.take(disabled)
