@@ -42,6 +42,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--outbox", type=Path, default=DEFAULT_OUTBOX, help="folder for accepted mails"
     )
     parser.add_argument("--latency-ms", type=int, default=0, help="added latency per mail send")
+    parser.add_argument(
+        "--no-eml",
+        action="store_true",
+        help="write only each mail's .json record to the outbox, not its readable .eml",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return parser.parse_args(argv)
 
@@ -58,7 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.warning("binding %s: the stand-in is meant for loopback only", args.host)
     args.outbox.mkdir(parents=True, exist_ok=True)
     state = StandInState(
-        api_key=args.api_key, outbox=args.outbox, latency_ms=max(0, args.latency_ms)
+        api_key=args.api_key,
+        outbox=args.outbox,
+        latency_ms=max(0, args.latency_ms),
+        write_eml=not args.no_eml,
     )
 
     def ready(url: str) -> None:

@@ -154,11 +154,13 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def write_outbox(outbox: Path, record: Mapping[str, Any], eml: bytes) -> None:
-    """Write <id>.eml then <id>.json (the .json last, so its presence means both are there)."""
+def write_outbox(outbox: Path, record: Mapping[str, Any], eml: bytes | None) -> None:
+    """Write <id>.eml (unless None) then <id>.json (the .json last, so its presence means both
+    are there)."""
     outbox.mkdir(parents=True, exist_ok=True)
     x_message_id = str(record["x_message_id"])
-    _atomic_write(outbox / f"{x_message_id}.eml", eml)
+    if eml is not None:
+        _atomic_write(outbox / f"{x_message_id}.eml", eml)
     _atomic_write(
         outbox / f"{x_message_id}.json",
         json.dumps(record, indent=2, ensure_ascii=False).encode() + b"\n",

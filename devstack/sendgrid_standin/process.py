@@ -43,14 +43,17 @@ class SendGridStandIn:
         port: int = 0,
         latency_ms: int = 0,
         startup_timeout: float = 15.0,
+        write_eml: bool = True,
     ) -> None:
-        """Configure; nothing starts until start(). Without an outbox, a temp folder is used."""
+        """Configure; nothing starts until start(). Without an outbox, a temp folder is used;
+        `write_eml=False` writes only each mail's .json record there."""
         self.api_key = api_key
         self._outbox_arg = Path(outbox) if outbox is not None else None
         self.host = host
         self.port = port
         self.latency_ms = latency_ms
         self.startup_timeout = startup_timeout
+        self.write_eml = write_eml
         self.base_url = ""
         self._outbox: Path | None = None
         self._workdir: Path | None = None
@@ -99,6 +102,7 @@ class SendGridStandIn:
             str(self._outbox),
             "--latency-ms",
             str(self.latency_ms),
+            *([] if self.write_eml else ["--no-eml"]),
         ]
         self._process = ManagedProcess(
             command, log_path=self._workdir / _LOG_NAME, env=env, cleanup_dir=self._workdir

@@ -81,6 +81,9 @@ class StandInState:
     api_key: str = DEFAULT_API_KEY
     outbox: Path = DEFAULT_OUTBOX
     latency_ms: int = 0
+    # False: the outbox gets only each mail's .json record, not its readable .eml (the bench,
+    # where building the .eml would cost the stand-in more CPU than the gateway spends).
+    write_eml: bool = True
     max_body_bytes: int = MAX_BODY_BYTES
     mails: list[dict[str, Any]] = field(default_factory=list)
     script: deque[ScriptedResponse] = field(default_factory=deque)
@@ -307,7 +310,11 @@ class MailSendEndpoint:
         }
         state.mails.append(record)
         try:
-            eml = await asyncio.to_thread(build_eml_or_stub, mail, x_message_id, received)
+            eml = (
+                await asyncio.to_thread(build_eml_or_stub, mail, x_message_id, received)
+                if state.write_eml
+                else None
+            )
             await asyncio.to_thread(write_outbox, state.outbox, record, eml)
         except OSError:
             state.mails.remove(record)

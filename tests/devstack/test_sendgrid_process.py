@@ -204,3 +204,11 @@ def test_should_answer_413_to_a_body_over_30_mib(sg: SendGridStandIn) -> None:
     response = httpx.post(sg.mail_send_url, content=body, headers=headers, timeout=30)
     assert response.status_code == 413
     assert sg.mails() == []
+
+
+def test_should_write_only_json_records_when_asked_for_no_eml(tmp_path: Path) -> None:
+    with SendGridStandIn(outbox=tmp_path / "outbox", write_eml=False) as standin:
+        response = send(standin, minimal_payload())
+    assert response.status_code == 202
+    message_id = response.headers["X-Message-Id"]
+    assert sorted(p.name for p in (tmp_path / "outbox").iterdir()) == [f"{message_id}.json"]
