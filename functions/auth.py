@@ -37,8 +37,9 @@ def client_route(
 ) -> Callable[[ClientHandler], Callable[[func.HttpRequest], func.HttpResponse]]:
     """Run the handler with the authenticated client, or answer 401 (in `refuse`'s format).
 
-    `accepts_mail`: the handler accepts a message, which writes the client's rate counter
-    only if the client's row is unchanged; the key check may then skip reading the row.
+    `accepts_mail`: the handler accepts a message, which takes it from the client's rate
+    (ClientStore.take checks the instance's copy of the client's row at least every
+    CLIENT_CHECK_SECONDS); the key check may then use that copy instead of reading the row.
     """
 
     def wrap(handler: ClientHandler) -> Callable[[func.HttpRequest], func.HttpResponse]:

@@ -15,7 +15,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
@@ -26,6 +26,7 @@ from shared import telemetry
 from shared.activity import ActivityEvent, ActivityLog
 from shared.blobs import MessageBodyStore
 from shared.errors import (
+    ConcurrentUpdate,
     DeliveryError,
     DeliveryInProgress,
     PermanentDeliveryError,
@@ -147,6 +148,11 @@ class Delivery:
             return outcome
 
     def _deliver(self, envelope: QueueEnvelope) -> DeliveryOutcome:
+        if envelope.status_etag is not None and envelope.attempt == 1:
+            # The record as the accept wrote it, unread: the claim fails if it changed since.
+            claimed = self._claim_as_accepted(envelope)
+            if claimed is not None:
+                return self._send(envelope, *claimed)
         with telemetry.span("mailgate.status.read", id=envelope.id):
             status = self._statuses.get(envelope.id) or _first_status(envelope)
         skip = self._reason_to_skip(envelope, status)
@@ -163,6 +169,31 @@ class Delivery:
             status = self._statuses.claim(
                 status.moved(MessageState.SENDING, self._now(), attempts=envelope.attempt)
             )
+        return self._send(envelope, status, loaded)
+
+    def _claim_as_accepted(
+        self, envelope: QueueEnvelope
+    ) -> tuple[MessageStatus, QueueEnvelope | PermanentDeliveryError] | None:
+        """Claim the `queued` record the accept wrote, by its ETag; None if it changed since
+        (a replay, a copy delivered twice, anyone's write): then it must be read."""
+        loaded = self._load_body(envelope)
+        accepted = replace(_first_status(envelope), etag=envelope.status_etag)
+        try:
+            with telemetry.span("mailgate.status.write", id=envelope.id, state="sending"):
+                status = self._statuses.claim(
+                    accepted.moved(MessageState.SENDING, self._now(), attempts=envelope.attempt)
+                )
+        except ConcurrentUpdate:
+            return None
+        return status, loaded
+
+    def _send(
+        self,
+        envelope: QueueEnvelope,
+        status: MessageStatus,
+        loaded: QueueEnvelope | PermanentDeliveryError,
+    ) -> DeliveryOutcome:
+        """Send a claimed message and record the outcome."""
         if isinstance(loaded, PermanentDeliveryError):
             # The claim went through, so nobody sent it meanwhile (and deleted the body then).
             return self._dead_letter(envelope, status, loaded, loaded.reason)

@@ -279,6 +279,9 @@ class QueueEnvelope(BaseModel):
     # The W3C trace context of the accept (traceparent, tracestate): every delivery attempt
     # continues that trace. Absent when telemetry is off.
     trace: dict[str, str] | None = None
+    # The ETag of the `queued` status record the accept wrote: the first attempt claims that
+    # record without reading it first, and reads it only if it changed since.
+    status_etag: str | None = Field(default=None, max_length=256)
     dead_letter: DeadLetter | None = None
 
     @model_validator(mode="after")

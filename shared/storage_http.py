@@ -7,10 +7,11 @@ and a delivery four, so the SDK's overhead was most of the gateway's CPU.
 
 `FastTableClient` and `FastQueueClient` are the SDK's own `TableClient` and `QueueClient` with
 only the per-message calls replaced: inserting, reading, replacing and upserting one entity,
-and sending and deleting one queue message. Everything else (creating tables, queries, peeking, receiving)
-is the SDK's, and so is everything about configuration: the fast calls take the endpoint, API
-version and credential from the SDK client, so both paths always talk to the same account the
-same way. A call with an option the fast path does not know goes to the SDK.
+and sending and deleting one queue message. Everything else (creating tables, queries,
+peeking, receiving) is the SDK's, and so is everything about configuration: the fast calls
+take the endpoint, API version and credential from the SDK client, so both paths always talk
+to the same account the same way. A call with an option the fast path does not know goes to
+the SDK.
 
 Authorisation is the SDK's three kinds: the account key (Shared Key, as in a connection
 string or Azurite), a SAS, or a Microsoft Entra token from the credential (managed identity),

@@ -116,8 +116,9 @@ class Submission:
         StorageUnavailable.
 
         The answer comes only after the enqueue (and, for a message too large for one queue
-        message, the write of its body's blob) succeeded. The status record is written after
-        the enqueue, so a failed enqueue leaves no record claiming the message was queued.
+        message, the write of its body's blob) succeeded. The `queued` status record is written
+        just before the enqueue, and its ETag travels in the envelope, so that delivery's first
+        attempt can claim the record without reading it; a failed enqueue takes the record back.
         """
         claim = None
         if idempotency_key is not None:
@@ -127,20 +128,27 @@ class Submission:
             if claim.replay:
                 return AcceptedMessage(claim.record.message_id, replayed=True)
             envelope = envelope.model_copy(update={"id": claim.record.message_id})
-        # Delivery continues this trace (the accept's span) from the context the envelope carries.
-        envelope = envelope.model_copy(update={"trace": telemetry.current_trace_context()})
         trace.get_current_span().set_attribute("mailgate.id", envelope.id)
+        with telemetry.span("mailgate.status.write", id=envelope.id, state="queued"):
+            queued = _record_queued(envelope, self.statuses)
+        # Delivery continues this trace (the accept's span) from the context the envelope carries.
+        envelope = envelope.model_copy(
+            update={
+                "trace": telemetry.current_trace_context(),
+                "status_etag": queued.etag if queued is not None else None,
+            }
+        )
         domains = envelope.recipient_domains()
         try:
             with telemetry.span("mailgate.enqueue", id=envelope.id, attempt=1):
                 envelope = _enqueue(envelope, self.queue, self.bodies)
         except StorageUnavailable:
+            if queued is not None:
+                _forget_queued(queued, self.statuses)
             if claim is not None:
                 with contextlib.suppress(StorageUnavailable):
                     self.keys.release(claim.record)
             raise
-        with telemetry.span("mailgate.status.write", id=envelope.id, state="queued"):
-            _record_queued(envelope, self.statuses)
         telemetry.accepted.add(1)
         if claim is not None:
             try:
@@ -208,7 +216,8 @@ def _enqueue(envelope: QueueEnvelope, queue: MailQueue, bodies: MessageBodyStore
     return small
 
 
-def _record_queued(envelope: QueueEnvelope, statuses: StatusStore) -> None:
+def _record_queued(envelope: QueueEnvelope, statuses: StatusStore) -> MessageStatus | None:
+    """Write the `queued` record; None if one exists already or it could not be written."""
     status = MessageStatus(
         id=envelope.id,
         state=MessageState.QUEUED,
@@ -217,15 +226,31 @@ def _record_queued(envelope: QueueEnvelope, statuses: StatusStore) -> None:
         client=envelope.client,
     )
     try:
-        # Insert only: delivery may already have written a newer state.
-        statuses.create(status)
+        # Insert only: a record there already (an Idempotency-Key retry of a message whose
+        # enqueue failed and whose record could not be taken back) is left as it is.
+        return statuses.create(status)
     except StorageUnavailable as error:
-        # The message is durably queued; delivery writes the record when it picks it up.
+        # The message can still be queued; delivery writes the record when it picks it up.
         logger.warning(
-            "Message %s queued but its status was not recorded: %s",
+            "Message %s: its status could not be recorded before queueing it: %s",
             envelope.id,
             error,
             extra={"mailgate_id": envelope.id},
+        )
+        return None
+
+
+def _forget_queued(queued: MessageStatus, statuses: StatusStore) -> None:
+    """Take back the `queued` record of a message that was not queued after all."""
+    try:
+        statuses.remove(queued)
+    except StorageUnavailable as error:
+        # A record for an id nobody was given (the request got 503); it never changes.
+        logger.warning(
+            "Message %s not queued; its queued status record stays: %s",
+            queued.id,
+            error,
+            extra={"mailgate_id": queued.id},
         )
 
 

@@ -48,7 +48,7 @@ from shared.queue import MailQueue
 from shared.status import MessageStatus, StatusStore
 
 QUEUE_OPERATIONS = frozenset({"enqueue", "dead_letter", "ensure_exists", "check", "depths"})
-STATUS_OPERATIONS = frozenset({"get", "create", "claim", "put", "check", "ensure_exists"})
+STATUS_OPERATIONS = frozenset({"get", "create", "remove", "claim", "put", "check", "ensure_exists"})
 KEY_OPERATIONS = frozenset({"claim", "complete", "release"})
 BODY_OPERATIONS = frozenset({"put", "get", "delete", "ensure_exists", "check"})
 
@@ -410,13 +410,19 @@ class FakeStatusStore(_OutageControls, StatusStore):
             self.after_get(message_id)
         return record
 
-    def create(self, status: MessageStatus) -> bool:
+    def create(self, status: MessageStatus) -> MessageStatus | None:
         self._outage.check("create")
         if status.id in self.records:
-            return False
+            return None
         self.journal.append(f"status.create {status.state.value}")
-        self.add(status)
-        return True
+        return self.add(status)
+
+    def remove(self, status: MessageStatus) -> None:
+        self._outage.check("remove")
+        stored = self.records.get(status.id)
+        if stored is not None and stored.etag == status.etag:
+            self.journal.append(f"status.remove {stored.state.value}")
+            del self.records[status.id]
 
     def claim(self, status: MessageStatus) -> MessageStatus:
         self._outage.check("claim")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from devstack.sendgrid_standin import SendGridStandIn
-from shared.clients import ClientStore
+from shared.clients import CLIENT_CHECK_SECONDS, ClientStore
 from tests.e2e.conftest import (
     MAX_DELIVERY_ATTEMPTS,
     RETRY_BASE_DELAY_SECONDS,
@@ -264,6 +264,8 @@ def test_should_serve_each_client_alone_and_stop_a_disabled_one(
     )
     narrow = stack.post_message(full_message(), key=other_key)
     clients.set_enabled(name, False)
+    # An instance checks its copy of the client's row at least every CLIENT_CHECK_SECONDS.
+    time.sleep(CLIENT_CHECK_SECONDS + 0.2)
     disabled = stack.post_message(full_message(**{"from": "x@apps.example.com"}), key=other_key)
 
     assert peek.status_code == 404

@@ -10,6 +10,7 @@ import azure.functions as func
 import pytest
 
 from functions.sendgrid_compat import sendgrid_mail_send
+from shared.clients import ClientStore
 from shared.gateway import Gateway
 from shared.status import MessageState
 from tests.fakes import FakeIdempotencyStore, FakeMailQueue, FakeStatusStore
@@ -271,3 +272,18 @@ def test_should_answer_401_in_sendgrids_format_without_a_client_key(
     assert entry["field"] is None
     assert "Bearer" in entry["message"] or "not valid" in entry["message"]
     assert fake_queue.messages == []
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_answer_429_in_sendgrids_format_once_the_client_is_over_its_rate(
+    clients: ClientStore, fake_queue: FakeMailQueue
+) -> None:
+    _, key = clients.create("tiny-v3", "@example.com", 1)
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+
+    answers = [post(body(sendgrid_mail()), headers) for _ in range(2)]
+
+    assert [a.status_code for a in answers] == [202, 429]
+    assert answers[1].headers["Retry-After"] == "60"
+    assert "1 message(s) per minute" in errors_of(answers[1])[0]["message"]
+    assert len(fake_queue.envelopes) == 1

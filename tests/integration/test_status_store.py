@@ -21,8 +21,10 @@ def queued(id: str = "msg-i1") -> MessageStatus:
 
 
 def test_should_create_a_record_once(statuses: StatusStore) -> None:
-    assert statuses.create(queued()) is True
-    assert statuses.create(queued().moved(MessageState.SENT, LATER)) is False
+    created = statuses.create(queued())
+    assert created is not None
+    assert created.etag
+    assert statuses.create(queued().moved(MessageState.SENT, LATER)) is None
 
     stored = statuses.get("msg-i1")
 
@@ -208,3 +210,20 @@ def test_should_report_storage_unavailable_when_nothing_listens() -> None:
 
     with pytest.raises(StorageUnavailable, match="msg-i1"):
         StatusStore(table).get("msg-i1")
+
+
+def test_should_remove_a_record_only_while_it_is_as_written(statuses: StatusStore) -> None:
+    first = statuses.create(queued("msg-r1"))
+    second = statuses.create(queued("msg-r2"))
+    assert first is not None
+    assert second is not None
+    statuses.put(second.moved(MessageState.SENDING, LATER))
+
+    statuses.remove(first)
+    statuses.remove(second)  # changed since: stays
+    statuses.remove(first)  # gone already: nothing to do
+
+    assert statuses.get("msg-r1") is None
+    stored = statuses.get("msg-r2")
+    assert stored is not None
+    assert stored.state is MessageState.SENDING

@@ -39,7 +39,7 @@ from tests.fakes import (
     JitterAt,
     Journal,
 )
-from tests.samples import NOW, envelope, sendgrid_envelope, sendgrid_mail, settings_with
+from tests.samples import CLIENT, NOW, envelope, sendgrid_envelope, sendgrid_mail, settings_with
 
 LATER = NOW + timedelta(minutes=5)
 SERVER_ERROR = RetryableDeliveryError(
@@ -814,6 +814,89 @@ def test_should_not_lose_a_message_whose_retry_could_not_be_enqueued(
 
     assert outcomes[-1].startswith(("sent", "retry_scheduled")), outcomes
     assert [e.attempt for e in fake_queue.envelopes] == [2] or len(sender.payloads) == 2
+
+
+# --- the first attempt claims the accept's record by its ETag, unread -------------------------
+
+
+def accepted_record(statuses: FakeStatusStore, queued: QueueEnvelope) -> QueueEnvelope:
+    """Write the `queued` record as the accept does; the envelope carrying its ETag."""
+    created = statuses.create(
+        MessageStatus(
+            id=queued.id,
+            state=MessageState.QUEUED,
+            accepted_at=queued.accepted_at,
+            updated_at=queued.accepted_at,
+            client=queued.client,
+        )
+    )
+    assert created is not None
+    return queued.model_copy(update={"status_etag": created.etag})
+
+
+def test_should_claim_the_accepted_record_by_its_etag_without_reading_it(
+    settings: Settings, fake_queue: FakeMailQueue
+) -> None:
+    statuses = FakeStatusStore(fake_queue.journal)
+    queued = accepted_record(statuses, envelope(id="msg-e1"))
+    statuses.make_unavailable(["get"])  # a read would fail the delivery
+
+    outcome = deliver(queued, FakeMailSender("sg-e1"), fake_queue, settings, statuses=statuses)
+
+    assert outcome.result == "sent"
+    assert fake_queue.journal == ["status.create queued", "status.claim sending", "status.put sent"]
+    record = statuses.records["msg-e1"]
+    assert (record.state, record.attempts, record.client) == (MessageState.SENT, 1, CLIENT.name)
+    assert record.accepted_at == queued.accepted_at
+
+
+@pytest.mark.parametrize(
+    ("written", "result"),
+    [
+        (MessageState.SENT, "skipped"),  # a copy that outlived the send
+        (MessageState.FAILED, "skipped"),  # dead-lettered meanwhile
+        (MessageState.QUEUED, "sent"),  # rewritten (a replay): read, then claimed again
+    ],
+)
+def test_should_read_the_record_when_it_changed_since_the_accept(
+    settings: Settings, fake_queue: FakeMailQueue, written: MessageState, result: str
+) -> None:
+    statuses = FakeStatusStore(fake_queue.journal)
+    queued = accepted_record(statuses, envelope(id="msg-e2"))
+    statuses.add(status_of(queued, written, attempts=1))
+    sender = FakeMailSender("sg-e2")
+
+    outcome = deliver(queued, sender, fake_queue, settings, statuses=statuses)
+
+    assert outcome.result == result
+    assert len(sender.payloads) == (1 if result == "sent" else 0)
+
+
+def test_should_wait_for_another_worker_that_claimed_the_accepted_record_first(
+    settings: Settings, fake_queue: FakeMailQueue
+) -> None:
+    statuses = FakeStatusStore(fake_queue.journal)
+    queued = accepted_record(statuses, envelope(id="msg-e3"))
+    statuses.add(status_of(queued, MessageState.SENDING, attempts=1, updated_at=LATER))
+    sender = FakeMailSender("sg-e3")
+
+    with pytest.raises(DeliveryInProgress):
+        deliver(queued, sender, fake_queue, settings, statuses=statuses)
+
+    assert sender.payloads == []
+
+
+def test_should_not_use_the_etag_on_a_later_attempt(
+    settings: Settings, fake_queue: FakeMailQueue
+) -> None:
+    statuses = FakeStatusStore(fake_queue.journal)
+    queued = accepted_record(statuses, envelope(id="msg-e4"))
+    statuses.add(status_of(queued, MessageState.RETRYING, attempts=1))
+    retry = queued.model_copy(update={"attempt": 2})
+    statuses.make_unavailable(["get"])
+
+    with pytest.raises(StorageUnavailable):
+        deliver(retry, FakeMailSender("sg-e4"), fake_queue, settings, statuses=statuses)
 
 
 # --- claim-check: a body kept in a blob ----------------------------------------------------

@@ -52,6 +52,9 @@ class RecordingTable:
         self._call("upsert_entity", entity, options)
         return {"etag": "etag-upserted"}
 
+    def delete_entity(self, partition_key: str, row_key: str, **options: Any) -> None:
+        self._call("delete_entity", (partition_key, row_key), options)
+
     def query_entities(self, query: str, **options: Any) -> list[Any]:
         self._call("query_entities", query, options)
         return []
@@ -214,8 +217,30 @@ def test_should_report_a_lost_claim_as_a_concurrent_update(
         store(RecordingTable(error)).claim(replace(QUEUED, etag=etag))
 
 
-def test_should_report_an_existing_record_when_creating_as_false() -> None:
-    assert store(RecordingTable(ResourceExistsError("exists"))).create(QUEUED) is False
+def test_should_report_an_existing_record_when_creating_as_none() -> None:
+    assert store(RecordingTable(ResourceExistsError("exists"))).create(QUEUED) is None
+
+
+def test_should_return_a_created_record_with_its_etag() -> None:
+    assert store(RecordingTable()).create(QUEUED) == replace(QUEUED, etag="etag-created")
+
+
+def test_should_remove_a_record_only_if_unchanged_and_shrug_if_it_changed_or_went() -> None:
+    table = RecordingTable()
+    store(table).remove(replace(QUEUED, etag="etag-1"))
+
+    for error in (ResourceModifiedError("changed"), ResourceNotFoundError("gone")):
+        store(RecordingTable(error)).remove(replace(QUEUED, etag="etag-1"))
+    with pytest.raises(StorageUnavailable, match="msg-s1"):
+        store(RecordingTable(ServiceRequestError("down"))).remove(replace(QUEUED, etag="etag-1"))
+
+    assert table.calls == [
+        (
+            "delete_entity",
+            ("msg-s1", "status"),
+            {"etag": "etag-1", "match_condition": MatchConditions.IfNotModified},
+        )
+    ]
 
 
 def test_should_accept_a_table_that_already_exists() -> None:

@@ -345,13 +345,15 @@ def test_should_refuse_custom_args_that_reach_10000_bytes_once_the_gateway_id_is
 # --- the status record ---------------------------------------------------------------------
 
 
-def test_should_record_the_message_as_queued_after_enqueuing_it(
+def test_should_record_the_message_as_queued_before_enqueuing_it_with_its_etag(
     settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
 ) -> None:
     submit(body(message()), settings, fake_queue, new_id="msg-q1", statuses=fake_statuses)
 
-    assert fake_queue.journal == ["queue.enqueue", "status.create queued"]
+    assert fake_queue.journal == ["status.create queued", "queue.enqueue"]
     status = fake_statuses.records["msg-q1"]
+    # Delivery's first attempt claims the record by this ETag instead of reading it.
+    assert [e.status_etag for e in fake_queue.envelopes] == [status.etag]
     assert (status.state, status.attempts) == (MessageState.QUEUED, 0)
     assert (status.accepted_at, status.updated_at) == (NOW, NOW)
     assert status.to_document() == {
@@ -380,7 +382,7 @@ def test_should_leave_a_newer_status_written_by_delivery_in_place(
     assert fake_statuses.records["msg-q2"] == sent
 
 
-def test_should_record_no_status_when_the_enqueue_fails(
+def test_should_take_the_status_back_when_the_enqueue_fails(
     settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
 ) -> None:
     fake_queue.make_unavailable(["enqueue"])
@@ -389,7 +391,27 @@ def test_should_record_no_status_when_the_enqueue_fails(
         submit(body(message()), settings, fake_queue, statuses=fake_statuses)
 
     assert fake_statuses.records == {}
-    assert fake_queue.journal == []
+    assert fake_queue.journal == ["status.create queued", "status.remove queued"]
+
+
+def test_should_answer_503_and_leave_the_record_when_it_cannot_be_taken_back_either(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_statuses: FakeStatusStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake_queue.make_unavailable(["enqueue"])
+    fake_statuses.make_unavailable(["remove"])
+
+    with (
+        caplog.at_level(logging.WARNING, logger="shared.submission"),
+        pytest.raises(StorageUnavailable, match="mail-outbound"),
+    ):
+        submit(body(message()), settings, fake_queue, new_id="msg-q4", statuses=fake_statuses)
+
+    assert fake_statuses.records["msg-q4"].state is MessageState.QUEUED
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "msg-q4 not queued" in warning.getMessage()
 
 
 def test_should_accept_a_queued_message_whose_status_could_not_be_written(
@@ -406,11 +428,12 @@ def test_should_accept_a_queued_message_whose_status_could_not_be_written(
         )
 
     assert accepted == AcceptedMessage(id="msg-q3", status="queued")
-    assert [e.id for e in fake_queue.envelopes] == ["msg-q3"]
+    # Without an ETag: delivery reads the record (there is none) before claiming it.
+    assert [(e.id, e.status_etag) for e in fake_queue.envelopes] == [("msg-q3", None)]
     assert fake_statuses.records == {}
     [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "msg-q3" in warning.getMessage()
-    assert "status was not recorded" in warning.getMessage()
+    assert "status could not be recorded" in warning.getMessage()
 
 
 # --- Idempotency-Key -----------------------------------------------------------------------
@@ -683,7 +706,10 @@ def big_attachment(size: int = 45_000) -> dict[str, str]:
 def envelope_size(document: dict[str, Any], message_id: str = "msg-0001") -> int:
     """How many bytes of JSON the document's envelope would take on the queue."""
     request = MailRequest.model_validate(document, context={"now": NOW})
-    queued = QueueEnvelope(id=message_id, accepted_at=NOW, client=CLIENT.name, message=request)
+    # With the ETag of its `queued` record, as a new FakeStatusStore's first record has it.
+    queued = QueueEnvelope(
+        id=message_id, accepted_at=NOW, client=CLIENT.name, message=request, status_etag="etag-1"
+    )
     return len(queued.to_json().encode())
 
 
@@ -713,7 +739,7 @@ def test_should_keep_the_body_of_a_message_too_large_for_a_queue_message_in_a_bl
     assert (stored.version, stored.id) == (1, "msg-b1")
     assert stored.message == MailRequest.model_validate(document, context={"now": NOW})
     # The body is in place before anything on the queue points at it.
-    assert fake_queue.journal == ["blobs.put", "queue.enqueue", "status.create queued"]
+    assert fake_queue.journal == ["status.create queued", "blobs.put", "queue.enqueue"]
     assert fake_statuses.records["msg-b1"].state is MessageState.QUEUED
 
 
@@ -802,7 +828,12 @@ def test_should_delete_the_blob_and_record_nothing_when_the_enqueue_fails(
         )
 
     assert fake_bodies.blobs == {}
-    assert fake_queue.journal == ["blobs.put", "blobs.delete"]
+    assert fake_queue.journal == [
+        "status.create queued",
+        "blobs.put",
+        "blobs.delete",
+        "status.remove queued",
+    ]
     assert fake_statuses.records == {}
     assert fake_keys.record_for("order-b2") is None
 
@@ -974,7 +1005,7 @@ def test_should_queue_a_v3_body_exactly_as_the_client_sent_it(
     assert queued.message is None
     assert queued.sendgrid == sendgrid_mail()
     assert "mailgate_id" not in fake_queue.messages[0].text
-    assert fake_queue.journal == ["queue.enqueue", "status.create queued"]
+    assert fake_queue.journal == ["status.create queued", "queue.enqueue"]
     assert fake_statuses.records["msg-v3"].state is MessageState.QUEUED
 
 
