@@ -11,12 +11,28 @@ Rows are written with an unconditional upsert keyed by message, attempt and outc
 no ETag, nothing two workers contend for, and a redelivered copy rewrites its own row. Writing
 one is best effort: the row feeds the operator's view, the status record stays the truth, and a
 failed write only logs a warning.
+
+Written one at a time, that is one storage round trip per delivery outcome, inside the queue
+trigger, for a view an operator looks at now and then. So the gateway (`Gateway.from_settings`)
+buffers them instead: `record` only adds the row to memory, and a background thread writes what
+is buffered `ACTIVITY_FLUSH_SECONDS` after the first unwritten row arrived, as one entity group
+transaction per minute's partition (at most 100 rows each). Under load that is one call per up
+to 100 outcomes instead of one per outcome; at low traffic an outcome shows within that delay.
+The buffer is bounded (`MAX_PENDING_EVENTS`): past it, outcomes are dropped and counted in one
+warning per flush. A batch that fails is logged and dropped, never retried: rows buffered when
+the process ends are lost but for a best-effort flush at exit. Built without `flush_seconds`,
+the log writes each row at once, as tests and tools that read it straight back expect.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
+import threading
+import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -33,6 +49,14 @@ PARTITION_PREFIX = "activity-"
 # Minutes since 1970 stay below this until the year 20983.
 _INVERSION = 9_999_999_999
 _COLUMNS = ["message_id", "state", "attempt", "at"]
+# How long the gateway buffers outcomes before writing them (Gateway.from_settings).
+ACTIVITY_FLUSH_SECONDS = 0.5
+# Outcomes buffered and not yet written, at most; more are dropped until the next flush.
+MAX_PENDING_EVENTS = 10_000
+# The service refuses an entity group transaction of more operations.
+MAX_TRANSACTION_OPERATIONS = 100
+
+_Key = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -78,27 +102,46 @@ def partition_of(at: datetime) -> str:
 
 
 class ActivityLog:
-    """Delivery outcomes in per-minute partitions of the status table."""
+    """Delivery outcomes in per-minute partitions of the status table.
 
-    def __init__(self, table: TableClient) -> None:
+    Without `flush_seconds`, `record` writes each outcome at once, one upsert per call. With it,
+    `record` only buffers the row (one per partition and row key, the last recorded wins), and a
+    daemon thread, started on the first `record`, writes the buffer `flush_seconds` after its
+    first row arrived, one entity group transaction per partition and per 100 rows; `flush()`
+    writes it at once, and so does the process at exit (best effort). Either way `record` never
+    raises and a failed write is only logged: the status record is the truth, this is a view.
+    """
+
+    def __init__(self, table: TableClient, *, flush_seconds: float | None = None) -> None:
+        if flush_seconds is not None and not flush_seconds > 0:
+            raise ValueError(f"flush_seconds must be positive or None, not {flush_seconds!r}")
         self._table = table
+        self._flush_seconds = flush_seconds
+        # Guards the buffer and the flusher's state; never held during a storage call.
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        self._pending: dict[_Key, dict[str, Any]] = {}
+        self._first_pending_at: float | None = None  # time.monotonic() of the oldest unwritten
+        self._dropped = 0
+        self._flusher: threading.Thread | None = None
+        self._closed = False
+        # One flush writes at a time, so flush() returns only once an earlier one is written.
+        self._writing = threading.Lock()
+
+    @property
+    def buffered(self) -> bool:
+        """True if `record` buffers rows for a background flush, False if it writes at once."""
+        return self._flush_seconds is not None
 
     def record(self, event: ActivityEvent) -> None:
-        """Write one outcome; a failure is logged, never raised (the status record is written)."""
-        if event.message_id is None:
-            # A queue message that was not an envelope: counted, but listed under no id.
-            row = f"~unreadable-{uuid.uuid4().hex}"
-        else:
-            row = f"{event.message_id}-{event.attempt:04d}-{event.state.value}"
-        entity: dict[str, Any] = {
-            "PartitionKey": partition_of(event.at),
-            "RowKey": row,
-            "state": event.state.value,
-            "attempt": event.attempt,
-            "at": event.at,
-        }
-        if event.message_id is not None:
-            entity["message_id"] = event.message_id
+        """Write one outcome, or buffer it; a failure is logged, never raised (the status
+        record is written)."""
+        entity = _to_entity(event)
+        if self._flush_seconds is not None:
+            with self._lock:
+                if not self._closed:
+                    self._buffer(entity)
+                    return
         try:
             self._table.upsert_entity(entity, mode=UpdateMode.REPLACE)
         except AzureError as error:
@@ -108,6 +151,97 @@ class ActivityLog:
                 event.state.value,
                 type(error).__name__,
                 extra={"mailgate_id": event.message_id},
+            )
+
+    def flush(self) -> None:
+        """Write every buffered outcome now (nothing to do for a log that writes at once).
+
+        Returns once they are written or given up on, and once any flush already under way has
+        finished: what was recorded before the call is in the table unless its write failed.
+        """
+        with self._writing:
+            with self._lock:
+                pending, self._pending = self._pending, {}
+                dropped, self._dropped = self._dropped, 0
+                self._first_pending_at = None
+            if dropped:
+                logger.warning(
+                    "Activity log: %d outcome(s) were dropped, not written: more than %d were "
+                    "waiting to be written",
+                    dropped,
+                    MAX_PENDING_EVENTS,
+                )
+            by_partition: dict[str, list[dict[str, Any]]] = {}
+            for entity in pending.values():
+                by_partition.setdefault(entity["PartitionKey"], []).append(entity)
+            for rows in by_partition.values():
+                for start in range(0, len(rows), MAX_TRANSACTION_OPERATIONS):
+                    self._write_batch(rows[start : start + MAX_TRANSACTION_OPERATIONS])
+
+    def close(self) -> None:
+        """Write what is buffered and stop the flusher; later outcomes are written at once."""
+        with self._lock:
+            self._closed = True
+            self._arrived.notify_all()
+            flusher = self._flusher
+        if flusher is not None:
+            flusher.join()
+        self.flush()
+
+    def _buffer(self, entity: dict[str, Any]) -> None:
+        # Called with the lock held.
+        key = (entity["PartitionKey"], entity["RowKey"])
+        if key not in self._pending and len(self._pending) >= MAX_PENDING_EVENTS:
+            self._dropped += 1  # the flusher is already due: the buffer is not empty
+            return
+        self._pending[key] = entity
+        if self._first_pending_at is None:
+            self._first_pending_at = time.monotonic()
+            self._arrived.notify_all()
+        if self._flusher is None and self._flush_seconds is not None:
+            self._flusher = threading.Thread(
+                target=self._flush_when_due,
+                args=(self._flush_seconds,),
+                name="mailgate-activity-flusher",
+                daemon=True,
+            )
+            self._flusher.start()
+            atexit.register(_flush_at_exit, weakref.ref(self))
+
+    def _flush_when_due(self, delay: float) -> None:
+        # The flusher thread: waits for a first unwritten row, then until it is due, flushes.
+        while True:
+            with self._lock:
+                while not self._closed:
+                    first = self._first_pending_at
+                    remaining = None if first is None else first + delay - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        break
+                    # Woken early by a first row, or by close(); an explicit flush() may have
+                    # written the rows meanwhile, and the wait then starts over.
+                    self._arrived.wait(remaining)
+                else:
+                    return  # closed: close() writes what is left
+            try:
+                self.flush()
+            except Exception as error:  # whatever it was, the next rows still get their flush
+                logger.warning("Activity log: a flush failed: %s", type(error).__name__)
+
+    def _write_batch(self, rows: list[dict[str, Any]]) -> None:
+        # Rows of one partition, at most MAX_TRANSACTION_OPERATIONS, no row key twice.
+        try:
+            if len(rows) == 1:
+                self._table.upsert_entity(rows[0], mode=UpdateMode.REPLACE)
+            else:
+                self._table.submit_transaction(
+                    [("upsert", row, {"mode": UpdateMode.REPLACE}) for row in rows]
+                )
+        except AzureError as error:
+            logger.warning(
+                "Activity log: %d outcome(s) were not written, the console will miss them "
+                "(delivery is unaffected): %s",
+                len(rows),
+                type(error).__name__,
             )
 
     def between(self, start: datetime, end: datetime, limit: int) -> ActivityWindow:
@@ -178,3 +312,29 @@ def _from_entity(entity: Any) -> ActivityEvent | None:
     except (KeyError, TypeError, ValueError):
         return None  # not an activity row: skipped rather than failing the whole view
     return ActivityEvent(entity.get("message_id"), state, attempt, at)
+
+
+def _to_entity(event: ActivityEvent) -> dict[str, Any]:
+    if event.message_id is None:
+        # A queue message that was not an envelope: counted, but listed under no id.
+        row = f"~unreadable-{uuid.uuid4().hex}"
+    else:
+        row = f"{event.message_id}-{event.attempt:04d}-{event.state.value}"
+    entity: dict[str, Any] = {
+        "PartitionKey": partition_of(event.at),
+        "RowKey": row,
+        "state": event.state.value,
+        "attempt": event.attempt,
+        "at": event.at,
+    }
+    if event.message_id is not None:
+        entity["message_id"] = event.message_id
+    return entity
+
+
+def _flush_at_exit(log: weakref.ref[ActivityLog]) -> None:
+    # Best effort: rows still buffered when the interpreter exits.
+    alive = log()
+    if alive is not None:
+        with contextlib.suppress(Exception):
+            alive.flush()

@@ -14,7 +14,7 @@ from typing import Any
 from opentelemetry.trace import SpanKind
 
 from shared import telemetry
-from shared.activity import ActivityLog
+from shared.activity import ACTIVITY_FLUSH_SECONDS, ActivityLog
 from shared.blobs import MessageBodyStore
 from shared.clients import Client, ClientStore
 from shared.console import Console
@@ -74,7 +74,8 @@ class Gateway:
             statuses.table, timedelta(hours=settings.idempotency_retention_hours)
         )
         self.clients = clients
-        # Its rows live in the status table, in partitions of their own.
+        # Its rows live in the status table, in partitions of their own. Written at once unless
+        # the caller passes a buffered log, as from_settings does.
         self.activity = activity or ActivityLog(statuses.table)
         # SendGrid's delivery events live beside the status records, in the same table.
         self.events = events or DeliveryEventStore(statuses.table)
@@ -98,14 +99,20 @@ class Gateway:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Gateway:
-        """A gateway talking to the configured storage account and SendGrid endpoint."""
+        """A gateway talking to the configured storage account and SendGrid endpoint.
+
+        Its activity log is written in the background, in batches (see shared/activity.py):
+        delivery waits on no storage call for the console's view.
+        """
+        statuses = StatusStore.from_settings(settings)
         return cls(
             settings,
             MailQueue.from_settings(settings),
             MessageBodyStore.from_settings(settings),
-            StatusStore.from_settings(settings),
+            statuses,
             SendGridClient.from_settings(settings),
             ClientStore.from_settings(settings),
+            activity=ActivityLog(statuses.table, flush_seconds=ACTIVITY_FLUSH_SECONDS),
         )
 
     def authenticate(self, authorization: str | None, *, counted: bool = False) -> Client:

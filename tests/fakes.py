@@ -598,7 +598,9 @@ class FakeMailSender:
         return outcome
 
 
-TABLE_OPERATIONS = frozenset({"create_table", "create", "get", "update", "query", "transaction"})
+TABLE_OPERATIONS = frozenset(
+    {"create_table", "create", "get", "update", "upsert", "query", "transaction"}
+)
 # The service refuses a transaction of more operations.
 MAX_TRANSACTION_OPERATIONS = 100
 
@@ -670,6 +672,14 @@ class FakeTableClient(_OutageControls):
         row = {**self.rows[key], **entity} if mode is UpdateMode.MERGE else dict(entity)
         return self._store(key, row)
 
+    def upsert_entity(
+        self, entity: dict[str, Any], mode: UpdateMode = UpdateMode.MERGE
+    ) -> dict[str, Any]:
+        self._check("upsert")
+        key = (entity["PartitionKey"], entity["RowKey"])
+        row = {**self.rows.get(key, {}), **entity} if mode is UpdateMode.MERGE else dict(entity)
+        return self._store(key, row)
+
     def submit_transaction(self, operations: Iterable[tuple[Any, ...]]) -> list[dict[str, Any]]:
         if self.before_transaction is not None:
             self.before_transaction()
@@ -681,10 +691,18 @@ class FakeTableClient(_OutageControls):
             raise transaction_error(0, "InvalidInput", "too many operations")
         rows, etags = dict(self.rows), dict(self._etags)
         results = []
+        touched: set[tuple[str, str]] = set()
         for index, (kind, entity, *rest) in enumerate(operations):
             options: dict[str, Any] = rest[0] if rest else {}
             key = (entity["PartitionKey"], entity["RowKey"])
-            if kind == "create":
+            if key in touched:
+                # The service refuses a transaction that names one entity twice.
+                raise transaction_error(index, TableErrorCode.INVALID_DUPLICATE_ROW)
+            touched.add(key)
+            if kind == "upsert":
+                mode = options.get("mode", UpdateMode.MERGE)
+                row = {**rows.get(key, {}), **entity} if mode is UpdateMode.MERGE else dict(entity)
+            elif kind == "create":
                 if key in rows:
                     raise transaction_error(index, TableErrorCode.ENTITY_ALREADY_EXISTS)
                 row = dict(entity)

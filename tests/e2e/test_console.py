@@ -36,6 +36,10 @@ CHROMIUM_FLAGS = [
 ]
 # The page refreshes its summary every 5 s: a state change shows within two refreshes.
 PAGE_TIMEOUT_MS = 20_000
+# For expectations that wait on the next refresh, or on an activity row: the gateway writes
+# those in the background up to 0.5 s after the status record (shared/activity.py), so a page
+# opened in between shows them only a refresh later. Playwright's expect() waits 5 s by default.
+REFRESHED_MS = 15_000
 
 
 def find_chromium() -> str | None:
@@ -97,6 +101,20 @@ def open_console(opened: OpenedPage, host: RunningHost) -> Page:
     return page
 
 
+def latest_ids(host: RunningHost) -> list[str]:
+    """The ids of the console summary's latest messages (those with the newest activity rows)."""
+    response = host.admin("GET", "/api/v1/console/summary")
+    assert response.status_code == 200, response.text
+    return [message["id"] for message in response.json()["latest"]]
+
+
+def activity_states(host: RunningHost, message_id: str) -> list[str]:
+    """The outcomes the activity log holds for a message, oldest first."""
+    response = host.admin("GET", f"/api/v1/console/messages/{message_id}")
+    assert response.status_code == 200, response.text
+    return [event["state"] for event in response.json()["activity"]]
+
+
 def screenshot(page: Page, folder: Path, name: str = "console.png") -> Path:
     """A full-page screenshot in the test's output folder; its path is printed."""
     path = folder / name
@@ -124,10 +142,14 @@ def test_should_show_depths_the_hour_and_a_message_sent_with_no_console_error(
 ) -> None:
     sent_id = accept(stack, subject="Shown on the console")
     wait_for(lambda: stack.status(sent_id)["status"] == "sent")
+    # Its activity row follows the status record by up to half a second.
+    wait_for(lambda: sent_id in latest_ids(stack))
 
     page = open_console(console_page, stack)
 
-    expect(page.locator(f'#latest tr[data-id="{sent_id}"] .state')).to_have_text("sent")
+    expect(page.locator(f'#latest tr[data-id="{sent_id}"] .state')).to_have_text(
+        "sent", timeout=REFRESHED_MS
+    )
     expect(page.locator("#depth-mail")).to_have_text(re.compile(r"^\d+$"))
     expect(page.locator("#depth-poison")).to_have_text("0")
     expect(page.locator("#name-mail")).to_have_text("mail-e2e")
@@ -151,6 +173,8 @@ def test_should_show_a_dead_letters_timeline_and_resend_it_when_replayed_from_th
     dead_id = accept(stack, subject="Refused, then replayed")
     wait_for(lambda: dead_letter_for(queues, dead_id))
     wait_for(lambda: stack.status(dead_id)["status"] == "failed")
+    # The timeline lists the dead-lettering from its activity row, written just after.
+    wait_for(lambda: activity_states(stack, dead_id) == ["failed"])
 
     page = open_console(console_page, stack)
     row = page.locator(f'#dead-letters tr[data-id="{dead_id}"]')
@@ -173,7 +197,11 @@ def test_should_show_a_dead_letters_timeline_and_resend_it_when_replayed_from_th
     [mail] = wait_for(lambda: mails_for(standin, dead_id), timeout=20)
     assert mail["payload"]["subject"] == "Refused, then replayed"
     wait_for(lambda: stack.status(dead_id)["status"] == "sent", timeout=20)
-    expect(page.locator(f'#latest tr[data-id="{dead_id}"] .state')).to_have_text("sent")
+    wait_for(lambda: activity_states(stack, dead_id) == ["failed", "sent"])
+    # Shown at the page's next refresh of the summary.
+    expect(page.locator(f'#latest tr[data-id="{dead_id}"] .state')).to_have_text(
+        "sent", timeout=REFRESHED_MS
+    )
     expect(page.locator("#dead-empty")).to_be_visible()
     expect(page.locator("#depth-poison")).to_have_text("0")
     page.click(f'#latest tr[data-id="{dead_id}"] button.link')

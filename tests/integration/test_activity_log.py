@@ -1,9 +1,15 @@
 """The activity log in Azurite's table: per-minute partitions read newest first, one message's
-rows found by key range, and status records and idempotency rows never mistaken for activity."""
+rows found by key range, status records and idempotency rows never mistaken for activity, and
+buffered outcomes written by a background flusher in entity group transactions."""
 
 from __future__ import annotations
 
+import collections
+import threading
+import time
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
+from typing import Any, cast
 
 import pytest
 from azure.core.exceptions import ServiceRequestError
@@ -127,3 +133,207 @@ def test_should_log_but_not_raise_when_an_outcome_cannot_be_written(
     log.record(ActivityEvent("msg-1", SENT, 1, NOW))
 
     assert "msg-1: its sent outcome was not added to the activity log" in caplog.text
+
+
+class CountingTable:
+    """The real table client, counting the calls that write and the rows in each transaction."""
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+        self.table_name = table.table_name
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.transaction_sizes: list[int] = []
+
+    def upsert_entity(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls["upsert_entity"] += 1
+        return self._table.upsert_entity(*args, **kwargs)
+
+    def submit_transaction(self, operations: Any, **kwargs: Any) -> Any:
+        operations = list(operations)
+        self.calls["submit_transaction"] += 1
+        self.transaction_sizes.append(len(operations))
+        return self._table.submit_transaction(operations, **kwargs)
+
+    def query_entities(self, *args: Any, **kwargs: Any) -> Any:
+        return self._table.query_entities(*args, **kwargs)
+
+    @property
+    def writes(self) -> int:
+        return self.calls["upsert_entity"] + self.calls["submit_transaction"]
+
+
+class DroppingTable(CountingTable):
+    """The real table client, but every write fails as if the network were down while `down`."""
+
+    down = False
+
+    def upsert_entity(self, *args: Any, **kwargs: Any) -> Any:
+        if self.down:
+            self.calls["refused"] += 1
+            raise ServiceRequestError("connection refused")
+        return super().upsert_entity(*args, **kwargs)
+
+    def submit_transaction(self, operations: Any, **kwargs: Any) -> Any:
+        if self.down:
+            self.calls["refused"] += 1
+            raise ServiceRequestError("connection refused")
+        return super().submit_transaction(operations, **kwargs)
+
+
+@pytest.fixture
+def counting(status_table: TableClient) -> CountingTable:
+    return CountingTable(status_table)
+
+
+@pytest.fixture
+def buffered_logs() -> Iterator[Callable[..., ActivityLog]]:
+    """Builds buffered activity logs, each closed (its flusher stopped) after the test."""
+    built: list[ActivityLog] = []
+
+    def build(table: object, flush_seconds: float) -> ActivityLog:
+        log = ActivityLog(cast(TableClient, table), flush_seconds=flush_seconds)
+        built.append(log)
+        return log
+
+    yield build
+    for log in built:
+        log.close()
+
+
+def poll(probe: Callable[[], bool], timeout: float) -> float:
+    """Seconds until `probe` held; fails the test if it did not within `timeout`."""
+    start = time.monotonic()
+    while not probe():
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"not true within {timeout}s")
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+def test_should_write_a_buffer_of_250_outcomes_in_a_few_transactions_per_minute(
+    counting: CountingTable, buffered_logs: Callable[..., ActivityLog]
+) -> None:
+    # Far longer than the test: only flush() writes.
+    log = buffered_logs(counting, flush_seconds=60)
+    events = [ActivityEvent(f"msg-{n:03d}", SENT, 1, at(1)) for n in range(170)]
+    events += [ActivityEvent(f"msg-{n:03d}", RETRYING, 2, at(2)) for n in range(80)]
+    for event in events:
+        log.record(event)
+    # Redelivered copies: the same rows again, a transaction may hold each row only once.
+    later = [ActivityEvent(f"msg-{n:03d}", SENT, 1, at(1) + timedelta(seconds=1)) for n in range(5)]
+    for event in later:
+        log.record(event)
+
+    assert counting.writes == 0
+    log.flush()
+
+    window = ActivityLog(counting._table).between(HOUR_START, NOW, limit=1000)
+    assert window.complete is True
+    assert sorted(window.events, key=repr) == sorted(later + events[5:], key=repr)
+    # 170 rows of one minute in two transactions (at most 100 each), 80 of the other in one.
+    assert counting.calls == {"submit_transaction": 3}
+    assert sorted(counting.transaction_sizes) == [70, 80, 100]
+
+
+def test_should_write_a_single_buffered_outcome_with_one_upsert(
+    counting: CountingTable, buffered_logs: Callable[..., ActivityLog]
+) -> None:
+    log = buffered_logs(counting, flush_seconds=60)
+    log.record(ActivityEvent("msg-1", SENT, 1, at(1)))
+
+    log.flush()
+    log.flush()  # nothing left to write
+
+    assert counting.calls == {"upsert_entity": 1}
+    assert [e.message_id for e in log.between(HOUR_START, NOW, limit=10).events] == ["msg-1"]
+
+
+def test_should_write_buffered_outcomes_in_the_background_within_the_flush_delay(
+    counting: CountingTable, buffered_logs: Callable[..., ActivityLog]
+) -> None:
+    log = buffered_logs(counting, flush_seconds=0.5)
+
+    def written(count: int) -> Callable[[], bool]:
+        return lambda: len(log.between(HOUR_START, NOW, limit=100).events) == count
+
+    for n in range(3):
+        log.record(ActivityEvent(f"msg-{n}", SENT, 1, at(0.1)))
+    assert counting.writes == 0  # recording did not write
+
+    poll(written(3), timeout=3.0)
+    assert counting.calls == {"submit_transaction": 1}
+    # The flusher goes on: a later outcome is written too, with no flush() from anyone.
+    log.record(ActivityEvent("msg-3", RETRYING, 1, at(0.2)))
+    poll(written(4), timeout=3.0)
+    assert counting.calls == {"submit_transaction": 1, "upsert_entity": 1}
+
+
+def test_should_lose_no_outcome_recorded_from_many_threads_while_the_flusher_writes(
+    counting: CountingTable, buffered_logs: Callable[..., ActivityLog]
+) -> None:
+    log = buffered_logs(counting, flush_seconds=0.02)
+    start = threading.Barrier(8)
+
+    def deliver(worker: int) -> None:
+        start.wait()
+        for n in range(100):
+            log.record(ActivityEvent(f"w{worker}-{n:03d}", SENT, 1, at(n % 2)))
+            if n % 10 == 0:
+                time.sleep(0.005)  # let flushes happen while the others record
+
+    threads = [threading.Thread(target=deliver, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    log.flush()
+
+    window = log.between(HOUR_START, NOW, limit=1000)
+    assert len({e.message_id for e in window.events}) == len(window.events) == 800
+    assert counting.writes < 800 / 4
+
+
+def test_should_still_write_each_outcome_at_once_without_a_flush_delay(
+    counting: CountingTable,
+) -> None:
+    log = ActivityLog(cast(TableClient, counting))
+
+    for n in range(5):
+        log.record(ActivityEvent(f"msg-{n}", SENT, 1, at(n)))
+        # Readable as soon as record() returns: nothing waits for a flush.
+        assert len(log.between(HOUR_START, NOW, limit=10).events) == n + 1
+
+    assert counting.calls == {"upsert_entity": 5}
+
+
+def test_should_log_a_failed_batch_without_raising_and_write_later_outcomes_once_storage_is_back(
+    status_table: TableClient,
+    buffered_logs: Callable[..., ActivityLog],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    table = DroppingTable(status_table)
+    log = buffered_logs(table, flush_seconds=0.05)
+    table.down = True
+
+    log.record(ActivityEvent("msg-1", SENT, 1, at(1)))
+    log.record(ActivityEvent("msg-2", SENT, 1, at(1)))
+    log.record(ActivityEvent("msg-3", FAILED, 1, at(2)))
+    # The background flusher meets the outage: two batches (one per minute) refused.
+    poll(lambda: table.calls["refused"] == 2, timeout=3.0)
+    log.flush()
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2
+    assert any("2 outcome(s) were not written" in w for w in warnings)
+    assert any("1 outcome(s) were not written" in w for w in warnings)
+    assert all("ServiceRequestError" in w and "msg-" not in w for w in warnings)
+
+    table.down = False
+    log.record(ActivityEvent("msg-4", SENT, 2, at(0.5)))
+
+    # The later outcome is written by the flusher; the refused ones are given up on, not
+    # retried forever.
+    poll(lambda: bool(log.between(HOUR_START, NOW, limit=10).events), timeout=3.0)
+    log.flush()
+    assert [e.message_id for e in log.between(HOUR_START, NOW, limit=10).events] == ["msg-4"]
+    assert (table.calls["refused"], table.writes) == (2, 1)

@@ -216,3 +216,31 @@ def test_should_queue_a_sendgrid_v3_body_once_per_idempotency_key_and_record_it(
     assert (again.id, again.replayed) == (first.id, True)
     assert gateway.queue.depths()[gateway.queue.name] == 1
     assert gateway.status(first.id, client).state is MessageState.QUEUED
+
+
+def test_should_write_delivery_activity_in_the_background_when_built_from_settings(
+    storage_settings: Settings,
+    azurite: Azurite,
+    gateway: Gateway,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sender = FakeMailSender("sg-1")
+    monkeypatch.setattr("shared.gateway.SendGridClient.from_settings", lambda settings: sender)
+    built = Gateway.from_settings(storage_settings)
+    built.ensure_storage()
+    client, _ = built.clients.create(CLIENT.name, ",".join(CLIENT.senders))
+    accepted = built.accept(body(message()), JSON, client)
+    [queued] = base64_queue_client(azurite, storage_settings.mail_queue_name).receive_messages()
+
+    try:
+        assert built.deliver(queued.content.encode()).result == "sent"
+
+        # Tests that build Gateway(...) themselves keep the log that writes at once.
+        assert (built.activity.buffered, gateway.activity.buffered) == (True, False)
+        deadline = time.monotonic() + 5
+        # Read by another gateway on the same table: the row really is in storage.
+        while [m["id"] for m in gateway.console.summary()["latest"]] != [accepted.id]:
+            assert time.monotonic() < deadline, "the activity row was not written within 5 s"
+            time.sleep(0.05)
+    finally:
+        built.activity.close()
