@@ -117,15 +117,17 @@ def fill_gateway_queue(settings: dict[str, str], count: int) -> None:
 
     def put(number: int) -> None:
         envelope = typical_envelope(number)
-        queue.enqueue(envelope)
-        statuses.create(
+        # The record first, and its ETag in the envelope, as the accept writes them.
+        queued = statuses.create(
             MessageStatus(
                 id=envelope.id,
                 state=MessageState.QUEUED,
                 accepted_at=envelope.accepted_at,
                 updated_at=envelope.accepted_at,
+                client=envelope.client,
             )
         )
+        queue.enqueue(envelope.model_copy(update={"status_etag": queued.etag if queued else None}))
 
     with ThreadPoolExecutor(FILL_THREADS) as pool:
         list(pool.map(put, range(count)))

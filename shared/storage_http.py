@@ -34,6 +34,7 @@ import re
 import ssl
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
@@ -386,6 +387,31 @@ def _utc_text(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_SUB_STATUS = re.compile(r"^HTTP/1\.1 (\d{3})", re.MULTILINE)
+_SUB_ETAG = re.compile(r"^ETag: (.+?)\r?$", re.MULTILINE | re.IGNORECASE)
+
+
+def _upsert_parts(url: str, table: str, operations: list[Any]) -> list[tuple[str, str, str]] | None:
+    """Each operation as (method, entity URL, JSON), if all are upserts the fast path can
+    write (one partition); None otherwise."""
+    parts = []
+    partitions = set()
+    for operation in operations:
+        kind, entity = operation[0], operation[1]
+        options = operation[2] if len(operation) > 2 else {}
+        mode = options.get("mode", UpdateMode.MERGE)
+        body = encode_entity(entity) if kind == "upsert" else None
+        if body is None or set(options) - {"mode"}:
+            return None
+        replace = mode in (UpdateMode.REPLACE, "replace")
+        partitions.add(entity["PartitionKey"])
+        path = _entity_path(table, entity["PartitionKey"], entity["RowKey"])
+        parts.append(("PUT" if replace else "MERGE", url.rstrip("/") + path, body.decode()))
+    if not parts or len(partitions) != 1:
+        return None
+    return parts
+
+
 def _entity_path(table: str, partition_key: str, row_key: str) -> str:
     def key(value: str) -> str:
         return quote(value.replace("'", "''"), safe="")
@@ -465,6 +491,60 @@ class FastTableClient(TableClient):
         method = "PUT" if mode is UpdateMode.REPLACE else "MERGE"
         path = _entity_path(self.table_name, entity["PartitionKey"], entity["RowKey"])
         return self._write(method, path, body)
+
+    def submit_transaction(self, operations: Any, **kwargs: Any) -> list[Mapping[str, Any]]:
+        """Upsert entities of one partition in one entity group transaction (all or none).
+
+        The SDK's own transaction cost ~0.5 ms of CPU per entity to build; this one builds the
+        multipart body directly. Operations other than upserts go to the SDK.
+        """
+        operations = list(operations)
+        parts = None if kwargs else _upsert_parts(self.url, self.table_name, operations)
+        if parts is None:
+            return super().submit_transaction(operations, **kwargs)
+        batch, changeset = f"batch_{uuid.uuid4()}", f"changeset_{uuid.uuid4()}"
+        lines = [
+            f"--{batch}",
+            f"Content-Type: multipart/mixed; boundary={changeset}",
+            "",
+        ]
+        for method, url, body in parts:
+            lines += [
+                f"--{changeset}",
+                "Content-Type: application/http",
+                "Content-Transfer-Encoding: binary",
+                "",
+                f"{method} {url} HTTP/1.1",
+                "Content-Type: application/json",
+                f"Accept: {_TABLE_JSON}",
+                "Prefer: return-no-content",
+                "DataServiceVersion: 3.0",
+                "",
+                body,
+            ]
+        lines += [f"--{changeset}--", "", f"--{batch}--", ""]
+        response = self._http.request(
+            "POST",
+            "/$batch",
+            headers={
+                "Content-Type": f"multipart/mixed; boundary={batch}",
+                "Accept": _TABLE_JSON,
+                "DataServiceVersion": "3.0",
+                "MaxDataServiceVersion": "3.0;NetFx",
+            },
+            body="\r\n".join(lines).encode(),
+        )
+        text = response.body.decode("utf-8", "replace")
+        statuses = [int(code) for code in _SUB_STATUS.findall(text)]
+        failed = [code for code in statuses if code >= 400]
+        if failed or len(statuses) != len(parts):
+            status = failed[0] if failed else response.status
+            error = _ERRORS.get(status, HttpResponseError)(
+                message=f"the transaction failed: an operation answered {status}"
+            )
+            error.status_code = status
+            raise error
+        return [{"etag": etag} for etag in _SUB_ETAG.findall(text)]
 
 
 # ---- queues ----------------------------------------------------------------------------------

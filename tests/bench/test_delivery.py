@@ -19,7 +19,7 @@ def _app(tmp_path: Path, queues: dict[str, object]) -> Path:
 
 
 def test_should_add_batch_size_and_new_batch_threshold(tmp_path: Path) -> None:
-    assert in_flight_ceiling(_app(tmp_path, {"batchSize": 16, "newBatchThreshold": 8})) == 24
+    assert in_flight_ceiling(_app(tmp_path, {"batchSize": 8, "newBatchThreshold": 16})) == 24
 
 
 def test_should_use_the_hosts_default_threshold_per_core(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 from azure.core import MatchConditions
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import (
+    HttpResponseError,
     ResourceExistsError,
     ResourceModifiedError,
     ResourceNotFoundError,
@@ -213,3 +214,46 @@ def test_should_queue_with_a_sas_in_the_url(azurite: Azurite) -> None:
     assert [m.content for m in plain.receive_messages()] == ["by sas"]
     fast.close()
     plain.close()
+
+
+def test_should_upsert_one_partition_in_one_transaction_all_or_nothing(
+    tables: tuple[FastTableClient, TableClient],
+) -> None:
+    fast, plain = tables
+    rows = [
+        {"PartitionKey": "minute-1", "RowKey": f"m{i}", "state": "sent", "at": AT}
+        for i in range(40)
+    ]
+
+    written = fast.submit_transaction(
+        [("upsert", row, {"mode": UpdateMode.REPLACE}) for row in rows]
+    )
+    read = sorted(
+        plain.query_entities("PartitionKey eq 'minute-1'"), key=lambda e: int(e["RowKey"][1:])
+    )
+
+    assert len(written) == 40
+    assert all(w["etag"] for w in written)
+    assert [dict(e) for e in read] == rows
+    # The same row twice is refused as a whole: nothing of it is written.
+    twice = [{"PartitionKey": "minute-2", "RowKey": "same", "state": "x"}] * 2
+    with pytest.raises(HttpResponseError):
+        fast.submit_transaction([("upsert", row, {"mode": UpdateMode.REPLACE}) for row in twice])
+    assert list(plain.query_entities("PartitionKey eq 'minute-2'")) == []
+
+
+def test_should_leave_transactions_it_does_not_write_to_the_sdk(
+    tables: tuple[FastTableClient, TableClient],
+) -> None:
+    fast, plain = tables
+    fast.create_entity(entity("p3", state="old"))
+
+    fast.submit_transaction(
+        [
+            ("update", entity("p3", state="new"), {"mode": UpdateMode.MERGE}),
+            ("create", {"PartitionKey": "p3", "RowKey": "other"}),
+        ]
+    )
+
+    assert plain.get_entity("p3", "status")["state"] == "new"
+    assert plain.get_entity("p3", "other") == {"PartitionKey": "p3", "RowKey": "other"}
