@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.functions.queue import QueueMessage as FunctionQueueMessage
-from azure.storage.queue import LinearRetry, QueueClient, QueueMessage
+from azure.storage.queue import LinearRetry, QueueMessage
 
 from devstack.host_invoke import FunctionSpec, HostError, Invoker
 from shared.storage_http import FastQueueClient
@@ -269,8 +269,8 @@ class QueueListener:
     def __init__(
         self,
         spec: FunctionSpec,
-        queue: QueueClient,
-        poison: QueueClient | None,
+        queue: FastQueueClient,
+        poison: FastQueueClient | None,
         options: QueueOptions,
         invoker: Invoker,
         io: Executor,
@@ -350,11 +350,8 @@ class QueueListener:
 
     async def _receive(self) -> list[QueueMessage]:
         def receive() -> list[QueueMessage]:
-            pages = self._queue.receive_messages(
-                messages_per_page=self._options.batch_size, visibility_timeout=self._hold
-            ).by_page()
-            # Only the first page: one request, as the host makes.
-            return list(next(pages, []))
+            # One request, as the host makes.
+            return self._queue.receive_batch(self._options.batch_size, self._hold)
 
         try:
             return await self._call(receive)
@@ -522,10 +519,10 @@ class QueueListener:
 
 def create_clients(
     connection_string: str, queue_name: str
-) -> tuple[QueueClient, QueueClient | None]:
+) -> tuple[FastQueueClient, FastQueueClient | None]:
     """Clients for the queue and its poison queue, reading and writing raw message text."""
 
-    def client(name: str) -> QueueClient:
+    def client(name: str) -> FastQueueClient:
         # Short retries: the SDK's default waits 15 s and more between attempts, which
         # would stall start-up and shutdown for minutes when Azurite is not running.
         retry = LinearRetry(backoff=1, retry_total=3, random_jitter_range=1)

@@ -38,10 +38,10 @@ import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
-from email.utils import formatdate
+from email.utils import formatdate, parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
-from xml.sax.saxutils import escape
+from xml.sax.saxutils import escape, unescape
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -78,6 +78,15 @@ _STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, Broke
 _EDM_DATETIME = "Edm.DateTime"
 _EDM_INT64 = "Edm.Int64"
 _MESSAGE_ID = re.compile(r"<MessageId>([^<]*)</MessageId>")
+# The flat XML of Get Messages: each message's fields are elements holding text only.
+_QUEUE_MESSAGE = re.compile(r"<QueueMessage>(.*?)</QueueMessage>", re.DOTALL)
+_FIELD = re.compile(r"<(\w+)>([^<]*)</\1>")
+_XML_QUOTES = {"&quot;": '"', "&apos;": "'"}
+_MESSAGE_TIMES = (
+    ("InsertionTime", "inserted_on"),
+    ("ExpirationTime", "expires_on"),
+    ("TimeNextVisible", "next_visible_on"),
+)
 _TABLE_JSON = "application/json;odata=minimalmetadata"
 
 
@@ -552,7 +561,7 @@ class FastTableClient(TableClient):
 
 class FastQueueClient(QueueClient):
     """The SDK's QueueClient; sending and deleting a message bypass its pipeline (see the
-    module's docstring)."""
+    module's docstring), and `receive_batch` receives one batch without it."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -607,6 +616,31 @@ class FastQueueClient(QueueClient):
         if found:
             message.id = found.group(1)
         return message
+
+    def receive_batch(self, max_messages: int, visibility_timeout: int) -> list[QueueMessage]:
+        """Receive up to `max_messages` (1-32) in one call, their text as stored (no decode
+        policy applies): what a queue trigger's poll does."""
+        response = self._http.request(
+            "GET",
+            self._messages_path,
+            query={
+                "numofmessages": str(max_messages),
+                "visibilitytimeout": str(visibility_timeout),
+            },
+        )
+        messages = []
+        text = response.body.decode("utf-8")
+        for item in _QUEUE_MESSAGE.findall(text):
+            fields = {tag: unescape(value, _XML_QUOTES) for tag, value in _FIELD.findall(item)}
+            message = QueueMessage(content=fields.get("MessageText", ""))
+            message.id = fields["MessageId"]
+            message.pop_receipt = fields.get("PopReceipt")
+            message.dequeue_count = int(fields.get("DequeueCount") or 0)
+            for tag, name in _MESSAGE_TIMES:
+                if fields.get(tag):
+                    setattr(message, name, parsedate_to_datetime(fields[tag]))
+            messages.append(message)
+        return messages
 
     def delete_message(self, message: Any, pop_receipt: str | None = None, **kwargs: Any) -> None:
         """Delete a received message (a QueueMessage, or its id and pop receipt)."""

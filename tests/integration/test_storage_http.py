@@ -257,3 +257,29 @@ def test_should_leave_transactions_it_does_not_write_to_the_sdk(
 
     assert plain.get_entity("p3", "status")["state"] == "new"
     assert plain.get_entity("p3", "other") == {"PartitionKey": "p3", "RowKey": "other"}
+
+
+def test_should_receive_a_batch_as_the_sdk_would(azurite: Azurite) -> None:
+    name = f"recv-{uuid.uuid4().hex[:12]}"
+    fast = FastQueueClient.from_connection_string(azurite.connection_string, name)
+    fast.create_queue()
+    texts = ['<"quoted" & \'apostrophes\'>', "plain", "ünïcödé"]
+    for text in texts:
+        fast.send_message(text)
+
+    first = fast.receive_batch(2, 30)
+    rest = fast.receive_batch(32, 30)
+    again = fast.receive_batch(32, 30)  # all invisible now
+
+    assert [m.content for m in first + rest] == texts
+    assert again == []
+    message = first[0]
+    assert message.dequeue_count == 1
+    assert message.inserted_on is not None
+    assert message.next_visible_on is not None
+    assert message.expires_on is not None
+    assert message.inserted_on < message.next_visible_on
+    assert message.pop_receipt
+    fast.delete_message(message)
+    assert fast.get_queue_properties().approximate_message_count == 2
+    fast.close()
