@@ -33,7 +33,7 @@ from shared.errors import (
     RetryableDeliveryError,
     StorageUnavailable,
 )
-from shared.models import DeadLetter, QueueEnvelope, StoredBody
+from shared.models import WRITTEN_BY_GATEWAY, DeadLetter, QueueEnvelope, StoredBody
 from shared.queue import MailQueue
 from shared.sendgrid_client import build_payload
 from shared.settings import MAX_RETRY_DELAY_SECONDS, Settings
@@ -120,7 +120,7 @@ class Delivery:
         stay on the queue for the host to try again later; nothing was sent in those cases.
         """
         try:
-            envelope = QueueEnvelope.model_validate_json(body)
+            envelope = QueueEnvelope.model_validate_json(body, context=WRITTEN_BY_GATEWAY)
         except ValidationError as error:
             with telemetry.span("mailgate.deliver", kind=SpanKind.CONSUMER):
                 return self._dead_letter_unreadable(body, error)
@@ -267,7 +267,7 @@ class Delivery:
                 f"its body, blob {envelope.blob}, is missing: there is nothing to send"
             )
         try:
-            stored = StoredBody.model_validate_json(content)
+            stored = StoredBody.model_validate_json(content, context=WRITTEN_BY_GATEWAY)
         except ValidationError as error:
             return PermanentDeliveryError(
                 f"its body, blob {envelope.blob}, is not a mailgate message body: "

@@ -15,13 +15,16 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
-    EmailStr,
     Field,
+    PlainValidator,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
+from pydantic.networks import validate_email
+from pydantic_core import PydanticCustomError
 
 from shared.errors import FieldProblem, json_pointer
 
@@ -91,12 +94,32 @@ def _split_address(value: Any) -> Any:
     return {"email": match["email"].strip(), "name": name or None}
 
 
+# Validation context for a queue envelope or stored body this gateway wrote: its addresses
+# were checked (and normalised) when the message was accepted, and are not checked again.
+WRITTEN_BY_GATEWAY = {"written_by_gateway": True}
+
+
+def _email(value: Any, info: ValidationInfo) -> str:
+    """pydantic's EmailStr check (the same errors), skipped for what the gateway wrote."""
+    if not isinstance(value, str):
+        raise PydanticCustomError("string_type", "Input should be a valid string")
+    if (info.context or {}).get("written_by_gateway"):
+        return value
+    return validate_email(value)[1]
+
+
+# EmailStr, whose check an envelope read back from the queue can skip (WRITTEN_BY_GATEWAY).
+Email = Annotated[
+    str, PlainValidator(_email), WithJsonSchema({"type": "string", "format": "email"})
+]
+
+
 class Address(BaseModel):
     """An email address with an optional display name."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    email: EmailStr
+    email: Email
     name: SingleLine | None = Field(default=None, max_length=256)
 
     @property

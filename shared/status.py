@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -207,16 +207,18 @@ def table_client(settings: Settings, name: str) -> FastTableClient:
     )
 
 
+_STORED_FIELDS = tuple(f for f in fields(MessageStatus) if f.name not in ("id", "etag"))
+
+
 def _to_entity(status: MessageStatus) -> dict[str, Any]:
-    fields = asdict(status)
-    fields.pop("etag")
-    fields.pop("id")
-    fields["state"] = status.state.value
+    # Shallow: every field is a plain value (asdict's deep copies cost more than the write).
+    values = {f.name: getattr(status, f.name) for f in _STORED_FIELDS}
+    values["state"] = status.state.value
     # Tables store no nulls: leave empty fields out.
     return {
         "PartitionKey": status.id,
         "RowKey": STATUS_ROW,
-        **{k: v for k, v in fields.items() if v is not None},
+        **{k: v for k, v in values.items() if v is not None},
     }
 
 

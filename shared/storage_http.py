@@ -143,13 +143,17 @@ def _close_all(idle: list[http.client.HTTPConnection], lock: threading.Lock) -> 
         connection.close()
 
 
+def _keyed(account_key: str) -> hmac.HMAC:
+    return hmac.new(base64.b64decode(account_key), digestmod=hashlib.sha256)
+
+
 class _Authorizer:
     """Adds the Authorization header (Shared Key or bearer) or the SAS query to a request."""
 
     def __init__(self, credential: Any, account_name: str, *, table: bool) -> None:
         self._account = account_name
         self._table = table
-        self._key: bytes | None = None
+        self._key: hmac.HMAC | None = None
         self._token_credential = None
         self._token: tuple[str, float] | None = None
         self._token_lock = threading.Lock()
@@ -159,9 +163,9 @@ class _Authorizer:
         if hasattr(credential, "get_token"):
             self._token_credential = credential
         elif hasattr(credential, "named_key"):  # AzureNamedKeyCredential (tables)
-            self._key = base64.b64decode(credential.named_key.key)
+            self._key = _keyed(credential.named_key.key)
         elif hasattr(credential, "account_key"):  # the queue SDK's shared key policy
-            self._key = base64.b64decode(credential.account_key)
+            self._key = _keyed(credential.account_key)
         elif hasattr(credential, "signature"):  # AzureSasCredential
             self.sas = credential.signature.lstrip("?")
         else:
@@ -179,7 +183,9 @@ class _Authorizer:
                 if self._table
                 else ("SharedKey", self._queue_string(method, path, query, headers))
             )
-            signature = hmac.new(self._key, to_sign.encode(), hashlib.sha256).digest()
+            signer = self._key.copy()  # keyed once: copying skips the key schedule
+            signer.update(to_sign.encode())
+            signature = signer.digest()
             headers["Authorization"] = (
                 f"{scheme} {self._account}:{base64.b64encode(signature).decode()}"
             )

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from shared.errors import FieldProblem
 from shared.models import (
+    WRITTEN_BY_GATEWAY,
     Address,
     Attachment,
     DeadLetter,
@@ -24,6 +25,7 @@ from tests.samples import (
     RESERVED_HEADER_NAMES,
     SENDER,
     Refusal,
+    envelope,
     everything_message,
     message,
     sendgrid_envelope,
@@ -352,3 +354,26 @@ def test_should_refuse_a_stored_body_that_is_not_exactly_one_body_of_this_versio
 ) -> None:
     with pytest.raises(ValidationError):
         StoredBody.model_validate(document)
+
+
+def test_should_check_addresses_on_accept_but_not_again_in_an_envelope_it_wrote() -> None:
+    written = envelope(id="msg-m1").model_dump(mode="json", by_alias=True, exclude_none=True)
+    written["message"]["to"][0]["email"] = "not an address"
+    text = json.dumps(written)
+
+    with pytest.raises(ValidationError, match="value is not a valid email address"):
+        QueueEnvelope.model_validate_json(text)
+    read = QueueEnvelope.model_validate_json(text, context=WRITTEN_BY_GATEWAY)
+
+    assert read.message is not None
+    assert read.message.to[0].email == "not an address"
+    with pytest.raises(ValidationError, match="Input should be a valid string"):
+        QueueEnvelope.model_validate_json(
+            text.replace('"not an address"', "42"), context=WRITTEN_BY_GATEWAY
+        )
+
+
+def test_should_normalise_addresses_as_emailstr_does() -> None:
+    request = MailRequest.model_validate(message(to=["Ann <Ann.Lee@EXAMPLE.com>"]))
+
+    assert request.to[0].email == "Ann.Lee@example.com"
