@@ -263,7 +263,7 @@ def test_should_receive_a_batch_as_the_sdk_would(azurite: Azurite) -> None:
     name = f"recv-{uuid.uuid4().hex[:12]}"
     fast = FastQueueClient.from_connection_string(azurite.connection_string, name)
     fast.create_queue()
-    texts = ['<"quoted" & \'apostrophes\'>', "plain", "ünïcödé"]
+    texts = ["<\"quoted\" & 'apostrophes'>", "plain", "ünïcödé"]
     for text in texts:
         fast.send_message(text)
 
