@@ -273,21 +273,22 @@ def delivery_rows(drain: DrainResult) -> list[Row]:
 def transport_rows(comparisons: Sequence[TransportComparison]) -> list[Row]:
     """Sends/s and CPU per send of both clients, direct and through the delaying proxy."""
     rows = []
-    direct_ratio: float | None = None
+    # "More at the 20 ms round trip" than with no delay, from TLS handshakes alone: the issue's
+    # 4-5 x was measured that way. The official client's other cost with no delay, loading the
+    # CA bundle per connection, does not grow with the round trip, so the ratio including it
+    # cannot be exceeded through the proxy (see docs/performance.md).
+    handshake_ratio: float | None = None
     for comparison in comparisons:
         gateway, official = comparison.gateway, comparison.official
         throughput_ratio = ratio(gateway.per_second, official.per_second)
         if comparison.round_trip_ms <= 0:
             path = "direct"
-            direct_ratio = throughput_ratio
             target: Target | str = TRANSPORT
+            if comparison.official_ca_only is not None:
+                handshake_ratio = ratio(gateway.per_second, comparison.official_ca_only.per_second)
         else:
             path = f"+{comparison.round_trip_ms:g} ms round trip"
-            target = (
-                Target(">=", max(TRANSPORT.bound, direct_ratio))
-                if direct_ratio is not None
-                else TRANSPORT
-            )
+            target = Target(">=", handshake_ratio) if handshake_ratio is not None else TRANSPORT
         rows.append(
             Row(
                 "3 transport",
