@@ -397,9 +397,10 @@ def parse_datetime(text: str) -> datetime:
 
 
 def _utc_text(value: datetime) -> str:
+    # As the SDK writes it ("%Y-%m-%dT%H:%M:%S.%fZ"); isoformat is the cheaper way there.
     if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+    return value.isoformat(timespec="microseconds") + "Z"
 
 
 _SUB_STATUS = re.compile(r"^HTTP/1\.1 (\d{3})", re.MULTILINE)
