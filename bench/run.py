@@ -2,7 +2,8 @@
 
     python -m bench [--seconds 10] [--concurrency 1,8,32] [--messages 2000] [--latency-ms 100]
                     [--transport-sends 200] [--round-trip-ms 20] [--host-threads N]
-                    [--scenarios accept,delivery,transport,host] [--profile DIR] [--no-write]
+                    [--model-messages 1000] [--scenarios accept,delivery,transport,host,model]
+                    [--profile DIR] [--no-write]
 
 Starts Azurite (in memory) and the SendGrid stand-in on loopback, runs each scenario with its
 baseline in the same run, prints one markdown table and writes it, with the machine and the
@@ -27,6 +28,7 @@ from bench.accept import AcceptLevel, run_accept
 from bench.delivery import ConsumerBaseline, DrainResult, run_drain, run_minimal_consumer
 from bench.host_overhead import NoopResult, noop_settings, run_noop
 from bench.load import LoadResult
+from bench.model import ASYNC, GATEWAY, SDK, ModelComparison, run_model
 from bench.profiling import Profiler
 from bench.report import Row, Target, machine_lines, missed, render_table, write_results
 from bench.stack import ACCEPT_APP, FUNCTION_KEY, NOOP_APP, REPO, gateway_settings
@@ -38,7 +40,7 @@ from devstack.host import read_host_json
 from devstack.host_invoke import default_thread_count
 from devstack.sendgrid_standin import SendGridStandIn
 
-SCENARIOS = ("accept", "delivery", "transport", "host")
+SCENARIOS = ("accept", "delivery", "transport", "host", "model")
 # What infra/ and local.settings.example.json set; the worker default is cores + 4.
 DEPLOYED_THREAD_COUNT = 32
 DOC = REPO / "docs" / "performance.md"
@@ -52,6 +54,8 @@ DRAIN = Target(">=", 0.8)
 CPU_PER_MESSAGE = Target("<=", 1.5)
 TRANSPORT = Target(">=", 4.0)
 MEMORY_FLAT = Target("<=", 1.05)
+# `async def` is favoured only if it costs less CPU per message and keeps up with `def`.
+MODEL_KEEPS_UP = 0.95
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -85,6 +89,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--transport-sends", type=int, default=200)
     parser.add_argument("--round-trip-ms", type=float, default=20.0, help="the proxy's delay")
     parser.add_argument(
+        "--model-messages", type=int, default=1000, help="messages per execution-model variant"
+    )
+    parser.add_argument(
         "--host-threads",
         type=int,
         default=DEPLOYED_THREAD_COUNT,
@@ -109,6 +116,7 @@ class Results:
     consumer: ConsumerBaseline | None = None
     transport: list[TransportComparison] = field(default_factory=list)
     noop: NoopResult | None = None
+    model: ModelComparison | None = None
 
 
 def run(args: argparse.Namespace, workdir: Path, profiler: Profiler | None) -> Results:
@@ -175,6 +183,17 @@ def run(args: argparse.Namespace, workdir: Path, profiler: Profiler | None) -> R
                 warmup=args.warmup,
                 timeout=args.drain_timeout,
                 log_dir=workdir,
+            )
+        if "model" in args.scenarios:
+            _step(
+                f"execution model: def vs async def, {args.model_messages} messages per variant, "
+                f"L = {args.latency_ms} ms"
+            )
+            results.model = run_model(
+                azurite=azurite,
+                standin=standin,
+                messages=args.model_messages,
+                latency_ms=args.latency_ms,
             )
     if "transport" in args.scenarios:
         _step("transport: gateway client vs official client over TLS")
@@ -404,6 +423,63 @@ def host_rows(noop: NoopResult, results: Results) -> list[Row]:
     return rows
 
 
+def model_rows(comparison: ModelComparison) -> list[Row]:
+    """Each variant's rate against C ÷ L, and its CPU per message against the gateway's."""
+    rows = []
+    for run_ in comparison.runs:
+        rows.append(
+            Row(
+                "6 model",
+                f"msg/s, {run_.variant}, {run_.messages:,} messages, L = "
+                f"{comparison.latency_ms} ms (baseline: ceiling C ÷ L, C = {comparison.in_flight})",
+                run_.per_second,
+                comparison.ceiling,
+                ratio(run_.per_second, comparison.ceiling),
+            )
+        )
+    gateway = comparison.run(GATEWAY)
+    gateway_cpu = gateway.cpu_per_message if gateway else None
+    for run_ in comparison.runs:
+        rows.append(
+            Row(
+                "6 model",
+                f"CPU µs per message, {run_.variant} (baseline: the gateway's variant)",
+                _us(run_.cpu_per_message),
+                _us(gateway_cpu),
+                ratio(run_.cpu_per_message, gateway_cpu),
+            )
+        )
+    return rows
+
+
+def model_note(comparison: ModelComparison) -> str:
+    """Which execution model the numbers favour, and on what grounds."""
+    sync, sdk, async_ = comparison.run(GATEWAY), comparison.run(SDK), comparison.run(ASYNC)
+    if (
+        sync is None
+        or async_ is None
+        or sync.cpu_per_message is None
+        or async_.cpu_per_message is None
+    ):
+        return "- Model: `def` and `async def` were not both measured; no verdict."
+    cpu = ratio(async_.cpu_per_message, sync.cpu_per_message) or 0.0
+    keeps_up = async_.per_second >= MODEL_KEEPS_UP * sync.per_second
+    favoured = (
+        "`async def` (aio SDK + httpx.AsyncClient)"
+        if keeps_up and cpu < 1.0
+        else "`def` on the thread pool (the gateway's model)"
+    )
+    note = (
+        f"- Model: the numbers favour {favoured}: `async def` delivered "
+        f"{async_.per_second:.0f} msg/s against {sync.per_second:.0f} for the gateway's `def` "
+        f"and cost {cpu:.2f} times its CPU per message"
+    )
+    same_sdk = ratio(async_.cpu_per_message, sdk.cpu_per_message if sdk else None)
+    if same_sdk is not None:
+        note += f" ({same_sdk:.2f} times that of `def` on the same Azure SDK)"
+    return note + f"; the aio tables client ran on azure-core's {comparison.async_transport}."
+
+
 def all_rows(results: Results) -> list[Row]:
     """The table's rows, scenario by scenario."""
     rows = accept_rows(results.accept)
@@ -413,6 +489,8 @@ def all_rows(results: Results) -> list[Row]:
     rows += cost_rows(results)
     if results.noop is not None:
         rows += host_rows(results.noop, results)
+    if results.model is not None:
+        rows += model_rows(results.model)
     return rows
 
 
@@ -478,6 +556,8 @@ def notes(results: Results, args: argparse.Namespace) -> list[str]:
         )
     if results.noop is not None and results.noop.timed_out:
         out.append(f"- No-op drain: only {results.noop.drained:,} settled before the timeout.")
+    if results.model is not None:
+        out.append(model_note(results.model))
     for rule in missed(all_rows(results)):
         out.append(f"- NOT met: {rule.scenario}, {rule.figure}.")
     return out
