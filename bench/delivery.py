@@ -36,7 +36,7 @@ from devstack.sendgrid_standin import SendGridStandIn
 from shared.queue import MailQueue
 from shared.sendgrid_client import MAIL_SEND_PATH, build_payload
 from shared.settings import Settings
-from shared.status import MessageState, MessageStatus, StatusStore
+from shared.status import MessageStatus, StatusStore
 
 FILL_THREADS = 16
 SAMPLE_SECONDS = 0.1
@@ -119,13 +119,7 @@ def fill_gateway_queue(settings: dict[str, str], count: int) -> None:
         envelope = typical_envelope(number)
         # The record first, and its ETag in the envelope, as the accept writes them.
         queued = statuses.create(
-            MessageStatus(
-                id=envelope.id,
-                state=MessageState.QUEUED,
-                accepted_at=envelope.accepted_at,
-                updated_at=envelope.accepted_at,
-                client=envelope.client,
-            )
+            MessageStatus.queued(envelope.id, envelope.accepted_at, envelope.client)
         )
         queue.enqueue(envelope.model_copy(update={"status_etag": queued.etag if queued else None}))
 

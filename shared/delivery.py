@@ -429,14 +429,8 @@ class Delivery:
 
 
 def _first_status(envelope: QueueEnvelope) -> MessageStatus:
-    """The record a message has before anyone wrote one (its submit could not record it)."""
-    return MessageStatus(
-        id=envelope.id,
-        state=MessageState.QUEUED,
-        accepted_at=envelope.accepted_at,
-        updated_at=envelope.accepted_at,
-        client=envelope.client,
-    )
+    """The record a message has before anyone wrote one, or as its accept wrote it."""
+    return MessageStatus.queued(envelope.id, envelope.accepted_at, envelope.client)
 
 
 def _problems(error: ValidationError) -> str:

@@ -60,6 +60,18 @@ class MessageStatus:
     client: str | None = None
     etag: str | None = None
 
+    @classmethod
+    def queued(cls, message_id: str, accepted_at: datetime, client: str | None) -> MessageStatus:
+        """The record as the accept writes it. Delivery's first attempt claims that record by
+        its ETag without reading it, so this is also what it assumes the record holds."""
+        return cls(
+            id=message_id,
+            state=MessageState.QUEUED,
+            accepted_at=accepted_at,
+            updated_at=accepted_at,
+            client=client,
+        )
+
     def moved(self, state: MessageState, now: datetime, **changes: Any) -> MessageStatus:
         """The same record in a new state; next_attempt_at is cleared unless given."""
         return replace(self, state=state, updated_at=now, **{"next_attempt_at": None, **changes})

@@ -29,7 +29,7 @@ from shared.queue import MailQueue
 from shared.sendgrid_v3.request import parse_mail_send
 from shared.sendgrid_v3.schema import MailSend
 from shared.settings import Settings, sender_allowed
-from shared.status import MessageState, MessageStatus, StatusStore
+from shared.status import MessageStatus, StatusStore
 
 logger = logging.getLogger(__name__)
 
@@ -218,13 +218,7 @@ def _enqueue(envelope: QueueEnvelope, queue: MailQueue, bodies: MessageBodyStore
 
 def _record_queued(envelope: QueueEnvelope, statuses: StatusStore) -> MessageStatus | None:
     """Write the `queued` record; None if one exists already or it could not be written."""
-    status = MessageStatus(
-        id=envelope.id,
-        state=MessageState.QUEUED,
-        accepted_at=envelope.accepted_at,
-        updated_at=envelope.accepted_at,
-        client=envelope.client,
-    )
+    status = MessageStatus.queued(envelope.id, envelope.accepted_at, envelope.client)
     try:
         # Insert only: a record there already (an Idempotency-Key retry of a message whose
         # enqueue failed and whose record could not be taken back) is left as it is.

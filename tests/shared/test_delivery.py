@@ -821,15 +821,7 @@ def test_should_not_lose_a_message_whose_retry_could_not_be_enqueued(
 
 def accepted_record(statuses: FakeStatusStore, queued: QueueEnvelope) -> QueueEnvelope:
     """Write the `queued` record as the accept does; the envelope carrying its ETag."""
-    created = statuses.create(
-        MessageStatus(
-            id=queued.id,
-            state=MessageState.QUEUED,
-            accepted_at=queued.accepted_at,
-            updated_at=queued.accepted_at,
-            client=queued.client,
-        )
-    )
+    created = statuses.create(MessageStatus.queued(queued.id, queued.accepted_at, queued.client))
     assert created is not None
     return queued.model_copy(update={"status_etag": created.etag})
 
