@@ -74,7 +74,13 @@ _ERRORS: dict[int, type[HttpResponseError]] = {
     412: ResourceModifiedError,
 }
 # A kept-alive connection the server closed meanwhile fails like this before any answer.
-_STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+_STALE_CONNECTION = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+    ssl.SSLEOFError,
+)
 _EDM_DATETIME = "Edm.DateTime"
 _EDM_INT64 = "Edm.Int64"
 _MESSAGE_ID = re.compile(r"<MessageId>([^<]*)</MessageId>")
@@ -103,7 +109,6 @@ class _Connections:
     """Kept-alive connections to one origin, handed to one thread at a time."""
 
     def __init__(self, scheme: str, host: str, port: int | None) -> None:
-        self._scheme = scheme
         self._host = host
         self._port = port
         self._idle: list[http.client.HTTPConnection] = []
