@@ -148,11 +148,14 @@ class Delivery:
             return outcome
 
     def _deliver(self, envelope: QueueEnvelope) -> DeliveryOutcome:
+        loaded = None
         if envelope.status_etag is not None and envelope.attempt == 1:
+            # Read before the claim, so that a storage failure here leaves nothing to wait out.
+            loaded = self._load_body(envelope)
             # The record as the accept wrote it, unread: the claim fails if it changed since.
             claimed = self._claim_as_accepted(envelope)
             if claimed is not None:
-                return self._send(envelope, *claimed)
+                return self._send(envelope, claimed, loaded)
         with telemetry.span("mailgate.status.read", id=envelope.id):
             status = self._statuses.get(envelope.id) or _first_status(envelope)
         skip = self._reason_to_skip(envelope, status)
@@ -163,29 +166,26 @@ class Delivery:
                 # still there if the delete after the send failed.
                 self._delete_body(envelope)
             return DeliveryOutcome("skipped", envelope.id, envelope.attempt, reason=skip)
-        # Read before the claim, so that a storage failure here leaves nothing to wait out.
-        loaded = self._load_body(envelope)
+        if loaded is None:
+            # Read before the claim, so that a storage failure here leaves nothing to wait out.
+            loaded = self._load_body(envelope)
         with telemetry.span("mailgate.status.write", id=envelope.id, state="sending"):
             status = self._statuses.claim(
                 status.moved(MessageState.SENDING, self._now(), attempts=envelope.attempt)
             )
         return self._send(envelope, status, loaded)
 
-    def _claim_as_accepted(
-        self, envelope: QueueEnvelope
-    ) -> tuple[MessageStatus, QueueEnvelope | PermanentDeliveryError] | None:
+    def _claim_as_accepted(self, envelope: QueueEnvelope) -> MessageStatus | None:
         """Claim the `queued` record the accept wrote, by its ETag; None if it changed since
         (a replay, a copy delivered twice, anyone's write): then it must be read."""
-        loaded = self._load_body(envelope)
         accepted = replace(_first_status(envelope), etag=envelope.status_etag)
         try:
             with telemetry.span("mailgate.status.write", id=envelope.id, state="sending"):
-                status = self._statuses.claim(
+                return self._statuses.claim(
                     accepted.moved(MessageState.SENDING, self._now(), attempts=envelope.attempt)
                 )
         except ConcurrentUpdate:
             return None
-        return status, loaded
 
     def _send(
         self,

@@ -1355,3 +1355,30 @@ def test_should_send_and_record_sent_even_when_the_activity_log_is_down(
     assert outcome.result == "sent"
     assert fake_statuses.records["msg-a4"].state is MessageState.SENT
     assert activity.events == []
+
+
+def test_should_read_a_claim_checked_body_once_when_the_accepted_record_changed(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    statuses = FakeStatusStore(fake_queue.journal)
+    full, queued = claim_checked(fake_bodies, id="msg-c9")
+    queued = accepted_record(statuses, queued)
+    statuses.add(status_of(queued, MessageState.QUEUED))  # rewritten since: a replay, say
+    reads: list[str] = []
+    read = fake_bodies.get
+
+    def counted_read(name: str) -> bytes | None:
+        reads.append(name)
+        return read(name)
+
+    monkeypatch.setattr(fake_bodies, "get", counted_read)
+    sender = FakeMailSender("sg-c9")
+
+    outcome = deliver(queued, sender, fake_queue, settings, statuses, bodies=fake_bodies)
+
+    assert outcome.result == "sent"
+    assert sender.payloads == [build_payload(full)]
+    assert reads == ["msg-c9.json"]
