@@ -101,6 +101,20 @@ def partition_of(at: datetime) -> str:
     return f"{PARTITION_PREFIX}{_INVERSION - minutes:010d}"
 
 
+def window_of(events: list[ActivityEvent], start: datetime, limit: int) -> ActivityWindow:
+    """The window from `start` of `events` read in the table's order (newest minute first, by
+    key within a minute), at most `limit` of them, newest first; more than `limit` read means
+    the oldest minute reached may be partial, and the window then starts after it."""
+    complete = len(events) <= limit
+    newest_first = sorted(events[:limit], key=lambda e: e.at, reverse=True)
+    if complete:
+        return ActivityWindow(newest_first, minute_of(start), complete=True)
+    # The oldest minute reached may have been read only in part: it does not count.
+    return ActivityWindow(
+        newest_first, minute_of(newest_first[-1].at) + timedelta(minutes=1), complete=False
+    )
+
+
 class ActivityLog:
     """Delivery outcomes in per-minute partitions of the status table.
 
@@ -251,15 +265,7 @@ class ActivityLog:
             {"newest": partition_of(end), "oldest": partition_of(start)},
             limit + 1,
         )
-        # Partitions come newest first, but the rows within one minute in key order.
-        complete = len(events) <= limit
-        events = sorted(events[:limit], key=lambda e: e.at, reverse=True)
-        if complete:
-            return ActivityWindow(events, minute_of(start), complete=True)
-        # The oldest minute reached may have been read only in part: it does not count.
-        return ActivityWindow(
-            events, minute_of(events[-1].at) + timedelta(minutes=1), complete=False
-        )
+        return window_of(events, start, limit)
 
     def of_message(
         self, message_id: str, start: datetime, end: datetime, limit: int

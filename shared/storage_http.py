@@ -581,6 +581,14 @@ class FastQueueClient(QueueClient):
             self.url, self.credential, self.account_name or "", self.api_version, table=False
         )
         self._messages_path = "/messages"
+        # Configured once: the fast path sends only unencrypted messages (others go to the SDK,
+        # which configures the policy again on every call).
+        self._message_encode_policy.configure(
+            require_encryption=False,
+            key_encryption_key=None,
+            resolver=None,
+            encryption_version=self.encryption_version,
+        )
 
     def close(self) -> None:
         """Close the SDK's transport and the fast path's connections."""
@@ -600,12 +608,6 @@ class FastQueueClient(QueueClient):
             return super().send_message(
                 content, visibility_timeout=visibility_timeout, time_to_live=time_to_live, **kwargs
             )
-        self._message_encode_policy.configure(
-            require_encryption=False,
-            key_encryption_key=None,
-            resolver=None,
-            encryption_version=self.encryption_version,
-        )
         text = self._message_encode_policy(content)
         body = (
             "<?xml version='1.0' encoding='utf-8'?>\n<QueueMessage><MessageText>"

@@ -32,7 +32,7 @@ from azure.data.tables import (
 )
 from azure.storage.queue import QueueClient, QueueMessage, QueueProperties
 
-from shared.activity import ActivityEvent, ActivityLog, ActivityWindow, minute_of, partition_of
+from shared.activity import ActivityEvent, ActivityLog, ActivityWindow, partition_of, window_of
 from shared.blobs import MessageBodyStore
 from shared.clients import ClientStore
 from shared.errors import (
@@ -468,13 +468,7 @@ class FakeActivityLog(_OutageControls, ActivityLog):
             ),
             key=lambda e: (partition_of(e.at), e.message_id or "", e.attempt),
         )
-        complete = len(chosen) <= limit
-        newest_first = sorted(chosen[:limit], key=lambda e: e.at, reverse=True)
-        if complete:
-            return ActivityWindow(newest_first, minute_of(start), complete=True)
-        return ActivityWindow(
-            newest_first, minute_of(newest_first[-1].at) + timedelta(minutes=1), complete=False
-        )
+        return window_of(chosen, start, limit)
 
     def of_message(
         self, message_id: str, start: datetime, end: datetime, limit: int
