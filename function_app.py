@@ -15,12 +15,12 @@ from functions import (
     sendgrid_compat,
     sendgrid_events,
 )
-from shared.settings import refuse_unresolved_key_vault_references
 from shared.telemetry import configure_telemetry
 
-# A secret App Service could not resolve stops the app here, at start, naming the setting:
-# the host logs the error and runs no function rather than one on a reference's text.
-refuse_unresolved_key_vault_references(os.environ)
+# Nothing here may raise on a setting: were the import to fail, the Python worker would report
+# that indexing failed and the host would run on with no function at all, every route a 404
+# and the queue monitor silent. Settings are read on first use instead (shared.gateway), and
+# while one is wrong every function answers for itself: 503 naming it, mail kept for later.
 # Traces, metrics and logs to Application Insights when APPLICATIONINSIGHTS_CONNECTION_STRING
 # is set; otherwise nothing is exported.
 configure_telemetry(os.environ)

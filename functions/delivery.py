@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from shared.gateway import get_gateway
+from shared.gateway import deliver_queued
 from shared.settings import STORAGE_CONNECTION
 
 bp = func.Blueprint()
@@ -13,5 +13,6 @@ bp = func.Blueprint()
 @bp.function_name("deliver_message")
 @bp.queue_trigger(arg_name="msg", queue_name="%MAIL_QUEUE_NAME%", connection=STORAGE_CONNECTION)
 def deliver_message(msg: func.QueueMessage) -> None:
-    """Send one message; an exception leaves it on the queue for the host to retry."""
-    get_gateway().deliver(msg.get_body(), dequeue_count=msg.dequeue_count or 1)
+    """Send one message, or put it back for later; an exception (only when the queue itself
+    fails) leaves it to the host, which retries it after visibilityTimeout."""
+    deliver_queued(msg.get_body(), dequeue_count=msg.dequeue_count or 1)

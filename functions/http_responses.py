@@ -15,6 +15,8 @@ from shared.sendgrid_v3.error_format import refusal_body
 logger = logging.getLogger(__name__)
 
 STORAGE_RETRY_AFTER_SECONDS = "5"
+# Settings come right by an operator's hand (and an app restart): ask for a minute.
+NOT_CONFIGURED_RETRY_AFTER_SECONDS = "60"
 
 
 def json_response(
@@ -61,7 +63,12 @@ def problem_for(error: MailgateError, unavailable: str) -> Problem:
             headers={"Retry-After": STORAGE_RETRY_AFTER_SECONDS},
         )
     if isinstance(error, ConfigurationError):
-        logger.error("The gateway is misconfigured: %s", error)
-        return Problem(500, "the gateway is misconfigured; see its logs")
+        # Logged where it is raised (shared.gateway.get_gateway), once a minute. The message
+        # names the settings at fault and never their values (shared.settings).
+        return Problem(
+            503,
+            f"the gateway is not configured and {unavailable}: {error}",
+            headers={"Retry-After": NOT_CONFIGURED_RETRY_AFTER_SECONDS},
+        )
     logger.error("Request failed: %s", error)
     return Problem(503, f"{unavailable}; try again later")

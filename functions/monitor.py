@@ -1,6 +1,8 @@
 """Timer trigger: every 5 minutes, log how full the mail and poison queues are.
 
-Each run logs one INFO line per queue, `Queue monitor: queue=<name> depth=<n>
+While the settings are wrong, each run also logs an ERROR, `Gateway not configured: <the
+settings at fault>` (alerted on too), and still measures the queues if the storage settings
+are right. Each run logs one INFO line per queue, `Queue monitor: queue=<name> depth=<n>
 oldest_age_seconds=<s or none>`, and a WARNING, `Poison queue not empty: queue=<name>
 depth=<n>`, while dead letters wait; infra/app/alerts.bicep alerts on that warning. The
 numbers are in the text because the Functions host forwards a log's message, not its `extra`
@@ -15,7 +17,7 @@ import logging
 import azure.functions as func
 
 from shared.errors import MailgateError
-from shared.gateway import get_gateway
+from shared.gateway import measure_queues
 from shared.queue import QueueMeasurement
 
 logger = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ POISON_WARNING = "Poison queue not empty"
 def monitor_queues(timer: func.TimerRequest) -> None:
     """Log each queue's depth and oldest visible message's age; warn while dead letters wait."""
     try:
-        report = get_gateway().measure_queues()
+        report = measure_queues()
     except MailgateError as error:
         # Not raised: a timer is not retried, and the next run in 5 minutes tries again.
         logger.error("Queue monitor: the queues could not be measured: %s", error)

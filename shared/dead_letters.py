@@ -209,7 +209,9 @@ class DeadLetters:
                 client=envelope.client,
             )
         )
-        self._queue.enqueue(envelope.model_copy(update={"attempt": 1, "dead_letter": None}))
+        self._queue.enqueue(
+            envelope.model_copy(update={"attempt": 1, "dead_letter": None, "postponed": None})
+        )
         logger.info(
             "Message %s replayed from the poison queue",
             envelope.id,

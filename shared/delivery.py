@@ -1,10 +1,18 @@
-"""Delivering one queued message: send it once, schedule a retry, or dead-letter it with its reason.
+"""Delivering one queued message: send it once, schedule a retry, dead-letter it with its reason,
+or put it back for later.
 
 The status record guards against double sends: a message whose record says `sent` or `failed`
 is never sent again, and a worker claims the record (`sending`, written only if nobody changed
 it since it was read) before it calls SendGrid. The one window left is between SendGrid's answer
 and the write of `sent` right after it: a worker that dies there leaves `sending`, and the next
 copy of the message sends it again once that claim is older than a whole SendGrid call could be.
+
+A message that cannot be worked on now (storage fails, the settings are wrong, another worker
+holds its claim, a newer mailgate wrote it) is put back on the queue as a new message with a
+delay, rather than raised to the Functions host: the host counts every failed invocation and
+moves the message to the poison queue, without a reason, after maxDequeueCount of them (5 in
+host.json, each after visibilityTimeout, 30 s), which a storage outage of minutes would spend.
+Only when the queue itself refuses the message does the error reach the host.
 """
 
 from __future__ import annotations
@@ -33,7 +41,13 @@ from shared.errors import (
     RetryableDeliveryError,
     StorageUnavailable,
 )
-from shared.models import WRITTEN_BY_GATEWAY, DeadLetter, QueueEnvelope, StoredBody
+from shared.models import (
+    ENVELOPE_VERSION,
+    WRITTEN_BY_GATEWAY,
+    DeadLetter,
+    QueueEnvelope,
+    StoredBody,
+)
 from shared.queue import MailQueue
 from shared.sendgrid_client import build_payload
 from shared.settings import MAX_RETRY_DELAY_SECONDS, Settings
@@ -45,6 +59,12 @@ logger = logging.getLogger(__name__)
 SENT_WRITE_ATTEMPTS = 5
 SENT_WRITE_PAUSE_SECONDS = 0.2
 CLAIM_MARGIN_SECONDS = 10
+# A message put back for later waits 15 s, then twice as long each time again, up to 5 minutes:
+# about 13 times in an hour of outage.
+POSTPONE_FIRST_SECONDS = 15
+POSTPONE_MAX_SECONDS = 300
+# A message a newer mailgate wrote waits for a newer worker, which a rolling deploy brings soon.
+NEWER_VERSION_DELAY_SECONDS = 60
 
 
 class MailSender(Protocol):
@@ -57,7 +77,7 @@ class MailSender(Protocol):
 class DeliveryOutcome:
     """What became of one delivery attempt."""
 
-    result: Literal["sent", "retry_scheduled", "dead_lettered", "skipped"]
+    result: Literal["sent", "retry_scheduled", "dead_lettered", "skipped", "postponed"]
     message_id: str | None
     attempt: int
     provider_message_id: str | None = None
@@ -80,6 +100,81 @@ def retry_delay_seconds(
     # Retrying before SendGrid's own Retry-After only earns another 429 and wastes an attempt.
     asked = min(retry_after or 0.0, MAX_RETRY_DELAY_SECONDS)
     return max(1, math.ceil(max(backoff, asked)))
+
+
+def postpone_delay_seconds(times: int, rng: random.Random | None = None) -> int:
+    """How long a message put back for the `times`-th time waits: doubling, jittered, capped."""
+    ceiling = min(POSTPONE_FIRST_SECONDS * 2.0 ** (times - 1), POSTPONE_MAX_SECONDS)
+    # Equal jitter: never less than half the ceiling, so an outage is not hammered.
+    return max(1, math.ceil((rng or random).uniform(ceiling / 2, ceiling)))
+
+
+def postpone(
+    queue: MailQueue, body: bytes, reason: str, rng: random.Random | None = None
+) -> DeliveryOutcome:
+    """Put a queue message back on the mail queue for later, its `postponed` count raised.
+
+    Every other field stays as it was, known to this version or not. Raises StorageUnavailable
+    when the queue refuses it: then the host's own retry is the only way left.
+    """
+    text, message_id, attempt, times = _counted_postponement(body)
+    delay = postpone_delay_seconds(times, rng)
+    queue.put_back(text, delay_seconds=delay)
+    logger.warning(
+        "Message %s put back for %ss (time %s; nothing was sent): %s",
+        message_id,
+        delay,
+        times,
+        reason,
+        extra={"mailgate_id": message_id, "postponed": times},
+    )
+    return DeliveryOutcome("postponed", message_id, attempt, retry_in_seconds=delay, reason=reason)
+
+
+def _counted_postponement(body: bytes) -> tuple[str, str | None, int, int]:
+    """The text to put back, the message's id and attempt if it has them, and how many times
+    it has been put back now."""
+    text = body.decode("utf-8", errors="replace")
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        return text, None, 1, 1
+    times = _count(document.get("postponed"), 0) + 1
+    document["postponed"] = times
+    message_id = document.get("id")
+    return (
+        json.dumps(document, ensure_ascii=False, separators=(",", ":")),
+        message_id if isinstance(message_id, str) else None,
+        _count(document.get("attempt"), 1),
+        times,
+    )
+
+
+def _count(value: Any, default: int) -> int:
+    counted = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return value if counted else default
+
+
+def newer_version(text: str | bytes) -> int | None:
+    """The version of an envelope or stored body a newer mailgate wrote, else None."""
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return None
+    version = document.get("version") if isinstance(document, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > ENVELOPE_VERSION:
+        return version
+    return None
+
+
+class NewerVersion(Exception):
+    """A stored body a newer mailgate wrote: its message waits for a newer worker."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(f"its body was written by a newer mailgate (version {version})")
+        self.version = version
 
 
 class Delivery:
@@ -114,15 +209,18 @@ class Delivery:
         )
 
     def deliver(self, body: bytes, dequeue_count: int = 1) -> DeliveryOutcome:
-        """Try to send one queue message; the queue carries any retry or dead letter.
+        """Try to send one queue message; the queue carries any retry, wait or dead letter.
 
-        Raises StorageUnavailable, ConcurrentUpdate or DeliveryInProgress when the message must
-        stay on the queue for the host to try again later; nothing was sent in those cases.
+        Raises StorageUnavailable only when the queue cannot take the message back for later:
+        then the host tries it again. Nothing was sent in that case.
         """
         try:
             envelope = QueueEnvelope.model_validate_json(body, context=WRITTEN_BY_GATEWAY)
         except ValidationError as error:
             with telemetry.span("mailgate.deliver", kind=SpanKind.CONSUMER):
+                version = newer_version(body)
+                if version is not None:
+                    return self._leave_for_newer_worker(body, version)
                 return self._dead_letter_unreadable(body, error)
         # Every attempt continues the trace its message's accept began.
         with telemetry.span(
@@ -143,9 +241,38 @@ class Delivery:
                     dequeue_count,
                     extra=_ids(envelope),
                 )
-            outcome = self._deliver(envelope)
+            try:
+                outcome = self._deliver(envelope)
+            except (StorageUnavailable, ConcurrentUpdate, DeliveryInProgress) as error:
+                outcome = postpone(self._queue, body, str(error), self._rng)
+            except NewerVersion as error:
+                outcome = self._leave_for_newer_worker(body, error.version)
             current.set_attribute("mailgate.result", outcome.result)
             return outcome
+
+    def _leave_for_newer_worker(self, body: bytes, version: int) -> DeliveryOutcome:
+        """Put back, unchanged, a message this worker cannot read but a newer one can.
+
+        During a rolling deploy old and new workers read the same queue (Flex Consumption has
+        no deployment slots): what the new ones write, the old ones leave to them.
+        """
+        self._queue.put_back(
+            body.decode("utf-8", errors="replace"), delay_seconds=NEWER_VERSION_DELAY_SECONDS
+        )
+        logger.warning(
+            "Queue message of envelope version %s, newer than this worker reads (%s): put back "
+            "for %ss for a newer worker",
+            version,
+            ENVELOPE_VERSION,
+            NEWER_VERSION_DELAY_SECONDS,
+        )
+        return DeliveryOutcome(
+            "postponed",
+            None,
+            0,
+            retry_in_seconds=NEWER_VERSION_DELAY_SECONDS,
+            reason=f"envelope version {version} is newer than this worker reads",
+        )
 
     def _deliver(self, envelope: QueueEnvelope) -> DeliveryOutcome:
         loaded = None
@@ -269,6 +396,9 @@ class Delivery:
         try:
             stored = StoredBody.model_validate_json(content, context=WRITTEN_BY_GATEWAY)
         except ValidationError as error:
+            version = newer_version(content)
+            if version is not None:
+                raise NewerVersion(version) from None
             return PermanentDeliveryError(
                 f"its body, blob {envelope.blob}, is not a mailgate message body: "
                 + _problems(error)
@@ -332,7 +462,7 @@ class Delivery:
         # retries it (the claim says `sending`, so no copy is mistaken for a stale one).
         with telemetry.span("mailgate.enqueue", id=envelope.id, attempt=envelope.attempt + 1):
             self._queue.enqueue(
-                envelope.model_copy(update={"attempt": envelope.attempt + 1}),
+                envelope.model_copy(update={"attempt": envelope.attempt + 1, "postponed": None}),
                 delay_seconds=delay,
             )
         retrying = status.moved(

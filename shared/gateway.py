@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import random
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +22,7 @@ from shared.blobs import MessageBodyStore
 from shared.clients import Client, ClientStore
 from shared.console import Console
 from shared.dead_letters import DeadLetters
-from shared.delivery import Delivery, DeliveryOutcome, MailSender
+from shared.delivery import Delivery, DeliveryOutcome, MailSender, postpone
 from shared.delivery_events import (
     DeliveryEventStore,
     EventBatchReport,
@@ -31,10 +34,12 @@ from shared.idempotency import IdempotencyStore
 from shared.models import MAX_MESSAGE_ID_LENGTH
 from shared.queue import MailQueue, QueueReport
 from shared.sendgrid_client import SendGridClient
-from shared.settings import Settings
+from shared.settings import Settings, StorageSettings, mail_queue_settings_from_env
 from shared.status import MessageStatus, StatusStore
 from shared.submission import AcceptedMessage, Submission
 from shared.webhook_signature import SignatureVerifier
+
+logger = logging.getLogger(__name__)
 
 
 def utc_now() -> datetime:
@@ -164,8 +169,12 @@ class Gateway:
             return submit(body, content_type, client, idempotency_key)
 
     def deliver(self, body: bytes, dequeue_count: int = 1) -> DeliveryOutcome:
-        """Deliver one queue message, scheduling a retry or dead letter if it fails."""
-        self.ensure_storage()
+        """Deliver one queue message, scheduling a retry or dead letter if it fails, or put it
+        back for later when storage fails (see shared/delivery.py)."""
+        try:
+            self.ensure_storage()
+        except StorageUnavailable as error:
+            return postpone(self.queue, body, str(error))
         return self._delivery.deliver(body, dequeue_count)
 
     def status(self, message_id: str, client: Client) -> MessageStatus:
@@ -231,12 +240,11 @@ class HealthReport:
         return all(result == "ok" for result in self.checks.values())
 
 
-def check_health(gateway_factory: Callable[[], Gateway]) -> HealthReport:
-    """Check the configuration, that storage (queues, table, blobs) answers, and queue depths."""
-    try:
-        gateway = gateway_factory()
-    except ConfigurationError as error:
-        return HealthReport({"configuration": f"error: {error}", "storage": "not checked"})
+def check_health(gateway: Gateway) -> HealthReport:
+    """Check that storage (queues, table, blobs) answers, and the queue depths.
+
+    A gateway exists only once its settings are valid: the configuration check passed.
+    """
     event_webhook = "configured" if gateway.signatures.configured else "not configured"
     try:
         depths = gateway.queue.depths()
@@ -252,13 +260,77 @@ def check_health(gateway_factory: Callable[[], Gateway]) -> HealthReport:
 _gateway: Gateway | None = None
 _gateway_lock = threading.Lock()
 
+# The start of the ERROR line logged while the settings are wrong; infra/app/alerts.bicep
+# alerts on it.
+NOT_CONFIGURED = "Gateway not configured"
+# While the settings are wrong, every request would log the same error: once a minute will do.
+NOT_CONFIGURED_LOG_SECONDS = 60.0
+_not_configured_logged: dict[str, float] = {}
+
 
 def get_gateway() -> Gateway:
-    """The process's gateway, built from the app settings on first use."""
+    """The process's gateway, built from the app settings on first use.
+
+    Raises ConfigurationError, naming the settings at fault, for as long as they are wrong:
+    the app still starts and indexes every function (an import error would leave the host
+    running none, every route a 404), and each function answers for itself (HTTP 503,
+    deliveries put back for later, the queue monitor logging an ERROR).
+    """
+    try:
+        return _built_gateway()
+    except ConfigurationError as error:
+        _log_not_configured(error)
+        raise
+
+
+def _built_gateway() -> Gateway:
     global _gateway
     if _gateway is None:
         with _gateway_lock:
             if _gateway is None:
-                settings = Settings.from_env(os.environ)
-                _gateway = Gateway.from_settings(settings)
+                _gateway = Gateway.from_settings(Settings.from_env(os.environ))
     return _gateway
+
+
+def _log_not_configured(error: ConfigurationError) -> None:
+    now = time.monotonic()
+    last = _not_configured_logged.get(str(error))
+    if last is None or now - last >= NOT_CONFIGURED_LOG_SECONDS:
+        _not_configured_logged[str(error)] = now
+        logger.error("%s: %s", NOT_CONFIGURED, error)
+
+
+def deliver_queued(body: bytes, dequeue_count: int = 1) -> DeliveryOutcome:
+    """The queue trigger's work: deliver one message; while the settings are wrong, put it
+    back on the queue for later, unsent, so that the host's poison move never takes it."""
+    try:
+        gateway = get_gateway()
+    except ConfigurationError as error:
+        return postpone(_mail_queue_alone(), body, f"{NOT_CONFIGURED}: {error}")
+    return gateway.deliver(body, dequeue_count)
+
+
+def measure_queues() -> QueueReport:
+    """How full the mail and poison queues are, for the queue monitor.
+
+    While the settings are wrong it logs an ERROR naming them, every run (the alert on dead
+    letters waiting must not resolve just because the gateway cannot start), and measures the
+    queues with the storage settings alone if those are right.
+    """
+    try:
+        gateway = _built_gateway()
+    except ConfigurationError as error:
+        logger.error("%s: %s", NOT_CONFIGURED, error)
+        return _mail_queue_alone().measure(utc_now())
+    return gateway.measure_queues()
+
+
+def _mail_queue_alone() -> MailQueue:
+    """The mail queue from the storage settings and MAIL_QUEUE_NAME alone, built once per
+    distinct pair; raises ConfigurationError if those are wrong too."""
+    return _mail_queue_for(*mail_queue_settings_from_env(os.environ))
+
+
+@functools.lru_cache(maxsize=1)
+def _mail_queue_for(storage: StorageSettings, mail_queue_name: str) -> MailQueue:
+    return MailQueue.from_storage(storage, mail_queue_name)

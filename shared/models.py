@@ -270,10 +270,21 @@ class MailRequest(BaseModel):
         return sorted({a.domain for a in (*self.to, *self.cc, *self.bcc)})
 
 
+# The envelope (and stored body) version this code writes and reads. Within a version, a newer
+# mailgate may add fields that do not change what is sent (as `status_etag` and `postponed`
+# were): older workers keep them and ignore them. Whatever would change what is sent (a new
+# field of the message itself) takes a new version, which older workers leave on the queue for
+# newer ones (see shared/delivery.py) rather than dead-letter: old and new workers share the
+# queue during a rolling deploy.
+ENVELOPE_VERSION: Literal[1] = 1
+# Fields this version does not know are kept (and written back with every copy), not refused.
+_KEEPS_UNKNOWN_FIELDS = ConfigDict(extra="allow", frozen=True)
+
+
 class DeadLetter(BaseModel):
     """Why a message was dead-lettered, for the operator reading the poison queue."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _KEEPS_UNKNOWN_FIELDS
 
     reason: str
     status_code: int | None = None
@@ -285,9 +296,9 @@ class DeadLetter(BaseModel):
 class QueueEnvelope(BaseModel):
     """The queue message: a versioned, human-readable JSON wrapper around the request."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _KEEPS_UNKNOWN_FIELDS
 
-    version: Literal[1] = 1
+    version: Literal[1] = ENVELOPE_VERSION
     id: str = Field(min_length=1, max_length=MAX_MESSAGE_ID_LENGTH)
     accepted_at: datetime
     attempt: int = Field(default=1, ge=1)
@@ -305,6 +316,9 @@ class QueueEnvelope(BaseModel):
     # The ETag of the `queued` status record the accept wrote: the first attempt claims that
     # record without reading it first, and reads it only if it changed since.
     status_etag: str | None = Field(default=None, max_length=256)
+    # How many times this message was put back on the queue for later without an attempt
+    # (storage failing, settings wrong): each wait doubles, up to a few minutes.
+    postponed: int | None = Field(default=None, ge=1)
     dead_letter: DeadLetter | None = None
 
     @model_validator(mode="after")
@@ -346,9 +360,9 @@ class QueueEnvelope(BaseModel):
 class StoredBody(BaseModel):
     """A claim-checked message's body as its blob holds it: versioned, human-readable JSON."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _KEEPS_UNKNOWN_FIELDS
 
-    version: Literal[1] = 1
+    version: Literal[1] = ENVELOPE_VERSION
     # The message the body belongs to, so that a blob read on its own says whose it is.
     id: str = Field(min_length=1, max_length=MAX_MESSAGE_ID_LENGTH)
     message: MailRequest | None = None

@@ -20,7 +20,7 @@ from azure.storage.queue import (
 )
 
 from shared.errors import StorageUnavailable
-from shared.settings import Settings, StorageSettings
+from shared.settings import Settings, StorageSettings, poison_queue_name
 from shared.storage_http import FastQueueClient
 
 if TYPE_CHECKING:
@@ -131,11 +131,15 @@ class MailQueue:
     @classmethod
     def from_settings(cls, settings: Settings) -> MailQueue:
         """Create the clients once; each holds its own connection pool."""
-        storage = settings.storage
+        return cls.from_storage(settings.storage, settings.mail_queue_name)
+
+    @classmethod
+    def from_storage(cls, storage: StorageSettings, mail_queue_name: str) -> MailQueue:
+        """The mail queue `mail_queue_name` and its poison queue in `storage`."""
         credential = None if storage.connection_string else token_credential(storage)
         return cls(
-            _queue_client(storage, settings.mail_queue_name, credential),
-            _queue_client(storage, settings.poison_queue_name, credential),
+            _queue_client(storage, mail_queue_name, credential),
+            _queue_client(storage, poison_queue_name(mail_queue_name), credential),
         )
 
     @property
@@ -196,6 +200,17 @@ class MailQueue:
             envelope.to_json(),
             visibility_timeout=delay_seconds or None,
             time_to_live=NEVER_EXPIRES,
+        )
+
+    def put_back(self, text: str, *, delay_seconds: int) -> None:
+        """Put a message's text back on the mail queue as it is, visible after `delay_seconds`.
+
+        For a message that could not be worked on now (storage, settings, a newer envelope
+        version): a new queue message starts with a dequeue count of 0, so waiting spends
+        nothing of the host's maxDequeueCount.
+        """
+        self._send(
+            self._mail, text, visibility_timeout=max(1, delay_seconds), time_to_live=NEVER_EXPIRES
         )
 
     def dead_letter(self, text: str) -> None:

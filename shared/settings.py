@@ -24,13 +24,18 @@ DEFAULT_MAX_REQUEST_BYTES = MAX_REQUEST_BYTES_LIMIT
 MAX_RETRY_DELAY_SECONDS = 7 * 24 * 3600
 
 # 3-63 characters in Azure; 56 at most so that "<name>-poison" still fits.
-_QUEUE_NAME = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,54}[a-z0-9]$")
+_QUEUE_NAME = re.compile(r"[a-z0-9](?!.*--)[a-z0-9-]{1,54}[a-z0-9]")
 # An address (local@domain) or an @domain, one of each, without separators or spaces.
-_SENDER_ENTRY = re.compile(r"^[^@\s,;]*@[^@\s,;]+\.[^@\s,;]+$")
-_TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
+_SENDER_ENTRY = re.compile(r"[^@\s,;]*@[^@\s,;]+\.[^@\s,;]+")
+_TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
 # 3-63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit.
-_CONTAINER_NAME = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
+_CONTAINER_NAME = re.compile(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]")
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+
+def poison_queue_name(mail_queue_name: str) -> str:
+    """The dead-letter queue of a mail queue: its name plus `-poison`, as the host names it."""
+    return f"{mail_queue_name}-poison"
 
 
 @dataclass(frozen=True)
@@ -70,12 +75,28 @@ class Settings:
     @property
     def poison_queue_name(self) -> str:
         """The dead-letter queue: the mail queue's name plus `-poison`, as the host names it."""
-        return f"{self.mail_queue_name}-poison"
+        return poison_queue_name(self.mail_queue_name)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
-        """Build settings from app settings; raise ConfigurationError naming the bad setting."""
-        reader = _Reader(environ)
+        """Build settings from app settings; raise ConfigurationError naming the bad setting.
+
+        The error's message names settings, never their values: it is shown to callers (503).
+        Settings holding unresolved Key Vault references are named together with the first
+        other setting at fault, if any: each fix costs the operator an app restart.
+        """
+        try:
+            refuse_unresolved_key_vault_references(environ)
+        except ConfigurationError as unresolved:
+            try:
+                cls._build(_Reader(environ, references_unset=True))
+            except ConfigurationError as other:
+                raise ConfigurationError(f"{unresolved}; {other}") from None
+            raise
+        return cls._build(_Reader(environ))
+
+    @classmethod
+    def _build(cls, reader: _Reader) -> Settings:
         settings = cls(
             storage=_storage_settings(reader),
             allowed_senders=_allowed_senders(reader.text("ALLOWED_SENDERS")),
@@ -130,6 +151,18 @@ class Settings:
         return settings
 
 
+def mail_queue_settings_from_env(environ: Mapping[str, str]) -> tuple[StorageSettings, str]:
+    """Only what reaching the mail queue takes: the storage connection and MAIL_QUEUE_NAME.
+
+    While another setting is wrong, delivery still puts each message back on the queue for
+    later with these, and the queue monitor still measures the queues.
+    """
+    reader = _Reader(environ)
+    return _storage_settings(reader), _queue_name(
+        reader.text("MAIL_QUEUE_NAME") or DEFAULT_MAIL_QUEUE_NAME
+    )
+
+
 KEY_VAULT_REFERENCE_PREFIX = "@Microsoft.KeyVault("
 
 
@@ -152,13 +185,20 @@ def refuse_unresolved_key_vault_references(environ: Mapping[str, str]) -> None:
 
 
 class _Reader:
-    """Reads settings, treating blanks as missing and unresolved Key Vault references as errors."""
+    """Reads settings, treating blanks as missing and unresolved Key Vault references as errors
+    (or, with `references_unset`, as settings not given, and required ones as present)."""
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
+    def __init__(self, environ: Mapping[str, str], *, references_unset: bool = False) -> None:
         self._environ = environ
+        self._references_unset = references_unset
+
+    def _is_reference(self, name: str) -> bool:
+        return self._environ.get(name, "").strip().startswith(KEY_VAULT_REFERENCE_PREFIX)
 
     def text(self, name: str) -> str | None:
         value = self._environ.get(name, "").strip()
+        if self._references_unset and self._is_reference(name):
+            return None
         if value.startswith(KEY_VAULT_REFERENCE_PREFIX):
             # App Service leaves the reference text in place when it cannot resolve it.
             raise ConfigurationError(
@@ -169,6 +209,8 @@ class _Reader:
 
     def required(self, name: str) -> str:
         value = self.text(name)
+        if value is None and self._references_unset and self._is_reference(name):
+            return ""
         if value is None:
             raise ConfigurationError(f"{name} is required but not set")
         return value
@@ -189,7 +231,7 @@ class _Reader:
             value = int(raw) if integer else float(raw)
         except ValueError:
             kind = "a whole number" if integer else "a number"
-            raise ConfigurationError(f"{name} must be {kind}, got {raw!r}") from None
+            raise ConfigurationError(f"{name} must be {kind}") from None
         if not minimum <= value <= maximum:
             raise ConfigurationError(f"{name} must be between {minimum:g} and {maximum:g}")
         return value
@@ -274,9 +316,9 @@ def parse_senders(raw: str | None, source: str) -> tuple[str, ...]:
             f"{source} is empty: list the addresses and @domains that may send, "
             "for example 'noreply@example.com,@example.org'"
         )
-    for entry in entries:
-        if not _SENDER_ENTRY.match(entry):
-            raise ValueError(f"{source} entry {entry!r} is neither an address nor an @domain")
+    for position, entry in enumerate(entries, 1):
+        if not _SENDER_ENTRY.fullmatch(entry):
+            raise ValueError(f"{source} entry {position} is neither an address nor an @domain")
     return entries
 
 
@@ -288,9 +330,9 @@ def _allowed_senders(raw: str | None) -> tuple[str, ...]:
 
 
 def _queue_name(name: str) -> str:
-    if not _QUEUE_NAME.match(name):
+    if not _QUEUE_NAME.fullmatch(name):
         raise ConfigurationError(
-            f"MAIL_QUEUE_NAME {name!r} is not a valid queue name: 3-56 lowercase letters, digits "
+            "MAIL_QUEUE_NAME is not a valid queue name: 3-56 lowercase letters, digits "
             "and single hyphens, starting and ending with a letter or digit"
         )
     if name.endswith("-poison"):
@@ -299,18 +341,17 @@ def _queue_name(name: str) -> str:
 
 
 def _table_name(setting: str, name: str) -> str:
-    if not _TABLE_NAME.match(name):
+    if not _TABLE_NAME.fullmatch(name):
         raise ConfigurationError(
-            f"{setting} {name!r} is not a valid table name: 3-63 letters and digits, "
-            "starting with a letter"
+            f"{setting} is not a valid table name: 3-63 letters and digits, starting with a letter"
         )
     return name
 
 
 def _container_name(name: str) -> str:
-    if not _CONTAINER_NAME.match(name):
+    if not _CONTAINER_NAME.fullmatch(name):
         raise ConfigurationError(
-            f"LARGE_MESSAGE_CONTAINER_NAME {name!r} is not a valid blob container name: 3-63 "
+            "LARGE_MESSAGE_CONTAINER_NAME is not a valid blob container name: 3-63 "
             "lowercase letters, digits and single hyphens, starting and ending with a letter or "
             "digit"
         )
@@ -332,7 +373,7 @@ def _webhook_public_key(text: str | None) -> str | None:
 def _base_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in {"https", "http"} or not parts.hostname:
-        raise ConfigurationError(f"SENDGRID_API_BASE_URL {url!r} is not an http(s) URL")
+        raise ConfigurationError("SENDGRID_API_BASE_URL is not an http(s) URL")
     if parts.scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS:
         # The API key travels in a header: never in clear text off this machine.
         raise ConfigurationError("SENDGRID_API_BASE_URL must use https unless it is loopback")

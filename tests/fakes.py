@@ -44,10 +44,12 @@ from shared.errors import (
 )
 from shared.idempotency import PENDING_TIMEOUT, IdempotencyStore, KeyClaim, KeyRecord, digest
 from shared.models import QueueEnvelope, StoredBody
-from shared.queue import MailQueue
+from shared.queue import MailQueue, QueueMeasurement, QueueReport
 from shared.status import MessageStatus, StatusStore
 
-QUEUE_OPERATIONS = frozenset({"enqueue", "dead_letter", "ensure_exists", "check", "depths"})
+QUEUE_OPERATIONS = frozenset(
+    {"enqueue", "put_back", "dead_letter", "ensure_exists", "check", "depths", "measure"}
+)
 STATUS_OPERATIONS = frozenset({"get", "create", "remove", "claim", "put", "check", "ensure_exists"})
 KEY_OPERATIONS = frozenset({"claim", "complete", "release"})
 BODY_OPERATIONS = frozenset({"put", "get", "delete", "ensure_exists", "check"})
@@ -355,6 +357,18 @@ class FakeMailQueue(_OutageControls, MailQueue):
         self._outage.check("enqueue")
         self.journal.append("queue.enqueue")
         self.messages.append(QueuedText(envelope.to_json(), delay_seconds))
+
+    def put_back(self, text: str, *, delay_seconds: int) -> None:
+        self._outage.check("put_back")
+        self.journal.append("queue.put_back")
+        self.messages.append(QueuedText(text, delay_seconds))
+
+    def measure(self, now: datetime) -> QueueReport:
+        self._outage.check("measure")
+        return QueueReport(
+            QueueMeasurement(self.name, len(self.messages), None),
+            QueueMeasurement(self.poison_name, len(self.poison_texts), None),
+        )
 
     def dead_letter(self, text: str) -> None:
         self._outage.check("dead_letter")

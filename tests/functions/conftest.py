@@ -7,15 +7,6 @@ from typing import cast
 import pytest
 from azure.data.tables import TableClient
 
-import functions.auth
-import functions.console
-import functions.dead_letters
-import functions.delivery
-import functions.health
-import functions.messages
-import functions.monitor
-import functions.sendgrid_compat
-import functions.sendgrid_events
 import shared.clients
 import shared.gateway
 from shared.clients import ClientStore
@@ -104,24 +95,41 @@ def gateway(
     return replacement
 
 
-def _gateway_from_empty_settings() -> Gateway:
-    # Raises the ConfigurationError the real app settings would, had they been left empty.
-    return Gateway.from_settings(Settings.from_env({}))
+# The settings of a first `azd up` whose Key Vault secret is missing (or not yet readable),
+# and with ALLOWED_SENDERS left out: storage is right, the rest is not.
+UNRESOLVED_KEY = "@Microsoft.KeyVault(SecretUri=https://x.vault.azure.net/secrets/y/)"
+MISCONFIGURED_ENV = {
+    "AzureWebJobsStorage": BASE_ENV["AzureWebJobsStorage"],
+    "SENDGRID_API_KEY": UNRESOLVED_KEY,
+}
 
 
 @pytest.fixture
-def misconfigured(monkeypatch: pytest.MonkeyPatch) -> None:
-    """get_gateway() raises ConfigurationError in every function, as with bad app settings."""
+def fallback_queue(monkeypatch: pytest.MonkeyPatch) -> FakeMailQueue:
+    """The mail queue the functions reach from the storage settings alone, while others are
+    wrong (in memory)."""
+    queue = FakeMailQueue()
+    monkeypatch.setattr(shared.gateway, "_mail_queue_for", lambda storage, name: queue)
+    return queue
+
+
+@pytest.fixture
+def misconfigured(monkeypatch: pytest.MonkeyPatch, fallback_queue: FakeMailQueue) -> None:
+    """The app settings of MISCONFIGURED_ENV: get_gateway() raises ConfigurationError in every
+    function, as it would in Azure."""
+    for name in (*BASE_ENV, "ALLOWED_SENDERS", "MAIL_QUEUE_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in MISCONFIGURED_ENV.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setattr(shared.gateway, "_gateway", None)
-    for module in (
-        functions.console,
-        functions.messages,
-        functions.sendgrid_compat,
-        functions.sendgrid_events,
-        functions.auth,
-        functions.health,
-        functions.delivery,
-        functions.dead_letters,
-        functions.monitor,
-    ):
-        monkeypatch.setattr(module, "get_gateway", _gateway_from_empty_settings)
+    monkeypatch.setattr(shared.gateway, "_not_configured_logged", {})
+
+
+@pytest.fixture
+def storage_misconfigured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No storage setting at all: not even the mail queue can be reached."""
+    for name in (*BASE_ENV, "ALLOWED_SENDERS", "MAIL_QUEUE_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SENDGRID_API_KEY", "SG.key")
+    monkeypatch.setattr(shared.gateway, "_gateway", None)
+    monkeypatch.setattr(shared.gateway, "_not_configured_logged", {})

@@ -104,23 +104,3 @@ def test_should_answer_404_for_an_unknown_message() -> None:
     assert response.status_code == 404
     assert response.mimetype == "application/problem+json"
     assert json_of(response)["status"] == 404
-
-
-@pytest.mark.usefixtures("misconfigured")
-@pytest.mark.parametrize(
-    ("function", "route", "params"),
-    [
-        (console_summary, "v1/console/summary", {}),
-        (console_message, "v1/console/messages/msg-1", {"id": "msg-1"}),
-    ],
-    ids=["summary", "message"],
-)
-def test_should_answer_500_naming_no_setting_when_misconfigured(
-    function: Callable[[func.HttpRequest], func.HttpResponse],
-    route: str,
-    params: dict[str, str],
-) -> None:
-    response = call(function, route, params)
-
-    assert response.status_code == 500
-    assert json_of(response)["detail"] == "the gateway is misconfigured; see its logs"

@@ -196,11 +196,3 @@ def test_should_answer_503_when_the_poison_queue_does_not_answer(
 
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
-
-
-@pytest.mark.usefixtures("misconfigured")
-def test_should_answer_500_from_admin_routes_when_the_settings_are_bad() -> None:
-    response = call(list_dead_letters, "dead-letters", "GET")
-
-    assert response.status_code == 500
-    assert "misconfigured" in problem_of(response)["detail"]

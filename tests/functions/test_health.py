@@ -102,15 +102,18 @@ def test_should_answer_503_when_blob_storage_does_not_answer(
 
 
 @pytest.mark.usefixtures("misconfigured")
-def test_should_answer_503_when_the_settings_are_bad() -> None:
-    status, document, _ = get_health()
+def test_should_answer_503_problem_naming_the_settings_when_they_are_wrong() -> None:
+    status, document, response = get_health()
 
     assert status == 503
-    assert document["status"] == "unhealthy"
-    assert document["checks"]["configuration"].startswith("error:")
-    assert document["checks"]["storage"] == "not checked"
-    assert document["queues"] == {}
-    assert document["event_webhook"] == "not checked"
+    assert response.mimetype == "application/problem+json"
+    assert response.headers["Retry-After"] == "60"
+    assert document["detail"].startswith(
+        "the gateway is not configured and the gateway cannot work: SENDGRID_API_KEY: "
+        "unresolved Key Vault reference"
+    )
+    assert "ALLOWED_SENDERS" in document["detail"]
+    assert "vault.azure.net" not in document["detail"]
 
 
 def test_should_stay_healthy_saying_the_event_webhook_is_not_configured(gateway: Gateway) -> None:

@@ -226,18 +226,6 @@ def test_should_accept_again_once_storage_is_back(fake_queue: FakeMailQueue) -> 
     assert fake_queue.ensure_exists_calls == 1
 
 
-@pytest.mark.usefixtures("misconfigured")
-def test_should_answer_500_without_details_when_the_settings_are_bad() -> None:
-    response = post(body(message()))
-
-    assert response.status_code == 500
-    document = problem_of(response)
-    assert "misconfigured" in document["detail"]
-    # The configuration error names settings: that is for the logs, not for callers.
-    assert "ALLOWED_SENDERS" not in response.get_body().decode()
-    assert "AzureWebJobsStorage" not in response.get_body().decode()
-
-
 def test_should_use_the_process_gateway(gateway: Gateway, fake_queue: FakeMailQueue) -> None:
     assert shared.gateway.get_gateway() is gateway
 
@@ -416,14 +404,6 @@ def test_should_answer_503_when_the_status_cannot_be_read(fake_statuses: FakeSta
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
     assert "status could not be read" in problem_of(response)["detail"]
-
-
-@pytest.mark.usefixtures("misconfigured")
-def test_should_answer_500_for_a_status_when_the_settings_are_bad() -> None:
-    response = get_status(MESSAGE_ID)
-
-    assert response.status_code == 500
-    assert "misconfigured" in problem_of(response)["detail"]
 
 
 @pytest.mark.usefixtures("gateway")

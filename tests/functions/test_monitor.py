@@ -189,10 +189,51 @@ def test_should_log_an_error_and_return_when_storage_is_unavailable(
 
 
 @pytest.mark.usefixtures("misconfigured")
-def test_should_log_an_error_and_return_when_the_gateway_is_misconfigured(
+def test_should_log_an_error_naming_the_settings_and_still_warn_of_dead_letters(
+    monkeypatch: pytest.MonkeyPatch, queues: Queues, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Were the monitor silent, the dead-letters alert would resolve: a false all-clear.
+    monkeypatch.setattr(
+        shared.gateway,
+        "_mail_queue_for",
+        lambda storage, name: MailQueue(
+            cast(QueueClient, queues.mail), cast(QueueClient, queues.poison)
+        ),
+    )
+    queues.put(queues.poison, seconds_ago=60)
+
+    with caplog.at_level(logging.INFO):
+        monitor_queues(TimerRequest(past_due=False))
+
+    [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert error.getMessage().startswith("Gateway not configured: SENDGRID_API_KEY: unresolved")
+    assert "ALLOWED_SENDERS" in error.getMessage()
+    assert "vault.azure.net" not in error.getMessage()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert [w for w in warnings if w.startswith(POISON_WARNING)] == [
+        f"{POISON_WARNING}: queue=mail-outbound-poison depth=1; dead letters wait for an "
+        "operator (make poison)"
+    ]
+
+
+@pytest.mark.usefixtures("misconfigured")
+def test_should_log_the_settings_error_on_every_run(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR):
+        for _ in range(3):
+            monitor_queues(TimerRequest(past_due=False))
+
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len([e for e in errors if e.startswith("Gateway not configured:")]) == 3
+
+
+@pytest.mark.usefixtures("storage_misconfigured")
+def test_should_log_errors_and_return_when_not_even_storage_is_configured(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    [error] = run_monitor(caplog)
+    with caplog.at_level(logging.INFO):
+        monitor_queues(TimerRequest(past_due=False))
 
-    assert error.levelno == logging.ERROR
-    assert "AzureWebJobsStorage is not set" in error.getMessage()
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors[0].startswith("Gateway not configured: ")
+    assert errors[-1].startswith("Queue monitor: the queues could not be measured: ")
+    assert all("AzureWebJobsStorage is not set" in e for e in errors)

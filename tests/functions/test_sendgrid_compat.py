@@ -191,16 +191,6 @@ def test_should_answer_503_with_retry_after_when_storage_is_unavailable(
     assert fake_queue.messages == []
 
 
-@pytest.mark.usefixtures("misconfigured")
-def test_should_answer_500_without_details_when_the_settings_are_bad() -> None:
-    response = post(body(sendgrid_mail()))
-
-    assert response.status_code == 500
-    [entry] = errors_of(response)
-    assert "misconfigured" in entry["message"]
-    assert "ALLOWED_SENDERS" not in response.get_body().decode()
-
-
 # --- Idempotency-Key -----------------------------------------------------------------------
 
 

@@ -52,7 +52,7 @@ def test_should_report_healthy_on_fresh_storage_before_any_message(gateway: Gate
     # message creates them). depths() already reads missing queues as empty, but the table
     # check reads a missing table as storage failing, so a fresh local stack (and any probe
     # that waits for health before sending) sees 503 until someone submits a message.
-    report = check_health(lambda: gateway)
+    report = check_health(gateway)
 
     assert report.checks == {"configuration": "ok", "storage": "ok"}
     assert report.queue_depths == {gateway.queue.name: 0, gateway.queue.poison_name: 0}
@@ -64,7 +64,7 @@ def test_should_report_the_queue_depths_once_messages_are_queued(
     gateway.accept(body(message()), JSON, client)
     gateway.accept(body(message()), JSON, client)
 
-    report = check_health(lambda: gateway)
+    report = check_health(gateway)
 
     assert report.healthy
     assert report.queue_depths == {gateway.queue.name: 2, gateway.queue.poison_name: 0}

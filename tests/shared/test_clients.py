@@ -86,7 +86,7 @@ def test_should_refuse_a_name_that_is_taken(store: ClientStore) -> None:
         ("bill_ing", "@example.com", 10, "client name"),
         ("b" * 41, "@example.com", 10, "client name"),
         ("billing", "", 10, "SENDERS is empty"),
-        ("billing", "example.com", 10, "SENDERS entry 'example.com'"),
+        ("billing", "@example.com,example.com", 10, "SENDERS entry 2 is neither"),
         ("billing", "@example.com", 0, "the rate must be 1 to"),
     ],
 )

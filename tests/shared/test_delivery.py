@@ -19,9 +19,7 @@ from shared.delivery import (
     retry_delay_seconds,
 )
 from shared.errors import (
-    ConcurrentUpdate,
     DeliveryError,
-    DeliveryInProgress,
     PermanentDeliveryError,
     RetryableDeliveryError,
     StorageUnavailable,
@@ -80,6 +78,18 @@ def deliver(
         rng=rng,
     )
     return delivery.deliver(raw)
+
+
+def put_back(queue: FakeMailQueue, original: bytes | QueueEnvelope) -> int:
+    """The delay of the one message on the mail queue, checked to be `original` put back for
+    later: every field as it was, `postponed` one more."""
+    raw = original.to_json() if isinstance(original, QueueEnvelope) else original.decode()
+    expected = json.loads(raw)
+    expected["postponed"] = expected.get("postponed", 0) + 1
+    [queued] = queue.messages
+    assert json.loads(queued.text) == expected
+    assert queue.journal.count("queue.put_back") == 1
+    return queued.delay_seconds
 
 
 def poison_record(queue: FakeMailQueue) -> dict[str, Any]:
@@ -393,8 +403,9 @@ def test_should_dead_letter_a_queued_v3_body_that_lost_its_personalizations(
         b'{"hello": "world"}',
         b"[]",
         b"",
-        b'{"version": 2, "id": "x"}',
         b'{"version": 1, "id": "x", "accepted_at": "2026-03-02T09:30:00Z", "message": {}}',
+        b'{"version": "2", "id": "x"}',
+        b'{"version": true, "id": "x"}',
     ],
 )
 def test_should_dead_letter_an_unreadable_message_keeping_it_intact(
@@ -425,24 +436,189 @@ def test_should_dead_letter_a_message_that_is_not_utf8(
 
 
 @pytest.mark.parametrize(
-    ("failure", "operation"),
+    ("failure", "operations"),
     [
-        (SERVER_ERROR, "enqueue"),
-        (REFUSAL, "dead_letter"),
-        (None, "dead_letter"),
+        (SERVER_ERROR, ["enqueue", "put_back"]),
+        (REFUSAL, ["dead_letter", "put_back"]),
+        (None, ["dead_letter"]),
     ],
     ids=["retry cannot be queued", "dead letter cannot be written", "unreadable message"],
 )
-def test_should_let_storage_unavailable_through_so_the_host_retries(
-    failure: DeliveryError | None, operation: str, settings: Settings, fake_queue: FakeMailQueue
+def test_should_let_storage_unavailable_through_when_the_queue_cannot_take_the_message_back(
+    failure: DeliveryError | None,
+    operations: list[str],
+    settings: Settings,
+    fake_queue: FakeMailQueue,
 ) -> None:
-    fake_queue.make_unavailable([operation])
+    fake_queue.make_unavailable(operations)
     content = envelope().to_json().encode() if failure is not None else b"garbage"
 
     with pytest.raises(StorageUnavailable):
         deliver(content, FakeMailSender(*([failure] if failure else [])), fake_queue, settings)
 
     assert (fake_queue.messages, fake_queue.poison_texts) == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("failure", "operation"),
+    [(SERVER_ERROR, "enqueue"), (REFUSAL, "dead_letter")],
+    ids=["retry cannot be queued", "dead letter cannot be written"],
+)
+def test_should_put_the_message_back_when_its_outcome_cannot_be_queued(
+    failure: DeliveryError, operation: str, settings: Settings, fake_queue: FakeMailQueue
+) -> None:
+    fake_queue.make_unavailable([operation])
+    queued = envelope(id="msg-back")
+
+    outcome = deliver(queued, FakeMailSender(failure), fake_queue, settings)
+
+    assert (outcome.result, outcome.message_id) == ("postponed", "msg-back")
+    assert put_back(fake_queue, queued) == outcome.retry_in_seconds
+    assert fake_queue.poison_texts == []
+
+
+# --- put back for later: what cannot be worked on now waits, without the host's budget ------
+
+
+def test_should_wait_twice_as_long_each_time_a_message_is_put_back_up_to_five_minutes(
+    settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    fake_statuses.make_unavailable(["claim"])
+    text = envelope(id="msg-wait").to_json().encode()
+
+    delays = []
+    for _ in range(8):
+        outcome = deliver(text, FakeMailSender(), fake_queue, settings, fake_statuses)
+        [back] = fake_queue.messages
+        fake_queue.messages.clear()
+        assert outcome.retry_in_seconds == back.delay_seconds
+        delays.append(back.delay_seconds)
+        text = back.text.encode()
+
+    assert delays == [15, 30, 60, 120, 240, 300, 300, 300]
+    assert json.loads(text)["postponed"] == 8
+    # Never sooner than half the wait, so that an outage is not hammered by every message.
+    assert shared.delivery.postpone_delay_seconds(3, JitterAt(0.0)) == 30
+
+
+def test_should_log_each_wait_with_the_id_and_the_reason_but_no_content(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_statuses: FakeStatusStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake_statuses.make_unavailable(["claim"])
+
+    with caplog.at_level(logging.WARNING, logger="shared.delivery"):
+        deliver(
+            envelope(id="msg-log", subject="Secret plans"),
+            FakeMailSender(),
+            fake_queue,
+            settings,
+            fake_statuses,
+        )
+
+    [record] = [r for r in caplog.records if "put back" in r.getMessage()]
+    assert record.getMessage().startswith(
+        "Message msg-log put back for 15s (time 1; nothing was sent): table mailstatus"
+    )
+    assert "Secret plans" not in record.getMessage()
+    assert getattr(record, "mailgate_id", None) == "msg-log"
+
+
+def test_should_start_a_retry_copy_with_no_waits_counted(
+    settings: Settings, fake_queue: FakeMailQueue
+) -> None:
+    waited = envelope(id="msg-fresh").model_copy(update={"postponed": 4})
+
+    deliver(waited, FakeMailSender(SERVER_ERROR), fake_queue, settings)
+
+    [retry] = fake_queue.envelopes
+    assert (retry.attempt, retry.postponed) == (2, None)
+
+
+# --- envelopes across versions: a rolling deploy runs old and new workers on one queue ------
+
+UNKNOWN_FIELDS = {"priority": "high", "routing": {"provider": "acs", "weight": 2}}
+
+
+def test_should_send_an_envelope_with_fields_this_version_does_not_know(
+    settings: Settings, fake_queue: FakeMailQueue
+) -> None:
+    text = json.dumps({**json.loads(envelope(id="msg-new").to_json()), **UNKNOWN_FIELDS})
+    sender = FakeMailSender("sg-new")
+
+    outcome = deliver(text.encode(), sender, fake_queue, settings)
+
+    assert (outcome.result, outcome.message_id) == ("sent", "msg-new")
+    assert "priority" not in json.dumps(sender.payloads[0])
+
+
+@pytest.mark.parametrize(
+    "failure", [SERVER_ERROR, REFUSAL, None], ids=["retry", "dead letter", "wait"]
+)
+def test_should_keep_fields_this_version_does_not_know_in_every_copy_it_writes(
+    failure: DeliveryError | None,
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    text = json.dumps({**json.loads(envelope(id="msg-keep").to_json()), **UNKNOWN_FIELDS})
+    if failure is None:
+        fake_statuses.make_unavailable(["claim"])
+
+    deliver(
+        text.encode(),
+        FakeMailSender(*[f for f in [failure] if f]),
+        fake_queue,
+        settings,
+        fake_statuses,
+    )
+
+    [copy] = [m.text for m in fake_queue.messages] + fake_queue.poison_texts
+    document = json.loads(copy)
+    assert {name: document[name] for name in UNKNOWN_FIELDS} == UNKNOWN_FIELDS
+
+
+def test_should_leave_an_envelope_of_a_newer_version_for_a_newer_worker(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_statuses: FakeStatusStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    text = json.dumps({"version": 2, "id": "msg-v2", "body": {"anything": "new"}}).encode()
+    sender = FakeMailSender()
+
+    with caplog.at_level(logging.WARNING, logger="shared.delivery"):
+        outcome = deliver(text, sender, fake_queue, settings, fake_statuses)
+
+    assert outcome.result == "postponed"
+    # Unchanged, to the byte: this worker cannot know what a version 2 field means.
+    assert [(m.text.encode(), m.delay_seconds) for m in fake_queue.messages] == [
+        (text, shared.delivery.NEWER_VERSION_DELAY_SECONDS)
+    ]
+    assert (sender.payloads, fake_queue.poison_texts, fake_statuses.records) == ([], [], {})
+    assert any(
+        "version 2, newer than this worker reads (1)" in r.getMessage() for r in caplog.records
+    )
+
+
+def test_should_leave_a_message_whose_stored_body_a_newer_version_wrote(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    _, queued = claim_checked(fake_bodies, id="msg-bv2")
+    fake_bodies.blobs["msg-bv2.json"] = b'{"version": 2, "id": "msg-bv2", "parts": []}'
+    sender = FakeMailSender()
+
+    outcome = deliver(queued, sender, fake_queue, settings, fake_statuses, bodies=fake_bodies)
+
+    assert outcome.result == "postponed"
+    assert [m.text for m in fake_queue.messages] == [queued.to_json()]
+    assert (sender.payloads, fake_queue.poison_texts) == ([], [])
+    assert "msg-bv2.json" in fake_bodies.blobs
 
 
 # --- the status record: transitions --------------------------------------------------------
@@ -556,9 +732,11 @@ def test_should_not_mark_a_message_failed_when_its_dead_letter_cannot_be_written
 ) -> None:
     fake_queue.make_unavailable(["dead_letter"])
 
-    with pytest.raises(StorageUnavailable):
-        deliver(envelope(id="msg-24"), FakeMailSender(REFUSAL), fake_queue, settings, fake_statuses)
+    outcome = deliver(
+        envelope(id="msg-24"), FakeMailSender(REFUSAL), fake_queue, settings, fake_statuses
+    )
 
+    assert outcome.result == "postponed"
     assert fake_statuses.records["msg-24"].state is MessageState.SENDING
 
 
@@ -658,12 +836,14 @@ def test_should_leave_a_message_another_worker_is_sending(
     )
     sender = FakeMailSender()
 
-    with pytest.raises(DeliveryInProgress, match="msg-33"):
-        deliver(queued, sender, fake_queue, settings, fake_statuses)
+    outcome = deliver(queued, sender, fake_queue, settings, fake_statuses)
 
+    assert outcome.result == "postponed"
+    assert outcome.reason == "message msg-33 is being sent by another worker"
     assert sender.payloads == []
     assert fake_statuses.records["msg-33"] == before
-    assert (fake_queue.messages, fake_queue.poison_texts) == ([], [])
+    put_back(fake_queue, queued)
+    assert fake_queue.poison_texts == []
 
 
 @pytest.mark.parametrize("age", [CLAIM_TIMEOUT, timedelta(hours=1)])
@@ -698,8 +878,11 @@ def test_should_wait_longer_for_a_claim_when_sendgrid_calls_may_take_longer(
         status_of(queued, MessageState.SENDING, updated_at=LATER - timedelta(seconds=150))
     )
 
-    with pytest.raises(DeliveryInProgress):
-        deliver(queued, FakeMailSender(), fake_queue, settings, fake_statuses)
+    outcome = deliver(queued, FakeMailSender(), fake_queue, settings, fake_statuses)
+
+    assert outcome.result == "postponed"
+    assert outcome.reason is not None
+    assert "another worker" in outcome.reason
 
 
 def test_should_not_send_when_another_worker_claims_the_message_first(
@@ -711,11 +894,12 @@ def test_should_not_send_when_another_worker_claims_the_message_first(
     fake_statuses.after_get = lambda _id: rival_writes(fake_statuses, rival)
     sender = FakeMailSender()
 
-    with pytest.raises(ConcurrentUpdate):
-        deliver(queued, sender, fake_queue, settings, fake_statuses)
+    outcome = deliver(queued, sender, fake_queue, settings, fake_statuses)
 
+    assert outcome.result == "postponed"
     assert sender.payloads == []
     assert fake_statuses.records["msg-36"].state is MessageState.SENDING
+    put_back(fake_queue, queued)
 
 
 def test_should_not_send_when_another_worker_creates_the_missing_status_first(
@@ -726,9 +910,9 @@ def test_should_not_send_when_another_worker_creates_the_missing_status_first(
     fake_statuses.after_get = lambda _id: rival_writes(fake_statuses, rival)
     sender = FakeMailSender()
 
-    with pytest.raises(ConcurrentUpdate):
-        deliver(queued, sender, fake_queue, settings, fake_statuses)
+    outcome = deliver(queued, sender, fake_queue, settings, fake_statuses)
 
+    assert outcome.result == "postponed"
     assert sender.payloads == []
 
 
@@ -741,11 +925,12 @@ def test_should_send_nothing_when_the_status_cannot_be_read_or_claimed(
     fake_statuses.make_unavailable([operation])
     sender = FakeMailSender()
 
-    with pytest.raises(StorageUnavailable):
-        deliver(queued, sender, fake_queue, settings, fake_statuses)
+    outcome = deliver(queued, sender, fake_queue, settings, fake_statuses)
 
+    assert outcome.result == "postponed"
     assert sender.payloads == []
-    assert (fake_queue.messages, fake_queue.poison_texts) == ([], [])
+    put_back(fake_queue, queued)
+    assert fake_queue.poison_texts == []
     assert fake_statuses.records["msg-38"].state is MessageState.QUEUED
 
 
@@ -796,24 +981,24 @@ def test_should_not_lose_a_message_whose_retry_could_not_be_enqueued(
     queued = envelope(id="msg-41")
     sender = FakeMailSender(SERVER_ERROR, "sg-41")
     fake_queue.fail_next("enqueue")
-    with pytest.raises(StorageUnavailable):
-        deliver(queued, sender, fake_queue, settings, fake_statuses)
+    first = deliver(queued, sender, fake_queue, settings, fake_statuses)
+    assert first.result == "postponed"
 
-    # The host tries the same queue message again every 30 s (host.json), 4 more times.
-    outcomes = []
-    for retry in range(1, 5):
-        try:
-            outcome = deliver(
-                queued, sender, fake_queue, settings, fake_statuses, now=LATER + retry * HOST_RETRY
-            )
-        except DeliveryInProgress:
-            outcomes.append("in progress")
-            continue
+    # The copy put back comes round again each time its wait is over.
+    outcomes: list[str] = []
+    now = LATER
+    while len(outcomes) < 10:
+        [back] = fake_queue.messages
+        fake_queue.messages.clear()
+        now += timedelta(seconds=back.delay_seconds)
+        outcome = deliver(back.text.encode(), sender, fake_queue, settings, fake_statuses, now=now)
         outcomes.append(f"{outcome.result}: {outcome.reason}")
-        break
+        if outcome.result != "postponed":
+            break
 
-    assert outcomes[-1].startswith(("sent", "retry_scheduled")), outcomes
-    assert [e.attempt for e in fake_queue.envelopes] == [2] or len(sender.payloads) == 2
+    assert outcomes[-1].startswith("sent"), outcomes
+    assert len(sender.payloads) == 2
+    assert fake_statuses.records["msg-41"].state is MessageState.SENT
 
 
 # --- the first attempt claims the accept's record by its ETag, unread -------------------------
@@ -872,9 +1057,9 @@ def test_should_wait_for_another_worker_that_claimed_the_accepted_record_first(
     statuses.add(status_of(queued, MessageState.SENDING, attempts=1, updated_at=LATER))
     sender = FakeMailSender("sg-e3")
 
-    with pytest.raises(DeliveryInProgress):
-        deliver(queued, sender, fake_queue, settings, statuses=statuses)
+    outcome = deliver(queued, sender, fake_queue, settings, statuses=statuses)
 
+    assert outcome.result == "postponed"
     assert sender.payloads == []
 
 
@@ -887,8 +1072,11 @@ def test_should_not_use_the_etag_on_a_later_attempt(
     retry = queued.model_copy(update={"attempt": 2})
     statuses.make_unavailable(["get"])
 
-    with pytest.raises(StorageUnavailable):
-        deliver(retry, FakeMailSender("sg-e4"), fake_queue, settings, statuses=statuses)
+    outcome = deliver(retry, FakeMailSender("sg-e4"), fake_queue, settings, statuses=statuses)
+
+    # Had it claimed by the accept's ETag, the claim would have gone through unread.
+    assert outcome.result == "postponed"
+    assert statuses.journal.count("status.claim sending") == 0
 
 
 # --- claim-check: a body kept in a blob ----------------------------------------------------
@@ -957,13 +1145,12 @@ def test_should_dead_letter_a_message_whose_blob_is_missing_without_sending(
     [
         (b"not json", "not a mailgate message body"),
         (b'{"version": 1, "id": "msg-c3"}', "not a mailgate message body"),
-        (b'{"version": 2, "id": "msg-c3", "sendgrid": {"x": 1}}', "not a mailgate message body"),
         (
             StoredBody(id="msg-other", sendgrid={"personalizations": []}).to_json(),
             "belongs to message msg-other",
         ),
     ],
-    ids=["not JSON", "no body", "unknown version", "another message's body"],
+    ids=["not JSON", "no body", "another message's body"],
 )
 def test_should_dead_letter_a_message_whose_blob_is_not_its_body(
     content: bytes,
@@ -997,13 +1184,16 @@ def test_should_leave_the_message_on_the_queue_when_its_blob_cannot_be_read(
     fake_bodies.make_unavailable(["get"])
     sender = FakeMailSender()
 
-    with pytest.raises(StorageUnavailable, match="mail-large"):
-        deliver(queued, sender, fake_queue, settings, fake_statuses, bodies=fake_bodies)
+    outcome = deliver(queued, sender, fake_queue, settings, fake_statuses, bodies=fake_bodies)
 
+    assert outcome.result == "postponed"
+    assert outcome.reason is not None
+    assert "mail-large" in outcome.reason
     assert sender.payloads == []
-    # No claim: the host's next try finds the message as it was, not "being sent".
+    # No claim: the copy put back finds the message as it was, not "being sent".
     assert fake_statuses.records["msg-c4"] == before
-    assert (fake_queue.messages, fake_queue.poison_texts) == ([], [])
+    put_back(fake_queue, queued)
+    assert fake_queue.poison_texts == []
     assert "msg-c4.json" in fake_bodies.blobs
 
 
