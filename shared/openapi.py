@@ -276,7 +276,8 @@ _MAIL_REFUSALS = {
     "415": "The body is not application/json.",
     "422": "The Idempotency-Key was used before with another body.",
     "429": "The client is over its messages per minute.",
-    "503": "Storage is unavailable: nothing was queued.",
+    "503": "Storage is unavailable, or a setting is wrong (named in the detail): nothing was "
+    "queued.",
 }
 
 
@@ -348,7 +349,7 @@ _SKEW_SECONDS = int(MAX_SIGNATURE_SKEW.total_seconds())
 _ADMIN_REFUSALS = {
     # The host itself refuses a missing or wrong admin key, with an empty body.
     "401": {"description": "No admin key, or the wrong one (answered by the host)."},
-    **_refusals({"503": "Storage is unavailable."}),
+    **_refusals({"503": "Storage is unavailable, or a setting is wrong (named in the detail)."}),
 }
 
 
@@ -455,7 +456,8 @@ def _paths() -> dict[str, Any]:
                         {
                             "401": _MAIL_REFUSALS["401"],
                             "404": "No message of this client has that id.",
-                            "503": "Storage is unavailable.",
+                            "503": "Storage is unavailable, or a setting is wrong (named in the "
+                            "detail).",
                         }
                     ),
                 },
@@ -519,8 +521,9 @@ def _paths() -> dict[str, Any]:
                             "400": "Signed, but not a JSON array of SendGrid events.",
                             "401": "Not signed, signed with another key, or the timestamp is "
                             f"more than {_SKEW_SECONDS} s from the gateway's clock.",
-                            "503": "SENDGRID_WEBHOOK_PUBLIC_KEY is not set, or storage is "
-                            "unavailable: SendGrid sends the batch again later.",
+                            "503": "SENDGRID_WEBHOOK_PUBLIC_KEY is not set, storage is "
+                            "unavailable, or a setting is wrong: SendGrid sends the batch again "
+                            "later.",
                         }
                     ),
                 },
@@ -534,8 +537,13 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     **_ok("HealthDocument", "Every check passed."),
                     "503": {
-                        "description": "A check failed.",
-                        "content": {JSON: {"schema": _schema("HealthDocument")}},
+                        "description": "Storage failed a check (the health document), or a "
+                        "setting is wrong (a problem naming it).",
+                        "headers": _RETRY_AFTER,
+                        "content": {
+                            JSON: {"schema": _schema("HealthDocument")},
+                            PROBLEM_JSON: {"schema": _schema("ProblemDocument")},
+                        },
                     },
                 },
             }

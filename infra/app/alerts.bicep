@@ -6,6 +6,10 @@
 //   warning, "Poison queue not empty: queue=<name> depth=<n>", while the poison queue holds
 //   messages. The alert fires on that warning in Application Insights' traces and resolves
 //   once the warnings stop, that is once an operator has replayed or purged the dead letters.
+// - not configured: while a setting is wrong (an unresolved Key Vault reference, a missing
+//   ALLOWED_SENDERS...) the app answers 503 and keeps mail on the queue; the queue monitor logs
+//   an ERROR, "Gateway not configured: <settings>", every 5 minutes. The alert fires on it and
+//   resolves once the settings are right.
 // - backlog: the storage account's QueueMessageCount above a threshold. Azure reports that
 //   count for the whole account only (mail queue and poison queue together; there is no
 //   per-queue depth or oldest-message age among the platform metrics), refreshed about hourly.
@@ -139,6 +143,45 @@ resource deadLettersWaitingAlert 'Microsoft.Insights/scheduledQueryRules@2023-12
       ]
     }
     // Stateful: one notification when dead letters start waiting, one when they are gone.
+    autoMitigate: true
+    actions: {
+      actionGroups: [
+        actionGroup.id
+      ]
+    }
+  }
+}
+
+resource notConfiguredAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: 'mailgate-not-configured'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: 'mailgate: gateway not configured'
+    description: 'A setting of the Function App is wrong or missing (the log names it): every route answers 503 and mail waits on the queue, unsent. Fix the setting (or the Key Vault secret and the identity\'s access to it), then restart the app.'
+    severity: 1
+    enabled: true
+    scopes: [
+      applicationInsightsId
+    ]
+    evaluationFrequency: 'PT5M'
+    windowSize: 'PT15M'
+    criteria: {
+      allOf: [
+        {
+          // severityLevel 3 is Error; the text is shared/gateway.py's NOT_CONFIGURED.
+          query: 'traces | where severityLevel == 3 and message startswith "Gateway not configured: "'
+          timeAggregation: 'Count'
+          operator: 'GreaterThan'
+          threshold: 0
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
     autoMitigate: true
     actions: {
       actionGroups: [
