@@ -141,6 +141,34 @@ def read_host_json(app_dir: Path) -> dict[str, Any]:
     return data
 
 
+# App settings named AzureFunctionsJobHost__<path> replace the host.json value at that path
+# (Microsoft's host.json reference, "Override host.json values"; keys are matched without
+# regard to case, as .NET configuration matches them).
+HOST_JSON_OVERRIDE_PREFIX = "AzureFunctionsJobHost__"
+
+
+def with_overrides(host_json: Mapping[str, Any], settings: Mapping[str, str]) -> dict[str, Any]:
+    """host.json with each `AzureFunctionsJobHost__a__b` app setting put at path a.b."""
+    merged: dict[str, Any] = json.loads(json.dumps(host_json))
+    prefix = HOST_JSON_OVERRIDE_PREFIX.lower()
+    for name, value in settings.items():
+        if not name.lower().startswith(prefix) or len(name) == len(prefix):
+            continue
+        *parents, leaf = name[len(prefix) :].split("__")
+        node = merged
+        for key in parents:
+            existing = _same_key(node, key)
+            if not isinstance(node.get(existing), dict):
+                node[existing] = {}
+            node = node[existing]
+        node[_same_key(node, leaf)] = value
+    return merged
+
+
+def _same_key(node: Mapping[str, Any], key: str) -> str:
+    return next((k for k in node if k.lower() == key.lower()), key)
+
+
 def route_prefix(host_json: Mapping[str, Any]) -> str:
     """host.json `extensions.http.routePrefix`, `api` by default (may be empty)."""
     http = (host_json.get("extensions") or {}).get("http") or {}
@@ -293,7 +321,7 @@ class LocalHost:
         stop = stop or asyncio.Event()
         local = read_local_settings(self.app_dir) if self.use_local_settings else {}
         settings = apply_settings(local_setting_values(local), os.environ)
-        host_json = read_host_json(self.app_dir)
+        host_json = with_overrides(read_host_json(self.app_dir), settings)
         app = load_function_app(self.app_dir)
         try:
             functions = app.get_functions()

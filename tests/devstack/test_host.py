@@ -39,6 +39,7 @@ from devstack.host import (
     http_route,
     merge_settings,
     route_prefix,
+    with_overrides,
 )
 from devstack.host_http import HttpApp, RouteTemplate, is_authorized, to_response
 from devstack.host_invoke import FunctionSpec, HostError, Invoker
@@ -251,6 +252,23 @@ def test_should_keep_no_poison_queue_for_poison_queues_or_too_long_names() -> No
     assert poison_queue_name("mail-outbound") == "mail-outbound-poison"
     assert poison_queue_name("mail-outbound-poison") is None
     assert poison_queue_name("q" * 57) is None
+
+
+def test_should_override_host_json_with_azurefunctionsjobhost_settings() -> None:
+    host_json = {"version": "2.0", "extensions": {"queues": {"visibilityTimeout": "00:00:30"}}}
+    settings = {
+        "AzureFunctionsJobHost__extensions__queues__VisibilityTimeout": "00:00:01",
+        "AzureFunctionsJobHost__extensions__queues__maxDequeueCount": "2",
+        "AzureFunctionsJobHost__functionTimeout": "00:01:00",
+        "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+    }
+
+    merged = with_overrides(host_json, settings)
+    options = QueueOptions.from_host_json(merged, cpu_count=2)
+
+    assert (options.visibility_timeout, options.max_dequeue_count) == (1.0, 2)
+    assert merged["functionTimeout"] == "00:01:00"
+    assert host_json["extensions"]["queues"] == {"visibilityTimeout": "00:00:30"}
 
 
 def test_should_read_route_prefix_default_and_empty() -> None:
