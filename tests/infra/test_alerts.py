@@ -84,7 +84,7 @@ def test_should_alert_on_exactly_the_error_logged_while_the_settings_are_wrong(
     monkeypatch.setattr(os, "environ", {"AzureWebJobsStorage": "UseDevelopmentStorage=true"})
     with caplog.at_level(logging.ERROR):
         monitor.monitor_queues(TimerRequest(past_due=False))
-    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR][0]
+    logged = next(r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
 
     rule = alert("notConfiguredAlert")
     [criterion] = rule["criteria"]["allOf"]
