@@ -255,7 +255,10 @@ def test_should_keep_no_poison_queue_for_poison_queues_or_too_long_names() -> No
 
 
 def test_should_override_host_json_with_azurefunctionsjobhost_settings() -> None:
-    host_json = {"version": "2.0", "extensions": {"queues": {"visibilityTimeout": "00:00:30"}}}
+    host_json: dict[str, Any] = {
+        "version": "2.0",
+        "extensions": {"queues": {"visibilityTimeout": "00:00:30"}},
+    }
     settings = {
         "AzureFunctionsJobHost__extensions__queues__VisibilityTimeout": "00:00:01",
         "AzureFunctionsJobHost__extensions__queues__maxDequeueCount": "2",

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,7 +75,7 @@ def test_should_answer_503_naming_the_settings_on_every_route_and_health(
 ) -> None:
     key = {"Authorization": "Bearer mg_e2e_" + "k" * 43}
     admin = {"x-functions-key": ADMIN_KEY}
-    calls = [
+    calls: list[tuple[str, str, dict[str, str], Any]] = [
         ("GET", "/api/health", {}, None),
         ("POST", "/api/v1/messages", key, full_message()),
         ("GET", f"/api/v1/messages/{uuid.uuid4()}", key, None),
