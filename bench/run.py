@@ -2,7 +2,8 @@
 
     python -m bench [--seconds 10] [--concurrency 1,8,32] [--messages 2000] [--latency-ms 100]
                     [--transport-sends 200] [--round-trip-ms 20] [--host-threads N]
-                    [--model-messages 1000] [--scenarios accept,delivery,transport,host,model]
+                    [--model-messages 1000] [--large-messages 24]
+                    [--scenarios accept,delivery,transport,host,model,large]
                     [--profile DIR] [--no-write]
 
 Starts Azurite (in memory) and the SendGrid stand-in on loopback, runs each scenario with its
@@ -27,6 +28,7 @@ from pathlib import Path
 from bench.accept import AcceptLevel, run_accept
 from bench.delivery import ConsumerBaseline, DrainResult, run_drain, run_minimal_consumer
 from bench.host_overhead import NoopResult, noop_settings, run_noop
+from bench.large import INSTANCE_WORKER_MIB, LargeResult, run_large
 from bench.load import LoadResult
 from bench.model import ASYNC, GATEWAY, SDK, ModelComparison, run_model
 from bench.profiling import Profiler
@@ -40,7 +42,7 @@ from devstack.host import read_host_json
 from devstack.host_invoke import default_thread_count
 from devstack.sendgrid_standin import SendGridStandIn
 
-SCENARIOS = ("accept", "delivery", "transport", "host", "model")
+SCENARIOS = ("accept", "delivery", "transport", "host", "model", "large")
 # What infra/ and local.settings.example.json set; the worker default is cores + 4.
 DEPLOYED_THREAD_COUNT = 32
 DOC = REPO / "docs" / "performance.md"
@@ -56,6 +58,8 @@ TRANSPORT = Target(">=", 4.0)
 MEMORY_FLAT = Target("<=", 1.05)
 # `async def` is favoured only if it costs less CPU per message and keeps up with `def`.
 MODEL_KEEPS_UP = 0.95
+# The worker's peak with many large deliveries must fit what the instance leaves it.
+LARGE_FITS = Target("<=", 1.0)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -92,6 +96,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--model-messages", type=int, default=1000, help="messages per execution-model variant"
     )
     parser.add_argument(
+        "--large-messages", type=int, default=24, help="29 MB messages to drain, twice"
+    )
+    parser.add_argument(
         "--host-threads",
         type=int,
         default=DEPLOYED_THREAD_COUNT,
@@ -117,6 +124,7 @@ class Results:
     transport: list[TransportComparison] = field(default_factory=list)
     noop: NoopResult | None = None
     model: ModelComparison | None = None
+    large: LargeResult | None = None
 
 
 def run(args: argparse.Namespace, workdir: Path, profiler: Profiler | None) -> Results:
@@ -194,6 +202,22 @@ def run(args: argparse.Namespace, workdir: Path, profiler: Profiler | None) -> R
                 standin=standin,
                 messages=args.model_messages,
                 latency_ms=args.latency_ms,
+            )
+        if "large" in args.scenarios:
+            _step(f"large messages: {args.large_messages} of 29 MB, bounded and unbounded")
+            results.large = run_large(
+                settings=gateway_settings(
+                    azurite,
+                    standin,
+                    queue="bench-large",
+                    table="benchlarge",
+                    host_threads=args.host_threads,
+                ),
+                azurite=azurite,
+                standin=standin,
+                messages=args.large_messages,
+                timeout=args.drain_timeout,
+                log_dir=workdir,
             )
     if "transport" in args.scenarios:
         _step("transport: gateway client vs official client over TLS")
@@ -452,6 +476,43 @@ def model_rows(comparison: ModelComparison) -> list[Row]:
     return rows
 
 
+def large_rows(large: LargeResult) -> list[Row]:
+    """The worker's peak memory over many large deliveries, with and without the bound."""
+    bounded, unbounded = large.bounded, large.unbounded
+    return [
+        Row(
+            "7 large",
+            f"worker peak RSS MiB, {bounded.messages} x 29 MB deliveries, LARGE_MESSAGES_AT_ONCE "
+            f"{bounded.at_once} (baseline: the worker's share of a 2,048 MB instance)",
+            bounded.peak_rss / MIB,
+            INSTANCE_WORKER_MIB,
+            ratio(bounded.peak_rss / MIB, INSTANCE_WORKER_MIB),
+            LARGE_FITS,
+        ),
+        Row(
+            "7 large",
+            f"worker peak RSS MiB, the same with every delivery at once (LARGE_MESSAGES_AT_ONCE "
+            f"{unbounded.at_once}, as before the bound)",
+            unbounded.peak_rss / MIB,
+            INSTANCE_WORKER_MIB,
+            ratio(unbounded.peak_rss / MIB, INSTANCE_WORKER_MIB),
+        ),
+        Row(
+            "7 large",
+            "seconds from host ready to the last send, bounded (baseline: every one at once)",
+            bounded.seconds,
+            unbounded.seconds,
+            ratio(bounded.seconds, unbounded.seconds),
+        ),
+        Row(
+            "7 large",
+            f"MiB per large delivery in flight (every one at once: peak over the idle "
+            f"{large.idle_rss / MIB:.0f} MiB ÷ 24)",
+            large.per_message_mib(),
+        ),
+    ]
+
+
 def model_note(comparison: ModelComparison) -> str:
     """Which execution model the numbers favour, and on what grounds."""
     sync, sdk, async_ = comparison.run(GATEWAY), comparison.run(SDK), comparison.run(ASYNC)
@@ -491,6 +552,8 @@ def all_rows(results: Results) -> list[Row]:
         rows += host_rows(results.noop, results)
     if results.model is not None:
         rows += model_rows(results.model)
+    if results.large is not None:
+        rows += large_rows(results.large)
     return rows
 
 
@@ -554,6 +617,12 @@ def notes(results: Results, args: argparse.Namespace) -> list[str]:
             + (f" before the {args.drain_timeout:g} s timeout" if drain.timed_out else "")
             + f"; CPU cores busy over the drain: {_cores(drain.cpu, drain.ready_to_done_seconds)}."
         )
+    for large in (results.large.bounded, results.large.unbounded) if results.large else ():
+        if large.sent < large.messages:
+            out.append(
+                f"- Large messages, LARGE_MESSAGES_AT_ONCE {large.at_once}: only {large.sent} of "
+                f"{large.messages} sent before the timeout."
+            )
     if results.noop is not None and results.noop.timed_out:
         out.append(f"- No-op drain: only {results.noop.drained:,} settled before the timeout.")
     if results.model is not None:

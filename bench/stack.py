@@ -27,6 +27,7 @@ NOOP_APP = REPO / "bench" / "noop_app"
 # The no-op app's routes run at the host's FUNCTION level; the gateway's take client keys.
 FUNCTION_KEY = "bench-key"
 STARTUP_TIMEOUT = 30.0
+DEPLOYED_MMAP_THRESHOLD = "1048576"
 _HELPER_LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 
 
@@ -47,6 +48,8 @@ def gateway_settings(
         "ALLOWED_SENDERS": "@example.com",
         "SENDGRID_API_BASE_URL": standin.base_url,
         "SENDGRID_API_KEY": standin.api_key,
+        # As infra/ deploys it: large blocks go back to the system once freed.
+        "MALLOC_MMAP_THRESHOLD_": DEPLOYED_MMAP_THRESHOLD,
     }
     if host_threads:
         settings["PYTHON_THREADPOOL_THREAD_COUNT"] = str(host_threads)

@@ -109,6 +109,11 @@ param maxRequestBytes int = 30000000
 param maxDeliveryAttempts int = 8
 
 @minValue(1)
+@maxValue(100)
+@description('Optional. LARGE_MESSAGES_AT_ONCE: messages too large for one queue message that an instance accepts or delivers at once; each may take 150 MB, so 6 fits a 2,048 MB instance.')
+param largeMessagesAtOnce int = 6
+
+@minValue(1)
 @maxValue(604800)
 @description('Optional. RETRY_BASE_DELAY_SECONDS: delay after the first failed attempt; it doubles each attempt.')
 param retryBaseDelaySeconds int = 30
@@ -233,6 +238,7 @@ module api 'app/api.bicep' = {
     sendgridTimeoutSeconds: sendgridTimeoutSeconds
     maxRequestBytes: maxRequestBytes
     maxDeliveryAttempts: maxDeliveryAttempts
+    largeMessagesAtOnce: largeMessagesAtOnce
     retryBaseDelaySeconds: retryBaseDelaySeconds
     retryMaxDelaySeconds: retryMaxDelaySeconds
     idempotencyRetentionHours: idempotencyRetentionHours

@@ -7,7 +7,10 @@ same blob, and writing it again overwrites it instead of adding another.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+from collections.abc import Iterator
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings, LinearRetry
@@ -19,6 +22,36 @@ from shared.settings import Settings, StorageSettings
 logger = logging.getLogger(__name__)
 
 _JSON = ContentSettings(content_type="application/json")
+
+
+# How long an accept or a delivery waits for a large message's turn before it gives up (503,
+# or the message is put back for later).
+LARGE_MESSAGE_WAIT_SECONDS = 10.0
+
+
+class LargeMessageSlots:
+    """At most `limit` large messages in this process's memory at once, accepted or delivered.
+
+    A 30 MB message takes 100-150 MB while it is worked on (the body, the parsed message, the
+    JSON sent on), so the 24 deliveries host.json lets run at once could need 3.6 GB of a
+    2,048 MB instance, which Flex Consumption would kill, and the messages then come back
+    after the hold. Small messages (sent inside their queue message) need no slot.
+    """
+
+    def __init__(self, limit: int, wait_seconds: float = LARGE_MESSAGE_WAIT_SECONDS) -> None:
+        self.limit = limit
+        self._slots = threading.BoundedSemaphore(limit)
+        self._wait_seconds = wait_seconds
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[bool]:
+        """Hold a slot while the block runs; True if one came free in time, else False."""
+        acquired = self._slots.acquire(timeout=self._wait_seconds)
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                self._slots.release()
 
 
 def body_blob_name(message_id: str) -> str:

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from shared import telemetry
 from shared.activity import ActivityEvent, ActivityLog
-from shared.blobs import MessageBodyStore
+from shared.blobs import LargeMessageSlots, MessageBodyStore
 from shared.errors import (
     ConcurrentUpdate,
     DeliveryError,
@@ -191,6 +191,7 @@ class Delivery:
         settings: Settings,
         now: Callable[[], datetime],
         rng: random.Random | None = None,
+        large_messages: LargeMessageSlots | None = None,
     ) -> None:
         self._sender = sender
         self._queue = queue
@@ -200,6 +201,7 @@ class Delivery:
         self._settings = settings
         self._now = now
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not security)
+        self._large_messages = large_messages or LargeMessageSlots(settings.large_messages_at_once)
         # A claim older than one whole SendGrid call (and a margin for clock skew between
         # instances) belongs to a worker that died.
         self._claim_timeout = timedelta(
@@ -242,13 +244,29 @@ class Delivery:
                     extra=_ids(envelope),
                 )
             try:
-                outcome = self._deliver(envelope)
+                outcome = self._deliver_in_turn(envelope, body)
             except (StorageUnavailable, ConcurrentUpdate, DeliveryInProgress) as error:
                 outcome = postpone(self._queue, body, str(error), self._rng)
             except NewerVersion as error:
                 outcome = self._leave_for_newer_worker(body, error.version)
             current.set_attribute("mailgate.result", outcome.result)
             return outcome
+
+    def _deliver_in_turn(self, envelope: QueueEnvelope, body: bytes) -> DeliveryOutcome:
+        """Deliver; a body kept in a blob only while one of the large-message slots is held,
+        else the message is put back for later."""
+        if envelope.blob is None:
+            return self._deliver(envelope)
+        with self._large_messages.slot() as turn:
+            if turn:
+                return self._deliver(envelope)
+        return postpone(
+            self._queue,
+            body,
+            f"{self._large_messages.limit} large message(s) are in this instance's memory "
+            "already (LARGE_MESSAGES_AT_ONCE)",
+            self._rng,
+        )
 
     def _leave_for_newer_worker(self, body: bytes, version: int) -> DeliveryOutcome:
         """Put back, unchanged, a message this worker cannot read but a newer one can.

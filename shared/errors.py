@@ -14,6 +14,7 @@
     │   ├── UnsupportedMediaType        415: the body is not JSON
     │   ├── IdempotencyKeyReused        422: this key came with a different body
     │   ├── RateLimited                 429: the client is over its messages per minute
+    │   ├── Busy                        503: too many large messages in memory; try again soon
     │   └── EventWebhookNotConfigured   503: SENDGRID_WEBHOOK_PUBLIC_KEY is not set
     ├── ClientError                 an operator's client command cannot be done (unknown, exists)
     ├── StorageUnavailable          an Azure Storage call failed; nothing was accepted
@@ -156,6 +157,15 @@ class RateLimited(RequestRejected):
     def __init__(self, detail: str, retry_after_seconds: int) -> None:
         super().__init__(detail, headers={"Retry-After": str(retry_after_seconds)})
         self.retry_after_seconds = retry_after_seconds
+
+
+class Busy(RequestRejected):
+    """The instance is working on as many large messages as it may hold in memory."""
+
+    status = 503
+
+    def __init__(self, detail: str, retry_after_seconds: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after_seconds)})
 
 
 class ClientError(MailgateError):

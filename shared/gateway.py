@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind
 
 from shared import telemetry
 from shared.activity import ACTIVITY_FLUSH_SECONDS, ActivityLog
-from shared.blobs import MessageBodyStore
+from shared.blobs import LargeMessageSlots, MessageBodyStore
 from shared.clients import Client, ClientStore
 from shared.console import Console
 from shared.dead_letters import DeadLetters
@@ -29,17 +29,20 @@ from shared.delivery_events import (
     parse_event_batch,
     record_event_batch,
 )
-from shared.errors import ConfigurationError, MessageNotFound, StorageUnavailable
+from shared.errors import Busy, ConfigurationError, MessageNotFound, StorageUnavailable
 from shared.idempotency import IdempotencyStore
 from shared.models import MAX_MESSAGE_ID_LENGTH
 from shared.queue import MailQueue, QueueReport
 from shared.sendgrid_client import SendGridClient
 from shared.settings import Settings, StorageSettings, mail_queue_settings_from_env
 from shared.status import MessageStatus, StatusStore
-from shared.submission import AcceptedMessage, Submission
+from shared.submission import MAX_QUEUED_JSON_BYTES, AcceptedMessage, Submission
 from shared.webhook_signature import SignatureVerifier
 
 logger = logging.getLogger(__name__)
+
+# A large message's turn comes within seconds: the client may try again that soon.
+BUSY_RETRY_AFTER_SECONDS = 5
 
 
 def utc_now() -> datetime:
@@ -87,6 +90,8 @@ class Gateway:
         self.signatures = SignatureVerifier(settings.sendgrid_webhook_public_key)
         self.dead_letters = DeadLetters(queue.poison, queue, bodies, statuses, now)
         self.console = Console(queue, statuses, self.activity, self.events, now)
+        # Accepting and delivering take turns for the memory large messages need.
+        self.large_messages = LargeMessageSlots(settings.large_messages_at_once)
         self._delivery = Delivery(
             sender=sender,
             queue=queue,
@@ -96,6 +101,7 @@ class Gateway:
             settings=settings,
             now=now,
             rng=rng,
+            large_messages=self.large_messages,
         )
         self._submission = Submission(settings, queue, bodies, statuses, self.keys, now, new_id)
         self._now = now
@@ -165,8 +171,20 @@ class Gateway:
     ) -> AcceptedMessage:
         with telemetry.span("mailgate.accept", kind=SpanKind.SERVER, api=api, client=client.name):
             self.ensure_storage()
-            self.clients.take(client)
-            return submit(body, content_type, client, idempotency_key)
+            if len(body) <= MAX_QUEUED_JSON_BYTES:
+                self.clients.take(client)
+                return submit(body, content_type, client, idempotency_key)
+            with self.large_messages.slot() as turn:
+                if turn:
+                    # Taken from the client's rate only once its turn came: a Busy answer is
+                    # not counted.
+                    self.clients.take(client)
+                    return submit(body, content_type, client, idempotency_key)
+            raise Busy(
+                f"{self.large_messages.limit} large message(s) are being worked on in this "
+                "instance already; try again in a few seconds",
+                BUSY_RETRY_AFTER_SECONDS,
+            )
 
     def deliver(self, body: bytes, dequeue_count: int = 1) -> DeliveryOutcome:
         """Deliver one queue message, scheduling a retry or dead letter if it fails, or put it

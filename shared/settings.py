@@ -67,6 +67,7 @@ class Settings:
     sendgrid_timeout_seconds: float = 30.0
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_delivery_attempts: int = 8
+    large_messages_at_once: int = 6
     retry_base_delay_seconds: float = 30.0
     retry_max_delay_seconds: float = 3600.0
     # The Event Webhook's verification key (base64 DER); None leaves the webhook route closed.
@@ -133,6 +134,9 @@ class Settings:
             ),
             max_delivery_attempts=int(
                 reader.number("MAX_DELIVERY_ATTEMPTS", 8, minimum=1, maximum=100, integer=True)
+            ),
+            large_messages_at_once=int(
+                reader.number("LARGE_MESSAGES_AT_ONCE", 6, minimum=1, maximum=100, integer=True)
             ),
             retry_base_delay_seconds=reader.number(
                 "RETRY_BASE_DELAY_SECONDS", 30.0, minimum=1, maximum=MAX_RETRY_DELAY_SECONDS

@@ -9,6 +9,7 @@ import pytest
 
 import shared.gateway
 from functions.messages import get_message_status, submit_message
+from shared.blobs import LargeMessageSlots
 from shared.clients import ClientStore
 from shared.gateway import Gateway
 from shared.status import MessageState, MessageStatus
@@ -168,6 +169,25 @@ def test_should_answer_503_when_blob_storage_is_unavailable_for_a_large_message(
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
     assert fake_queue.messages == []
+
+
+def test_should_answer_503_for_a_large_message_while_every_large_message_slot_is_taken(
+    gateway: Gateway, fake_queue: FakeMailQueue, fake_bodies: FakeMessageBodyStore
+) -> None:
+    gateway.large_messages = LargeMessageSlots(1, wait_seconds=0)
+    attachment = {"filename": "big.bin", "content": base64.b64encode(bytes(45_000)).decode()}
+
+    with gateway.large_messages.slot():
+        refused = post(body(message(attachments=[attachment])))
+        small = post(body(message()))
+
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"] == "5"
+    assert "large message" in problem_of(refused)["detail"]
+    assert small.status_code == 202
+    assert fake_bodies.blobs == {}
+    # Its turn comes once the slot is free.
+    assert post(body(message(attachments=[attachment]))).status_code == 202
 
 
 @pytest.mark.usefixtures("gateway")

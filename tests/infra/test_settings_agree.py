@@ -36,6 +36,9 @@ PLACES: dict[str, frozenset[str]] = {
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": frozenset({INFRA_APP, README}),
     # Read by the Python worker (and the local host), not by the gateway's code.
     "PYTHON_THREADPOOL_THREAD_COUNT": frozenset({INFRA_APP, LOCAL, README}),
+    # Read by glibc when the worker process starts (so not from local.settings.json, which the
+    # local host reads after it started); bench/stack.py sets it for the bench's hosts.
+    "MALLOC_MMAP_THRESHOLD_": frozenset({INFRA_APP, README}),
     # Core Tools needs it locally; Flex Consumption takes the runtime from functionAppConfig
     # and refuses it as an app setting.
     "FUNCTIONS_WORKER_RUNTIME": frozenset({LOCAL}),

@@ -11,6 +11,7 @@ import pytest
 
 import shared.delivery
 from shared.activity import ActivityEvent
+from shared.blobs import LargeMessageSlots
 from shared.delivery import (
     CLAIM_MARGIN_SECONDS,
     SENT_WRITE_ATTEMPTS,
@@ -1195,6 +1196,62 @@ def test_should_leave_the_message_on_the_queue_when_its_blob_cannot_be_read(
     put_back(fake_queue, queued)
     assert fake_queue.poison_texts == []
     assert "msg-c4.json" in fake_bodies.blobs
+
+
+def test_should_put_back_a_large_message_while_every_large_message_slot_is_taken(
+    settings: Settings, fake_queue: FakeMailQueue, fake_bodies: FakeMessageBodyStore
+) -> None:
+    _, large = claim_checked(fake_bodies, id="msg-big")
+    slots = LargeMessageSlots(1, wait_seconds=0)
+    delivery = Delivery(
+        sender=(sender := FakeMailSender("sg-small")),
+        queue=fake_queue,
+        bodies=fake_bodies,
+        statuses=FakeStatusStore(fake_queue.journal),
+        activity=FakeActivityLog(),
+        settings=settings,
+        now=lambda: LATER,
+        rng=CEILING,
+        large_messages=slots,
+    )
+
+    with slots.slot() as held:
+        assert held
+        waited = delivery.deliver(large.to_json().encode())
+        # A message sent inside its queue message needs no slot.
+        small = delivery.deliver(envelope(id="msg-small").to_json().encode())
+
+    assert waited.result == "postponed"
+    assert waited.reason is not None
+    assert "LARGE_MESSAGES_AT_ONCE" in waited.reason
+    assert small.result == "sent"
+    assert len(sender.payloads) == 1
+    put_back(fake_queue, large)
+    fake_queue.messages.clear()
+    sender.will("sg-big")
+    # The slot is free again: now it goes.
+    assert delivery.deliver(large.to_json().encode()).result == "sent"
+
+
+def test_should_give_the_slot_back_when_a_large_delivery_fails(
+    settings: Settings, fake_queue: FakeMailQueue, fake_bodies: FakeMessageBodyStore
+) -> None:
+    _, large = claim_checked(fake_bodies, id="msg-big2")
+    slots = LargeMessageSlots(1, wait_seconds=0)
+    delivery = Delivery(
+        sender=FakeMailSender(REFUSAL),
+        queue=fake_queue,
+        bodies=fake_bodies,
+        statuses=FakeStatusStore(fake_queue.journal),
+        activity=FakeActivityLog(),
+        settings=settings,
+        now=lambda: LATER,
+        large_messages=slots,
+    )
+
+    assert delivery.deliver(large.to_json().encode()).result == "dead_lettered"
+    with slots.slot() as free:
+        assert free
 
 
 def test_should_retry_with_the_blob_reference_and_keep_the_blob(
