@@ -21,8 +21,8 @@ from shared.telemetry import configure_telemetry
 # A secret App Service could not resolve stops the app here, at start, naming the setting:
 # the host logs the error and runs no function rather than one on a reference's text.
 refuse_unresolved_key_vault_references(os.environ)
-# Traces, metrics and logs to Application Insights when APPLICATIONINSIGHTS_CONNECTION_STRING
-# is set; otherwise nothing is exported.
+# The Python worker exports traces, metrics and logs (PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY);
+# this only quiets the libraries' request logging and logs settings that cannot export.
 configure_telemetry(os.environ)
 
 app = func.FunctionApp()
