@@ -24,13 +24,16 @@ requirements.txt and no exporter set up in the app's code):
   (azure-monitor-opentelemetry-exporter 1.0.0b36 and later, export/_base.py
   `_get_authentication_credential`): the app passes no credential.
 
-The app therefore never calls `configure_azure_monitor` (a second call would add a second
-pipeline, and with the setting off the host would export every forwarded line again). What it
-does is create its tracer, meter and spans through OpenTelemetry's API, which use whatever
-providers the worker installed, and, in `configure_telemetry`, turn down the libraries' request
-logging and say in the log when the settings cannot export anything.
+The app therefore never calls `configure_azure_monitor`: a second call builds a second set of
+exporters and providers (OpenTelemetry refuses to install them, the instrumentations run twice),
+and an app that exports on its own while the worker's setting is off has every line exported
+again by the host. (`PYTHON_ENABLE_OPENTELEMETRY`, the worker's other switch, reports the same
+capability and attaches trace contexts but leaves the exporter to the app: not used here.) What
+the app does is create its tracer, meter and spans through OpenTelemetry's API, which use
+whatever providers the worker installed, and, in `configure_telemetry`, turn down the
+libraries' request logging and say in the log when the settings cannot export anything.
 
-Locally the local host imitates the worker (devstack/host_telemetry.py): with both settings,
+Locally, the local host imitates the worker (devstack/host_telemetry.py): with both settings,
 it sets up the same exporter before it imports the app. Without
 `APPLICATIONINSIGHTS_CONNECTION_STRING` (`make run`, the tests) nobody sets one up: the API
 hands out no-op tracers and meters, `span` hands out the invalid span, and telemetry costs next
@@ -38,8 +41,10 @@ to nothing and never fails.
 
 One trace per message: the accept span's context travels in the queue envelope (W3C
 `traceparent`), and every delivery attempt continues that trace, down to the SendGrid call and
-the status writes. Span attributes carry ids, counts, domains and status codes, never mail
-content or full addresses.
+the status writes. (In Azure the accept span is a child of the host's request span, whose
+context the worker attached; a delivery continues the envelope's trace, not the trigger's.)
+Span attributes carry ids, counts, domains and status codes, never mail content or full
+addresses.
 """
 
 from __future__ import annotations
