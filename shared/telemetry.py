@@ -25,7 +25,7 @@ requirements.txt and no exporter set up in the app's code):
   `_get_authentication_credential`): the app passes no credential.
 
 The app therefore never calls `configure_azure_monitor`: a second call builds a second set of
-exporters and providers (OpenTelemetry refuses to install them, the instrumentations run twice),
+exporters and providers (OpenTelemetry refuses to install them; their threads run anyway),
 and an app that exports on its own while the worker's setting is off has every line exported
 again by the host. (`PYTHON_ENABLE_OPENTELEMETRY`, the worker's other switch, reports the same
 capability and attaches trace contexts but leaves the exporter to the app: not used here.) What
