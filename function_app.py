@@ -21,8 +21,8 @@ from shared.telemetry import configure_telemetry
 # that indexing failed and the host would run on with no function at all, every route a 404
 # and the queue monitor silent. Settings are read on first use instead (shared.gateway), and
 # while one is wrong every function answers for itself: 503 naming it, mail kept for later.
-# Traces, metrics and logs to Application Insights when APPLICATIONINSIGHTS_CONNECTION_STRING
-# is set; otherwise nothing is exported.
+# The Python worker exports traces, metrics and logs (PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY);
+# this only quiets the libraries' request logging and logs settings that cannot export.
 configure_telemetry(os.environ)
 
 app = func.FunctionApp()

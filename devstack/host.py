@@ -5,7 +5,8 @@ Core Tools cannot run here, so this stands in for `func start`:
     python -m devstack.host [--app-dir DIR] [--host 127.0.0.1] [--port 7071]
 
 It merges `local.settings.json` Values into the environment (environment variables win),
-imports `function_app.py`, and serves every function from its own binding metadata. Sync
+sets up the Azure Monitor exporter where the Python worker would (host_telemetry.py), imports
+`function_app.py`, and serves every function from its own binding metadata. Sync
 functions share a thread pool of PYTHON_THREADPOOL_THREAD_COUNT threads (default, as the
 worker's: min(32, cores + 4)); async ones run on the event loop. FUNCTION-level routes need
 the key in LOCAL_FUNCTION_KEY (or LOCAL_ADMIN_KEY), ADMIN-level ones LOCAL_ADMIN_KEY. Timer
@@ -60,6 +61,7 @@ from devstack.host_queue import (
     resolve_connection_string,
     resolve_setting_expressions,
 )
+from devstack.host_telemetry import start_worker_telemetry
 from devstack.host_timer import ScheduleMonitor, TimerListener, timer_config, utc_now
 
 logger = logging.getLogger(__name__)
@@ -72,8 +74,9 @@ TIMER_TRIGGER = "timerTrigger"
 SUPPORTED_TRIGGERS = (HTTP_TRIGGER, QUEUE_TRIGGER, TIMER_TRIGGER)
 STORAGE_THREADS = 32
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
-# Libraries that log every request at INFO: quiet unless asked (--library-log-level).
-NOISY_LOGGERS = ("azure", "uvicorn")
+# Libraries that log every request at INFO: quiet unless asked (--library-log-level). The app
+# turns the Azure SDK and httpx down itself in Azure (shared/telemetry.py QUIET_LOGGERS).
+NOISY_LOGGERS = ("azure", "httpx", "uvicorn")
 
 
 def read_local_settings(app_dir: Path) -> dict[str, Any]:
@@ -322,6 +325,7 @@ class LocalHost:
         local = read_local_settings(self.app_dir) if self.use_local_settings else {}
         settings = apply_settings(local_setting_values(local), os.environ)
         host_json = with_overrides(read_host_json(self.app_dir), settings)
+        start_worker_telemetry(settings, os.environ)  # as the worker: before the app's import
         app = load_function_app(self.app_dir)
         try:
             functions = app.get_functions()
@@ -515,9 +519,9 @@ class LocalHost:
 def configure_logging(library_level: str = "WARNING") -> None:
     """Host and function logs to stderr at INFO; the SDKs' request chatter from `library_level`.
 
-    In Azure the worker passes on every level and host.json keeps Information and up (its
-    default), so the Azure SDK's HTTP logging policy lines are kept there: `INFO` shows them
-    here too, as a test of what the app logs in Azure needs.
+    In Azure the app turns the Azure SDK's and httpx's loggers down to WARNING when it loads,
+    unless their level was set (shared/telemetry.py); set here first, the level chosen stands,
+    so `INFO` shows every storage and SendGrid request, as a test of what the logs would hold.
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
@@ -552,8 +556,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--library-log-level",
         choices=("DEBUG", "INFO", "WARNING"),
         default="WARNING",
-        help="level of the Azure SDK's and uvicorn's loggers (default: WARNING; INFO logs "
-        "each storage request as the app's logs in Azure hold it)",
+        help="level of the Azure SDK's, httpx's and uvicorn's loggers (default: WARNING, as "
+        "the app sets them in Azure; INFO logs each storage and SendGrid request)",
     )
     return parser.parse_args(argv)
 

@@ -1,13 +1,50 @@
-"""Traces and metrics through OpenTelemetry, exported to Application Insights when configured.
+"""Traces, metrics and logs through OpenTelemetry, exported by the exporter the platform sets up.
 
-Without `APPLICATIONINSIGHTS_CONNECTION_STRING` nothing is configured: the OpenTelemetry API
-then hands out no-op tracers and meters, so the code below costs next to nothing and never
-fails. With it, `configure_telemetry` sets up the Azure Monitor distro once per process.
+In Azure (OpenTelemetry mode, as Azure-Samples/functions-quickstart-python-azd-otel runs it:
+host.json `"telemetryMode": "OpenTelemetry"`, app setting
+`PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true`, `azure-monitor-opentelemetry` in
+requirements.txt and no exporter set up in the app's code):
+
+- The Python worker calls `configure_azure_monitor` itself, once, before it imports
+  function_app.py: with `APPLICATIONINSIGHTS_CONNECTION_STRING`, and with its logging handler on
+  the logger `PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME` names (the root logger by default). It
+  then tells the host `WorkerOpenTelemetryEnabled`, and attaches each invocation's trace
+  context before the function runs (Azure/azure-functions-python-worker,
+  workers/azure_functions_worker/dispatcher.py `initialize_azure_monitor`,
+  `_handle__worker_init_request`, `_run_sync_func`; runtimes/v2/azure_functions_runtime/otel.py
+  for Python 3.13).
+- The host, told so, stops exporting the log lines the worker still forwards to it
+  (Azure/azure-functions-host, src/WebJobs.Script/Diagnostics/OpenTelemetry/
+  OpenTelemetryConfigurationExtensions.cs: the `Function.*` categories are filtered while
+  `WorkerOpenTelemetryEnabled`). So each line reaches `traces` once, through the worker's
+  exporter, with its `extra` fields (`mailgate_id`) as custom dimensions; a line logged off an
+  invocation's thread (the activity log's flusher) is exported too, where the host would have
+  dropped it for want of an invocation id (GrpcWorkerChannel.cs `Log`).
+- The exporter authenticates with `APPLICATIONINSIGHTS_AUTHENTICATION_STRING` itself
+  (azure-monitor-opentelemetry-exporter 1.0.0b36 and later, export/_base.py
+  `_get_authentication_credential`): the app passes no credential.
+
+The app therefore never calls `configure_azure_monitor`: a second call builds a second set of
+exporters and providers (OpenTelemetry refuses to install them; their threads run anyway),
+and an app that exports on its own while the worker's setting is off has every line exported
+again by the host. (`PYTHON_ENABLE_OPENTELEMETRY`, the worker's other switch, reports the same
+capability and attaches trace contexts but leaves the exporter to the app: not used here.) What
+the app does is create its tracer, meter and spans through OpenTelemetry's API, which use
+whatever providers the worker installed, and, in `configure_telemetry`, turn down the
+libraries' request logging and say in the log when the settings cannot export anything.
+
+Locally, the local host imitates the worker (devstack/host_telemetry.py): with both settings,
+it sets up the same exporter before it imports the app. Without
+`APPLICATIONINSIGHTS_CONNECTION_STRING` (`make run`, the tests) nobody sets one up: the API
+hands out no-op tracers and meters, `span` hands out the invalid span, and telemetry costs next
+to nothing and never fails.
 
 One trace per message: the accept span's context travels in the queue envelope (W3C
 `traceparent`), and every delivery attempt continues that trace, down to the SendGrid call and
-the status writes. Span attributes carry ids, counts, domains and status codes, never mail
-content or full addresses.
+the status writes. (In Azure the accept span is a child of the host's request span, whose
+context the worker attached; a delivery continues the envelope's trace, not the trigger's.)
+Span attributes carry ids, counts, domains and status codes, never mail content or full
+addresses.
 """
 
 from __future__ import annotations
@@ -24,7 +61,14 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 logger = logging.getLogger(__name__)
 
 CONNECTION_STRING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
-AUTHENTICATION_STRING = "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"
+# The Python worker's switch for the exporter it sets up (read with its is_true_like).
+ENABLE_TELEMETRY = "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"
+# Libraries that log every HTTP request at INFO: the Azure SDK's HttpLoggingPolicy
+# (`azure.core.pipeline.policies.http_logging_policy`: each storage call, headers included) and
+# httpx (each SendGrid call). Exported, each would be one more line per call without a
+# mailgate_id; the local host turns the same ones down (devstack/host.py NOISY_LOGGERS).
+QUIET_LOGGERS = ("azure", "httpx")
+QUIET_LEVEL = logging.WARNING
 
 tracer = trace.get_tracer("mailgate")
 _meter = metrics.get_meter("mailgate")
@@ -46,39 +90,51 @@ sendgrid_responses = _meter.create_counter(
     description="SendGrid's answers by status code (0: no answer).",
 )
 
-_configured = False
-
 
 def configure_telemetry(environ: Mapping[str, str]) -> bool:
-    """Export traces, metrics and logs to Application Insights if a connection string is set.
+    """Fit the app to the exporter the worker set up; True if telemetry is exported.
 
-    Returns whether it did. With `APPLICATIONINSIGHTS_AUTHENTICATION_STRING` of the form
-    `Authorization=AAD;ClientId=<id>` (as infra/ sets it) the export uses that managed identity.
+    Never raises: settings that cannot export are logged as an error and the app runs without
+    telemetry. It never sets up an exporter itself (see the module's docstring).
     """
-    global _configured
-    connection_string = environ.get(CONNECTION_STRING, "").strip()
-    if not connection_string or _configured:
-        return _configured
-    from azure.monitor.opentelemetry import configure_azure_monitor
-
-    options: dict[str, Any] = {"connection_string": connection_string}
-    client_id = _aad_client_id(environ.get(AUTHENTICATION_STRING, ""))
-    if client_id is not None:
-        from azure.identity import ManagedIdentityCredential
-
-        options["credential"] = ManagedIdentityCredential(client_id=client_id or None)
-    configure_azure_monitor(**options)
-    _configured = True
-    logger.info("Telemetry goes to Application Insights")
+    quiet_library_loggers()
+    if not environ.get(CONNECTION_STRING, "").strip():
+        return False
+    if not is_true_like(environ.get(ENABLE_TELEMETRY)):
+        logger.error(
+            "Telemetry: %s is set but %s is not true, so the Python worker sets up no exporter "
+            "and nothing of the gateway's traces and metrics is exported; set it to true, as "
+            "infra/ does",
+            CONNECTION_STRING,
+            ENABLE_TELEMETRY,
+        )
+        return False
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        logger.error(
+            "Telemetry: %s is true but no exporter was set up before the app loaded (the "
+            "Python worker logs why), so nothing is exported",
+            ENABLE_TELEMETRY,
+        )
+        return False
+    logger.info("Telemetry goes to Application Insights through the Python worker's exporter")
     return True
 
 
-def _aad_client_id(authentication: str) -> str | None:
-    """The client id of `Authorization=AAD;ClientId=...` ("" for the system identity)."""
-    parts = dict(part.split("=", 1) for part in authentication.split(";") if "=" in part.strip())
-    if parts.get("Authorization", "").strip().upper() != "AAD":
-        return None
-    return parts.get("ClientId", "").strip()
+def quiet_library_loggers() -> None:
+    """Turn the libraries' per-request logging down to warnings, unless a level was chosen.
+
+    In Azure no one sets these loggers' levels, so they inherit the worker's INFO; the local
+    host sets them from --library-log-level before it imports the app, and that choice stands.
+    """
+    for name in QUIET_LOGGERS:
+        library = logging.getLogger(name)
+        if library.level == logging.NOTSET:
+            library.setLevel(QUIET_LEVEL)
+
+
+def is_true_like(value: str | None) -> bool:
+    """Whether the Python worker reads an app setting's value as true (its is_true_like)."""
+    return value is not None and value.strip().lower() in {"1", "true", "t", "yes", "y"}
 
 
 def current_trace_context() -> dict[str, str] | None:

@@ -97,6 +97,10 @@ var appSettings = {
   AzureWebJobsStorage__clientId: identityClientId
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsightsConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+  // Read by the Python worker: it sets up the Azure Monitor exporter before it loads the app,
+  // and the host (host.json telemetryMode OpenTelemetry) then stops exporting the worker's
+  // forwarded log lines, so each line is stored once (shared/telemetry.py).
+  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
   SENDGRID_API_KEY: '@Microsoft.KeyVault(SecretUri=${sendgridApiKeySecretUri})'
   ALLOWED_SENDERS: allowedSenders
   MAIL_QUEUE_NAME: mailQueueName

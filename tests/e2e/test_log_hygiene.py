@@ -184,7 +184,7 @@ def hygiene_host(
         "LARGE_MESSAGE_CONTAINER_NAME": "mail-large-hygiene",
     }
     standin.reset()
-    # The Azure SDK's request lines too, as the app's logs in Azure keep them.
+    # The Azure SDK's and httpx's request lines too (Azure turns them down): the most logged.
     host = RunningHost(settings, tmp_path, library_log_level="INFO")
     yield host
     host.stop()

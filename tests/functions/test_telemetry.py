@@ -1,10 +1,12 @@
 """One trace per message, from the HTTP request through the queue to SendGrid and the status
-writes; the metrics of a send; and the mailgate_id on every log line about a message.
+writes; the metrics of a send; the mailgate_id on every log line about a message; and each log
+line exported once, through the one exporter the Python worker sets up.
 
-The spans and metrics are read with OpenTelemetry's in-memory exporter and reader, installed
-as the process's providers (once: OpenTelemetry allows one global provider per process). The
-requests go through the real functions and gateway; storage is in memory and SendGrid answers
-through httpx's mock transport, so the gateway's own HTTP client and its span are exercised.
+The spans, metrics and logs are read with OpenTelemetry's in-memory exporters and reader,
+installed as the process's providers (once: OpenTelemetry allows one global provider per
+process). The requests go through the real functions and gateway; storage is in memory and
+SendGrid answers through httpx's mock transport, so the gateway's own HTTP client and its span
+are exercised.
 """
 
 from __future__ import annotations
@@ -12,14 +14,21 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
+import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any, cast
 
 import azure.functions as func
+import azure.monitor.opentelemetry
 import httpx
 import pytest
 from azure.data.tables import TableClient
-from opentelemetry import metrics, trace
+from opentelemetry import _logs, metrics, trace
+from opentelemetry.instrumentation.logging.handler import LoggingHandler
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -29,12 +38,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import shared.gateway
 from functions.delivery import deliver_message
 from functions.messages import submit_message
+from shared.activity import ActivityEvent, ActivityLog
 from shared.clients import ClientStore
 from shared.delivery_events import DeliveryEventStore
 from shared.gateway import Gateway
 from shared.sendgrid_client import SendGridClient
 from shared.settings import Settings
-from shared.telemetry import _aad_client_id, configure_telemetry
+from shared.status import MessageState
+from shared.telemetry import QUIET_LOGGERS, configure_telemetry
 from tests.fakes import (
     FakeActivityLog,
     FakeIdempotencyStore,
@@ -52,16 +63,62 @@ SECRET_VALUES = ("Quarterly numbers", "Hello Ada", "ada.lovelace", "charles.babb
 
 _spans = InMemorySpanExporter()
 _metrics = InMemoryMetricReader()
+_logs_exported = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+_log_provider = LoggerProvider()
+_log_provider.add_log_record_processor(SimpleLogRecordProcessor(_logs_exported))
+# The app settings infra/app/api.bicep gives the Function App (the connection string's values
+# are never used: the worker's exporter is the in-memory one here).
+AZURE = {
+    "APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=" + str(uuid.UUID(int=0)),
+    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "ClientId=0f1e2d3c;Authorization=AAD",
+    "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "true",
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def providers() -> None:
-    """The in-memory exporter and reader as the process's providers, set once."""
+    """The in-memory exporters and reader as the process's providers, set once."""
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(_spans))
         trace.set_tracer_provider(provider)
         metrics.set_meter_provider(MeterProvider(metric_readers=[_metrics]))
+    if not isinstance(_logs.get_logger_provider(), LoggerProvider):
+        _logs.set_logger_provider(_log_provider)
+
+
+@pytest.fixture
+def worker_logging(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Logging as the Python worker leaves it in Azure before it imports the app.
+
+    Its `configure_azure_monitor` call (logger_name "", the worker's default) puts one
+    OpenTelemetry LoggingHandler, the distro's class, on the root logger, feeding the global
+    logger provider; the worker sets the root logger to INFO; no one sets the libraries' levels.
+    Here the provider exports to memory. Anything that added a second handler on the way to it
+    would export every line twice.
+    """
+    root = logging.getLogger()
+    handler = LoggingHandler(logger_provider=_logs.get_logger_provider())
+    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    caplog.set_level(logging.INFO)
+    root.addHandler(handler)
+    _logs_exported.clear()
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def exported_lines() -> list[tuple[str, dict[str, Any]]]:
+    """The exported log records: (body, attributes)."""
+    return [
+        (str(r.log_record.body), dict(r.log_record.attributes or {}))
+        for r in _logs_exported.get_finished_logs()
+    ]
 
 
 class SendGrid:
@@ -284,18 +341,114 @@ def test_should_put_the_mailgate_id_on_every_log_line_about_a_message(
 def test_should_export_nothing_without_a_connection_string() -> None:
     assert configure_telemetry({}) is False
     assert configure_telemetry({"APPLICATIONINSIGHTS_CONNECTION_STRING": " "}) is False
+    assert configure_telemetry({"PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "true"}) is False
 
 
-@pytest.mark.parametrize(
-    ("authentication", "client_id"),
-    [
-        ("Authorization=AAD;ClientId=0f1e2d3c", "0f1e2d3c"),
-        ("Authorization=AAD", ""),
-        ("", None),
-        ("Authorization=Key", None),
-    ],
-)
-def test_should_read_the_identity_application_insights_takes(
-    authentication: str, client_id: str | None
+@pytest.mark.usefixtures("traced_gateway", "worker_logging")
+def test_should_export_each_log_line_of_a_delivery_once_with_its_mailgate_id(
+    fake_queue: FakeMailQueue, sendgrid: SendGrid, caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert _aad_client_id(authentication) == client_id
+    assert configure_telemetry(AZURE) is True  # as function_app.py calls it, at import
+    message_id = post(full_message())
+    sendgrid.statuses = [503]  # a retry, then the send: two attempts' lines
+    caplog.clear()
+    _logs_exported.clear()
+
+    deliver_all(fake_queue)
+
+    exported = exported_lines()
+    logged = [record.getMessage() for record in caplog.records]
+    # Every line the delivery logged, exported once, in order: not twice, and none lost.
+    assert [body for body, _ in exported] == logged
+    assert any(f"Message {message_id} attempt 1 failed" in body for body, _ in exported)
+    assert any(f"Message {message_id} sent" in body for body, _ in exported)
+    # SendGrid's calls go through httpx, which logs each at INFO without the id: turned down.
+    for line, attributes in exported:
+        assert attributes.get("mailgate_id") == message_id, line
+
+
+@pytest.mark.usefixtures("worker_logging")
+def test_should_leave_the_exporter_the_worker_set_up_as_it_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(
+        azure.monitor.opentelemetry, "configure_azure_monitor", lambda **kw: calls.append(kw)
+    )
+    root_handlers = list(logging.getLogger().handlers)
+    providers = (trace.get_tracer_provider(), metrics.get_meter_provider())
+    log_provider = _logs.get_logger_provider()
+
+    assert configure_telemetry(AZURE) is True
+
+    assert calls == []  # a second configure_azure_monitor would be a second pipeline
+    assert logging.getLogger().handlers == root_handlers
+    assert (trace.get_tracer_provider(), metrics.get_meter_provider()) == providers
+    assert _logs.get_logger_provider() is log_provider
+
+
+@pytest.mark.usefixtures("worker_logging")
+def test_should_export_a_line_logged_on_the_activity_logs_flush_thread_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    configure_telemetry(AZURE)
+    _logs_exported.clear()
+    table = FakeTableClient("mailstatus")
+    table.make_unavailable(["upsert", "transaction"])
+    activity = ActivityLog(cast(TableClient, table), flush_seconds=0.01)
+
+    # Written, and failing, on the flusher thread: outside any invocation, where the host would
+    # drop a forwarded line for want of an invocation id.
+    activity.record(ActivityEvent("m-1", MessageState.SENT, 1, NOW + timedelta(seconds=1)))
+    deadline = time.monotonic() + 10
+    while not exported_lines() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    activity.close()
+
+    [(body, _)] = exported_lines()
+    assert body.startswith("Activity log: 1 outcome(s) were not written")
+    [record] = [r for r in caplog.records if r.getMessage() == body]
+    assert record.threadName == "mailgate-activity-flusher"
+
+
+@pytest.mark.usefixtures("worker_logging")
+def test_should_turn_the_libraries_request_logging_down_unless_a_level_was_chosen() -> None:
+    configure_telemetry(AZURE)
+    _logs_exported.clear()
+
+    policy = logging.getLogger("azure.core.pipeline.policies.http_logging_policy")
+    policy.info("Request URL: 'https://st.queue.core.windows.net/mail-outbound/messages'")
+    logging.getLogger("httpx").info("HTTP Request: POST https://api.sendgrid.com/v3/mail/send")
+    policy.warning("Transient error")
+    assert [body for body, _ in exported_lines()] == ["Transient error"]
+
+    # A level the local host chose (--library-log-level INFO) before it imported the app stays.
+    logging.getLogger("httpx").setLevel(logging.INFO)
+    configure_telemetry(AZURE)
+    _logs_exported.clear()
+    logging.getLogger("httpx").info("HTTP Request: POST http://127.0.0.1:7072/v3/mail/send")
+    assert [body for body, _ in exported_lines()] == [
+        "HTTP Request: POST http://127.0.0.1:7072/v3/mail/send"
+    ]
+
+
+@pytest.mark.usefixtures("worker_logging")
+@pytest.mark.parametrize("switch", [None, "", "false", "maybe"])
+def test_should_say_why_nothing_is_exported_when_the_worker_is_not_told_to(
+    switch: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = {
+        k: v for k, v in AZURE.items() if k != "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"
+    }
+    if switch is not None:
+        settings["PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"] = switch
+
+    assert configure_telemetry(settings) is False
+
+    [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY is not true" in error.getMessage()
+
+
+@pytest.mark.parametrize("switch", ["true", "True", " 1 ", "yes"])
+def test_should_read_the_workers_switch_as_the_worker_does(switch: str) -> None:
+    assert configure_telemetry({**AZURE, "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": switch})

@@ -30,8 +30,8 @@ PLACES: dict[str, frozenset[str]] = {
     "AzureWebJobsStorage__tableServiceUri": frozenset({CODE, README}),
     "AzureWebJobsStorage__blobServiceUri": frozenset({CODE, README}),
     "AzureWebJobsStorage__serviceUri": frozenset({CODE, README}),
-    # Telemetry with the app's identity: read by the Functions host and by shared/telemetry.py
-    # at start (not through Settings); unset locally, so nothing is exported.
+    # Telemetry with the app's identity: read by the Functions host and by the exporter the
+    # Python worker sets up (not through Settings); unset locally, so nothing is exported.
     "APPLICATIONINSIGHTS_CONNECTION_STRING": frozenset({INFRA_APP, README}),
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": frozenset({INFRA_APP, README}),
     # Read by the Python worker (and the local host), not by the gateway's code.
@@ -39,6 +39,7 @@ PLACES: dict[str, frozenset[str]] = {
     # Read by glibc when the worker process starts (so not from local.settings.json, which the
     # local host reads after it started); bench/stack.py sets it for the bench's hosts.
     "MALLOC_MMAP_THRESHOLD_": frozenset({INFRA_APP, README}),
+    "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": frozenset({INFRA_APP, LOCAL, README}),
     # Core Tools needs it locally; Flex Consumption takes the runtime from functionAppConfig
     # and refuses it as an app setting.
     "FUNCTIONS_WORKER_RUNTIME": frozenset({LOCAL}),

@@ -13,6 +13,7 @@ PROGRAM = """
 from opentelemetry import trace
 from shared import telemetry
 
+assert telemetry.configure_telemetry({}) is False  # as function_app.py calls it, at import
 with telemetry.span("mailgate.accept", id="msg-1") as outer:
     with telemetry.span("mailgate.enqueue", id="msg-1") as inner:
         context = telemetry.current_trace_context()
