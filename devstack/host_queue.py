@@ -4,8 +4,12 @@ Per message: undecodable base64, or a dequeue count already past maxDequeueCount
 `<queue>-poison` without a call; a body that is not UTF-8 fails the invocation at binding
 (the function is not called) and is retried like any failure; success deletes; failure
 releases it after visibilityTimeout, or at maxDequeueCount copies the original text to the
-poison queue and deletes it. A queue ending in `-poison` has no poison queue: as in the host,
-its failed messages are neither released nor deleted, so they return after the 10-minute hold.
+poison queue and deletes it. A failure includes a function that ends its worker process (see
+host_invoke): the host survives a worker crash and settles the message like any failure. Only
+a host that dies itself (the instance) leaves its messages invisible until the 10-minute hold
+it received them with runs out (QueueListener.cs, QueueProcessor.cs in the Storage extension).
+A queue ending in `-poison` has no poison queue: as in the host, its failed messages are
+neither released nor deleted, so they return after that hold.
 Unlike the host (which waits for it), a missing trigger queue is created.
 """
 
@@ -36,7 +40,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 POISON_SUFFIX = "-poison"
-# The host receives a message invisible for 10 minutes and renews that halfway while it runs.
+# The host receives a message invisible for 10 minutes and renews that halfway while it runs;
+# it shows only when the host itself dies mid-call (a failed call is released at once).
 MESSAGE_HOLD_SECONDS = 600
 MIN_POLLING_SECONDS = 0.1
 MAX_BATCH_SIZE = 32

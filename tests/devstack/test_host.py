@@ -663,6 +663,23 @@ def test_should_retry_failing_message_up_to_max_dequeue_count_then_copy_to_poiso
     )
 
 
+def test_should_release_the_message_of_a_crashed_worker_after_visibility_timeout(
+    sample: Sample,
+) -> None:
+    # sys.exit() in a function ends the worker process in Azure; the host survives, fails the
+    # invocation and releases the message after visibilityTimeout (00:00:00 in the sample's
+    # host.json), not after the 10-minute hold that only an instance's death leaves.
+    body = f"exit {uuid.uuid4()}"
+    sample.work.send_message(b64(body.encode()))
+
+    wait_until(lambda: len(sample.calls(body)) == 2, timeout=10)
+
+    assert [c["dequeue_count"] for c in sample.calls(body)] == [1, 2]
+    sample.host.log.wait_for(r"Language worker process exited during Functions\.on_work")
+    assert sample.host.process.poll() is None
+    assert httpx.get(sample.host.url("/api/async/still-up")).text == "hello still-up"
+
+
 def test_should_move_undecodable_message_to_poison_without_calling_function(
     sample: Sample,
 ) -> None:
