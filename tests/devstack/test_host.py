@@ -52,6 +52,7 @@ from devstack.host_queue import (
     resolve_connection_string,
     resolve_setting_expressions,
 )
+from shared.settings import Settings, data_connection
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_APP = Path(__file__).parent / "sample_app"
@@ -227,11 +228,55 @@ def test_should_resolve_connection_from_azurewebjobs_prefixed_setting_first() ->
     assert resolve_connection_string(None, {"AzureWebJobsStorage": "s"}) == "s"
 
 
+def test_should_resolve_a_binding_without_connection_to_azurewebjobsstorage_then_storage() -> None:
+    # The WebJobs SDK's default connection name is "Storage" (ConnectionStringNames.Storage).
+    assert resolve_connection_string(None, {"AzureWebJobsStorage": "a", "Storage": "b"}) == "a"
+    assert resolve_connection_string("", {"Storage": "b"}) == "b"
+
+
 def test_should_refuse_identity_based_connection_with_clear_message() -> None:
     settings = {"Main__queueServiceUri": "https://acct.queue.core.windows.net"}
 
     with pytest.raises(HostError, match="identity-based"):
         resolve_connection_string("Main", settings)
+
+
+def test_should_read_only_the_first_section_that_exists_even_without_a_value() -> None:
+    # AzureWebJobsMain exists through its entry, so Main's connection string is never read.
+    settings = {"AzureWebJobsMain__accountName": "acct", "Main": "UseDevelopmentStorage=true"}
+
+    with pytest.raises(HostError, match=r"identity-based \(AzureWebJobsMain__accountName\)"):
+        resolve_connection_string("Main", settings)
+
+
+def test_should_refuse_a_section_without_a_queue_service_or_with_an_empty_value() -> None:
+    with pytest.raises(HostError, match=r"Main__credential.*gives no queue service"):
+        resolve_connection_string("Main", {"Main__credential": "managedidentity"})
+    with pytest.raises(HostError, match="'Main' is empty"):
+        resolve_connection_string("Main", {"Main": ""})
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"AzureWebJobsStorage": "UseDevelopmentStorage=true"},
+        {"AzureWebJobsStorage": "host", "MAILGATE_STORAGE": "UseDevelopmentStorage=true"},
+        {
+            "AzureWebJobsStorage": "host",
+            "AzureWebJobsMAILGATE_STORAGE": "UseDevelopmentStorage=true",
+            "MAILGATE_STORAGE": "not-read",
+        },
+    ],
+    ids=["host storage", "MAILGATE_STORAGE", "AzureWebJobsMAILGATE_STORAGE first"],
+)
+def test_should_read_the_trigger_connection_where_the_gateway_keeps_its_data(
+    environ: dict[str, str],
+) -> None:
+    settings = {"ALLOWED_SENDERS": "@example.com", "SENDGRID_API_KEY": "SG.x", **environ}
+
+    trigger = resolve_connection_string(data_connection(settings), settings)
+
+    assert trigger == Settings.from_env(settings).storage.connection_string
 
 
 def test_should_refuse_missing_connection_and_unresolved_key_vault_reference() -> None:
