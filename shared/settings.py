@@ -259,14 +259,16 @@ def _storage_settings(reader: _Reader) -> StorageSettings:
         # service's (the host's BlobServiceClientProvider falls back to it; Microsoft's
         # "Connecting to host storage with an identity"), and a connection that serves
         # queues, tables and blobs cannot use it for more than one of them (Microsoft's queue
-        # binding reference, "Identity-based connections"). So it is never the queue's here.
+        # binding reference, "Identity-based connections"). The queue trigger would take it
+        # as a last resort (Microsoft.Extensions.Azure's ClientFactory matches QueueServiceClient's
+        # `serviceUri` parameter), so a queue left to it is refused rather than guessed.
         blob_uri = reader.text(prefix + "blobServiceUri") or reader.text(prefix + "serviceUri")
     if not queue_uri:
         hint = ""
         if reader.text(prefix + "serviceUri"):
             hint = f"; {prefix}serviceUri is taken as the blob service's URI, never the queue's"
         # A chosen MAILGATE_STORAGE is configured by definition, only without a queue service.
-        problem = "names no queue service" if name == DATA_STORAGE_CONNECTION else "is not set"
+        problem = "is not set" if name == HOST_STORAGE_CONNECTION else "names no queue service"
         raise ConfigurationError(
             f"{name} {problem}: give a connection string, or {prefix}accountName (or "
             f"{prefix}queueServiceUri, {prefix}tableServiceUri and {prefix}blobServiceUri) for "
