@@ -10,8 +10,9 @@
 shown only then (the gateway keeps a digest of it).
 
 Settings come from local.settings.json `Values` with environment variables taking precedence,
-as the Functions host reads them; for an Azure account use `AzureWebJobsStorage__accountName`
-and sign in with `az login` (your user needs the storage data roles).
+as the Functions host reads them; for an Azure account use `MAILGATE_STORAGE__accountName`
+(the gateway's data; it takes precedence over a local AzureWebJobsStorage) and sign in with
+`az login` (your user needs the storage data roles).
 """
 
 from __future__ import annotations

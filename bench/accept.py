@@ -28,6 +28,7 @@ from bench.stack import ACCEPT_APP, client_headers, http_client
 from bench.storage import StallWatch, fresh_storage
 from devstack.azurite import Azurite
 from devstack.host_process import LocalHostProcess
+from shared.settings import Settings
 
 MESSAGES_PATH = "/api/v1/messages"
 BASELINE_QUEUE = "bench-baseline"
@@ -101,7 +102,9 @@ def run_accept(
     """Gateway then baseline at each concurrency, each level on a fresh Azurite and host."""
     # The SDK's per-request logging at INFO would cost the baseline what the host never pays.
     logging.getLogger("azure").setLevel(logging.WARNING)
-    connection = settings["AzureWebJobsStorage"]
+    # The baseline writes where the gateway's data goes.
+    connection = Settings.from_env(settings).storage.connection_string
+    assert connection is not None, "the bench runs on Azurite, through a connection string"
     queue = settings["MAIL_QUEUE_NAME"]
     body = typical_body()
     envelope_text = typical_envelope().to_json()

@@ -17,7 +17,13 @@ from devstack.sendgrid_standin import DEFAULT_API_KEY, SendGridStandIn
 from devstack.sendgrid_standin import DEFAULT_PORT as STANDIN_DEFAULT_PORT
 from shared.clients import ClientStore
 from shared.errors import MailgateError, Unauthorized
-from shared.settings import DEFAULT_SENDGRID_API_BASE_URL, Settings
+from shared.settings import (
+    DATA_STORAGE_CONNECTION,
+    DEFAULT_SENDGRID_API_BASE_URL,
+    HOST_STORAGE_CONNECTION,
+    Settings,
+    connection_setting,
+)
 
 DATA_DIR = Path(".devstack")
 DEV_CLIENT = "dev"
@@ -77,7 +83,12 @@ def dev_client_key(
 
 
 def _uses_development_storage(settings: dict[str, str]) -> bool:
-    return "usedevelopmentstorage=true" in settings.get("AzureWebJobsStorage", "").lower()
+    # The host's storage, or the gateway's data when it has a connection of its own.
+    data = connection_setting(settings, DATA_STORAGE_CONNECTION) or HOST_STORAGE_CONNECTION
+    return any(
+        "usedevelopmentstorage=true" in settings.get(name, "").lower()
+        for name in (HOST_STORAGE_CONNECTION, data)
+    )
 
 
 @contextlib.contextmanager

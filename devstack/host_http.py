@@ -23,7 +23,6 @@ logger = logging.getLogger(__name__)
 
 # The platform's front end refuses larger requests before they reach the host.
 MAX_REQUEST_BYTES = 100 * 1024 * 1024
-ALL_METHODS = frozenset(m.value for m in func.HttpMethod)
 HTTP_REASON = "This function was programmatically called via the host APIs."
 
 Check = Callable[[str], bool]
@@ -331,23 +330,12 @@ class HttpApp:
         if length.isdigit() and int(length) > MAX_REQUEST_BYTES:
             return Response(status_code=413)
         relative = self._relative_path(request.url.path)
-        matches = []
-        if relative is not None:
-            for route in self._routes:
-                params = route.template.match(relative)
-                if params is not None:
-                    matches.append((route, params))
-        if not matches:
-            return Response(status_code=404)
         method = request.method.upper()
-        chosen = next(
-            ((r, p) for r, p in matches if r.methods is None or method in r.methods), None
-        )
+        chosen = None
+        if relative is not None:
+            chosen = self._match(relative, method)
         if chosen is None:
-            allowed: set[str] = set()
-            for r, _ in matches:
-                allowed |= r.methods or ALL_METHODS
-            return Response(status_code=405, headers={"allow": ", ".join(sorted(allowed))})
+            return Response(status_code=404)
         route, route_params = chosen
         key = request.headers.get("x-functions-key") or request.query_params.get("code")
         if not is_authorized(route.auth_level, key, self._function_key, self._admin_key):
@@ -381,6 +369,24 @@ class HttpApp:
             # The invoker has logged the traceback, as the host does.
             return Response(status_code=500)
         return to_response(result)
+
+    def _match(self, path: str, method: str) -> tuple[HttpRoute, dict[str, str]] | None:
+        """The first route whose template and methods both match, as the host routes.
+
+        The host registers each HTTP function as a route whose methods are a route constraint
+        (Azure/azure-functions-host, WebScriptHostHttpRoutesManager.cs: `new
+        HttpMethodRouteConstraint(httpTrigger.Methods)`), and ASP.NET Core's constraint accepts
+        only a listed method, case-insensitively, HEAD not implied by GET
+        (dotnet/aspnetcore, HttpMethodRouteConstraint.cs). A request in no route's list falls
+        through the router: 404, never 405 with an Allow header.
+        """
+        for route in self._routes:
+            if route.methods is not None and method not in route.methods:
+                continue
+            params = route.template.match(path)
+            if params is not None:
+                return route, params
+        return None
 
     @staticmethod
     async def _read_body(request: Request) -> bytes | None:

@@ -29,6 +29,10 @@ class HostError(Exception):
     """A problem with the app or its configuration that stops the host from starting."""
 
 
+class WorkerProcessExited(Exception):
+    """The function ended the Python worker process (SystemExit or KeyboardInterrupt)."""
+
+
 @dataclass(frozen=True)
 class FunctionSpec:
     """One function of the app, as read from its binding metadata."""
@@ -164,6 +168,23 @@ class Invoker:
             self._executed(spec, "Failed", invocation_id, started)
             logger.exception("Exception while executing function: Functions.%s", spec.name)
             raise
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # In Azure these end the worker process, not the host: the Python worker catches only
+            # Exception around a call (azure-functions-python-worker, dispatcher.py
+            # _handle__invocation_request), so they leave its event loop and it exits. The host
+            # then fails that worker's invocations and starts a new one (azure-functions-host,
+            # RpcFunctionInvocationDispatcher.WorkerError -> GrpcWorkerChannel.TryFailExecutions):
+            # an HTTP caller gets 500 and a queue message is released after visibilityTimeout.
+            # Here the function runs inside the host, so only its own invocation fails (Azure
+            # would fail every invocation of that worker); the host must not die with it.
+            self._executed(spec, "Failed", invocation_id, started)
+            logger.error(
+                "Language worker process exited during Functions.%s (%s); the host fails the "
+                "invocation and starts a new worker",
+                spec.name,
+                type(exc).__name__,
+            )
+            raise WorkerProcessExited(f"{type(exc).__name__} in Functions.{spec.name}") from exc
         finally:
             self.in_flight -= 1
         self._executed(spec, "Succeeded", invocation_id, started)

@@ -37,7 +37,7 @@ class LocalHostProcess:
         self._env = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith(("SENDGRID_", "Azure", "LOCAL_"))
+            if not k.startswith(("SENDGRID_", "Azure", "LOCAL_", "MAILGATE_STORAGE"))
         }
         self._env.update(self.settings)
         self._app_dir = app_dir

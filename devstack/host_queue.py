@@ -4,8 +4,12 @@ Per message: undecodable base64, or a dequeue count already past maxDequeueCount
 `<queue>-poison` without a call; a body that is not UTF-8 fails the invocation at binding
 (the function is not called) and is retried like any failure; success deletes; failure
 releases it after visibilityTimeout, or at maxDequeueCount copies the original text to the
-poison queue and deletes it. A queue ending in `-poison` has no poison queue: as in the host,
-its failed messages are neither released nor deleted, so they return after the 10-minute hold.
+poison queue and deletes it. A failure includes a function that ends its worker process (see
+host_invoke): the host survives a worker crash and settles the message like any failure. Only
+a host that dies itself (the instance) leaves its messages invisible until the 10-minute hold
+it received them with runs out (QueueListener.cs, QueueProcessor.cs in the Storage extension).
+A queue ending in `-poison` has no poison queue: as in the host, its failed messages are
+neither released nor deleted, so they return after that hold.
 Unlike the host (which waits for it), a missing trigger queue is created.
 """
 
@@ -36,11 +40,14 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 POISON_SUFFIX = "-poison"
-# The host receives a message invisible for 10 minutes and renews that halfway while it runs.
+# The host receives a message invisible for 10 minutes and renews that halfway while it runs;
+# it shows only when the host itself dies mid-call (a failed call is released at once).
 MESSAGE_HOLD_SECONDS = 600
 MIN_POLLING_SECONDS = 0.1
 MAX_BATCH_SIZE = 32
-DEFAULT_CONNECTION = "AzureWebJobsStorage"
+# A binding without `connection` uses the WebJobs SDK's ConnectionStringNames.Storage, so
+# AzureWebJobsStorage (the section name with its AzureWebJobs prefix).
+DEFAULT_CONNECTION = "Storage"
 # Storage errors after which the host gives up on a message quietly: someone else has it.
 _GONE_CODES = {
     "MessageNotFound",
@@ -49,6 +56,8 @@ _GONE_CODES = {
     "QueueBeingDeleted",
     "QueueDisabled",
 }
+
+_QUEUE_ENDPOINTS = {"accountname", "queueserviceuri", "serviceuri"}
 
 _TIMESPAN = re.compile(r"(?:(\d+)\.)?(\d+):(\d+)(?::(\d+)(?:\.(\d{1,7}))?)?")
 _TIMESPAN_DAYS_FIRST = re.compile(r"(\d+):(\d+):(\d+):(\d+)(?:\.(\d{1,7}))?")
@@ -176,22 +185,51 @@ def resolve_setting_expressions(text: str, settings: Mapping[str, str]) -> str:
     return re.sub(r"%([^%]+)%", replace, text)
 
 
+def _section_entries(settings: Mapping[str, str], section: str) -> dict[str, str]:
+    """The settings `<section>__<key>` (or `<section>:<key>`) by lower-case key, as .NET reads
+    them (configuration keys ignore case)."""
+    entries = {}
+    for name in settings:
+        for separator in ("__", ":"):
+            if name.lower().startswith(section.lower() + separator):
+                entries[name[len(section) + len(separator) :].lower()] = name
+    return entries
+
+
 def resolve_connection_string(connection: str | None, settings: Mapping[str, str]) -> str:
-    """The connection string for `connection`: setting `AzureWebJobs<X>`, then `<X>`."""
+    """The connection string for `connection`, found as the Storage extensions find it.
+
+    The section `AzureWebJobs<X>` if it exists, else `<X>` (WebJobsConfigurationExtensions.cs
+    in azure-sdk-for-net's Microsoft.Azure.WebJobs.Extensions.Clients); a section exists with a
+    value or with `__` entries, and the first that exists is the only one read. Its value is a
+    connection string; entries alone make an identity-based connection, which the local host
+    cannot use. Finding neither is an error: the host never falls back to AzureWebJobsStorage.
+    """
     name = connection or DEFAULT_CONNECTION
-    for key in (f"AzureWebJobs{name}", name):
-        value = get_setting(settings, key)
-        if value:
-            return _checked(key, value)
-    for prefix in (f"AzureWebJobs{name}", name):
-        for suffix in ("accountName", "queueServiceUri", "serviceUri"):
-            for separator in ("__", ":"):
-                if get_setting(settings, f"{prefix}{separator}{suffix}"):
-                    raise HostError(
-                        f"Connection '{name}' is identity-based ({prefix}{separator}{suffix}): "
-                        "the local host cannot use it (the Azure SDK refuses tokens over http). "
-                        f"Set '{name}' to a connection string, e.g. UseDevelopmentStorage=true"
-                    )
+    for section in (f"AzureWebJobs{name}", name):
+        value = get_setting(settings, section)
+        entries = _section_entries(settings, section)
+        if value is None and not entries:
+            continue
+        if value is not None:
+            if not value.strip():
+                raise HostError(
+                    f"Storage connection '{name}': the app setting '{section}' is empty"
+                )
+            return _checked(section, value)
+        # The queue client needs accountName, queueServiceUri or (the SDK constructor's own
+        # parameter name, through Microsoft.Extensions.Azure's ClientFactory) serviceUri.
+        endpoints = sorted(entries[k] for k in entries.keys() & _QUEUE_ENDPOINTS)
+        if not endpoints:
+            raise HostError(
+                f"Storage connection '{name}' ({', '.join(sorted(entries.values()))}) gives no "
+                f"queue service: set '{section}__accountName' or '{section}__queueServiceUri'"
+            )
+        raise HostError(
+            f"Connection '{name}' is identity-based ({endpoints[0]}): the local host cannot use "
+            "it (the Azure SDK refuses tokens over http). "
+            f"Set '{name}' to a connection string, e.g. UseDevelopmentStorage=true"
+        )
     raise HostError(
         f"Storage connection '{name}' is not configured: set the app setting "
         f"'AzureWebJobs{name}' or '{name}' to a connection string"

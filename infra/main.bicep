@@ -222,6 +222,9 @@ module api 'app/api.bicep' = {
     identityId: identity.outputs.id
     identityClientId: identity.outputs.clientId
     storageAccountName: storage.outputs.name
+    // The data shares the host's account until its traffic needs an account of its own
+    // (docs/performance.md): then name that account here and give the identity its data roles.
+    dataStorageAccountName: storage.outputs.name
     deploymentContainerUrl: '${storage.outputs.blobEndpoint}${deploymentContainerName}'
     applicationInsightsConnectionString: monitoring.outputs.applicationInsightsConnectionString
     sendgridApiKeySecretUri: keyVault.outputs.sendgridApiKeySecretUri

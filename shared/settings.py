@@ -10,7 +10,11 @@ from urllib.parse import urlsplit
 from shared.errors import ConfigurationError
 from shared.webhook_signature import PUBLIC_KEY_SETTING, normalize_public_key
 
-STORAGE_CONNECTION = "AzureWebJobsStorage"
+# The Functions host's own storage: keys, leases, timer schedules (and, by default, the data).
+HOST_STORAGE_CONNECTION = "AzureWebJobsStorage"
+# The gateway's data: the mail queues, the status and client tables, the large-body container.
+# It falls back to HOST_STORAGE_CONNECTION while nothing configures it (see data_connection).
+DATA_STORAGE_CONNECTION = "MAILGATE_STORAGE"
 
 DEFAULT_MAIL_QUEUE_NAME = "mail-outbound"
 DEFAULT_STATUS_TABLE_NAME = "mailstatus"
@@ -240,14 +244,52 @@ class _Reader:
             raise ConfigurationError(f"{name} must be between {minimum:g} and {maximum:g}")
         return value
 
+    def connection(self, name: str) -> str | None:
+        return connection_setting(self._environ, name)
+
+
+def connection_setting(environ: Mapping[str, str], connection: str) -> str | None:
+    """The setting the Functions host reads connection `connection` from, or None if unset.
+
+    As the host's storage extensions resolve a binding's `connection` (azure-sdk-for-net,
+    Microsoft.Azure.WebJobs.Extensions.Clients, WebJobsConfigurationExtensions.cs): the section
+    `AzureWebJobs<connection>` if it exists, else `<connection>`; a section exists when it has a
+    value (a connection string) or entries `<section>__<key>` (an identity-based connection).
+    A named connection that neither configures is an error there, never AzureWebJobsStorage.
+    """
+    for setting in (f"AzureWebJobs{connection}", connection):
+        if environ.get(setting, "").strip():
+            return setting
+        entries = setting.lower() + "__"
+        if any(k.lower().startswith(entries) and environ[k].strip() for k in list(environ)):
+            return setting
+    return None
+
+
+def data_connection(environ: Mapping[str, str]) -> str:
+    """The connection holding the gateway's data, which the queue trigger binds too.
+
+    MAILGATE_STORAGE once any setting configures it, else AzureWebJobsStorage: because the
+    host fails a binding to an unconfigured named connection instead of falling back, the
+    trigger must name AzureWebJobsStorage itself while MAILGATE_STORAGE is unset. Reading
+    which settings exist cannot fail, so the trigger may call this when the app is indexed.
+    """
+    if connection_setting(environ, DATA_STORAGE_CONNECTION):
+        return DATA_STORAGE_CONNECTION
+    return HOST_STORAGE_CONNECTION
+
 
 def _storage_settings(reader: _Reader) -> StorageSettings:
-    connection_string = reader.text(STORAGE_CONNECTION)
+    # The binding `AzureWebJobsStorage` would be looked up as AzureWebJobsAzureWebJobsStorage
+    # first; nobody sets that, so the host storage is read under its own name.
+    name = reader.connection(DATA_STORAGE_CONNECTION) or HOST_STORAGE_CONNECTION
+    connection_string = reader.text(name)
     if connection_string:
-        _check_connection_string(connection_string)
+        _check_connection_string(name, connection_string)
         return StorageSettings(connection_string=connection_string)
-    prefix = f"{STORAGE_CONNECTION}__"
-    # The host's order: accountName, then the per-service URIs.
+    prefix = f"{name}__"
+    # The Storage extension's order for each client (StorageClientProvider.TryGetServiceUri in
+    # Microsoft.Azure.WebJobs.Extensions.Clients): accountName, then `<service>ServiceUri`.
     account = reader.text(prefix + "accountName")
     queue_uri: str | None
     table_uri: str | None
@@ -257,14 +299,26 @@ def _storage_settings(reader: _Reader) -> StorageSettings:
         table_uri = f"https://{account}.table.core.windows.net"
         blob_uri = f"https://{account}.blob.core.windows.net"
     else:
-        queue_uri = reader.text(prefix + "queueServiceUri") or reader.text(prefix + "serviceUri")
+        queue_uri = reader.text(prefix + "queueServiceUri")
         table_uri = reader.text(prefix + "tableServiceUri")
-        blob_uri = reader.text(prefix + "blobServiceUri")
+        # A bare `serviceUri` names one service. For AzureWebJobsStorage it is the blob
+        # service's (the host's BlobServiceClientProvider falls back to it; Microsoft's
+        # "Connecting to host storage with an identity"), and a connection that serves
+        # queues, tables and blobs cannot use it for more than one of them (Microsoft's queue
+        # binding reference, "Identity-based connections"). The queue trigger would take it
+        # as a last resort (Microsoft.Extensions.Azure's ClientFactory matches QueueServiceClient's
+        # `serviceUri` parameter), so a queue left to it is refused rather than guessed.
+        blob_uri = reader.text(prefix + "blobServiceUri") or reader.text(prefix + "serviceUri")
     if not queue_uri:
+        hint = ""
+        if reader.text(prefix + "serviceUri"):
+            hint = f"; {prefix}serviceUri is taken as the blob service's URI, never the queue's"
+        # A chosen MAILGATE_STORAGE is configured by definition, only without a queue service.
+        problem = "is not set" if name == HOST_STORAGE_CONNECTION else "names no queue service"
         raise ConfigurationError(
-            f"{STORAGE_CONNECTION} is not set: give a connection string, or "
-            f"{prefix}accountName (or {prefix}queueServiceUri, {prefix}tableServiceUri and "
-            f"{prefix}blobServiceUri) for an identity-based connection"
+            f"{name} {problem}: give a connection string, or {prefix}accountName (or "
+            f"{prefix}queueServiceUri, {prefix}tableServiceUri and {prefix}blobServiceUri) for "
+            f"an identity-based connection{hint}"
         )
     if not table_uri:
         raise ConfigurationError(
@@ -273,7 +327,8 @@ def _storage_settings(reader: _Reader) -> StorageSettings:
         )
     if not blob_uri:
         raise ConfigurationError(
-            f"{prefix}blobServiceUri is required with {prefix}queueServiceUri: "
+            f"{prefix}blobServiceUri (or {prefix}serviceUri) is required with "
+            f"{prefix}queueServiceUri: "
             "messages too large for one queue message are kept in Blob storage"
         )
     return StorageSettings(
@@ -285,7 +340,7 @@ def _storage_settings(reader: _Reader) -> StorageSettings:
     )
 
 
-def _check_connection_string(connection_string: str) -> None:
+def _check_connection_string(name: str, connection_string: str) -> None:
     pairs = dict(part.split("=", 1) for part in connection_string.split(";") if "=" in part.strip())
     keys = {key.strip().lower() for key in pairs}
     if "usedevelopmentstorage" in keys or "accountname" in keys:
@@ -297,11 +352,11 @@ def _check_connection_string(connection_string: str) -> None:
         if not missing:
             return
         raise ConfigurationError(
-            f"{STORAGE_CONNECTION} gives QueueEndpoint but not {' or '.join(missing)}: status "
+            f"{name} gives QueueEndpoint but not {' or '.join(missing)}: status "
             "records live in Table storage and large messages in Blob storage"
         )
     raise ConfigurationError(
-        f"{STORAGE_CONNECTION} is not a storage connection string: it needs AccountName, "
+        f"{name} is not a storage connection string: it needs AccountName, "
         "QueueEndpoint or UseDevelopmentStorage=true"
     )
 

@@ -23,8 +23,11 @@ param identityId string
 @description('Required. Client id of that identity.')
 param identityClientId string
 
-@description('Required. Storage account for host storage, the queues, the status table and the large-message container.')
+@description('Required. Storage account for host storage (AzureWebJobsStorage): keys, leases, timer schedules, the deployment package.')
 param storageAccountName string
+
+@description('Required. Storage account for the gateway\'s data (MAILGATE_STORAGE): the queues, the status and client tables, the large-message container. It may be storageAccountName; the identity needs Storage Queue, Table and Blob data roles on it.')
+param dataStorageAccountName string
 
 @description('Required. URL of the blob container that holds the deployment package.')
 param deploymentContainerUrl string
@@ -95,6 +98,11 @@ var appSettings = {
   AzureWebJobsStorage__accountName: storageAccountName
   AzureWebJobsStorage__credential: 'managedidentity'
   AzureWebJobsStorage__clientId: identityClientId
+  // Always set, even to the host's account: the queue trigger then binds MAILGATE_STORAGE, and
+  // moving the data to another account is a change of this value alone.
+  MAILGATE_STORAGE__accountName: dataStorageAccountName
+  MAILGATE_STORAGE__credential: 'managedidentity'
+  MAILGATE_STORAGE__clientId: identityClientId
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsightsConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
   // Read by the Python worker: it sets up the Azure Monitor exporter before it loads the app,

@@ -53,6 +53,7 @@ from devstack.host_queue import (
     resolve_connection_string,
     resolve_setting_expressions,
 )
+from shared.settings import Settings, data_connection
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_APP = Path(__file__).parent / "sample_app"
@@ -228,11 +229,55 @@ def test_should_resolve_connection_from_azurewebjobs_prefixed_setting_first() ->
     assert resolve_connection_string(None, {"AzureWebJobsStorage": "s"}) == "s"
 
 
+def test_should_resolve_a_binding_without_connection_to_azurewebjobsstorage_then_storage() -> None:
+    # The WebJobs SDK's default connection name is "Storage" (ConnectionStringNames.Storage).
+    assert resolve_connection_string(None, {"AzureWebJobsStorage": "a", "Storage": "b"}) == "a"
+    assert resolve_connection_string("", {"Storage": "b"}) == "b"
+
+
 def test_should_refuse_identity_based_connection_with_clear_message() -> None:
     settings = {"Main__queueServiceUri": "https://acct.queue.core.windows.net"}
 
     with pytest.raises(HostError, match="identity-based"):
         resolve_connection_string("Main", settings)
+
+
+def test_should_read_only_the_first_section_that_exists_even_without_a_value() -> None:
+    # AzureWebJobsMain exists through its entry, so Main's connection string is never read.
+    settings = {"AzureWebJobsMain__accountName": "acct", "Main": "UseDevelopmentStorage=true"}
+
+    with pytest.raises(HostError, match=r"identity-based \(AzureWebJobsMain__accountName\)"):
+        resolve_connection_string("Main", settings)
+
+
+def test_should_refuse_a_section_without_a_queue_service_or_with_an_empty_value() -> None:
+    with pytest.raises(HostError, match=r"Main__credential.*gives no queue service"):
+        resolve_connection_string("Main", {"Main__credential": "managedidentity"})
+    with pytest.raises(HostError, match="'Main' is empty"):
+        resolve_connection_string("Main", {"Main": ""})
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"AzureWebJobsStorage": "UseDevelopmentStorage=true"},
+        {"AzureWebJobsStorage": "host", "MAILGATE_STORAGE": "UseDevelopmentStorage=true"},
+        {
+            "AzureWebJobsStorage": "host",
+            "AzureWebJobsMAILGATE_STORAGE": "UseDevelopmentStorage=true",
+            "MAILGATE_STORAGE": "not-read",
+        },
+    ],
+    ids=["host storage", "MAILGATE_STORAGE", "AzureWebJobsMAILGATE_STORAGE first"],
+)
+def test_should_read_the_trigger_connection_where_the_gateway_keeps_its_data(
+    environ: dict[str, str],
+) -> None:
+    settings = {"ALLOWED_SENDERS": "@example.com", "SENDGRID_API_KEY": "SG.x", **environ}
+
+    trigger = resolve_connection_string(data_connection(settings), settings)
+
+    assert trigger == Settings.from_env(settings).storage.connection_string
 
 
 def test_should_refuse_missing_connection_and_unresolved_key_vault_reference() -> None:
@@ -551,11 +596,17 @@ def test_should_pass_route_params_query_and_headers_to_anonymous_route(sample: S
     assert seen["url"].endswith("/api/v1/messages/m-42?a=1&a=2&b=x")
 
 
-def test_should_answer_405_when_only_the_method_does_not_match(sample: Sample) -> None:
-    response = httpx.put(sample.host.url("/api/v1/messages/m-1"))
+def test_should_answer_404_when_only_the_method_does_not_match_as_the_host_routes(
+    sample: Sample,
+) -> None:
+    # The host's methods are a route constraint: an unlisted method matches no route at all.
+    put = httpx.put(sample.host.url("/api/v1/messages/m-1"))
+    # GET does not imply HEAD there.
+    head = httpx.head(sample.host.url("/api/v1/messages/m-1"))
 
-    assert response.status_code == 405
-    assert response.headers["allow"] == "DELETE, GET"
+    assert (put.status_code, "allow" in put.headers) == (404, False)
+    assert head.status_code == 404
+    assert httpx.request("get", sample.host.url("/api/v1/messages/m-1")).status_code == 200
 
 
 def test_should_answer_404_for_unknown_paths_and_failed_constraints(sample: Sample) -> None:
@@ -676,6 +727,23 @@ def test_should_retry_failing_message_up_to_max_dequeue_count_then_copy_to_poiso
     sample.host.log.wait_for(
         r"Message has reached MaxDequeueCount of 3\. Moving message to queue 'work-items-poison'"
     )
+
+
+def test_should_release_the_message_of_a_crashed_worker_after_visibility_timeout(
+    sample: Sample,
+) -> None:
+    # sys.exit() in a function ends the worker process in Azure; the host survives, fails the
+    # invocation and releases the message after visibilityTimeout (00:00:00 in the sample's
+    # host.json), not after the 10-minute hold that only an instance's death leaves.
+    body = f"exit {uuid.uuid4()}"
+    sample.work.send_message(b64(body.encode()))
+
+    wait_until(lambda: len(sample.calls(body)) == 2, timeout=10)
+
+    assert [c["dequeue_count"] for c in sample.calls(body)] == [1, 2]
+    sample.host.log.wait_for(r"Language worker process exited during Functions\.on_work")
+    assert sample.host.process.poll() is None
+    assert httpx.get(sample.host.url("/api/async/still-up")).text == "hello still-up"
 
 
 def test_should_move_undecodable_message_to_poison_without_calling_function(

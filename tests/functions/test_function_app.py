@@ -3,6 +3,7 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import os
 from pathlib import Path
 from types import ModuleType
 
@@ -106,6 +107,37 @@ def test_should_trigger_delivery_from_the_configured_mail_queue(
     assert isinstance(trigger, QueueTrigger)
     assert trigger.queue_name == "%MAIL_QUEUE_NAME%"
     assert trigger.connection == "AzureWebJobsStorage"
+
+
+@pytest.mark.parametrize(
+    ("environ", "connection"),
+    [
+        ({}, "AzureWebJobsStorage"),
+        ({"MAILGATE_STORAGE": "UseDevelopmentStorage=true"}, "MAILGATE_STORAGE"),
+        ({"MAILGATE_STORAGE__accountName": "stdata"}, "MAILGATE_STORAGE"),
+    ],
+)
+def test_should_bind_the_delivery_trigger_to_the_connection_of_the_gateways_data(
+    monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], connection: str
+) -> None:
+    # The host resolves a named connection without falling back to AzureWebJobsStorage, so the
+    # binding names AzureWebJobsStorage itself until MAILGATE_STORAGE is configured.
+    for name in [n for n in os.environ if n.upper().startswith("MAILGATE_STORAGE")]:
+        monkeypatch.delenv(name)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    delivery = importlib.import_module("functions.delivery")
+    try:
+        app = func.FunctionApp()
+        app.register_functions(importlib.reload(delivery).bp)
+        [function] = app.get_functions()
+        trigger = trigger_of(function)
+
+        assert isinstance(trigger, QueueTrigger)
+        assert trigger.connection == connection
+    finally:
+        monkeypatch.undo()
+        importlib.reload(delivery)
 
 
 def test_should_monitor_the_queues_every_five_minutes_without_catching_up(

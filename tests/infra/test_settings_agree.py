@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from shared.errors import ConfigurationError
-from shared.settings import Settings
+from shared.settings import Settings, data_connection
 from tests.infra.conftest import INFRA, parse_bicep
 from tests.infra.venvs import ROOT
 
@@ -30,6 +30,19 @@ PLACES: dict[str, frozenset[str]] = {
     "AzureWebJobsStorage__tableServiceUri": frozenset({CODE, README}),
     "AzureWebJobsStorage__blobServiceUri": frozenset({CODE, README}),
     "AzureWebJobsStorage__serviceUri": frozenset({CODE, README}),
+    # The gateway's data: unset locally (it defaults to AzureWebJobsStorage there), the
+    # identity-based form in infra/ (today the host's own account).
+    "MAILGATE_STORAGE": frozenset({CODE, README}),
+    "MAILGATE_STORAGE__accountName": frozenset({CODE, INFRA_APP, README}),
+    "MAILGATE_STORAGE__credential": frozenset({CODE, INFRA_APP, README}),
+    "MAILGATE_STORAGE__clientId": frozenset({CODE, INFRA_APP, README}),
+    "MAILGATE_STORAGE__queueServiceUri": frozenset({CODE, README}),
+    "MAILGATE_STORAGE__tableServiceUri": frozenset({CODE, README}),
+    "MAILGATE_STORAGE__blobServiceUri": frozenset({CODE, README}),
+    "MAILGATE_STORAGE__serviceUri": frozenset({CODE, README}),
+    # Where the host looks for connection MAILGATE_STORAGE first; the code looks there too, so
+    # that it never disagrees with the queue trigger, but nobody should set it.
+    "AzureWebJobsMAILGATE_STORAGE": frozenset({CODE}),
     # Telemetry with the app's identity: read by the Functions host and by the exporter the
     # Python worker sets up (not through Settings); unset locally, so nothing is exported.
     "APPLICATIONINSIGHTS_CONNECTION_STRING": frozenset({INFRA_APP, README}),
@@ -87,24 +100,25 @@ class RecordingEnviron(Mapping[str, str]):
 def code_settings() -> set[str]:
     """Every name `Settings.from_env` looks up, over the ways storage can be given."""
     common = {"ALLOWED_SENDERS": "@example.com", "SENDGRID_API_KEY": "SG.key"}
-    identity = {
-        "AzureWebJobsStorage__credential": "managedidentity",
-        "AzureWebJobsStorage__clientId": "00000000-0000-0000-0000-000000000000",
-    }
     names: set[str] = set()
-    for storage, valid in [
-        ({"AzureWebJobsStorage": "UseDevelopmentStorage=true"}, True),
-        ({"AzureWebJobsStorage__accountName": "stexample", **identity}, True),
-        # No storage at all: the code looks up every alternative before it gives up.
-        (identity, False),
-    ]:
-        environ = RecordingEnviron({**common, **storage})
-        if valid:
-            Settings.from_env(environ)
-        else:
-            with pytest.raises(ConfigurationError):
+    for prefix in ("AzureWebJobsStorage", "MAILGATE_STORAGE"):
+        identity = {
+            f"{prefix}__credential": "managedidentity",
+            f"{prefix}__clientId": "00000000-0000-0000-0000-000000000000",
+        }
+        for storage, valid in [
+            ({prefix: "UseDevelopmentStorage=true"}, True),
+            ({f"{prefix}__accountName": "stexample", **identity}, True),
+            # No account: the code looks up every alternative before it gives up.
+            (identity, False),
+        ]:
+            environ = RecordingEnviron({**common, **storage})
+            if valid:
                 Settings.from_env(environ)
-        names |= environ.looked_up
+            else:
+                with pytest.raises(ConfigurationError):
+                    Settings.from_env(environ)
+            names |= environ.looked_up
     return names
 
 
@@ -159,6 +173,7 @@ def resolved_infra_settings() -> dict[str, str]:
     values.update(REQUIRED_PARAMETERS)
     samples = {
         "storageAccountName": "stexample",
+        "dataStorageAccountName": "stdata",
         "identityClientId": "00000000-0000-0000-0000-000000000000",
     }
 
@@ -185,4 +200,6 @@ def test_should_deploy_settings_the_code_accepts() -> None:
         Settings.from_env(settings)
     valid = Settings.from_env({**settings, "SENDGRID_API_KEY": RESOLVED_SECRET})
     assert valid.storage.credential == "managedidentity"
-    assert valid.storage.queue_service_uri == "https://stexample.queue.core.windows.net"
+    # The data and the queue trigger in the data account, which api.bicep takes on its own.
+    assert valid.storage.queue_service_uri == "https://stdata.queue.core.windows.net"
+    assert data_connection(settings) == "MAILGATE_STORAGE"

@@ -5,7 +5,13 @@ from typing import Any
 import pytest
 
 from shared.errors import ConfigurationError
-from shared.settings import Settings, StorageSettings, refuse_unresolved_key_vault_references
+from shared.settings import (
+    Settings,
+    StorageSettings,
+    connection_setting,
+    data_connection,
+    refuse_unresolved_key_vault_references,
+)
 from tests.event_webhook_samples import WebhookSigner
 from tests.samples import BASE_ENV, SENDGRID_API_KEY, STORAGE_ACCOUNT_KEY, settings_with
 
@@ -302,16 +308,16 @@ def test_should_keep_a_storage_connection_string(connection_string: str) -> None
             ),
         ),
         (
-            # The host reads serviceUri when queueServiceUri is not set; the table needs its own.
+            # The host takes AzureWebJobsStorage__serviceUri as its blob service's URI.
             {
-                "AzureWebJobsStorage__serviceUri": "https://s.example.net",
+                "AzureWebJobsStorage__queueServiceUri": "https://q.example.net",
                 "AzureWebJobsStorage__tableServiceUri": "https://t.example.net",
-                "AzureWebJobsStorage__blobServiceUri": "https://b.example.net",
+                "AzureWebJobsStorage__serviceUri": "https://s.example.net",
             },
             StorageSettings(
-                queue_service_uri="https://s.example.net",
+                queue_service_uri="https://q.example.net",
                 table_service_uri="https://t.example.net",
-                blob_service_uri="https://b.example.net",
+                blob_service_uri="https://s.example.net",
             ),
         ),
         (
@@ -329,12 +335,28 @@ def test_should_keep_a_storage_connection_string(connection_string: str) -> None
             ),
         ),
     ],
-    ids=["accountName", "service URIs", "serviceUri and table and blob URIs", "managed identity"],
+    ids=["accountName", "service URIs", "serviceUri as the blob's", "managed identity"],
 )
 def test_should_read_an_identity_based_storage_connection(
     identity_env: dict[str, str], expected: StorageSettings
 ) -> None:
     assert Settings.from_env({**IDENTITY_ENV, **identity_env}).storage == expected
+
+
+def test_should_refuse_a_service_uri_as_the_queue_service_uri_naming_both() -> None:
+    # One serviceUri cannot name the queue, table and blob services at once (Microsoft's queue
+    # binding reference); for host storage it is the blob service's.
+    env = {
+        **IDENTITY_ENV,
+        "AzureWebJobsStorage__serviceUri": "https://s.example.net",
+        "AzureWebJobsStorage__tableServiceUri": "https://t.example.net",
+        "AzureWebJobsStorage__blobServiceUri": "https://b.example.net",
+    }
+
+    message = refusal(env)
+
+    assert "AzureWebJobsStorage__queueServiceUri" in message
+    assert "AzureWebJobsStorage__serviceUri is taken as the blob service's URI" in message
 
 
 def test_should_refuse_a_queue_service_uri_without_a_table_service_uri_naming_it() -> None:
@@ -460,3 +482,113 @@ def test_should_refuse_a_malformed_event_webhook_key_naming_it(key: str) -> None
 
     assert "SENDGRID_WEBHOOK_PUBLIC_KEY" in message
     assert key not in message
+
+
+# ---------------------------------------------------------------- the data connection
+
+DATA_ACCOUNT = "https://stdata.queue.core.windows.net"
+
+
+@pytest.mark.parametrize(
+    ("environ", "connection"),
+    [
+        ({}, "AzureWebJobsStorage"),
+        ({"MAILGATE_STORAGE": ""}, "AzureWebJobsStorage"),
+        ({"MAILGATE_STORAGE__accountName": "  "}, "AzureWebJobsStorage"),
+        ({"MAILGATE_STORAGE_OTHER": "x"}, "AzureWebJobsStorage"),
+        ({"MAILGATE_STORAGE": "UseDevelopmentStorage=true"}, "MAILGATE_STORAGE"),
+        ({"MAILGATE_STORAGE__accountName": "stdata"}, "MAILGATE_STORAGE"),
+        # .NET configuration keys ignore case.
+        ({"mailgate_storage__ACCOUNTNAME": "stdata"}, "MAILGATE_STORAGE"),
+        ({"MAILGATE_STORAGE__credential": "managedidentity"}, "MAILGATE_STORAGE"),
+        ({"AzureWebJobsMAILGATE_STORAGE": "UseDevelopmentStorage=true"}, "MAILGATE_STORAGE"),
+    ],
+)
+def test_should_bind_the_data_to_mailgate_storage_only_once_a_setting_configures_it(
+    environ: dict[str, str], connection: str
+) -> None:
+    assert data_connection({**BASE_ENV, **environ}) == connection
+
+
+@pytest.mark.parametrize(
+    ("environ", "setting"),
+    [
+        (
+            {"AzureWebJobsMAILGATE_STORAGE": "a", "MAILGATE_STORAGE": "b"},
+            "AzureWebJobsMAILGATE_STORAGE",
+        ),
+        # The first section that exists is the only one the host reads, even without a value.
+        (
+            {"AzureWebJobsMAILGATE_STORAGE__accountName": "a", "MAILGATE_STORAGE": "b"},
+            "AzureWebJobsMAILGATE_STORAGE",
+        ),
+        ({"MAILGATE_STORAGE__queueServiceUri": DATA_ACCOUNT}, "MAILGATE_STORAGE"),
+        ({"AzureWebJobsStorage": "x"}, None),
+    ],
+)
+def test_should_find_a_connection_where_the_host_looks_first(
+    environ: dict[str, str], setting: str | None
+) -> None:
+    assert connection_setting(environ, "MAILGATE_STORAGE") == setting
+
+
+def test_should_keep_the_data_in_the_host_storage_while_mailgate_storage_is_unset() -> None:
+    assert Settings.from_env(BASE_ENV).storage == StorageSettings(
+        connection_string=BASE_ENV["AzureWebJobsStorage"]
+    )
+
+
+def test_should_keep_the_data_in_mailgate_storage_apart_from_the_host_storage() -> None:
+    data = "UseDevelopmentStorage=true"
+
+    settings = Settings.from_env({**BASE_ENV, "MAILGATE_STORAGE": data})
+
+    assert settings.storage == StorageSettings(connection_string=data)
+
+
+def test_should_read_an_identity_based_mailgate_storage_and_ignore_the_host_storage() -> None:
+    settings = Settings.from_env(
+        {
+            **BASE_ENV,
+            "AzureWebJobsStorage__accountName": "sthost",
+            "MAILGATE_STORAGE__accountName": "stdata",
+            "MAILGATE_STORAGE__credential": "managedidentity",
+            "MAILGATE_STORAGE__clientId": "00000000-0000-0000-0000-000000000002",
+        }
+    )
+
+    assert settings.storage == StorageSettings(
+        queue_service_uri=DATA_ACCOUNT,
+        table_service_uri="https://stdata.table.core.windows.net",
+        blob_service_uri="https://stdata.blob.core.windows.net",
+        credential="managedidentity",
+        client_id="00000000-0000-0000-0000-000000000002",
+    )
+
+
+def test_should_read_mailgate_storage_from_its_azurewebjobs_section_first_as_the_host_does() -> (
+    None
+):
+    settings = Settings.from_env(
+        {
+            **BASE_ENV,
+            "AzureWebJobsMAILGATE_STORAGE": "UseDevelopmentStorage=true",
+            "MAILGATE_STORAGE": "not-read",
+        }
+    )
+
+    assert settings.storage.connection_string == "UseDevelopmentStorage=true"
+
+
+def test_should_refuse_a_mailgate_storage_without_a_queue_service_rather_than_fall_back() -> None:
+    # The trigger binds MAILGATE_STORAGE once any of its settings exists: so must the data.
+    message = refusal({**BASE_ENV, "MAILGATE_STORAGE__credential": "managedidentity"})
+
+    assert message.startswith("MAILGATE_STORAGE names no queue service")
+    assert "MAILGATE_STORAGE__accountName" in message
+
+
+def test_should_name_mailgate_storage_when_its_connection_string_is_malformed() -> None:
+    message = refusal({**BASE_ENV, "MAILGATE_STORAGE": "not-a-connection-string"})
+
+    assert message.startswith("MAILGATE_STORAGE is not a storage connection string")

@@ -4,6 +4,7 @@ import asyncio
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -89,12 +90,15 @@ def read_setting(req: func.HttpRequest, context: func.Context) -> func.HttpRespo
 
 @app.queue_trigger(arg_name="msg", queue_name="%WORK_QUEUE%", connection="SampleStorage")
 def on_work(msg: func.QueueMessage) -> None:
-    """Record each message; fail those whose body starts with 'fail'."""
+    """Record each message; fail those whose body starts with 'fail'; 'exit' exits once."""
     # Lenient decoding, so a call with a non-UTF-8 body would show in the record.
     body = msg.get_body().decode("utf-8", errors="replace")
     _record("work", {"id": msg.id, "body": body, "dequeue_count": msg.dequeue_count})
     if body.startswith("fail"):
         raise ValueError(f"refusing {body}")
+    if body.startswith("exit") and msg.dequeue_count == 1:
+        # In Azure this ends the Python worker process (a worker crash), not the host.
+        sys.exit(3)
 
 
 def _record_timer(name: str, timer: func.TimerRequest, seconds: float = 0.0) -> None:
