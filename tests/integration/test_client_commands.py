@@ -90,7 +90,7 @@ def test_should_list_disable_enable_and_rotate(
     ("argv", "complaint"),
     [
         (["client", "create", "Bad Name", "--senders", "@example.com"], "client name"),
-        (["client", "create", "ok", "--senders", "nobody"], "SENDERS entry 'nobody'"),
+        (["client", "create", "ok", "--senders", "nobody"], "SENDERS entry 1 is neither"),
         (["client", "disable", "ghost"], "no client named 'ghost'"),
     ],
 )
