@@ -158,9 +158,11 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
       remoteDebuggingEnabled: false
       http20Enabled: true
+      // No ftpsState: Flex Consumption refuses it (ARM error 51021); FTP is off through the
+      // basicPublishingCredentialsPolicies below.
+      // checkov:skip=CKV_AZURE_78: Flex Consumption refuses siteConfig.ftpsState; FTP is off through basicPublishingCredentialsPolicies
     }
     functionAppConfig: {
       deployment: {

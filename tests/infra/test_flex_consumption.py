@@ -1,0 +1,90 @@
+"""infra/ holds to what the Flex Consumption plan takes: no setting or site property it refuses."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from tests.infra.conftest import INFRA, bicep_files
+from tests.infra.flex_consumption import APP_SETTINGS, SITE_PROPERTIES
+
+REFUSED = {name.lower(): name for name in [*APP_SETTINGS, *SITE_PROPERTIES]}
+REFUSED_SETTINGS = {name.lower() for name in APP_SETTINGS}
+REASONS = {name.lower(): reason for name, reason in {**APP_SETTINGS, **SITE_PROPERTIES}.items()}
+TOKEN = re.compile(
+    r"(?P<string>'(?:[^'\\]|\\.)*')|(?P<comment>//.*)|(?P<word>[A-Za-z_]\w*)|(?P<mark>[{}\[\],:?])|\S"
+)
+
+
+def refused_names(text: str) -> Iterator[tuple[int, str]]:
+    """(line, name) for every object key, and every `name:` value, that Flex Consumption refuses.
+
+    Keys are what Bicep writes before `:` at the start of a line or after `{` or `,`, quoted or
+    not, so site properties, app settings as an object and app settings as `{ name: ..., value:
+    ... }` pairs are all found, in nested resources too; comments and string values are not keys.
+    """
+    for number, line in enumerate(text.splitlines(), 1):
+        tokens: list[tuple[str, str]] = []
+        for match in TOKEN.finditer(line):
+            if match.lastgroup == "comment":
+                break
+            tokens.append((match.lastgroup or "", match.group()))
+        for index, (kind, value) in enumerate(tokens[:-1]):
+            before = tokens[index - 1][1] if index else "{"
+            if kind not in ("word", "string") or tokens[index + 1][1] != ":" or before not in "{,":
+                continue
+            key = value.strip("'")
+            if key.lower() in REFUSED:
+                yield number, key
+            following = tokens[index + 2] if index + 2 < len(tokens) else ("", "")
+            if key == "name" and following[0] == "string":
+                named = following[1].strip("'")
+                if named.lower() in REFUSED_SETTINGS:
+                    yield number, named
+
+
+def test_should_set_no_setting_or_site_property_that_flex_consumption_refuses() -> None:
+    found = [
+        f"{path.relative_to(INFRA).as_posix()}:{number}: {name} ({REASONS[name.lower()]})"
+        for path in bicep_files()
+        for number, name in refused_names(path.read_text(encoding="utf-8"))
+    ]
+    assert found == []
+
+
+def test_should_find_refused_names_however_bicep_writes_them() -> None:
+    text = "\n".join(
+        [
+            "// No FUNCTIONS_WORKER_RUNTIME: Flex takes it from functionAppConfig.",
+            "var appSettings = {",
+            "  FUNCTIONS_EXTENSION_VERSION: '~4'",
+            "  'WEBSITE_RUN_FROM_PACKAGE': '1'",
+            "  NOTE: 'ftpsState is gone'",
+            "}",
+            "resource app 'Microsoft.Web/sites@2024-04-01' = {",
+            "  properties: {",
+            "    siteConfig: {",
+            "      ftpsState: 'Disabled' // refused",
+            "      LinuxFxVersion: 'PYTHON|3.12'",
+            "      appSettings: [",
+            "        { name: 'SCM_DO_BUILD_DURING_DEPLOYMENT', value: 'true' }",
+            "        { name: 'MAIL_QUEUE_NAME', value: enabled ? 'alwaysOn' : 'x' }",
+            "      ]",
+            "    }",
+            "  }",
+            "  resource web 'config' = {",
+            "    name: 'web'",
+            "    properties: { use32BitWorkerProcess: false, http20Enabled: true }",
+            "  }",
+            "}",
+        ]
+    )
+
+    assert list(refused_names(text)) == [
+        (3, "FUNCTIONS_EXTENSION_VERSION"),
+        (4, "WEBSITE_RUN_FROM_PACKAGE"),
+        (10, "ftpsState"),
+        (11, "LinuxFxVersion"),
+        (13, "SCM_DO_BUILD_DURING_DEPLOYMENT"),
+        (20, "use32BitWorkerProcess"),
+    ]
