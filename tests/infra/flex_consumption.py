@@ -1,4 +1,5 @@
-"""What the Flex Consumption plan does not take: one place for the deployment checks to read.
+"""What the Flex Consumption plan does not take, and the limits it documents: one place for the
+deployment checks to read.
 
 Source: Microsoft Learn, "App settings reference for Azure Functions", section "Flex Consumption
 plan deprecations" (MicrosoftDocs/azure-docs, articles/azure-functions/functions-app-settings.md),
@@ -54,3 +55,7 @@ SITE_PROPERTIES: dict[str, str] = {
     "vnetRouteAllEnabled": "not used for networking",
     "windowsFxVersion": "not valid",
 }
+
+# Same page, "Considerations": "The lowest maximum scale is currently 40. The highest currently
+# supported value is 1000."
+MAXIMUM_INSTANCE_COUNT_RANGE = (40, 1000)

@@ -1,12 +1,19 @@
-"""infra/ holds to what the Flex Consumption plan takes: no setting or site property it refuses."""
+"""infra/ holds to what the Flex Consumption plan takes: no setting or site property it refuses,
+and its range of maximum instances."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
+from typing import Any
 
-from tests.infra.conftest import INFRA, bicep_files
-from tests.infra.flex_consumption import APP_SETTINGS, SITE_PROPERTIES
+from tests.infra.conftest import INFRA, bicep_files, parse_bicep
+from tests.infra.flex_consumption import (
+    APP_SETTINGS,
+    MAXIMUM_INSTANCE_COUNT_RANGE,
+    SITE_PROPERTIES,
+)
 
 REFUSED = {name.lower(): name for name in [*APP_SETTINGS, *SITE_PROPERTIES]}
 REFUSED_SETTINGS = {name.lower() for name in APP_SETTINGS}
@@ -41,6 +48,11 @@ def refused_names(text: str) -> Iterator[tuple[int, str]]:
                 named = following[1].strip("'")
                 if named.lower() in REFUSED_SETTINGS:
                     yield number, named
+
+
+def decorator(declaration: dict[str, Any], kind: str) -> Any:
+    [found] = [d["argument"] for d in declaration["decorators"] if d["type"] == kind]
+    return found
 
 
 def test_should_set_no_setting_or_site_property_that_flex_consumption_refuses() -> None:
@@ -88,3 +100,16 @@ def test_should_find_refused_names_however_bicep_writes_them() -> None:
         (13, "SCM_DO_BUILD_DURING_DEPLOYMENT"),
         (20, "use32BitWorkerProcess"),
     ]
+
+
+def test_should_keep_maximum_instance_count_within_what_flex_consumption_allows() -> None:
+    parameter = parse_bicep(INFRA / "main.bicep")["parameters"]["maximumInstanceCount"]
+    lowest, highest = MAXIMUM_INSTANCE_COUNT_RANGE
+
+    assert decorator(parameter, "min_value") == lowest
+    assert decorator(parameter, "max_value") == highest
+    assert lowest <= parameter["default"] <= highest
+    given = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))
+    assert "maximumInstanceCount" not in given["parameters"] or (
+        lowest <= int(given["parameters"]["maximumInstanceCount"]["value"]) <= highest
+    )
