@@ -241,6 +241,11 @@ module api 'app/api.bicep' = {
     idempotencyRetentionHours: idempotencyRetentionHours
     sendgridWebhookPublicKey: sendgridWebhookPublicKey
   }
+  // The Key Vault reference for SENDGRID_API_KEY resolves with the identity's Key Vault role, so
+  // the role exists before the app first starts. rbac takes nothing from the app: no cycle.
+  dependsOn: [
+    rbac
+  ]
 }
 
 module rbac 'app/rbac.bicep' = {

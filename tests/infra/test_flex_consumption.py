@@ -1,5 +1,6 @@
 """infra/ holds to what the Flex Consumption plan takes: no setting or site property it refuses,
-and its range of maximum instances."""
+its range of maximum instances, and the app started only after its identity can read the
+SendGrid key."""
 
 from __future__ import annotations
 
@@ -48,6 +49,33 @@ def refused_names(text: str) -> Iterator[tuple[int, str]]:
                 named = following[1].strip("'")
                 if named.lower() in REFUSED_SETTINGS:
                     yield number, named
+
+
+def leaves(value: Any) -> Iterator[str]:
+    """Every string in a pycep structure."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from leaves(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from leaves(item)
+
+
+def module_dependencies(parsed: dict[str, Any]) -> dict[str, set[str]]:
+    """For each module of a parsed file, the modules it takes outputs from or names in dependsOn."""
+    modules: dict[str, Any] = parsed["modules"]
+    dependencies: dict[str, set[str]] = {}
+    for name, module in modules.items():
+        config = {k: v for k, v in module["config"].items() if k != "name"}
+        used = set(leaves(config))
+        dependencies[name] = {
+            other
+            for other in modules
+            if other != name and any(leaf == other or f"${{{other}." in leaf for leaf in used)
+        }
+    return dependencies
 
 
 def decorator(declaration: dict[str, Any], kind: str) -> Any:
@@ -113,3 +141,30 @@ def test_should_keep_maximum_instance_count_within_what_flex_consumption_allows(
     assert "maximumInstanceCount" not in given["parameters"] or (
         lowest <= int(given["parameters"]["maximumInstanceCount"]["value"]) <= highest
     )
+
+
+def test_should_start_the_app_only_after_its_key_vault_role_exists() -> None:
+    main = parse_bicep(INFRA / "main.bicep")
+
+    assert "rbac" in main["modules"]["api"]["config"]["dependsOn"]
+    # The role assignments take the identity's principal id, not the app's: no cycle.
+    dependencies = module_dependencies(main)
+    assert "api" not in dependencies["rbac"]
+    assert {"identity", "keyVault"} <= dependencies["rbac"]
+
+
+def test_should_have_no_cycle_between_modules() -> None:
+    # dependsOn names count as dependencies too: they are strings in the module's config.
+    dependencies = module_dependencies(parse_bicep(INFRA / "main.bicep"))
+    reached: dict[str, set[str]] = {}
+
+    def reach(name: str, path: tuple[str, ...]) -> set[str]:
+        assert name not in path, f"cycle: {' -> '.join((*path, name))}"
+        if name not in reached:
+            found = set(dependencies[name])
+            for other in dependencies[name]:
+                found |= reach(other, (*path, name))
+            reached[name] = found
+        return reached[name]
+
+    assert "rbac" in reach("api", ())
