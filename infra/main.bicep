@@ -70,6 +70,14 @@ param instanceMemoryMB int = 2048
 @description('Optional. Most instances the app scales out to, 40-1000 on Flex Consumption. Not a brake on SendGrid: at 40 instances with 24 deliveries in flight each, the queue trigger alone can send thousands of mails a second.')
 param maximumInstanceCount int = 40
 
+// Not bounded in Microsoft's docs (Flex's default for Python apps is 1); at most the worker's
+// PYTHON_THREADPOOL_THREAD_COUNT (32, api.bicep), since the HTTP functions are `def` and each
+// request holds a thread. docs/performance.md explains the default.
+@minValue(1)
+@maxValue(32)
+@description('Optional. Concurrent HTTP requests per instance before Flex Consumption adds an instance (triggers.http.perInstanceConcurrency). Flex\'s own default for Python apps is 1 request per instance.')
+param httpPerInstanceConcurrency int = 8
+
 @minLength(3)
 @maxLength(56)
 @description('Optional. MAIL_QUEUE_NAME: the mail queue; its poison queue <name>-poison is created with it.')
@@ -226,6 +234,7 @@ module api 'app/api.bicep' = {
     pythonVersion: pythonVersion
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
+    httpPerInstanceConcurrency: httpPerInstanceConcurrency
     allowedSenders: allowedSenders
     mailQueueName: mailQueueName
     statusTableName: statusTableName

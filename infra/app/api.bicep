@@ -44,6 +44,9 @@ param instanceMemoryMB int
 @description('Required. Most instances the app scales out to.')
 param maximumInstanceCount int
 
+@description('Required. Concurrent HTTP invocations per instance, the HTTP scaler\'s target (functionAppConfig.scaleAndConcurrency.triggers.http.perInstanceConcurrency).')
+param httpPerInstanceConcurrency int
+
 @description('Required. The ALLOWED_SENDERS app setting.')
 param allowedSenders string
 
@@ -180,6 +183,11 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         instanceMemoryMB: instanceMemoryMB
         maximumInstanceCount: maximumInstanceCount
+        triggers: {
+          http: {
+            perInstanceConcurrency: httpPerInstanceConcurrency
+          }
+        }
       }
       runtime: {
         name: 'python'

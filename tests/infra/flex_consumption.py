@@ -59,3 +59,10 @@ SITE_PROPERTIES: dict[str, str] = {
 # Same page, "Considerations": "The lowest maximum scale is currently 40. The highest currently
 # supported value is 1000."
 MAXIMUM_INSTANCE_COUNT_RANGE = (40, 1000)
+
+# includes/functions-timeout-duration.md (2026-01): on Flex Consumption functionTimeout defaults
+# to 30 minutes and has no maximum; an execution gets 60 minutes of grace at scale-in and 10 at
+# platform updates, and one that runs past functionTimeout restarts the language worker with
+# every invocation in it.
+FUNCTION_TIMEOUT_DEFAULT_SECONDS = 30 * 60
+PLATFORM_UPDATE_GRACE_SECONDS = 10 * 60

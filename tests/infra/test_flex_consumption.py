@@ -1,20 +1,25 @@
-"""infra/ holds to what the Flex Consumption plan takes: no setting or site property it refuses,
-its range of maximum instances, and the app started only after its identity can read the
-SendGrid key."""
+"""infra/ and host.json hold to what the Flex Consumption plan takes: no setting or site property
+it refuses, its instance range, HTTP concurrency and a function timeout set rather than left to
+the platform, and the app started only after its identity can read the SendGrid key."""
 
 from __future__ import annotations
 
 import json
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
+from shared.storage_http import CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS
 from tests.infra.conftest import INFRA, bicep_files, parse_bicep
 from tests.infra.flex_consumption import (
     APP_SETTINGS,
+    FUNCTION_TIMEOUT_DEFAULT_SECONDS,
     MAXIMUM_INSTANCE_COUNT_RANGE,
+    PLATFORM_UPDATE_GRACE_SECONDS,
     SITE_PROPERTIES,
 )
+from tests.infra.venvs import ROOT
 
 REFUSED = {name.lower(): name for name in [*APP_SETTINGS, *SITE_PROPERTIES]}
 REFUSED_SETTINGS = {name.lower() for name in APP_SETTINGS}
@@ -22,6 +27,9 @@ REASONS = {name.lower(): reason for name, reason in {**APP_SETTINGS, **SITE_PROP
 TOKEN = re.compile(
     r"(?P<string>'(?:[^'\\]|\\.)*')|(?P<comment>//.*)|(?P<word>[A-Za-z_]\w*)|(?P<mark>[{}\[\],:?])|\S"
 )
+# Storage calls one delivery attempt can make besides SendGrid's: the claim, the claim-checked
+# body, the `sent` record and the body's delete.
+STORAGE_CALLS_PER_DELIVERY = 4
 
 
 def refused_names(text: str) -> Iterator[tuple[int, str]]:
@@ -81,6 +89,19 @@ def module_dependencies(parsed: dict[str, Any]) -> dict[str, set[str]]:
 def decorator(declaration: dict[str, Any], kind: str) -> Any:
     [found] = [d["argument"] for d in declaration["decorators"] if d["type"] == kind]
     return found
+
+
+def host_json() -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((ROOT / "host.json").read_text(encoding="utf-8"))
+    return document
+
+
+def duration(text: str) -> timedelta:
+    """A host.json time span, `[d.]hh:mm:ss`."""
+    match = re.fullmatch(r"(?:(\d+)\.)?(\d{2}):(\d{2}):(\d{2})", text)
+    assert match, f"not a host.json time span: {text!r}"
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
 
 
 def test_should_set_no_setting_or_site_property_that_flex_consumption_refuses() -> None:
@@ -168,3 +189,43 @@ def test_should_have_no_cycle_between_modules() -> None:
         return reached[name]
 
     assert "rbac" in reach("api", ())
+
+
+def test_should_time_out_a_function_after_a_delivery_attempt_and_within_platform_grace() -> None:
+    main = parse_bicep(INFRA / "main.bicep")["parameters"]
+    sendgrid = decorator(main["sendgridConnectTimeoutSeconds"], "max_value") + decorator(
+        main["sendgridTimeoutSeconds"], "max_value"
+    )
+    storage = STORAGE_CALLS_PER_DELIVERY * (CONNECT_TIMEOUT_SECONDS + READ_TIMEOUT_SECONDS)
+
+    timeout = duration(host_json()["functionTimeout"]).total_seconds()
+
+    # Longer than the slowest attempt the settings allow, so the delivery's own timeouts fire
+    # first (a functionTimeout restarts the worker with every invocation in it); no longer than
+    # the 10 minutes a platform update waits, and shorter than Flex's 30-minute default.
+    assert sendgrid + storage < timeout <= PLATFORM_UPDATE_GRACE_SECONDS
+    assert timeout < FUNCTION_TIMEOUT_DEFAULT_SECONDS
+
+
+def test_should_set_http_concurrency_per_instance_within_the_worker_threads() -> None:
+    api = parse_bicep(INFRA / "app" / "api.bicep")
+    main = parse_bicep(INFRA / "main.bicep")
+    scale = api["resources"]["functionApp"]["config"]["properties"]["functionAppConfig"][
+        "scaleAndConcurrency"
+    ]
+    parameter = main["parameters"]["httpPerInstanceConcurrency"]
+    threads = int(api["variables"]["appSettings"]["value"]["PYTHON_THREADPOOL_THREAD_COUNT"])
+
+    assert scale["triggers"]["http"]["perInstanceConcurrency"] == "httpPerInstanceConcurrency"
+    assert main["modules"]["api"]["config"]["params"]["httpPerInstanceConcurrency"] == (
+        "httpPerInstanceConcurrency"
+    )
+    # Each request holds a worker thread (the HTTP functions are `def`): more concurrency than
+    # threads would queue requests inside an instance that the scaler counts as having room.
+    assert 1 <= decorator(parameter, "min_value") <= parameter["default"]
+    assert parameter["default"] <= decorator(parameter, "max_value") <= threads
+
+
+def test_should_read_host_json_time_spans() -> None:
+    assert duration("00:10:00") == timedelta(minutes=10)
+    assert duration("1.02:03:04") == timedelta(days=1, hours=2, minutes=3, seconds=4)
