@@ -113,7 +113,10 @@ var appSettings = {
   RETRY_MAX_DELAY_SECONDS: string(retryMaxDelaySeconds)
   // A public key: nothing secret, so not a Key Vault reference.
   SENDGRID_WEBHOOK_PUBLIC_KEY: sendgridWebhookPublicKey
-  // Read by the Python worker: at least batchSize + newBatchThreshold (host.json) deliveries at once.
+  // Read by the Python worker: threads for the `def` functions. Absent, the Functions host starts
+  // the worker with 1000 (Azure/azure-functions-host, DefaultWorkerProcessFactory
+  // .ApplyWorkerConcurrencyLimits); 32 bounds an instance's invocations and their memory, and is
+  // at least batchSize + newBatchThreshold (host.json) and httpPerInstanceConcurrency.
   PYTHON_THREADPOOL_THREAD_COUNT: '32'
 }
 
