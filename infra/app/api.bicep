@@ -153,9 +153,9 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     serverFarmId: plan.id
     httpsOnly: true
     keyVaultReferenceIdentity: identityId
-    // Callers are apps holding a function key; client certificates would need one per caller.
+    // Callers are apps holding a client key (Bearer); client certificates would need one per caller.
     clientCertEnabled: false
-    // checkov:skip=CKV_AZURE_17: callers authenticate with function keys, not client certificates
+    // checkov:skip=CKV_AZURE_17: callers authenticate with the gateway's client keys, not client certificates
     // checkov:skip=CKV_AZURE_222: apps outside any VNet of ours call this API; no VNet integration yet
     publicNetworkAccess: 'Enabled'
     // The health endpoint checks settings and storage, which fail for every instance at once:
