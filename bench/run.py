@@ -43,7 +43,7 @@ from devstack.host_invoke import default_thread_count
 from devstack.sendgrid_standin import SendGridStandIn
 
 SCENARIOS = ("accept", "delivery", "transport", "host", "model", "large")
-# What infra/ and local.settings.example.json set; the worker default is cores + 4.
+# What infra/ and local.settings.example.json set; unset, the Functions host gives the worker 1000.
 DEPLOYED_THREAD_COUNT = 32
 DOC = REPO / "docs" / "performance.md"
 MIB = 2**20
@@ -569,7 +569,7 @@ def notes(results: Results, args: argparse.Namespace) -> list[str]:
         + (
             "(PYTHON_THREADPOOL_THREAD_COUNT, as infra/ deploys it; --host-threads)."
             if args.host_threads
-            else "(PYTHON_THREADPOOL_THREAD_COUNT unset: the worker's default, min(32, cores + 4))."
+            else "(PYTHON_THREADPOOL_THREAD_COUNT unset: the Functions host's default)."
         )
     ]
     for app_dir in (ACCEPT_APP, NOOP_APP):

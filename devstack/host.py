@@ -6,11 +6,12 @@ Core Tools cannot run here, so this stands in for `func start`:
 
 It merges `local.settings.json` Values into the environment (environment variables win),
 sets up the Azure Monitor exporter where the Python worker would (host_telemetry.py), imports
-`function_app.py`, and serves every function from its own binding metadata. Sync
-functions share a thread pool of PYTHON_THREADPOOL_THREAD_COUNT threads (default, as the
-worker's: min(32, cores + 4)); async ones run on the event loop. FUNCTION-level routes need
-the key in LOCAL_FUNCTION_KEY (or LOCAL_ADMIN_KEY), ADMIN-level ones LOCAL_ADMIN_KEY. Timer
-schedules run in UTC; LOCAL_TIMER_SCHEDULE_<function name> replaces a function's schedule.
+`function_app.py`, and serves every function from its own binding metadata. Sync functions
+share a thread pool of PYTHON_THREADPOOL_THREAD_COUNT threads (default 1000, what the
+Functions host gives the worker when the setting is absent); async ones run on the event loop.
+FUNCTION-level routes need the key in LOCAL_FUNCTION_KEY (or LOCAL_ADMIN_KEY), ADMIN-level ones
+LOCAL_ADMIN_KEY. Timer schedules run in UTC; LOCAL_TIMER_SCHEDULE_<function name> replaces a
+function's schedule.
 Readiness: the log lines `Listening on http://HOST:PORT` then `Host started`.
 """
 
@@ -258,7 +259,7 @@ def collect_functions(functions: Iterable[func.Function], app_dir: Path) -> list
 
 
 def thread_count(settings: Mapping[str, str]) -> int:
-    """PYTHON_THREADPOOL_THREAD_COUNT, or the worker's default."""
+    """PYTHON_THREADPOOL_THREAD_COUNT, or what the Functions host sets when it is absent."""
     raw = settings.get("PYTHON_THREADPOOL_THREAD_COUNT")
     if not raw:
         return default_thread_count()

@@ -7,7 +7,6 @@ import contextvars
 import functools
 import inspect
 import logging
-import os
 import threading
 import time
 import uuid
@@ -130,9 +129,16 @@ class _Context(func.Context):
         return _RetryContext()
 
 
+# The Functions host starts a Python worker with PYTHON_THREADPOOL_THREAD_COUNT=1000 when the
+# setting is absent or empty (Azure/azure-functions-host, DefaultWorkerProcessFactory
+# .ApplyWorkerConcurrencyLimits, RpcWorkerConstants.DefaultConcurrencyLimit), so the worker's
+# own fallback, ThreadPoolExecutor's min(32, cores + 4), is never reached in Azure.
+HOST_DEFAULT_THREAD_COUNT = 1000
+
+
 def default_thread_count() -> int:
-    """The worker's default PYTHON_THREADPOOL_THREAD_COUNT on Python 3.9+."""
-    return min(32, (os.cpu_count() or 1) + 4)
+    """PYTHON_THREADPOOL_THREAD_COUNT as the Functions host sets it when the app does not."""
+    return HOST_DEFAULT_THREAD_COUNT
 
 
 class Invoker:

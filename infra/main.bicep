@@ -62,10 +62,21 @@ param pythonVersion string = '3.12'
 @description('Optional. Memory of each Flex Consumption instance, in MB.')
 param instanceMemoryMB int = 2048
 
-@minValue(1)
+// Flex Consumption's documented range: "The lowest maximum scale is currently 40. The highest
+// currently supported value is 1000." (MicrosoftDocs/azure-docs,
+// articles/azure-functions/flex-consumption-plan.md, Considerations).
+@minValue(40)
 @maxValue(1000)
-@description('Optional. Most instances the app scales out to. Each instance runs the queue trigger in parallel, so this caps the request rate SendGrid sees.')
+@description('Optional. Most instances the app scales out to, 40-1000 on Flex Consumption. Not a brake on SendGrid: at 40 instances with 24 deliveries in flight each, the queue trigger alone can send thousands of mails a second.')
 param maximumInstanceCount int = 40
+
+// Not bounded in Microsoft's docs (Flex's default for Python apps is 1); at most the worker's
+// PYTHON_THREADPOOL_THREAD_COUNT (32, api.bicep), since the HTTP functions are `def` and each
+// request holds a thread. docs/performance.md explains the default.
+@minValue(1)
+@maxValue(32)
+@description('Optional. Concurrent HTTP requests per instance before Flex Consumption adds an instance (triggers.http.perInstanceConcurrency). Flex\'s own default for Python apps is 1 request per instance.')
+param httpPerInstanceConcurrency int = 8
 
 @minLength(3)
 @maxLength(56)
@@ -231,6 +242,7 @@ module api 'app/api.bicep' = {
     pythonVersion: pythonVersion
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
+    httpPerInstanceConcurrency: httpPerInstanceConcurrency
     allowedSenders: allowedSenders
     mailQueueName: mailQueueName
     statusTableName: statusTableName
@@ -247,6 +259,11 @@ module api 'app/api.bicep' = {
     idempotencyRetentionHours: idempotencyRetentionHours
     sendgridWebhookPublicKey: sendgridWebhookPublicKey
   }
+  // The Key Vault reference for SENDGRID_API_KEY resolves with the identity's Key Vault role, so
+  // the role exists before the app first starts. rbac takes nothing from the app: no cycle.
+  dependsOn: [
+    rbac
+  ]
 }
 
 module rbac 'app/rbac.bicep' = {

@@ -47,6 +47,9 @@ param instanceMemoryMB int
 @description('Required. Most instances the app scales out to.')
 param maximumInstanceCount int
 
+@description('Required. Concurrent HTTP invocations per instance, the HTTP scaler\'s target (functionAppConfig.scaleAndConcurrency.triggers.http.perInstanceConcurrency).')
+param httpPerInstanceConcurrency int
+
 @description('Required. The ALLOWED_SENDERS app setting.')
 param allowedSenders string
 
@@ -131,7 +134,10 @@ var appSettings = {
   // kept 1,250 MiB after delivering 24 messages of 29 MB, six at a time, against 680 MiB with
   // it (make bench, scenario 7).
   MALLOC_MMAP_THRESHOLD_: '1048576'
-  // Read by the Python worker: at least batchSize + newBatchThreshold (host.json) deliveries at once.
+  // Read by the Python worker: threads for the `def` functions. Absent, the Functions host starts
+  // the worker with 1000 (Azure/azure-functions-host, DefaultWorkerProcessFactory
+  // .ApplyWorkerConcurrencyLimits); 32 bounds an instance's invocations and their memory, and is
+  // at least batchSize + newBatchThreshold (host.json) and httpPerInstanceConcurrency.
   PYTHON_THREADPOOL_THREAD_COUNT: '32'
 }
 
@@ -168,9 +174,9 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     serverFarmId: plan.id
     httpsOnly: true
     keyVaultReferenceIdentity: identityId
-    // Callers are apps holding a function key; client certificates would need one per caller.
+    // Callers are apps holding a client key (Bearer); client certificates would need one per caller.
     clientCertEnabled: false
-    // checkov:skip=CKV_AZURE_17: callers authenticate with function keys, not client certificates
+    // checkov:skip=CKV_AZURE_17: callers authenticate with the gateway's client keys, not client certificates
     // checkov:skip=CKV_AZURE_222: apps outside any VNet of ours call this API; no VNet integration yet
     publicNetworkAccess: 'Enabled'
     // The health endpoint checks settings and storage, which fail for every instance at once:
@@ -179,9 +185,11 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
       remoteDebuggingEnabled: false
       http20Enabled: true
+      // No ftpsState: Flex Consumption refuses it (ARM error 51021); FTP is off through the
+      // basicPublishingCredentialsPolicies below.
+      // checkov:skip=CKV_AZURE_78: Flex Consumption refuses siteConfig.ftpsState; FTP is off through basicPublishingCredentialsPolicies
     }
     functionAppConfig: {
       deployment: {
@@ -199,6 +207,11 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         instanceMemoryMB: instanceMemoryMB
         maximumInstanceCount: maximumInstanceCount
+        triggers: {
+          http: {
+            perInstanceConcurrency: httpPerInstanceConcurrency
+          }
+        }
       }
       runtime: {
         name: 'python'
