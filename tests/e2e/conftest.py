@@ -34,6 +34,7 @@ MAIL_QUEUE = "mail-e2e"
 LARGE_MESSAGE_CONTAINER = "mail-large"
 RETRY_BASE_DELAY_SECONDS = 1
 MAX_DELIVERY_ATTEMPTS = 3
+SENDGRID_TIMEOUT_SECONDS = 5
 # SendGrid's Event Webhook key pair for the session: hosts get its public half in their settings.
 WEBHOOK_SIGNER = WebhookSigner()
 
@@ -173,7 +174,10 @@ def gateway_settings(connection_string: str, standin: SendGridStandIn) -> dict[s
         "SENDGRID_API_BASE_URL": standin.base_url,
         "SENDGRID_API_KEY": standin.api_key,
         "SENDGRID_CONNECT_TIMEOUT_SECONDS": "1",
-        "SENDGRID_TIMEOUT_SECONDS": "2",
+        # Long enough that a stand-in slowed by a loaded machine is never taken for a timeout:
+        # at 2 s, a send that the stand-in answered late counted as an ambiguous failure and was
+        # sent again, so a scripted answer went to the wrong attempt (the flaky dead-letter test).
+        "SENDGRID_TIMEOUT_SECONDS": str(SENDGRID_TIMEOUT_SECONDS),
         "STATUS_TABLE_NAME": "mailstatuse2e",
         "LARGE_MESSAGE_CONTAINER_NAME": LARGE_MESSAGE_CONTAINER,
         "MAX_DELIVERY_ATTEMPTS": str(MAX_DELIVERY_ATTEMPTS),

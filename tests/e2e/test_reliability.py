@@ -18,6 +18,7 @@ from shared.settings import Settings
 from shared.status import MessageState, StatusStore
 from tests.e2e.conftest import (
     MAX_DELIVERY_ATTEMPTS,
+    SENDGRID_TIMEOUT_SECONDS,
     Queues,
     RunningHost,
     gateway_settings,
@@ -141,7 +142,8 @@ def test_should_send_every_message_once_or_dead_letter_it_under_a_seeded_mix_of_
         {"status": 500},
         {"status": 503},
         {"status": 429, "headers": {"Retry-After": "1"}},
-        {"status": 503, "delay_ms": 2500},  # past the 2 s client timeout
+        # Past the client's timeout.
+        {"status": 503, "delay_ms": SENDGRID_TIMEOUT_SECONDS * 1000 + 500},
         {"drop_connection": True},
     ]
     script = [rng.choice(faults) if rng.random() < 0.4 else {"status": 202} for _ in range(60)]
