@@ -171,22 +171,16 @@ def run_large(
     fresh_storage(azurite)
     floor = idle_rss(settings, log_dir)
     default = Settings.from_env(settings).large_messages_at_once
-    bounded = drain_large(
-        settings=settings,
-        azurite=azurite,
-        standin=standin,
-        messages=messages,
-        at_once=default,
-        timeout=timeout,
-        log_dir=log_dir,
-    )
-    unbounded = drain_large(
-        settings=settings,
-        azurite=azurite,
-        standin=standin,
-        messages=messages,
-        at_once=UNBOUNDED,
-        timeout=timeout,
-        log_dir=log_dir,
+    bounded, unbounded = (
+        drain_large(
+            settings=settings,
+            azurite=azurite,
+            standin=standin,
+            messages=messages,
+            at_once=at_once,
+            timeout=timeout,
+            log_dir=log_dir,
+        )
+        for at_once in (default, UNBOUNDED)
     )
     return LargeResult(floor, bounded, unbounded)

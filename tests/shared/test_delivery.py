@@ -1198,22 +1198,34 @@ def test_should_leave_the_message_on_the_queue_when_its_blob_cannot_be_read(
     assert "msg-c4.json" in fake_bodies.blobs
 
 
-def test_should_put_back_a_large_message_while_every_large_message_slot_is_taken(
-    settings: Settings, fake_queue: FakeMailQueue, fake_bodies: FakeMessageBodyStore
-) -> None:
-    _, large = claim_checked(fake_bodies, id="msg-big")
-    slots = LargeMessageSlots(1, wait_seconds=0)
-    delivery = Delivery(
-        sender=(sender := FakeMailSender("sg-small")),
-        queue=fake_queue,
-        bodies=fake_bodies,
-        statuses=FakeStatusStore(fake_queue.journal),
+def with_slots(
+    slots: LargeMessageSlots,
+    sender: FakeMailSender,
+    queue: FakeMailQueue,
+    bodies: FakeMessageBodyStore,
+    settings: Settings,
+) -> Delivery:
+    """A delivery whose large messages take turns in `slots`."""
+    return Delivery(
+        sender=sender,
+        queue=queue,
+        bodies=bodies,
+        statuses=FakeStatusStore(queue.journal),
         activity=FakeActivityLog(),
         settings=settings,
         now=lambda: LATER,
         rng=CEILING,
         large_messages=slots,
     )
+
+
+def test_should_put_back_a_large_message_while_every_large_message_slot_is_taken(
+    settings: Settings, fake_queue: FakeMailQueue, fake_bodies: FakeMessageBodyStore
+) -> None:
+    _, large = claim_checked(fake_bodies, id="msg-big")
+    slots = LargeMessageSlots(1, wait_seconds=0)
+    sender = FakeMailSender("sg-small")
+    delivery = with_slots(slots, sender, fake_queue, fake_bodies, settings)
 
     with slots.slot() as held:
         assert held
@@ -1238,16 +1250,7 @@ def test_should_give_the_slot_back_when_a_large_delivery_fails(
 ) -> None:
     _, large = claim_checked(fake_bodies, id="msg-big2")
     slots = LargeMessageSlots(1, wait_seconds=0)
-    delivery = Delivery(
-        sender=FakeMailSender(REFUSAL),
-        queue=fake_queue,
-        bodies=fake_bodies,
-        statuses=FakeStatusStore(fake_queue.journal),
-        activity=FakeActivityLog(),
-        settings=settings,
-        now=lambda: LATER,
-        large_messages=slots,
-    )
+    delivery = with_slots(slots, FakeMailSender(REFUSAL), fake_queue, fake_bodies, settings)
 
     assert delivery.deliver(large.to_json().encode()).result == "dead_lettered"
     with slots.slot() as free:
