@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from shared import telemetry
 from shared.activity import ActivityEvent, ActivityLog
-from shared.blobs import LargeMessageSlots, MessageBodyStore
+from shared.blobs import LargeMessageSlots, MessageBodyStore, body_blob_name
 from shared.errors import (
     ConcurrentUpdate,
     DeliveryError,
@@ -50,7 +50,7 @@ from shared.models import (
 )
 from shared.queue import MailQueue
 from shared.sendgrid_client import build_payload
-from shared.settings import MAX_RETRY_DELAY_SECONDS, Settings
+from shared.settings import MAX_RETRY_DELAY_SECONDS, Settings, sender_allowed
 from shared.status import FINAL_STATES, MessageState, MessageStatus, StatusStore
 
 logger = logging.getLogger(__name__)
@@ -405,7 +405,12 @@ class Delivery:
         message then waits on the queue.
         """
         if envelope.blob is None:
-            return envelope
+            return self._allowed(envelope)
+        if envelope.blob != body_blob_name(envelope.id):
+            # The accept names a body's blob after its message: anything else was written by
+            # someone else (the host's admin API can put anything on the queue).
+            own = body_blob_name(envelope.id)
+            return PermanentDeliveryError(f"it names blob {envelope.blob!r}, not its own ({own})")
         content = self._bodies.get(envelope.blob)
         if content is None:
             return PermanentDeliveryError(
@@ -425,7 +430,30 @@ class Delivery:
             return PermanentDeliveryError(
                 f"its body, blob {envelope.blob}, belongs to message {stored.id}"
             )
-        return envelope.with_body(stored)
+        return self._allowed(envelope.with_body(stored))
+
+    def _allowed(self, envelope: QueueEnvelope) -> QueueEnvelope | PermanentDeliveryError:
+        """The envelope, or an error if a `from` is outside ALLOWED_SENDERS.
+
+        Checked again at delivery: the accept checked it, but whoever holds the host's master
+        key can put any message on the queue through the host's admin API.
+        """
+        senders = envelope.sender_addresses()
+        refused = sorted(
+            {
+                a.rpartition("@")[2].lower() or "(none)"
+                for a in senders
+                if not sender_allowed(a, self._settings.allowed_senders)
+            }
+        )
+        if not senders or refused:
+            # The domain only: a full address never goes into a reason, which is logged.
+            return PermanentDeliveryError(
+                "its sender is not allowed by ALLOWED_SENDERS (domain "
+                + (", ".join(refused) or "(none)")
+                + ")"
+            )
+        return envelope
 
     def _delete_body(self, envelope: QueueEnvelope) -> None:
         if envelope.blob is None:

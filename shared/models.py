@@ -328,6 +328,15 @@ class QueueEnvelope(BaseModel):
             raise ValueError("an envelope carries exactly one of message, sendgrid or blob")
         return self
 
+    def sender_addresses(self) -> list[str]:
+        """Every `from` of the body carried in the queue message itself (v3: each
+        personalization's too), read leniently: for a check, not for sending."""
+        if self.message is not None:
+            return [self.message.from_.email]
+        if self.sendgrid is not None:
+            return sendgrid_senders(self.sendgrid)
+        return []
+
     def recipient_domains(self) -> list[str]:
         """The distinct recipient domains of the body carried in the queue message itself."""
         if self.message is not None:
@@ -377,6 +386,26 @@ class StoredBody(BaseModel):
     def to_json(self) -> bytes:
         """The body as the compact UTF-8 JSON that goes into the blob."""
         return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+def sendgrid_senders(body: dict[str, Any]) -> list[str]:
+    """The top-level and per-personalization `from` addresses of a v3 Mail Send body.
+
+    Read leniently, as sendgrid_recipient_domains: a `from` that is not an address object
+    yields "" (which no ALLOWED_SENDERS entry allows).
+    """
+
+    def email(holder: Any) -> str:
+        sender = holder.get("from") if isinstance(holder, dict) else None
+        address = sender.get("email") if isinstance(sender, dict) else None
+        return address if isinstance(address, str) else ""
+
+    personalizations = body.get("personalizations")
+    return [email(body)] + [
+        email(p)
+        for p in (personalizations if isinstance(personalizations, list) else [])
+        if isinstance(p, dict) and "from" in p
+    ]
 
 
 def sendgrid_recipient_domains(body: dict[str, Any]) -> list[str]:

@@ -386,7 +386,11 @@ def test_should_dead_letter_a_queued_v3_body_that_lost_its_personalizations(
     settings: Settings, fake_queue: FakeMailQueue
 ) -> None:
     sender = FakeMailSender()
-    queued = QueueEnvelope(id="msg-v3", accepted_at=NOW, sendgrid={"personalizations": "none"})
+    queued = QueueEnvelope(
+        id="msg-v3",
+        accepted_at=NOW,
+        sendgrid={"from": {"email": "app@example.org"}, "personalizations": "none"},
+    )
 
     outcome = deliver(queued, sender, fake_queue, settings)
 
