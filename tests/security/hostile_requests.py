@@ -119,3 +119,53 @@ def field_name(route: Route, pointer: str) -> str | None:
         return pointer
     steps = pointer.removeprefix("#").split("/")[1:]
     return ".".join(steps) or None
+
+
+def with_value(document: dict[str, Any], pointer: str, value: Any) -> dict[str, Any]:
+    """A copy of the document with `value` at `pointer` (whose parent must exist)."""
+    copy: dict[str, Any] = json.loads(json.dumps(document))
+    *steps, last = pointer.removeprefix("#/").split("/")
+    parent: Any = copy
+    for step in steps:
+        parent = parent[int(step)] if isinstance(parent, list) else parent[step]
+    if isinstance(parent, list):
+        parent[int(last)] = value
+    else:
+        parent[last] = value
+    return copy
+
+
+def v1_message() -> dict[str, Any]:
+    """A v1 message with every single-line text field an attacker can reach."""
+    return {
+        "from": {"email": "noreply@example.com", "name": "Billing"},
+        "to": [{"email": "ann@example.net", "name": "Ann"}],
+        "cc": [{"email": "carol@example.net", "name": "Carol"}],
+        "bcc": [{"email": "audit@example.org", "name": "Audit"}],
+        "reply_to": {"email": "support@example.org", "name": "Support"},
+        "subject": "Your invoice",
+        "text": "Attached.",
+        "headers": {"X-Invoice": "42"},
+        "attachments": [{"filename": "invoice.pdf", "content": "JVBE", "content_id": "inv42"}],
+    }
+
+
+def v3_mail() -> dict[str, Any]:
+    """A v3 Mail Send body with every single-line text field an attacker can reach."""
+    return {
+        "personalizations": [
+            {
+                "to": [{"email": "ann@example.net", "name": "Ann"}],
+                "cc": [{"email": "carol@example.net", "name": "Carol"}],
+                "bcc": [{"email": "audit@example.org", "name": "Audit"}],
+                "subject": "Your invoice, Ann",
+                "headers": {"X-Invoice": "42"},
+            }
+        ],
+        "from": {"email": "noreply@example.com", "name": "Billing"},
+        "reply_to": {"email": "support@example.org", "name": "Support"},
+        "subject": "Your invoice",
+        "content": [{"type": "text/plain", "value": "Attached."}],
+        "headers": {"X-Invoice": "42"},
+        "attachments": [{"content": "JVBE", "filename": "invoice.pdf", "content_id": "inv42"}],
+    }
