@@ -2,6 +2,13 @@
 
 ``validate_mail_send`` checks a decoded request body against them and returns either the
 model or the error entries SendGrid would answer with.
+
+The models also carry the gateway's own rules, the same as on its v1 route: bounds on what
+SendGrid leaves to the 30 MB of a request (attachments, content blocks, headers, the members
+of custom_args, substitutions and sections: see shared/models.py), no CR, LF or NUL in
+one-line text, no control characters or bidirectional overrides in text a recipient reads as
+shown. The SendGrid stand-in validates with these models too, so it is that much stricter than
+SendGrid.
 """
 
 from __future__ import annotations
