@@ -75,7 +75,7 @@ class FieldErrors(ValueError):
         self.problems = tuple(problems)
 
 
-LINE_BREAKS = re.compile(r"[\r\n\x00]")
+_LINE_BREAKS = re.compile(r"[\r\n\x00]")
 # What makes text show other than it reads: C0 and C1 controls (DEL too), and the bidirectional
 # embeddings, overrides and isolates ("invoice\u202efdp.exe" shows as "invoiceexe.pdf").
 SPOOFING_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -88,7 +88,7 @@ _HEADER_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
 
 
 def _single_line(value: str) -> str:
-    if LINE_BREAKS.search(value):
+    if _LINE_BREAKS.search(value):
         raise ValueError("must not contain CR, LF or NUL")
     return value
 
