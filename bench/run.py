@@ -3,7 +3,7 @@
     python -m bench [--seconds 10] [--concurrency 1,8,32] [--messages 2000] [--latency-ms 100]
                     [--transport-sends 200] [--round-trip-ms 20] [--host-threads N]
                     [--model-messages 1000] [--large-messages 24]
-                    [--scenarios accept,delivery,transport,host,model,large]
+                    [--scenarios accept,delivery,transport,host,model,large,hostile]
                     [--profile DIR] [--no-write]
 
 Starts Azurite (in memory) and the SendGrid stand-in on loopback, runs each scenario with its
@@ -28,6 +28,7 @@ from pathlib import Path
 from bench.accept import AcceptLevel, run_accept
 from bench.delivery import ConsumerBaseline, DrainResult, run_drain, run_minimal_consumer
 from bench.host_overhead import NoopResult, noop_settings, run_noop
+from bench.hostile import HostileResult, HostileRun, run_hostile
 from bench.large import INSTANCE_WORKER_MIB, LargeResult, run_large
 from bench.load import LoadResult
 from bench.model import ASYNC, GATEWAY, SDK, ModelComparison, run_model
@@ -42,7 +43,7 @@ from devstack.host import read_host_json
 from devstack.host_invoke import default_thread_count
 from devstack.sendgrid_standin import SendGridStandIn
 
-SCENARIOS = ("accept", "delivery", "transport", "host", "model", "large")
+SCENARIOS = ("accept", "delivery", "transport", "host", "model", "large", "hostile")
 # What infra/ and local.settings.example.json set; unset, the Functions host gives the worker 1000.
 DEPLOYED_THREAD_COUNT = 32
 DOC = REPO / "docs" / "performance.md"
@@ -60,6 +61,10 @@ MEMORY_FLAT = Target("<=", 1.05)
 MODEL_KEEPS_UP = 0.95
 # The worker's peak with many large deliveries must fit what the instance leaves it.
 LARGE_FITS = Target("<=", 1.0)
+# Issue 13: the worst 30 MB body is refused within this much of the host's CPU and memory.
+HOSTILE_CPU_SECONDS = 1.0
+HOSTILE_ADDED_MIB = 200
+WITHIN_BUDGET = Target("<=", 1.0)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -125,6 +130,7 @@ class Results:
     noop: NoopResult | None = None
     model: ModelComparison | None = None
     large: LargeResult | None = None
+    hostile: HostileResult | None = None
 
 
 def run(args: argparse.Namespace, workdir: Path, profiler: Profiler | None) -> Results:
@@ -217,6 +223,18 @@ def run(args: argparse.Namespace, workdir: Path, profiler: Profiler | None) -> R
                 standin=standin,
                 messages=args.large_messages,
                 timeout=args.drain_timeout,
+                log_dir=workdir,
+            )
+        if "hostile" in args.scenarios:
+            _step("hostile bodies: the worst 30 MB requests, each on a fresh host")
+            results.hostile = run_hostile(
+                settings=gateway_settings(
+                    azurite,
+                    standin,
+                    queue="bench-hostile",
+                    table="benchhostile",
+                    host_threads=args.host_threads,
+                ),
                 log_dir=workdir,
             )
     if "transport" in args.scenarios:
@@ -513,6 +531,47 @@ def large_rows(large: LargeResult) -> list[Row]:
     ]
 
 
+def _route(run_: HostileRun) -> str:
+    return "v1" if "/v1/" in run_.route else "v3"
+
+
+def hostile_rows(hostile: HostileResult) -> list[Row]:
+    """What the worst 30 MB bodies cost the host before it refuses them, against the budget."""
+    floor = hostile.floor
+    rows = [
+        Row(
+            "8 hostile",
+            "30 MB refused unread (text/plain, 415): host CPU s / added MiB, what receiving it "
+            "costs any route",
+            f"{floor.cpu_seconds:.2f} / {floor.added_rss / MIB:.0f}",
+        )
+    ]
+    for run_ in hostile.runs:
+        what = f"{_route(run_)} {run_.name}"
+        rows.append(
+            Row(
+                "8 hostile",
+                f"{what}: host CPU s (baseline: the budget)",
+                run_.cpu_seconds,
+                HOSTILE_CPU_SECONDS,
+                ratio(run_.cpu_seconds, HOSTILE_CPU_SECONDS),
+                WITHIN_BUDGET,
+            )
+        )
+        rows.append(
+            Row(
+                "8 hostile",
+                f"{what}: added MiB, answer {run_.status} of {run_.answer_bytes:,} bytes "
+                "(baseline: the budget)",
+                run_.added_rss / MIB,
+                HOSTILE_ADDED_MIB,
+                ratio(run_.added_rss / MIB, HOSTILE_ADDED_MIB),
+                WITHIN_BUDGET,
+            )
+        )
+    return rows
+
+
 def model_note(comparison: ModelComparison) -> str:
     """Which execution model the numbers favour, and on what grounds."""
     sync, sdk, async_ = comparison.run(GATEWAY), comparison.run(SDK), comparison.run(ASYNC)
@@ -554,6 +613,8 @@ def all_rows(results: Results) -> list[Row]:
         rows += model_rows(results.model)
     if results.large is not None:
         rows += large_rows(results.large)
+    if results.hostile is not None:
+        rows += hostile_rows(results.hostile)
     return rows
 
 
@@ -627,6 +688,13 @@ def notes(results: Results, args: argparse.Namespace) -> list[str]:
         out.append(f"- No-op drain: only {results.noop.drained:,} settled before the timeout.")
     if results.model is not None:
         out.append(model_note(results.model))
+    for hostile in results.hostile.runs if results.hostile else ():
+        if not hostile.refused:
+            answer = "no answer" if hostile.status is None else f"status {hostile.status}"
+            out.append(
+                f"- Hostile, {_route(hostile)} {hostile.name}: {answer} after "
+                f"{hostile.seconds:.1f} s, not a refusal."
+            )
     for rule in missed(all_rows(results)):
         out.append(f"- NOT met: {rule.scenario}, {rule.figure}.")
     return out

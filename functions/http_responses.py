@@ -47,7 +47,9 @@ def sendgrid_refusal_response(error: MailgateError, unavailable: str) -> func.Ht
     """The same refusal as SendGrid words one: status and headers kept, SendGrid's error body."""
     problem = problem_for(error, unavailable)
     return json_response(
-        refusal_body(problem.detail, problem.errors), problem.status, problem.headers
+        refusal_body(problem.detail, problem.errors, problem.errors_left_out),
+        problem.status,
+        problem.headers,
     )
 
 

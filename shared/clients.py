@@ -69,14 +69,15 @@ RATE_CONFLICT_PAUSE_SECONDS = 0.01
 MAX_LEASE_FRACTION = 10
 # An instance serving from its leased tokens checks the client's row at least this often.
 CLIENT_CHECK_SECONDS = 2.0
-_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
-_SECRET = re.compile(r"^[A-Za-z0-9_-]{43}$")
-_BEARER = re.compile(r"^Bearer[ \t]+(?P<key>\S+)[ \t]*$", re.IGNORECASE)
+# Each matched whole (fullmatch): a `$` would let a final newline through.
+_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?")
+_SECRET = re.compile(r"[A-Za-z0-9_-]{43}")
+_BEARER = re.compile(r"Bearer[ \t]+(?P<key>\S+)[ \t]*", re.IGNORECASE)
 
 
 def check_name(name: str) -> str:
     """A client name: 1-40 lowercase letters, digits and inner hyphens; ValueError otherwise."""
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ValueError(
             f"client name {name!r} must be 1 to 40 lowercase letters, digits and hyphens, "
             "starting and ending with a letter or digit"
@@ -106,7 +107,7 @@ def client_name_of(key: str) -> str | None:
     if not key.startswith(KEY_PREFIX):
         return None
     name, _, secret = key[len(KEY_PREFIX) :].partition("_")
-    if not _NAME.match(name) or not _SECRET.match(secret):
+    if not _NAME.fullmatch(name) or not _SECRET.fullmatch(secret):
         return None
     return name
 
@@ -115,7 +116,7 @@ def bearer_key(authorization: str | None) -> str:
     """The key of an `Authorization: Bearer <key>` header; Unauthorized when there is none."""
     if not authorization:
         raise Unauthorized("send the client key as 'Authorization: Bearer <key>'")
-    match = _BEARER.match(authorization)
+    match = _BEARER.fullmatch(authorization)
     if match is None:
         raise Unauthorized("the Authorization header must be 'Bearer <key>'")
     return match["key"]
@@ -221,7 +222,7 @@ class ClientStore:
 
     def get(self, name: str) -> Client | None:
         """The named client, or None."""
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             return None
         try:
             entity = self.table.get_entity(name, CLIENT_ROW)

@@ -73,10 +73,10 @@ MAX_WRITE_CONFLICTS = 10
 RECORDING_THREADS = 8
 # 9999-12-31T23:59:59Z: later times do not fit a datetime, nor a table.
 MAX_EVENT_TIMESTAMP = 253_402_300_799
-MAX_PROBLEMS_SHOWN = 20
 
 # The gateway's ids are UUIDs; anything else is not one of its messages (and not a safe key).
-_MESSAGE_ID = re.compile(rf"^[A-Za-z0-9-]{{1,{MAX_MESSAGE_ID_LENGTH}}}$")
+# Matched whole (fullmatch): a `$` would let a final newline through.
+_MESSAGE_ID = re.compile(rf"[A-Za-z0-9-]{{1,{MAX_MESSAGE_ID_LENGTH}}}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 # An address, or one percent-encoded in a URL: only its domain is kept. The local part stops at
 # "/" and ":", so that an address inside a URL loses only itself.
@@ -85,7 +85,7 @@ _ADDRESS = re.compile(
     re.IGNORECASE,
 )
 _URL_QUERY = re.compile(r"(https?://[^\s?#\"'<>]*)[?#][^\s\"'<>]*", re.IGNORECASE)
-_DOMAIN = re.compile(r"^[^\s@<>\"'\\/]{1,253}$")
+_DOMAIN = re.compile(r"[^\s@<>\"'\\/]{1,253}")
 
 
 class DeliveryState(str, Enum):
@@ -153,7 +153,7 @@ def parse_event_batch(body: bytes) -> list[SendGridEvent]:
         problems = field_problems(error)
         raise InvalidEventBatch(
             f"the body is not a batch of SendGrid events: {len(problems)} problem(s)",
-            problems[:MAX_PROBLEMS_SHOWN],
+            problems,
         ) from None
 
 
@@ -399,7 +399,7 @@ def record_event_batch(
     for event in events:
         if event.event not in RECORDED_EVENTS:
             ignored += 1
-        elif event.mailgate_id is None or not _MESSAGE_ID.match(event.mailgate_id):
+        elif event.mailgate_id is None or not _MESSAGE_ID.fullmatch(event.mailgate_id):
             unknown += 1
             if event.mailgate_id is not None:
                 unknown_ids.add(event.mailgate_id[:MAX_MESSAGE_ID_LENGTH])
@@ -479,7 +479,7 @@ def recipient_domain(email: str | None) -> str | None:
     if not email or "@" not in email:
         return None
     domain = email.rpartition("@")[2].strip().rstrip(">").lower()
-    return domain if _DOMAIN.match(domain) else None
+    return domain if _DOMAIN.fullmatch(domain) else None
 
 
 def safe_text(text: str | None, limit: int = MAX_TEXT_LENGTH) -> str | None:

@@ -32,8 +32,14 @@ same status and FieldProblems.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+# An answer to bad input stays small whatever the input: it lists the first problems (the
+# detail counts them all) and cuts any pointer or detail longer than MAX_PROBLEM_TEXT (one can
+# echo a field name, and a field name can be megabytes long).
+MAX_PROBLEMS_SHOWN = 20
+MAX_PROBLEM_TEXT = 1000
 
 
 class MailgateError(Exception):
@@ -57,20 +63,39 @@ def json_pointer(path: Iterable[str | int]) -> str:
     return "#" + "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in path)
 
 
+def shortened(text: str, most: int = MAX_PROBLEM_TEXT) -> str:
+    """The text, cut to `most` characters with an ellipsis if it is longer."""
+    return text if len(text) <= most else text[: most - 1] + "…"
+
+
+def shown_problems(problems: Sequence[FieldProblem]) -> tuple[FieldProblem, ...]:
+    """The problems an answer lists: the first MAX_PROBLEMS_SHOWN, each cut to a sane length."""
+    return tuple(
+        FieldProblem(shortened(p.pointer), shortened(p.detail))
+        for p in problems[:MAX_PROBLEMS_SHOWN]
+    )
+
+
 class RequestRejected(MailgateError):
-    """A request the gateway refuses; `status` is the HTTP status of its problem+json."""
+    """A request the gateway refuses; `status` is the HTTP status of its problem+json.
+
+    It keeps the first MAX_PROBLEMS_SHOWN problems (`shown_problems`) and how many it left out.
+    """
 
     status = 400
 
     def __init__(
         self,
         detail: str,
-        problems: tuple[FieldProblem, ...] = (),
+        problems: Sequence[FieldProblem] = (),
         headers: dict[str, str] | None = None,
     ) -> None:
+        self.problems = shown_problems(problems)
+        self.problems_left_out = len(problems) - len(self.problems)
+        if self.problems_left_out:
+            detail = f"{detail}; the first {len(self.problems)} are listed"
         super().__init__(detail)
         self.detail = detail
-        self.problems = problems
         self.headers = headers or {}
 
 

@@ -24,7 +24,8 @@ from shared.errors import (
     StorageUnavailable,
 )
 
-_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
+# Matched whole (fullmatch): a `$` would let a final newline through.
+_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 _PARTITION_PREFIX = "idempotency-"
 _ROW = "key"
 # A claim still pending after this long was abandoned by a crashed worker: take it over.
@@ -58,7 +59,7 @@ def digest(data: bytes | str) -> str:
 
 def check_key(key: str) -> str:
     """Refuse a key that is not 1-255 printable ASCII characters."""
-    if not _KEY.match(key):
+    if not _KEY.fullmatch(key):
         raise InvalidMessage(
             "the Idempotency-Key header must be 1 to 255 printable ASCII characters"
         )

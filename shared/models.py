@@ -27,9 +27,18 @@ from pydantic.networks import validate_email
 from pydantic_core import PydanticCustomError
 
 from shared.errors import FieldProblem, json_pointer
+from shared.json_limits import ItemLimit, JsonLimits, Path, item_limits
 
 MAX_RECIPIENTS = 1000
 MAX_CATEGORIES = 10
+# The gateway's own bounds on what SendGrid leaves unbounded but for the 30 MB of a request:
+# far above what mail needs, they bound the work one request can cause (both routes).
+MAX_ATTACHMENTS = 1000
+MAX_HEADERS = 100
+MAX_CONTENT_BLOCKS = 100
+# Members of custom_args (and SendGrid's substitutions and sections): their JSON must be under
+# 10,000 bytes anyway; this bounds their count before their values are read.
+MAX_STRING_MAP_MEMBERS = 10_000
 MAX_CUSTOM_ARGS_BYTES = 10_000
 MAX_SEND_AT_AHEAD = timedelta(hours=72)
 MAILGATE_ID_ARG = "mailgate_id"
@@ -67,9 +76,15 @@ class FieldErrors(ValueError):
 
 
 _LINE_BREAKS = re.compile(r"[\r\n\x00]")
+# What makes text show other than it reads: C0 and C1 controls (DEL too), and the bidirectional
+# embeddings, overrides and isolates ("invoice\u202efdp.exe" shows as "invoiceexe.pdf").
+SPOOFING_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+SPOOFING_RULE = (
+    "must not contain control characters (C0, C1) nor bidirectional embeddings, overrides or "
+    "isolates (U+202A to U+202E, U+2066 to U+2069)"
+)
 # RFC 5322 field names: printable US-ASCII except the colon.
-_HEADER_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")
-_NAME_AND_ADDRESS = re.compile(r"^\s*(?P<name>.*?)\s*<(?P<email>[^<>]*)>\s*$", re.DOTALL)
+_HEADER_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
 
 
 def _single_line(value: str) -> str:
@@ -78,20 +93,36 @@ def _single_line(value: str) -> str:
     return value
 
 
+def _display_text(value: str, info: ValidationInfo) -> str:
+    # Not checked again in what the gateway wrote: an envelope an older version accepted must
+    # still read back at delivery.
+    if SPOOFING_CHARACTERS.search(value) and not (info.context or {}).get("written_by_gateway"):
+        raise ValueError(SPOOFING_RULE)
+    return value
+
+
+# A header value, an id: one line.
 SingleLine = Annotated[str, AfterValidator(_single_line)]
+# What a recipient reads as it is shown (a display name, a subject, a file name): one line,
+# and shown as it is written.
+DisplayText = Annotated[str, AfterValidator(_single_line), AfterValidator(_display_text)]
 
 
 def _split_address(value: Any) -> Any:
     """Accept "a@example.com" and "Name <a@example.com>" as well as {"email", "name"}."""
     if not isinstance(value, str):
         return value
-    match = _NAME_AND_ADDRESS.match(value)
-    if match is None:
-        return {"email": value.strip()}
-    name = match["name"].strip()
+    # "Name <address>": the address is between the last "<" and a final ">". Read with string
+    # methods, in one pass: a regular expression for it backtracked for seconds on a long run
+    # of spaces.
+    text = value.strip()
+    opening = text.rfind("<")
+    if not text.endswith(">") or opening < 0 or ">" in text[opening + 1 : -1]:
+        return {"email": text}
+    name = text[:opening].strip()
     if len(name) >= 2 and name[0] == name[-1] == '"':
         name = name[1:-1]
-    return {"email": match["email"].strip(), "name": name or None}
+    return {"email": text[opening + 1 : -1].strip(), "name": name or None}
 
 
 # Validation context for a queue envelope or stored body this gateway wrote: its addresses
@@ -120,7 +151,7 @@ class Address(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     email: Email
-    name: SingleLine | None = Field(default=None, max_length=256)
+    name: DisplayText | None = Field(default=None, max_length=256)
 
     @property
     def domain(self) -> str:
@@ -139,7 +170,7 @@ class Attachment(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    filename: SingleLine = Field(min_length=1, max_length=255)
+    filename: DisplayText = Field(min_length=1, max_length=255)
     content: str = Field(min_length=1)
     content_type: SingleLine | None = Field(default=None, min_length=1, max_length=255)
     disposition: Literal["attachment", "inline"] = "attachment"
@@ -167,26 +198,31 @@ class MailRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     from_: AddressIn = Field(alias="from")
-    to: list[AddressIn] = Field(min_length=1)
-    cc: list[AddressIn] = Field(default_factory=list)
-    bcc: list[AddressIn] = Field(default_factory=list)
+    to: list[AddressIn] = Field(min_length=1, max_length=MAX_RECIPIENTS)
+    cc: list[AddressIn] = Field(default_factory=list, max_length=MAX_RECIPIENTS)
+    bcc: list[AddressIn] = Field(default_factory=list, max_length=MAX_RECIPIENTS)
     reply_to: AddressIn | None = None
-    subject: SingleLine | None = Field(default=None, min_length=1, max_length=998)
+    subject: DisplayText | None = Field(default=None, min_length=1, max_length=998)
     text: str | None = Field(default=None, min_length=1)
     html: str | None = Field(default=None, min_length=1)
     template_id: SingleLine | None = Field(default=None, min_length=1, max_length=255)
     template_data: dict[str, Any] | None = None
-    headers: dict[str, SingleLine] = Field(default_factory=dict)
+    # fail_fast: one problem per map, however many of its values are wrong.
+    headers: dict[str, SingleLine] = Field(
+        default_factory=dict, max_length=MAX_HEADERS, fail_fast=True
+    )
     categories: list[SingleLine] = Field(default_factory=list, max_length=MAX_CATEGORIES)
-    custom_args: dict[str, str] = Field(default_factory=dict)
+    custom_args: dict[str, str] = Field(
+        default_factory=dict, max_length=MAX_STRING_MAP_MEMBERS, fail_fast=True
+    )
     send_at: AwareDatetime | None = None
-    attachments: list[Attachment] = Field(default_factory=list)
+    attachments: list[Attachment] = Field(default_factory=list, max_length=MAX_ATTACHMENTS)
 
     @field_validator("headers")
     @classmethod
     def _headers_are_custom(cls, headers: dict[str, str]) -> dict[str, str]:
         for name in headers:
-            if not _HEADER_NAME.match(name):
+            if not _HEADER_NAME.fullmatch(name):
                 raise ValueError(
                     f"header name {name!r} must be printable ASCII without spaces or colons"
                 )
@@ -268,6 +304,30 @@ class MailRequest(BaseModel):
     def recipient_domains(self) -> list[str]:
         """The distinct recipient domains, which may be logged (full addresses may not)."""
         return sorted({a.domain for a in (*self.to, *self.cc, *self.bcc)})
+
+
+def _too_many(path: Path, most: int, is_object: bool) -> str:
+    items = "members" if is_object else "items"
+    return f"has more than {most} {items}: at most {most} are accepted"
+
+
+# What a `POST /api/v1/messages` body may hold, checked on its bytes before it is parsed: the
+# bounds of MailRequest's lists and maps, and the recipients together.
+MAIL_REQUEST_LIMITS = JsonLimits(
+    each=item_limits(MailRequest, _too_many),
+    together=(
+        (
+            frozenset({("to",), ("cc",), ("bcc",)}),
+            ItemLimit(
+                MAX_RECIPIENTS,
+                f"at most {MAX_RECIPIENTS} recipients in to, cc and bcc together",
+                is_object=False,
+                # Where MailRequest's own check reports it.
+                pointer="#/to",
+            ),
+        ),
+    ),
+)
 
 
 # The envelope (and stored body) version this code writes and reads. Within a version, a newer

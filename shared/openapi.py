@@ -19,6 +19,8 @@ from pydantic.json_schema import models_json_schema
 from shared.clients import KEY_PREFIX
 from shared.dead_letters import DeadLetterSelection
 from shared.delivery_events import MAX_TIMELINE_EVENTS, DeliveryState, SendGridEvent
+from shared.errors import MAX_PROBLEMS_SHOWN
+from shared.json_limits import MAX_JSON_DEPTH, MAX_JSON_VALUES
 from shared.models import MAX_MESSAGE_ID_LENGTH, MailRequest
 from shared.sendgrid_v3.schema import MailSend
 from shared.status import MessageState
@@ -264,11 +266,17 @@ _IDEMPOTENCY_KEY = {
     "first 202 again; another body is 422.",
     "schema": {"type": "string", "pattern": "^[\\x20-\\x7e]{1,255}$"},
 }
+# What no JSON Schema keyword states: checked on the body before it is parsed.
+_BODY_BOUNDS = (
+    f"At most {MAX_JSON_DEPTH} levels of arrays and objects and {MAX_JSON_VALUES:,} values in "
+    "all; no NaN, Infinity, or number beyond a double."
+)
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait."}}
 
 # Why each refusal happens, per route family; every one comes with a body (see _refusal).
 _MAIL_REFUSALS = {
-    "400": "Invalid JSON or an invalid field; one entry per field.",
+    "400": "Invalid JSON or an invalid field; one entry per field, the first "
+    f"{MAX_PROBLEMS_SHOWN} listed and the rest counted.",
     "401": "No client key, or one that is malformed, unknown or disabled.",
     "403": "A `from` outside the client's senders or ALLOWED_SENDERS.",
     "409": "A request with the same Idempotency-Key is still being accepted.",
@@ -423,7 +431,9 @@ def _paths() -> dict[str, Any]:
                 "summary": "Queue a message for delivery",
                 "security": client_key,
                 "parameters": [_IDEMPOTENCY_KEY],
-                "requestBody": _json_body("MailRequest", "The message.", MESSAGE_EXAMPLE),
+                "requestBody": _json_body(
+                    "MailRequest", f"The message. {_BODY_BOUNDS}", MESSAGE_EXAMPLE
+                ),
                 "responses": {
                     "202": {
                         "description": "Durably queued.",
@@ -470,7 +480,9 @@ def _paths() -> dict[str, Any]:
                 "security": client_key,
                 "parameters": [_IDEMPOTENCY_KEY],
                 "requestBody": _json_body(
-                    "MailSend", "SendGrid's v3 Mail Send request.", MAIL_SEND_EXAMPLE
+                    "MailSend",
+                    f"SendGrid's v3 Mail Send request. {_BODY_BOUNDS}",
+                    MAIL_SEND_EXAMPLE,
                 ),
                 "responses": {
                     "202": {

@@ -20,11 +20,19 @@ class Problem:
     detail: str
     errors: tuple[FieldProblem, ...] = ()
     headers: dict[str, str] = field(default_factory=dict)
+    # Problems found but not listed (RequestRejected keeps the first MAX_PROBLEMS_SHOWN).
+    errors_left_out: int = 0
 
     @classmethod
     def from_rejection(cls, rejection: RequestRejected) -> Problem:
         """The problem a refused request gets."""
-        return cls(rejection.status, rejection.detail, rejection.problems, dict(rejection.headers))
+        return cls(
+            rejection.status,
+            rejection.detail,
+            rejection.problems,
+            dict(rejection.headers),
+            rejection.problems_left_out,
+        )
 
     def body(self) -> str:
         """The JSON document."""

@@ -384,14 +384,12 @@ def decode_entity(document: Mapping[str, Any], etag: str | None) -> TableEntity:
     return entity
 
 
-_DATETIME = re.compile(
-    r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$"
-)
+_DATETIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?")
 
 
 def parse_datetime(text: str) -> datetime:
     """A Table service date-time (up to 7 fractional digits, UTC) as an aware datetime."""
-    found = _DATETIME.match(text)
+    found = _DATETIME.fullmatch(text)
     if not found:
         raise ValueError(f"not a Table service date-time: {text!r}")
     year, month, day, hour, minute, second, fraction, _ = found.groups()

@@ -24,7 +24,7 @@ from shared.errors import (
     json_pointer,
 )
 from shared.idempotency import IdempotencyStore, check_key
-from shared.models import MailRequest, QueueEnvelope, field_problems
+from shared.models import MAIL_REQUEST_LIMITS, MailRequest, QueueEnvelope, field_problems
 from shared.queue import MailQueue
 from shared.sendgrid_v3.request import parse_mail_send
 from shared.sendgrid_v3.schema import MailSend
@@ -70,6 +70,9 @@ class Submission:
     ) -> AcceptedMessage:
         """Validate a `POST /api/v1/messages` request and enqueue it; see `_queue_durably`."""
         _check_body(body, content_type, self.settings)
+        problem = MAIL_REQUEST_LIMITS.first_problem(body)
+        if problem is not None:
+            raise InvalidMessage("the message has 1 invalid field(s)", (problem,))
         accepted_at = self.now()
         try:
             request = MailRequest.model_validate_json(body, context={"now": accepted_at})

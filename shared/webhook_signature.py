@@ -29,7 +29,7 @@ MAX_SIGNATURE_SKEW = timedelta(minutes=5)
 # A DER-encoded P-256 signature is at most 72 bytes, 96 characters of base64.
 MAX_SIGNATURE_LENGTH = 128
 # Whole seconds since 1970, as SendGrid sends them.
-_TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _PEM_LINE = re.compile(r"-----(BEGIN|END) PUBLIC KEY-----")
 
 
@@ -85,7 +85,7 @@ class SignatureVerifier:
             raise SignatureRejected(
                 f"the request is not signed: {SIGNATURE_HEADER} and {TIMESTAMP_HEADER} are required"
             )
-        if not _TIMESTAMP.match(timestamp):
+        if not _TIMESTAMP.fullmatch(timestamp):
             raise SignatureRejected(f"{TIMESTAMP_HEADER} is not a time in whole seconds since 1970")
         skew = now.timestamp() - int(timestamp)
         if abs(skew) > MAX_SIGNATURE_SKEW.total_seconds():

@@ -259,7 +259,7 @@ REFUSED: dict[str, Refusal] = {
     "1001 recipients across to, cc and bcc": Refusal(
         _crowd(999, 1, 1), "#/to", "at most 1000 recipients"
     ),
-    "1001 recipients in to": Refusal(message(to=addresses(1001)), "#/to", "got 1001"),
+    "1001 recipients in to": Refusal(message(to=addresses(1001)), "#/to", "at most 1000"),
     "the same address twice in to": Refusal(
         message(to=["ann@example.net", "bob@example.net", "ann@example.net"]),
         "#/to/2/email",

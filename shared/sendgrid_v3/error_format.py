@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 
-from shared.errors import FieldProblem, json_pointer
+from shared.errors import FieldProblem, json_pointer, shortened
 
 
 def error_body(message: str, field_path: str | None = None) -> dict[str, Any]:
@@ -38,6 +38,9 @@ def problems_error(problems: list[Problem]) -> PydanticCustomError:
         PROBLEMS_ERROR, "{count} problem(s)", {"count": len(problems), "problems": problems}
     )
 
+
+# How much of a client's value a message quotes.
+ECHOED_CHARS = 100
 
 _DICT_FIELDS = frozenset(
     {"headers", "custom_args", "substitutions", "sections", "dynamic_template_data"}
@@ -214,6 +217,17 @@ _LENGTH_AND_RANGE_KINDS = {
 }
 
 
+def too_many_message(path: Sequence[str], most: int, is_object: bool) -> str:
+    """SendGrid's words for a list with too many items, where it has some; found on the raw body
+    (shared/json_limits.py), before the items are counted: "more than `most`"."""
+    dotted = ".".join(step for step in path if step != "*")
+    template = _MESSAGES.get(("too_long", dotted))
+    if template is not None:
+        return template.format(actual=f"more than {most}", input="")
+    what = "members" if is_object else "items"
+    return f"The {dotted or 'request body'} may have at most {most} {what}."
+
+
 def schema_path(loc: Sequence[str | int]) -> str:
     """Turn an error location into SendGrid's index-free path, e.g. personalizations.to.email."""
     parts: list[str] = []
@@ -246,6 +260,15 @@ def _json_type(value: object) -> str:
     return type(value).__name__
 
 
+def _echo(value: object) -> str:
+    """A value as a message may quote it: short, whatever the client sent."""
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return shortened(str(value), ECHOED_CHARS)
+
+
 def _message(error: Mapping[str, Any], loc: Sequence[str | int]) -> str:
     """Word one pydantic error the way SendGrid's reference words it."""
     kind = str(error["type"])
@@ -253,12 +276,12 @@ def _message(error: Mapping[str, Any], loc: Sequence[str | int]) -> str:
     value = error.get("input")
     if kind in _TYPE_NAMES:
         generic = f"Invalid type. Expected: {_TYPE_NAMES[kind]}, given: {_json_type(value)}."
-        return _MESSAGES.get(("type", path), generic).format(input=value)
+        return _MESSAGES.get(("type", path), generic).format(input=_echo(value))
     if kind in _LENGTH_AND_RANGE_KINDS:
         template = _MESSAGES.get((_LENGTH_AND_RANGE_KINDS[kind], path))
         if template is not None:
             actual = len(value) if isinstance(value, list | str | dict) else ""
-            return template.format(input=value, actual=actual)
+            return template.format(input=_echo(value), actual=actual)
         if kind == "missing":
             return f"The {path.rpartition('.')[2] or path} parameter is required."
     if kind == "extra_forbidden":
@@ -282,11 +305,26 @@ def error_entry(problem: FieldProblem) -> dict[str, Any]:
     return {"message": problem.detail, "field": sendgrid_field(problem.pointer), "help": None}
 
 
-def refusal_body(message: str, problems: Sequence[FieldProblem] = ()) -> dict[str, Any]:
-    """A SendGrid error body: one entry per problem, or one without a field for the message."""
+def refusal_body(
+    message: str, problems: Sequence[FieldProblem] = (), left_out: int = 0
+) -> dict[str, Any]:
+    """A SendGrid error body: one entry per problem, or one without a field for the message.
+
+    Problems found but not listed (`left_out`) are counted in a last entry without a field.
+    """
     if not problems:
         return error_body(message)
-    return {"errors": [error_entry(problem) for problem in problems]}
+    entries = [error_entry(problem) for problem in problems]
+    if left_out:
+        entries.append(
+            {
+                "message": f"... and {left_out} more problem(s): only the first "
+                f"{len(problems)} are listed.",
+                "field": None,
+                "help": None,
+            }
+        )
+    return {"errors": entries}
 
 
 def validation_problems(exc: ValidationError) -> tuple[FieldProblem, ...]:

@@ -14,9 +14,15 @@ from pydantic import ValidationError
 from pydantic_core import from_json
 
 from shared.errors import FieldProblem, InvalidMessage, json_pointer
+from shared.json_limits import ItemLimit, JsonLimits, item_limits
 from shared.models import MAILGATE_ID_ARG, MAX_MESSAGE_ID_LENGTH
-from shared.sendgrid_v3.error_format import validation_problems
-from shared.sendgrid_v3.schema import MAX_CUSTOM_ARGS_BYTES, MailSend, custom_args_size
+from shared.sendgrid_v3.error_format import too_many_message, validation_problems
+from shared.sendgrid_v3.schema import (
+    MAX_CUSTOM_ARGS_BYTES,
+    MAX_RECIPIENTS,
+    MailSend,
+    custom_args_size,
+)
 
 # The longest id the gateway may add, so the size check holds whatever the id.
 _LONGEST_ID_ARG = {MAILGATE_ID_ARG: "0" * MAX_MESSAGE_ID_LENGTH}
@@ -31,11 +37,32 @@ _NO_ROOM = (
 )
 
 
+# What a v3 Mail Send body may hold, checked on its bytes before it is parsed: the bounds of
+# MailSend's lists and maps, and the recipients of all personalizations together.
+MAIL_SEND_LIMITS = JsonLimits(
+    each=item_limits(MailSend, too_many_message),
+    together=(
+        (
+            frozenset(("personalizations", "*", kind) for kind in ("to", "cc", "bcc")),
+            ItemLimit(
+                MAX_RECIPIENTS,
+                "There is a limit of 1000 total recipients (to + cc + bcc) per request.",
+                is_object=False,
+                pointer=json_pointer(["personalizations"]),
+            ),
+        ),
+    ),
+)
+
+
 def parse_mail_send(body: bytes, now: datetime) -> tuple[dict[str, Any], MailSend]:
     """The body as the client sent it, and its model; InvalidMessage if it cannot be sent.
 
     `send_at` is checked against `now`, the moment the gateway accepts the mail.
     """
+    problem = MAIL_SEND_LIMITS.first_problem(body)
+    if problem is not None:
+        raise InvalidMessage("the mail has 1 invalid field(s)", (problem,))
     document = _decode(body)
     try:
         mail = MailSend.model_validate(document, strict=True, context={"now": now.timestamp()})

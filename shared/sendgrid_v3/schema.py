@@ -2,6 +2,13 @@
 
 ``validate_mail_send`` checks a decoded request body against them and returns either the
 model or the error entries SendGrid would answer with.
+
+The models also carry the gateway's own rules, the same as on its v1 route: bounds on what
+SendGrid leaves to the 30 MB of a request (attachments, content blocks, headers, the members
+of custom_args, substitutions and sections: see shared/models.py), no CR, LF or NUL in
+one-line text, no control characters or bidirectional overrides in text a recipient reads as
+shown. The SendGrid stand-in validates with these models too, so it is that much stricter than
+SendGrid.
 """
 
 from __future__ import annotations
@@ -28,6 +35,13 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from shared.models import (
+    MAX_ATTACHMENTS,
+    MAX_CONTENT_BLOCKS,
+    MAX_HEADERS,
+    MAX_STRING_MAP_MEMBERS,
+    SPOOFING_CHARACTERS,
+)
 from shared.sendgrid_v3.error_format import Problem, problems_error, validation_errors
 
 MAX_PERSONALIZATIONS = 1000
@@ -75,10 +89,25 @@ def _check_email(value: str) -> str:
     return value
 
 
-def _check_no_crlf(value: str) -> str:
-    """Refuse CR and LF, which SendGrid forbids in attachment filenames and content ids."""
+def _check_single_line(value: str) -> str:
+    """Refuse CR and LF (as SendGrid does in attachment filenames and content ids), and NUL."""
     if "\r" in value or "\n" in value:
         raise PydanticCustomError("crlf", "Cannot contain CRLF characters.")
+    if "\x00" in value:
+        raise PydanticCustomError("nul", "Cannot contain NUL characters.")
+    return value
+
+
+def _check_display_text(value: str) -> str:
+    """Refuse what would make a name, subject or file name show other than it reads: line
+    breaks, other control characters, bidirectional overrides (the v1 API's rules)."""
+    _check_single_line(value)
+    if SPOOFING_CHARACTERS.search(value):
+        raise PydanticCustomError(
+            "spoofing_characters",
+            "Cannot contain control characters (C0, C1) nor bidirectional embeddings, "
+            "overrides or isolates (U+202A to U+202E, U+2066 to U+2069).",
+        )
     return value
 
 
@@ -180,8 +209,17 @@ def _check_send_at(value: int, info: ValidationInfo) -> int:
 
 EmailAddress = Annotated[str, AfterValidator(_check_email)]
 HeaderName = Annotated[str, AfterValidator(_check_header_name)]
-Headers = Annotated[dict[HeaderName, str], AfterValidator(_check_unique_header_names)]
-CustomArgs = Annotated[dict[str, str], Field(max_length=10_000), AfterValidator(_check_not_empty)]
+SingleLine = Annotated[str, AfterValidator(_check_single_line)]
+DisplayText = Annotated[str, AfterValidator(_check_display_text)]
+# The gateway's bound (shared/models.py), not SendGrid's; fail_fast: one problem per map, however
+# many of its members are wrong.
+Headers = Annotated[
+    dict[HeaderName, SingleLine],
+    Field(max_length=MAX_HEADERS, fail_fast=True),
+    AfterValidator(_check_unique_header_names),
+]
+StringMap = Annotated[dict[str, str], Field(max_length=MAX_STRING_MAP_MEMBERS, fail_fast=True)]
+CustomArgs = Annotated[StringMap, AfterValidator(_check_not_empty)]
 Category = Annotated[str, Field(max_length=255), AfterValidator(_check_category)]
 SendAt = Annotated[int, AfterValidator(_check_send_at)]
 MimeType = Annotated[str, Field(min_length=1), AfterValidator(_check_mime_type)]
@@ -236,19 +274,19 @@ class EmailObject(_Strict):
     """An address object: {"email": ..., "name": ...}."""
 
     email: EmailAddress
-    name: str | None = None
+    name: DisplayText | None = None
 
 
 class Personalization(_Strict):
     """One envelope of the mail: its recipients and per-recipient overrides."""
 
-    to: list[EmailObject] = Field(min_length=1)
+    to: list[EmailObject] = Field(min_length=1, max_length=MAX_RECIPIENTS)
     cc: list[EmailObject] | None = Field(default=None, max_length=MAX_RECIPIENTS)
     bcc: list[EmailObject] | None = Field(default=None, max_length=MAX_RECIPIENTS)
     from_: EmailObject | None = Field(default=None, alias="from")
-    subject: str | None = Field(default=None, min_length=1)
+    subject: DisplayText | None = Field(default=None, min_length=1)
     headers: Headers | None = None
-    substitutions: dict[str, str] | None = Field(default=None, max_length=10_000)
+    substitutions: StringMap | None = None
     dynamic_template_data: dict[str, Any] | None = None
     custom_args: CustomArgs | None = None
     send_at: SendAt | None = None
@@ -294,9 +332,9 @@ class Attachment(_Strict):
 
     content: Annotated[str, Field(min_length=1), AfterValidator(_check_base64)]
     type: MimeType | None = None
-    filename: Annotated[str, Field(min_length=1), AfterValidator(_check_no_crlf)]
+    filename: Annotated[DisplayText, Field(min_length=1)]
     disposition: Literal["inline", "attachment"] | None = None
-    content_id: Annotated[str, AfterValidator(_check_no_crlf)] | None = None
+    content_id: SingleLine | None = None
 
 
 class Asm(_Settings):
@@ -417,9 +455,9 @@ class MailSend(_Strict):
     from_: EmailObject = Field(alias="from")
     reply_to: EmailObject | None = None
     reply_to_list: list[EmailObject] | None = Field(default=None, max_length=1000)
-    subject: str | None = Field(default=None, min_length=1)
-    content: list[Content] | None = None
-    attachments: list[Attachment] | None = None
+    subject: DisplayText | None = Field(default=None, min_length=1)
+    content: list[Content] | None = Field(default=None, max_length=MAX_CONTENT_BLOCKS)
+    attachments: list[Attachment] | None = Field(default=None, max_length=MAX_ATTACHMENTS)
     template_id: str | None = None
     headers: Headers | None = None
     categories: Annotated[list[Category], AfterValidator(_check_unique_categories)] | None = Field(
@@ -435,7 +473,7 @@ class MailSend(_Strict):
     mail_settings: MailSettings | None = None
     tracking_settings: TrackingSettings | None = None
     # Legacy, not in the published schema but still accepted by SendGrid.
-    sections: dict[str, str] | None = None
+    sections: StringMap | None = None
 
     def recipient_count(self) -> int:
         """Count to + cc + bcc across all personalizations."""

@@ -386,6 +386,20 @@ def test_should_check_addresses_on_accept_but_not_again_in_an_envelope_it_wrote(
         )
 
 
+def test_should_read_back_an_envelope_an_older_version_accepted_with_bidi_controls() -> None:
+    # Older versions let bidirectional overrides through: their envelopes must still deliver.
+    written = envelope(id="msg-m2").model_dump(mode="json", by_alias=True, exclude_none=True)
+    written["message"]["subject"] = "invoice\u202efdp.exe"
+    text = json.dumps(written)
+
+    with pytest.raises(ValidationError, match="bidirectional"):
+        QueueEnvelope.model_validate_json(text)
+    read = QueueEnvelope.model_validate_json(text, context=WRITTEN_BY_GATEWAY)
+
+    assert read.message is not None
+    assert read.message.subject == "invoice\u202efdp.exe"
+
+
 def test_should_normalise_addresses_as_emailstr_does() -> None:
     request = MailRequest.model_validate(message(to=["Ann <Ann.Lee@EXAMPLE.com>"]))
 

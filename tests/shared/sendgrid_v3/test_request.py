@@ -64,13 +64,13 @@ def test_should_refuse_an_invalid_field_in_sendgrids_words() -> None:
         b"{",
         b"not json",
         b"\xff\xfe{}",
-        b'{"send_at": NaN}',
         b'{"personalizations": [{"dynamic_template_data": {"k": "\\udc00"}}]}',
-        b"[" * 100_000,
     ],
-    ids=["empty", "truncated", "text", "not UTF-8", "NaN", "lone surrogate", "absurdly nested"],
+    ids=["empty", "truncated", "text", "not UTF-8", "lone surrogate"],
 )
 def test_should_refuse_a_body_that_is_not_json(content: bytes) -> None:
+    # NaN, Infinity and bodies nested too deep are refused naming the field: see
+    # tests/security/test_unreadable_at_delivery.py.
     rejection = refusal(content)
 
     assert rejection.problems == ()
