@@ -36,6 +36,8 @@ MAILGATE_ID_ARG = "mailgate_id"
 MAX_MESSAGE_ID_LENGTH = 64
 
 # SendGrid refuses these in `headers`; the gateway sets the rest from the message fields.
+# Message-ID is not among them: it needs the client's feature `headers.message-id`, as on the
+# v3 route (shared/policy.py).
 RESERVED_HEADERS = frozenset(
     h.lower()
     for h in (
@@ -49,7 +51,6 @@ RESERVED_HEADERS = frozenset(
         "Content-Transfer-Encoding",
         "MIME-Version",
         "Date",
-        "Message-ID",
         "Received",
         "DKIM-Signature",
         "X-SG-ID",

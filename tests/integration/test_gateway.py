@@ -19,7 +19,7 @@ from shared.settings import Settings
 from shared.status import MessageState, StatusStore
 from tests.fakes import FakeMailSender
 from tests.integration.conftest import base64_queue_client
-from tests.samples import CLIENT, body, message, sendgrid_mail
+from tests.samples import ALL_FEATURES, CLIENT, body, message, sendgrid_mail
 
 JSON = "application/json"
 
@@ -28,7 +28,7 @@ JSON = "application/json"
 def client(gateway: Gateway) -> Client:
     """A client allowed the samples' senders, in Azurite."""
     gateway.ensure_storage()
-    created, _ = gateway.clients.create("app", ",".join(CLIENT.senders))
+    created, _ = gateway.clients.create("app", ",".join(CLIENT.senders), features=ALL_FEATURES)
     return created
 
 
