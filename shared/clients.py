@@ -22,9 +22,10 @@ further one by the same instance in that minute is twice the one before, at most
   clocks cannot reset each other's count by writing alternate minutes;
 - tokens an instance was granted but did not use are lost when the minute ends (at most a tenth
   of the rate per instance, less one), so a busy client spread over many instances may get
-  slightly fewer than its rate; a client sending now and then still costs one write a message;
-- a client disabled, or its key rotated, stops being accepted within CLIENT_CHECK_SECONDS: an
-  instance serving from its tokens reads the row again once its copy is older than that.
+  slightly fewer than its rate; a client sending now and then still costs one write a request;
+- a client disabled, its key rotated or its features changed is seen as such within
+  CLIENT_CHECK_SECONDS: an instance serving from its tokens reads the row again once its copy
+  is older than that.
 
 Keys are `mg_<client name>_<secret>`, the secret 32 random bytes. Only a SHA-256 digest of the
 whole key is stored: a fast hash is enough for a key with 256 bits of entropy (there is nothing
@@ -364,7 +365,8 @@ class ClientStore:
 
         - all instances together never admit more than the rate in a minute (the grants are
           written to the one row, conditionally); tokens unused when the minute ends are lost,
-          at most a tenth of the rate per instance (or what one request left of its grant);
+          at most a tenth of the rate per instance (more only if a request that could not be
+          queued gave its emails back);
         - the minute counted is the later of this instance's and the row's, so the row's
           minute never moves back however the instances' clocks differ;
         - before serving from tokens, the instance reads the row again (Unauthorized if the
