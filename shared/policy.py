@@ -159,7 +159,7 @@ def bcc_setting_on(mail: MailSend) -> bool:
 def v3_emails(mail: MailSend) -> int:
     """The emails a v3 Mail Send body makes: its recipients, and a bcc setting's copies."""
     copies = len(mail.personalizations) if bcc_setting_on(mail) else 0
-    return mail.recipient_count() + copies
+    return _recipients(mail) + copies
 
 
 def v1_emails(request: MailRequest) -> int:
@@ -173,8 +173,11 @@ def check_v3_recipient_limit(mail: MailSend) -> None:
     The schema counts to, cc and bcc alone; the setting's copy of each personalization is one
     more recipient.
     """
-    emails = v3_emails(mail)
-    if mail.recipient_count() <= MAX_RECIPIENTS < emails:
+    if not bcc_setting_on(mail):
+        return
+    recipients = _recipients(mail)
+    emails = recipients + len(mail.personalizations)
+    if recipients <= MAX_RECIPIENTS < emails:
         raise InvalidMessage(
             "the mail has 1 invalid field(s)",
             (
@@ -206,6 +209,11 @@ def check_within_rate(emails: int, rate_per_minute: int, client_name: str, point
                 ),
             ),
         )
+
+
+def _recipients(mail: MailSend) -> int:
+    # MailSend.recipient_count builds a list per personalization; this only adds lengths.
+    return sum(len(p.to) + len(p.cc or ()) + len(p.bcc or ()) for p in mail.personalizations)
 
 
 def _given(fields_set: set[str], extra: Mapping[str, object] | None) -> list[str]:
