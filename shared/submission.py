@@ -1,9 +1,10 @@
 """Accepting a message: check the request, wrap it in an envelope and queue it durably.
 
 The checks run in this order, cheapest for the client's budget first: the body's type and size;
-its fields (400); its senders and the client's features (403, shared/policy.py); then its
-emails are taken from the client's rate (429), and only a request that is queued keeps them. A
-400 or 403 costs no rate, and an Idempotency-Key replay costs none either (nothing new is sent).
+its fields (400); its senders and the client's features (403, shared/policy.py); whether its
+emails could ever fit the client's rate (400); then they are taken from the rate (429), and
+only a request that is queued keeps them. A 400 or 403 costs no rate, and an Idempotency-Key
+replay costs none either (nothing new is sent).
 Counting needs the recipients, so it comes after parsing; a client already over its rate is
 refused before parsing, from what the instance knows (Gateway, ClientStore.refuse_if_spent).
 """
