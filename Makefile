@@ -8,7 +8,7 @@ PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
 .PHONY: run test lint setup clean poison replay purge soak bench publish \
-	client clients client-disable client-enable client-rotate
+	client clients client-features client-disable client-enable client-rotate
 
 run: setup local.settings.json
 	$(BIN)/python -m devstack
@@ -56,11 +56,16 @@ purge: setup
 # Clients, the apps allowed to send. `make client` and `make client-rotate` print the key on
 # their last line; it is shown only then.
 client: setup
-	@test -n "$(NAME)" -a -n "$(SENDERS)" || { echo "usage: make client NAME=<name> SENDERS=<addresses and @domains> [RATE=<messages per minute>]" >&2; exit 2; }
-	@$(BIN)/python -m admin client create "$(NAME)" --senders "$(SENDERS)" $(if $(RATE),--rate "$(RATE)")
+	@test -n "$(NAME)" -a -n "$(SENDERS)" || { echo "usage: make client NAME=<name> SENDERS=<addresses and @domains> [RATE=<emails per minute>] [FEATURES=<feature,...>]" >&2; exit 2; }
+	@$(BIN)/python -m admin client create "$(NAME)" --senders "$(SENDERS)" $(if $(RATE),--rate "$(RATE)") $(if $(FEATURES),--features "$(FEATURES)")
 
 clients: setup
 	@$(BIN)/python -m admin client list
+
+# Replaces the client's features: FEATURES=none takes them all away.
+client-features: setup
+	@test -n "$(NAME)" -a -n "$(FEATURES)" || { echo "usage: make client-features NAME=<name> FEATURES=<feature,...|none>" >&2; exit 2; }
+	@$(BIN)/python -m admin client features "$(NAME)" "$(FEATURES)"
 
 client-disable client-enable client-rotate: setup
 	@test -n "$(NAME)" || { echo "usage: make $@ NAME=<name>" >&2; exit 2; }

@@ -3,7 +3,8 @@
     python -m admin list
     python -m admin replay (--all | ID ...)
     python -m admin purge (--all | ID ...) --confirm <poison queue name>
-    python -m admin client create NAME --senders LIST [--rate N]
+    python -m admin client create NAME --senders LIST [--rate N] [--features LIST]
+    python -m admin client features NAME LIST
     python -m admin client (list | disable NAME | enable NAME | rotate NAME)
 
 `client create` and `client rotate` print the new key on the last line of their output; it is
@@ -29,6 +30,7 @@ from shared.clients import DEFAULT_RATE_PER_MINUTE, ClientStore
 from shared.dead_letters import DeadLetters
 from shared.errors import MailgateError
 from shared.gateway import Gateway
+from shared.policy import FEATURES, NO_FEATURES
 from shared.settings import Settings
 
 
@@ -56,8 +58,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--senders", required=True, help="comma-separated addresses and @domains it may send as"
     )
     create.add_argument(
-        "--rate", type=int, default=DEFAULT_RATE_PER_MINUTE, help="messages per minute"
+        "--rate",
+        type=int,
+        default=DEFAULT_RATE_PER_MINUTE,
+        help="emails per minute (one per recipient)",
     )
+    features_help = (
+        "comma-separated account-wide controls it may use (none by default): " + ", ".join(FEATURES)
+    )
+    create.add_argument("--features", default="", help=features_help)
+    features = clients.add_parser("features", help="replace a client's features")
+    features.add_argument("name")
+    features.add_argument("features", help=f"{features_help}; or {NO_FEATURES}")
     clients.add_parser("list", help="list clients (never their keys)")
     for name, help_text in (
         ("disable", "refuse the client's key from now on"),
@@ -104,14 +116,16 @@ def dead_letter_command(dead_letters: DeadLetters, args: argparse.Namespace) -> 
 
 
 def client_command(store: ClientStore, args: argparse.Namespace) -> tuple[object, str | None]:
-    """client create, list, disable, enable or rotate; the key when one was made."""
+    """client create, list, features, disable, enable or rotate; the key when one was made."""
     store.ensure_exists()
     command = args.client_command
     if command == "list":
         return {"clients": [c.describe() for c in store.all()]}, None
     if command == "create":
-        client, key = store.create(args.name, args.senders, args.rate)
+        client, key = store.create(args.name, args.senders, args.rate, args.features)
         return client.describe(), key
+    if command == "features":
+        return store.set_features(args.name, args.features).describe(), None
     if command == "rotate":
         client, key = store.rotate(args.name)
         return client.describe(), key

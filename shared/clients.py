@@ -1,24 +1,31 @@
-"""Clients: the apps allowed to send, each with a hashed key, its senders and a rate limit.
+"""Clients: the apps allowed to send, each with a hashed key, its senders, features and a rate.
+
+The rate counts emails, not requests, as SendGrid does: a request takes one per recipient
+(shared/policy.py counts them), so a request to 1,000 recipients takes 1,000 of the minute.
 
 A client's record and its rate counter live in one Table storage row (the client's name is
 the partition), so every instance of the gateway sees the same count: authenticating a mail
 request reads the row, and the count is raised only if nobody changed the row since it was read
 (ETag), retrying on a conflict.
 
-An instance does not write the row for every message: it leases tokens of the minute's
-allowance. With none left for this minute, it raises the row's count by a grant of
-`min(block, rate - count)` and keeps `grant - 1` tokens in memory, so the next messages of that
-minute cost no storage call. The first grant of a minute is 1 token; each further one by the
-same instance in that minute is twice the one before, at most `rate // MAX_LEASE_FRACTION` (and
-at least 1). So:
+An instance does not write the row for every request: it leases tokens of the minute's
+allowance. With too few left for a request of `n` emails, it raises the row's count by a grant
+of `min(max(block, n - held), rate - count)` and keeps what the request does not use, so the
+next requests of that minute cost no storage call. The first block of a minute is 1 token; each
+further one by the same instance in that minute is twice the one before, at most
+`rate // MAX_LEASE_FRACTION` (and at least 1). So:
 
 - the rate is an exact upper bound across instances: every grant is written to the one row, and
   the grants of a minute add up to at most `rate_per_minute`;
+- the row's minute (`window`) only ever moves forward: an instance whose clock is behind the
+  one that wrote the row counts in the row's minute, not its own, so two instances with skewed
+  clocks cannot reset each other's count by writing alternate minutes;
 - tokens an instance was granted but did not use are lost when the minute ends (at most a tenth
   of the rate per instance, less one), so a busy client spread over many instances may get
-  slightly fewer than its rate; a client sending now and then still costs one write a message;
-- a client disabled, or its key rotated, stops being accepted within CLIENT_CHECK_SECONDS: an
-  instance serving from its tokens reads the row again once its copy is older than that.
+  slightly fewer than its rate; a client sending now and then still costs one write a request;
+- a client disabled, its key rotated or its features changed is seen as such within
+  CLIENT_CHECK_SECONDS: an instance serving from its tokens reads the row again once its copy
+  is older than that.
 
 Keys are `mg_<client name>_<secret>`, the secret 32 random bytes. Only a SHA-256 digest of the
 whole key is stored: a fast hash is enough for a key with 256 bits of entropy (there is nothing
@@ -51,7 +58,14 @@ from azure.core.exceptions import (
 )
 from azure.data.tables import TableClient, UpdateMode
 
-from shared.errors import ClientError, RateLimited, StorageUnavailable, Unauthorized
+from shared.errors import (
+    ClientError,
+    InvalidMessage,
+    RateLimited,
+    StorageUnavailable,
+    Unauthorized,
+)
+from shared.policy import parse_features
 from shared.settings import Settings, parse_senders, sender_allowed
 from shared.status import table_client
 
@@ -86,9 +100,9 @@ def check_name(name: str) -> str:
 
 
 def check_rate(rate: int) -> int:
-    """A rate limit in messages per minute; ValueError unless 1 to 1,000,000."""
+    """A rate limit in emails per minute; ValueError unless 1 to 1,000,000."""
     if not 1 <= rate <= MAX_RATE_PER_MINUTE:
-        raise ValueError(f"the rate must be 1 to {MAX_RATE_PER_MINUTE:,} messages per minute")
+        raise ValueError(f"the rate must be 1 to {MAX_RATE_PER_MINUTE:,} emails per minute")
     return rate
 
 
@@ -136,6 +150,8 @@ class Client:
     window: int = 0
     count: int = 0
     etag: str | None = None
+    # The account-wide controls it may use (shared/policy.py FEATURES); none unless granted.
+    features: frozenset[str] = frozenset()
 
     def may_send_as(self, address: str) -> bool:
         """Whether `address` is one of the client's senders, itself or by its @domain."""
@@ -147,6 +163,7 @@ class Client:
             "name": self.name,
             "senders": list(self.senders),
             "rate_per_minute": self.rate_per_minute,
+            "features": sorted(self.features),
             "enabled": self.enabled,
             "created_at": self.created_at.isoformat(),
         }
@@ -196,9 +213,16 @@ class ClientStore:
     # ---- for operators -------------------------------------------------------------------
 
     def create(
-        self, name: str, senders: str, rate_per_minute: int = DEFAULT_RATE_PER_MINUTE
+        self,
+        name: str,
+        senders: str,
+        rate_per_minute: int = DEFAULT_RATE_PER_MINUTE,
+        features: str = "",
     ) -> tuple[Client, str]:
-        """A new client and its key (shown only now); ClientError if the name is taken."""
+        """A new client and its key (shown only now); ClientError if the name is taken.
+
+        `features`: comma-separated names from shared/policy.py FEATURES; none by default.
+        """
         try:
             client = Client(
                 name=check_name(name),
@@ -207,6 +231,7 @@ class ClientStore:
                 enabled=True,
                 key_digest="",
                 created_at=datetime.fromtimestamp(self._clock(), timezone.utc),
+                features=parse_features(features),
             )
         except ValueError as error:
             raise ClientError(str(error)) from None
@@ -247,6 +272,16 @@ class ClientStore:
         an instance serving mail from leased tokens notices within CLIENT_CHECK_SECONDS."""
         return self._update(name, {"enabled": enabled})
 
+    def set_features(self, name: str, features: str) -> Client:
+        """Replace the client's features (comma-separated, or `none`); ClientError naming an
+        unknown one. An instance serving mail from leased tokens notices within
+        CLIENT_CHECK_SECONDS."""
+        try:
+            chosen = parse_features(features)
+        except ValueError as error:
+            raise ClientError(str(error)) from None
+        return self._update(name, {"features": _features_column(chosen)})
+
     def rotate(self, name: str) -> tuple[Client, str]:
         """A new key for the client; the old one stops working at once (for mail, within
         CLIENT_CHECK_SECONDS on an instance serving it from leased tokens)."""
@@ -273,65 +308,102 @@ class ClientStore:
     def authenticate(self, authorization: str | None, *, counted: bool = False) -> Client:
         """The enabled client whose key the header carries; Unauthorized otherwise.
 
-        `counted`: the request goes on to take() a message from the client's rate. Then the
-        client may be this instance's copy of the row (from its rate lease) instead of a fresh
-        read: take() checks that copy against the table at least every CLIENT_CHECK_SECONDS,
-        and a conditional write of the count fails if the row changed, so a key rotated or a
-        client disabled meanwhile is refused within that time. This saves one storage call per
-        accepted message.
+        `counted`: the request goes on to take() emails from the client's rate. Then the client
+        may be this instance's copy of the row (from its rate lease) instead of a fresh read,
+        if that copy was read or written less than CLIENT_CHECK_SECONDS ago; and a conditional
+        write of the count fails if the row changed, so a key rotated, a client disabled or its
+        features changed meanwhile are noticed within that time. This saves one storage call
+        per accepted request. A fresh read of a counted request renews the lease's copy.
         """
         key = bearer_key(authorization)
         name = client_name_of(key)
+        now = self._clock()
         if counted and name:
             with self._locks_lock:
                 lease = self._leases.get(name)
-            cached = lease.client if lease is not None else None
-            if cached is not None and cached.enabled and _same_key(key, cached.key_digest):
-                return cached
+            if lease is not None and now - lease.checked_at < CLIENT_CHECK_SECONDS:
+                cached = lease.client
+                if cached.enabled and _same_key(key, cached.key_digest):
+                    return cached
         client = self.get(name) if name else None
         # Compared in constant time even when there is no such client.
         if not _same_key(key, client.key_digest if client else key_digest("")) or client is None:
             raise Unauthorized("the client key is not valid")
         if not client.enabled:
             raise Unauthorized(f"the client {client.name!r} is disabled")
+        if counted:
+            self._renew(client, now)
         return client
 
-    def take(self, client: Client) -> Client:
-        """Count one message against the client's rate; RateLimited when over it this minute.
+    def refuse_if_spent(self, client: Client) -> None:
+        """RateLimited if this instance knows, without a storage call, that the client has no
+        email left this minute: its copy of the row, checked less than CLIENT_CHECK_SECONDS
+        ago, counts the whole rate, and it holds no token.
 
-        Most messages are served from tokens this instance leased for the current minute, with
-        no storage call. Without tokens, the instance writes the row (MERGE, If-Match its copy's
-        ETag) raising `count` by a grant of `min(block, rate - count)` and keeps `grant - 1`
-        tokens: the first grant of a minute is 1, each further one twice the one before, at most
-        `max(1, rate // MAX_LEASE_FRACTION)`. Bounds:
+        Called before a request is parsed, so that a client over its rate costs no parsing;
+        the exact count is taken (take) once the request is valid and its emails are known.
+        """
+        with self._lock_for(client.name):
+            now = self._clock()
+            lease = self._leases.get(client.name)
+            if lease is None or lease.tokens > 0 or now - lease.checked_at >= CLIENT_CHECK_SECONDS:
+                return
+            counter = lease.client
+            window = max(_window(now), counter.window)
+            if counter.window == window and counter.count >= counter.rate_per_minute:
+                raise _rate_limited(client.name, counter.rate_per_minute, window, now)
+
+    def take(self, client: Client, emails: int = 1) -> Client:
+        """Count a request's emails against the client's rate; RateLimited (429) when fewer
+        are left this minute, InvalidMessage (400) when they are more than the whole rate.
+
+        Most requests are served from tokens this instance leased for the current minute, with
+        no storage call. With too few tokens, the instance writes the row (MERGE, If-Match its
+        copy's ETag) raising `count` by a grant of `min(max(block, emails - held), rate -
+        count)` and keeps what the request does not use: the first block of a minute is 1,
+        each further one twice the one before, at most `max(1, rate // MAX_LEASE_FRACTION)`.
+        A refused request takes nothing; the tokens held stay. Bounds:
 
         - all instances together never admit more than the rate in a minute (the grants are
           written to the one row, conditionally); tokens unused when the minute ends are lost,
-          at most a tenth of the rate per instance;
+          at most a tenth of the rate per instance (more only if a request that could not be
+          queued gave its emails back);
+        - the minute counted is the later of this instance's and the row's, so the row's
+          minute never moves back however the instances' clocks differ;
         - before serving from tokens, the instance reads the row again (Unauthorized if the
           client is disabled or its key changed) once its copy was last read or written
           CLIENT_CHECK_SECONDS ago or more; a successful conditional write counts as a read.
 
-        Threads of one instance take the client's lock: briefly for a token, and across the
+        Threads of one instance take the client's lock: briefly for tokens, and across the
         storage call of a refill or a check (rare). A write that conflicts means another
         instance (or an operator) wrote the row; it is read again and the key and enabled flag
         checked again. A 429 is answered only from a row read or written in this call, so a
         disabled client over its rate gets 401. Returns this instance's copy of the row.
         """
+        if emails < 1:
+            raise ValueError(f"a request takes at least 1 email, not {emails}")
         with self._lock_for(client.name):
             now = self._clock()
             lease = self._leases.get(client.name)
-            if lease is not None and lease.tokens > 0 and lease.window == _window(now):
+            if lease is not None and lease.tokens >= emails and lease.window >= _window(now):
                 if now - lease.checked_at >= CLIENT_CHECK_SECONDS or not _same_row_key(
                     lease.client, client
                 ):
                     self._check(client, now)
-                lease.tokens -= 1
+                lease.tokens -= emails
                 return lease.client
-            return self._refill(client, lease)
+            return self._refill(client, lease, emails)
 
-    def _refill(self, client: Client, lease: _Lease | None) -> Client:
-        """Lease a grant of tokens from the row and use one; under the client's lock."""
+    def give_back(self, client: Client, emails: int) -> None:
+        """Return emails a request took but did not send (it could not be queued) to this
+        instance's tokens, if their minute is not over; no storage call."""
+        with self._lock_for(client.name):
+            lease = self._leases.get(client.name)
+            if lease is not None and lease.window >= _window(self._clock()):
+                lease.tokens += emails
+
+    def _refill(self, client: Client, lease: _Lease | None, emails: int) -> Client:
+        """Lease a grant of tokens from the row and use `emails` of them; under the lock."""
         counter = lease.client if lease is not None else client
         # Not read from the table (nothing to write against), not enabled, or another key than
         # the request's: read the row first.
@@ -340,25 +412,30 @@ class ClientStore:
             counter = self._check(client, self._clock())
         for attempt in range(1, RATE_WRITE_ATTEMPTS + 1):
             now = self._clock()
-            window = _window(now)
+            # Never the row's minute moved back: an instance whose clock is behind another's
+            # counts in the minute that one started (the row's), not in its own earlier one.
+            window = max(_window(now), counter.window)
             rate = counter.rate_per_minute
             count = counter.count if counter.window == window else 0
-            if count >= rate:
+            lease = self._leases.get(client.name)
+            held = lease.tokens if lease is not None and lease.window == window else 0
+            needed = emails - held
+            if emails > rate or needed > rate - count:
                 if not read_now:
                     # The count only grows within a minute, but the client may have been
-                    # disabled since this instance's copy: refuse with what the row says.
+                    # disabled (or its rate changed) since this instance's copy: refuse with
+                    # what the row says.
                     counter, read_now = self._check(client, now), True
                     continue
-                retry_after = max(1, math.ceil((window + 1) * WINDOW_SECONDS - now))
-                raise RateLimited(
-                    f"the client {client.name!r} may send {rate} "
-                    f"message(s) per minute; retry in {retry_after}s",
-                    retry_after,
-                )
-            lease = self._leases.get(client.name)
+                if emails > rate:
+                    raise InvalidMessage(
+                        f"the request makes {emails} emails, more than the client "
+                        f"{client.name!r} may send in a minute ({rate}): it can never pass"
+                    )
+                raise _rate_limited(client.name, rate, window, now, emails, rate - count + held)
             previous = lease.grant if lease is not None and lease.window == window else 0
             block = min(2 * previous if previous else 1, max(1, rate // MAX_LEASE_FRACTION))
-            grant = min(block, rate - count)
+            grant = min(max(block, needed), rate - count)
             try:
                 metadata = self.table.update_entity(
                     {
@@ -381,12 +458,23 @@ class ClientStore:
             counter = replace(counter, window=window, count=count + grant, etag=metadata["etag"])
             # The write matched the copy's ETag: the copy was current, so this is a check too.
             self._leases[client.name] = _Lease(
-                counter, checked_at=now, window=window, tokens=grant - 1, grant=grant
+                counter,
+                checked_at=now,
+                window=window,
+                tokens=held + grant - emails,
+                grant=grant,
             )
             return counter
         raise StorageUnavailable(
             f"the rate counter of {client.name!r} kept changing; too many concurrent requests"
         )
+
+    def _renew(self, fresh: Client, now: float) -> None:
+        """Keep a row just read (and found valid) as the lease's copy, if there is a lease."""
+        with self._lock_for(fresh.name):
+            lease = self._leases.get(fresh.name)
+            if lease is not None and now >= lease.checked_at:
+                lease.client, lease.checked_at = fresh, now
 
     def _check(self, client: Client, now: float) -> Client:
         """The row read again (see _reread), kept as this instance's copy; under the lock.
@@ -425,6 +513,22 @@ def _same_row_key(copy: Client, client: Client) -> bool:
     return hmac.compare_digest(copy.key_digest, client.key_digest)
 
 
+def _rate_limited(
+    name: str, rate: int, window: int, now: float, emails: int = 1, left: int = 0
+) -> RateLimited:
+    """The 429 for a request of `emails` with `left` of the minute's rate, and when to retry."""
+    retry_after = max(1, math.ceil((window + 1) * WINDOW_SECONDS - now))
+    wanted = f"; the request makes {emails} and {left} are left" if emails > 1 else ""
+    return RateLimited(
+        f"the client {name!r} may send {rate} email(s) per minute{wanted}; retry in {retry_after}s",
+        retry_after,
+    )
+
+
+def _features_column(features: frozenset[str]) -> str:
+    return ",".join(sorted(features))
+
+
 def _window(now: float) -> int:
     """The minute a time falls in, as the row's `window` counts it."""
     return int(now // WINDOW_SECONDS)
@@ -441,6 +545,7 @@ def _to_entity(client: Client) -> dict[str, Any]:
         "created_at": client.created_at,
         "window": client.window,
         "count": client.count,
+        "features": _features_column(client.features),
     }
 
 
@@ -455,4 +560,6 @@ def _from_entity(entity: Any) -> Client:
         window=int(entity.get("window", 0)),
         count=int(entity.get("count", 0)),
         etag=entity.metadata.get("etag"),
+        # A row from before features existed has none: the secure default.
+        features=frozenset(f for f in str(entity.get("features") or "").split(",") if f),
     )

@@ -8,12 +8,14 @@
     │   ├── Unauthorized                401: no client key, or not a valid, enabled one
     │   ├── SignatureRejected           401: an Event Webhook request unsigned, badly signed or old
     │   ├── SenderNotAllowed            403: `from` is outside the client's or gateway's senders
+    │   ├── FeatureNotAllowed           403: a field the client's features do not allow (policy)
     │   ├── MessageNotFound             404: no message has that id
     │   ├── IdempotencyKeyInUse         409: a request with this key is still being accepted
     │   ├── PayloadTooLarge             413: the body is over MAX_REQUEST_BYTES
     │   ├── UnsupportedMediaType        415: the body is not JSON
     │   ├── IdempotencyKeyReused        422: this key came with a different body
-    │   ├── RateLimited                 429: the client is over its messages per minute
+    │   ├── RateLimited                 429: the request's emails are more than the client has
+    │   │                                    left of its rate this minute
     │   ├── Busy                        503: too many large messages in memory; try again soon
     │   └── EventWebhookNotConfigured   503: SENDGRID_WEBHOOK_PUBLIC_KEY is not set
     ├── ClientError                 an operator's client command cannot be done (unknown, exists)
@@ -144,6 +146,12 @@ class SenderNotAllowed(RequestRejected):
     status = 403
 
 
+class FeatureNotAllowed(RequestRejected):
+    """The request uses an account-wide control the client is not allowed (shared/policy.py)."""
+
+    status = 403
+
+
 class PayloadTooLarge(RequestRejected):
     """The request body is larger than the gateway accepts (MAX_REQUEST_BYTES)."""
 
@@ -175,7 +183,7 @@ class IdempotencyKeyReused(RequestRejected):
 
 
 class RateLimited(RequestRejected):
-    """The client sent more messages this minute than its rate limit allows."""
+    """The request's emails are more than the client has left of its rate this minute."""
 
     status = 429
 

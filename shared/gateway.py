@@ -103,7 +103,9 @@ class Gateway:
             rng=rng,
             large_messages=self.large_messages,
         )
-        self._submission = Submission(settings, queue, bodies, statuses, self.keys, now, new_id)
+        self._submission = Submission(
+            settings, queue, bodies, statuses, self.keys, now, new_id, rate=clients
+        )
         self._now = now
         self._storage_ready = False
         self._lock = threading.Lock()
@@ -142,7 +144,8 @@ class Gateway:
         client: Client,
         idempotency_key: str | None = None,
     ) -> AcceptedMessage:
-        """Count the request against the client's rate, then validate and durably queue it."""
+        """Validate the message, count its emails against the client's rate, and durably queue
+        it (see shared/submission.py)."""
         return self._accept(
             self._submission.message, "v1", body, content_type, client, idempotency_key
         )
@@ -154,8 +157,8 @@ class Gateway:
         client: Client,
         idempotency_key: str | None = None,
     ) -> AcceptedMessage:
-        """Count against the client's rate, then validate a SendGrid v3 Mail Send body and
-        durably queue it as the client sent it."""
+        """Validate a SendGrid v3 Mail Send body, count its emails against the client's rate,
+        and durably queue it as the client sent it."""
         return self._accept(
             self._submission.sendgrid_mail, "v3", body, content_type, client, idempotency_key
         )
@@ -171,14 +174,14 @@ class Gateway:
     ) -> AcceptedMessage:
         with telemetry.span("mailgate.accept", kind=SpanKind.SERVER, api=api, client=client.name):
             self.ensure_storage()
+            # A client this instance knows to be over its rate costs no parsing (nor a slot).
+            self.clients.refuse_if_spent(client)
             if len(body) <= MAX_QUEUED_JSON_BYTES:
-                self.clients.take(client)
                 return submit(body, content_type, client, idempotency_key)
             with self.large_messages.slot() as turn:
                 if turn:
-                    # Taken from the client's rate only once its turn came: a Busy answer is
-                    # not counted.
-                    self.clients.take(client)
+                    # The emails are taken from the client's rate once its turn came and the
+                    # body was found valid: a Busy answer is not counted.
                     return submit(body, content_type, client, idempotency_key)
             raise Busy(
                 f"{self.large_messages.limit} large message(s) are being worked on in this "

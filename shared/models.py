@@ -45,6 +45,8 @@ MAILGATE_ID_ARG = "mailgate_id"
 MAX_MESSAGE_ID_LENGTH = 64
 
 # SendGrid refuses these in `headers`; the gateway sets the rest from the message fields.
+# Message-ID is not among them: it needs the client's feature `headers.message-id`, as on the
+# v3 route (shared/policy.py).
 RESERVED_HEADERS = frozenset(
     h.lower()
     for h in (
@@ -58,7 +60,6 @@ RESERVED_HEADERS = frozenset(
         "Content-Transfer-Encoding",
         "MIME-Version",
         "Date",
-        "Message-ID",
         "Received",
         "DKIM-Signature",
         "X-SG-ID",
@@ -469,7 +470,8 @@ def sendgrid_senders(body: dict[str, Any]) -> list[str]:
 
 
 def sendgrid_recipient_domains(body: dict[str, Any]) -> list[str]:
-    """The distinct to, cc and bcc domains of a v3 Mail Send body, safe to log (addresses are not).
+    """The distinct to, cc, bcc (and bcc setting) domains of a v3 Mail Send body, safe to log
+    (addresses are not).
 
     Read leniently: the body was validated when it was accepted, and a log line must not fail
     on a queue message someone edited since.
@@ -485,6 +487,12 @@ def sendgrid_recipient_domains(body: dict[str, Any]) -> list[str]:
                 email = recipient.get("email") if isinstance(recipient, dict) else None
                 if isinstance(email, str) and "@" in email:
                     domains.add(email.rpartition("@")[2].lower())
+    # The bcc mail setting's hidden recipient gets a copy of every email: it is one too.
+    settings = body.get("mail_settings")
+    bcc = settings.get("bcc") if isinstance(settings, dict) else None
+    email = bcc.get("email") if isinstance(bcc, dict) and bcc.get("enable") is True else None
+    if isinstance(email, str) and "@" in email:
+        domains.add(email.rpartition("@")[2].lower())
     return sorted(domains)
 
 

@@ -275,15 +275,19 @@ _RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}, "description": "Se
 
 # Why each refusal happens, per route family; every one comes with a body (see _refusal).
 _MAIL_REFUSALS = {
-    "400": "Invalid JSON or an invalid field; one entry per field, the first "
-    f"{MAX_PROBLEMS_SHOWN} listed and the rest counted.",
+    "400": "Invalid JSON or an invalid field, one entry per field (the first "
+    f"{MAX_PROBLEMS_SHOWN} listed and the rest counted); or more recipients (emails) than the "
+    "client's whole rate per minute, which could never pass.",
     "401": "No client key, or one that is malformed, unknown or disabled.",
-    "403": "A `from` outside the client's senders or ALLOWED_SENDERS.",
+    "403": "A `from` outside the client's senders or ALLOWED_SENDERS, or a field that needs a "
+    "feature the client is not allowed (an account-wide SendGrid control or a sensitive "
+    "header); one entry per field.",
     "409": "A request with the same Idempotency-Key is still being accepted.",
     "413": "The body is over MAX_REQUEST_BYTES.",
     "415": "The body is not application/json.",
     "422": "The Idempotency-Key was used before with another body.",
-    "429": "The client is over its messages per minute.",
+    "429": "The request's emails (one per recipient) are more than the client has left of its "
+    "rate this minute; nothing was queued.",
     "503": "Storage is unavailable, or a setting is wrong (named in the detail): nothing was "
     "queued.",
 }

@@ -1,4 +1,13 @@
-"""Accepting a message: check the request, wrap it in an envelope and queue it durably."""
+"""Accepting a message: check the request, wrap it in an envelope and queue it durably.
+
+The checks run in this order, cheapest for the client's budget first: the body's type and size;
+its fields (400); its senders and the client's features (403, shared/policy.py); whether its
+emails could ever fit the client's rate (400); then they are taken from the rate (429), and
+only a request that is queued keeps them. A 400 or 403 costs no rate, and an Idempotency-Key
+replay costs none either (nothing new is sent).
+Counting needs the recipients, so it comes after parsing; a client already over its rate is
+refused before parsing, from what the instance knows (Gateway, ClientStore.refuse_if_spent).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +16,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from opentelemetry import trace
 from pydantic import ValidationError
@@ -18,6 +28,7 @@ from shared.errors import (
     FieldProblem,
     InvalidMessage,
     PayloadTooLarge,
+    RequestRejected,
     SenderNotAllowed,
     StorageUnavailable,
     UnsupportedMediaType,
@@ -25,6 +36,15 @@ from shared.errors import (
 )
 from shared.idempotency import IdempotencyStore, check_key
 from shared.models import MAIL_REQUEST_LIMITS, MailRequest, QueueEnvelope, field_problems
+from shared.policy import (
+    check_allowed,
+    check_v3_recipient_limit,
+    check_within_rate,
+    v1_emails,
+    v1_refusals,
+    v3_emails,
+    v3_refusals,
+)
 from shared.queue import MailQueue
 from shared.sendgrid_v3.request import parse_mail_send
 from shared.sendgrid_v3.schema import MailSend
@@ -49,6 +69,18 @@ class AcceptedMessage:
     replayed: bool = False
 
 
+class RateMeter(Protocol):
+    """Where a client's emails per minute are counted (shared.clients.ClientStore)."""
+
+    def take(self, client: Client, emails: int = 1) -> Client:
+        """Count the emails, or raise RateLimited."""
+        ...
+
+    def give_back(self, client: Client, emails: int) -> None:
+        """Uncount emails taken for a request that was not queued after all."""
+        ...
+
+
 @dataclass(frozen=True)
 class Submission:
     """Accepting messages: the settings, the stores and the clock it needs, built once."""
@@ -60,6 +92,7 @@ class Submission:
     keys: IdempotencyStore
     now: Callable[[], datetime]
     new_id: Callable[[], str]
+    rate: RateMeter
 
     def message(
         self,
@@ -82,10 +115,13 @@ class Submission:
                 f"the message has {len(problems)} invalid field(s)", problems
             ) from None
         _check_senders([("#/from", request.from_.email)], client, self.settings)
+        check_allowed(v1_refusals(request, client.features), client.name)
+        emails = v1_emails(request)
+        check_within_rate(emails, client.rate_per_minute, client.name, "#/to")
         envelope = QueueEnvelope(
             id=self.new_id(), accepted_at=accepted_at, client=client.name, message=request
         )
-        return self._queue_durably(envelope, body, client, idempotency_key)
+        return self._queue_durably(envelope, body, client, idempotency_key, emails)
 
     def sendgrid_mail(
         self,
@@ -102,11 +138,15 @@ class Submission:
         _check_body(body, content_type, self.settings)
         accepted_at = self.now()
         document, mail = parse_mail_send(body, accepted_at)
+        check_v3_recipient_limit(mail)
         _check_senders(_sendgrid_senders(mail), client, self.settings)
+        check_allowed(v3_refusals(mail, client.features), client.name)
+        emails = v3_emails(mail)
+        check_within_rate(emails, client.rate_per_minute, client.name, "#/personalizations")
         envelope = QueueEnvelope(
             id=self.new_id(), accepted_at=accepted_at, client=client.name, sendgrid=document
         )
-        return self._queue_durably(envelope, body, client, idempotency_key)
+        return self._queue_durably(envelope, body, client, idempotency_key, emails)
 
     def _queue_durably(
         self,
@@ -114,9 +154,13 @@ class Submission:
         body: bytes,
         client: Client,
         idempotency_key: str | None,
+        emails: int,
     ) -> AcceptedMessage:
-        """Enqueue an envelope once per Idempotency-Key; raise RequestRejected or
-        StorageUnavailable.
+        """Take the envelope's emails from the client's rate and enqueue it, once per
+        Idempotency-Key; raise RequestRejected (RateLimited among them) or StorageUnavailable.
+
+        A replay takes nothing from the rate; a request refused by the rate releases its key; a
+        message that could not be queued gives its emails back.
 
         The answer comes only after the enqueue (and, for a message too large for one queue
         message, the write of its body's blob) succeeded. The `queued` status record is written
@@ -131,6 +175,13 @@ class Submission:
             if claim.replay:
                 return AcceptedMessage(claim.record.message_id, replayed=True)
             envelope = envelope.model_copy(update={"id": claim.record.message_id})
+        try:
+            self.rate.take(client, emails)
+        except (RequestRejected, StorageUnavailable):
+            if claim is not None:
+                with contextlib.suppress(StorageUnavailable):
+                    self.keys.release(claim.record)
+            raise
         trace.get_current_span().set_attribute("mailgate.id", envelope.id)
         with telemetry.span("mailgate.status.write", id=envelope.id, state="queued"):
             queued = _record_queued(envelope, self.statuses)
@@ -146,6 +197,7 @@ class Submission:
             with telemetry.span("mailgate.enqueue", id=envelope.id, attempt=1):
                 envelope = _enqueue(envelope, self.queue, self.bodies)
         except StorageUnavailable:
+            self.rate.give_back(client, emails)
             if queued is not None:
                 _forget_queued(queued, self.statuses)
             if claim is not None:

@@ -34,7 +34,7 @@ from azure.storage.queue import QueueClient, QueueMessage, QueueProperties
 
 from shared.activity import ActivityEvent, ActivityLog, ActivityWindow, partition_of, window_of
 from shared.blobs import MessageBodyStore
-from shared.clients import ClientStore
+from shared.clients import Client, ClientStore
 from shared.errors import (
     ConcurrentUpdate,
     DeliveryError,
@@ -773,6 +773,16 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class Unmetered:
+    """A rate that lets every request through: for tests of what the rate does not decide."""
+
+    def take(self, client: Client, emails: int = 1) -> Client:
+        return client
+
+    def give_back(self, client: Client, emails: int) -> None:
+        pass
 
 
 def client_store(table: FakeTableClient | None = None, clock: Clock | None = None) -> ClientStore:

@@ -10,6 +10,7 @@ from typing import Any
 
 from shared.clients import Client
 from shared.models import MailRequest, QueueEnvelope
+from shared.policy import FEATURES
 from shared.settings import Settings
 
 NOW = datetime(2026, 3, 2, 9, 30, tzinfo=timezone.utc)
@@ -30,14 +31,20 @@ BASE_ENV: dict[str, str] = {
 PNG_BASE64 = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(32)).decode()
 
 
-# The client most tests submit as: the same senders as the gateway's ALLOWED_SENDERS.
+# Every feature, as `make client ... FEATURES=` takes them.
+ALL_FEATURES = ",".join(FEATURES)
+
+# The client most tests submit as: the same senders as the gateway's ALLOWED_SENDERS, and every
+# feature, since the samples use every field that must pass through (tests/security refuses
+# them to clients without).
 CLIENT = Client(
     name="app",
     senders=(SENDER, "@example.org"),
-    rate_per_minute=600,
+    rate_per_minute=6_000,
     enabled=True,
     key_digest="sha256:unused-here",
     created_at=NOW,
+    features=frozenset(FEATURES),
 )
 
 
@@ -414,7 +421,6 @@ RESERVED_HEADER_NAMES = [
     "CONTENT-TRANSFER-ENCODING",
     "MIME-Version",
     "Date",
-    "Message-ID",
     "Received",
     "DKIM-Signature",
     "X-SG-ID",

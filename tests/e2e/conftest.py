@@ -22,6 +22,7 @@ from devstack.azurite import Azurite
 from devstack.host_process import LocalHostProcess
 from devstack.sendgrid_standin import SendGridStandIn
 from shared.clients import MAX_RATE_PER_MINUTE, ClientStore
+from shared.policy import FEATURES
 from shared.settings import Settings
 from tests.event_webhook_samples import SignedRequest, WebhookSigner
 
@@ -59,11 +60,15 @@ class RunningHost(LocalHostProcess):
     def __init__(
         self, settings: Mapping[str, str], log_dir: Path, library_log_level: str = "WARNING"
     ) -> None:
-        # The client the tests send as, made in the host's storage before it starts.
+        # The client the tests send as, made in the host's storage before it starts: a
+        # migrating app its operator allowed every account-wide control it uses.
         clients = ClientStore.from_settings(Settings.from_env(settings))
         clients.ensure_exists()
         _, self.client_key = clients.create(
-            f"{CLIENT_NAME}-{uuid.uuid4().hex[:12]}", CLIENT_SENDERS, MAX_RATE_PER_MINUTE
+            f"{CLIENT_NAME}-{uuid.uuid4().hex[:12]}",
+            CLIENT_SENDERS,
+            MAX_RATE_PER_MINUTE,
+            ",".join(FEATURES),
         )
         super().__init__(settings, log_dir, library_log_level=library_log_level)
 

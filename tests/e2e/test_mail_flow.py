@@ -283,14 +283,15 @@ def test_should_answer_429_with_retry_after_past_the_clients_rate(
     # Not across a minute boundary, where the count starts again.
     if time.time() % 60 > 50:
         time.sleep(61 - time.time() % 60)
-    _, key = clients.create(f"slow-{time.time_ns()}", "@apps.example.com", 2)
+    # The message has 4 recipients: 4 emails of a rate of 8 emails a minute.
+    _, key = clients.create(f"slow-{time.time_ns()}", "@apps.example.com", 8)
     message = full_message(**{"from": "x@apps.example.com"})
 
     answers = [stack.post_message(message, key=key) for _ in range(3)]
 
     assert [a.status_code for a in answers] == [202, 202, 429]
     assert int(answers[2].headers["Retry-After"]) in range(1, 61)
-    assert "2 message(s) per minute" in answers[2].json()["detail"]
+    assert "8 email(s) per minute" in answers[2].json()["detail"]
     for accepted in answers[:2]:
         wait_for(partial(mails_for, standin, accepted.json()["id"]))
 

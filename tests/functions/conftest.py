@@ -26,7 +26,7 @@ from tests.fakes import (
     JitterAt,
     client_store,
 )
-from tests.samples import BASE_ENV, CLIENT, NOW
+from tests.samples import ALL_FEATURES, BASE_ENV, CLIENT, NOW
 
 MESSAGE_ID = "5d0c6a52-7c9e-4a57-9a4e-1f1f6d3b2c10"
 # The keys of the two clients every function test has (made deterministic for readability).
@@ -56,7 +56,9 @@ def clients(monkeypatch: pytest.MonkeyPatch) -> ClientStore:
     for name, key in (("app", APP_KEY), ("other", OTHER_KEY)):
         with monkeypatch.context() as patch:
             patch.setattr(shared.clients, "new_key", lambda _name, key=key: key)
-            store.create(name, ",".join(CLIENT.senders))
+            # `app` may use every field the samples use; `other` has no feature.
+            features = ALL_FEATURES if name == "app" else ""
+            store.create(name, ",".join(CLIENT.senders), features=features)
     return store
 
 

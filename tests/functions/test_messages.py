@@ -448,7 +448,7 @@ def test_should_answer_429_with_retry_after_once_the_client_is_over_its_rate(
     assert [a.status_code for a in answers] == [202, 202, 429]
     # NOW is 09:30:00: the whole minute is left.
     assert answers[2].headers["Retry-After"] == "60"
-    assert "2 message(s) per minute" in problem_of(answers[2])["detail"]
+    assert "2 email(s) per minute" in problem_of(answers[2])["detail"]
     assert len(fake_queue.envelopes) == 2
 
 

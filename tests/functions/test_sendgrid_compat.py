@@ -15,7 +15,7 @@ from shared.gateway import Gateway
 from shared.status import MessageState
 from tests.fakes import FakeIdempotencyStore, FakeMailQueue, FakeStatusStore
 from tests.functions.conftest import APP_AUTH, MESSAGE_ID
-from tests.samples import NOW, body, sendgrid_mail
+from tests.samples import ALL_FEATURES, NOW, body, sendgrid_mail
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -268,12 +268,13 @@ def test_should_answer_401_in_sendgrids_format_without_a_client_key(
 def test_should_answer_429_in_sendgrids_format_once_the_client_is_over_its_rate(
     clients: ClientStore, fake_queue: FakeMailQueue
 ) -> None:
-    _, key = clients.create("tiny-v3", "@example.com", 1)
+    # The sample mail makes 5 emails (one per recipient): a rate of 5 lets one through.
+    _, key = clients.create("tiny-v3", "@example.com", 5, ALL_FEATURES)
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
 
     answers = [post(body(sendgrid_mail()), headers) for _ in range(2)]
 
     assert [a.status_code for a in answers] == [202, 429]
     assert answers[1].headers["Retry-After"] == "60"
-    assert "1 message(s) per minute" in errors_of(answers[1])[0]["message"]
+    assert "5 email(s) per minute" in errors_of(answers[1])[0]["message"]
     assert len(fake_queue.envelopes) == 1

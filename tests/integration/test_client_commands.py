@@ -118,7 +118,17 @@ def test_should_refuse_a_name_that_is_taken(
 
 def test_should_print_the_key_last_through_make(environment: dict[str, str]) -> None:
     result = subprocess.run(
-        ["make", "-s", "-C", str(ROOT), "client", "NAME=made", "SENDERS=@example.com", "RATE=9"],
+        [
+            "make",
+            "-s",
+            "-C",
+            str(ROOT),
+            "client",
+            "NAME=made",
+            "SENDERS=@example.com",
+            "RATE=9",
+            "FEATURES=tracking_settings",
+        ],
         env={**os.environ, **environment},
         capture_output=True,
         text=True,
@@ -128,7 +138,76 @@ def test_should_print_the_key_last_through_make(environment: dict[str, str]) -> 
 
     key = result.stdout.splitlines()[-1]
     store = ClientStore.from_settings(Settings.from_env(environment))
-    assert store.authenticate(f"Bearer {key}").rate_per_minute == 9
+    made = store.authenticate(f"Bearer {key}")
+    assert (made.rate_per_minute, made.features) == (9, frozenset({"tracking_settings"}))
+
+
+def test_should_grant_show_and_take_away_features(
+    store: ClientStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(
+        capsys,
+        "client",
+        "create",
+        "billing",
+        "--senders",
+        "@example.com",
+        "--features",
+        "mail_settings.sandbox_mode,headers.message-id",
+    )
+    assert code == 0
+    assert json.loads("\n".join(out[:-2]))["features"] == [
+        "headers.message-id",
+        "mail_settings.sandbox_mode",
+    ]
+
+    code, out, _ = run(capsys, "client", "features", "billing", "asm")
+    assert (code, json.loads("\n".join(out))["features"]) == (0, ["asm"])
+    _, listed, _ = run(capsys, "client", "list")
+    assert json.loads("\n".join(listed))["clients"][0]["features"] == ["asm"]
+
+    assert run(capsys, "client", "features", "billing", "none")[0] == 0
+    client = store.get("billing")
+    assert client is not None
+    assert client.features == frozenset()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["client", "create", "billing", "--senders", "@example.com", "--features", "bypass"],
+        ["client", "features", "ghost", "bypass"],
+    ],
+)
+def test_should_refuse_an_unknown_feature_naming_it(
+    store: ClientStore, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    code, out, err = run(capsys, *argv)
+
+    assert code == 1
+    assert out == []
+    assert "'bypass' is not a feature" in err
+    assert "mail_settings.bypass_list_management" in err
+    assert store.all() == []
+
+
+def test_should_set_features_through_make(environment: dict[str, str]) -> None:
+    store = ClientStore.from_settings(Settings.from_env(environment))
+    store.ensure_exists()
+    store.create("made", "@example.com")
+
+    subprocess.run(
+        ["make", "-s", "-C", str(ROOT), "client-features", "NAME=made", "FEATURES=asm,batch_id"],
+        env={**os.environ, **environment},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+
+    client = store.get("made")
+    assert client is not None
+    assert client.features == {"asm", "batch_id"}
 
 
 def test_should_make_the_development_client_once_and_keep_its_key(

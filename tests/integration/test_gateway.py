@@ -16,10 +16,10 @@ from shared.gateway import Gateway, check_health
 from shared.queue import MailQueue
 from shared.sendgrid_client import SendGridClient
 from shared.settings import Settings
-from shared.status import MessageState, StatusStore
+from shared.status import MessageState, StatusStore, table_client
 from tests.fakes import FakeMailSender
 from tests.integration.conftest import base64_queue_client
-from tests.samples import CLIENT, body, message, sendgrid_mail
+from tests.samples import ALL_FEATURES, CLIENT, body, message, sendgrid_mail
 
 JSON = "application/json"
 
@@ -28,7 +28,7 @@ JSON = "application/json"
 def client(gateway: Gateway) -> Client:
     """A client allowed the samples' senders, in Azurite."""
     gateway.ensure_storage()
-    created, _ = gateway.clients.create("app", ",".join(CLIENT.senders))
+    created, _ = gateway.clients.create("app", ",".join(CLIENT.senders), features=ALL_FEATURES)
     return created
 
 
@@ -244,3 +244,48 @@ def test_should_write_delivery_activity_in_the_background_when_built_from_settin
             time.sleep(0.05)
     finally:
         built.activity.close()
+
+
+def test_should_never_reset_the_count_across_instances_whose_clocks_differ(
+    gateway: Gateway, client: Client, storage_settings: Settings
+) -> None:
+    """Two instances, four threads each, their clocks 2 s apart at a minute's end (simulated:
+    the real time runs on from 59 s into a minute): 10-email requests against a rate of 100.
+    The instance behind counts in the row's minute once the other moved it on, so at most one
+    minute's rate passes in each of the two minutes, never a fresh count per write."""
+    start, began = 29_833_333 * 60 + 59.0, time.monotonic()
+
+    def behind() -> float:
+        return start + time.monotonic() - began
+
+    stores = (
+        ClientStore(
+            table_client(storage_settings, storage_settings.client_table_name), clock=behind
+        ),
+        ClientStore(
+            table_client(storage_settings, storage_settings.client_table_name),
+            clock=lambda: behind() + 2.0,
+        ),
+    )
+    _, key = gateway.clients.create("skewed", ",".join(CLIENT.senders), 100)
+    outcomes: list[str] = []
+
+    def send(store: ClientStore) -> None:
+        for _ in range(20):
+            try:
+                store.take(store.authenticate(f"Bearer {key}", counted=True), 10)
+                outcomes.append("ok")
+            except RateLimited:
+                outcomes.append("limited")
+
+    threads = [threading.Thread(target=send, args=(store,)) for store in stores * 4]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    row = gateway.clients.get("skewed")
+    assert row is not None
+    assert outcomes.count("ok") * 10 <= 2 * 100, outcomes.count("ok")
+    assert (row.window, row.count) == (29_833_333 + 1, 100)
+    assert len(outcomes) == 160

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -17,7 +18,13 @@ from shared.clients import (
     bearer_key,
     client_name_of,
 )
-from shared.errors import ClientError, RateLimited, StorageUnavailable, Unauthorized
+from shared.errors import (
+    ClientError,
+    InvalidMessage,
+    RateLimited,
+    StorageUnavailable,
+    Unauthorized,
+)
 from tests.fakes import Clock, FakeTableClient, client_store
 
 # 12:00:15 on some day: 45 s left in the minute's window.
@@ -587,3 +594,209 @@ def test_should_refuse_to_count_a_disabled_client_it_is_handed(store: ClientStor
 
     with pytest.raises(Unauthorized, match="disabled"):
         store.take(disabled)
+
+
+# ---- features ---------------------------------------------------------------------------------
+
+
+def test_should_store_a_new_client_with_no_feature_unless_given(
+    store: ClientStore, table: FakeTableClient
+) -> None:
+    plain, _ = store.create("plain", "@example.com")
+    trusted, _ = store.create("trusted", "@example.com", 10, "tracking_settings, asm")
+
+    assert plain.features == frozenset()
+    assert trusted.features == {"asm", "tracking_settings"}
+    assert row(table, "trusted")["features"] == "asm,tracking_settings"
+    read = store.get("trusted")
+    assert read is not None
+    assert read == replace(trusted, etag=read.etag)
+    assert [c.describe()["features"] for c in store.all()] == [[], ["asm", "tracking_settings"]]
+
+
+def test_should_refuse_an_unknown_feature_naming_it(
+    store: ClientStore, table: FakeTableClient
+) -> None:
+    with pytest.raises(ClientError, match="'bypass' is not a feature; the features are"):
+        store.create("billing", "@example.com", 10, "asm,bypass")
+    assert table.rows == {}
+
+    store.create("billing", "@example.com")
+    with pytest.raises(ClientError, match=r"'headers\.from' is not a feature"):
+        store.set_features("billing", "headers.from")
+
+
+def test_should_replace_a_clients_features_and_take_them_all_away_with_none(
+    store: ClientStore,
+) -> None:
+    store.create("billing", "@example.com", 10, "asm")
+
+    assert store.set_features("billing", "batch_id,ip_pool_name").features == {
+        "batch_id",
+        "ip_pool_name",
+    }
+    assert store.set_features("billing", "none").features == frozenset()
+    with pytest.raises(ClientError, match="no client named 'ghost'"):
+        store.set_features("ghost", "asm")
+
+
+def test_should_read_a_row_from_before_features_as_having_none(
+    store: ClientStore, table: FakeTableClient
+) -> None:
+    store.create("old", "@example.com", 10, "asm")
+    del table.rows[("old", CLIENT_ROW)]["features"]
+
+    client = store.get("old")
+
+    assert client is not None
+    assert client.features == frozenset()
+
+
+def test_should_see_features_changed_elsewhere_once_its_copy_is_check_interval_old(
+    store: ClientStore, table: FakeTableClient, clock: Clock
+) -> None:
+    _, key = store.create("billing", "@example.com", 100, "asm")
+    counted(store, key)
+    client_store(table, clock).set_features("billing", "none")
+
+    # This instance's copy, checked just now, still says asm...
+    assert store.authenticate(bearer(key), counted=True).features == {"asm"}
+    clock.now += CLIENT_CHECK_SECONDS
+    # ...and once it is CLIENT_CHECK_SECONDS old, the row is read again.
+    reads = table.calls["get"]
+    assert store.authenticate(bearer(key), counted=True).features == frozenset()
+    assert table.calls["get"] == reads + 1
+    # The read renewed the copy: taking a token costs no second read.
+    store.take(store.authenticate(bearer(key), counted=True))
+    assert table.calls["get"] == reads + 1
+
+
+# ---- counting emails: requests of many recipients ---------------------------------------------
+
+
+def test_should_lease_at_least_the_emails_a_request_needs(
+    store: ClientStore, table: FakeTableClient
+) -> None:
+    _, key = store.create("billing", "@example.com", 600)
+    client = store.authenticate(bearer(key), counted=True)
+
+    store.take(client, 250)
+    # A lease of 250 (more than the first block of 1), all used.
+    assert row(table)["count"] == 250
+    store.take(client, 1)
+    # The next block doubles from the last grant, capped at a tenth of the rate: 60, 59 left.
+    assert row(table)["count"] == 310
+    writes = table.calls["update"]
+    store.take(client, 59)
+    assert table.calls["update"] == writes
+
+
+def test_should_use_the_tokens_held_and_lease_only_the_rest(
+    store: ClientStore, table: FakeTableClient
+) -> None:
+    _, key = store.create("billing", "@example.com", 100)
+    for _ in range(4):  # leases of 1, 2 and 4: 3 tokens left, 7 counted
+        counted(store, key)
+
+    store.take(store.authenticate(bearer(key), counted=True), 20)
+
+    # 3 held, 17 more leased (more than the block of 8).
+    assert row(table)["count"] == 24
+
+
+def test_should_refuse_a_request_of_more_emails_than_are_left_and_take_none(
+    store: ClientStore, table: FakeTableClient, clock: Clock
+) -> None:
+    _, key = store.create("billing", "@example.com", 10)
+    client = store.authenticate(bearer(key), counted=True)
+    store.take(client, 7)
+
+    with pytest.raises(RateLimited, match="makes 4 and 3 are left") as caught:
+        store.take(client, 4)
+
+    assert caught.value.retry_after_seconds == 45
+    assert row(table)["count"] == 7
+    store.take(client, 3)
+    assert row(table)["count"] == 10
+
+
+def test_should_refuse_a_request_of_more_emails_than_the_whole_rate_as_invalid(
+    store: ClientStore, table: FakeTableClient
+) -> None:
+    _, key = store.create("billing", "@example.com", 10)
+
+    with pytest.raises(InvalidMessage, match=r"makes 11 emails.*can never pass"):
+        store.take(store.authenticate(bearer(key), counted=True), 11)
+
+    assert row(table)["count"] == 0
+
+
+def test_should_give_back_emails_to_the_tokens_until_the_minute_ends(
+    store: ClientStore, table: FakeTableClient, clock: Clock
+) -> None:
+    _, key = store.create("billing", "@example.com", 10)
+    client = store.authenticate(bearer(key), counted=True)
+    store.take(client, 10)
+
+    store.give_back(client, 4)
+    writes = table.calls["update"]
+    store.take(client, 4)  # from the tokens given back
+    assert table.calls["update"] == writes
+    with pytest.raises(RateLimited):
+        store.take(client, 1)
+
+    store.give_back(client, 4)
+    clock.now += WINDOW_SECONDS
+    store.take(client, 10)  # a new minute: the tokens given back were for the last one
+    assert row(table)["count"] == 10
+
+
+def test_should_refuse_a_spent_client_from_its_copy_without_a_storage_call(
+    store: ClientStore, table: FakeTableClient, clock: Clock
+) -> None:
+    _, key = store.create("billing", "@example.com", 5)
+    client = store.authenticate(bearer(key), counted=True)
+    store.refuse_if_spent(client)  # no lease yet: nothing known, nothing refused
+    store.take(client, 5)
+    calls = dict(table.calls)
+
+    with pytest.raises(RateLimited) as caught:
+        store.refuse_if_spent(client)
+
+    assert caught.value.retry_after_seconds == 45
+    assert table.calls == calls
+    # A copy as old as the check interval is not trusted for that; a new minute is not spent.
+    clock.now += CLIENT_CHECK_SECONDS
+    store.refuse_if_spent(client)
+    clock.now += WINDOW_SECONDS
+    store.refuse_if_spent(client)
+
+
+def test_should_not_refuse_before_parsing_a_client_with_tokens_left(store: ClientStore) -> None:
+    _, key = store.create("billing", "@example.com", 100)
+    client = store.authenticate(bearer(key), counted=True)
+    store.take(client, 90)
+    store.take(client, 3)  # a block of 10: 7 tokens left, the row counts the whole rate
+
+    store.refuse_if_spent(client)
+
+
+# ---- the row's minute never moves back ---------------------------------------------------------
+
+
+def test_should_count_in_the_rows_minute_when_this_instances_clock_is_behind(
+    table: FakeTableClient,
+) -> None:
+    ahead, behind = Clock(START + 45.5 + 1.0), Clock(START + 45.5 - 1.0)
+    one, two = client_store(table, ahead), client_store(table, behind)
+    _, key = one.create("billing", "@example.com", 10)
+    one.take(one.authenticate(bearer(key), counted=True), 6)
+    assert row(table)["window"] == int(ahead.now // WINDOW_SECONDS)
+
+    with pytest.raises(RateLimited) as caught:
+        two.take(two.authenticate(bearer(key), counted=True), 5)
+    two.take(two.authenticate(bearer(key), counted=True), 4)
+
+    assert (row(table)["window"], row(table)["count"]) == (int(ahead.now // WINDOW_SECONDS), 10)
+    # The row's minute ends 60 s after it began, 61 s from now on the slow clock.
+    assert caught.value.retry_after_seconds == 61

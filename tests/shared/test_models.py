@@ -164,6 +164,21 @@ def test_should_list_the_recipient_domains_of_a_v3_body_in_every_personalization
     ]
 
 
+def test_should_list_the_domain_of_the_bcc_settings_hidden_recipient_when_it_is_on() -> None:
+    body = {
+        "personalizations": [{"to": [{"email": "a@one.example"}]}],
+        "mail_settings": {"bcc": {"enable": True, "email": "archive@Hidden.example"}},
+    }
+    off = {**body, "mail_settings": {"bcc": {"enable": False, "email": "x@off.example"}}}
+
+    on_queue = QueueEnvelope(id="m", accepted_at=NOW, sendgrid=body)
+
+    assert on_queue.recipient_domains() == ["hidden.example", "one.example"]
+    assert QueueEnvelope(id="m", accepted_at=NOW, sendgrid=off).recipient_domains() == [
+        "one.example"
+    ]
+
+
 def test_should_list_v3_recipient_domains_even_from_a_body_edited_on_the_queue() -> None:
     body = {
         "personalizations": [

@@ -35,6 +35,7 @@ from tests.fakes import (
     FakeMailQueue,
     FakeMessageBodyStore,
     FakeStatusStore,
+    Unmetered,
 )
 from tests.samples import (
     ACCEPTED,
@@ -76,6 +77,7 @@ def submit(
         keys=keys if keys is not None else FakeIdempotencyStore(),
         now=lambda: now,
         new_id=lambda: new_id,
+        rate=Unmetered(),
     )
     accept = submission.message if api == "v1" else submission.sendgrid_mail
     return accept(content, content_type, client, idempotency_key)
