@@ -31,11 +31,10 @@ from shared.delivery_events import (
 )
 from shared.errors import Busy, ConfigurationError, MessageNotFound, StorageUnavailable
 from shared.idempotency import IdempotencyStore
-from shared.models import MAX_MESSAGE_ID_LENGTH
 from shared.queue import MailQueue, QueueReport
 from shared.sendgrid_client import SendGridClient
 from shared.settings import Settings, StorageSettings, mail_queue_settings_from_env
-from shared.status import MessageStatus, StatusStore
+from shared.status import MessageStatus, StatusStore, known_message_id
 from shared.submission import MAX_QUEUED_JSON_BYTES, AcceptedMessage, Submission
 from shared.webhook_signature import SignatureVerifier
 
@@ -196,8 +195,10 @@ class Gateway:
         return self._delivery.deliver(body, dequeue_count)
 
     def status(self, message_id: str, client: Client) -> MessageStatus:
-        """The client's own message's status; MessageNotFound for no message or another's."""
-        status = self.statuses.get(message_id) if len(message_id) <= MAX_MESSAGE_ID_LENGTH else None
+        """The client's own message's status; MessageNotFound for no message or another's, and
+        without a storage call for an id the gateway never gives."""
+        message_id = known_message_id(message_id)
+        status = self.statuses.get(message_id)
         # Another client's message reads as no message at all: ids are not secrets to probe.
         if status is None or status.client != client.name:
             raise MessageNotFound(f"no message has the id {message_id!r}")
@@ -211,8 +212,9 @@ class Gateway:
     def status_document(self, message_id: str, client: Client) -> dict[str, Any]:
         """The client's own message's status as `GET /api/v1/messages/{id}` shows it, with what
         SendGrid's events said of it once there are any."""
-        document = self.status(message_id, client).to_document()
-        delivery = self.events.get(message_id)
+        status = self.status(message_id, client)
+        document = status.to_document()
+        delivery = self.events.get(status.id)
         if delivery is not None:
             document.update(delivery.to_document())
         return document
