@@ -19,7 +19,7 @@ from pydantic.json_schema import models_json_schema
 from shared.clients import KEY_PREFIX
 from shared.dead_letters import DeadLetterSelection
 from shared.delivery_events import MAX_TIMELINE_EVENTS, DeliveryState, SendGridEvent
-from shared.models import MAX_MESSAGE_ID_LENGTH, MailRequest
+from shared.models import MailRequest
 from shared.sendgrid_v3.schema import MailSend
 from shared.status import MessageState
 from shared.webhook_signature import MAX_SIGNATURE_SKEW, SIGNATURE_HEADER, TIMESTAMP_HEADER
@@ -108,6 +108,12 @@ class ProblemDocument(_Document):
     status: int
     detail: str
     errors: list[FieldProblemDocument] | None = None
+
+
+class HealthStatusDocument(_Document):
+    """Whether the gateway works; the details are for the admin key (`/health/details`)."""
+
+    status: Literal["healthy", "unhealthy"]
 
 
 class HealthDocument(_Document):
@@ -247,6 +253,7 @@ RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     Accepted,
     MessageStatusDocument,
     ProblemDocument,
+    HealthStatusDocument,
     HealthDocument,
     DeadLetterList,
     DeadLetterReport,
@@ -263,6 +270,13 @@ _IDEMPOTENCY_KEY = {
     "description": "Makes a retry of the same request safe: the same key and body answer the "
     "first 202 again; another body is 422.",
     "schema": {"type": "string", "pattern": "^[\\x20-\\x7e]{1,255}$"},
+}
+_MESSAGE_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "The message id the gateway gave (a UUID); any other text is 404.",
+    "schema": {"type": "string", "format": "uuid"},
 }
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait."}}
 
@@ -395,14 +409,7 @@ def _console_paths(admin_key: list[dict[str, list[str]]]) -> dict[str, Any]:
                 "operationId": "console_message",
                 "summary": "Any client's message: its status and outcomes of the last hour",
                 "security": admin_key,
-                "parameters": [
-                    {
-                        "name": "id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", "maxLength": MAX_MESSAGE_ID_LENGTH},
-                    }
-                ],
+                "parameters": [_MESSAGE_ID],
                 "responses": {
                     **_ok("ConsoleMessage", "The message."),
                     **_refusals({"404": "No message has that id."}),
@@ -442,14 +449,7 @@ def _paths() -> dict[str, Any]:
                 "operationId": "get_message_status",
                 "summary": "What became of one of the client's messages",
                 "security": client_key,
-                "parameters": [
-                    {
-                        "name": "id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", "maxLength": MAX_MESSAGE_ID_LENGTH},
-                    }
-                ],
+                "parameters": [_MESSAGE_ID],
                 "responses": {
                     **_ok("MessageStatusDocument", "The message's status record."),
                     **_refusals(
@@ -532,10 +532,28 @@ def _paths() -> dict[str, Any]:
         "/health": {
             "get": {
                 "operationId": "health",
-                "summary": "Whether the gateway is configured and its storage answers",
+                "summary": "Whether the gateway works, for probes: no details",
+                "description": "The answer of this instance, at most a few seconds old. Why it "
+                "is unhealthy is for the admin key: `/health/details`.",
                 "security": [],
                 "responses": {
+                    **_ok("HealthStatusDocument", "Every check passed."),
+                    "503": {
+                        "description": "Storage failed a check, or a setting is wrong.",
+                        "headers": _RETRY_AFTER,
+                        "content": {JSON: {"schema": _schema("HealthStatusDocument")}},
+                    },
+                },
+            }
+        },
+        "/health/details": {
+            "get": {
+                "operationId": "health_details",
+                "summary": "Each health check, the queue depths and the Event Webhook, now",
+                "security": admin_key,
+                "responses": {
                     **_ok("HealthDocument", "Every check passed."),
+                    "401": _ADMIN_REFUSALS["401"],
                     "503": {
                         "description": "Storage failed a check (the health document), or a "
                         "setting is wrong (a problem naming it).",

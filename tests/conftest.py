@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+import shared.gateway
+from shared.gateway import HealthCache
 from shared.settings import Settings
 from tests.fakes import (
     FakeActivityLog,
@@ -63,3 +65,11 @@ def fake_sender(journal: Journal) -> FakeMailSender:
 def fake_activity() -> FakeActivityLog:
     """An empty in-memory activity log that answers every call."""
     return FakeActivityLog()
+
+
+@pytest.fixture(autouse=True)
+def health_cache(monkeypatch: pytest.MonkeyPatch) -> HealthCache:
+    """The process's cached anonymous health answer, empty for each test."""
+    cache = HealthCache(shared.gateway._check_public_health)
+    monkeypatch.setattr(shared.gateway, "_health_cache", cache)
+    return cache
