@@ -81,12 +81,16 @@ class InvalidMessage(RequestRejected):
 
 
 class Unauthorized(RequestRejected):
-    """The request has no client key, or one that is malformed, unknown or disabled."""
+    """The request has no client key, or one that is malformed, unknown or disabled.
+
+    `client`: the client whose genuine key it was, when the client is disabled; else None.
+    """
 
     status = 401
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, client: str | None = None) -> None:
         super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="mailgate"'})
+        self.client = client
 
 
 class InvalidEventBatch(RequestRejected):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 import shared.gateway
+import shared.refusals
 from shared.gateway import HealthCache
+from shared.refusals import RefusalLog
 from shared.settings import Settings
 from tests.fakes import (
     FakeActivityLog,
@@ -65,6 +67,15 @@ def fake_sender(journal: Journal) -> FakeMailSender:
 def fake_activity() -> FakeActivityLog:
     """An empty in-memory activity log that answers every call."""
     return FakeActivityLog()
+
+
+@pytest.fixture(autouse=True)
+def refusal_log(monkeypatch: pytest.MonkeyPatch) -> RefusalLog:
+    """The process's refusal log, fresh for each test and without its writer thread (a test
+    writes due counts itself)."""
+    log = RefusalLog(background=False)
+    monkeypatch.setattr(shared.refusals, "_refusals", log)
+    return log
 
 
 @pytest.fixture(autouse=True)
