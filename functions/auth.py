@@ -5,7 +5,8 @@ The host's function keys cannot tell apps apart, and SendGrid's SDKs send only
 is wrapped in `client_route`, which refuses the request with 401 before the handler runs unless
 it carries the key of an enabled client. SendGrid's Event Webhook carries no client key: its
 ECDSA signature is the credential, and its route is wrapped in `sendgrid_signed_route`, which
-refuses with 401 anything SendGrid did not sign within the last minutes.
+refuses with 401 anything SendGrid did not sign within the last minutes (and with 413, before
+reading it, a body larger than any batch SendGrid posts).
 tests/functions/test_auth.py checks that no anonymous route goes without one of the two, except
 the few listed public there.
 
@@ -25,7 +26,7 @@ from shared.clients import Client
 from shared.errors import MailgateError, Unauthorized
 from shared.gateway import get_gateway
 from shared.refusals import SENDGRID_CALLER, UNKNOWN_CLIENT, record_refusal
-from shared.webhook_signature import SIGNATURE_HEADER, TIMESTAMP_HEADER
+from shared.webhook_signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, bounded_batch
 
 Handler = Callable[[func.HttpRequest], func.HttpResponse]
 ClientHandler = Callable[[func.HttpRequest, Client], func.HttpResponse]
@@ -73,8 +74,9 @@ def sendgrid_signed_route(handler: Handler) -> Handler:
 
     def req_signed(req: func.HttpRequest) -> func.HttpResponse:
         try:
+            body = bounded_batch(req.headers.get("Content-Length"), req.get_body)
             get_gateway().verify_sendgrid_signature(
-                req.get_body(), req.headers.get(SIGNATURE_HEADER), req.headers.get(TIMESTAMP_HEADER)
+                body, req.headers.get(SIGNATURE_HEADER), req.headers.get(TIMESTAMP_HEADER)
             )
         except MailgateError as error:
             response = refusal_response(error, "no event was recorded")

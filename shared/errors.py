@@ -10,7 +10,8 @@
     │   ├── SenderNotAllowed            403: `from` is outside the client's or gateway's senders
     │   ├── MessageNotFound             404: no message has that id
     │   ├── IdempotencyKeyInUse         409: a request with this key is still being accepted
-    │   ├── PayloadTooLarge             413: the body is over MAX_REQUEST_BYTES
+    │   ├── PayloadTooLarge             413: the body is over MAX_REQUEST_BYTES (or an Event
+    │   │                                    Webhook batch over MAX_EVENT_BATCH_BYTES)
     │   ├── UnsupportedMediaType        415: the body is not JSON
     │   ├── IdempotencyKeyReused        422: this key came with a different body
     │   ├── RateLimited                 429: the client is over its messages per minute
@@ -124,7 +125,8 @@ class SenderNotAllowed(RequestRejected):
 
 
 class PayloadTooLarge(RequestRejected):
-    """The request body is larger than the gateway accepts (MAX_REQUEST_BYTES)."""
+    """The request body is larger than the gateway accepts (MAX_REQUEST_BYTES, or
+    MAX_EVENT_BATCH_BYTES for an Event Webhook batch)."""
 
     status = 413
 

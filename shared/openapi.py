@@ -22,7 +22,12 @@ from shared.delivery_events import MAX_TIMELINE_EVENTS, DeliveryState, SendGridE
 from shared.models import MailRequest
 from shared.sendgrid_v3.schema import MailSend
 from shared.status import MessageState
-from shared.webhook_signature import MAX_SIGNATURE_SKEW, SIGNATURE_HEADER, TIMESTAMP_HEADER
+from shared.webhook_signature import (
+    MAX_EVENT_BATCH_BYTES,
+    MAX_SIGNATURE_SKEW,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+)
 
 VERSION = "1.0.0"
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -521,6 +526,8 @@ def _paths() -> dict[str, Any]:
                             "400": "Signed, but not a JSON array of SendGrid events.",
                             "401": "Not signed, signed with another key, or the timestamp is "
                             f"more than {_SKEW_SECONDS} s from the gateway's clock.",
+                            "413": f"The body is over {MAX_EVENT_BATCH_BYTES} bytes (SendGrid "
+                            "posts about 768 KB at most), refused before it is read.",
                             "503": "SENDGRID_WEBHOOK_PUBLIC_KEY is not set, storage is "
                             "unavailable, or a setting is wrong: SendGrid sends the batch again "
                             "later.",
