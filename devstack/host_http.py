@@ -26,6 +26,9 @@ MAX_REQUEST_BYTES = 100 * 1024 * 1024
 HTTP_REASON = "This function was programmatically called via the host APIs."
 
 Check = Callable[[str], bool]
+# App Service's front end sets it on every request to the caller's address and port, replacing
+# any the caller sent (Azure/app-service-linux-docs, Things_You_Should_Know/headers.md).
+CLIENT_IP_HEADER = "client-ip"
 
 
 def _int_between(low: int, high: int) -> Check:
@@ -265,6 +268,14 @@ def _joined(pairs: Iterable[tuple[str, str]], lower: bool = False) -> dict[str, 
     return values
 
 
+def _client_ip(request: Request) -> str:
+    """The peer as the front end writes it: `ip:port`, an IPv6 address in brackets."""
+    if request.client is None:
+        return ""
+    host, port = request.client.host, request.client.port
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def to_response(result: Any) -> Response:
     """Translate what a function returned into the HTTP response the worker would send."""
     if isinstance(result, func_abc.HttpResponse):
@@ -350,13 +361,15 @@ class HttpApp:
         body = await self._read_body(request)
         if body is None:
             return Response(status_code=413)
+        headers = _joined(
+            ((k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw),
+            lower=True,
+        )
+        headers[CLIENT_IP_HEADER] = _client_ip(request)
         http_request = func.HttpRequest(
             method=method,
             url=str(request.url),
-            headers=_joined(
-                ((k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw),
-                lower=True,
-            ),
+            headers=headers,
             params=_joined(request.query_params.multi_items()),
             route_params=route_params,
             body=body,

@@ -5,9 +5,14 @@ The host's function keys cannot tell apps apart, and SendGrid's SDKs send only
 is wrapped in `client_route`, which refuses the request with 401 before the handler runs unless
 it carries the key of an enabled client. SendGrid's Event Webhook carries no client key: its
 ECDSA signature is the credential, and its route is wrapped in `sendgrid_signed_route`, which
-refuses with 401 anything SendGrid did not sign within the last minutes.
+refuses with 401 anything SendGrid did not sign within the last minutes (and with 413, before
+reading it, a body larger than any batch SendGrid posts).
 tests/functions/test_auth.py checks that no anonymous route goes without one of the two, except
 the few listed public there.
+
+Both wrappers count every 4xx answer of their route in the refusal log (shared/refusals.py):
+route, status, client (or "unknown key") and caller address, never the key or the body. The
+admin routes' refusals of a missing or wrong key are the host's own: they never reach the app.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ import azure.functions as func
 
 from functions.http_responses import refusal_response
 from shared.clients import Client
-from shared.errors import MailgateError
+from shared.errors import MailgateError, Unauthorized
 from shared.gateway import get_gateway
-from shared.webhook_signature import SIGNATURE_HEADER, TIMESTAMP_HEADER
+from shared.refusals import SENDGRID_CALLER, UNKNOWN_CLIENT, record_refusal
+from shared.webhook_signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, bounded_batch
 
 Handler = Callable[[func.HttpRequest], func.HttpResponse]
 ClientHandler = Callable[[func.HttpRequest, Client], func.HttpResponse]
@@ -49,8 +55,11 @@ def client_route(
                     req.headers.get("Authorization"), counted=accepts_mail
                 )
             except MailgateError as error:
-                return refuse(error, "the client key could not be checked")
-            return handler(req, client)
+                # A disabled client's genuine key names it; any other key names nobody.
+                who = error.client if isinstance(error, Unauthorized) else None
+                response = refuse(error, "the client key could not be checked")
+                return _audited(req, handler, response, who or UNKNOWN_CLIENT)
+            return _audited(req, handler, handler(req, client), client.name)
 
         _name_like(req_with_client, handler)
         setattr(req_with_client, REQUIRES_CLIENT_KEY, True)
@@ -65,16 +74,27 @@ def sendgrid_signed_route(handler: Handler) -> Handler:
 
     def req_signed(req: func.HttpRequest) -> func.HttpResponse:
         try:
+            body = bounded_batch(req.headers.get("Content-Length"), req.get_body)
             get_gateway().verify_sendgrid_signature(
-                req.get_body(), req.headers.get(SIGNATURE_HEADER), req.headers.get(TIMESTAMP_HEADER)
+                body, req.headers.get(SIGNATURE_HEADER), req.headers.get(TIMESTAMP_HEADER)
             )
         except MailgateError as error:
-            return refusal_response(error, "no event was recorded")
-        return handler(req)
+            response = refusal_response(error, "no event was recorded")
+            return _audited(req, handler, response, UNKNOWN_CLIENT)
+        return _audited(req, handler, handler(req), SENDGRID_CALLER)
 
     _name_like(req_signed, handler)
     setattr(req_signed, REQUIRES_SENDGRID_SIGNATURE, True)
     return req_signed
+
+
+def _audited(
+    req: func.HttpRequest, handler: Callable[..., object], response: func.HttpResponse, who: str
+) -> func.HttpResponse:
+    """The response, its refusal (any 4xx) counted under the route's function name."""
+    if 400 <= response.status_code < 500:
+        record_refusal(handler.__name__, response.status_code, who, req.headers)
+    return response
 
 
 def _name_like(wrapper: Callable[..., object], handler: Callable[..., object]) -> None:

@@ -330,7 +330,7 @@ class ClientStore:
         if not _same_key(key, client.key_digest if client else key_digest("")) or client is None:
             raise Unauthorized("the client key is not valid")
         if not client.enabled:
-            raise Unauthorized(f"the client {client.name!r} is disabled")
+            raise Unauthorized(f"the client {client.name!r} is disabled", client.name)
         if counted:
             self._renew(client, now)
         return client
@@ -496,7 +496,7 @@ class ClientStore:
         if fresh is None or not hmac.compare_digest(fresh.key_digest, client.key_digest):
             raise Unauthorized("the client key is not valid")
         if not fresh.enabled:
-            raise Unauthorized(f"the client {client.name!r} is disabled")
+            raise Unauthorized(f"the client {client.name!r} is disabled", client.name)
         return fresh
 
     def _lock_for(self, name: str) -> threading.Lock:

@@ -21,9 +21,8 @@ from typing import Any
 from shared.activity import ActivityEvent, ActivityLog, minute_of
 from shared.delivery_events import DeliveryEventStore
 from shared.errors import MessageNotFound
-from shared.models import MAX_MESSAGE_ID_LENGTH
 from shared.queue import MailQueue
-from shared.status import MessageState, MessageStatus, StatusStore
+from shared.status import MessageState, MessageStatus, StatusStore, known_message_id
 
 WINDOW_MINUTES = 60
 # Rows of the last hour read per summary: 10 pages of the table service's 1,000. Past about
@@ -91,10 +90,10 @@ class Console:
 
     def message(self, message_id: str) -> dict[str, Any]:
         """Any message's status record (with what SendGrid's events said of it, once there are
-        any) and its delivery outcomes of the last hour."""
-        status = None
-        if len(message_id) <= MAX_MESSAGE_ID_LENGTH:
-            status = self._statuses.get(message_id)
+        any) and its delivery outcomes of the last hour; MessageNotFound, without a storage
+        call for an id the gateway never gives."""
+        message_id = known_message_id(message_id)
+        status = self._statuses.get(message_id)
         if status is None:
             raise MessageNotFound(f"no message has the id {message_id!r}")
         now = self._now()

@@ -11,7 +11,8 @@
     │   ├── FeatureNotAllowed           403: a field the client's features do not allow (policy)
     │   ├── MessageNotFound             404: no message has that id
     │   ├── IdempotencyKeyInUse         409: a request with this key is still being accepted
-    │   ├── PayloadTooLarge             413: the body is over MAX_REQUEST_BYTES
+    │   ├── PayloadTooLarge             413: the body is over MAX_REQUEST_BYTES (or an Event
+    │   │                                    Webhook batch over MAX_EVENT_BATCH_BYTES)
     │   ├── UnsupportedMediaType        415: the body is not JSON
     │   ├── IdempotencyKeyReused        422: this key came with a different body
     │   ├── RateLimited                 429: the request's emails are more than the client has
@@ -108,12 +109,16 @@ class InvalidMessage(RequestRejected):
 
 
 class Unauthorized(RequestRejected):
-    """The request has no client key, or one that is malformed, unknown or disabled."""
+    """The request has no client key, or one that is malformed, unknown or disabled.
+
+    `client`: the client whose genuine key it was, when the client is disabled; else None.
+    """
 
     status = 401
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, client: str | None = None) -> None:
         super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="mailgate"'})
+        self.client = client
 
 
 class InvalidEventBatch(RequestRejected):
@@ -153,7 +158,8 @@ class FeatureNotAllowed(RequestRejected):
 
 
 class PayloadTooLarge(RequestRejected):
-    """The request body is larger than the gateway accepts (MAX_REQUEST_BYTES)."""
+    """The request body is larger than the gateway accepts (MAX_REQUEST_BYTES, or
+    MAX_EVENT_BATCH_BYTES for an Event Webhook batch)."""
 
     status = 413
 

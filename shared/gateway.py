@@ -31,11 +31,10 @@ from shared.delivery_events import (
 )
 from shared.errors import Busy, ConfigurationError, MessageNotFound, StorageUnavailable
 from shared.idempotency import IdempotencyStore
-from shared.models import MAX_MESSAGE_ID_LENGTH
 from shared.queue import MailQueue, QueueReport
 from shared.sendgrid_client import SendGridClient
 from shared.settings import Settings, StorageSettings, mail_queue_settings_from_env
-from shared.status import MessageStatus, StatusStore
+from shared.status import MessageStatus, StatusStore, known_message_id
 from shared.submission import MAX_QUEUED_JSON_BYTES, AcceptedMessage, Submission
 from shared.webhook_signature import SignatureVerifier
 
@@ -199,8 +198,10 @@ class Gateway:
         return self._delivery.deliver(body, dequeue_count)
 
     def status(self, message_id: str, client: Client) -> MessageStatus:
-        """The client's own message's status; MessageNotFound for no message or another's."""
-        status = self.statuses.get(message_id) if len(message_id) <= MAX_MESSAGE_ID_LENGTH else None
+        """The client's own message's status; MessageNotFound for no message or another's, and
+        without a storage call for an id the gateway never gives."""
+        message_id = known_message_id(message_id)
+        status = self.statuses.get(message_id)
         # Another client's message reads as no message at all: ids are not secrets to probe.
         if status is None or status.client != client.name:
             raise MessageNotFound(f"no message has the id {message_id!r}")
@@ -214,8 +215,9 @@ class Gateway:
     def status_document(self, message_id: str, client: Client) -> dict[str, Any]:
         """The client's own message's status as `GET /api/v1/messages/{id}` shows it, with what
         SendGrid's events said of it once there are any."""
-        document = self.status(message_id, client).to_document()
-        delivery = self.events.get(message_id)
+        status = self.status(message_id, client)
+        document = status.to_document()
+        delivery = self.events.get(status.id)
         if delivery is not None:
             document.update(delivery.to_document())
         return document
@@ -276,6 +278,84 @@ def check_health(gateway: Gateway) -> HealthReport:
             {"configuration": "ok", "storage": f"error: {error}"}, event_webhook=event_webhook
         )
     return HealthReport({"configuration": "ok", "storage": "ok"}, depths, event_webhook)
+
+
+# Anonymous health probes share one answer per instance, at most this old: a flood of them
+# costs one storage check every few seconds, not one each.
+HEALTH_CACHE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class HealthStatus:
+    """What anyone may know of the gateway's health: whether it works, and whether its
+    settings are right (which ones are wrong is for the admin key)."""
+
+    healthy: bool
+    configured: bool
+
+
+class HealthCache:
+    """One HealthStatus, worked out again once it is `max_age_seconds` old.
+
+    One caller at a time works it out; the others meanwhile get the previous answer (before the
+    first, they wait for it), so probes never pile up behind a slow storage check.
+    """
+
+    def __init__(
+        self,
+        check: Callable[[], HealthStatus],
+        max_age_seconds: float = HEALTH_CACHE_SECONDS,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._check = check
+        self._max_age = max_age_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._done = threading.Condition(self._lock)
+        self._current: HealthStatus | None = None
+        self._checked_at = 0.0
+        self._checking = False
+
+    def get(self) -> HealthStatus:
+        """The current answer, worked out now if it is too old."""
+        with self._lock:
+            while True:
+                current = self._current
+                if current is not None and (
+                    self._checking or self._clock() - self._checked_at < self._max_age
+                ):
+                    return current
+                if not self._checking:
+                    break
+                self._done.wait()
+            self._checking = True
+        status: HealthStatus | None = None
+        try:
+            status = self._check()
+            return status
+        finally:
+            with self._lock:
+                if status is not None:
+                    self._current, self._checked_at = status, self._clock()
+                self._checking = False
+                self._done.notify_all()
+
+
+def _check_public_health() -> HealthStatus:
+    try:
+        gateway = get_gateway()
+    except ConfigurationError:
+        return HealthStatus(healthy=False, configured=False)
+    return HealthStatus(healthy=check_health(gateway).healthy, configured=True)
+
+
+_health_cache = HealthCache(_check_public_health)
+
+
+def public_health() -> HealthStatus:
+    """The anonymous health answer of this instance, at most HEALTH_CACHE_SECONDS old."""
+    return _health_cache.get()
 
 
 _gateway: Gateway | None = None

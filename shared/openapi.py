@@ -21,10 +21,15 @@ from shared.dead_letters import DeadLetterSelection
 from shared.delivery_events import MAX_TIMELINE_EVENTS, DeliveryState, SendGridEvent
 from shared.errors import MAX_PROBLEMS_SHOWN
 from shared.json_limits import MAX_JSON_DEPTH, MAX_JSON_VALUES
-from shared.models import MAX_MESSAGE_ID_LENGTH, MailRequest
+from shared.models import MailRequest
 from shared.sendgrid_v3.schema import MailSend
 from shared.status import MessageState
-from shared.webhook_signature import MAX_SIGNATURE_SKEW, SIGNATURE_HEADER, TIMESTAMP_HEADER
+from shared.webhook_signature import (
+    MAX_EVENT_BATCH_BYTES,
+    MAX_SIGNATURE_SKEW,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+)
 
 VERSION = "1.0.0"
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -110,6 +115,12 @@ class ProblemDocument(_Document):
     status: int
     detail: str
     errors: list[FieldProblemDocument] | None = None
+
+
+class HealthStatusDocument(_Document):
+    """Whether the gateway works; the details are for the admin key (`/health/details`)."""
+
+    status: Literal["healthy", "unhealthy"]
 
 
 class HealthDocument(_Document):
@@ -249,6 +260,7 @@ RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     Accepted,
     MessageStatusDocument,
     ProblemDocument,
+    HealthStatusDocument,
     HealthDocument,
     DeadLetterList,
     DeadLetterReport,
@@ -271,6 +283,13 @@ _BODY_BOUNDS = (
     f"At most {MAX_JSON_DEPTH} levels of arrays and objects and {MAX_JSON_VALUES:,} values in "
     "all; no NaN, Infinity, or number beyond a double."
 )
+_MESSAGE_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "The message id the gateway gave (a UUID); any other text is 404.",
+    "schema": {"type": "string", "format": "uuid"},
+}
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait."}}
 
 # Why each refusal happens, per route family; every one comes with a body (see _refusal).
@@ -407,14 +426,7 @@ def _console_paths(admin_key: list[dict[str, list[str]]]) -> dict[str, Any]:
                 "operationId": "console_message",
                 "summary": "Any client's message: its status and outcomes of the last hour",
                 "security": admin_key,
-                "parameters": [
-                    {
-                        "name": "id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", "maxLength": MAX_MESSAGE_ID_LENGTH},
-                    }
-                ],
+                "parameters": [_MESSAGE_ID],
                 "responses": {
                     **_ok("ConsoleMessage", "The message."),
                     **_refusals({"404": "No message has that id."}),
@@ -456,14 +468,7 @@ def _paths() -> dict[str, Any]:
                 "operationId": "get_message_status",
                 "summary": "What became of one of the client's messages",
                 "security": client_key,
-                "parameters": [
-                    {
-                        "name": "id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", "maxLength": MAX_MESSAGE_ID_LENGTH},
-                    }
-                ],
+                "parameters": [_MESSAGE_ID],
                 "responses": {
                     **_ok("MessageStatusDocument", "The message's status record."),
                     **_refusals(
@@ -537,6 +542,8 @@ def _paths() -> dict[str, Any]:
                             "400": "Signed, but not a JSON array of SendGrid events.",
                             "401": "Not signed, signed with another key, or the timestamp is "
                             f"more than {_SKEW_SECONDS} s from the gateway's clock.",
+                            "413": f"The body is over {MAX_EVENT_BATCH_BYTES} bytes (SendGrid "
+                            "posts about 768 KB at most), refused before it is read.",
                             "503": "SENDGRID_WEBHOOK_PUBLIC_KEY is not set, storage is "
                             "unavailable, or a setting is wrong: SendGrid sends the batch again "
                             "later.",
@@ -548,10 +555,28 @@ def _paths() -> dict[str, Any]:
         "/health": {
             "get": {
                 "operationId": "health",
-                "summary": "Whether the gateway is configured and its storage answers",
+                "summary": "Whether the gateway works, for probes: no details",
+                "description": "The answer of this instance, at most a few seconds old. Why it "
+                "is unhealthy is for the admin key: `/health/details`.",
                 "security": [],
                 "responses": {
+                    **_ok("HealthStatusDocument", "Every check passed."),
+                    "503": {
+                        "description": "Storage failed a check, or a setting is wrong.",
+                        "headers": _RETRY_AFTER,
+                        "content": {JSON: {"schema": _schema("HealthStatusDocument")}},
+                    },
+                },
+            }
+        },
+        "/health/details": {
+            "get": {
+                "operationId": "health_details",
+                "summary": "Each health check, the queue depths and the Event Webhook, now",
+                "security": admin_key,
+                "responses": {
                     **_ok("HealthDocument", "Every check passed."),
+                    "401": _ADMIN_REFUSALS["401"],
                     "503": {
                         "description": "Storage failed a check (the health document), or a "
                         "setting is wrong (a problem naming it).",

@@ -267,7 +267,7 @@ def summary(error: AzureError) -> str:
 
     A connection error's message quotes the request's URL, and with a SAS connection string
     that URL carries the signature (`sig=`), a secret: it would reach the logs, and through
-    GET /api/health anyone.
+    GET /api/health/details the admin.
     """
     first_line = str(error.message or error).splitlines()[0]
     return type(error).__name__ + ": " + _SIGNATURE.sub(r"\1REDACTED", first_line)[:200]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from enum import Enum
@@ -17,7 +18,7 @@ from azure.core.exceptions import (
 )
 from azure.data.tables import TableClient, UpdateMode
 
-from shared.errors import ConcurrentUpdate, StorageUnavailable
+from shared.errors import ConcurrentUpdate, MessageNotFound, StorageUnavailable
 from shared.queue import storage_transport, token_credential
 from shared.settings import Settings
 from shared.storage_http import FastTableClient
@@ -26,6 +27,24 @@ logger = logging.getLogger(__name__)
 
 STATUS_ROW = "status"
 _RETRY_OPTIONS: dict[str, Any] = {"retry_total": 2, "retry_backoff_factor": 0.5}
+# The ids the gateway gives messages (shared/gateway.py new_message_id): str(uuid.uuid4()).
+_MESSAGE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def known_message_id(text: str) -> str:
+    """`text` as the gateway writes message ids (a lowercase UUID); MessageNotFound if it is
+    not one.
+
+    Checked before any lookup: anything else names no message, and some characters (`/`, `\\`,
+    `#`, `?`, control characters) are not allowed in a table key at all (Microsoft's Table
+    service data model, "Characters disallowed in key fields"), so that the service would refuse
+    the read itself: a 503 and an ERROR for what is a mere unknown id. (Azurite takes them.)
+    """
+    message_id = text.lower()
+    if not _MESSAGE_ID.fullmatch(message_id):
+        # Not echoed: it is the caller's text, of any length.
+        raise MessageNotFound("no message has the id given: the gateway's message ids are UUIDs")
+    return message_id
 
 
 class MessageState(str, Enum):

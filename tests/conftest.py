@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+import shared.gateway
+import shared.refusals
+from shared.gateway import HealthCache
+from shared.refusals import RefusalLog
 from shared.settings import Settings
 from tests.fakes import (
     FakeActivityLog,
@@ -63,3 +67,20 @@ def fake_sender(journal: Journal) -> FakeMailSender:
 def fake_activity() -> FakeActivityLog:
     """An empty in-memory activity log that answers every call."""
     return FakeActivityLog()
+
+
+@pytest.fixture(autouse=True)
+def refusal_log(monkeypatch: pytest.MonkeyPatch) -> RefusalLog:
+    """The process's refusal log, fresh for each test and without its writer thread (a test
+    writes due counts itself)."""
+    log = RefusalLog(background=False)
+    monkeypatch.setattr(shared.refusals, "_refusals", log)
+    return log
+
+
+@pytest.fixture(autouse=True)
+def health_cache(monkeypatch: pytest.MonkeyPatch) -> HealthCache:
+    """The process's cached anonymous health answer, empty for each test."""
+    cache = HealthCache(shared.gateway._check_public_health)
+    monkeypatch.setattr(shared.gateway, "_health_cache", cache)
+    return cache

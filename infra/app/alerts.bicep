@@ -10,6 +10,11 @@
 //   ALLOWED_SENDERS...) the app answers 503 and keeps mail on the queue; the queue monitor logs
 //   an ERROR, "Gateway not configured: <settings>", every 5 minutes. The alert fires on it and
 //   resolves once the settings are right.
+// - refused keys: the refusal log (shared/refusals.py) writes a warning, "Requests refused:
+//   route=<name> status=<code> client=<name or unknown key> address=<ip> count=<n>", for each
+//   kind of refusal at once and then at most once a minute with the count since. The alert sums
+//   the counts of the 401 lines over 5 minutes and fires above a threshold: keys are being
+//   guessed, or an app keeps using a revoked key, or SendGrid's signatures fail.
 // - backlog: the storage account's QueueMessageCount above a threshold. Azure reports that
 //   count for the whole account only (mail queue and poison queue together; there is no
 //   per-queue depth or oldest-message age among the platform metrics), refreshed about hourly.
@@ -41,6 +46,10 @@ param poisonQueueName string
 @minValue(0)
 @description('Optional. The backlog alert fires above this many messages in the account\'s queues.')
 param queuedMessagesThreshold int = 100
+
+@minValue(1)
+@description('Optional. The refused-keys alert fires when more requests than this are refused with 401 in 5 minutes.')
+param refusedKeysThreshold int = 50
 
 @description('Optional. Tags for the alert resources.')
 param tags object = {}
@@ -175,6 +184,47 @@ resource notConfiguredAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' 
           timeAggregation: 'Count'
           operator: 'GreaterThan'
           threshold: 0
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    autoMitigate: true
+    actions: {
+      actionGroups: [
+        actionGroup.id
+      ]
+    }
+  }
+}
+
+// The refusal log writes a kind's count at most a minute late: a 5-minute window still holds it.
+resource refusedKeysAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: 'mailgate-refused-keys'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: 'mailgate: burst of requests refused with 401'
+    description: 'More than ${refusedKeysThreshold} requests were refused with 401 in 5 minutes. The warnings "Requests refused: ... status=401" in traces name the route, the client ("unknown key" for a key no client has) and the caller\'s address: keys being guessed, an app still using a rotated or disabled key, or, on route sendgrid_events, Event Webhook signatures that fail (check SENDGRID_WEBHOOK_PUBLIC_KEY).'
+    severity: 2
+    enabled: true
+    scopes: [
+      applicationInsightsId
+    ]
+    evaluationFrequency: 'PT5M'
+    windowSize: 'PT5M'
+    criteria: {
+      allOf: [
+        {
+          // severityLevel 2 is Warning; the text is shared/refusals.py's REFUSED line.
+          query: 'traces | where severityLevel == 2 and message startswith "Requests refused: " | parse message with * " status=" status:int " client=" * " count=" refused:long | where status == 401'
+          timeAggregation: 'Total'
+          metricMeasureColumn: 'refused'
+          operator: 'GreaterThan'
+          threshold: refusedKeysThreshold
           failingPeriods: {
             numberOfEvaluationPeriods: 1
             minFailingPeriodsToAlert: 1

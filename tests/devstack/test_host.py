@@ -596,6 +596,19 @@ def test_should_pass_route_params_query_and_headers_to_anonymous_route(sample: S
     assert seen["url"].endswith("/api/v1/messages/m-42?a=1&a=2&b=x")
 
 
+def test_should_set_client_ip_to_the_peer_as_the_front_end_does_whatever_the_caller_sent(
+    sample: Sample,
+) -> None:
+    response = httpx.get(
+        sample.host.url("/api/v1/messages/m-1"), headers={"client-ip": "203.0.113.9:1234"}
+    )
+
+    assert response.status_code == 200
+    address, _, port = response.json()["client_ip"].rpartition(":")
+    assert address == "127.0.0.1"
+    assert port.isdigit()
+
+
 def test_should_answer_404_when_only_the_method_does_not_match_as_the_host_routes(
     sample: Sample,
 ) -> None:

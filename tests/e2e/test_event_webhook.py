@@ -136,4 +136,4 @@ def test_should_answer_400_for_signed_malformed_json(stack: RunningHost) -> None
 
 
 def test_should_say_in_health_that_the_event_webhook_is_configured(stack: RunningHost) -> None:
-    assert stack.http.get("/api/health").json()["event_webhook"] == "configured"
+    assert stack.admin("GET", "/api/health/details").json()["event_webhook"] == "configured"

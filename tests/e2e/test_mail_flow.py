@@ -322,8 +322,10 @@ def test_should_refuse_an_invalid_message_with_one_problem_per_field(stack: Runn
 
 
 def test_should_report_health(stack: RunningHost) -> None:
-    response = stack.http.get("/api/health")
+    probe = stack.http.get("/api/health")
+    response = stack.admin("GET", "/api/health/details")
 
+    assert (probe.status_code, probe.json()) == (200, {"status": "healthy"})
     assert response.status_code == 200
     document = response.json()
     assert document["status"] == "healthy"

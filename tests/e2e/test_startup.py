@@ -76,7 +76,7 @@ def test_should_answer_503_naming_the_settings_on_every_route_and_health(
     key = {"Authorization": "Bearer mg_e2e_" + "k" * 43}
     admin = {"x-functions-key": ADMIN_KEY}
     calls: list[tuple[str, str, dict[str, str], Any]] = [
-        ("GET", "/api/health", {}, None),
+        ("GET", "/api/health/details", admin, None),
         ("POST", "/api/v1/messages", key, full_message()),
         ("GET", f"/api/v1/messages/{uuid.uuid4()}", key, None),
         ("POST", "/api/v3/mail/send", key, {"personalizations": []}),
@@ -92,6 +92,10 @@ def test_should_answer_503_naming_the_settings_on_every_route_and_health(
         assert "SENDGRID_API_KEY" in response.text, path
         assert "ALLOWED_SENDERS" in response.text, path
         assert "vault.azure.net" not in response.text, path
+    # Anyone's probe learns that much and no more: the names are for the admin key.
+    probe = unconfigured.http.get("/api/health")
+    assert (probe.status_code, probe.json()) == (503, {"status": "unhealthy"})
+    assert probe.headers["Retry-After"] == "60"
     # Every function was indexed: a route that does not exist is still the host's 404.
     assert unconfigured.http.get("/api/no-such-route").status_code == 404
     assert unconfigured.http.get("/api/openapi.json").status_code == 200

@@ -11,6 +11,7 @@ from functions.console import console, console_message, console_summary
 from shared.activity import ActivityEvent
 from shared.status import MessageState, MessageStatus
 from tests.fakes import FakeActivityLog, FakeMailQueue, FakeStatusStore
+from tests.functions.conftest import MESSAGE_ID
 from tests.samples import NOW
 
 ADMIN_KEY = "the-admin-key-a1b2c3"
@@ -86,10 +87,10 @@ def test_should_answer_503_when_storage_is_unavailable(fake_queue: FakeMailQueue
 @pytest.mark.usefixtures("gateway")
 def test_should_show_any_clients_message(fake_statuses: FakeStatusStore) -> None:
     fake_statuses.add(
-        MessageStatus("msg-1", MessageState.FAILED, NOW, NOW, attempts=1, client="other")
+        MessageStatus(MESSAGE_ID, MessageState.FAILED, NOW, NOW, attempts=1, client="other")
     )
 
-    response = call(console_message, "v1/console/messages/msg-1", {"id": "msg-1"})
+    response = call(console_message, f"v1/console/messages/{MESSAGE_ID}", {"id": MESSAGE_ID})
 
     assert response.status_code == 200
     document = json_of(response)
@@ -99,7 +100,8 @@ def test_should_show_any_clients_message(fake_statuses: FakeStatusStore) -> None
 
 @pytest.mark.usefixtures("gateway")
 def test_should_answer_404_for_an_unknown_message() -> None:
-    response = call(console_message, "v1/console/messages/nope", {"id": "nope"})
+    unknown = "0b6e8c1e-2f6a-4d3c-9a51-7f2d1e0c9b84"
+    response = call(console_message, f"v1/console/messages/{unknown}", {"id": unknown})
 
     assert response.status_code == 404
     assert response.mimetype == "application/problem+json"

@@ -1,23 +1,32 @@
+"""`GET /api/health` says healthy or not from an answer a few seconds old; `GET
+/api/health/details` (admin) says why, checked now. What the anonymous route must not disclose
+is in tests/security/test_health_disclosure.py."""
+
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import azure.functions as func
 import pytest
 
-from functions.health import health
-from shared.gateway import Gateway
+from functions.health import health, health_details
+from shared.gateway import Gateway, HealthCache, HealthStatus
 from shared.webhook_signature import SignatureVerifier
 from tests.fakes import FakeMailQueue, FakeMessageBodyStore, FakeStatusStore
 from tests.samples import envelope
 
 
-def get_health() -> tuple[int, dict[str, Any], func.HttpResponse]:
-    response = health(
+def call(
+    function: Callable[[func.HttpRequest], func.HttpResponse], route: str
+) -> tuple[int, dict[str, Any], func.HttpResponse]:
+    response = function(
         func.HttpRequest(
             method="GET",
-            url="http://localhost:7071/api/health",
+            url=f"http://localhost:7071/api/{route}",
             headers={},
             params={},
             route_params={},
@@ -29,11 +38,140 @@ def get_health() -> tuple[int, dict[str, Any], func.HttpResponse]:
     return response.status_code, document, response
 
 
+def get_health() -> tuple[int, dict[str, Any], func.HttpResponse]:
+    return call(health, "health")
+
+
+def get_health_details() -> tuple[int, dict[str, Any], func.HttpResponse]:
+    return call(health_details, "health/details")
+
+
+# --- GET /api/health ------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_answer_200_healthy_when_configured_and_storage_answers() -> None:
+    status, document, response = get_health()
+
+    assert status == 200
+    assert response.mimetype == "application/json"
+    assert document == {"status": "healthy"}
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_answer_503_unhealthy_with_retry_after_when_storage_fails(
+    fake_queue: FakeMailQueue,
+) -> None:
+    fake_queue.make_unavailable(["depths"])
+
+    status, document, response = get_health()
+
+    assert status == 503
+    assert document == {"status": "unhealthy"}
+    assert response.headers["Retry-After"] == "5"
+
+
+@pytest.mark.usefixtures("misconfigured")
+def test_should_answer_503_unhealthy_asking_for_a_minute_when_the_settings_are_wrong() -> None:
+    status, document, response = get_health()
+
+    assert status == 503
+    assert response.mimetype == "application/json"
+    assert document == {"status": "unhealthy"}
+    assert response.headers["Retry-After"] == "60"
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_check_storage_once_for_many_probes_within_the_cache_age(
+    fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    for _ in range(50):
+        assert get_health()[0] == 200
+
+    assert (fake_queue.depths_calls, fake_statuses.check_calls) == (1, 1)
+
+
+def test_should_work_the_answer_out_again_once_it_is_too_old() -> None:
+    now = [0.0]
+    answers = iter([HealthStatus(True, True), HealthStatus(False, True)])
+    cache = HealthCache(lambda: next(answers), 5.0, clock=lambda: now[0])
+
+    first = cache.get()
+    now[0] = 4.9
+    cached = cache.get()
+    now[0] = 10.0
+    fresh = cache.get()
+
+    assert (first.healthy, cached.healthy, fresh.healthy) == (True, True, False)
+
+
+def test_should_give_the_previous_answer_while_another_caller_works_one_out() -> None:
+    now = [0.0]
+    calls: list[str] = []
+    cache: HealthCache
+
+    def check() -> HealthStatus:
+        calls.append("check")
+        if len(calls) == 2:
+            # A probe arriving while this check runs gets the answer before it, at once.
+            assert cache.get() == HealthStatus(True, True)
+            return HealthStatus(False, True)
+        return HealthStatus(True, True)
+
+    cache = HealthCache(check, 5.0, clock=lambda: now[0])
+    cache.get()
+    now[0] = 6.0
+
+    assert cache.get() == HealthStatus(False, True)
+    assert calls == ["check", "check"]
+
+
+def test_should_make_callers_wait_for_the_first_answer_rather_than_check_again() -> None:
+    started, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def check() -> HealthStatus:
+        calls.append("check")
+        started.set()
+        release.wait(5)
+        return HealthStatus(True, True)
+
+    cache = HealthCache(check, 5.0)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        first = pool.submit(cache.get)
+        assert started.wait(5)
+        others = [pool.submit(cache.get) for _ in range(2)]
+        release.set()
+        answers = [f.result(timeout=5) for f in (first, *others)]
+
+    assert answers == [HealthStatus(True, True)] * 3
+    assert calls == ["check"]
+
+
+def test_should_let_the_next_caller_check_when_a_check_raised() -> None:
+    outcomes: list[HealthStatus | None] = [None, HealthStatus(True, True)]
+
+    def check() -> HealthStatus:
+        outcome = outcomes.pop(0)
+        if outcome is None:
+            raise RuntimeError("a bug")
+        return outcome
+
+    cache = HealthCache(check, 5.0, clock=lambda: 0.0)
+
+    with pytest.raises(RuntimeError):
+        cache.get()
+    assert cache.get() == HealthStatus(True, True)
+
+
+# --- GET /api/health/details (admin) ---------------------------------------------------------
+
+
 @pytest.mark.usefixtures("gateway")
 def test_should_answer_200_when_configured_and_storage_answers(
     fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore, fake_bodies: FakeMessageBodyStore
 ) -> None:
-    status, document, response = get_health()
+    status, document, response = get_health_details()
 
     assert status == 200
     assert response.mimetype == "application/json"
@@ -55,7 +193,7 @@ def test_should_report_the_depth_of_the_mail_and_poison_queues(
         fake_queue.enqueue(envelope(id=id))
     fake_queue.dead_letter(envelope(id="msg-h3").to_json())
 
-    status, document, _ = get_health()
+    status, document, _ = get_health_details()
 
     assert status == 200
     assert document["queues"] == {"mail-outbound": 2, "mail-outbound-poison": 1}
@@ -65,7 +203,7 @@ def test_should_report_the_depth_of_the_mail_and_poison_queues(
 def test_should_answer_503_when_the_queues_do_not_answer(fake_queue: FakeMailQueue) -> None:
     fake_queue.make_unavailable(["depths"])
 
-    status, document, _ = get_health()
+    status, document, _ = get_health_details()
 
     assert status == 503
     assert document["status"] == "unhealthy"
@@ -81,7 +219,7 @@ def test_should_answer_503_when_the_status_table_does_not_answer(
 ) -> None:
     fake_statuses.make_unavailable(["check"])
 
-    status, document, _ = get_health()
+    status, document, _ = get_health_details()
 
     assert status == 503
     assert document["checks"]["storage"].startswith("error:")
@@ -94,7 +232,7 @@ def test_should_answer_503_when_blob_storage_does_not_answer(
 ) -> None:
     fake_bodies.make_unavailable(["check"])
 
-    status, document, _ = get_health()
+    status, document, _ = get_health_details()
 
     assert status == 503
     assert document["checks"]["storage"].startswith("error:")
@@ -103,7 +241,7 @@ def test_should_answer_503_when_blob_storage_does_not_answer(
 
 @pytest.mark.usefixtures("misconfigured")
 def test_should_answer_503_problem_naming_the_settings_when_they_are_wrong() -> None:
-    status, document, response = get_health()
+    status, document, response = get_health_details()
 
     assert status == 503
     assert response.mimetype == "application/problem+json"
@@ -120,7 +258,7 @@ def test_should_stay_healthy_saying_the_event_webhook_is_not_configured(gateway:
     # The key is optional: a gateway without it sends mail as well as ever.
     gateway.signatures = SignatureVerifier(None)
 
-    status, document, _ = get_health()
+    status, document, _ = get_health_details()
 
     assert status == 200
     assert document["status"] == "healthy"
@@ -133,6 +271,6 @@ def test_should_say_whether_the_event_webhook_is_configured_when_storage_fails(
 ) -> None:
     fake_queue.make_unavailable(["depths"])
 
-    _, document, _ = get_health()
+    _, document, _ = get_health_details()
 
     assert document["event_webhook"] == "configured"

@@ -341,6 +341,8 @@ def test_should_answer_503_when_the_idempotency_key_cannot_be_claimed(
 
 # --- GET /api/v1/messages/{id} -------------------------------------------------------------
 
+RETRYING_ID = "7f3e1d2c-4b5a-4c6d-8e9f-0a1b2c3d4e5f"
+
 
 def get_status(message_id: str, headers: dict[str, str] = APP_AUTH) -> func.HttpResponse:
     request = func.HttpRequest(
@@ -379,7 +381,7 @@ def test_should_show_the_last_error_and_next_attempt_of_a_retrying_message(
 ) -> None:
     fake_statuses.add(
         MessageStatus(
-            id="msg-m1",
+            id=RETRYING_ID,
             state=MessageState.RETRYING,
             accepted_at=NOW,
             updated_at=NOW,
@@ -391,7 +393,7 @@ def test_should_show_the_last_error_and_next_attempt_of_a_retrying_message(
         )
     )
 
-    document = json.loads(get_status("msg-m1").get_body())
+    document = json.loads(get_status(RETRYING_ID).get_body())
 
     assert document["status"] == "retrying"
     assert document["attempts"] == 2
@@ -405,7 +407,9 @@ def test_should_show_the_last_error_and_next_attempt_of_a_retrying_message(
 
 
 @pytest.mark.usefixtures("gateway")
-@pytest.mark.parametrize("message_id", ["no-such-message", "x" * 65])
+@pytest.mark.parametrize(
+    "message_id", ["0b6e8c1e-2f6a-4d3c-9a51-7f2d1e0c9b84", "no-such-message", "x" * 65]
+)
 def test_should_answer_404_problem_for_an_unknown_message(message_id: str) -> None:
     response = get_status(message_id)
 

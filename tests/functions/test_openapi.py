@@ -101,7 +101,7 @@ def test_should_describe_the_signature_and_its_timestamp() -> None:
 
     assert (scheme["type"], scheme["in"], scheme["name"]) == ("apiKey", "header", SIGNATURE_HEADER)
     assert [p["name"] for p in operation["parameters"]] == [TIMESTAMP_HEADER]
-    assert set(operation["responses"]) == {"200", "400", "401", "503"}
+    assert set(operation["responses"]) == {"200", "400", "401", "413", "503"}
 
 
 def test_should_serve_the_document() -> None:

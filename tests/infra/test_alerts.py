@@ -7,13 +7,22 @@ import os
 import re
 from typing import Any
 
+import azure.functions as func
 import pytest
 from azure.functions.timer import TimerRequest
 
 import shared.gateway
+import shared.refusals
 from functions import monitor
+from functions.messages import submit_message
 from shared.errors import StorageUnavailable
 from shared.queue import QueueMeasurement, QueueReport
+from tests.functions.conftest import (  # noqa: F401 (fixtures, found by name)
+    clients,
+    event_table,
+    gateway,
+    settings,
+)
 from tests.infra.conftest import INFRA, parse_bicep
 
 POISON_QUEUE = "mail-outbound-poison"
@@ -101,3 +110,79 @@ def test_should_alert_on_exactly_the_error_logged_while_the_settings_are_wrong(
         "PT15M",
         True,
     )
+
+
+# --- the burst of 401s, from the refusal log's lines -----------------------------------------
+
+# KQL's `parse ... with` pattern: "*" skips text, "<literal>" must follow, name:type captures.
+_KQL_PARSE = re.compile(r"\| parse message with (?P<pattern>.+?) \| where (?P<filter>.+)$")
+_KQL_TOKEN = re.compile(r'\*|"(?P<literal>[^"]*)"|(?P<column>\w+):(?P<type>int|long)')
+
+
+def parse_pattern_as_regex(pattern: str) -> re.Pattern[str]:
+    """The regular expression that KQL's `parse message with <pattern>` applies."""
+    regex = ""
+    for token in _KQL_TOKEN.finditer(pattern):
+        if token["literal"] is not None:
+            regex += re.escape(token["literal"])
+        elif token["column"]:
+            regex += rf"(?P<{token['column']}>-?\d+)"
+        else:
+            regex += ".*?"
+    assert _KQL_TOKEN.sub("", pattern).strip() == "", pattern
+    return re.compile(regex)
+
+
+def logged_401_line(caplog: pytest.LogCaptureFixture) -> str:
+    """The line the refusal log writes for requests refused with 401 on a mail route."""
+    request = func.HttpRequest(
+        method="POST",
+        url="http://localhost:7071/api/v1/messages",
+        headers={"Authorization": "Bearer mg_app_guess", "client-ip": "203.0.113.7:50123"},
+        body=b"{}",
+    )
+    with caplog.at_level(logging.WARNING, logger="shared.refusals"):
+        for _ in range(3):
+            assert submit_message(request).status_code == 401
+        shared.refusals._refusals.flush()
+    [first, rest] = [r for r in caplog.records if r.name == "shared.refusals"]
+    assert first.levelno == logging.WARNING
+    assert rest.getMessage().endswith(" count=2")
+    return rest.getMessage()
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_alert_on_the_sum_of_the_counts_the_refusal_log_writes_for_401s(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rule = alert("refusedKeysAlert")
+    [criterion] = rule["criteria"]["allOf"]
+    query = criterion["query"]
+    start = re.match(
+        r'traces \| where severityLevel == (\d) and message startswith "([^"]+)" ', query
+    )
+    assert start, query
+    parse = _KQL_PARSE.search(query)
+    assert parse, query
+    line = logged_401_line(caplog)
+
+    assert int(start[1]) == WARNING_SEVERITY
+    assert start[2] == f"{shared.refusals.REFUSED}: "
+    assert line.startswith(start[2])
+    columns = parse_pattern_as_regex(parse["pattern"]).fullmatch(line)
+    assert columns, (parse["pattern"], line)
+    # The filter keeps the 401 lines, and the alert adds up their counts.
+    assert parse["filter"] == "status == 401"
+    assert int(columns["status"]) == 401
+    assert criterion["metricMeasureColumn"] == "refused"
+    assert int(columns["refused"]) == 2
+    assert (criterion["timeAggregation"], criterion["operator"]) == ("Total", "GreaterThan")
+
+
+def test_should_look_back_over_longer_than_the_refusal_log_holds_a_count() -> None:
+    rule = alert("refusedKeysAlert")
+
+    # A count is written at most REFUSAL_LOG_SECONDS after the refusals it counts.
+    assert shared.refusals.REFUSAL_LOG_SECONDS <= 60
+    assert (rule["evaluationFrequency"], rule["windowSize"]) == ("PT5M", "PT5M")
+    assert rule["autoMitigate"] is True

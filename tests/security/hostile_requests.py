@@ -29,6 +29,7 @@ from tests.fakes import (
     FakeStatusStore,
     JitterAt,
     Journal,
+    Unmetered,
 )
 from tests.samples import CLIENT, NOW, settings_with
 
@@ -69,6 +70,7 @@ class InMemoryGateway:
             keys=FakeIdempotencyStore(),
             now=lambda: NOW,
             new_id=self._new_id,
+            rate=Unmetered(),
         )
         accept = submission.message if route == "v1" else submission.sendgrid_mail
         return accept(content_of(document), "application/json", CLIENT)

@@ -24,6 +24,9 @@ from tests.samples import NOW, envelope
 
 # Mid-minute, so that "this minute" and "the minute before" are both plain to see.
 AT = NOW + timedelta(seconds=30)
+# Message ids as the gateway gives them (UUIDs): the console looks up no other.
+ID_1 = "9a7c2d4e-1b3f-4e5a-8c6d-0f1e2d3c4b5a"
+ID_2 = "3e5f7a9b-2c4d-4f6e-9a8b-1c2d3e4f5a6b"
 SENT, RETRYING, FAILED = MessageState.SENT, MessageState.RETRYING, MessageState.FAILED
 
 
@@ -179,17 +182,17 @@ def test_should_read_at_most_the_latest_twenty_status_records(
 def test_should_show_any_clients_message_with_its_outcomes_of_the_hour(
     console: Console, fake_activity: FakeActivityLog, fake_statuses: FakeStatusStore
 ) -> None:
-    fake_statuses.add(status("msg-1", SENT, client="other"))
+    fake_statuses.add(status(ID_1, SENT, client="other"))
     fake_activity.events += [
-        event("msg-1", SENT, 1, attempt=2),
-        event("msg-1", RETRYING, 3),
-        event("msg-2", SENT, 2),
-        event("msg-1", FAILED, 61),  # before the hour
+        event(ID_1, SENT, 1, attempt=2),
+        event(ID_1, RETRYING, 3),
+        event(ID_2, SENT, 2),
+        event(ID_1, FAILED, 61),  # before the hour
     ]
 
-    document = console.message("msg-1")
+    document = console.message(ID_1)
 
-    assert document["status"]["id"] == "msg-1"
+    assert document["status"]["id"] == ID_1
     assert document["status"]["status"] == "sent"
     assert document["status"]["client"] == "other"
     assert document["activity"] == [
@@ -198,16 +201,21 @@ def test_should_show_any_clients_message_with_its_outcomes_of_the_hour(
     ]
 
 
-@pytest.mark.parametrize("message_id", ["msg-unknown", "x" * 65], ids=["unknown", "too long"])
+@pytest.mark.parametrize(
+    ("message_id", "reads_expected"),
+    [(ID_2, 1), ("msg-unknown", 0), ("x" * 65, 0), ("a/b#c?d", 0)],
+    ids=["unknown", "not a uuid", "too long", "not a table key"],
+)
 def test_should_refuse_a_message_that_does_not_exist_with_not_found(
-    message_id: str, console: Console, fake_statuses: FakeStatusStore
+    message_id: str, reads_expected: int, console: Console, fake_statuses: FakeStatusStore
 ) -> None:
     reads: list[str] = []
     fake_statuses.after_get = reads.append
 
     with pytest.raises(MessageNotFound):
         console.message(message_id)
-    assert len(reads) == (0 if len(message_id) > 64 else 1)
+    # An id the gateway never gives is not looked up at all.
+    assert len(reads) == reads_expected
 
 
 def test_should_let_storage_unavailable_through(
@@ -285,11 +293,11 @@ def test_should_place_each_minute_from_its_start(console: Console) -> None:
 def test_should_show_what_sendgrids_events_said_of_a_message(
     console: Console, fake_statuses: FakeStatusStore, events: DeliveryEventStore
 ) -> None:
-    fake_statuses.add(status("msg-e1", MessageState.SENT))
+    fake_statuses.add(status(ID_1, MessageState.SENT))
     delivered = TimelineEntry("delivered", AT, "sg-event-1", recipient_domain="example.net")
-    events.record("msg-e1", [delivered], AT)
+    events.record(ID_1, [delivered], AT)
 
-    shown = console.message("msg-e1")["status"]
+    shown = console.message(ID_1)["status"]
 
     assert shown["delivery"] == "delivered"
     assert shown["timeline"] == [delivered.to_document()]

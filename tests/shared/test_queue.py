@@ -241,7 +241,7 @@ def test_should_mask_a_sas_signature_that_a_storage_error_quotes() -> None:
     with pytest.raises(StorageUnavailable) as caught:
         mail_queue(RecordingQueueClient("mail-outbound"), poison).depths()
 
-    # The error reaches the logs, and GET /api/health shows it to anyone.
+    # The error reaches the logs, and GET /api/health/details shows it to the admin.
     assert "c2lnbmF0dXJl" not in str(caught.value)
     assert "sp=raup&sig=REDACTED (Caused by" in str(caught.value)
     assert summary(refused).startswith("ServiceRequestError: HTTPConnectionPool(")

@@ -36,6 +36,7 @@ def get_message(req: func.HttpRequest) -> func.HttpResponse:
             "route_params": dict(req.route_params),
             "params": dict(req.params),
             "x_test": req.headers.get("x-test"),
+            "client_ip": req.headers.get("client-ip"),
         }
     )
 
