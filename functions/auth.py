@@ -6,7 +6,12 @@ is wrapped in `client_route`, which refuses the request with 401 before the hand
 it carries the key of an enabled client. SendGrid's Event Webhook carries no client key: its
 ECDSA signature is the credential, and its route is wrapped in `sendgrid_signed_route`, which
 refuses with 401 anything SendGrid did not sign within the last minutes.
-tests/functions/test_auth.py checks that no anonymous route goes without one of the two, except
+
+Operator routes are registered twice by `operator_route`: at the host's ADMIN level, where the
+host checks the admin key, and under `signed-in/` at the anonymous level, wrapped in
+`operator_signed_in`, which lets through only an operator the platform signed in with Microsoft
+Entra ID (App Service Authentication) and OPERATOR_PRINCIPAL_IDS lists (shared/operator_sign_in.py).
+tests/functions/test_auth.py checks that no anonymous route goes without one of the three, except
 the few listed public there.
 """
 
@@ -30,6 +35,9 @@ Refusal = Callable[[MailgateError, str], func.HttpResponse]
 # that lack both.
 REQUIRES_CLIENT_KEY = "requires_client_key"
 REQUIRES_SENDGRID_SIGNATURE = "requires_sendgrid_signature"
+REQUIRES_OPERATOR_SIGN_IN = "requires_operator_sign_in"
+# Where the signed-in twins of the operator routes live: `/api/signed-in/v1/...`.
+SIGNED_IN_PREFIX = "signed-in/"
 
 
 def client_route(
@@ -75,6 +83,45 @@ def sendgrid_signed_route(handler: Handler) -> Handler:
     _name_like(req_signed, handler)
     setattr(req_signed, REQUIRES_SENDGRID_SIGNATURE, True)
     return req_signed
+
+
+def operator_signed_in(handler: Handler) -> Handler:
+    """Run the handler only for an operator the platform signed in, or answer 401 or 403 (503
+    while OPERATOR_PRINCIPAL_IDS is set without App Service Authentication in front)."""
+
+    def req_operator(req: func.HttpRequest) -> func.HttpResponse:
+        try:
+            get_gateway().settings.operator_sign_in.operator(req.headers)
+        except MailgateError as error:
+            return refusal_response(error, "nothing was read or changed")
+        return handler(req)
+
+    _name_like(req_operator, handler)
+    setattr(req_operator, REQUIRES_OPERATOR_SIGN_IN, True)
+    return req_operator
+
+
+def operator_route(
+    bp: func.Blueprint, name: str, route: str, methods: list[str]
+) -> Callable[[Handler], Handler]:
+    """Register an operator route for the admin key and, under `signed-in/`, for an operator
+    signed in with Entra ID: function `name` at the ADMIN level and `<name>_signed_in` at the
+    anonymous level behind operator_signed_in. Returns the handler, callable as before."""
+
+    def register(handler: Handler) -> Handler:
+        bp.function_name(f"{name}_signed_in")(
+            bp.route(
+                route=SIGNED_IN_PREFIX + route,
+                methods=methods,
+                auth_level=func.AuthLevel.ANONYMOUS,
+            )(operator_signed_in(handler))
+        )
+        bp.function_name(name)(
+            bp.route(route=route, methods=methods, auth_level=func.AuthLevel.ADMIN)(handler)
+        )
+        return handler
+
+    return register
 
 
 def _name_like(wrapper: Callable[..., object], handler: Callable[..., object]) -> None:

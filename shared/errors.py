@@ -7,7 +7,9 @@
     │   ├── InvalidEventBatch           400: a signed Event Webhook body that is not a batch
     │   ├── Unauthorized                401: no client key, or not a valid, enabled one
     │   ├── SignatureRejected           401: an Event Webhook request unsigned, badly signed or old
+    │   ├── OperatorNotSignedIn         401: a signed-in operator route, and no operator signed in
     │   ├── SenderNotAllowed            403: `from` is outside the client's or gateway's senders
+    │   ├── OperatorNotAllowed          403: signed in, but not as an operator listed by object id
     │   ├── MessageNotFound             404: no message has that id
     │   ├── IdempotencyKeyInUse         409: a request with this key is still being accepted
     │   ├── PayloadTooLarge             413: the body is over MAX_REQUEST_BYTES
@@ -113,8 +115,25 @@ class EventWebhookNotConfigured(RequestRejected):
     status = 503
 
 
+class OperatorNotSignedIn(RequestRejected):
+    """A signed-in operator route was called without an operator signed in by the platform."""
+
+    status = 401
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            detail, headers={"WWW-Authenticate": 'AppServiceAuthentication realm="mailgate"'}
+        )
+
+
 class SenderNotAllowed(RequestRejected):
     """The sender is not one this gateway may send for."""
+
+    status = 403
+
+
+class OperatorNotAllowed(RequestRejected):
+    """The platform signed someone in who is not an operator (OPERATOR_PRINCIPAL_IDS)."""
 
     status = 403
 
