@@ -115,7 +115,7 @@ def storage(page: Page) -> dict[str, object]:
     }
 
 
-def test_should_serve_the_page_without_the_key_and_nothing_more_with_it(
+def test_should_serve_the_page_without_the_key_and_its_data_only_with_the_key(
     console_host: RunningHost,
 ) -> None:
     base = console_host.base_url
