@@ -7,12 +7,18 @@ it carries the key of an enabled client. SendGrid's Event Webhook carries no cli
 ECDSA signature is the credential, and its route is wrapped in `sendgrid_signed_route`, which
 refuses with 401 anything SendGrid did not sign within the last minutes (and with 413, before
 reading it, a body larger than any batch SendGrid posts).
-tests/functions/test_auth.py checks that no anonymous route goes without one of the two, except
+
+Operator routes are registered twice by `operator_route`: at the host's ADMIN level, where the
+host checks the admin key, and under `signed-in/` at the anonymous level, wrapped in
+`operator_signed_in`, which lets through only an operator the platform signed in with Microsoft
+Entra ID (App Service Authentication) and OPERATOR_PRINCIPAL_IDS lists (shared/operator_sign_in.py).
+tests/functions/test_auth.py checks that no anonymous route goes without one of the three, except
 the few listed public there.
 
-Both wrappers count every 4xx answer of their route in the refusal log (shared/refusals.py):
-route, status, client (or "unknown key") and caller address, never the key or the body. The
-admin routes' refusals of a missing or wrong key are the host's own: they never reach the app.
+The three wrappers count refusals in the refusal log (shared/refusals.py): every 4xx answer of
+a key or signature route, and every refused operator sign-in; route, status, client (or
+"unknown key") and caller address, never the key or the body. The admin routes' refusals of a
+missing or wrong key are the host's own: they never reach the app.
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ Refusal = Callable[[MailgateError, str], func.HttpResponse]
 # that lack both.
 REQUIRES_CLIENT_KEY = "requires_client_key"
 REQUIRES_SENDGRID_SIGNATURE = "requires_sendgrid_signature"
+REQUIRES_OPERATOR_SIGN_IN = "requires_operator_sign_in"
+# Where the signed-in twins of the operator routes live: `/api/signed-in/v1/...`.
+SIGNED_IN_PREFIX = "signed-in/"
 
 
 def client_route(
@@ -95,6 +104,46 @@ def _audited(
     if 400 <= response.status_code < 500:
         record_refusal(handler.__name__, response.status_code, who, req.headers)
     return response
+
+
+def operator_signed_in(handler: Handler) -> Handler:
+    """Run the handler only for an operator the platform signed in, or answer 401 or 403 (503
+    while OPERATOR_PRINCIPAL_IDS is set without App Service Authentication in front)."""
+
+    def req_operator(req: func.HttpRequest) -> func.HttpResponse:
+        try:
+            get_gateway().settings.operator_sign_in.operator(req.headers)
+        except MailgateError as error:
+            refused = refusal_response(error, "nothing was read or changed")
+            return _audited(req, handler, refused, "operator sign-in")
+        return handler(req)
+
+    _name_like(req_operator, handler)
+    setattr(req_operator, REQUIRES_OPERATOR_SIGN_IN, True)
+    return req_operator
+
+
+def operator_route(
+    bp: func.Blueprint, name: str, route: str, methods: list[str]
+) -> Callable[[Handler], Handler]:
+    """Register an operator route for the admin key and, under `signed-in/`, for an operator
+    signed in with Entra ID: function `name` at the ADMIN level and `<name>_signed_in` at the
+    anonymous level behind operator_signed_in. Returns the handler, callable as before."""
+
+    def register(handler: Handler) -> Handler:
+        bp.function_name(f"{name}_signed_in")(
+            bp.route(
+                route=SIGNED_IN_PREFIX + route,
+                methods=methods,
+                auth_level=func.AuthLevel.ANONYMOUS,
+            )(operator_signed_in(handler))
+        )
+        bp.function_name(name)(
+            bp.route(route=route, methods=methods, auth_level=func.AuthLevel.ADMIN)(handler)
+        )
+        return handler
+
+    return register
 
 
 def _name_like(wrapper: Callable[..., object], handler: Callable[..., object]) -> None:

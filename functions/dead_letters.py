@@ -1,9 +1,11 @@
-"""Admin routes over the poison queue: list dead letters, replay them, purge them."""
+"""Operator routes over the poison queue: list dead letters, replay them, purge them (each for
+the admin key, and under `signed-in/` for an operator signed in with Entra ID)."""
 
 from __future__ import annotations
 
 import azure.functions as func
 
+from functions.auth import operator_route
 from functions.http_responses import json_response, refusal_response
 from shared.dead_letters import parse_selection
 from shared.errors import MailgateError
@@ -12,8 +14,7 @@ from shared.gateway import get_gateway
 bp = func.Blueprint()
 
 
-@bp.function_name("list_dead_letters")
-@bp.route(route="v1/dead-letters", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
+@operator_route(bp, "list_dead_letters", "v1/dead-letters", ["GET"])
 def list_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
     """Every dead letter with its reason."""
     try:
@@ -23,8 +24,7 @@ def list_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
     return json_response({"dead_letters": [e.to_document() for e in entries]}, 200)
 
 
-@bp.function_name("replay_dead_letters")
-@bp.route(route="v1/dead-letters/replay", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
+@operator_route(bp, "replay_dead_letters", "v1/dead-letters/replay", ["POST"])
 def replay_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
     """Re-enqueue `{"ids": [...]}` or `{"all": true}` with their attempts reset."""
     try:
@@ -35,8 +35,7 @@ def replay_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
     return json_response(report.to_document(), 200)
 
 
-@bp.function_name("purge_dead_letters")
-@bp.route(route="v1/dead-letters/purge", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
+@operator_route(bp, "purge_dead_letters", "v1/dead-letters/purge", ["POST"])
 def purge_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
     """Delete dead letters for good; `confirm` must repeat the poison queue's name."""
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import azure.functions as func
 
+from functions.auth import operator_route
 from functions.http_responses import (
     NOT_CONFIGURED_RETRY_AFTER_SECONDS,
     STORAGE_RETRY_AFTER_SECONDS,
@@ -39,8 +40,7 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
     return json_response({"status": "unhealthy"}, 503, {"Retry-After": retry_after})
 
 
-@bp.function_name("health_details")
-@bp.route(route="health/details", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
+@operator_route(bp, "health_details", "health/details", ["GET"])
 def health_details(req: func.HttpRequest) -> func.HttpResponse:
     """200 when every check passes, else 503; the body gives each check and the queue depths,
     and whether the (optional) Event Webhook is configured, checked now. With settings that are

@@ -42,6 +42,20 @@ param allowedSenders string
 @description('Optional. SendGrid API key stored as the Key Vault secret sendgrid-api-key. Empty: no secret version is created; set it later with `az keyvault secret set` (see the README).')
 param sendgridApiKey string = ''
 
+@allowed([
+  ''
+  'false'
+  'true'
+])
+@description('Optional. \'true\' once the secret sendgrid-api-key exists though sendgridApiKey is empty (an operator set it with `az keyvault secret set`): the app\'s read access is granted on that secret, so the secret must exist first. A string, so that azd can leave it empty.')
+param sendgridApiKeySecretExists string = ''
+
+@description('Optional. Client id of a Microsoft Entra app registration for the operators\' sign-in: App Service Authentication in front of the app, so that operators sign in to the console and the operator routes instead of holding the admin key. Empty (or no operatorPrincipalIds): no sign-in, and the admin key opens the console.')
+param operatorSignInClientId string = ''
+
+@description('Optional. OPERATOR_PRINCIPAL_IDS: comma-separated object ids of the Entra users who may sign in as operators; App Service Authentication lets only them sign in, and the app lets only them use the operator routes. Used with operatorSignInClientId.')
+param operatorPrincipalIds string = ''
+
 @minLength(3)
 @description('Required. Address that receives the dead-letter, dead-letters-waiting and queue-backlog alerts.')
 param alertEmailAddress string
@@ -219,6 +233,7 @@ module keyVault 'app/keyvault.bicep' = {
     location: location
     tags: allTags
     sendgridApiKey: sendgridApiKey
+    logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
   }
 }
 
@@ -258,6 +273,10 @@ module api 'app/api.bicep' = {
     retryMaxDelaySeconds: retryMaxDelaySeconds
     idempotencyRetentionHours: idempotencyRetentionHours
     sendgridWebhookPublicKey: sendgridWebhookPublicKey
+    logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
+    operatorSignInClientId: operatorSignInClientId
+    // Without the sign-in the app must trust none: no operator ids reach its settings.
+    operatorPrincipalIds: empty(operatorSignInClientId) ? '' : operatorPrincipalIds
   }
   // The Key Vault reference for SENDGRID_API_KEY resolves with the identity's Key Vault role, so
   // the role exists before the app first starts. rbac takes nothing from the app: no cycle.
@@ -271,7 +290,15 @@ module rbac 'app/rbac.bicep' = {
   scope: resourceGroup
   params: {
     storageAccountName: storage.outputs.name
+    appContainerNames: concat(storage.outputs.hostContainerNames, [
+      storage.outputs.deploymentContainerName
+      storage.outputs.largeMessageContainerName
+    ])
+    largeMessageContainerName: storage.outputs.largeMessageContainerName
     keyVaultName: keyVault.outputs.name
+    sendgridApiKeySecretName: keyVault.outputs.sendgridApiKeySecretName
+    // Parenthesized for pycep (checkov's parser), which reads `!a || b` as `!(a || b)`.
+    sendgridApiKeySecretExists: (!empty(sendgridApiKey)) || sendgridApiKeySecretExists == 'true'
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     appPrincipalId: identity.outputs.principalId
     userPrincipalId: principalId

@@ -1,8 +1,9 @@
 """The operator console: what `GET /api/console` shows, and the page itself.
 
 The page is one self-contained HTML document (its CSS and JS are inlined from
-`shared/console_page/` and allowed by hash in its Content-Security-Policy); it reads everything
-it shows from the admin JSON routes, with the admin key it was opened with. The data comes
+`shared/console_page/` and allowed by hash in its Content-Security-Policy, computed here from
+the files); it reads everything it shows from the operator JSON routes, with the admin key the
+operator types into it or with the platform's sign-in (see console.js). The data comes
 from the queues' depths, the activity log's last hour (see shared/activity.py for why a log
 and not the status records) and point reads of the latest messages' status records.
 """
@@ -154,7 +155,7 @@ def console_page() -> ConsolePage:
     """The page, with its CSS and JS inlined and a policy that allows exactly those.
 
     It is the same for every request: nothing of the request, the admin key above all, is
-    written into it. The page reads the key from its own address (`?code=`).
+    written into it. The page asks for the key and keeps it in the tab's sessionStorage.
     """
     template = (PAGE_FOLDER / "console.html").read_text(encoding="utf-8")
     style = (PAGE_FOLDER / "console.css").read_text(encoding="utf-8")
@@ -177,7 +178,8 @@ def console_page() -> ConsolePage:
         html,
         {
             "Content-Security-Policy": policy,
-            # The key may be in the address: never send it on as a Referer, never keep a copy.
+            # An older link may carry the key in the address (?code=): never send it on as a
+            # Referer, never keep a copy.
             "Referrer-Policy": "no-referrer",
             "Cache-Control": "no-store",
             "X-Content-Type-Options": "nosniff",

@@ -7,8 +7,10 @@
     │   ├── InvalidEventBatch           400: a signed Event Webhook body that is not a batch
     │   ├── Unauthorized                401: no client key, or not a valid, enabled one
     │   ├── SignatureRejected           401: an Event Webhook request unsigned, badly signed or old
+    │   ├── OperatorNotSignedIn         401: a signed-in operator route, and no operator signed in
     │   ├── SenderNotAllowed            403: `from` is outside the client's or gateway's senders
     │   ├── FeatureNotAllowed           403: a field the client's features do not allow (policy)
+    │   ├── OperatorNotAllowed          403: signed in, but not as an operator listed by object id
     │   ├── MessageNotFound             404: no message has that id
     │   ├── IdempotencyKeyInUse         409: a request with this key is still being accepted
     │   ├── PayloadTooLarge             413: the body is over MAX_REQUEST_BYTES (or an Event
@@ -145,6 +147,17 @@ class EventWebhookNotConfigured(RequestRejected):
     status = 503
 
 
+class OperatorNotSignedIn(RequestRejected):
+    """A signed-in operator route was called without an operator signed in by the platform."""
+
+    status = 401
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            detail, headers={"WWW-Authenticate": 'AppServiceAuthentication realm="mailgate"'}
+        )
+
+
 class SenderNotAllowed(RequestRejected):
     """The sender is not one this gateway may send for."""
 
@@ -153,6 +166,12 @@ class SenderNotAllowed(RequestRejected):
 
 class FeatureNotAllowed(RequestRejected):
     """The request uses an account-wide control the client is not allowed (shared/policy.py)."""
+
+    status = 403
+
+
+class OperatorNotAllowed(RequestRejected):
+    """The platform signed someone in who is not an operator (OPERATOR_PRINCIPAL_IDS)."""
 
     status = 403
 

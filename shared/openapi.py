@@ -393,10 +393,11 @@ def _console_paths(admin_key: list[dict[str, list[str]]]) -> dict[str, Any]:
             "get": {
                 "operationId": "console",
                 "summary": "The operator console: one self-contained HTML page",
-                "description": "Open it as `/api/console?code=<admin key>`: the page sends the "
-                "key from its own address as `x-functions-key` to the routes below. The server "
-                "never writes the key into the page.",
-                "security": admin_key,
+                "description": "The same static page for everyone, with no data and no secret. "
+                "It asks for the admin key and keeps it in the tab's sessionStorage, sending it "
+                "as `x-functions-key` to the routes below, or reads them under `/signed-in/` for "
+                "an operator signed in with Microsoft Entra ID.",
+                "security": [],
                 "responses": {
                     "200": {
                         "description": "The page; its script and style are allowed by hash.",
@@ -406,7 +407,6 @@ def _console_paths(admin_key: list[dict[str, list[str]]]) -> dict[str, Any]:
                         },
                         "content": {"text/html": {"schema": {"type": "string"}}},
                     },
-                    "401": _ADMIN_REFUSALS["401"],
                 },
             }
         },
@@ -440,7 +440,7 @@ def _console_paths(admin_key: list[dict[str, list[str]]]) -> dict[str, Any]:
 def _paths() -> dict[str, Any]:
     client_key: list[dict[str, list[str]]] = [{"clientKey": []}]
     admin_key: list[dict[str, list[str]]] = [{"adminKey": []}]
-    return {
+    paths = {
         "/v1/messages": {
             "post": {
                 "operationId": "submit_message",
@@ -647,6 +647,39 @@ def _paths() -> dict[str, Any]:
         },
         **_console_paths(admin_key),
     }
+    return {**paths, **_signed_in_twins(paths)}
+
+
+_OPERATOR_SIGN_IN_REFUSALS = _refusals(
+    {
+        "401": "No operator signed in, or operator sign-in is off (OPERATOR_PRINCIPAL_IDS).",
+        "403": "Signed in, but not as an operator OPERATOR_PRINCIPAL_IDS lists.",
+        "503": "Storage is unavailable, or a setting is wrong (named in the detail), or "
+        "OPERATOR_PRINCIPAL_IDS is set without App Service Authentication.",
+    }
+)
+
+
+def _signed_in_twins(paths: dict[str, Any]) -> dict[str, Any]:
+    # Each admin-key route has a twin under /signed-in/ for an operator signed in with Entra ID
+    # (functions/auth.py operator_route): the same operation but for its credential.
+    twins: dict[str, Any] = {}
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            if operation.get("security") != [{"adminKey": []}]:
+                continue
+            responses = {
+                status: response
+                for status, response in operation["responses"].items()
+                if status not in _ADMIN_REFUSALS
+            }
+            twins.setdefault(f"/signed-in{path}", {})[method] = {
+                **operation,
+                "operationId": f"{operation['operationId']}_signed_in",
+                "security": [{"operatorSignIn": []}],
+                "responses": {**responses, **_OPERATOR_SIGN_IN_REFUSALS},
+            }
+    return twins
 
 
 @functools.cache
@@ -683,6 +716,14 @@ def openapi_document() -> dict[str, Any]:
                     "in": "header",
                     "name": "x-functions-key",
                     "description": "The Function App's admin (master) key.",
+                },
+                "operatorSignIn": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "AppServiceAuthSession",
+                    "description": "A sign-in with Microsoft Entra ID by App Service "
+                    "Authentication (/.auth/login/aad), of an operator OPERATOR_PRINCIPAL_IDS "
+                    "lists; the platform also takes an Entra access token as a Bearer header.",
                 },
                 "sendgridSignature": {
                     "type": "apiKey",

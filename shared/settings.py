@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from shared.errors import ConfigurationError
+from shared.operator_sign_in import OperatorSignIn
 from shared.webhook_signature import PUBLIC_KEY_SETTING, normalize_public_key
 
 # The Functions host's own storage: keys, leases, timer schedules (and, by default, the data).
@@ -76,6 +77,8 @@ class Settings:
     retry_max_delay_seconds: float = 3600.0
     # The Event Webhook's verification key (base64 DER); None leaves the webhook route closed.
     sendgrid_webhook_public_key: str | None = None
+    # Operators who may sign in with Entra ID instead of the admin key (shared/operator_sign_in.py).
+    operator_sign_in: OperatorSignIn = field(default_factory=OperatorSignIn)
 
     @property
     def poison_queue_name(self) -> str:
@@ -149,6 +152,7 @@ class Settings:
                 "RETRY_MAX_DELAY_SECONDS", 3600.0, minimum=1, maximum=MAX_RETRY_DELAY_SECONDS
             ),
             sendgrid_webhook_public_key=_webhook_public_key(reader.text(PUBLIC_KEY_SETTING)),
+            operator_sign_in=OperatorSignIn.from_env(reader.environ),
         )
         if settings.client_table_name.lower() == settings.status_table_name.lower():
             raise ConfigurationError("CLIENT_TABLE_NAME must differ from STATUS_TABLE_NAME")
@@ -199,6 +203,10 @@ class _Reader:
     def __init__(self, environ: Mapping[str, str], *, references_unset: bool = False) -> None:
         self._environ = environ
         self._references_unset = references_unset
+
+    @property
+    def environ(self) -> Mapping[str, str]:
+        return self._environ
 
     def _is_reference(self, name: str) -> bool:
         return self._environ.get(name, "").strip().startswith(KEY_VAULT_REFERENCE_PREFIX)

@@ -95,6 +95,32 @@ param idempotencyRetentionHours int
 @description('Optional. The SENDGRID_WEBHOOK_PUBLIC_KEY app setting; empty leaves the Event Webhook route closed.')
 param sendgridWebhookPublicKey string = ''
 
+@description('Required. Log Analytics workspace that receives the app\'s FunctionAppLogs.')
+param logAnalyticsWorkspaceId string
+
+@description('Optional. Client id of the Entra app registration operators sign in through (App Service Authentication); empty, or no operatorPrincipalIds: no sign-in.')
+param operatorSignInClientId string = ''
+
+@description('Optional. The OPERATOR_PRINCIPAL_IDS app setting: comma-separated object ids of the operators who may sign in; empty without operatorSignInClientId.')
+param operatorPrincipalIds string = ''
+
+// App Service Authentication in front of the app for operators, only with someone to let in.
+// (Parenthesized for pycep, which reads `!a && !b` as `!(a && !b)`.)
+var operatorSignIn = (!empty(operatorSignInClientId)) && (!empty(operatorPrincipalIds))
+var operatorIds = split(replace(operatorPrincipalIds, ' ', ''), ',')
+// What stays reachable without a sign-in: the routes apps and SendGrid call with their own
+// credentials (a client key, SendGrid's signature) and the public ones. Everything else, the
+// console and every operator route included, asks for an Entra sign-in first. tests/infra checks
+// this list against the app's anonymous routes.
+var clientPaths = [
+  '/api/v1/messages'
+  '/api/v1/messages/*'
+  '/api/v3/mail/send'
+  '/api/v1/events/sendgrid'
+  '/api/health'
+  '/api/openapi.json'
+]
+
 // Names as the code reads them (tests/infra checks this list against the code, the README and
 // local.settings.example.json). No FUNCTIONS_WORKER_RUNTIME: Flex takes it from functionAppConfig.
 var appSettings = {
@@ -129,6 +155,9 @@ var appSettings = {
   RETRY_MAX_DELAY_SECONDS: string(retryMaxDelaySeconds)
   // A public key: nothing secret, so not a Key Vault reference.
   SENDGRID_WEBHOOK_PUBLIC_KEY: sendgridWebhookPublicKey
+  // Empty unless main.bicep turns the sign-in below on: the app then trusts no sign-in at all
+  // (shared/operator_sign_in.py).
+  OPERATOR_PRINCIPAL_IDS: operatorPrincipalIds
   // Read by glibc in the worker at start: a freed block of 1 MiB or more goes back to the system
   // at once. Without it glibc raises its threshold after the first large free, and the worker
   // kept 1,250 MiB after delivering 24 messages of 29 MB, six at a time, against 680 MiB with
@@ -239,6 +268,80 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     properties: {
       allow: false
     }
+  }
+}
+
+// App Service Authentication ("Easy Auth") with Microsoft Entra ID, for operators: the console
+// and the operator routes need a sign-in of one of operatorPrincipalIds, and the routes under
+// /api/signed-in/ then need no admin key. On Flex Consumption the Functions host runs this
+// authentication itself and sets WEBSITE_AUTH_ENABLED, which the app checks before it trusts the
+// sign-in headers (Azure/azure-functions-host, JobHostEasyAuthMiddleware.cs). Properties: the
+// authsettingsV2 reference (learn.microsoft.com/azure/templates/microsoft.web/sites/config-authsettingsv2).
+// No client secret: Entra returns an ID token alone (implicit flow), which is all the sign-in
+// needs; the app registration must allow ID tokens and the redirect /.auth/login/aad/callback.
+// checkov reads any Microsoft.Web/sites/config as the site's configuration (siteConfig): the
+// skips below are its checks of properties that authsettingsV2 does not have.
+resource authSettings 'Microsoft.Web/sites/config@2024-04-01' = if (operatorSignIn) {
+  // checkov:skip=CKV_AZURE_13: this resource is the App Service Authentication settings themselves (platform.enabled below)
+  parent: functionApp
+  // checkov:skip=CKV_AZURE_63: authsettingsV2 has no HTTP logging; the site's logs go to Log Analytics (appDiagnostics)
+  name: 'authsettingsV2'
+  // checkov:skip=CKV_AZURE_65: authsettingsV2 has no detailed error messages setting; it belongs to the site configuration
+  properties: {
+    // checkov:skip=CKV_AZURE_66: authsettingsV2 has no failed request tracing setting; it belongs to the site configuration
+    platform: {
+      enabled: true
+    }
+    // checkov:skip=CKV_AZURE_80: authsettingsV2 has no .NET Framework version; the app is Python on Flex Consumption
+    globalValidation: {
+      requireAuthentication: true
+      unauthenticatedClientAction: 'RedirectToLoginPage'
+      redirectToProvider: 'azureactivedirectory'
+      excludedPaths: clientPaths
+    }
+    // checkov:skip=CKV_AZURE_88: authsettingsV2 has no storage mounts; the app uses no Azure Files share
+    httpSettings: {
+      requireHttps: true
+    }
+    // checkov:skip=CKV_AZURE_222: apps outside any VNet of ours call this API; no VNet integration yet (as functionApp)
+    identityProviders: {
+      azureActiveDirectory: {
+        enabled: true
+        registration: {
+          clientId: operatorSignInClientId
+          openIdIssuer: '${environment().authentication.loginEndpoint}${tenant().tenantId}/v2.0'
+        }
+        validation: {
+          defaultAuthorizationPolicy: {
+            allowedPrincipals: {
+              identities: operatorIds
+            }
+          }
+        }
+      }
+    }
+    login: {
+      // The app reads who signed in from the platform's headers; no provider tokens kept.
+      tokenStore: {
+        enabled: false
+      }
+    }
+  }
+}
+
+// The host's and the app's log lines (FunctionAppLogs), kept in Log Analytics beside the storage
+// and Key Vault audit logs. The app never logs a key, a body or a full address.
+resource appDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'function-logs-to-log-analytics'
+  scope: functionApp
+  properties: {
+    workspaceId: logAnalyticsWorkspaceId
+    logs: [
+      {
+        category: 'FunctionAppLogs'
+        enabled: true
+      }
+    ]
   }
 }
 

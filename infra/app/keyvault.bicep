@@ -24,6 +24,9 @@ param sendgridApiKey string = ''
 @description('Optional. Name of the secret that holds the SendGrid API key.')
 param sendgridApiKeySecretName string = 'sendgrid-api-key'
 
+@description('Required. Log Analytics workspace that receives the vault\'s audit events: every read of the SendGrid key, by whom.')
+param logAnalyticsWorkspaceId string
+
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   name: name
   location: location
@@ -47,6 +50,22 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
       defaultAction: 'Allow'
       bypass: 'AzureServices'
     }
+  }
+}
+
+// AuditEvent: every operation on the vault and its secrets, with the caller's identity and
+// address: who read the SendGrid key (the app's identity resolving its reference, or a person).
+resource auditDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'audit-to-log-analytics'
+  scope: vault
+  properties: {
+    workspaceId: logAnalyticsWorkspaceId
+    logs: [
+      {
+        category: 'AuditEvent'
+        enabled: true
+      }
+    ]
   }
 }
 

@@ -4,8 +4,20 @@
 @description('Required. Storage account the app uses.')
 param storageAccountName string
 
+@description('Required. Blob containers the app reads and writes: the Functions host\'s own (locks, timers, host ids, keys), the Flex Consumption deployment container and the large-message container.')
+param appContainerNames array
+
+@description('Required. The large-message container, which operators reach too (make purge deletes the bodies of purged dead letters).')
+param largeMessageContainerName string
+
 @description('Required. Key Vault that holds the SendGrid key.')
 param keyVaultName string
+
+@description('Required. Name of the Key Vault secret with the SendGrid key: the one secret the app may read.')
+param sendgridApiKeySecretName string
+
+@description('Required. Whether that secret exists (the template created it, or an operator did and said so): the app\'s read access is granted on the secret itself, which must exist to be a scope.')
+param sendgridApiKeySecretExists bool
 
 @description('Required. Application Insights component the app sends telemetry to.')
 param applicationInsightsName string
@@ -29,28 +41,55 @@ var roles = {
   'Key Vault Secrets Officer': 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
   'Key Vault Secrets User': '4633458b-17de-408a-b874-0445c86b69e6'
   'Monitoring Metrics Publisher': '3913510d-42f4-4e42-8a64-420c390055eb'
-  'Storage Blob Data Owner': 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+  'Storage Blob Data Contributor': 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
   'Storage Queue Data Contributor': '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
   'Storage Table Data Contributor': '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
 }
 
-// Storage Queue Data Contributor rather than Reader + Message Processor: the host must release
-// failed messages and create and write the poison queue. Blob Data Owner: host storage, the
-// deployment package and the bodies of large messages (claim-check), all in this account, so
-// no container-scoped blob role is added for them. Table Data Contributor: status records.
-var storageRoles = [
-  'Storage Blob Data Owner'
+// On the account: Storage Queue Data Contributor rather than Reader + Message Processor (the host
+// must release failed messages and create and write the poison queue); Table Data Contributor
+// (status records, clients, and the tables the Functions host keeps its diagnostic events and
+// scale metrics in).
+var accountRoles = [
   'Storage Queue Data Contributor'
   'Storage Table Data Contributor'
 ]
+// No blob role on the account: Blob Data Contributor on each container the app uses, and nothing
+// else, so no other container (a copy of mail someone left in the account, say) is the app's.
+// Microsoft documents Storage Blob Data Owner on the account for host storage because the
+// runtime "needs ... the ability to create containers" (MicrosoftDocs/azure-docs,
+// includes/functions-azurewebjobsstorage-permissions.md); storage.bicep creates the host's
+// containers before the app starts, and Owner adds only POSIX ACLs (Data Lake) to Contributor.
+var blobRole = 'Storage Blob Data Contributor'
 var withUser = !empty(userPrincipalId)
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
+
+  resource blobService 'blobServices' existing = {
+    name: 'default'
+  }
+}
+
+resource appContainers 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = [
+  for container in appContainerNames: {
+    parent: storage::blobService
+    name: container
+  }
+]
+
+resource largeMessageContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = {
+  parent: storage::blobService
+  name: largeMessageContainerName
 }
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
   name: keyVaultName
+}
+
+resource sendgridSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = {
+  parent: vault
+  name: sendgridApiKeySecretName
 }
 
 resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
@@ -58,7 +97,7 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing
 }
 
 resource appStorageRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
-  for role in storageRoles: {
+  for role in accountRoles: {
     name: guid(storage.id, appPrincipalId, roles[role])
     scope: storage
     properties: {
@@ -69,9 +108,25 @@ resource appStorageRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = 
   }
 ]
 
-resource appSecretsRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(vault.id, appPrincipalId, roles['Key Vault Secrets User'])
-  scope: vault
+resource appContainerRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for (container, index) in appContainerNames: {
+    name: guid(appContainers[index].id, appPrincipalId, roles[blobRole])
+    scope: appContainers[index]
+    properties: {
+      principalId: appPrincipalId
+      principalType: 'ServicePrincipal'
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles[blobRole])
+    }
+  }
+]
+
+// The one secret, not the vault: whatever else is ever kept in the vault stays out of the app's
+// reach. Until the secret exists there is nothing to grant; the Key Vault reference stays
+// unresolved meanwhile and the app answers 503 naming SENDGRID_API_KEY (README, "Set the
+// SendGrid key").
+resource appSecretsRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (sendgridApiKeySecretExists) {
+  name: guid(sendgridSecret.id, appPrincipalId, roles['Key Vault Secrets User'])
+  scope: sendgridSecret
   properties: {
     principalId: appPrincipalId
     principalType: 'ServicePrincipal'
@@ -90,9 +145,10 @@ resource appTelemetryRole 'Microsoft.Authorization/roleAssignments@2022-04-01' =
 }
 
 // The deploying user's twins: read and clear the queues and tables (Storage Explorer, make
-// poison/replay/purge) and set the SendGrid key (Secrets Officer, which can also read it).
+// poison/replay/purge), the large-message bodies (a purge deletes them) and set the SendGrid key
+// (Secrets Officer, which can also read it). Not the host's containers: the host keys are there.
 resource userStorageRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
-  for role in storageRoles: if (withUser) {
+  for role in accountRoles: if (withUser) {
     name: guid(storage.id, userPrincipalId, roles[role])
     scope: storage
     properties: {
@@ -102,6 +158,16 @@ resource userStorageRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' =
     }
   }
 ]
+
+resource userLargeMessageRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (withUser) {
+  name: guid(largeMessageContainer.id, userPrincipalId, roles[blobRole])
+  scope: largeMessageContainer
+  properties: {
+    principalId: userPrincipalId
+    principalType: userPrincipalType
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles[blobRole])
+  }
+}
 
 resource userSecretsRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (withUser) {
   name: guid(vault.id, userPrincipalId, roles['Key Vault Secrets Officer'])
@@ -123,8 +189,9 @@ resource userTelemetryRole 'Microsoft.Authorization/roleAssignments@2022-04-01' 
   }
 }
 
-@description('Names of the roles the app\'s identity holds.')
-output appRoles array = concat(storageRoles, [
+@description('Names of the roles the app\'s identity holds, on the storage account, its containers, the SendGrid secret and Application Insights.')
+output appRoles array = concat(accountRoles, [
+  blobRole
   'Key Vault Secrets User'
   'Monitoring Metrics Publisher'
 ])

@@ -1,11 +1,24 @@
 'use strict';
-// The operator console. Everything it shows comes from the gateway's admin JSON routes.
+// The operator console. Everything it shows comes from the gateway's operator JSON routes.
 //
-// The admin key: the host served this page because it was opened with ?code=<admin key> (or
-// with the x-functions-key header). The server never writes the key into the page; the page
-// reads it from its own address and sends it as x-functions-key on its own requests only.
+// The page itself is public and holds no secret. It reads the operator routes one of two ways:
+// - with the admin key, which the operator types into the page's form. The key is kept in this
+//   tab's sessionStorage (gone when the tab closes, never shared with other tabs or written to
+//   disk as localStorage is) and sent as x-functions-key on the page's own requests only. A key
+//   that came in the address (?code=, as older links had it) is moved there and removed from
+//   the address before anything else happens, so it is not in the address bar, a reload, a
+//   bookmark or a shared link; the request that brought it has already shown it to the network.
+// - without any key, under signed-in/, when App Service Authentication signed the operator in
+//   with Microsoft Entra ID and the gateway lists them (OPERATOR_PRINCIPAL_IDS).
 (function () {
-  const adminKey = new URLSearchParams(window.location.search).get('code');
+  const KEY_ITEM = 'mailgate-admin-key';
+  const MAX_KEY_LENGTH = 512;
+  const keyStore = tabStorage();
+  const keyFromAddress = takeKeyFromAddress();
+  if (keyFromAddress) keyStore.set(keyFromAddress);
+  let adminKey = keyStore.get();
+  // 'key': the admin key; 'signed-in': the platform's sign-in; 'none': neither yet.
+  let access = adminKey ? 'key' : 'none';
   const REFRESH_MS = 5000;
   const SVG = 'http://www.w3.org/2000/svg';
   const COUNTED = ['sent', 'retried', 'failed'];
@@ -18,6 +31,46 @@
   let lastPoisonDepth = null;
   let deadLettersLoading = null;
   let shownId = null;
+
+  function takeKeyFromAddress() {
+    const address = new URL(window.location.href);
+    if (!address.searchParams.has('code')) return null;
+    const key = address.searchParams.get('code');
+    address.searchParams.delete('code');
+    const rest = address.pathname + address.search + address.hash;
+    window.history.replaceState(window.history.state, '', rest);
+    return key;
+  }
+
+  function tabStorage() {
+    // A browser that refuses storage keeps the key for this page view only.
+    let held = null;
+    return {
+      get() {
+        try {
+          return window.sessionStorage.getItem(KEY_ITEM) || held;
+        } catch (refused) {
+          return held;
+        }
+      },
+      set(key) {
+        held = key;
+        try {
+          window.sessionStorage.setItem(KEY_ITEM, key);
+        } catch (refused) {
+          // held above
+        }
+      },
+      forget() {
+        held = null;
+        try {
+          window.sessionStorage.removeItem(KEY_ITEM);
+        } catch (refused) {
+          // nothing was stored
+        }
+      },
+    };
+  }
 
   function byId(id) {
     return document.getElementById(id);
@@ -73,25 +126,63 @@
     box.hidden = false;
   }
 
-  async function api(path, init) {
+  async function request(path, init, key) {
     const headers = { Accept: 'application/json' };
-    if (adminKey) headers['x-functions-key'] = adminKey;
+    if (key) headers['x-functions-key'] = key;
     const options = Object.assign({ cache: 'no-store', credentials: 'same-origin' }, init || {});
     options.headers = Object.assign(headers, (init && init.headers) || {});
     const response = await fetch(path, options);
     const type = response.headers.get('content-type') || '';
     const body = type.includes('json') ? await response.json() : null;
+    return { response, body };
+  }
+
+  async function api(path, init) {
+    if (access === 'none') {
+      const error = new Error('no admin key yet');
+      error.status = 401;
+      throw error;
+    }
+    const signedIn = access === 'signed-in';
+    const { response, body } = await request(
+      signedIn ? `signed-in/${path}` : path, init, signedIn ? null : adminKey);
     if (!response.ok) {
       const detail = body && body.detail ? body.detail : response.statusText;
-      const error = new Error(
-        response.status === 401
-          ? 'the admin key was refused: open this page as /api/console?code=<admin key>'
-          : `${response.status} ${detail}`,
-      );
+      const error = new Error(`${response.status} ${detail}`);
       error.status = response.status;
+      if (response.status === 401) lostAccess(signedIn);
       throw error;
     }
     return body;
+  }
+
+  // -- access: the admin key, or the platform's sign-in --
+
+  function showAccess() {
+    byId('access').textContent = access === 'key' ? 'with the admin key (this tab only)'
+      : access === 'signed-in' ? 'signed in with Microsoft Entra ID' : '';
+    byId('forget-key').hidden = access !== 'key';
+    byId('sign-out').hidden = access !== 'signed-in';
+    byId('key-form').hidden = access !== 'none';
+    byId('main').hidden = access === 'none';
+  }
+
+  function askForKey(why) {
+    access = 'none';
+    showAccess();
+    byId('updated').textContent = '';
+    if (why) notice(why, true);
+    byId('key-input').focus();
+  }
+
+  function lostAccess(signedIn) {
+    if (signedIn) {
+      notice('The sign-in has expired: reload the page to sign in again.', true);
+      return;
+    }
+    adminKey = null;
+    keyStore.forget();
+    askForKey('The admin key was refused: enter the key again.');
   }
 
   function stateBadge(state) {
@@ -215,7 +306,8 @@
         await loadDeadLetters();
       }
     } catch (error) {
-      notice(`The summary could not be read: ${error.message}`, true);
+      // Lost access has said so already (and asks for the key).
+      if (access !== 'none') notice(`The summary could not be read: ${error.message}`, true);
     }
   }
 
@@ -245,7 +337,9 @@
     if (!deadLettersLoading) {
       deadLettersLoading = api('v1/dead-letters')
         .then((body) => renderDeadLetters(body.dead_letters))
-        .catch((error) => notice(`The dead letters could not be read: ${error.message}`, true))
+        .catch((error) => {
+          if (access !== 'none') notice(`The dead letters could not be read: ${error.message}`, true);
+        })
         .finally(() => {
           deadLettersLoading = null;
         });
@@ -391,14 +485,54 @@
     lastPoisonDepth = null;
     refresh();
   });
-  if (!adminKey) {
-    notice('This page sends the admin key it was opened with: open it as ' +
-      '/api/console?code=<admin key>.', true);
+  byId('key-form').addEventListener('submit', (event) => {
+    // Never submitted natively (the policy's form-action 'none' would stop it anyway): the key
+    // must not end up in an address.
+    event.preventDefault();
+    const input = byId('key-input');
+    const key = input.value.trim();
+    input.value = '';
+    if (!key || key.length > MAX_KEY_LENGTH) return;
+    adminKey = key;
+    keyStore.set(key);
+    access = 'key';
+    byId('notice').hidden = true;
+    showAccess();
+    lastPoisonDepth = null;
+    refresh();
+  });
+  byId('forget-key').addEventListener('click', () => {
+    adminKey = null;
+    keyStore.forget();
+    lastPoisonDepth = null;
+    askForKey('The admin key is forgotten: this tab no longer holds it.');
+  });
+
+  async function findSignIn() {
+    // No key in this tab: the platform may have signed the operator in.
+    try {
+      const { response, body } = await request('signed-in/v1/console/summary');
+      if (response.ok) {
+        access = 'signed-in';
+        return;
+      }
+      // 401: no sign-in here (or none configured); 403 and 503 say what is wrong with it.
+      const detail = response.status === 401 ? null : (body && body.detail) || response.statusText;
+      askForKey(detail ? `The sign-in was not accepted: ${detail}` : null);
+    } catch (error) {
+      askForKey(null);
+    }
   }
 
   async function tick() {
-    if (!document.hidden) await refresh();
+    if (!document.hidden && access !== 'none') await refresh();
     window.setTimeout(tick, REFRESH_MS);
   }
-  tick();
+
+  async function start() {
+    if (access === 'none') await findSignIn();
+    showAccess();
+    tick();
+  }
+  start();
 }());

@@ -78,8 +78,23 @@ class OpenedPage:
         page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
 
     def _console(self, message: ConsoleMessage) -> None:
-        if message.type == "error":
+        if message.type == "error" and not is_sign_in_probe(message):
             self.errors.append(f"console: {message.text} at {message.location}")
+
+
+# Without a key in the tab the page first asks the signed-in routes whether the platform signed
+# the operator in; without App Service Authentication the answer is 401, which Chromium reports
+# as a failed resource load. That one answer is expected; any other is an error.
+SIGN_IN_PROBE = "/api/signed-in/v1/console/summary"
+
+
+def is_sign_in_probe(message: ConsoleMessage) -> bool:
+    """Whether the message is Chromium's report of the page's sign-in probe answered 401."""
+    return (
+        message.text.startswith("Failed to load resource")
+        and "status of 401" in message.text
+        and str(message.location.get("url", "")).endswith(SIGN_IN_PROBE)
+    )
 
 
 @pytest.fixture
@@ -92,13 +107,21 @@ def console_page(browser: Browser) -> Iterator[OpenedPage]:
     context.close()
 
 
-def open_console(opened: OpenedPage, host: RunningHost) -> Page:
-    """The console as an operator opens it: the admin key in the address."""
+def open_console(opened: OpenedPage, host: RunningHost, key: str = ADMIN_KEY) -> Page:
+    """The console as an operator opens it: the page, then the admin key typed into its form."""
     page = opened.page
-    response = page.goto(f"{host.base_url}/api/console?code={ADMIN_KEY}")
+    response = page.goto(f"{host.base_url}/api/console")
     assert response is not None
     assert response.status == 200
+    enter_key(page, key)
     return page
+
+
+def enter_key(page: Page, key: str) -> None:
+    """Type the admin key into the page's form and send it."""
+    expect(page.locator("#key-form")).to_be_visible()
+    page.fill("#key-input", key)
+    page.click("#key-form button[type=submit]")
 
 
 def latest_ids(host: RunningHost) -> list[str]:
@@ -123,18 +146,21 @@ def screenshot(page: Page, folder: Path, name: str = "console.png") -> Path:
     return path
 
 
-def test_should_serve_the_page_only_with_the_admin_key_and_never_echo_it(
+def test_should_serve_the_same_keyless_page_to_anyone_and_its_data_only_with_the_admin_key(
     stack: RunningHost,
 ) -> None:
-    without = httpx.get(f"{stack.base_url}/api/console", timeout=10)
-    wrong = httpx.get(f"{stack.base_url}/api/console?code=not-the-key", timeout=10)
-    page = httpx.get(f"{stack.base_url}/api/console?code={ADMIN_KEY}", timeout=10)
+    anyone = httpx.get(f"{stack.base_url}/api/console", timeout=10)
+    with_key = httpx.get(f"{stack.base_url}/api/console?code={ADMIN_KEY}", timeout=10)
+    summary = f"{stack.base_url}/api/v1/console/summary"
+    without = httpx.get(summary, timeout=10)
+    wrong = httpx.get(summary, headers={"x-functions-key": "not-the-key"}, timeout=10)
 
+    assert (anyone.status_code, with_key.status_code) == (200, 200)
+    assert anyone.text == with_key.text
+    assert ADMIN_KEY not in with_key.text
+    assert anyone.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert "script-src 'sha256-" in anyone.headers["Content-Security-Policy"]
     assert (without.status_code, wrong.status_code) == (401, 401)
-    assert page.status_code == 200
-    assert page.headers["Content-Type"] == "text/html; charset=utf-8"
-    assert "script-src 'sha256-" in page.headers["Content-Security-Policy"]
-    assert ADMIN_KEY not in page.text
 
 
 def test_should_show_depths_the_hour_and_a_message_sent_with_no_console_error(

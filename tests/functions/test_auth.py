@@ -1,8 +1,10 @@
-"""Every mail route refuses a request without the key of an enabled client, and the Event
-Webhook route one without SendGrid's signature; the routes are found from the app.
+"""Every mail route refuses a request without the key of an enabled client, the Event
+Webhook route one without SendGrid's signature, and every signed-in operator route one without
+an operator the platform signed in; the routes are found from the app.
 
 The routes are read from function_app itself, so a route added later at the anonymous level
-without `client_route` (or `sendgrid_signed_route`) fails here rather than going out open.
+without `client_route` (or `sendgrid_signed_route`, or `operator_route`) fails here rather than
+going out open.
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ import pytest
 from azure.functions.decorators.function_app import Function
 from azure.functions.decorators.http import HttpTrigger
 
-from functions.auth import REQUIRES_CLIENT_KEY, REQUIRES_SENDGRID_SIGNATURE
+from functions.auth import (
+    REQUIRES_CLIENT_KEY,
+    REQUIRES_OPERATOR_SIGN_IN,
+    REQUIRES_SENDGRID_SIGNATURE,
+    SIGNED_IN_PREFIX,
+)
 from shared.clients import ClientStore
 from shared.webhook_signature import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from tests.event_webhook_samples import WebhookSigner, sendgrid_event
@@ -28,6 +35,8 @@ from tests.samples import NOW, body, message, sendgrid_mail
 PUBLIC_ROUTES = {
     "health": "load balancers and probes call it without credentials; it shows no mail",
     "openapi": "the API's description, for client generators; it holds no secret",
+    "console": "the operator console's static page: no data, no secret, the same for everyone; "
+    "it asks for the admin key itself, and every route it reads is an operator route",
 }
 
 
@@ -46,16 +55,28 @@ def signed(function: Function) -> bool:
     return bool(getattr(function.get_user_function(), REQUIRES_SENDGRID_SIGNATURE, False))
 
 
+def for_operators(function: Function) -> bool:
+    return bool(getattr(function.get_user_function(), REQUIRES_OPERATOR_SIGN_IN, False))
+
+
 HTTP_FUNCTIONS = http_functions()
 ANONYMOUS_ROUTES = [
     (name, trigger, function)
     for name, trigger, function in HTTP_FUNCTIONS
     if trigger.auth_level == func.AuthLevel.ANONYMOUS and name not in PUBLIC_ROUTES
 ]
-# Routes whose credential is SendGrid's signature (the Event Webhook); every other anonymous,
-# non-public route must check a client key.
+# Routes whose credential is SendGrid's signature (the Event Webhook), and those whose credential
+# is an operator's sign-in; every other anonymous, non-public route must check a client key.
 SIGNED_ROUTES = [route for route in ANONYMOUS_ROUTES if signed(route[2])]
-CLIENT_ROUTES = [route for route in ANONYMOUS_ROUTES if not signed(route[2])]
+OPERATOR_ROUTES = [route for route in ANONYMOUS_ROUTES if for_operators(route[2])]
+CLIENT_ROUTES = [
+    route for route in ANONYMOUS_ROUTES if not signed(route[2]) and not for_operators(route[2])
+]
+ADMIN_ROUTES = [
+    (name, trigger, function)
+    for name, trigger, function in HTTP_FUNCTIONS
+    if trigger.auth_level == func.AuthLevel.ADMIN
+]
 
 
 def call(function: Function, trigger: HttpTrigger, headers: dict[str, str]) -> func.HttpResponse:
@@ -161,6 +182,18 @@ def test_should_let_a_valid_client_key_through(
 
     # Past authentication: accepted, or the message was not found (no such id yet).
     assert response.status_code in (202, 404), (name, response.get_body())
+
+
+def test_should_give_every_admin_route_a_signed_in_twin_for_operators_and_nothing_more() -> None:
+    twins = {name: (trigger.route, trigger.methods) for name, trigger, _ in OPERATOR_ROUTES}
+
+    assert twins == {
+        f"{name}_signed_in": (f"{SIGNED_IN_PREFIX}{trigger.route}", trigger.methods)
+        for name, trigger, _ in ADMIN_ROUTES
+    }
+    assert {"console_summary", "list_dead_letters", "replay_dead_letters"} <= {
+        name for name, _, _ in ADMIN_ROUTES
+    }
 
 
 def test_should_list_only_routes_that_exist_as_public() -> None:

@@ -16,7 +16,12 @@ from shared.models import MailRequest
 from shared.openapi import openapi_document
 from shared.sendgrid_v3.schema import MailSend
 from shared.webhook_signature import SIGNATURE_HEADER, TIMESTAMP_HEADER
-from tests.functions.test_auth import HTTP_FUNCTIONS, PUBLIC_ROUTES, SIGNED_ROUTES
+from tests.functions.test_auth import (
+    HTTP_FUNCTIONS,
+    OPERATOR_ROUTES,
+    PUBLIC_ROUTES,
+    SIGNED_ROUTES,
+)
 
 DOCUMENT = openapi_document()
 ROUTES = [
@@ -46,6 +51,8 @@ def test_should_name_the_credentials_each_route_checks(
         expected: list[dict[str, list[str]]] = []
     elif name in {signed for signed, _, _ in SIGNED_ROUTES}:
         expected = [{"sendgridSignature": []}]
+    elif name in {operator for operator, _, _ in OPERATOR_ROUTES}:
+        expected = [{"operatorSignIn": []}]
     elif auth_level == func.AuthLevel.ADMIN:
         expected = [{"adminKey": []}]
     else:

@@ -56,6 +56,9 @@ PLACES: dict[str, frozenset[str]] = {
     # Core Tools needs it locally; Flex Consumption takes the runtime from functionAppConfig
     # and refuses it as an app setting.
     "FUNCTIONS_WORKER_RUNTIME": frozenset({LOCAL}),
+    # Set by App Service while its authentication runs (read-only there); the gateway reads it to
+    # know whether the sign-in headers can be trusted (shared/operator_sign_in.py).
+    "WEBSITE_AUTH_ENABLED": frozenset({CODE, README}),
     # The local host's admin key (devstack); Azure manages host keys itself.
     "LOCAL_ADMIN_KEY": frozenset({LOCAL, README}),
     # Optional, for tests that kill the local host; it defaults to the real host's 10 minutes.

@@ -273,7 +273,7 @@ def test_should_keep_the_key_out_of_the_page_and_its_copies() -> None:
     page = console_page()
 
     # The page is the same bytes for every request: nothing of the request can be in it.
-    assert "x-functions-key" in page.html  # the script sends the key it reads from ?code=
+    assert "x-functions-key" in page.html  # the script sends the key the operator typed
     assert page.headers["Referrer-Policy"] == "no-referrer"
     assert page.headers["Cache-Control"] == "no-store"
 
