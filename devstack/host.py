@@ -141,6 +141,38 @@ def read_host_json(app_dir: Path) -> dict[str, Any]:
     return data
 
 
+HOST_JSON_OVERRIDE_PREFIX = "AzureFunctionsJobHost__"
+
+
+def with_app_setting_overrides(
+    host_json: Mapping[str, Any], settings: Mapping[str, str]
+) -> dict[str, Any]:
+    """host.json with each `AzureFunctionsJobHost__path__to__option` app setting put over it.
+
+    As the host: it loads host.json as the configuration section `AzureFunctionsJobHost`, and
+    the environment variables come after it, `__` standing for the section separator (Azure/
+    azure-functions-host ScriptHostBuilderExtensions + ConfigurationSectionNames.JobHost; the
+    WebJobs SDK's ConfigureWebJobs adds the environment source last). Keys match regardless
+    of case, as .NET configuration keys do; values stay strings, as there.
+    """
+    merged: dict[str, Any] = json.loads(json.dumps(host_json))
+    for name, value in settings.items():
+        if not name.lower().startswith(HOST_JSON_OVERRIDE_PREFIX.lower()):
+            continue
+        *sections, option = name[len(HOST_JSON_OVERRIDE_PREFIX) :].split("__")
+        if not option or not all(sections):
+            continue
+        node = merged
+        for section in sections:
+            key = next((k for k in node if k.lower() == section.lower()), section)
+            if not isinstance(node.get(key), dict):
+                node[key] = {}
+            node = node[key]
+        key = next((k for k in node if k.lower() == option.lower()), option)
+        node[key] = value
+    return merged
+
+
 def route_prefix(host_json: Mapping[str, Any]) -> str:
     """host.json `extensions.http.routePrefix`, `api` by default (may be empty)."""
     http = (host_json.get("extensions") or {}).get("http") or {}
@@ -293,7 +325,7 @@ class LocalHost:
         stop = stop or asyncio.Event()
         local = read_local_settings(self.app_dir) if self.use_local_settings else {}
         settings = apply_settings(local_setting_values(local), os.environ)
-        host_json = read_host_json(self.app_dir)
+        host_json = with_app_setting_overrides(read_host_json(self.app_dir), settings)
         app = load_function_app(self.app_dir)
         try:
             functions = app.get_functions()

@@ -17,13 +17,13 @@ from shared.blobs import MessageBodyStore
 from shared.errors import FieldProblem, InvalidMessage, StorageUnavailable
 from shared.models import QueueEnvelope, field_problems
 from shared.queue import MailQueue, summary
+from shared.settings import DEFAULT_MAX_DEQUEUE_COUNT
 from shared.status import FINAL_STATES, MessageState, MessageStatus, StatusStore
 
 logger = logging.getLogger(__name__)
 
 # Long enough to page through a large poison queue without seeing a message twice.
 HOLD_SECONDS = 60
-HOST_MOVED_REASON = "moved by the Functions host after repeated worker failures (no reason kept)"
 
 
 @dataclass(frozen=True)
@@ -70,15 +70,27 @@ class ReplayReport:
         return {"done": self.done, "skipped": self.skipped, "not_found": self.not_found}
 
 
-def read_entry(text: str) -> DeadLetterEntry:
-    """Interpret a poison message: the gateway's dead letter, a bare envelope, or unreadable."""
+def host_moved_reason(max_dequeue_count: int) -> str:
+    """Why a bare envelope is in the poison queue: the host's copy keeps no reason of its own."""
+    return f"moved to the poison queue by the Functions host after {max_dequeue_count} dequeues"
+
+
+def read_entry(
+    text: str, host_max_dequeue_count: int = DEFAULT_MAX_DEQUEUE_COUNT
+) -> DeadLetterEntry:
+    """Interpret a poison message: the gateway's dead letter, a bare envelope, or unreadable.
+
+    A bare envelope is the host's copy of a queue message whose function failed
+    `host_max_dequeue_count` times (host.json's maxDequeueCount): the gateway never writes one.
+    """
     try:
         envelope = QueueEnvelope.model_validate_json(text)
     except ValidationError:
         return _unreadable_entry(text)
     record = envelope.dead_letter
     if record is None:
-        return DeadLetterEntry(envelope.id, HOST_MOVED_REASON, envelope.attempt, None, envelope)
+        reason = host_moved_reason(host_max_dequeue_count)
+        return DeadLetterEntry(envelope.id, reason, envelope.attempt, None, envelope)
     return DeadLetterEntry(envelope.id, record.reason, record.attempts, record.at, envelope)
 
 
@@ -101,18 +113,21 @@ class DeadLetters:
         bodies: MessageBodyStore,
         statuses: StatusStore,
         now: Callable[[], datetime],
+        *,
+        host_max_dequeue_count: int = DEFAULT_MAX_DEQUEUE_COUNT,
     ) -> None:
         self._poison = poison
         self._queue = queue
         self._bodies = bodies
         self._statuses = statuses
         self._now = now
+        self._host_max_dequeue_count = host_max_dequeue_count
 
     def entries(self) -> list[DeadLetterEntry]:
         """Every dead letter, oldest first as the queue returns them."""
         entries = []
         for message in self._hold_all():
-            entries.append(read_entry(message.content))
+            entries.append(self._read(message.content))
             self._release(message)
         return entries
 
@@ -124,7 +139,7 @@ class DeadLetters:
         """
         report = ReplayReport()
         for message in self._hold_all():
-            entry = read_entry(message.content)
+            entry = self._read(message.content)
             if not _chosen(entry, ids) or entry.message_id in report.done:
                 self._release(message)
                 continue
@@ -161,7 +176,7 @@ class DeadLetters:
         report = ReplayReport()
         purged_blobs: dict[str, str] = {}  # blob name: message id, once for all its copies
         for message in self._hold_all():
-            entry = read_entry(message.content)
+            entry = self._read(message.content)
             if _chosen(entry, ids):
                 self._delete(message)
                 report.done.append(entry.message_id or message.id)
@@ -173,6 +188,9 @@ class DeadLetters:
             self._delete_body(message_id, blob)
         report.not_found = sorted(set(ids or ()) - set(report.done))
         return report
+
+    def _read(self, text: str) -> DeadLetterEntry:
+        return read_entry(text, self._host_max_dequeue_count)
 
     def _delete_body(self, message_id: str, blob: str) -> None:
         try:

@@ -72,6 +72,8 @@ def test_should_list_the_dead_letters_with_their_reasons() -> None:
         "replayable": True,
     }
     assert (second["id"], second["attempts"], second["dead_lettered_at"]) == ("msg-b", 3, None)
+    # The app's host.json says after how many dequeues the host moves a message.
+    assert second["reason"] == "moved to the poison queue by the Functions host after 5 dequeues"
 
 
 @pytest.mark.usefixtures("gateway")

@@ -12,7 +12,7 @@ from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
 from devstack.azurite import Azurite
 from shared.blobs import MessageBodyStore
-from shared.dead_letters import HOST_MOVED_REASON, DeadLetters
+from shared.dead_letters import DeadLetters
 from shared.models import DeadLetter, QueueEnvelope
 from shared.queue import MailQueue
 from shared.settings import Settings
@@ -149,7 +149,7 @@ def test_should_list_each_kind_of_dead_letter_and_leave_them_visible(
         },
         {
             "id": "msg-c",
-            "reason": HOST_MOVED_REASON,
+            "reason": "moved to the poison queue by the Functions host after 5 dequeues",
             "attempts": 3,
             "dead_lettered_at": None,
             "replayable": True,

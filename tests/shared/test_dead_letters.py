@@ -7,7 +7,6 @@ from datetime import timedelta
 import pytest
 
 from shared.dead_letters import (
-    HOST_MOVED_REASON,
     DeadLetters,
     parse_selection,
     read_entry,
@@ -97,16 +96,43 @@ def test_should_read_a_gateway_dead_letter_with_its_reason() -> None:
     }
 
 
-def test_should_read_a_bare_envelope_as_moved_by_the_host() -> None:
-    entry = read_entry(host_moved("msg-d2", attempt=4))
+def test_should_read_a_bare_envelope_as_moved_by_the_host_after_its_max_dequeue_count() -> None:
+    entry = read_entry(host_moved("msg-d2", attempt=4), host_max_dequeue_count=3)
 
     assert entry.to_document() == {
         "id": "msg-d2",
-        "reason": HOST_MOVED_REASON,
+        "reason": "moved to the poison queue by the Functions host after 3 dequeues",
         "attempts": 4,
         "dead_lettered_at": None,
         "replayable": True,
     }
+
+
+def test_should_say_the_hosts_default_of_5_dequeues_when_not_told_otherwise() -> None:
+    entry = read_entry(host_moved("msg-d2"))
+
+    assert entry.reason == "moved to the poison queue by the Functions host after 5 dequeues"
+
+
+def test_should_list_a_host_moved_message_with_the_apps_max_dequeue_count(
+    fake_queue: FakeMailQueue, fake_bodies: FakeMessageBodyStore, fake_statuses: FakeStatusStore
+) -> None:
+    poison(fake_queue, host_moved("msg-d2"), dead_lettered("msg-d3", reason="SendGrid said no"))
+    dead_letters = DeadLetters(
+        fake_queue.poison,
+        fake_queue,
+        fake_bodies,
+        fake_statuses,
+        lambda: LATER,
+        host_max_dequeue_count=2,
+    )
+
+    reasons = [e.reason for e in dead_letters.entries()]
+
+    assert reasons == [
+        "moved to the poison queue by the Functions host after 2 dequeues",
+        "SendGrid said no",
+    ]
 
 
 @pytest.mark.parametrize(
