@@ -112,8 +112,10 @@ def test_should_walk_2000_dead_letters_in_calls_well_within_the_limit_and_replay
     assert all(document["skipped"] == {} for document, _ in replay)
     slowest = max(seconds for _, seconds in listing + replay)
     print(
-        f"{len(listing)} listing and {len(replay)} replay calls on {DEAD_LETTERS} dead letters; "
-        f"slowest {slowest:.1f} s"
+        f"{DEAD_LETTERS} dead letters: listing calls "
+        + ", ".join(f"{len(d['dead_letters'])} in {s:.1f} s" for d, s in listing)
+        + "; replay calls "
+        + ", ".join(f"{len(d['done'])} in {s:.1f} s" for d, s in replay)
     )
     assert slowest < CALL_SECONDS
     # The host delivers the replayed copies: every message is sent, and only once.
