@@ -235,13 +235,23 @@ class PoisonWalker:
         visit: Visit,
         finished: Callable[[], bool] = lambda: False,
     ) -> bool:
-        """Visit up to `limit` messages of the walk; True when the walk is over."""
-        deadline = self._monotonic() + CALL_BUDGET_SECONDS
+        """Visit up to `limit` messages of the walk; True when the walk is over.
+
+        Every message received is visited before the call returns: one left to come back by
+        itself would come back behind the anchors, and the walk would end without it. So near
+        the end of its budget a call receives fewer, as many as it has time for at the pace
+        of the messages before.
+        """
+        started = self._monotonic()
+        deadline = started + CALL_BUDGET_SECONDS
         handled = 0
-        while handled < limit and self._monotonic() < deadline:
+        while handled < limit and (now := self._monotonic()) < deadline:
             wanted = min(MAX_RECEIVE, limit - handled)
+            if handled:
+                pace = (now - started) / handled
+                wanted = max(1, min(wanted, int((deadline - now) / pace) if pace else wanted))
             # The hold runs from the request (its answer may be slow to come).
-            held_until = self._monotonic() + HOLD_SECONDS
+            held_until = now + HOLD_SECONDS
             page = self._receive(wanted)
             for index, message in enumerate(page):
                 if message.id in walk.anchors or walk.seen >= walk.bound or finished():
