@@ -1,11 +1,15 @@
-"""Admin routes over the poison queue: list dead letters, replay them, purge them."""
+"""Admin routes over the poison queue: list dead letters, replay them, purge them.
+
+Each call goes through at most `limit` messages and answers within seconds, with a
+`continuation` while there are more (see shared/poison_walk.py).
+"""
 
 from __future__ import annotations
 
 import azure.functions as func
 
 from functions.http_responses import json_response, refusal_response
-from shared.dead_letters import parse_selection
+from shared.dead_letters import parse_listing_query, parse_selection
 from shared.errors import MailgateError
 from shared.gateway import get_gateway
 
@@ -15,12 +19,13 @@ bp = func.Blueprint()
 @bp.function_name("list_dead_letters")
 @bp.route(route="v1/dead-letters", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
 def list_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
-    """Every dead letter with its reason."""
+    """Dead letters with their reasons, `?limit=` at a time, `?continuation=` from there."""
     try:
-        entries = get_gateway().dead_letters.entries()
+        query = parse_listing_query(req.params)
+        page = get_gateway().dead_letters.list_page(query.limit, query.continuation)
     except MailgateError as error:
         return refusal_response(error, "the dead letters could not be read")
-    return json_response({"dead_letters": [e.to_document() for e in entries]}, 200)
+    return json_response(page.to_document(), 200)
 
 
 @bp.function_name("replay_dead_letters")
@@ -29,7 +34,9 @@ def replay_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
     """Re-enqueue `{"ids": [...]}` or `{"all": true}` with their attempts reset."""
     try:
         selection = parse_selection(req.get_body())
-        report = get_gateway().dead_letters.replay(selection.chosen())
+        report = get_gateway().dead_letters.replay_page(
+            selection.chosen(), selection.limit, selection.continuation
+        )
     except MailgateError as error:
         return refusal_response(error, "nothing more was replayed")
     return json_response(report.to_document(), 200)
@@ -43,7 +50,9 @@ def purge_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
         selection = parse_selection(req.get_body())
         dead_letters = get_gateway().dead_letters
         dead_letters.confirm_purge(selection.confirm)
-        report = dead_letters.purge(selection.chosen())
+        report = dead_letters.purge_page(
+            selection.chosen(), selection.limit, selection.continuation
+        )
     except MailgateError as error:
         return refusal_response(error, "nothing more was purged")
     return json_response(report.to_document(), 200)

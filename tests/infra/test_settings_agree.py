@@ -56,6 +56,8 @@ PLACES: dict[str, frozenset[str]] = {
     # Core Tools needs it locally; Flex Consumption takes the runtime from functionAppConfig
     # and refuses it as an app setting.
     "FUNCTIONS_WORKER_RUNTIME": frozenset({LOCAL}),
+    # The host's override of host.json; optional, read only to word a host-moved dead letter.
+    "AzureFunctionsJobHost__extensions__queues__maxDequeueCount": frozenset({CODE, README}),
     # The local host's admin key (devstack); Azure manages host keys itself.
     "LOCAL_ADMIN_KEY": frozenset({LOCAL, README}),
     # Optional, for tests that kill the local host; it defaults to the real host's 10 minutes.
