@@ -10,6 +10,9 @@
 `client create` and `client rotate` print the new key on the last line of their output; it is
 shown only then (the gateway keeps a digest of it).
 
+`list`, `replay --all` and `purge --all` go through the whole poison queue, a bounded call at a
+time, printing progress on stderr; the result is one JSON document on stdout.
+
 Settings come from local.settings.json `Values` with environment variables taking precedence,
 as the Functions host reads them; for an Azure account use `MAILGATE_STORAGE__accountName`
 (the gateway's data; it takes precedence over a local AzureWebJobsStorage) and sign in with
@@ -19,6 +22,7 @@ as the Functions host reads them; for an Azure account use `MAILGATE_STORAGE__ac
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -30,6 +34,7 @@ from shared.clients import DEFAULT_RATE_PER_MINUTE, ClientStore
 from shared.dead_letters import DeadLetters
 from shared.errors import MailgateError
 from shared.gateway import Gateway
+from shared.poison_walk import MAX_PAGE_LIMIT
 from shared.policy import FEATURES, NO_FEATURES
 from shared.settings import Settings
 
@@ -105,14 +110,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def dead_letter_command(dead_letters: DeadLetters, args: argparse.Namespace) -> object:
-    """list, replay or purge."""
+    """list, replay or purge: the whole walk through the poison queue, a call at a time, with
+    progress on stderr while it goes on."""
     chosen = None if getattr(args, "all", False) else args.__dict__.get("ids")
     if args.command == "list":
-        return {"dead_letters": [e.to_document() for e in dead_letters.entries()]}
+        page = dead_letters.list_page(MAX_PAGE_LIMIT)
+        entries = list(page.entries)
+        while page.continuation is not None:
+            progress(f"{len(entries)} dead letter(s) listed so far")
+            page = dead_letters.list_page(MAX_PAGE_LIMIT, page.continuation)
+            entries.extend(page.entries)
+        return {"dead_letters": [e.to_document() for e in entries]}
     if args.command == "replay":
-        return dead_letters.replay(chosen).to_document()
-    dead_letters.confirm_purge(args.confirm)
-    return dead_letters.purge(chosen).to_document()
+        walk_call = functools.partial(dead_letters.replay_page, chosen, MAX_PAGE_LIMIT)
+    else:
+        dead_letters.confirm_purge(args.confirm)
+        walk_call = functools.partial(dead_letters.purge_page, chosen, MAX_PAGE_LIMIT)
+    report = walk_call(None)
+    while report.continuation is not None:
+        done = "replayed" if args.command == "replay" else "purged"
+        progress(f"{len(report.done)} dead letter(s) {done} so far")
+        report.merge(walk_call(report.continuation))
+    return report.to_document()
+
+
+def progress(text: str) -> None:
+    """A line on stderr while a walk goes on (stdout carries the JSON result alone)."""
+    print(f"mailgate admin: {text}...", file=sys.stderr, flush=True)
 
 
 def client_command(store: ClientStore, args: argparse.Namespace) -> tuple[object, str | None]:

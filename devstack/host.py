@@ -145,32 +145,36 @@ def read_host_json(app_dir: Path) -> dict[str, Any]:
     return data
 
 
-# App settings named AzureFunctionsJobHost__<path> replace the host.json value at that path
-# (Microsoft's host.json reference, "Override host.json values"; keys are matched without
-# regard to case, as .NET configuration matches them).
 HOST_JSON_OVERRIDE_PREFIX = "AzureFunctionsJobHost__"
 
 
-def with_overrides(host_json: Mapping[str, Any], settings: Mapping[str, str]) -> dict[str, Any]:
-    """host.json with each `AzureFunctionsJobHost__a__b` app setting put at path a.b."""
+def with_app_setting_overrides(
+    host_json: Mapping[str, Any], settings: Mapping[str, str]
+) -> dict[str, Any]:
+    """host.json with each `AzureFunctionsJobHost__path__to__option` app setting put over it.
+
+    As the host: it loads host.json as the configuration section `AzureFunctionsJobHost`, and
+    the environment variables come after it, `__` standing for the section separator (Azure/
+    azure-functions-host ScriptHostBuilderExtensions + ConfigurationSectionNames.JobHost; the
+    WebJobs SDK's ConfigureWebJobs adds the environment source last). Keys match regardless
+    of case, as .NET configuration keys do; values stay strings, as there.
+    """
     merged: dict[str, Any] = json.loads(json.dumps(host_json))
-    prefix = HOST_JSON_OVERRIDE_PREFIX.lower()
     for name, value in settings.items():
-        if not name.lower().startswith(prefix) or len(name) == len(prefix):
+        if not name.lower().startswith(HOST_JSON_OVERRIDE_PREFIX.lower()):
             continue
-        *parents, leaf = name[len(prefix) :].split("__")
+        *sections, option = name[len(HOST_JSON_OVERRIDE_PREFIX) :].split("__")
+        if not option or not all(sections):
+            continue
         node = merged
-        for key in parents:
-            existing = _same_key(node, key)
-            if not isinstance(node.get(existing), dict):
-                node[existing] = {}
-            node = node[existing]
-        node[_same_key(node, leaf)] = value
+        for section in sections:
+            key = next((k for k in node if k.lower() == section.lower()), section)
+            if not isinstance(node.get(key), dict):
+                node[key] = {}
+            node = node[key]
+        key = next((k for k in node if k.lower() == option.lower()), option)
+        node[key] = value
     return merged
-
-
-def _same_key(node: Mapping[str, Any], key: str) -> str:
-    return next((k for k in node if k.lower() == key.lower()), key)
 
 
 def route_prefix(host_json: Mapping[str, Any]) -> str:
@@ -325,7 +329,7 @@ class LocalHost:
         stop = stop or asyncio.Event()
         local = read_local_settings(self.app_dir) if self.use_local_settings else {}
         settings = apply_settings(local_setting_values(local), os.environ)
-        host_json = with_overrides(read_host_json(self.app_dir), settings)
+        host_json = with_app_setting_overrides(read_host_json(self.app_dir), settings)
         start_worker_telemetry(settings, os.environ)  # as the worker: before the app's import
         app = load_function_app(self.app_dir)
         try:

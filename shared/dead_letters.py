@@ -4,26 +4,36 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Collection
+import time
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from azure.core.exceptions import AzureError, ResourceNotFoundError
-from azure.storage.queue import QueueClient, QueueMessage
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.blobs import MessageBodyStore
 from shared.errors import FieldProblem, InvalidMessage, StorageUnavailable
-from shared.models import QueueEnvelope, field_problems
-from shared.queue import MailQueue, summary
+from shared.models import MAX_MESSAGE_ID_LENGTH, QueueEnvelope, field_problems
+from shared.poison_walk import (
+    DEFAULT_PAGE_LIMIT,
+    MAX_CONTINUATION_LENGTH,
+    MAX_PAGE_LIMIT,
+    HeldMessage,
+    PoisonWalker,
+    Walk,
+    WalkKind,
+)
+from shared.queue import MailQueue
+from shared.settings import DEFAULT_MAX_DEQUEUE_COUNT
 from shared.status import FINAL_STATES, MessageState, MessageStatus, StatusStore
+
+if TYPE_CHECKING:
+    from azure.storage.queue import QueueClient
 
 logger = logging.getLogger(__name__)
 
-# Long enough to page through a large poison queue without seeing a message twice.
-HOLD_SECONDS = 60
-HOST_MOVED_REASON = "moved by the Functions host after repeated worker failures (no reason kept)"
+MAX_SELECTED_IDS = 1000
 
 
 @dataclass(frozen=True)
@@ -64,21 +74,47 @@ class ReplayReport:
     done: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     not_found: list[str] = field(default_factory=list)
+    # The walk goes on from here in the next call; None once it is over.
+    continuation: str | None = None
+
+    def merge(self, later: ReplayReport) -> None:
+        """Add a later call's report of the same walk to this one."""
+        self.done.extend(later.done)
+        self.skipped.update(later.skipped)
+        self.not_found = later.not_found
+        self.continuation = later.continuation
 
     def to_document(self) -> dict[str, Any]:
         """The report as JSON."""
-        return {"done": self.done, "skipped": self.skipped, "not_found": self.not_found}
+        return {
+            "done": self.done,
+            "skipped": self.skipped,
+            "not_found": self.not_found,
+            "continuation": self.continuation,
+        }
 
 
-def read_entry(text: str) -> DeadLetterEntry:
-    """Interpret a poison message: the gateway's dead letter, a bare envelope, or unreadable."""
+def host_moved_reason(max_dequeue_count: int) -> str:
+    """Why a bare envelope is in the poison queue: the host's copy keeps no reason of its own."""
+    return f"moved to the poison queue by the Functions host after {max_dequeue_count} dequeues"
+
+
+def read_entry(
+    text: str, host_max_dequeue_count: int = DEFAULT_MAX_DEQUEUE_COUNT
+) -> DeadLetterEntry:
+    """Interpret a poison message: the gateway's dead letter, a bare envelope, or unreadable.
+
+    A bare envelope is the host's copy of a queue message whose function failed
+    `host_max_dequeue_count` times (host.json's maxDequeueCount): the gateway never writes one.
+    """
     try:
         envelope = QueueEnvelope.model_validate_json(text)
     except ValidationError:
         return _unreadable_entry(text)
     record = envelope.dead_letter
     if record is None:
-        return DeadLetterEntry(envelope.id, HOST_MOVED_REASON, envelope.attempt, None, envelope)
+        reason = host_moved_reason(host_max_dequeue_count)
+        return DeadLetterEntry(envelope.id, reason, envelope.attempt, None, envelope)
     return DeadLetterEntry(envelope.id, record.reason, record.attempts, record.at, envelope)
 
 
@@ -91,8 +127,28 @@ def _unreadable_entry(text: str) -> DeadLetterEntry:
     return DeadLetterEntry(None, reason, None, None, None)
 
 
+@dataclass
+class DeadLetterPage:
+    """One call's dead letters, and the continuation for the next call (None: no more)."""
+
+    entries: list[DeadLetterEntry]
+    continuation: str | None
+
+    def to_document(self) -> dict[str, Any]:
+        """The page as the admin API shows it."""
+        return {
+            "dead_letters": [e.to_document() for e in self.entries],
+            "continuation": self.continuation,
+        }
+
+
 class DeadLetters:
-    """List, replay and purge the messages in the poison queue."""
+    """List, replay and purge the messages in the poison queue, a bounded call at a time.
+
+    Each call walks at most `limit` messages (see shared/poison_walk.py) and answers with a
+    continuation while the walk has more to go; `entries`, `replay` and `purge` follow a walk to
+    its end, for the admin command and tests.
+    """
 
     def __init__(
         self,
@@ -101,47 +157,81 @@ class DeadLetters:
         bodies: MessageBodyStore,
         statuses: StatusStore,
         now: Callable[[], datetime],
+        *,
+        host_max_dequeue_count: int = DEFAULT_MAX_DEQUEUE_COUNT,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._poison = poison
         self._queue = queue
         self._bodies = bodies
         self._statuses = statuses
         self._now = now
+        self._host_max_dequeue_count = host_max_dequeue_count
+        self._walker = PoisonWalker(poison, monotonic)
 
-    def entries(self) -> list[DeadLetterEntry]:
-        """Every dead letter, oldest first as the queue returns them."""
-        entries = []
-        for message in self._hold_all():
-            entries.append(read_entry(message.content))
-            self._release(message)
-        return entries
+    def list_page(
+        self, limit: int = DEFAULT_PAGE_LIMIT, continuation: str | None = None
+    ) -> DeadLetterPage:
+        """Up to `limit` dead letters, in the order the queue returns them; all left visible."""
+        entries: list[DeadLetterEntry] = []
 
-    def replay(self, ids: Collection[str] | None) -> ReplayReport:
-        """Re-enqueue the chosen messages (None = all) as new: same id, attempts reset.
+        def visit(held: HeldMessage) -> bool:
+            entries.append(self._read(held.message.content))
+            return True
+
+        walk = self._walk("list", None, continuation)
+        if walk is None or self._walker.call(walk, _bounded(limit), visit):
+            return DeadLetterPage(entries, None)
+        return DeadLetterPage(entries, walk.continuation())
+
+    def replay_page(
+        self,
+        ids: Collection[str] | None,
+        limit: int = DEFAULT_PAGE_LIMIT,
+        continuation: str | None = None,
+    ) -> ReplayReport:
+        """Re-enqueue the chosen messages (None = all) this call meets, as new: same id,
+        attempts reset. The walk's last call (no continuation) fills in `not_found`.
 
         A message leaves the poison queue only after its copy is on the mail queue. A body kept
-        in a blob stays there: the copy names the same blob.
+        in a blob stays there: the copy names the same blob. A walk replays each id once: a
+        message whose status changed since the walk began (replayed by it, a copy of it on its
+        way, or dead-lettered again since) stays where it is.
         """
         report = ReplayReport()
-        for message in self._hold_all():
-            entry = read_entry(message.content)
-            if not _chosen(entry, ids) or entry.message_id in report.done:
-                self._release(message)
-                continue
+        walk = self._walk("replay", ids, continuation)
+        if walk is None:
+            report.not_found = sorted(set(ids or ()))
+            return report
+        started_at = walk.started_at
+
+        def visit(held: HeldMessage) -> bool:
+            entry = self._read(held.message.content)
+            if not walk.chosen(entry.message_id):
+                return True
+            walk.mark_found(entry.message_id)
             if entry.envelope is None:
-                report.skipped[entry.message_id or message.id] = "not a mailgate envelope"
-                self._release(message)
-                continue
+                report.skipped[entry.message_id or str(held.message.id)] = "not a mailgate envelope"
+                return True
+            if entry.envelope.id in report.done:
+                return True
             current = self._statuses.get(entry.envelope.id)
+            if current is not None and current.updated_at >= started_at:
+                return True
             if current is not None and current.state is MessageState.SENT:
                 # A stray copy of a message that went out: replaying it would send it twice.
                 report.skipped[entry.envelope.id] = "already sent; purge this copy"
-                self._release(message)
-                continue
+                return True
+            self._walker.hold(held)
             self._replay_one(entry.envelope)
-            self._delete(message)
+            self._walker.delete(held)
             report.done.append(entry.envelope.id)
-        report.not_found = sorted(set(ids or ()) - set(report.done) - set(report.skipped))
+            return False
+
+        if self._walker.call(walk, _bounded(limit), visit, walk.all_found):
+            report.not_found = walk.not_found()
+        else:
+            report.continuation = walk.continuation()
         return report
 
     def confirm_purge(self, confirmation: str | None) -> None:
@@ -153,26 +243,76 @@ class DeadLetters:
                 (FieldProblem("#/confirm", f"must be {self._poison.queue_name!r}"),),
             )
 
-    def purge(self, ids: Collection[str] | None) -> ReplayReport:
-        """Delete the chosen dead letters (None = all) for good, and their bodies' blobs.
+    def purge_page(
+        self,
+        ids: Collection[str] | None,
+        limit: int = DEFAULT_PAGE_LIMIT,
+        continuation: str | None = None,
+    ) -> ReplayReport:
+        """Delete the chosen dead letters (None = all) this call meets for good, and their
+        bodies' blobs. The walk's last call (no continuation) fills in `not_found`.
 
         See confirm_purge. A blob stays while a replayed copy of its message may still need it.
         """
         report = ReplayReport()
+        walk = self._walk("purge", ids, continuation)
+        if walk is None:
+            report.not_found = sorted(set(ids or ()))
+            return report
         purged_blobs: dict[str, str] = {}  # blob name: message id, once for all its copies
-        for message in self._hold_all():
-            entry = read_entry(message.content)
-            if _chosen(entry, ids):
-                self._delete(message)
-                report.done.append(entry.message_id or message.id)
-                if entry.envelope is not None and entry.envelope.blob is not None:
-                    purged_blobs[entry.envelope.blob] = entry.envelope.id
-            else:
-                self._release(message)
-        for blob, message_id in purged_blobs.items():
-            self._delete_body(message_id, blob)
-        report.not_found = sorted(set(ids or ()) - set(report.done))
+
+        def visit(held: HeldMessage) -> bool:
+            entry = self._read(held.message.content)
+            if not walk.chosen(entry.message_id):
+                return True
+            walk.mark_found(entry.message_id)
+            self._walker.hold(held)
+            self._walker.delete(held)
+            report.done.append(entry.message_id or str(held.message.id))
+            if entry.envelope is not None and entry.envelope.blob is not None:
+                purged_blobs[entry.envelope.blob] = entry.envelope.id
+            return False
+
+        try:
+            done = self._walker.call(walk, _bounded(limit), visit)
+        finally:
+            # The blobs of what was purged before a failure too.
+            for blob, message_id in purged_blobs.items():
+                self._delete_body(message_id, blob)
+        if done:
+            report.not_found = walk.not_found()
+        else:
+            report.continuation = walk.continuation()
         return report
+
+    def entries(self) -> list[DeadLetterEntry]:
+        """Every dead letter: a listing walk followed to its end."""
+        page = self.list_page(MAX_PAGE_LIMIT)
+        entries = list(page.entries)
+        while page.continuation is not None:
+            page = self.list_page(MAX_PAGE_LIMIT, page.continuation)
+            entries.extend(page.entries)
+        return entries
+
+    def replay(self, ids: Collection[str] | None) -> ReplayReport:
+        """Replay the chosen messages (None = all): a replay walk followed to its end."""
+        return _whole_walk(lambda continuation: self.replay_page(ids, MAX_PAGE_LIMIT, continuation))
+
+    def purge(self, ids: Collection[str] | None) -> ReplayReport:
+        """Purge the chosen messages (None = all): a purge walk followed to its end."""
+        return _whole_walk(lambda continuation: self.purge_page(ids, MAX_PAGE_LIMIT, continuation))
+
+    def _walk(
+        self, kind: WalkKind, ids: Collection[str] | None, continuation: str | None
+    ) -> Walk | None:
+        if continuation is None:
+            return self._walker.start(kind, ids, self._now())
+        # The listing's continuation comes in the query, a replay's or purge's in the body.
+        pointer = "?continuation" if kind == "list" else "#/continuation"
+        return Walk.resume(continuation, kind, ids, self._now(), pointer)
+
+    def _read(self, text: str) -> DeadLetterEntry:
+        return read_entry(text, self._host_max_dequeue_count)
 
     def _delete_body(self, message_id: str, blob: str) -> None:
         try:
@@ -218,49 +358,39 @@ class DeadLetters:
             extra={"mailgate_id": envelope.id},
         )
 
-    def _hold_all(self) -> list[QueueMessage]:
-        # All of them first: a message released while paging would be received again.
-        try:
-            pages = self._poison.receive_messages(
-                messages_per_page=32, visibility_timeout=HOLD_SECONDS
-            ).by_page()
-            return [message for page in pages for message in page]
-        except ResourceNotFoundError:
-            return []
-        except AzureError as error:
-            raise StorageUnavailable(
-                f"queue {self._poison.queue_name}: {type(error).__name__}"
-            ) from error
 
-    def _release(self, message: QueueMessage) -> None:
-        try:
-            self._poison.update_message(message, visibility_timeout=0)
-        except AzureError as error:
-            logger.warning(
-                "Dead letter %s stays hidden for %ss: %s", message.id, HOLD_SECONDS, summary(error)
-            )
-
-    def _delete(self, message: QueueMessage) -> None:
-        try:
-            self._poison.delete_message(message)
-        except AzureError as error:
-            raise StorageUnavailable(
-                f"queue {self._poison.queue_name}: {type(error).__name__}"
-            ) from error
+def _bounded(limit: int) -> int:
+    return max(1, min(limit, MAX_PAGE_LIMIT))
 
 
-def _chosen(entry: DeadLetterEntry, ids: Collection[str] | None) -> bool:
-    return ids is None or (entry.message_id is not None and entry.message_id in ids)
+def _whole_walk(call: Callable[[str | None], ReplayReport]) -> ReplayReport:
+    report = call(None)
+    while report.continuation is not None:
+        report.merge(call(report.continuation))
+    return report
+
+
+MessageId = Annotated[str, Field(min_length=1, max_length=MAX_MESSAGE_ID_LENGTH)]
+Continuation = Annotated[str, Field(min_length=1, max_length=MAX_CONTINUATION_LENGTH)]
+PageLimit = Annotated[int, Field(ge=1, le=MAX_PAGE_LIMIT)]
 
 
 class DeadLetterSelection(BaseModel):
-    """Which dead letters an operator means: some ids, or all of them."""
+    """Which dead letters an operator means (some ids, or all), and where a walk of them is."""
 
     model_config = ConfigDict(extra="forbid")
 
-    ids: list[str] = Field(default_factory=list, max_length=1000)
+    ids: list[MessageId] = Field(default_factory=list, max_length=MAX_SELECTED_IDS)
     all: bool = False
-    confirm: str | None = None
+    confirm: str | None = Field(default=None, max_length=63)
+    limit: PageLimit = Field(
+        default=DEFAULT_PAGE_LIMIT, description="The most messages this call goes through."
+    )
+    continuation: Continuation | None = Field(
+        default=None,
+        description="The previous call's `continuation`, with the same ids (or all): "
+        "the walk goes on from there.",
+    )
 
     @model_validator(mode="after")
     def _ids_or_all(self) -> DeadLetterSelection:
@@ -273,6 +403,15 @@ class DeadLetterSelection(BaseModel):
         return None if self.all else self.ids
 
 
+class ListingQuery(BaseModel):
+    """The query of a dead-letter listing: how many at most, and where the walk is."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    limit: PageLimit = DEFAULT_PAGE_LIMIT
+    continuation: Continuation | None = None
+
+
 def parse_selection(body: bytes) -> DeadLetterSelection:
     """Read an admin request body; raise InvalidMessage naming what is wrong."""
     try:
@@ -281,4 +420,21 @@ def parse_selection(body: bytes) -> DeadLetterSelection:
         problems = field_problems(error)
         raise InvalidMessage(
             f"the request has {len(problems)} invalid field(s)", problems
+        ) from None
+
+
+def parse_listing_query(params: Mapping[str, str]) -> ListingQuery:
+    """Read a listing's query parameters (others, such as `code`, are the host's); raise
+    InvalidMessage naming the parameter that is wrong."""
+    try:
+        return ListingQuery.model_validate(
+            {name: params[name] for name in ("limit", "continuation") if name in params}
+        )
+    except ValidationError as error:
+        problems = tuple(
+            FieldProblem("?" + p.pointer.removeprefix("#/"), p.detail)
+            for p in field_problems(error)
+        )
+        raise InvalidMessage(
+            f"the query has {len(problems)} invalid parameter(s)", problems
         ) from None

@@ -87,7 +87,14 @@ class Gateway:
         # SendGrid's delivery events live beside the status records, in the same table.
         self.events = events or DeliveryEventStore(statuses.table)
         self.signatures = SignatureVerifier(settings.sendgrid_webhook_public_key)
-        self.dead_letters = DeadLetters(queue.poison, queue, bodies, statuses, now)
+        self.dead_letters = DeadLetters(
+            queue.poison,
+            queue,
+            bodies,
+            statuses,
+            now,
+            host_max_dequeue_count=settings.host_max_dequeue_count,
+        )
         self.console = Console(queue, statuses, self.activity, self.events, now)
         # Accepting and delivering take turns for the memory large messages need.
         self.large_messages = LargeMessageSlots(settings.large_messages_at_once)

@@ -22,6 +22,7 @@ from shared.delivery_events import MAX_TIMELINE_EVENTS, DeliveryState, SendGridE
 from shared.errors import MAX_PROBLEMS_SHOWN
 from shared.json_limits import MAX_JSON_DEPTH, MAX_JSON_VALUES
 from shared.models import MailRequest
+from shared.poison_walk import DEFAULT_PAGE_LIMIT, MAX_CONTINUATION_LENGTH, MAX_PAGE_LIMIT
 from shared.sendgrid_v3.schema import MailSend
 from shared.status import MessageState
 from shared.webhook_signature import (
@@ -157,18 +158,28 @@ class DeadLetterDocument(_Document):
     blob: str | None = Field(default=None, description="Where a large message's body is.")
 
 
+_CONTINUATION = (
+    "Pass it back (with the same selection) for the next call of this walk through the poison "
+    "queue; null once the walk is over."
+)
+
+
 class DeadLetterList(_Document):
-    """The poison queue."""
+    """Dead letters met by this call of a walk through the poison queue."""
 
     dead_letters: list[DeadLetterDocument]
+    continuation: str | None = Field(description=_CONTINUATION)
 
 
 class DeadLetterReport(_Document):
-    """What a replay or purge did, message by message."""
+    """What this call of a replay or purge did, message by message."""
 
     done: list[str]
     skipped: dict[str, str]
-    not_found: list[str]
+    not_found: list[str] = Field(
+        description="The chosen ids the walk did not find: filled in by its last call."
+    )
+    continuation: str | None = Field(description=_CONTINUATION)
 
 
 class QueueDepthDocument(_Document):
@@ -605,10 +616,34 @@ def _paths() -> dict[str, Any]:
         "/v1/dead-letters": {
             "get": {
                 "operationId": "list_dead_letters",
-                "summary": "The poison queue, with each message's reason",
+                "summary": "The poison queue, with each message's reason, a page at a time",
                 "security": admin_key,
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "description": "The most messages this call goes through.",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_PAGE_LIMIT,
+                            "default": DEFAULT_PAGE_LIMIT,
+                        },
+                    },
+                    {
+                        "name": "continuation",
+                        "in": "query",
+                        "description": "The previous page's `continuation`.",
+                        "schema": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": MAX_CONTINUATION_LENGTH,
+                        },
+                    },
+                ],
                 "responses": {
-                    **_ok("DeadLetterList", "Every dead letter."),
+                    **_ok("DeadLetterList", "The dead letters this call met."),
+                    **_refusals({"400": "A limit out of range, or a bad continuation."}),
                     **_ADMIN_REFUSALS,
                 },
             }
@@ -622,8 +657,8 @@ def _paths() -> dict[str, Any]:
                     "DeadLetterSelection", "Some ids, or all.", {"ids": ["6f1c0e0e-..."]}
                 ),
                 "responses": {
-                    **_ok("DeadLetterReport", "What was replayed."),
-                    **_refusals({"400": "An invalid selection."}),
+                    **_ok("DeadLetterReport", "What this call replayed."),
+                    **_refusals({"400": "An invalid selection, limit or continuation."}),
                     **_ADMIN_REFUSALS,
                 },
             }
@@ -639,7 +674,7 @@ def _paths() -> dict[str, Any]:
                     {"ids": ["6f1c0e0e-..."], "confirm": "mail-outbound-poison"},
                 ),
                 "responses": {
-                    **_ok("DeadLetterReport", "What was purged."),
+                    **_ok("DeadLetterReport", "What this call purged."),
                     **_refusals({"400": "An invalid selection, or no confirmation."}),
                     **_ADMIN_REFUSALS,
                 },

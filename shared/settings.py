@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from shared.errors import ConfigurationError
@@ -27,6 +31,12 @@ MAX_REQUEST_BYTES_LIMIT = 30_000_000
 DEFAULT_MAX_REQUEST_BYTES = MAX_REQUEST_BYTES_LIMIT
 # The queue keeps at most 7 days of visibility delay.
 MAX_RETRY_DELAY_SECONDS = 7 * 24 * 3600
+
+# The host's own poison move: after this many dequeues of one queue message (host.json
+# `extensions.queues.maxDequeueCount`, default 5), which an app setting may override.
+DEFAULT_MAX_DEQUEUE_COUNT = 5
+MAX_DEQUEUE_COUNT_SETTING = "AzureFunctionsJobHost__extensions__queues__maxDequeueCount"
+APP_HOST_JSON = Path(__file__).resolve().parents[1] / "host.json"
 
 # 3-63 characters in Azure; 56 at most so that "<name>-poison" still fits.
 _QUEUE_NAME = re.compile(r"[a-z0-9](?!.*--)[a-z0-9-]{1,54}[a-z0-9]")
@@ -79,6 +89,8 @@ class Settings:
     sendgrid_webhook_public_key: str | None = None
     # Operators who may sign in with Entra ID instead of the admin key (shared/operator_sign_in.py).
     operator_sign_in: OperatorSignIn = field(default_factory=OperatorSignIn)
+    # The host's, not the gateway's: only to say why a message the host moved is in poison.
+    host_max_dequeue_count: int = DEFAULT_MAX_DEQUEUE_COUNT
 
     @property
     def poison_queue_name(self) -> str:
@@ -153,6 +165,15 @@ class Settings:
             ),
             sendgrid_webhook_public_key=_webhook_public_key(reader.text(PUBLIC_KEY_SETTING)),
             operator_sign_in=OperatorSignIn.from_env(reader.environ),
+            host_max_dequeue_count=int(
+                reader.number(
+                    MAX_DEQUEUE_COUNT_SETTING,
+                    host_json_max_dequeue_count(APP_HOST_JSON),
+                    minimum=1,
+                    maximum=2**31 - 1,
+                    integer=True,
+                )
+            ),
         )
         if settings.client_table_name.lower() == settings.status_table_name.lower():
             raise ConfigurationError("CLIENT_TABLE_NAME must differ from STATUS_TABLE_NAME")
@@ -173,6 +194,25 @@ def mail_queue_settings_from_env(environ: Mapping[str, str]) -> tuple[StorageSet
     return _storage_settings(reader), _queue_name(
         reader.text("MAIL_QUEUE_NAME") or DEFAULT_MAIL_QUEUE_NAME
     )
+
+
+@functools.cache
+def host_json_max_dequeue_count(path: Path) -> int:
+    """host.json's `extensions.queues.maxDequeueCount` (keys in any case, as the host reads
+    them), read once; the host's default 5 when the file or the option is missing or bad."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8-sig"))
+        value = _option(_option(_option(document, "extensions"), "queues"), "maxDequeueCount")
+        count = int(value)
+    except (OSError, ValueError, TypeError):
+        return DEFAULT_MAX_DEQUEUE_COUNT
+    return count if count >= 1 else DEFAULT_MAX_DEQUEUE_COUNT
+
+
+def _option(section: Any, name: str) -> Any:
+    if not isinstance(section, dict):
+        raise TypeError(f"no section holding {name}")
+    return next((v for k, v in section.items() if k.lower() == name.lower()), None)
 
 
 KEY_VAULT_REFERENCE_PREFIX = "@Microsoft.KeyVault("

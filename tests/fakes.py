@@ -134,15 +134,19 @@ class _StoredMessage:
     dequeue_count: int = 0
     pop_receipt: str = ""
     inserted_on: datetime | None = None
+    # When it became visible, as a sequence number: receives and peeks go by it.
+    visible_since: int = 0
 
 
 class FakeQueueClient:
     """The QueueClient calls the gateway makes, on one in-memory queue with visibility.
 
     Like the service, a received message stays invisible until it is deleted or released
-    (`update_message(..., visibility_timeout=0)`), and `receive_messages(...).by_page()` keeps
-    asking for pages until one comes back empty. A real queue would then page forever over
-    messages released during the same pass; this one raises AssertionError instead.
+    (`update_message(..., visibility_timeout=0)`), a released message goes back in line behind
+    those visible before it (Azurite sorts by next-visible time), and
+    `receive_messages(...).by_page()` keeps asking for pages until one comes back empty. A real
+    queue would then page forever over messages released during the same pass; this one raises
+    AssertionError instead. Holds never expire here.
     """
 
     def __init__(self, queue_name: str, clock: Callable[[], datetime] | None = None) -> None:
@@ -154,6 +158,10 @@ class FakeQueueClient:
         self._clock = clock or (lambda: datetime.now(timezone.utc))
         self._messages: list[_StoredMessage] = []
         self._ids = itertools.count(1)
+        # update_message calls, as (message id, visibility timeout): releases and renewed holds.
+        self.updates: list[tuple[str, int]] = []
+        # Called at each receive, before it returns: a test's clock can move on there.
+        self.on_receive: Callable[[], None] = lambda: None
 
     # -- what tests read --
 
@@ -169,8 +177,8 @@ class FakeQueueClient:
 
     @property
     def visible_texts(self) -> list[str]:
-        """The content of the messages a receive would return now."""
-        return [m.content for m in self._messages if m.visible]
+        """The content of the messages a receive would return now, in the order it would."""
+        return [m.content for m in self._in_line()]
 
     # -- the QueueClient surface --
 
@@ -192,7 +200,7 @@ class FakeQueueClient:
         self._fail_if_missing()
         return [
             QueueMessage(m.content, id=m.id, inserted_on=m.inserted_on, dequeue_count=0)
-            for m in [m for m in self._messages if m.visible][: max_messages or 1]
+            for m in self._in_line()[: max_messages or 1]
         ]
 
     def send_message(
@@ -210,6 +218,7 @@ class FakeQueueClient:
                 time_to_live=time_to_live,
                 visible=not visibility_timeout,
                 inserted_on=self._clock(),
+                visible_since=next(self._ids),
             )
         )
 
@@ -223,21 +232,33 @@ class FakeQueueClient:
         self._fail_if_unavailable()
         return _ReceivedPages(self, messages_per_page or 1, max_messages)
 
-    def update_message(self, message: QueueMessage, *, visibility_timeout: int = 0) -> None:
+    def update_message(
+        self,
+        message: QueueMessage | str,
+        pop_receipt: str | None = None,
+        *,
+        visibility_timeout: int = 0,
+    ) -> QueueMessage:
+        """Hide the message again, or release it (0); a new pop receipt, as the service."""
         self._fail_if_unavailable()
-        stored = self._find(message)
+        stored = self._find(message, pop_receipt)
+        self.updates.append((stored.id, visibility_timeout))
         stored.visible = visibility_timeout == 0
+        stored.visible_since = next(self._ids)
+        stored.pop_receipt = f"receipt-{next(self._ids)}"
+        return QueueMessage(stored.content, id=stored.id, pop_receipt=stored.pop_receipt)
 
-    def delete_message(self, message: QueueMessage) -> None:
+    def delete_message(self, message: QueueMessage | str, pop_receipt: str | None = None) -> None:
         self._fail_if_unavailable()
-        self._messages.remove(self._find(message))
+        self._messages.remove(self._find(message, pop_receipt))
 
     # -- internals --
 
     def _receive(self, count: int) -> list[QueueMessage]:
         self._fail_if_unavailable()
+        self.on_receive()
         page = []
-        for stored in [m for m in self._messages if m.visible][:count]:
+        for stored in self._in_line()[:count]:
             stored.visible = False
             stored.dequeue_count += 1
             stored.pop_receipt = f"receipt-{next(self._ids)}"
@@ -251,11 +272,16 @@ class FakeQueueClient:
             )
         return page
 
-    def _find(self, message: QueueMessage) -> _StoredMessage:
+    def _in_line(self) -> list[_StoredMessage]:
+        return sorted((m for m in self._messages if m.visible), key=lambda m: m.visible_since)
+
+    def _find(self, message: QueueMessage | str, pop_receipt: str | None) -> _StoredMessage:
+        message_id = message if isinstance(message, str) else message.id
+        receipt = pop_receipt or (None if isinstance(message, str) else message.pop_receipt)
         for stored in self._messages:
-            if stored.id == message.id and stored.pop_receipt == message.pop_receipt:
+            if stored.id == message_id and stored.pop_receipt == receipt:
                 return stored
-        raise ResourceNotFoundError(f"no message {message.id} with that pop receipt")
+        raise ResourceNotFoundError(f"no message {message_id} with that pop receipt")
 
     def _fail_if_unavailable(self) -> None:
         if self.unavailable:

@@ -313,30 +313,42 @@
 
   // -- dead letters --
 
-  function renderDeadLetters(letters) {
-    const rows = letters.map((letter) => {
-      const replay = element('button', { className: 'replay', text: 'Replay' });
-      replay.type = 'button';
-      replay.disabled = !letter.replayable || !letter.id;
-      if (!replay.disabled) replay.addEventListener('click', () => replayOne(letter.id, replay));
-      return element('tr', { data: { id: letter.id || '' } }, [
-        element('td', { className: 'id' }, [letter.id ? idButton(letter.id) : element('span', { text: '(no id)' })]),
-        element('td', { className: 'reason', text: letter.reason }),
-        element('td', { text: letter.attempts === null ? '' : letter.attempts }),
-        element('td', { text: formatTime(letter.dead_lettered_at), title: letter.dead_lettered_at || '' }),
-        element('td', {}, [replay]),
-      ]);
-    });
-    byId('dead-letters').tBodies[0].replaceChildren(...rows);
-    byId('dead-empty').hidden = rows.length > 0;
+  // A listing goes through at most this many poison messages a call; "Show more" goes on.
+  const DEAD_LETTER_PAGE = 100;
+  let deadLettersNext = null;
+
+  function deadLetterRow(letter) {
+    const replay = element('button', { className: 'replay', text: 'Replay' });
+    replay.type = 'button';
+    replay.disabled = !letter.replayable || !letter.id;
+    if (!replay.disabled) replay.addEventListener('click', () => replayOne(letter.id, replay));
+    return element('tr', { data: { id: letter.id || '' } }, [
+      element('td', { className: 'id' }, [letter.id ? idButton(letter.id) : element('span', { text: '(no id)' })]),
+      element('td', { className: 'reason', text: letter.reason }),
+      element('td', { text: letter.attempts === null ? '' : letter.attempts }),
+      element('td', { text: formatTime(letter.dead_lettered_at), title: letter.dead_lettered_at || '' }),
+      element('td', {}, [replay]),
+    ]);
   }
 
-  function loadDeadLetters() {
-    // One listing at a time: a listing holds the poison messages for a moment, and a second
-    // one running meanwhile would find the queue empty.
-    if (!deadLettersLoading) {
-      deadLettersLoading = api('v1/dead-letters')
-        .then((body) => renderDeadLetters(body.dead_letters))
+  function renderDeadLetters(page, append) {
+    const body = byId('dead-letters').tBodies[0];
+    const rows = page.dead_letters.map(deadLetterRow);
+    if (append) body.append(...rows);
+    else body.replaceChildren(...rows);
+    byId('dead-empty').hidden = body.rows.length > 0;
+    deadLettersNext = page.continuation;
+    byId('dead-more').hidden = !deadLettersNext;
+  }
+
+  function loadDeadLetters(more) {
+    // One listing at a time: a call holds the poison messages it reads for a moment, and a
+    // second one running meanwhile would not see them.
+    if (!deadLettersLoading && (!more || deadLettersNext)) {
+      const query = new URLSearchParams({ limit: String(DEAD_LETTER_PAGE) });
+      if (more) query.set('continuation', deadLettersNext);
+      deadLettersLoading = api(`v1/dead-letters?${query}`)
+        .then((page) => renderDeadLetters(page, more))
         .catch((error) => {
           if (access !== 'none') notice(`The dead letters could not be read: ${error.message}`, true);
         })
@@ -352,15 +364,25 @@
     button.textContent = 'Replaying…';
     if (deadLettersLoading) await deadLettersLoading;
     try {
-      const report = await api('v1/dead-letters/replay', {
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify({ ids: [id] }),
-      });
-      if (report.done.includes(id)) {
+      // The replay walks the poison queue a call at a time until it meets the id.
+      const done = [];
+      const skipped = {};
+      let continuation = null;
+      do {
+        const selection = continuation ? { ids: [id], continuation } : { ids: [id] };
+        const report = await api('v1/dead-letters/replay', {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify(selection),
+        });
+        done.push(...report.done);
+        Object.assign(skipped, report.skipped);
+        continuation = report.continuation;
+      } while (continuation);
+      if (done.includes(id)) {
         notice(`Replayed ${id}: it is on the mail queue again.`);
-      } else if (report.skipped[id]) {
-        notice(`${id} was not replayed: ${report.skipped[id]}.`, true);
+      } else if (skipped[id]) {
+        notice(`${id} was not replayed: ${skipped[id]}.`, true);
       } else {
         notice(`${id} was not replayed: it is no longer in the poison queue.`, true);
       }
@@ -481,6 +503,7 @@
     const id = byId('search-id').value.trim();
     if (id) showTimeline(id);
   });
+  byId('dead-more').addEventListener('click', () => loadDeadLetters(true));
   byId('refresh').addEventListener('click', () => {
     lastPoisonDepth = null;
     refresh();

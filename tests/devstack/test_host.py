@@ -39,7 +39,7 @@ from devstack.host import (
     http_route,
     merge_settings,
     route_prefix,
-    with_overrides,
+    with_app_setting_overrides,
 )
 from devstack.host_http import HttpApp, RouteTemplate, is_authorized, to_response
 from devstack.host_invoke import FunctionSpec, HostError, Invoker
@@ -299,29 +299,31 @@ def test_should_keep_no_poison_queue_for_poison_queues_or_too_long_names() -> No
     assert poison_queue_name("q" * 57) is None
 
 
-def test_should_override_host_json_with_azurefunctionsjobhost_settings() -> None:
-    host_json: dict[str, Any] = {
-        "version": "2.0",
-        "extensions": {"queues": {"visibilityTimeout": "00:00:30"}},
-    }
-    settings = {
-        "AzureFunctionsJobHost__extensions__queues__VisibilityTimeout": "00:00:01",
-        "AzureFunctionsJobHost__extensions__queues__maxDequeueCount": "2",
-        "AzureFunctionsJobHost__functionTimeout": "00:01:00",
-        "AzureWebJobsStorage": "UseDevelopmentStorage=true",
-    }
-
-    merged = with_overrides(host_json, settings)
-    options = QueueOptions.from_host_json(merged, cpu_count=2)
-
-    assert (options.visibility_timeout, options.max_dequeue_count) == (1.0, 2)
-    assert merged["functionTimeout"] == "00:01:00"
-    assert host_json["extensions"]["queues"] == {"visibilityTimeout": "00:00:30"}
-
-
 def test_should_read_route_prefix_default_and_empty() -> None:
     assert route_prefix({"version": "2.0"}) == "api"
     assert route_prefix({"extensions": {"http": {"routePrefix": ""}}}) == ""
+
+
+def test_should_put_azure_functions_job_host_app_settings_over_host_json() -> None:
+    host_json: dict[str, Any] = {
+        "version": "2.0",
+        "extensions": {"queues": {"maxDequeueCount": 5, "batchSize": 8}},
+    }
+    settings = {
+        "AzureFunctionsJobHost__extensions__queues__maxDequeueCount": "2",
+        "azurefunctionsjobhost__Extensions__Queues__VisibilityTimeout": "00:00:00",
+        "AzureFunctionsJobHost__extensions__http__routePrefix": "gateway",
+        "AzureFunctionsJobHost__": "ignored",
+        "MAIL_QUEUE_NAME": "mail-outbound",
+    }
+
+    merged = with_app_setting_overrides(host_json, settings)
+
+    options = QueueOptions.from_host_json(merged, cpu_count=1)
+    assert (options.max_dequeue_count, options.visibility_timeout) == (2, 0.0)
+    assert options.batch_size == 8
+    assert route_prefix(merged) == "gateway"
+    assert host_json["extensions"]["queues"]["maxDequeueCount"] == 5
 
 
 def test_should_refuse_module_without_or_with_several_function_apps() -> None:

@@ -7,6 +7,7 @@ Without Chromium the browser tests are skipped with a reason that says they did 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -15,11 +16,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+from azure.core.exceptions import ResourceExistsError
+from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
+from devstack.azurite import Azurite
 from devstack.sendgrid_standin import SendGridStandIn
+from shared.settings import Settings
+from shared.status import StatusStore
 from tests.e2e.conftest import ADMIN_KEY, Queues, RunningHost, wait_for
 from tests.e2e.test_mail_flow import accept, dead_letter_for, mails_for
+from tests.samples import envelope
 
 # Set by .ci/run: there the browser tests must run, never be skipped.
 REQUIRE_BROWSER = "MAILGATE_REQUIRE_BROWSER"
@@ -235,4 +242,43 @@ def test_should_show_a_dead_letters_timeline_and_resend_it_when_replayed_from_th
     expect(page.locator("#timeline li .what").last).to_have_text("sent now, after 1 attempt(s)")
     screenshot(page, tmp_path)
     assert queues.poison_records() == []
+    assert console_page.errors == []
+
+
+def test_should_list_dead_letters_a_page_at_a_time_with_the_hosts_reason(
+    azurite: Azurite, stack: RunningHost, queues: Queues, console_page: OpenedPage, tmp_path: Path
+) -> None:
+    # More than one listing call's worth of messages the host moved (bare envelopes, base64).
+    poison = QueueClient.from_connection_string(
+        azurite.connection_string,
+        queues.poison.queue_name,
+        message_encode_policy=TextBase64EncodePolicy(),
+    )
+    with contextlib.suppress(ResourceExistsError):
+        poison.create_queue()
+    # As after the gateway's first accept, which dead letters follow: its status table exists.
+    StatusStore.from_settings(Settings.from_env(stack.settings)).ensure_exists()
+    ids = [f"moved-{number:03}" for number in range(130)]
+    for id in ids:
+        poison.send_message(envelope(id=id, attempt=2).to_json())
+
+    page = open_console(console_page, stack)
+
+    rows = page.locator("#dead-letters tbody tr")
+    expect(rows).to_have_count(100)
+    expect(rows.first.locator(".reason")).to_have_text(
+        "moved to the poison queue by the Functions host after 5 dequeues"
+    )
+    page.click("#dead-more")
+    expect(rows).to_have_count(130)
+    expect(page.locator("#dead-more")).to_be_hidden()
+    shown = page.locator("#dead-letters tbody tr").evaluate_all(
+        "rows => rows.map(row => row.dataset.id)"
+    )
+    assert sorted(shown) == ids
+    screenshot(page, tmp_path)
+    # The listing released what it read behind the rest: the last one is now past the first
+    # call of a replay walk, which goes on until it meets it.
+    page.locator('#dead-letters tr[data-id="moved-129"] button.replay').click()
+    expect(page.locator("#notice")).to_contain_text("Replayed moved-129")
     assert console_page.errors == []

@@ -112,7 +112,12 @@ def test_should_replay_a_dead_letter_once_the_fault_is_gone(
     assert [(e["id"], e["attempts"]) for e in listed] == [(message_id, 1)]
     assert "403" in listed[0]["reason"]
     assert refused.status_code == 401
-    assert replayed.json() == {"done": [message_id], "skipped": {}, "not_found": []}
+    assert replayed.json() == {
+        "done": [message_id],
+        "skipped": {},
+        "not_found": [],
+        "continuation": None,
+    }
     assert sent_counts(standin) == Counter({message_id: 1})
     assert queues.poison_records() == []
 

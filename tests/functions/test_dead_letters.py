@@ -15,12 +15,18 @@ from tests.samples import NOW, envelope
 POISON = "mail-outbound-poison"
 
 
-def call(function: Any, route: str, method: str, content: bytes = b"") -> func.HttpResponse:
+def call(
+    function: Any,
+    route: str,
+    method: str,
+    content: bytes = b"",
+    params: dict[str, str] | None = None,
+) -> func.HttpResponse:
     request = func.HttpRequest(
         method=method,
         url=f"http://localhost:7071/api/v1/{route}",
         headers={"Content-Type": "application/json"},
-        params={},
+        params=params or {},
         route_params={},
         body=content,
     )
@@ -72,11 +78,86 @@ def test_should_list_the_dead_letters_with_their_reasons() -> None:
         "replayable": True,
     }
     assert (second["id"], second["attempts"], second["dead_lettered_at"]) == ("msg-b", 3, None)
+    # The app's host.json says after how many dequeues the host moves a message.
+    assert second["reason"] == "moved to the poison queue by the Functions host after 5 dequeues"
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_list_a_page_at_a_time_following_the_continuation(
+    fake_queue: FakeMailQueue,
+) -> None:
+    for number in range(5):
+        fake_queue.poison_client.send_message(envelope(id=f"msg-{number}").to_json())
+
+    pages = [json_of(call(list_dead_letters, "dead-letters", "GET", params={"limit": "2"}))]
+    while pages[-1]["continuation"] is not None:
+        assert len(pages) < 10, "the walk does not end"
+        params = {"limit": "2", "continuation": pages[-1]["continuation"], "code": "admin"}
+        pages.append(json_of(call(list_dead_letters, "dead-letters", "GET", params=params)))
+
+    assert [[d["id"] for d in page["dead_letters"]] for page in pages] == [
+        ["msg-0", "msg-1"],
+        ["msg-2", "msg-3"],
+        ["msg-4"],
+    ]
+
+
+@pytest.mark.usefixtures("gateway")
+@pytest.mark.parametrize(
+    ("params", "pointer"),
+    [
+        ({"limit": "0"}, "?limit"),
+        ({"limit": "1000"}, "?limit"),
+        ({"continuation": "%%"}, "?continuation"),
+    ],
+)
+def test_should_refuse_a_listing_query_out_of_bounds_with_a_problem_naming_it(
+    params: dict[str, str], pointer: str
+) -> None:
+    response = call(list_dead_letters, "dead-letters", "GET", params=params)
+
+    assert response.status_code == 400
+    assert [e["pointer"] for e in problem_of(response)["errors"]] == [pointer]
+
+
+@pytest.mark.usefixtures("gateway", "two_dead_letters")
+def test_should_replay_a_walk_a_call_at_a_time(fake_queue: FakeMailQueue) -> None:
+    reports = [json_of(replay({"all": True, "limit": 1}))]
+    while reports[-1]["continuation"] is not None:
+        assert len(reports) < 10, "the walk does not end"
+        selection = {"all": True, "limit": 1, "continuation": reports[-1]["continuation"]}
+        reports.append(json_of(replay(selection)))
+
+    assert [r["done"] for r in reports[:2]] == [["msg-a"], ["msg-b"]]
+    assert [d for r in reports for d in r["done"]] == ["msg-a", "msg-b"]
+    assert fake_queue.poison_texts == []
+
+
+@pytest.mark.usefixtures("gateway", "two_dead_letters")
+@pytest.mark.parametrize(
+    ("selection", "pointer"),
+    [
+        ({"all": True, "limit": 0}, "#/limit"),
+        ({"all": True, "limit": "many"}, "#/limit"),
+        ({"all": True, "continuation": "not-ours"}, "#/continuation"),
+    ],
+)
+def test_should_refuse_a_replay_limit_or_continuation_that_does_not_do(
+    selection: dict[str, Any], pointer: str, fake_queue: FakeMailQueue
+) -> None:
+    response = replay(selection)
+
+    assert response.status_code == 400
+    assert [e["pointer"] for e in problem_of(response)["errors"]] == [pointer]
+    assert len(fake_queue.poison_texts) == 2
 
 
 @pytest.mark.usefixtures("gateway")
 def test_should_list_no_dead_letters_when_there_are_none() -> None:
-    assert json_of(call(list_dead_letters, "dead-letters", "GET")) == {"dead_letters": []}
+    assert json_of(call(list_dead_letters, "dead-letters", "GET")) == {
+        "dead_letters": [],
+        "continuation": None,
+    }
 
 
 @pytest.mark.usefixtures("gateway", "two_dead_letters")
@@ -86,7 +167,12 @@ def test_should_replay_the_chosen_dead_letters(
     response = replay({"ids": ["msg-b", "msg-z"]})
 
     assert response.status_code == 200
-    assert json_of(response) == {"done": ["msg-b"], "skipped": {}, "not_found": ["msg-z"]}
+    assert json_of(response) == {
+        "done": ["msg-b"],
+        "skipped": {},
+        "not_found": ["msg-z"],
+        "continuation": None,
+    }
     assert [(e.id, e.attempt) for e in fake_queue.envelopes] == [("msg-b", 1)]
     assert fake_statuses.records["msg-b"].state is MessageState.QUEUED
     assert len(fake_queue.poison_texts) == 1
@@ -130,7 +216,12 @@ def test_should_purge_the_chosen_dead_letters_once_confirmed(fake_queue: FakeMai
     response = purge({"ids": ["msg-a"], "confirm": POISON})
 
     assert response.status_code == 200
-    assert json_of(response) == {"done": ["msg-a"], "skipped": {}, "not_found": []}
+    assert json_of(response) == {
+        "done": ["msg-a"],
+        "skipped": {},
+        "not_found": [],
+        "continuation": None,
+    }
     assert [json.loads(t)["id"] for t in fake_queue.poison_texts] == ["msg-b"]
 
 

@@ -59,6 +59,8 @@ PLACES: dict[str, frozenset[str]] = {
     # Set by App Service while its authentication runs (read-only there); the gateway reads it to
     # know whether the sign-in headers can be trusted (shared/operator_sign_in.py).
     "WEBSITE_AUTH_ENABLED": frozenset({CODE, README}),
+    # The host's override of host.json; optional, read only to word a host-moved dead letter.
+    "AzureFunctionsJobHost__extensions__queues__maxDequeueCount": frozenset({CODE, README}),
     # The local host's admin key (devstack); Azure manages host keys itself.
     "LOCAL_ADMIN_KEY": frozenset({LOCAL, README}),
     # Optional, for tests that kill the local host; it defaults to the real host's 10 minutes.

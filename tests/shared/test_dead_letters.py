@@ -1,24 +1,29 @@
 from __future__ import annotations
 
+import base64
 import json
 import logging
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import pytest
 
 from shared.dead_letters import (
-    HOST_MOVED_REASON,
+    DeadLetterPage,
     DeadLetters,
+    parse_listing_query,
     parse_selection,
     read_entry,
 )
 from shared.delivery import Delivery
 from shared.errors import InvalidMessage, StorageUnavailable
 from shared.models import DeadLetter, QueueEnvelope
+from shared.poison_walk import DEFAULT_PAGE_LIMIT, HOLD_SECONDS, MAX_PAGE_LIMIT
 from shared.sendgrid_client import build_payload
 from shared.settings import Settings
 from shared.status import MessageState, MessageStatus
 from tests.fakes import (
+    Clock,
     FakeActivityLog,
     FakeMailQueue,
     FakeMailSender,
@@ -97,16 +102,43 @@ def test_should_read_a_gateway_dead_letter_with_its_reason() -> None:
     }
 
 
-def test_should_read_a_bare_envelope_as_moved_by_the_host() -> None:
-    entry = read_entry(host_moved("msg-d2", attempt=4))
+def test_should_read_a_bare_envelope_as_moved_by_the_host_after_its_max_dequeue_count() -> None:
+    entry = read_entry(host_moved("msg-d2", attempt=4), host_max_dequeue_count=3)
 
     assert entry.to_document() == {
         "id": "msg-d2",
-        "reason": HOST_MOVED_REASON,
+        "reason": "moved to the poison queue by the Functions host after 3 dequeues",
         "attempts": 4,
         "dead_lettered_at": None,
         "replayable": True,
     }
+
+
+def test_should_say_the_hosts_default_of_5_dequeues_when_not_told_otherwise() -> None:
+    entry = read_entry(host_moved("msg-d2"))
+
+    assert entry.reason == "moved to the poison queue by the Functions host after 5 dequeues"
+
+
+def test_should_list_a_host_moved_message_with_the_apps_max_dequeue_count(
+    fake_queue: FakeMailQueue, fake_bodies: FakeMessageBodyStore, fake_statuses: FakeStatusStore
+) -> None:
+    poison(fake_queue, host_moved("msg-d2"), dead_lettered("msg-d3", reason="SendGrid said no"))
+    dead_letters = DeadLetters(
+        fake_queue.poison,
+        fake_queue,
+        fake_bodies,
+        fake_statuses,
+        lambda: LATER,
+        host_max_dequeue_count=2,
+    )
+
+    reasons = [e.reason for e in dead_letters.entries()]
+
+    assert reasons == [
+        "moved to the poison queue by the Functions host after 2 dequeues",
+        "SendGrid said no",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -203,7 +235,12 @@ def test_should_replay_a_chosen_dead_letter_as_a_fresh_first_attempt(
 
     report = dead_letters.replay(["msg-d5"])
 
-    assert report.to_document() == {"done": ["msg-d5"], "skipped": {}, "not_found": []}
+    assert report.to_document() == {
+        "done": ["msg-d5"],
+        "skipped": {},
+        "not_found": [],
+        "continuation": None,
+    }
     [replayed] = fake_queue.envelopes
     assert replayed == envelope(id="msg-d5", attempt=1)
     assert replayed.dead_letter is None
@@ -320,7 +357,12 @@ def test_should_purge_only_the_chosen_dead_letters(
 
     report = dead_letters.purge(["msg-d13"])
 
-    assert report.to_document() == {"done": ["msg-d13"], "skipped": {}, "not_found": []}
+    assert report.to_document() == {
+        "done": ["msg-d13"],
+        "skipped": {},
+        "not_found": [],
+        "continuation": None,
+    }
     assert [read_entry(t).message_id for t in fake_queue.poison_client.visible_texts] == [
         "msg-d14",
         None,
@@ -343,7 +385,12 @@ def test_should_purge_every_dead_letter_unreadable_ones_included(
 def test_should_find_nothing_in_an_empty_poison_queue(dead_letters: DeadLetters) -> None:
     assert dead_letters.entries() == []
     assert dead_letters.replay(["msg-x"]).not_found == ["msg-x"]
-    assert dead_letters.purge(None).to_document() == {"done": [], "skipped": {}, "not_found": []}
+    assert dead_letters.purge(None).to_document() == {
+        "done": [],
+        "skipped": {},
+        "not_found": [],
+        "continuation": None,
+    }
 
 
 def test_should_report_storage_unavailable_when_the_poison_queue_does_not_answer(
@@ -552,3 +599,363 @@ def test_should_keep_the_blob_when_the_status_cannot_be_read_while_purging(
 
     assert report.done == ["msg-b11"]
     assert "msg-b11.json" in fake_bodies.blobs
+
+
+# --- walks in bounded calls: limits, continuations, holds ----------------------------------
+
+
+def walked_dead_letters(
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+    monotonic: Clock | None = None,
+    now: Callable[[], datetime] = lambda: LATER,
+) -> DeadLetters:
+    return DeadLetters(
+        fake_queue.poison,
+        fake_queue,
+        fake_bodies,
+        fake_statuses,
+        now,
+        monotonic=monotonic or Clock(0.0),
+    )
+
+
+def listing_pages(dead_letters: DeadLetters, limit: int) -> list[DeadLetterPage]:
+    pages = [dead_letters.list_page(limit)]
+    while pages[-1].continuation is not None:
+        assert len(pages) < 100, "the walk does not end"
+        pages.append(dead_letters.list_page(limit, pages[-1].continuation))
+    return pages
+
+
+def test_should_list_a_page_at_a_time_each_dead_letter_once_leaving_all_visible(
+    dead_letters: DeadLetters, fake_queue: FakeMailQueue
+) -> None:
+    texts = [host_moved(f"msg-l{i}") for i in range(7)]
+    poison(fake_queue, *texts)
+
+    pages = []
+    page = dead_letters.list_page(3)
+    while True:
+        # Nothing a call received stays hidden after it.
+        assert len(fake_queue.poison_client.visible_texts) == 7
+        pages.append([e.message_id for e in page.entries])
+        if page.continuation is None:
+            break
+        page = dead_letters.list_page(3, page.continuation)
+
+    assert pages == [["msg-l0", "msg-l1", "msg-l2"], ["msg-l3", "msg-l4", "msg-l5"], ["msg-l6"]]
+    assert sorted(fake_queue.poison_client.visible_texts) == sorted(texts)
+
+
+def test_should_end_a_walk_that_comes_round_to_the_messages_it_released(
+    dead_letters: DeadLetters, fake_queue: FakeMailQueue
+) -> None:
+    # 40 messages: the second receive returns the last 8 and then the first ones again.
+    poison(fake_queue, *(host_moved(f"msg-r{i:02}") for i in range(40)))
+
+    [page] = listing_pages(dead_letters, 100)
+
+    assert [e.message_id for e in page.entries] == [f"msg-r{i:02}" for i in range(40)]
+    assert len(fake_queue.poison_client.visible_texts) == 40
+
+
+def test_should_stop_a_walk_whose_released_messages_were_all_deleted_meanwhile(
+    dead_letters: DeadLetters, fake_queue: FakeMailQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    poison(fake_queue, *(host_moved(f"msg-g{i:02}") for i in range(40)))
+    first = dead_letters.list_page(10)
+    assert first.continuation is not None
+    # Another operator purges the 8 messages the walk would know it had come round by.
+    dead_letters.purge([f"msg-g{i:02}" for i in range(8)])
+
+    continuation: str | None = first.continuation
+    listed = len(first.entries)
+    with caplog.at_level(logging.WARNING, logger="shared.poison_walk"):
+        while continuation is not None:
+            page = dead_letters.list_page(10, continuation)
+            continuation, listed = page.continuation, listed + len(page.entries)
+            assert listed < 1000, "the walk does not end"
+
+    # Its bound: the depth when it began plus one call's most.
+    assert listed == 40 + MAX_PAGE_LIMIT
+    assert "stopped after" in caplog.text
+
+
+def test_should_receive_no_more_than_a_call_has_time_for_and_go_on_next_call(
+    fake_queue: FakeMailQueue, fake_bodies: FakeMessageBodyStore, fake_statuses: FakeStatusStore
+) -> None:
+    poison(fake_queue, *(host_moved(f"msg-t{i:03}") for i in range(100)))
+    clock = Clock(0.0)
+
+    def slow_receive() -> None:
+        clock.now += 4.0
+
+    fake_queue.poison_client.on_receive = slow_receive
+    dead_letters = walked_dead_letters(fake_queue, fake_bodies, fake_statuses, clock)
+
+    first = dead_letters.list_page(MAX_PAGE_LIMIT)
+    clock.now += 60.0
+    second = dead_letters.list_page(MAX_PAGE_LIMIT, first.continuation)
+
+    # Two receives of 32 take 8 s of the 10 s budget, at 0.125 s a message: the third asks
+    # for no more than the 2 s left have time for.
+    assert len(first.entries) == 32 + 32 + 16
+    assert first.continuation is not None
+    listed = [e.message_id for e in first.entries + second.entries]
+    assert listed == [f"msg-t{i:03}" for i in range(100)]
+    assert second.continuation is None
+
+
+def test_should_renew_a_hold_running_short_before_replaying_the_message(
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    poison(fake_queue, dead_lettered("msg-h1"), dead_lettered("msg-h2"))
+    [_, second_queue_message] = fake_queue.poison_client.peek_messages(2)
+    clock = Clock(0.0)
+    read_status = fake_statuses.get
+
+    def slow_get(message_id: str) -> MessageStatus | None:
+        clock.now += 20.0  # storage answering slowly
+        return read_status(message_id)
+
+    monkeypatch.setattr(fake_statuses, "get", slow_get)
+    dead_letters = walked_dead_letters(fake_queue, fake_bodies, fake_statuses, clock)
+
+    report = dead_letters.replay(None)
+
+    assert report.done == ["msg-h1", "msg-h2"]
+    # msg-h1 had 40 s of its 60 s hold left; msg-h2 20 s: held again before its replay.
+    [(renewed, seconds)] = fake_queue.poison_client.updates
+    assert seconds == HOLD_SECONDS
+    assert renewed == second_queue_message.id
+    assert fake_queue.poison_texts == []
+    assert [e.id for e in fake_queue.envelopes] == ["msg-h1", "msg-h2"]
+
+
+def test_should_replay_ids_found_in_later_calls_and_report_the_missing_only_at_the_end(
+    dead_letters: DeadLetters, fake_queue: FakeMailQueue
+) -> None:
+    poison(fake_queue, *(dead_lettered(f"msg-i{i}") for i in range(6)))
+
+    reports = [dead_letters.replay_page(["msg-i5", "msg-i1", "msg-gone"], limit=3)]
+    while reports[-1].continuation is not None:
+        assert len(reports) < 10, "the walk does not end"
+        ids = ["msg-i1", "msg-gone", "msg-i5"]  # the same selection, in another order
+        reports.append(dead_letters.replay_page(ids, 3, reports[-1].continuation))
+
+    assert [r.done for r in reports[:2]] == [["msg-i1"], ["msg-i5"]]
+    assert [r.not_found for r in reports] == [[]] * (len(reports) - 1) + [["msg-gone"]]
+    assert [e.id for e in fake_queue.envelopes] == ["msg-i1", "msg-i5"]
+    assert len(fake_queue.poison_client.visible_texts) == 4
+
+
+def test_should_end_a_replay_by_ids_once_every_id_is_found(
+    dead_letters: DeadLetters, fake_queue: FakeMailQueue
+) -> None:
+    poison(fake_queue, *(dead_lettered(f"msg-e{i}") for i in range(6)))
+
+    report = dead_letters.replay_page(["msg-e1"], limit=3)
+
+    assert (report.done, report.not_found, report.continuation) == (["msg-e1"], [], None)
+    assert len(fake_queue.poison_client.visible_texts) == 5
+
+
+def test_should_replay_every_dead_letter_once_over_several_calls(
+    dead_letters: DeadLetters, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    # Two copies of msg-a4 in different calls, an unreadable message and a sent message's copy.
+    poison(fake_queue, *(dead_lettered(f"msg-a{i}") for i in range(5)))
+    poison(fake_queue, UNREADABLE, host_moved("msg-a4"), host_moved("msg-sent"))
+    fake_statuses.add(
+        MessageStatus(id="msg-sent", state=MessageState.SENT, accepted_at=NOW, updated_at=NOW)
+    )
+
+    report = dead_letters.replay_page(None, limit=2)
+    calls = 1
+    while report.continuation is not None:
+        report.merge(dead_letters.replay_page(None, 2, report.continuation))
+        calls += 1
+        assert calls < 10, "the walk does not end"
+
+    assert report.done == [f"msg-a{i}" for i in range(5)]
+    assert sorted(report.skipped.values()) == [
+        "already sent; purge this copy",
+        "not a mailgate envelope",
+    ]
+    assert [e.id for e in fake_queue.envelopes] == [f"msg-a{i}" for i in range(5)]
+    # What was not replayed stays, visible.
+    left = [read_entry(t).message_id for t in fake_queue.poison_client.visible_texts]
+    assert sorted(left, key=lambda id: id or "") == [None, "msg-a4", "msg-sent"]
+
+
+def test_should_not_replay_again_a_message_dead_lettered_again_during_the_walk(
+    dead_letters: DeadLetters,
+    fake_queue: FakeMailQueue,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    poison(fake_queue, dead_lettered("msg-x"), dead_lettered("msg-y"), dead_lettered("msg-z"))
+
+    first = dead_letters.replay_page(None, limit=1)
+    # Its delivery is refused again at once, and the gateway dead-letters it again.
+    fake_statuses.put(failed("msg-x", attempts=1).moved(MessageState.FAILED, LATER))
+    poison(fake_queue, dead_lettered("msg-x", reason="refused again"))
+    second = dead_letters.replay_page(None, MAX_PAGE_LIMIT, first.continuation)
+
+    assert (first.done, second.done, second.continuation) == (["msg-x"], ["msg-y", "msg-z"], None)
+    assert [e.id for e in fake_queue.envelopes] == ["msg-x", "msg-y", "msg-z"]
+    assert [read_entry(t).reason for t in fake_queue.poison_texts] == ["refused again"]
+
+
+def test_should_purge_a_page_at_a_time_and_every_copy_of_the_chosen_ids(
+    dead_letters: DeadLetters, fake_queue: FakeMailQueue
+) -> None:
+    poison(fake_queue, *(dead_lettered(f"msg-p{i}") for i in range(5)), dead_lettered("msg-p1"))
+
+    first = dead_letters.purge_page(["msg-p1", "msg-p9"], limit=4)
+    second = dead_letters.purge_page(["msg-p9", "msg-p1"], 4, first.continuation)
+
+    assert (first.done, first.not_found) == (["msg-p1"], [])
+    assert (second.done, second.not_found, second.continuation) == (["msg-p1"], ["msg-p9"], None)
+    assert sorted(read_entry(t).message_id or "" for t in fake_queue.poison_texts) == [
+        "msg-p0",
+        "msg-p2",
+        "msg-p3",
+        "msg-p4",
+    ]
+
+
+# --- continuations that do not belong -------------------------------------------------------
+
+
+@pytest.fixture
+def listing_continuation(dead_letters: DeadLetters, fake_queue: FakeMailQueue) -> str:
+    poison(fake_queue, *(dead_lettered(f"msg-c{i}") for i in range(3)))
+    continuation = dead_letters.list_page(1).continuation
+    assert continuation is not None
+    return continuation
+
+
+def refusal(call: Callable[[], object]) -> tuple[str, str]:
+    with pytest.raises(InvalidMessage) as caught:
+        call()
+    [problem] = caught.value.problems
+    return problem.pointer, problem.detail
+
+
+@pytest.mark.parametrize(
+    "continuation",
+    ["not base64!", "e30", "x" * 3000, base64.urlsafe_b64encode(b'{"v": 2}').decode()],
+    ids=["not base64", "empty object", "too long", "another version"],
+)
+def test_should_refuse_a_continuation_this_api_did_not_give_out(
+    dead_letters: DeadLetters, continuation: str
+) -> None:
+    assert refusal(lambda: dead_letters.list_page(10, continuation)) == (
+        "?continuation",
+        "is not one this API gave out",
+    )
+
+
+def test_should_refuse_a_listing_continuation_for_a_replay(
+    dead_letters: DeadLetters, listing_continuation: str
+) -> None:
+    assert refusal(lambda: dead_letters.replay_page(None, 10, listing_continuation)) == (
+        "#/continuation",
+        "belongs to a list walk, not a replay",
+    )
+
+
+def test_should_refuse_a_replay_continuation_for_other_ids(
+    dead_letters: DeadLetters, fake_queue: FakeMailQueue
+) -> None:
+    poison(fake_queue, *(dead_lettered(f"msg-s{i}") for i in range(3)))
+    continuation = dead_letters.replay_page(["msg-s2"], limit=1).continuation
+    assert continuation is not None
+
+    pointer, detail = refusal(lambda: dead_letters.replay_page(["msg-s1"], 1, continuation))
+    assert pointer == "#/continuation"
+    assert detail.startswith("belongs to another selection")
+    assert refusal(lambda: dead_letters.replay_page(None, 1, continuation))[0] == "#/continuation"
+    # The same ids in another order are the same selection.
+    assert dead_letters.replay_page(["msg-s2", "msg-s2"], 5, continuation).done == ["msg-s2"]
+
+
+def test_should_refuse_a_continuation_older_than_an_hour(
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+    listing_continuation: str,
+) -> None:
+    later = walked_dead_letters(
+        fake_queue, fake_bodies, fake_statuses, now=lambda: LATER + timedelta(minutes=61)
+    )
+
+    assert refusal(lambda: later.list_page(10, listing_continuation)) == (
+        "?continuation",
+        "has expired: start the walk again without it",
+    )
+
+
+def test_should_refuse_a_continuation_whose_found_ids_do_not_fit_its_selection(
+    dead_letters: DeadLetters, fake_queue: FakeMailQueue
+) -> None:
+    poison(fake_queue, *(dead_lettered(f"msg-f{i}") for i in range(3)))
+    continuation = dead_letters.replay_page(["msg-f2"], limit=1).continuation
+    assert continuation is not None
+    state = json.loads(base64.urlsafe_b64decode(continuation + "=" * (-len(continuation) % 4)))
+    state["found"] = base64.urlsafe_b64encode(b"\xff\xff").decode()
+    forged = base64.urlsafe_b64encode(json.dumps(state).encode()).decode().rstrip("=")
+
+    assert refusal(lambda: dead_letters.replay_page(["msg-f2"], 1, forged))[1] == (
+        "is not one this API gave out"
+    )
+
+
+@pytest.mark.parametrize(
+    ("params", "pointer"),
+    [
+        ({"limit": "0"}, "?limit"),
+        ({"limit": str(MAX_PAGE_LIMIT + 1)}, "?limit"),
+        ({"limit": "ten"}, "?limit"),
+        ({"continuation": ""}, "?continuation"),
+        ({"continuation": "x" * 2049}, "?continuation"),
+    ],
+)
+def test_should_refuse_a_listing_query_out_of_bounds_naming_the_parameter(
+    params: dict[str, str], pointer: str
+) -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        parse_listing_query(params)
+
+    assert [p.pointer for p in caught.value.problems] == [pointer]
+
+
+def test_should_read_a_listing_query_with_defaults_and_ignore_the_hosts_parameters() -> None:
+    assert parse_listing_query({"code": "admin-key"}).limit == DEFAULT_PAGE_LIMIT
+    query = parse_listing_query({"limit": "25", "continuation": "abc"})
+    assert (query.limit, query.continuation) == (25, "abc")
+
+
+@pytest.mark.parametrize(
+    ("content", "pointer"),
+    [
+        (b'{"all": true, "limit": 0}', "#/limit"),
+        (b'{"all": true, "limit": 501}', "#/limit"),
+        (b'{"all": true, "continuation": ""}', "#/continuation"),
+        (b'{"ids": [""]}', "#/ids/0"),
+        (b'{"ids": ["' + b"x" * 65 + b'"]}', "#/ids/0"),
+        (b'{"all": true, "confirm": "' + b"x" * 64 + b'"}', "#/confirm"),
+    ],
+)
+def test_should_refuse_a_selection_out_of_bounds_naming_the_field(
+    content: bytes, pointer: str
+) -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        parse_selection(content)
+
+    assert [p.pointer for p in caught.value.problems] == [pointer]

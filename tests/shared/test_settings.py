@@ -1,15 +1,20 @@
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shared.errors import ConfigurationError
 from shared.settings import (
+    APP_HOST_JSON,
+    MAX_DEQUEUE_COUNT_SETTING,
     Settings,
     StorageSettings,
     connection_setting,
     data_connection,
+    host_json_max_dequeue_count,
     refuse_unresolved_key_vault_references,
 )
 from tests.event_webhook_samples import WebhookSigner
@@ -592,3 +597,52 @@ def test_should_name_mailgate_storage_when_its_connection_string_is_malformed() 
     message = refusal({**BASE_ENV, "MAILGATE_STORAGE": "not-a-connection-string"})
 
     assert message.startswith("MAILGATE_STORAGE is not a storage connection string")
+
+
+# --- the host's maxDequeueCount, for the reason of a message the host moved -----------------
+
+
+def test_should_read_the_hosts_max_dequeue_count_from_the_apps_host_json() -> None:
+    app_host_json = json.loads(APP_HOST_JSON.read_text(encoding="utf-8"))
+
+    count = Settings.from_env(BASE_ENV).host_max_dequeue_count
+
+    assert count == app_host_json["extensions"]["queues"]["maxDequeueCount"]
+
+
+def test_should_let_the_hosts_app_setting_override_host_json_max_dequeue_count() -> None:
+    settings = settings_with(**{MAX_DEQUEUE_COUNT_SETTING: "3"})
+
+    assert settings.host_max_dequeue_count == 3
+
+
+@pytest.mark.parametrize("value", ["0", "three", "2.5"])
+def test_should_refuse_a_max_dequeue_count_override_that_is_not_a_positive_integer(
+    value: str,
+) -> None:
+    assert MAX_DEQUEUE_COUNT_SETTING in refusal({**BASE_ENV, MAX_DEQUEUE_COUNT_SETTING: value})
+
+
+@pytest.mark.parametrize(
+    ("content", "count"),
+    [
+        ('{"version": "2.0", "extensions": {"queues": {"maxDequeueCount": 3}}}', 3),
+        ('{"version": "2.0", "Extensions": {"Queues": {"MaxDequeueCount": "7"}}}', 7),
+        ('{"version": "2.0", "extensions": {"queues": {"batchSize": 8}}}', 5),
+        ('{"version": "2.0"}', 5),
+        ('{"version": "2.0", "extensions": {"queues": {"maxDequeueCount": 0}}}', 5),
+        ("not json", 5),
+    ],
+    ids=["set", "any case", "other options only", "no queues section", "zero", "unreadable"],
+)
+def test_should_read_max_dequeue_count_from_host_json_or_default_to_the_hosts_5(
+    tmp_path: Path, content: str, count: int
+) -> None:
+    path = tmp_path / "host.json"
+    path.write_text(content, encoding="utf-8")
+
+    assert host_json_max_dequeue_count(path) == count
+
+
+def test_should_default_max_dequeue_count_to_5_without_a_host_json(tmp_path: Path) -> None:
+    assert host_json_max_dequeue_count(tmp_path / "host.json") == 5
