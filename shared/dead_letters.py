@@ -14,7 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from shared.blobs import MessageBodyStore
 from shared.errors import FieldProblem, InvalidMessage, StorageUnavailable
-from shared.models import MAX_MESSAGE_ID_LENGTH, QueueEnvelope, field_problems
+from shared.models import (
+    MAX_MESSAGE_ID_LENGTH,
+    WRITTEN_BY_GATEWAY,
+    QueueEnvelope,
+    StoredBody,
+    field_problems,
+)
 from shared.poison_walk import (
     DEFAULT_PAGE_LIMIT,
     MAX_CONTINUATION_LENGTH,
@@ -25,11 +31,13 @@ from shared.poison_walk import (
     WalkKind,
 )
 from shared.queue import MailQueue
-from shared.settings import DEFAULT_MAX_DEQUEUE_COUNT
+from shared.settings import DEFAULT_MAX_DEQUEUE_COUNT, sender_allowed
 from shared.status import FINAL_STATES, MessageState, MessageStatus, StatusStore
 
 if TYPE_CHECKING:
     from azure.storage.queue import QueueClient
+
+    from shared.clients import Client, ClientStore
 
 logger = logging.getLogger(__name__)
 
@@ -160,8 +168,13 @@ class DeadLetters:
         *,
         host_max_dequeue_count: int = DEFAULT_MAX_DEQUEUE_COUNT,
         monotonic: Callable[[], float] = time.monotonic,
+        clients: ClientStore | None = None,
+        allowed_senders: tuple[str, ...] | None = None,
     ) -> None:
         self._poison = poison
+        # What a replay checks again (None: not checked, for tests of the walk alone).
+        self._clients = clients
+        self._allowed_senders = allowed_senders
         self._queue = queue
         self._bodies = bodies
         self._statuses = statuses
@@ -204,6 +217,7 @@ class DeadLetters:
             report.not_found = sorted(set(ids or ()))
             return report
         started_at = walk.started_at
+        clients: dict[str, Client | None] = {}
 
         def visit(held: HeldMessage) -> bool:
             entry = self._read(held.message.content)
@@ -221,6 +235,10 @@ class DeadLetters:
             if current is not None and current.state is MessageState.SENT:
                 # A stray copy of a message that went out: replaying it would send it twice.
                 report.skipped[entry.envelope.id] = "already sent; purge this copy"
+                return True
+            refusal = self._still_refused(entry.envelope, clients)
+            if refusal is not None:
+                report.skipped[entry.envelope.id] = refusal
                 return True
             self._walker.hold(held)
             self._replay_one(entry.envelope)
@@ -336,6 +354,52 @@ class DeadLetters:
                 error,
                 extra={"mailgate_id": message_id},
             )
+
+    def _still_refused(
+        self, envelope: QueueEnvelope, clients: dict[str, Client | None]
+    ) -> str | None:
+        """Why a dead letter may not go out again now, or None: the accept's checks repeated.
+
+        Since it was accepted its client may have been disabled, removed or given other
+        senders, and ALLOWED_SENDERS may have changed; a replay is a new send.
+        """
+        if self._clients is None or self._allowed_senders is None:
+            return None
+        client = None
+        if envelope.client is not None:
+            if envelope.client not in clients:
+                clients[envelope.client] = self._clients.get(envelope.client)
+            client = clients[envelope.client]
+            if client is None:
+                return f"its client {envelope.client!r} no longer exists; purge it"
+            if not client.enabled:
+                return f"its client {envelope.client!r} is disabled; enable it first, or purge"
+        senders = self._senders(envelope)
+        if senders is None:
+            return f"its body, blob {envelope.blob}, cannot be read; purge it"
+        for address in senders:
+            domain = address.rpartition("@")[2].lower() or "(none)"
+            if not sender_allowed(address, self._allowed_senders):
+                return f"its sender (domain {domain}) is no longer allowed by ALLOWED_SENDERS"
+            if client is not None and not client.may_send_as(address):
+                return (
+                    f"its sender (domain {domain}) is no longer among the senders of client "
+                    f"{client.name!r}"
+                )
+        return None
+
+    def _senders(self, envelope: QueueEnvelope) -> list[str] | None:
+        """Every `from` of the message, read from its blob if it has one; None if unreadable."""
+        if envelope.blob is None:
+            return envelope.sender_addresses()
+        content = self._bodies.get(envelope.blob)
+        if content is None:
+            return None
+        try:
+            stored = StoredBody.model_validate_json(content, context=WRITTEN_BY_GATEWAY)
+            return envelope.with_body(stored).sender_addresses()
+        except (ValidationError, ValueError):
+            return None
 
     def _replay_one(self, envelope: QueueEnvelope) -> None:
         now = self._now()

@@ -94,6 +94,8 @@ class Gateway:
             statuses,
             now,
             host_max_dequeue_count=settings.host_max_dequeue_count,
+            clients=clients,
+            allowed_senders=settings.allowed_senders,
         )
         self.console = Console(queue, statuses, self.activity, self.events, now)
         # Accepting and delivering take turns for the memory large messages need.

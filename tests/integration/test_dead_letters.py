@@ -14,13 +14,14 @@ from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 import admin.__main__ as admin_main
 from devstack.azurite import Azurite
 from shared.blobs import MessageBodyStore
+from shared.clients import ClientStore
 from shared.dead_letters import DeadLetters
 from shared.models import DeadLetter, QueueEnvelope
 from shared.queue import MailQueue
 from shared.settings import Settings
 from shared.status import MessageState, MessageStatus, StatusStore
 from tests.integration.conftest import base64_queue_client, time_limit
-from tests.samples import BASE_ENV, NOW, envelope
+from tests.samples import BASE_ENV, CLIENT, NOW, envelope
 
 REPLAYED_AT = NOW + timedelta(days=1)
 REFUSED_AT = NOW + timedelta(minutes=1)
@@ -332,6 +333,11 @@ def admin_environment(
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(admin_main, "MAX_PAGE_LIMIT", 10)
+    # The dead letters' client, which a replay checks is still there and enabled.
+    clients = ClientStore.from_settings(storage_settings)
+    clients.ensure_exists()
+    if clients.get(CLIENT.name) is None:
+        clients.create(CLIENT.name, ",".join(CLIENT.senders))
 
 
 def run_admin(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[Any, list[str]]:
