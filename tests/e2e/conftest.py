@@ -64,8 +64,9 @@ class RunningHost(LocalHostProcess):
         # migrating app its operator allowed every account-wide control it uses.
         clients = ClientStore.from_settings(Settings.from_env(settings))
         clients.ensure_exists()
+        self.client_name = f"{CLIENT_NAME}-{uuid.uuid4().hex[:12]}"
         _, self.client_key = clients.create(
-            f"{CLIENT_NAME}-{uuid.uuid4().hex[:12]}",
+            self.client_name,
             CLIENT_SENDERS,
             MAX_RATE_PER_MINUTE,
             ",".join(FEATURES),

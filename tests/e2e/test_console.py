@@ -13,6 +13,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -259,8 +260,13 @@ def test_should_list_dead_letters_a_page_at_a_time_with_the_hosts_reason(
     # As after the gateway's first accept, which dead letters follow: its status table exists.
     StatusStore.from_settings(Settings.from_env(stack.settings)).ensure_exists()
     ids = [f"moved-{number:03}" for number in range(130)]
+    # The stack's own client and a sender it may use: a replay checks both again.
+    sender: dict[str, Any] = {"from": "app@example.com"}
     for id in ids:
-        poison.send_message(envelope(id=id, attempt=2).to_json())
+        moved = envelope(id=id, attempt=2, **sender).model_copy(
+            update={"client": stack.client_name}
+        )
+        poison.send_message(moved.to_json())
 
     page = open_console(console_page, stack)
 

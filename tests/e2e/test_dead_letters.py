@@ -37,8 +37,9 @@ HOST_MOVED_QUEUE = "mail-hostmoved"
 HOST_MAX_DEQUEUE_COUNT = 2
 
 
-def fill_poison_queue(azurite: Azurite, queues: Queues, ids: list[str]) -> None:
-    """Dead letters as the gateway writes them (base64 envelopes with their reason), quickly."""
+def fill_poison_queue(azurite: Azurite, queues: Queues, ids: list[str], client: str) -> None:
+    """Dead letters of `client` as the gateway writes them (base64 envelopes with their reason),
+    quickly; from a sender the client and ALLOWED_SENDERS allow, as a replay checks again."""
     poison = QueueClient.from_connection_string(
         azurite.connection_string,
         queues.poison.queue_name,
@@ -52,7 +53,13 @@ def fill_poison_queue(azurite: Azurite, queues: Queues, ids: list[str]) -> None:
         attempts=1,
         at=datetime.now(timezone.utc),
     )
-    texts = [envelope(id=id).model_copy(update={"dead_letter": record}).to_json() for id in ids]
+    sender: dict[str, Any] = {"from": "app@example.com"}
+    texts = [
+        envelope(id=id, **sender)
+        .model_copy(update={"client": client, "dead_letter": record})
+        .to_json()
+        for id in ids
+    ]
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(poison.send_message, texts))
 
@@ -98,7 +105,7 @@ def test_should_walk_2000_dead_letters_in_calls_well_within_the_limit_and_replay
     ids = [f"dl-{number:04}-{uuid.uuid4().hex[:8]}" for number in range(DEAD_LETTERS)]
     # As after the gateway's first accept, which dead letters follow: its status table exists.
     StatusStore.from_settings(Settings.from_env(stack.settings)).ensure_exists()
-    fill_poison_queue(azurite, queues, ids)
+    fill_poison_queue(azurite, queues, ids, stack.client_name)
 
     listing = walk(stack, "GET", "/api/v1/dead-letters", None)
     replay = walk(stack, "POST", "/api/v1/dead-letters/replay", {"all": True})
