@@ -159,9 +159,9 @@ var appSettings = {
   // (shared/operator_sign_in.py).
   OPERATOR_PRINCIPAL_IDS: operatorPrincipalIds
   // Read by glibc in the worker at start: a freed block of 1 MiB or more goes back to the system
-  // at once. Without it glibc raises its threshold after the first large free, and the worker
-  // kept 1,250 MiB after delivering 24 messages of 29 MB, six at a time, against 680 MiB with
-  // it (make bench, scenario 7).
+  // at once. Without it glibc raises its threshold after the first large free, and the worker's
+  // peak over 24 messages of 29 MB, six at a time, was 1,600-1,890 MiB against 930-1,070 MiB
+  // with it (README, Large messages).
   MALLOC_MMAP_THRESHOLD_: '1048576'
   // Read by the Python worker: threads for the `def` functions. Absent, the Functions host starts
   // the worker with 1000 (Azure/azure-functions-host, DefaultWorkerProcessFactory
