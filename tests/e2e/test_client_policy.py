@@ -73,7 +73,7 @@ def test_should_count_every_recipient_against_the_rate_and_answer_429_with_retry
     second = stack.post_message(two, key=key)
 
     assert (first.status_code, second.status_code) == (202, 429)
-    assert 1 <= int(second.headers["Retry-After"]) <= 60
+    assert 0 < int(second.headers["Retry-After"]) <= 60
     assert "makes 2 and 1 are left" in second.json()["detail"]
     wait_for(lambda: mails_for(standin, first.json()["id"]))
     time.sleep(0.5)
