@@ -30,10 +30,10 @@ from typing import Any, TypeVar
 
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.functions.queue import QueueMessage as FunctionQueueMessage
-from azure.storage.queue import LinearRetry, QueueMessage
+from azure.storage.queue import LinearRetry, QueueClient, QueueMessage
 
 from devstack.host_invoke import FunctionSpec, HostError, Invoker
-from shared.storage_http import FastQueueClient
+from shared.storage_transport import shared_transport
 
 logger = logging.getLogger(__name__)
 
@@ -307,8 +307,8 @@ class QueueListener:
     def __init__(
         self,
         spec: FunctionSpec,
-        queue: FastQueueClient,
-        poison: FastQueueClient | None,
+        queue: QueueClient,
+        poison: QueueClient | None,
         options: QueueOptions,
         invoker: Invoker,
         io: Executor,
@@ -388,8 +388,12 @@ class QueueListener:
 
     async def _receive(self) -> list[QueueMessage]:
         def receive() -> list[QueueMessage]:
-            # One request, as the host makes.
-            return self._queue.receive_batch(self._options.batch_size, self._hold)
+            # One request, as the host makes: the first page of up to batchSize messages.
+            batch = self._options.batch_size
+            pages = self._queue.receive_messages(
+                messages_per_page=batch, max_messages=batch, visibility_timeout=self._hold
+            ).by_page()
+            return list(next(pages, []))
 
         try:
             return await self._call(receive)
@@ -557,16 +561,18 @@ class QueueListener:
 
 def create_clients(
     connection_string: str, queue_name: str
-) -> tuple[FastQueueClient, FastQueueClient | None]:
+) -> tuple[QueueClient, QueueClient | None]:
     """Clients for the queue and its poison queue, reading and writing raw message text."""
 
-    def client(name: str) -> FastQueueClient:
+    def client(name: str) -> QueueClient:
         # Short retries: the SDK's default waits 15 s and more between attempts, which
         # would stall start-up and shutdown for minutes when Azurite is not running.
         retry = LinearRetry(backoff=1, retry_total=3, random_jitter_range=1)
-        # Deleting each message goes over the gateway's pooled HTTP path, as sending does: the
-        # SDK's pipeline would cost the host more CPU per message than most functions.
-        return FastQueueClient.from_connection_string(connection_string, name, retry_policy=retry)
+        # The gateway's transport: the host receives and deletes every message, and with
+        # azure-core's default transport that would cost it more CPU than most functions.
+        return QueueClient.from_connection_string(
+            connection_string, name, retry_policy=retry, transport=shared_transport()
+        )
 
     poison_name = poison_queue_name(queue_name)
     return client(queue_name), client(poison_name) if poison_name else None

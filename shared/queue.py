@@ -9,9 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import requests
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
-from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.queue import (
     LinearRetry,
     QueueClient,
@@ -21,7 +19,7 @@ from azure.storage.queue import (
 
 from shared.errors import StorageUnavailable
 from shared.settings import Settings, StorageSettings, poison_queue_name
-from shared.storage_http import FastQueueClient
+from shared.storage_transport import StorageTransport, shared_transport
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -33,32 +31,14 @@ logger = logging.getLogger(__name__)
 # Messages the gateway queues never expire; the host's own poison copies last 7 days.
 NEVER_EXPIRES = -1
 
-# Enough pooled connections for every function thread (PYTHON_THREADPOOL_THREAD_COUNT).
-STORAGE_POOL_SIZE = 64
-
 # A SAS signature in a URL's query string, as a storage error's message may quote it.
 _SIGNATURE = re.compile(r"([?&]sig=)[^&\s'\"]+", re.IGNORECASE)
 
 
-def storage_transport() -> RequestsTransport:
-    """A pooled transport for one storage client, with prompt timeouts.
-
-    It does not read proxy and netrc settings from the environment: `requests` does that on
-    every call, which cost 7-8 % of the host's CPU per message (docs/performance.md).
-    """
-    session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(
-        pool_connections=STORAGE_POOL_SIZE, pool_maxsize=STORAGE_POOL_SIZE
-    )
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return RequestsTransport(
-        session=session,
-        session_owner=True,
-        use_env_settings=False,
-        connection_timeout=5,
-        read_timeout=20,
-    )
+def storage_transport() -> StorageTransport:
+    """The transport every storage client of the process shares (shared/storage_transport.py):
+    pooled connections, prompt timeouts, no proxy settings read from the environment."""
+    return shared_transport()
 
 
 # Fail within seconds when storage is down, so callers get a prompt 503; the SDK's default
@@ -247,7 +227,7 @@ class RawTextFallbackDecodePolicy(TextBase64DecodePolicy):
 
 def _queue_client(
     storage: StorageSettings, name: str, credential: TokenCredential | None
-) -> FastQueueClient:
+) -> QueueClient:
     # The host's default messageEncoding is base64; raw text would go straight to poison. Raw
     # text may still sit on either queue (a producer that forgot base64, until the host moves
     # it; the host's poison copy of it): reading it, as a peek does, must not fail.
@@ -257,9 +237,9 @@ def _queue_client(
         "message_decode_policy": RawTextFallbackDecodePolicy(),
     }
     if storage.connection_string:
-        return FastQueueClient.from_connection_string(storage.connection_string, name, **options)
+        return QueueClient.from_connection_string(storage.connection_string, name, **options)
     assert storage.queue_service_uri is not None
-    return FastQueueClient(storage.queue_service_uri, name, credential=credential, **options)
+    return QueueClient(storage.queue_service_uri, name, credential=credential, **options)
 
 
 def summary(error: AzureError) -> str:
