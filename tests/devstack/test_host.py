@@ -707,7 +707,8 @@ def test_should_list_functions_and_skip_unsupported_trigger_with_warning(sample:
     log.wait_for(r"on_blob: blobTrigger is not supported by the local host")
     log.wait_for(r"get_message: \[DELETE,GET\] http://127\.0\.0\.1:\d+/api/v1/messages/\{id\}")
     log.wait_for(r"on_work: queueTrigger work-items")
-    log.wait_for(r"tick: timerTrigger Cron: '0 \*/5 \* \* \* \*'$")
+    # The schedule as the host prints it: NCrontab's expansion of `0 */5 * * * *`.
+    log.wait_for(r"tick: timerTrigger Cron: '0 0,5,10,15,20,25,30,35,40,45,50,55 \* \* \* \*'$")
     log.wait_for(r"at_startup: timerTrigger Cron: '0 0 0 1 1 \*' \(runOnStartup\)$")
     # use_monitor needs AzureWebJobsStorage, which the sample's settings leave out.
     log.wait_for(r"Timers with use_monitor keep their schedule status in AzureWebJobsStorage")
