@@ -11,7 +11,8 @@ schedule status says an occurrence was missed while the host was down, else one 
 `run_on_startup`. The schedule status is what `use_monitor` keeps: the last and next
 occurrences, in the blob `timers/<host id>/Host.Functions.<name>/status` of the container
 `azure-webjobs-hosts` in the AzureWebJobsStorage account, as the host keeps it. `use_monitor`
-left unset means on, unless the schedule fires more than once a minute.
+left unset means on, and the host turns it off, set or not, for a schedule that fires more than
+once a minute.
 
 Schedules run in UTC (Azure's default time zone). Locally, the app setting
 `LOCAL_TIMER_SCHEDULE_<function name>` replaces a function's schedule, so that tests and
@@ -235,8 +236,10 @@ def timer_config(spec: FunctionSpec, settings: Mapping[str, str], now: datetime)
             spec.name,
             expression,
         )
+    # UseMonitor is true unless set false, and TimerSchedule.Create turns it off for a schedule
+    # that fires more than once a minute even when the app set it true (WebJobs Extensions).
     use_monitor = getattr(trigger, "use_monitor", None)
-    if use_monitor is None:
+    if use_monitor is None or use_monitor:
         use_monitor = not fires_more_than_once_a_minute(schedule, now)
     return TimerConfig(
         schedule=schedule,
