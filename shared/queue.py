@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -40,11 +42,27 @@ STORAGE_POOL_SIZE = 64
 _SIGNATURE = re.compile(r"([?&]sig=)[^&\s'\"]+", re.IGNORECASE)
 
 
+# The environment variable naming the CA file that TLS to storage is verified against.
+CA_FILE_VARIABLE = "SSL_CERT_FILE"
+
+
+def storage_tls_verify(environ: Mapping[str, str] = os.environ) -> str | bool:
+    """What a storage transport verifies TLS with: the CA file SSL_CERT_FILE names, else True.
+
+    SSL_CERT_FILE is OpenSSL's own variable: Python's `ssl` default context and httpx honour
+    it, `requests` does not (it loads certifi's bundle), so a transport built on `requests` is
+    given it here. The gateway needs it nowhere in Azure; the local stack's identity mode sets
+    it to certifi's CAs plus the local CA that signed Azurite's certificate.
+    """
+    return environ.get(CA_FILE_VARIABLE) or True
+
+
 def storage_transport() -> RequestsTransport:
     """A pooled transport for one storage client, with prompt timeouts.
 
     It does not read proxy and netrc settings from the environment: `requests` does that on
-    every call, which cost 7-8 % of the host's CPU per message (docs/performance.md).
+    every call, which cost 7-8 % of the host's CPU per message (docs/performance.md). Its CA
+    file is storage_tls_verify()'s, read once here.
     """
     session = requests.Session()
     adapter = requests.adapters.HTTPAdapter(
@@ -58,6 +76,7 @@ def storage_transport() -> RequestsTransport:
         use_env_settings=False,
         connection_timeout=5,
         read_timeout=20,
+        connection_verify=storage_tls_verify(),
     )
 
 
