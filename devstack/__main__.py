@@ -1,9 +1,14 @@
-"""`make run`: Azurite, the SendGrid stand-in and the local host; Ctrl-C stops all three."""
+"""`make run`: Azurite, the SendGrid stand-in and the local host; Ctrl-C stops all three.
+
+`LOCAL_STORAGE_AUTH=identity make run` runs the production path instead: Azurite over HTTPS,
+reached with managed-identity tokens from a local identity endpoint (devstack/identity_mode.py).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -13,6 +18,17 @@ from urllib.parse import urlsplit
 
 from devstack.azurite import Azurite, AzuriteError
 from devstack.host import DEFAULT_PORT, local_setting_values, merge_settings, read_local_settings
+from devstack.identity_endpoint import IdentityEndpoint
+from devstack.identity_mode import (
+    IDENTITY_AUTH,
+    app_settings,
+    operator_environment,
+    process_environment,
+    storage_auth,
+    without_storage_connections,
+    write_environment_file,
+)
+from devstack.local_tls import LocalTls
 from devstack.sendgrid_standin import DEFAULT_API_KEY, SendGridStandIn
 from devstack.sendgrid_standin import DEFAULT_PORT as STANDIN_DEFAULT_PORT
 from shared.clients import ClientStore
@@ -28,6 +44,12 @@ from shared.settings import (
 DATA_DIR = Path(".devstack")
 DEV_CLIENT = "dev"
 DEV_KEY_FILE = DATA_DIR / "dev-client-key"
+# Identity mode: the local CA, the identity endpoint (next to the stand-in's 7072) and its
+# header, kept so that a shell that sourced the operator environment file keeps working.
+TLS_DIR = DATA_DIR / "tls"
+IDENTITY_ENDPOINT_PORT = 7073
+IDENTITY_HEADER_FILE = DATA_DIR / "identity-header"
+OPERATOR_ENV_FILE = DATA_DIR / "identity.env"
 
 
 def main() -> int:
@@ -37,17 +59,63 @@ def main() -> int:
     app_dir = Path.cwd()
     local_values = local_setting_values(read_local_settings(app_dir))
     env = dict(os.environ)
+    host_options: list[str] = []
     with contextlib.ExitStack() as stack:
         try:
-            if _uses_development_storage(merge_settings(local_values, env)):
+            if storage_auth(env) == IDENTITY_AUTH:
+                local_values, env = _identity_mode(stack, local_values, env)
+                # Only the settings given: local.settings.json's connection string stays out.
+                host_options.append("--environment-only")
+            elif _uses_development_storage(merge_settings(local_values, env)):
                 stack.enter_context(_azurite())
             _choose_sendgrid(stack, local_values, env)
             settings = Settings.from_env(merge_settings(local_values, env))
             _announce_dev_client(settings)
-        except (AzuriteError, MailgateError, OSError) as error:
+        except (AzuriteError, MailgateError, OSError, ValueError) as error:
             print(f"mailgate: cannot start: {error}", file=sys.stderr)
             return 2
-        return _run_host(env)
+        return _run_host(env, host_options)
+
+
+def _identity_mode(
+    stack: contextlib.ExitStack, local_values: dict[str, str], env: dict[str, str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Start Azurite over HTTPS with tokens and the identity endpoint; the settings without
+    storage connections, and the host's environment with the identity-based ones."""
+    tls = LocalTls.ensure(TLS_DIR)
+    azurite = stack.enter_context(_azurite(tls))
+    endpoint = IdentityEndpoint(header=_identity_header(), port=IDENTITY_ENDPOINT_PORT).start()
+    stack.callback(endpoint.stop)
+    process_env = process_environment(endpoint, tls)
+    # This process makes the dev client as the app would reach storage: with the identity.
+    os.environ.update(process_env)
+    local_values = without_storage_connections(local_values)
+    host_env = {
+        **merge_settings(local_values, without_storage_connections(env)),
+        **app_settings(azurite, endpoint.client_id),
+        **process_env,
+    }
+    write_environment_file(OPERATOR_ENV_FILE, operator_environment(azurite, endpoint, tls))
+    print(
+        f"Identity mode: storage only with managed-identity tokens over HTTPS (Azurite with "
+        f"--oauth basic; its CA in {tls.ca}); token endpoint {endpoint.url} for client id "
+        f"{endpoint.client_id}.\nAdmin commands in another shell: . {OPERATOR_ENV_FILE} && "
+        "make poison"
+    )
+    return local_values, host_env
+
+
+def _identity_header() -> str:
+    """The identity endpoint's header: the saved one, else a new one, saved (owner only)."""
+    if IDENTITY_HEADER_FILE.is_file():
+        saved = IDENTITY_HEADER_FILE.read_text().strip()
+        if saved:
+            return saved
+    header = secrets.token_urlsafe(32)
+    IDENTITY_HEADER_FILE.parent.mkdir(parents=True, exist_ok=True)
+    IDENTITY_HEADER_FILE.touch(mode=0o600)  # owner only before the secret is in it
+    IDENTITY_HEADER_FILE.write_text(header + "\n")
+    return header
 
 
 def _announce_dev_client(settings: Settings) -> None:
@@ -92,16 +160,22 @@ def _uses_development_storage(settings: dict[str, str]) -> bool:
 
 
 @contextlib.contextmanager
-def _azurite() -> Iterator[Azurite]:
-    # UseDevelopmentStorage=true means the default ports; data persists across runs.
+def _azurite(tls: LocalTls | None = None) -> Iterator[Azurite]:
+    # UseDevelopmentStorage=true means the default ports; data persists across runs, and is
+    # the same in both modes.
     azurite = Azurite(
         in_memory=False,
         location=DATA_DIR / "azurite",
         blob_port=10000,
         queue_port=10001,
         table_port=10002,
+        tls=tls,
+        oauth=tls is not None,
     ).start()
-    print(f"Azurite (local storage) on 127.0.0.1:10000-10002, data in {DATA_DIR / 'azurite'}")
+    print(
+        f"Azurite (local storage) on {azurite.scheme}://127.0.0.1:10000-10002, "
+        f"data in {DATA_DIR / 'azurite'}"
+    )
     try:
         yield azurite
     finally:
@@ -130,9 +204,9 @@ def _choose_sendgrid(
     print(f"SendGrid stand-in on {standin.base_url}, mails written to {DATA_DIR / 'outbox'}/")
 
 
-def _run_host(env: dict[str, str]) -> int:
+def _run_host(env: dict[str, str], options: list[str]) -> int:
     host = subprocess.Popen(
-        [sys.executable, "-m", "devstack.host", "--port", str(DEFAULT_PORT)], env=env
+        [sys.executable, "-m", "devstack.host", "--port", str(DEFAULT_PORT), *options], env=env
     )
     try:
         return host.wait()

@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from devstack.local_tls import LocalTls
 from devstack.processes import ManagedProcess, StartupFailed
 
 logger = logging.getLogger(__name__)
@@ -60,12 +61,24 @@ class Azurite:
         startup_timeout: float = 20.0,
         access_log: bool = False,
         executable: str | os.PathLike[str] | None = None,
+        tls: LocalTls | None = None,
+        oauth: bool = False,
+        debug_log: Path | None = None,
     ) -> None:
-        """Configure; nothing starts until start(). Port 0 means a free port."""
+        """Configure; nothing starts until start(). Port 0 means a free port.
+
+        With `tls`, the services speak HTTPS with its certificate; `oauth` then makes them
+        accept Microsoft Entra bearer tokens too (`--oauth basic`: audience, issuer and
+        lifetime are checked, the signature is not), the account key still working.
+        `debug_log` is a file for Azurite's debug log, which records every request's headers.
+        """
         if in_memory and location is not None:
             raise ValueError(
                 "in_memory and location exclude each other: Azurite persists to one or the other"
             )
+        if oauth and tls is None:
+            # Azurite refuses a bearer token over http, as Azure does.
+            raise ValueError("oauth needs tls: Azurite accepts bearer tokens over HTTPS only")
         self.in_memory = in_memory
         self.location = None if in_memory else Path(location or DEFAULT_LOCATION).resolve()
         self.host = host
@@ -73,6 +86,9 @@ class Azurite:
         self.startup_timeout = startup_timeout
         self.access_log = access_log
         self.executable = Path(executable) if executable is not None else DEFAULT_EXECUTABLE
+        self.tls = tls
+        self.oauth = oauth
+        self.debug_log = debug_log
         self._ports: dict[str, int] = {}
         self._process: ManagedProcess | None = None
         self._tempdir: Path | None = None
@@ -154,25 +170,31 @@ class Azurite:
         return self._port("table")
 
     @property
+    def scheme(self) -> str:
+        """`https` with TLS, else `http`."""
+        return "https" if self.tls is not None else "http"
+
+    @property
     def blob_endpoint(self) -> str:
         """The blob service URL of the development account."""
-        return f"http://{self.host}:{self.blob_port}/{ACCOUNT_NAME}"
+        return f"{self.scheme}://{self.host}:{self.blob_port}/{ACCOUNT_NAME}"
 
     @property
     def queue_endpoint(self) -> str:
         """The queue service URL of the development account."""
-        return f"http://{self.host}:{self.queue_port}/{ACCOUNT_NAME}"
+        return f"{self.scheme}://{self.host}:{self.queue_port}/{ACCOUNT_NAME}"
 
     @property
     def table_endpoint(self) -> str:
         """The table service URL of the development account."""
-        return f"http://{self.host}:{self.table_port}/{ACCOUNT_NAME}"
+        return f"{self.scheme}://{self.host}:{self.table_port}/{ACCOUNT_NAME}"
 
     @property
     def connection_string(self) -> str:
         """A connection string for the development account with the actual ports."""
         return (
-            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};"
+            f"DefaultEndpointsProtocol={self.scheme};AccountName={ACCOUNT_NAME};"
+            f"AccountKey={ACCOUNT_KEY};"
             f"BlobEndpoint={self.blob_endpoint};QueueEndpoint={self.queue_endpoint};"
             f"TableEndpoint={self.table_endpoint};"
         )
@@ -219,6 +241,14 @@ class Azurite:
             command += ["--location", str(self.location)]
         if not self.access_log:
             command.append("--silent")
+        if self.tls is not None:
+            # Azurite runs in its own working directory: absolute paths.
+            command += ["--cert", str(self.tls.cert_chain.resolve())]
+            command += ["--key", str(self.tls.key.resolve())]
+        if self.oauth:
+            command += ["--oauth", "basic"]
+        if self.debug_log is not None:
+            command += ["--debug", str(self.debug_log.resolve())]
         return command
 
     def _launch(self, ports: dict[str, int]) -> None:

@@ -59,7 +59,7 @@ from devstack.host_queue import (
     QueueOptions,
     create_clients,
     normalize_queue_name,
-    resolve_connection_string,
+    resolve_connection,
     resolve_setting_expressions,
 )
 from devstack.host_telemetry import start_worker_telemetry
@@ -381,11 +381,11 @@ class LocalHost:
         trigger = spec.trigger
         name = resolve_setting_expressions(getattr(trigger, "queue_name", "") or "", settings)
         queue_name = normalize_queue_name(name)
-        connection = resolve_connection_string(getattr(trigger, "connection", None), settings)
+        connection = resolve_connection(getattr(trigger, "connection", None), settings)
         try:
             queue, poison = create_clients(connection, queue_name)
         except ValueError as exc:
-            raise HostError(f"{spec.name}: bad storage connection string: {exc}") from exc
+            raise HostError(f"{spec.name}: bad storage connection: {exc}") from exc
         # Local only: tests that kill the host shorten the host's fixed 10-minute hold.
         hold = int(settings.get("LOCAL_QUEUE_HOLD_SECONDS") or MESSAGE_HOLD_SECONDS)
         return QueueListener(spec, queue, poison, options, invoker, io, hold_seconds=hold)

@@ -25,15 +25,18 @@ import random
 import re
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.functions.queue import QueueMessage as FunctionQueueMessage
 from azure.storage.queue import LinearRetry, QueueClient, QueueMessage
 
 from devstack.host_invoke import FunctionSpec, HostError, Invoker
-from shared.storage_transport import shared_transport
+from shared.queue import storage_transport
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
 
 logger = logging.getLogger(__name__)
 
@@ -196,14 +199,89 @@ def _section_entries(settings: Mapping[str, str], section: str) -> dict[str, str
     return entries
 
 
-def resolve_connection_string(connection: str | None, settings: Mapping[str, str]) -> str:
-    """The connection string for `connection`, found as the Storage extensions find it.
+@dataclass(frozen=True)
+class StorageConnection:
+    """A storage connection as the host resolved it: a connection string, or the entries of
+    an identity-based connection (`<section>__<key>`, keys in lower case)."""
+
+    section: str
+    connection_string: str | None = field(default=None, repr=False)
+    entries: Mapping[str, str] = field(default_factory=dict)
+
+    def service_uri(self, service: str) -> str | None:
+        """The URI of `service` (queue, blob, table) in an identity-based connection.
+
+        As the Storage extension builds a client (StorageClientProvider.TryGetServiceUri in
+        azure-sdk-for-net's Microsoft.Azure.WebJobs.Extensions.Clients): `accountName` gives
+        `https://<account>.<service>.core.windows.net`, else `<service>ServiceUri`; failing
+        both, Microsoft.Extensions.Azure's ClientFactory matches the client constructor's own
+        parameter, `serviceUri`.
+        """
+        account = self.entries.get("accountname")
+        if account:
+            return f"https://{account}.{service}.core.windows.net"
+        return self.entries.get(f"{service}serviceuri") or self.entries.get("serviceuri")
+
+    def credential(self) -> TokenCredential:
+        """The identity of an identity-based connection, as the host's extensions pick it.
+
+        Microsoft.Extensions.Azure's ClientFactory.CreateCredential (azure-sdk-for-net): with
+        `credential` set to `managedidentity`, a ManagedIdentityCredential for the one
+        identifier given (`clientId`, `managedIdentityClientId`, `managedIdentityResourceId` or
+        `managedIdentityObjectId`; none: the system-assigned identity); with no `credential`, a
+        DefaultAzureCredential (AzureComponentFactoryImpl's fallback), told the client id if one
+        is given. Secrets and certificates in app settings are not supported here.
+        """
+        from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+
+        kind = (self.entries.get("credential") or "").lower()
+        client_id = self.entries.get("clientid")
+        chosen = {
+            key: self.entries[key]
+            for key in (
+                "clientid",
+                "managedidentityclientid",
+                "managedidentityresourceid",
+                "managedidentityobjectid",
+            )
+            if self.entries.get(key)
+        }
+        if kind == "managedidentity":
+            if len(chosen) > 1:
+                raise HostError(
+                    f"Storage connection '{self.section}' names more than one managed identity "
+                    f"({', '.join(sorted(chosen))}): give one"
+                )
+            if "managedidentityresourceid" in chosen:
+                return ManagedIdentityCredential(
+                    identity_config={"resource_id": chosen["managedidentityresourceid"]}
+                )
+            if "managedidentityobjectid" in chosen:
+                return ManagedIdentityCredential(
+                    identity_config={"object_id": chosen["managedidentityobjectid"]}
+                )
+            return ManagedIdentityCredential(
+                client_id=chosen.get("managedidentityclientid") or client_id
+            )
+        if kind or self.entries.keys() & {"clientsecret", "clientcertificate"}:
+            raise HostError(
+                f"Storage connection '{self.section}': the local host supports "
+                "credential=managedidentity or none (DefaultAzureCredential), not "
+                f"'{kind or 'a client secret or certificate'}'"
+            )
+        return DefaultAzureCredential(
+            managed_identity_client_id=chosen.get("managedidentityclientid") or client_id
+        )
+
+
+def resolve_connection(connection: str | None, settings: Mapping[str, str]) -> StorageConnection:
+    """The storage connection `connection`, found as the Storage extensions find it.
 
     The section `AzureWebJobs<X>` if it exists, else `<X>` (WebJobsConfigurationExtensions.cs
     in azure-sdk-for-net's Microsoft.Azure.WebJobs.Extensions.Clients); a section exists with a
     value or with `__` entries, and the first that exists is the only one read. Its value is a
-    connection string; entries alone make an identity-based connection, which the local host
-    cannot use. Finding neither is an error: the host never falls back to AzureWebJobsStorage.
+    connection string; entries alone make an identity-based connection. Finding neither is an
+    error: the host never falls back to AzureWebJobsStorage.
     """
     name = connection or DEFAULT_CONNECTION
     for section in (f"AzureWebJobs{name}", name):
@@ -216,23 +294,20 @@ def resolve_connection_string(connection: str | None, settings: Mapping[str, str
                 raise HostError(
                     f"Storage connection '{name}': the app setting '{section}' is empty"
                 )
-            return _checked(section, value)
+            return StorageConnection(section, connection_string=_checked(section, value))
         # The queue client needs accountName, queueServiceUri or (the SDK constructor's own
         # parameter name, through Microsoft.Extensions.Azure's ClientFactory) serviceUri.
-        endpoints = sorted(entries[k] for k in entries.keys() & _QUEUE_ENDPOINTS)
-        if not endpoints:
+        if not entries.keys() & _QUEUE_ENDPOINTS:
             raise HostError(
                 f"Storage connection '{name}' ({', '.join(sorted(entries.values()))}) gives no "
                 f"queue service: set '{section}__accountName' or '{section}__queueServiceUri'"
             )
-        raise HostError(
-            f"Connection '{name}' is identity-based ({endpoints[0]}): the local host cannot use "
-            "it (the Azure SDK refuses tokens over http). "
-            f"Set '{name}' to a connection string, e.g. UseDevelopmentStorage=true"
-        )
+        values = {key: _checked(setting, settings[setting]) for key, setting in entries.items()}
+        return StorageConnection(section, entries=values)
     raise HostError(
         f"Storage connection '{name}' is not configured: set the app setting "
-        f"'AzureWebJobs{name}' or '{name}' to a connection string"
+        f"'AzureWebJobs{name}' or '{name}' to a connection string, or its "
+        "identity-based entries ('__queueServiceUri' and '__credential', ...)"
     )
 
 
@@ -560,19 +635,28 @@ class QueueListener:
 
 
 def create_clients(
-    connection_string: str, queue_name: str
+    connection: StorageConnection, queue_name: str
 ) -> tuple[QueueClient, QueueClient | None]:
     """Clients for the queue and its poison queue, reading and writing raw message text."""
+    queue_uri = connection.service_uri("queue")
+    credential = None if connection.connection_string else connection.credential()
 
     def client(name: str) -> QueueClient:
         # Short retries: the SDK's default waits 15 s and more between attempts, which
         # would stall start-up and shutdown for minutes when Azurite is not running.
-        retry = LinearRetry(backoff=1, retry_total=3, random_jitter_range=1)
-        # The gateway's transport: the host receives and deletes every message, and with
-        # azure-core's default transport that would cost it more CPU than most functions.
-        return QueueClient.from_connection_string(
-            connection_string, name, retry_policy=retry, transport=shared_transport()
-        )
+        options: dict[str, Any] = {
+            "retry_policy": LinearRetry(backoff=1, retry_total=3, random_jitter_range=1),
+            # The gateway's transport: the host receives and deletes every message, and with
+            # azure-core's default transport that would cost it more CPU than most functions.
+            # It trusts the local CA of the identity mode's HTTPS, if any (SSL_CERT_FILE).
+            "transport": storage_transport(),
+        }
+        if connection.connection_string:
+            return QueueClient.from_connection_string(
+                connection.connection_string, name, **options
+            )
+        assert queue_uri is not None  # resolve_connection requires a queue service
+        return QueueClient(queue_uri, name, credential=credential, **options)
 
     poison_name = poison_queue_name(queue_name)
     return client(queue_name), client(poison_name) if poison_name else None

@@ -8,12 +8,25 @@ An NCRONTAB expression has six fields, seconds first:
 Each field is `*`, a value, a range `a-b`, any of them with a step (`*/5`, `10-40/10`, and
 `5/15`, which means 5 to the field's maximum in steps of 15), or a comma-separated list of
 those. Months and days of the week may also be written as names or any prefix of one
-(`Jan`, `Mon`, `tues`), case-insensitively. This is what NCrontab, the host's library, accepts
-with `IncludingSeconds`, with its particulars kept: a reversed range (`5-2`) is read as `2-5`,
-a step of 0 as 1, day-of-week stops at 6 (7 is refused), and a day of the month and a day of
-the week must BOTH match (`0 0 0 13 * 5` is Friday the 13th only), unlike Vixie cron where
-either may. There is no `?`, `L`, `W` or `#`. A whole-string `TimeSpan` (`00:05:00`) is a
-constant interval, which the host accepts on App Service plans only.
+(`Jan`, `Mon`, `tues`), case-insensitively. There is no `?`, `L`, `W`, `#` or `@daily`.
+
+croniter computes the occurrences; what it is given is first read the way NCrontab, the host's
+library, reads an expression with `IncludingSeconds` (atifaziz/NCrontab: CrontabSchedule.cs
+TryParse, CrontabFieldImpl.cs InternalParse, CrontabField.cs Accumulate), because the two
+differ and croniter would otherwise run schedules that the host reads otherwise or refuses:
+
+- fields are separated by spaces only (NCrontab splits on ' '), and there must be six;
+- a name is any prefix of a month or day name (croniter knows three-letter ones only);
+- a reversed range (`5-1`) is the range put right (`1-5`; croniter wraps it: 5,6,0,1);
+- a range of one value (`5-5`, `Jan-Jan`) is that value (croniter reads the whole cycle);
+- a step below 1 (`*/0`, `*/-2`: int.Parse takes a sign) is 1 (croniter refuses it);
+- a day of the week is 0-6 (croniter also takes 7 for Sunday), and croniter's `?`, `L`, `W`,
+  `#`, `H` and `@` aliases are refused;
+- a day of the month and a day of the week must BOTH match (croniter's `day_or=False`):
+  `0 0 0 13 * 5` is Friday the 13th only, where Vixie cron fires on either.
+
+A whole-string `TimeSpan` (`00:05:00`) is a constant interval, which the host accepts on App
+Service plans only (WebJobs Extensions Timers: TimerSchedule.Create tries NCRONTAB first).
 
 `next_after(moment)` is the first occurrence strictly after `moment`, at whole seconds, in the
 moment's own time zone (the local host runs schedules in UTC, as Azure does by default).
@@ -26,11 +39,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from croniter import CroniterBadDateError, CroniterError, croniter
+
 from devstack.host_invoke import HostError
 from devstack.host_queue import parse_timespan
 
 # No occurrence within this many years: the schedule never fires (say, `0 0 0 30 2 *`). The
-# Gregorian calendar repeats its days of the week every 400 years.
+# Gregorian calendar repeats its days of the week every 400 years. (NCrontab searches on to
+# the year 9999 and hands back DateTime.MaxValue, which never comes either.)
 SEARCH_YEARS = 400
 
 MONTH_NAMES = (
@@ -66,6 +82,12 @@ _MONTH = _FieldKind("Month", 1, 12, MONTH_NAMES)
 _DAY_OF_WEEK = _FieldKind("DayOfWeek", 0, 6, DAY_NAMES)
 _FIELDS = (_SECOND, _MINUTE, _HOUR, _DAY, _MONTH, _DAY_OF_WEEK)
 _DIGITS = re.compile(r"[0-9]+")
+# A step is read with .NET's int.Parse, which takes a sign; past Int32 it throws an
+# OverflowException that NCrontab does not catch, so the host cannot start the timer.
+_STEP = re.compile(r"[+-]?[0-9]+")
+_INT32_MAX = 2**31 - 1
+# croniter keeps the seconds last in its expanded fields, whatever the order it was given.
+_CRONITER_ORDER = (5, 0, 1, 2, 3, 4)
 
 
 class Schedule(Protocol):
@@ -88,63 +110,95 @@ def _value(kind: _FieldKind, text: str) -> int:
                 f"{value} is out of range for the {kind.name} field ({kind.low}-{kind.high})"
             )
         return value
-    lowered = text.lower()
+    # NCrontab compares with IsPrefix(name, text, IgnoreCase): any prefix of a name, `T` too,
+    # the first name that fits winning.
+    lowered = text.lower() if text.isascii() else None
     for index, name in enumerate(kind.names):
-        if name.lower().startswith(lowered):
+        if lowered is not None and name.lower().startswith(lowered):
             return kind.low + index
     if kind.names:
         raise HostError(f"'{text}' is not a {kind.name} name ({', '.join(kind.names)})")
     raise HostError(f"'{text}' is not a number from {kind.low} to {kind.high}")
 
 
-def _element(kind: _FieldKind, text: str) -> set[int]:
-    """The values of one list element: `*`, `v`, `a-b`, each optionally `/step`."""
+def _step(text: str) -> int:
+    if not _STEP.fullmatch(text) or abs(int(text)) > _INT32_MAX:
+        raise HostError(f"'{text}' is not a step (a whole number)")
+    return max(1, int(text))
+
+
+def _element(kind: _FieldKind, text: str) -> str:
+    """One list element (`*`, `v`, `a-b`, each optionally `/step`) in croniter's terms."""
+    if not text:
+        raise HostError(f"a {kind.name} value cannot be empty")
     step: int | None = None
+    # NCrontab looks for a '/' and a '-' after the first character only.
     if "/" in text[1:]:
         text, _, raw_step = text.partition("/")
-        if not _DIGITS.fullmatch(raw_step):
-            raise HostError(f"'{raw_step}' is not a step (a whole number)")
-        # NCrontab reads a step of 0 as 1.
-        step = max(1, int(raw_step))
+        step = _step(raw_step)
     if text == "*":
-        first, last = kind.low, kind.high
-    elif "-" in text[1:]:
+        return "*" if step in (None, 1) else f"*/{step}"
+    if "-" in text[1:]:
         start, _, end = text.partition("-")
         first, last = sorted((_value(kind, start), _value(kind, end)))
     else:
         first = _value(kind, text)
-        # `5/15` runs from 5 to the maximum; a bare value is just itself.
         last = kind.high if step is not None else first
-    return set(range(first, last + 1, step or 1))
+    if first == last:
+        return str(first)
+    return f"{first}-{last}/{step or 1}"
 
 
-def _field(kind: _FieldKind, text: str) -> frozenset[int]:
-    values: set[int] = set()
-    for element in text.split(","):
-        values |= _element(kind, element)
-    return frozenset(values)
+def _field(kind: _FieldKind, text: str) -> str:
+    return ",".join(_element(kind, element) for element in text.split(","))
 
 
-def _first_at_least(values: tuple[int, ...], start: int) -> int | None:
-    return next((v for v in values if v >= start), None)
+def _format_field(kind: _FieldKind, values: list[int]) -> str:
+    """NCrontab's CrontabField.ToString(): runs as `a-b`, the whole range as `*`, no names."""
+    if values == list(range(kind.low, kind.high + 1)):
+        return "*"
+    runs: list[list[int]] = []
+    for value in values:
+        if runs and value == runs[-1][-1] + 1:
+            runs[-1].append(value)
+        else:
+            runs.append([value])
+    return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
+def _croniter(expression: str, start: datetime) -> croniter[datetime]:
+    return croniter(
+        expression,
+        start,
+        ret_type=datetime,
+        day_or=False,
+        second_at_beginning=True,
+        max_years_between_matches=SEARCH_YEARS,
+    )
 
 
 @dataclass(frozen=True)
 class CronSchedule:
-    """A six-field NCRONTAB schedule."""
+    """A six-field NCRONTAB schedule, computed by croniter."""
 
+    # The expression as NCrontab prints it back: the host shows this one (`Cron: '...'`).
     expression: str
-    seconds: tuple[int, ...]
-    minutes: tuple[int, ...]
-    hours: tuple[int, ...]
-    days: frozenset[int]
-    months: tuple[int, ...]
-    days_of_week: frozenset[int]
+    # The same schedule in croniter's terms (numbers, ranges in order, steps of 1 or more).
+    croniter_expression: str
 
     @classmethod
     def parse(cls, expression: str) -> CronSchedule:
         """Parse an expression; HostError says what is wrong with it."""
-        parts = expression.split()
+        parts = [part for part in expression.split(" ") if part]
+        if len(parts) == len(_FIELDS) - 1:
+            # The timer extension itself reads five fields as minutes first (CronSchedule.cs
+            # HasSeconds), but Azure's scale controller parses with seconds only, fails, and
+            # does not wake the app for the timer (Azure/azure-functions-host#7123); Microsoft's
+            # timer trigger page says six fields. So this host refuses what Azure would not run.
+            raise HostError(
+                f"'{expression}' is not a valid NCRONTAB expression: it needs 6 fields "
+                "(second minute hour day month day-of-week), not 5: the seconds come first"
+            )
         if len(parts) != len(_FIELDS):
             raise HostError(
                 f"'{expression}' is not a valid NCRONTAB expression: it needs 6 fields "
@@ -160,58 +214,37 @@ class CronSchedule:
                     f"'{expression}' is not a valid NCRONTAB expression: '{text}' is not a "
                     f"valid {kind.name} field: {error}"
                 ) from None
-        seconds, minutes, hours, days, months, days_of_week = fields
-        return cls(
-            " ".join(parts),
-            tuple(sorted(seconds)),
-            tuple(sorted(minutes)),
-            tuple(sorted(hours)),
-            days,
-            tuple(sorted(months)),
-            days_of_week,
-        )
+        normalized = " ".join(fields)
+        try:
+            # Any start will do: croniter expands the fields when it is built.
+            expanded = _croniter(normalized, datetime(2000, 1, 1)).expanded
+        except CroniterError as error:
+            # Not expected once the fields are read as above; still an answer naming the input.
+            raise HostError(f"'{expression}' is not a valid NCRONTAB expression: {error}") from None
+        printed = []
+        for kind, index in zip(_FIELDS, _CRONITER_ORDER, strict=True):
+            values = expanded[index]
+            # croniter keeps a `*` among the values of a list (`*/3,*`).
+            whole = "*" in values
+            printed.append("*" if whole else _format_field(kind, sorted(int(v) for v in values)))
+        return cls(" ".join(printed), normalized)
 
     def __str__(self) -> str:
         return f"Cron: '{self.expression}'"
 
+    @property
+    def restricts_only_seconds(self) -> bool:
+        """Whether every field but the seconds is `*` as NCrontab prints it (`0-59` is `*`)."""
+        return all(field == "*" for field in self.expression.split(" ")[1:])
+
     def next_after(self, moment: datetime) -> datetime | None:
         """The first occurrence after `moment` (whole seconds, in `moment`'s time zone)."""
-        candidate = moment.replace(microsecond=0) + timedelta(seconds=1)
-        limit = candidate.year + SEARCH_YEARS
-        while candidate.year <= limit:
-            month = _first_at_least(self.months, candidate.month)
-            if month is None:
-                candidate = candidate.replace(year=candidate.year + 1, month=1, day=1)
-                candidate = candidate.replace(hour=0, minute=0, second=0)
-                continue
-            if month != candidate.month:
-                candidate = candidate.replace(month=month, day=1, hour=0, minute=0, second=0)
-            if not self._day_matches(candidate):
-                candidate = candidate.replace(hour=0, minute=0, second=0) + timedelta(days=1)
-                continue
-            hour = _first_at_least(self.hours, candidate.hour)
-            if hour is None:
-                candidate = candidate.replace(hour=0, minute=0, second=0) + timedelta(days=1)
-                continue
-            if hour != candidate.hour:
-                candidate = candidate.replace(hour=hour, minute=0, second=0)
-            minute = _first_at_least(self.minutes, candidate.minute)
-            if minute is None:
-                candidate = candidate.replace(minute=0, second=0) + timedelta(hours=1)
-                continue
-            if minute != candidate.minute:
-                candidate = candidate.replace(minute=minute, second=0)
-            second = _first_at_least(self.seconds, candidate.second)
-            if second is None:
-                candidate = candidate.replace(second=0) + timedelta(minutes=1)
-                continue
-            return candidate.replace(second=second)
-        return None
-
-    def _day_matches(self, moment: datetime) -> bool:
-        # Python's weekday() is Monday = 0; cron's is Sunday = 0.
-        weekday = (moment.weekday() + 1) % 7
-        return moment.day in self.days and weekday in self.days_of_week
+        # NCrontab's GetNextOccurrence starts from the next whole second: fractions do not
+        # count. A croniter is built per call because it keeps its position between calls.
+        try:
+            return _croniter(self.croniter_expression, moment.replace(microsecond=0)).get_next()
+        except CroniterBadDateError:
+            return None
 
 
 @dataclass(frozen=True)
@@ -233,7 +266,7 @@ def parse_schedule(expression: str) -> CronSchedule | ConstantSchedule:
     try:
         return CronSchedule.parse(expression)
     except HostError as cron_error:
-        if len(expression.split()) == len(_FIELDS):
+        if len([part for part in expression.split(" ") if part]) == len(_FIELDS):
             raise
         try:
             seconds = parse_timespan(expression)
@@ -245,9 +278,16 @@ def parse_schedule(expression: str) -> CronSchedule | ConstantSchedule:
 
 
 def fires_more_than_once_a_minute(schedule: Schedule, now: datetime) -> bool:
-    """Whether two occurrences fall within a minute of `now`: the host then keeps no status."""
+    """Whether the host keeps no schedule status for it (`use_monitor` left unset is off).
+
+    As TimerSchedule.ShouldDisableScheduleMonitor decides (WebJobs Extensions Timers): a
+    TimeSpan under a minute; a cron schedule only if every field but the seconds is `*` and
+    two occurrences fall within the minute after `now`. `*/10 * 5 * * *` keeps its status.
+    """
     if isinstance(schedule, ConstantSchedule):
         return schedule.interval < timedelta(minutes=1)
+    if isinstance(schedule, CronSchedule) and not schedule.restricts_only_seconds:
+        return False
     first = schedule.next_after(now)
     if first is None:
         return False

@@ -11,7 +11,8 @@ schedule status says an occurrence was missed while the host was down, else one 
 `run_on_startup`. The schedule status is what `use_monitor` keeps: the last and next
 occurrences, in the blob `timers/<host id>/Host.Functions.<name>/status` of the container
 `azure-webjobs-hosts` in the AzureWebJobsStorage account, as the host keeps it. `use_monitor`
-left unset means on, unless the schedule fires more than once a minute.
+left unset means on, and the host turns it off, set or not, for a schedule that fires more than
+once a minute.
 
 Schedules run in UTC (Azure's default time zone). Locally, the app setting
 `LOCAL_TIMER_SCHEDULE_<function name>` replaces a function's schedule, so that tests and
@@ -41,7 +42,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient, LinearRetry
 from devstack.host_invoke import FunctionSpec, HostError, Invoker
 from devstack.host_queue import (
     get_setting,
-    resolve_connection_string,
+    resolve_connection,
     resolve_setting_expressions,
 )
 from devstack.host_schedule import (
@@ -51,6 +52,7 @@ from devstack.host_schedule import (
     next_occurrences,
     parse_schedule,
 )
+from shared.queue import storage_tls_verify
 
 logger = logging.getLogger(__name__)
 
@@ -162,14 +164,27 @@ class ScheduleMonitor:
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, str], app_dir: str) -> ScheduleMonitor:
-        """The monitor on AzureWebJobsStorage; HostError if that is not a connection string."""
-        connection = resolve_connection_string("Storage", settings)
-        # Short retries: the SDK's default waits 15 s and more between attempts.
-        retry = LinearRetry(backoff=1, retry_total=3, random_jitter_range=1)
+        """The monitor on AzureWebJobsStorage; HostError if that connection is not usable."""
+        connection = resolve_connection("Storage", settings)
+        options: dict[str, Any] = {
+            # Short retries: the SDK's default waits 15 s and more between attempts.
+            "retry_policy": LinearRetry(backoff=1, retry_total=3, random_jitter_range=1),
+            # The local CA of the identity mode's HTTPS, if any (SSL_CERT_FILE).
+            "connection_verify": storage_tls_verify(),
+        }
         try:
-            service = BlobServiceClient.from_connection_string(connection, retry_policy=retry)
+            if connection.connection_string:
+                service = BlobServiceClient.from_connection_string(
+                    connection.connection_string, **options
+                )
+            else:
+                # The host's blob client: `serviceUri` is the blob service's for host storage.
+                blob_uri = connection.service_uri("blob")
+                if blob_uri is None:
+                    raise HostError("AzureWebJobsStorage gives no blob service (__blobServiceUri)")
+                service = BlobServiceClient(blob_uri, credential=connection.credential(), **options)
         except ValueError as exc:
-            raise HostError(f"AzureWebJobsStorage is not a connection string: {exc}") from exc
+            raise HostError(f"AzureWebJobsStorage is not usable: {exc}") from exc
         host_id = get_setting(settings, HOST_ID_SETTING) or default_host_id(app_dir)
         return cls(service.get_container_client(STATUS_CONTAINER), host_id)
 
@@ -235,8 +250,10 @@ def timer_config(spec: FunctionSpec, settings: Mapping[str, str], now: datetime)
             spec.name,
             expression,
         )
+    # UseMonitor is true unless set false, and TimerSchedule.Create turns it off for a schedule
+    # that fires more than once a minute even when the app set it true (WebJobs Extensions).
     use_monitor = getattr(trigger, "use_monitor", None)
-    if use_monitor is None:
+    if use_monitor is None or use_monitor:
         use_monitor = not fires_more_than_once_a_minute(schedule, now)
     return TimerConfig(
         schedule=schedule,

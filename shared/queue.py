@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -35,10 +37,27 @@ NEVER_EXPIRES = -1
 _SIGNATURE = re.compile(r"([?&]sig=)[^&\s'\"]+", re.IGNORECASE)
 
 
+# The environment variable naming the CA file that TLS to storage is verified against.
+CA_FILE_VARIABLE = "SSL_CERT_FILE"
+
+
+def storage_tls_verify(environ: Mapping[str, str] = os.environ) -> str | bool:
+    """What a storage transport verifies TLS with: the CA file SSL_CERT_FILE names, else True.
+
+    SSL_CERT_FILE is OpenSSL's own variable: Python's `ssl` default context and urllib3 honour
+    it, `requests` does not (it loads certifi's bundle); the storage transport is given it
+    explicitly, so that its fallback to `requests` (a proxy) trusts the same CAs. The gateway
+    needs it nowhere in Azure; the local stack's identity mode sets it to certifi's CAs plus
+    the local CA that signed Azurite's certificate.
+    """
+    return environ.get(CA_FILE_VARIABLE) or True
+
+
 def storage_transport() -> StorageTransport:
     """The transport every storage client of the process shares (shared/storage_transport.py):
-    pooled connections, prompt timeouts, no proxy settings read from the environment."""
-    return shared_transport()
+    pooled kept-alive connections, prompt timeouts, no proxy settings read from the
+    environment, TLS verified with storage_tls_verify()'s CAs."""
+    return shared_transport(storage_tls_verify())
 
 
 # Fail within seconds when storage is down, so callers get a prompt 503; the SDK's default

@@ -47,10 +47,11 @@ from devstack.host_queue import (
     PollingBackoff,
     QueueListener,
     QueueOptions,
+    StorageConnection,
     create_clients,
     parse_timespan,
     poison_queue_name,
-    resolve_connection_string,
+    resolve_connection,
     resolve_setting_expressions,
 )
 from shared.settings import Settings, data_connection
@@ -221,40 +222,101 @@ def test_should_let_environment_override_local_settings() -> None:
     assert merged == {"A": "env", "B": "file", "C": "env"}
 
 
+def connection_string_of(connection: str | None, settings: dict[str, str]) -> str | None:
+    return resolve_connection(connection, settings).connection_string
+
+
 def test_should_resolve_connection_from_azurewebjobs_prefixed_setting_first() -> None:
     settings = {"AzureWebJobsMain": "first", "Main": "second", "Other": "other"}
 
-    assert resolve_connection_string("Main", settings) == "first"
-    assert resolve_connection_string("Other", settings) == "other"
-    assert resolve_connection_string(None, {"AzureWebJobsStorage": "s"}) == "s"
+    assert connection_string_of("Main", settings) == "first"
+    assert connection_string_of("Other", settings) == "other"
+    assert connection_string_of(None, {"AzureWebJobsStorage": "s"}) == "s"
 
 
 def test_should_resolve_a_binding_without_connection_to_azurewebjobsstorage_then_storage() -> None:
     # The WebJobs SDK's default connection name is "Storage" (ConnectionStringNames.Storage).
-    assert resolve_connection_string(None, {"AzureWebJobsStorage": "a", "Storage": "b"}) == "a"
-    assert resolve_connection_string("", {"Storage": "b"}) == "b"
+    assert connection_string_of(None, {"AzureWebJobsStorage": "a", "Storage": "b"}) == "a"
+    assert connection_string_of("", {"Storage": "b"}) == "b"
 
 
-def test_should_refuse_identity_based_connection_with_clear_message() -> None:
-    settings = {"Main__queueServiceUri": "https://acct.queue.core.windows.net"}
+def test_should_resolve_an_identity_based_connection_to_its_service_uris() -> None:
+    settings = {
+        "Main__queueServiceUri": "https://127.0.0.1:10001/devstoreaccount1",
+        "Main__blobServiceUri": "https://127.0.0.1:10000/devstoreaccount1",
+        "main__CREDENTIAL": "managedidentity",
+        "Main__clientId": "00000000-0000-4000-8000-000000000001",
+    }
 
-    with pytest.raises(HostError, match="identity-based"):
-        resolve_connection_string("Main", settings)
+    connection = resolve_connection("Main", settings)
+
+    assert connection.connection_string is None
+    assert connection.section == "Main"
+    assert connection.service_uri("queue") == "https://127.0.0.1:10001/devstoreaccount1"
+    assert connection.service_uri("blob") == "https://127.0.0.1:10000/devstoreaccount1"
+    assert connection.entries["credential"] == "managedidentity"
+
+
+def test_should_make_service_uris_from_the_account_name_before_anything_else() -> None:
+    connection = resolve_connection(
+        "Main",
+        {"Main__accountName": "stmail", "Main__queueServiceUri": "https://elsewhere.example"},
+    )
+
+    assert connection.service_uri("queue") == "https://stmail.queue.core.windows.net"
+    assert connection.service_uri("blob") == "https://stmail.blob.core.windows.net"
+
+
+def test_should_take_service_uri_when_no_service_specific_uri_is_given() -> None:
+    connection = resolve_connection("Main", {"Main__serviceUri": "https://q.example"})
+
+    assert connection.service_uri("queue") == "https://q.example"
 
 
 def test_should_read_only_the_first_section_that_exists_even_without_a_value() -> None:
     # AzureWebJobsMain exists through its entry, so Main's connection string is never read.
     settings = {"AzureWebJobsMain__accountName": "acct", "Main": "UseDevelopmentStorage=true"}
 
-    with pytest.raises(HostError, match=r"identity-based \(AzureWebJobsMain__accountName\)"):
-        resolve_connection_string("Main", settings)
+    connection = resolve_connection("Main", settings)
+
+    assert connection.section == "AzureWebJobsMain"
+    assert connection.connection_string is None
+    assert connection.service_uri("queue") == "https://acct.queue.core.windows.net"
 
 
 def test_should_refuse_a_section_without_a_queue_service_or_with_an_empty_value() -> None:
     with pytest.raises(HostError, match=r"Main__credential.*gives no queue service"):
-        resolve_connection_string("Main", {"Main__credential": "managedidentity"})
+        resolve_connection("Main", {"Main__credential": "managedidentity"})
     with pytest.raises(HostError, match="'Main' is empty"):
-        resolve_connection_string("Main", {"Main": ""})
+        resolve_connection("Main", {"Main": ""})
+
+
+def test_should_refuse_an_identity_entry_that_is_an_unresolved_key_vault_reference() -> None:
+    settings = {"Main__queueServiceUri": "@Microsoft.KeyVault(SecretUri=x)"}
+
+    with pytest.raises(HostError, match=r"Main__queueServiceUri.*Key Vault"):
+        resolve_connection("Main", settings)
+
+
+@pytest.mark.parametrize(
+    ("entries", "problem"),
+    [
+        ({"credential": "clientsecret"}, "not 'clientsecret'"),
+        ({"clientSecret": "s", "tenantId": "t", "clientId": "c"}, "client secret"),
+        (
+            {"credential": "managedidentity", "clientId": "a", "managedIdentityObjectId": "b"},
+            "more than one managed identity",
+        ),
+    ],
+)
+def test_should_refuse_credentials_the_local_host_cannot_build(
+    entries: dict[str, str], problem: str
+) -> None:
+    settings = {"Main__queueServiceUri": "https://q.example"}
+    settings.update({f"Main__{key}": value for key, value in entries.items()})
+
+    with pytest.raises(HostError, match=problem):
+        resolve_connection("Main", settings).credential()
 
 
 @pytest.mark.parametrize(
@@ -275,16 +337,36 @@ def test_should_read_the_trigger_connection_where_the_gateway_keeps_its_data(
 ) -> None:
     settings = {"ALLOWED_SENDERS": "@example.com", "SENDGRID_API_KEY": "SG.x", **environ}
 
-    trigger = resolve_connection_string(data_connection(settings), settings)
+    trigger = connection_string_of(data_connection(settings), settings)
 
     assert trigger == Settings.from_env(settings).storage.connection_string
 
 
+def test_should_read_the_same_identity_based_data_connection_as_the_gateway() -> None:
+    settings = {
+        "ALLOWED_SENDERS": "@example.com",
+        "SENDGRID_API_KEY": "SG.x",
+        "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        "MAILGATE_STORAGE__queueServiceUri": "https://127.0.0.1:10001/devstoreaccount1",
+        "MAILGATE_STORAGE__tableServiceUri": "https://127.0.0.1:10002/devstoreaccount1",
+        "MAILGATE_STORAGE__blobServiceUri": "https://127.0.0.1:10000/devstoreaccount1",
+        "MAILGATE_STORAGE__credential": "managedidentity",
+        "MAILGATE_STORAGE__clientId": "00000000-0000-4000-8000-000000000001",
+    }
+
+    trigger = resolve_connection(data_connection(settings), settings)
+
+    storage = Settings.from_env(settings).storage
+    assert trigger.service_uri("queue") == storage.queue_service_uri
+    assert trigger.entries["credential"] == storage.credential
+    assert trigger.entries["clientid"] == storage.client_id
+
+
 def test_should_refuse_missing_connection_and_unresolved_key_vault_reference() -> None:
     with pytest.raises(HostError, match="AzureWebJobsMain"):
-        resolve_connection_string("Main", {})
+        resolve_connection("Main", {})
     with pytest.raises(HostError, match="Key Vault"):
-        resolve_connection_string("Main", {"Main": "@Microsoft.KeyVault(SecretUri=x)"})
+        resolve_connection("Main", {"Main": "@Microsoft.KeyVault(SecretUri=x)"})
 
 
 def test_should_resolve_percent_settings_and_name_the_missing_one() -> None:
@@ -707,7 +789,8 @@ def test_should_list_functions_and_skip_unsupported_trigger_with_warning(sample:
     log.wait_for(r"on_blob: blobTrigger is not supported by the local host")
     log.wait_for(r"get_message: \[DELETE,GET\] http://127\.0\.0\.1:\d+/api/v1/messages/\{id\}")
     log.wait_for(r"on_work: queueTrigger work-items")
-    log.wait_for(r"tick: timerTrigger Cron: '0 \*/5 \* \* \* \*'$")
+    # The schedule as the host prints it: NCrontab's expansion of `0 */5 * * * *`.
+    log.wait_for(r"tick: timerTrigger Cron: '0 0,5,10,15,20,25,30,35,40,45,50,55 \* \* \* \*'$")
     log.wait_for(r"at_startup: timerTrigger Cron: '0 0 0 1 1 \*' \(runOnStartup\)$")
     # use_monitor needs AzureWebJobsStorage, which the sample's settings leave out.
     log.wait_for(r"Timers with use_monitor keep their schedule status in AzureWebJobsStorage")
@@ -828,7 +911,9 @@ def test_should_keep_a_long_running_message_invisible_and_delete_it_after(
 
     spec = FunctionSpec("slow", slow, SimpleNamespace(name="msg", type="queueTrigger"), ".")
     options = QueueOptions(batch_size=1, new_batch_threshold=4, max_polling_interval=0.2)
-    queue, poison = create_clients(azurite.connection_string, "renew-items")
+    queue, poison = create_clients(
+        StorageConnection("AzureWebJobsStorage", azurite.connection_string), "renew-items"
+    )
     invoker = Invoker(thread_count=2)
     io = ThreadPoolExecutor(max_workers=4)
     # Held 1 s and renewed every 0.5 s: without renewal the message would come back

@@ -1,4 +1,9 @@
-"""The local host's timer schedules: six-field NCRONTAB as the host's NCrontab reads it."""
+"""The local host's timer schedules: six-field NCRONTAB as the host's NCrontab reads it.
+
+croniter computes the occurrences; these tests pin what NCrontab (atifaziz/NCrontab) and the
+timer extension (Azure/azure-webjobs-sdk-extensions, Extensions/Timers) do, so that each place
+where croniter on its own would differ is covered.
+"""
 
 from __future__ import annotations
 
@@ -77,6 +82,41 @@ def test_should_read_a_value_with_a_step_as_from_the_value_to_the_maximum() -> N
     ]
 
 
+@pytest.mark.parametrize(
+    ("expression", "start", "expected"),
+    [
+        # Cases of NCrontab's own tests (NCrontab.Tests/CrontabScheduleTests.cs), with seconds.
+        # Its issue #90: the seconds start again from 0 when the hour moves on.
+        (
+            "* 0-1 10 * * *",
+            "2021-02-24 09:50:35",
+            ["2021-02-24 10:00:00 Wed", "2021-02-24 10:00:01 Wed"],
+        ),
+        # The 1st of a month that is a Monday: both must match.
+        (
+            "0 45 16 1 * Mon",
+            "2003-01-01 12:00:00",
+            ["2003-09-01 16:45:00 Mon", "2003-12-01 16:45:00 Mon"],
+        ),
+        # The 30th and 31st are skipped where the month has none.
+        (
+            "0 0 0 15,30,31 * *",
+            "2000-01-31 00:00:00",
+            ["2000-02-15 00:00:00 Tue", "2000-03-15 00:00:00 Wed", "2000-03-30 00:00:00 Thu"],
+        ),
+        (
+            "0 20 * * january,FeB,Mar,april,May,JuNE,July,Augu,SEPT-October,Nov,DECEM *",
+            "1988-03-11 14:23:00",
+            ["1988-03-11 15:20:00 Fri"],
+        ),
+    ],
+)
+def test_should_agree_with_ncrontabs_own_cases(
+    expression: str, start: str, expected: list[str]
+) -> None:
+    assert following(expression, start, len(expected)) == expected
+
+
 def test_should_skip_to_the_next_working_day_with_a_day_of_week_range() -> None:
     # From Friday evening to Monday morning.
     assert following("0 30 9 * * 1-5", "2025-01-03 18:00:00", 2) == [
@@ -93,9 +133,23 @@ def test_should_skip_to_the_next_working_day_with_a_day_of_week_range() -> None:
         ("0 0 12 * * tues,THU", "0 0 12 * * 2,4"),
         ("0 0 0 1 jan,Jul *", "0 0 0 1 1,7 *"),
         ("0 0 0 1 February *", "0 0 0 1 2 *"),
-        # NCrontab's particulars: a reversed range is put right, a step of 0 is 1.
+        # A name is any prefix of one: T is Tuesday, S Sunday, J January (the first to match).
+        ("0 0 0 1 J * ", "0 0 0 1 1 *"),
+        ("0 0 0 * * T,S", "0 0 0 * * 2,0"),
+        # NCrontab's particulars where croniter on its own reads otherwise. A reversed range is
+        # put right (croniter wraps it round: Sat-Sun would be the weekend, here it is 0-6).
         ("0 0 0 * * 5-1", "0 0 0 * * 1-5"),
+        ("0 0 0 * * Sat-Sun", "0 0 0 * * *"),
+        # A step below 1 is 1 (croniter refuses it); int.Parse takes a sign.
         ("*/0 * * * * *", "* * * * * *"),
+        ("*/-5 * * * * *", "* * * * * *"),
+        ("*/+5 * * * * *", "*/5 * * * * *"),
+        # A range of one value is that value, with or without a step (croniter reads the whole
+        # cycle), and so is a value at the field's maximum with a step.
+        ("5-5 * * * * *", "5 * * * * *"),
+        ("5-5/3 * * * * *", "5 * * * * *"),
+        ("0 0 0 1 Jan-Jan *", "0 0 0 1 1 *"),
+        ("59/15 * * * * *", "59 * * * * *"),
         # Blanks between fields do not matter.
         ("  0   */5 * * *  *  ", "0 */5 * * * *"),
     ],
@@ -135,8 +189,26 @@ def test_should_keep_the_time_zone_of_the_start() -> None:
     assert found == datetime(2025, 1, 1, 12, 5, tzinfo=timezone(timedelta(hours=2)))
 
 
-def test_should_print_like_the_host() -> None:
-    assert str(CronSchedule.parse("0  */5 * * * *")) == "Cron: '0 */5 * * * *'"
+@pytest.mark.parametrize(
+    ("expression", "printed"),
+    [
+        # The host prints NCrontab's CrontabSchedule.ToString(): the values of each field,
+        # runs as ranges, a whole range as `*`, no names (NCrontab's Formatting tests; the
+        # extension's CronScheduleTests expect "Cron: '0 59 11 * * 1-5'").
+        ("0 */5 * * * *", "Cron: '0 0,5,10,15,20,25,30,35,40,45,50,55 * * * *'"),
+        ("0  59 11 * * Mon-Fri", "Cron: '0 59 11 * * 1-5'"),
+        ("1 * 1-2,3 * * *", "Cron: '1 * 1-3 * * *'"),
+        ("33 10-40/15 * * * *", "Cron: '33 10,25,40 * * * *'"),
+        ("55 * * * Mar,Jan,Aug Fri,Mon-Tue", "Cron: '55 * * * 1,3,8 1-2,5'"),
+        ("0-59 0-59/1 */1 1-31 Jan-December 0-6", "Cron: '* * * * * *'"),
+        ("0 0 0 13 * 5", "Cron: '0 0 0 13 * 5'"),
+    ],
+)
+def test_should_print_like_the_host(expression: str, printed: str) -> None:
+    assert str(CronSchedule.parse(expression)) == printed
+
+
+def test_should_print_a_timespan_like_the_host() -> None:
     assert str(parse_schedule("00:05:00")) == "Constant: 0:05:00"
 
 
@@ -146,8 +218,23 @@ def test_should_print_like_the_host() -> None:
 @pytest.mark.parametrize(
     ("expression", "complaint"),
     [
-        ("*/5 * * * *", "needs 6 fields"),  # five-field cron: no seconds
+        # Five fields: the extension would take them, Azure's scale controller does not (see
+        # CronSchedule.parse).
+        ("*/5 * * * *", "needs 6 fields .*not 5: the seconds come first"),
         ("0 0 */5 * * * *", "needs 6 fields"),
+        ("", "needs 6 fields"),
+        # NCrontab splits on spaces only: a tab is part of a field (croniter splits on both).
+        ("0\t*/5\t*\t*\t*\t*", "needs 6 fields"),
+        ("0 */5 * * *\t*", "needs 6 fields"),
+        # croniter's aliases and extensions, which NCrontab does not have.
+        ("@hourly", "needs 6 fields"),
+        ("0 0 0 15W * *", "not a number"),
+        ("H * * * * *", "not a number"),
+        ("0 0 0 * * L", "not a DayOfWeek name"),
+        ("0 0 0 * * 7", "out of range for the DayOfWeek field"),
+        ("0 0 0 * * 0-7", "out of range for the DayOfWeek field"),
+        # A step past Int32 overflows NCrontab's int.Parse: the host cannot start the timer.
+        ("*/2147483648 * * * * *", "is not a step"),
         ("60 * * * * *", "60 is out of range for the Second field"),
         ("* 60 * * * *", "out of range for the Minute field"),
         ("* * 24 * * *", "out of range for the Hour field"),
@@ -204,16 +291,20 @@ def test_should_refuse_an_empty_interval_and_explain_a_bad_cron_first() -> None:
     [
         ("*/30 * * * * *", True),
         ("* * * * * *", True),
+        # `0-59` prints as `*`: the rule reads the fields as NCrontab prints them.
+        ("*/10 0-59 * 1-31 * Sun-Sat", True),
         ("0 * * * * *", False),
         ("0 */5 * * * *", False),
         ("0 0 0 30 2 *", False),
+        # Every 10 seconds, but only from 12:00 to 12:59: the host keeps its status.
+        ("*/10 * 12 * * *", False),
     ],
 )
 def test_should_tell_schedules_that_fire_more_than_once_a_minute(
     expression: str, frequent: bool
 ) -> None:
-    # The host keeps no schedule status for those (use_monitor defaults to off). It counts the
-    # occurrences within a minute of now, excluding the minute's end.
+    # The host keeps no schedule status for those (TimerSchedule.ShouldDisableScheduleMonitor):
+    # only seconds restricted, and two occurrences within a minute of now, excluding its end.
     for start in ("2025-01-01 12:00:10", "2025-01-01 12:00:59.5"):
         assert fires_more_than_once_a_minute(parse_schedule(expression), at(start)) is frequent
 

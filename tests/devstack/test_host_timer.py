@@ -161,6 +161,17 @@ def test_should_default_use_monitor_to_off_only_for_frequent_schedules() -> None
     assert timer_config(explicit, {}, NOW).use_monitor is False
 
 
+def test_should_turn_use_monitor_off_for_a_frequent_schedule_even_when_the_app_sets_it() -> None:
+    # TimerSchedule.Create cannot tell an explicit UseMonitor = true from the default.
+    explicit = timer_spec(lambda timer: None, use_monitor=True)
+
+    assert timer_config(explicit, {}, NOW).use_monitor is True
+    assert (
+        timer_config(explicit, {"LOCAL_TIMER_SCHEDULE_tick": EVERY_SECOND}, NOW).use_monitor
+        is False
+    )
+
+
 def test_should_refuse_an_invalid_schedule_naming_the_function_and_the_override() -> None:
     with pytest.raises(HostError, match=r"tick: invalid timer schedule: .*needs 6 fields"):
         timer_config(timer_spec(lambda timer: None, schedule="*/5 * * * *"), {}, NOW)

@@ -1,10 +1,24 @@
-"""`make run` (devstack/__main__.py): when it starts Azurite for the settings it is given."""
+"""`make run` (devstack/__main__.py): when it starts Azurite for the settings it is given, and
+what its identity mode (`LOCAL_STORAGE_AUTH=identity`) gives the host and the operator."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
+import devstack.__main__ as devstack_main
 from devstack.__main__ import _uses_development_storage
+from devstack.azurite import Azurite
+from devstack.local_tls import LocalTls
+from shared.clients import ClientStore
+from shared.settings import Settings
 
 AZURE = "DefaultEndpointsProtocol=https;AccountName=stexample;EndpointSuffix=core.windows.net"
 
@@ -29,3 +43,85 @@ def test_should_start_azurite_when_the_host_storage_or_the_data_uses_it(
     settings: dict[str, str], starts: bool
 ) -> None:
     assert _uses_development_storage(settings) is starts
+
+
+@pytest.fixture
+def in_a_fresh_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`make run` in an empty folder (its .devstack there), Azurite on free ports, and this
+    process's environment given back afterwards."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(devstack_main, "IDENTITY_ENDPOINT_PORT", 0)
+
+    @contextlib.contextmanager
+    def azurite_on_free_ports(tls: LocalTls | None = None) -> Iterator[Azurite]:
+        with Azurite(tls=tls, oauth=tls is not None) as running:
+            yield running
+
+    monkeypatch.setattr(devstack_main, "_azurite", azurite_on_free_ports)
+    # Identity mode sets these in this process (it makes the dev client): undone after the test.
+    for name in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "SSL_CERT_FILE"):
+        monkeypatch.setenv(name, "")
+    return tmp_path
+
+
+def test_should_start_identity_mode_with_identity_settings_only_and_an_operator_file(
+    in_a_fresh_folder: Path,
+) -> None:
+    local = {
+        "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        "ALLOWED_SENDERS": "@example.com",
+        "SENDGRID_API_KEY": "SG.x",
+    }
+    shell = {"MAILGATE_STORAGE": "UseDevelopmentStorage=true", "PATH": os.environ["PATH"]}
+
+    with contextlib.ExitStack() as stack:
+        values, env = devstack_main._identity_mode(stack, dict(local), dict(shell))
+        settings = Settings.from_env(env)
+        # What main() does next: the dev client, from this process, with the identity.
+        key = devstack_main.dev_client_key(
+            ClientStore.from_settings(settings), settings.allowed_senders
+        )
+        sourced = subprocess.run(
+            ["sh", "-c", ". .devstack/identity.env && env"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+
+    assert "AzureWebJobsStorage" not in values
+    assert not {"AzureWebJobsStorage", "MAILGATE_STORAGE"} & set(env)
+    assert not any("accountkey" in value.lower() for value in env.values())
+    assert settings.storage.credential == "managedidentity"
+    assert settings.storage.queue_service_uri is not None
+    assert settings.storage.queue_service_uri.startswith("https://127.0.0.1:")
+    assert env["SSL_CERT_FILE"] == str(in_a_fresh_folder / ".devstack" / "tls" / "ca-bundle.pem")
+    assert key.startswith("mg_dev_")
+    assert f"IDENTITY_HEADER={env['IDENTITY_HEADER']}" in sourced
+    assert f"MAILGATE_STORAGE__queueServiceUri={settings.storage.queue_service_uri}" in sourced
+
+
+def test_should_keep_the_identity_header_across_starts(in_a_fresh_folder: Path) -> None:
+    headers = []
+    for _ in range(2):
+        with contextlib.ExitStack() as stack:
+            _, env = devstack_main._identity_mode(stack, {}, {})
+            headers.append(env["IDENTITY_HEADER"])
+
+    assert headers[0] == headers[1]
+    assert stat.S_IMODE((in_a_fresh_folder / ".devstack" / "identity-header").stat().st_mode) == (
+        0o600
+    )
+
+
+def test_should_refuse_an_unknown_storage_auth_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LOCAL_STORAGE_AUTH", "sas")
+    monkeypatch.setattr(devstack_main, "read_local_settings", lambda _: {})
+    sigterm = signal.getsignal(signal.SIGTERM)  # main() makes SIGTERM stop the stack
+
+    try:
+        assert devstack_main.main() == 2
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+    assert "LOCAL_STORAGE_AUTH must be 'key' or 'identity'" in capsys.readouterr().err

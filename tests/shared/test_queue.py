@@ -11,7 +11,15 @@ from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 from azure.storage.queue import QueueClient, QueueMessage, QueueProperties
 
 from shared.errors import StorageUnavailable
-from shared.queue import NEVER_EXPIRES, MailQueue, QueueMeasurement, summary, token_credential
+from shared.queue import (
+    NEVER_EXPIRES,
+    MailQueue,
+    QueueMeasurement,
+    storage_tls_verify,
+    storage_transport,
+    summary,
+    token_credential,
+)
 from shared.settings import MAX_RETRY_DELAY_SECONDS, Settings, StorageSettings
 from tests.samples import BASE_ENV, NOW, envelope
 
@@ -143,6 +151,24 @@ def test_should_aim_identity_based_clients_at_the_configured_account(
     assert (queue._mail.account_name, queue._mail.url) == (account, queue_url)
     assert queue._poison.url == queue_url + "-poison"
     assert isinstance(queue._mail.credential, (ManagedIdentityCredential, DefaultAzureCredential))
+
+
+def test_should_verify_storage_tls_against_ssl_cert_file_when_it_is_set() -> None:
+    assert storage_tls_verify({"SSL_CERT_FILE": "/etc/local-ca.pem"}) == "/etc/local-ca.pem"
+    assert storage_tls_verify({"SSL_CERT_FILE": ""}) is True
+    assert storage_tls_verify({}) is True
+
+
+def test_should_give_the_storage_transport_the_ca_file_of_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # requests ignores SSL_CERT_FILE and the transport reads no environment per call: without
+    # this, identity mode's HTTPS to Azurite would fail certificate verification.
+    monkeypatch.setenv("SSL_CERT_FILE", "/etc/local-ca.pem")
+
+    transport = storage_transport()
+
+    assert transport.connection_config.verify == "/etc/local-ca.pem"
 
 
 def test_should_aim_connection_string_clients_at_azurite() -> None:

@@ -18,6 +18,7 @@ import pytest
 import trustme
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import (
+    IncompleteReadError,
     ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseTimeoutError,
@@ -25,7 +26,7 @@ from azure.core.exceptions import (
 from azure.core.rest import HttpRequest
 from azure.storage.queue import LinearRetry, QueueClient
 
-from shared.storage_transport import StorageTransport
+from shared.storage_transport import BLOCK_SIZE, StorageTransport
 
 ACCOUNT_KEY = "c2VjcmV0LWtleS1mb3ItdGVzdHM="
 # The Queue service's answer to Put Message.
@@ -50,6 +51,7 @@ class Answer:
     body: bytes = b""
     close_silently: bool = False  # drop the connection after answering, without saying so
     delay: float = 0.0
+    declared_length: int | None = None  # a Content-Length other than the body's
 
 
 @dataclass
@@ -92,10 +94,11 @@ def serve(tls: ssl.SSLContext | None = None) -> Iterator[Server]:
             self.send_response(answer.status)
             for name, value in answer.headers.items():
                 self.send_header(name, value)
-            self.send_header("Content-Length", str(len(answer.body)))
+            length = len(answer.body) if answer.declared_length is None else answer.declared_length
+            self.send_header("Content-Length", str(length))
             self.end_headers()
             self.wfile.write(answer.body)
-            if answer.close_silently:
+            if answer.close_silently or answer.declared_length is not None:
                 self.close_connection = True
 
         do_GET = do_POST = do_PUT = do_DELETE = _answer
@@ -221,6 +224,34 @@ def test_should_stream_a_body_and_reuse_the_connection_once_it_is_read(
 
     assert read == body
     assert server.script.connections == 1
+
+
+def test_should_close_a_connection_whose_streamed_body_was_left_unread(
+    server: Server, transport: StorageTransport
+) -> None:
+    server.script.answers = [Answer(body=bytes(4 * BLOCK_SIZE))]
+
+    response = transport.send(get(server.url + "/blob"), stream=True)
+    first = next(response.iter_bytes())
+    response.close()  # the rest of the body is still on the wire
+    after = transport.send(get(server.url + "/next"))
+
+    assert 0 < len(first) < 4 * BLOCK_SIZE
+    assert after.status_code == 200
+    assert after.content == b""  # not the rest of the blob, read as the next answer
+    assert server.script.connections == 2
+
+
+def test_should_raise_an_incomplete_read_for_a_body_shorter_than_announced(
+    server: Server, transport: StorageTransport
+) -> None:
+    server.script.answers = [Answer(body=b"partial", declared_length=100)] * 2
+
+    with pytest.raises(IncompleteReadError):
+        transport.send(get(server.url + "/whole"))
+    streamed = transport.send(get(server.url + "/streamed"), stream=True)
+    with pytest.raises(IncompleteReadError):
+        b"".join(streamed.iter_bytes())
 
 
 def test_should_decode_gzip_unless_told_not_to(server: Server, transport: StorageTransport) -> None:
