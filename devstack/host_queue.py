@@ -463,12 +463,7 @@ class QueueListener:
 
     async def _receive(self) -> list[QueueMessage]:
         def receive() -> list[QueueMessage]:
-            # One request, as the host makes: the first page of up to batchSize messages.
-            batch = self._options.batch_size
-            pages = self._queue.receive_messages(
-                messages_per_page=batch, max_messages=batch, visibility_timeout=self._hold
-            ).by_page()
-            return list(next(pages, []))
+            return receive_batch(self._queue, self._options.batch_size, self._hold)
 
         try:
             return await self._call(receive)
@@ -634,6 +629,15 @@ class QueueListener:
             self._poison.close()
 
 
+def receive_batch(queue: QueueClient, count: int, hold: int) -> list[QueueMessage]:
+    """Up to `count` messages, invisible for `hold` seconds, in one request, as the host's
+    listener asks for a batch (the first page only: the SDK's pager would ask again)."""
+    pages = queue.receive_messages(
+        messages_per_page=count, max_messages=count, visibility_timeout=hold
+    ).by_page()
+    return list(next(pages, []))
+
+
 def create_clients(
     connection: StorageConnection, queue_name: str
 ) -> tuple[QueueClient, QueueClient | None]:
@@ -652,9 +656,7 @@ def create_clients(
             "transport": storage_transport(),
         }
         if connection.connection_string:
-            return QueueClient.from_connection_string(
-                connection.connection_string, name, **options
-            )
+            return QueueClient.from_connection_string(connection.connection_string, name, **options)
         assert queue_uri is not None  # resolve_connection requires a queue service
         return QueueClient(queue_uri, name, credential=credential, **options)
 
