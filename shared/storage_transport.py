@@ -1,26 +1,29 @@
-"""The HTTP transport under every storage client: urllib3's pooled connections, shared by the
-process.
+"""The HTTP transport under every storage client: kept-alive connections shared by the process.
 
-Why it exists: each message costs two to four storage calls, and under the Azure SDK's pipeline
-azure-core's default transport, `RequestsTransport`, was the largest part of a call's CPU:
-`requests` merges settings, reads the environment for proxies and netrc on every call (even on
-a session handed to it with `use_env_settings=False`) and wraps urllib3 in its own objects.
-This transport hands each request straight to a urllib3 connection pool. Measured per call
-against Azurite (`python -m bench.transport`, docs/performance.md "Storage calls"): the SDK's
-pipeline on `RequestsTransport` about 1.0-1.2 ms of CPU, on this transport about 0.6-0.7 ms.
+Why it exists: each message costs two to four storage calls, and under the Azure SDK's
+pipeline azure-core's default transport, `RequestsTransport`, was the largest part of a call's
+CPU: `requests` merges settings and reads the environment for proxies and netrc on every call
+(a session handed to it with `use_env_settings=False` still does), then wraps urllib3 in its
+own objects. CPU per call of the SDK's clients against Azurite, one call at a time (`python -m
+bench --scenarios storage`, docs/performance.md "Storage calls"): with no network at all (the
+SDK's pipeline alone) 0.27-0.37 ms; on this transport 0.53-0.75 ms; on urllib3's pools driven
+directly 0.65-0.86 ms; on `RequestsTransport` 1.0-1.3 ms. urllib3 would have spared the pool
+below (about 60 lines), at 0.1-0.15 ms more per call, a fifth of what the transport is for.
 
-It is only the last step of the SDK's pipeline (`transport=`): authentication (Shared Key,
-SAS, Entra tokens and their challenges), retries, error types, API versions, request ids,
-user agent and tracing stay the SDK's policies; urllib3 keeps connections alive, verifies TLS
-and decodes bodies. Like azure-core's own transports it retries nothing itself (urllib3's
-retries are off) and follows no redirects. It honours the SDK's per-call `connection_timeout`,
-`read_timeout`, `connection_verify` (False, or a CA bundle file or directory; True trusts the
-default store, which SSL_CERT_FILE changes) and `connection_cert`. A call through a proxy given
-as the clients' `proxies=` option, a form or a file upload goes to azure-core's
-`RequestsTransport` on a session that does not read the environment.
+It is only the last step of the SDK's pipeline (`transport=`): authentication (Shared Key, SAS,
+Entra tokens and their challenges), retries, error types, API versions, request ids, user agent
+and tracing stay the SDK's policies. It sends each request over a kept-alive `http.client`
+connection from a pool per origin and TLS setting, reads nothing from the environment per call,
+and like azure-core's own transports follows no redirect and retries nothing but a request
+that a reused connection never carried (the server had closed it while idle). It honours the
+SDK's per-call `connection_timeout`, `read_timeout`, `connection_verify` (False, or a CA bundle
+file or directory; True trusts the default store, which SSL_CERT_FILE changes) and
+`connection_cert`. A call through a proxy given as the clients' `proxies=` option, a form or a
+file upload goes to azure-core's `RequestsTransport`, on a session that does not read the
+environment.
 
-One instance serves every client of a process (`shared_transport()`): closing a client closes
-only the idle connections, and the transport opens new ones on its next call.
+One instance serves every client of a process (`shared_transport()`): closing a client only
+closes the idle connections, and the transport opens new ones on its next call.
 """
 
 from __future__ import annotations
@@ -28,15 +31,16 @@ from __future__ import annotations
 import atexit
 import functools
 import http.client
+import ssl
 import threading
+import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
-import urllib3
 from azure.core.exceptions import (
-    DecodeError,
     IncompleteReadError,
     ServiceRequestError,
     ServiceRequestTimeoutError,
@@ -46,18 +50,7 @@ from azure.core.exceptions import (
 from azure.core.pipeline.transport import HttpTransport, RequestsTransport
 from azure.core.rest import HttpRequest, HttpResponse
 from azure.core.rest._http_response_impl import HttpResponseImpl
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    HTTPError,
-    NewConnectionError,
-    ProtocolError,
-    ProxyError,
-    ReadTimeoutError,
-    SSLError,
-)
-from urllib3.exceptions import (
-    DecodeError as Urllib3DecodeError,
-)
+from azure.core.utils import case_insensitive_dict
 
 # Prompt by design: callers answer 503 within seconds when storage is down (shared/queue.py).
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -71,9 +64,19 @@ BLOCK_SIZE = 65536
 Verify = bool | str
 Cert = str | tuple[str, str] | None
 
+# A kept-alive connection the server closed while it was idle fails like this before any answer.
+_STALE_CONNECTION = (
+    ConnectionResetError,  # http.client.RemoteDisconnected among them
+    ConnectionAbortedError,
+    BrokenPipeError,
+    ssl.SSLEOFError,
+)
+_DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
 
 class StorageTransport(HttpTransport[HttpRequest, HttpResponse]):
-    """An azure-core transport over a urllib3 pool manager (see the module's docstring)."""
+    """An azure-core transport over pooled kept-alive `http.client` connections (see the
+    module's docstring)."""
 
     def __init__(
         self,
@@ -88,9 +91,8 @@ class StorageTransport(HttpTransport[HttpRequest, HttpResponse]):
         self._read_timeout = read_timeout
         self._verify = connection_verify
         self._cert = connection_cert
-        # A pool per origin and TLS setting; a thread finding every connection busy opens one
-        # more and closes it afterwards (block=False), as requests' pools do.
-        self._pools = urllib3.PoolManager(maxsize=pool_size, retries=False)
+        self._pool_size = pool_size
+        self._origins: dict[tuple[Any, ...], _Origin] = {}
         self._lock = threading.Lock()
         self._fallback: RequestsTransport | None = None
 
@@ -105,9 +107,11 @@ class StorageTransport(HttpTransport[HttpRequest, HttpResponse]):
 
     def close(self) -> None:
         """Close the idle connections; the transport stays usable and opens new ones."""
-        self._pools.clear()
         with self._lock:
+            origins = list(self._origins.values())
             fallback, self._fallback = self._fallback, None
+        for origin in origins:
+            origin.close()
         if fallback is not None:
             fallback.close()
 
@@ -121,31 +125,47 @@ class StorageTransport(HttpTransport[HttpRequest, HttpResponse]):
             or isinstance(data, Mapping)  # a form
         ):
             return self._requests_transport().send(request, **kwargs)  # type: ignore[no-any-return]
-        stream = bool(kwargs.get("stream", False))
-        timeout = urllib3.Timeout(
-            connect=kwargs.get("connection_timeout", self._connect_timeout),
-            read=kwargs.get("read_timeout", self._read_timeout),
-        )
-        tls = _tls_options(
-            kwargs.get("connection_verify", self._verify), kwargs.get("connection_cert", self._cert)
-        )
-        url = urllib3.util.parse_url(request.url)
-        try:
-            pool = self._pools.connection_from_url(request.url, pool_kwargs=tls)
-            answer = pool.urlopen(
-                request.method,
-                url.request_uri,
-                body=data,
-                headers=dict(request.headers),
-                retries=False,
-                redirect=False,
-                timeout=timeout,
-                preload_content=not stream,
-                assert_same_host=False,
-            )
-        except Exception as error:
-            raise _azure_error(error) from error
-        return _Response(request, answer, stream=stream)
+        kwargs.pop("proxies", None)
+        stream = bool(kwargs.pop("stream", False))
+        connect_timeout = kwargs.pop("connection_timeout", self._connect_timeout)
+        read_timeout = kwargs.pop("read_timeout", self._read_timeout)
+        verify: Verify = kwargs.pop("connection_verify", self._verify)
+        cert: Cert = kwargs.pop("connection_cert", self._cert)
+        url = urlsplit(request.url)
+        origin = self._origin(url.scheme, url.hostname or "", url.port, verify, cert)
+        target = (url.path or "/") + ("?" + url.query if url.query else "")
+        body = data.encode() if isinstance(data, str) else data
+        # A body sent once cannot go again: only bytes are resent on a fresh connection.
+        replayable = body is None or isinstance(body, (bytes, bytearray, memoryview))
+        while True:
+            connection, reused = origin.take(connect_timeout)
+            try:
+                answer = _exchange(
+                    connection, reused, request.method, target, request.headers, body,
+                    read_timeout,
+                )  # fmt: skip
+            except _Stale as stale:
+                if replayable:
+                    continue  # the server closed it while idle; the request never reached it
+                raise ServiceResponseError(stale.message, error=stale.inner_exception) from stale
+            response = _Response(request, answer, connection, origin)
+            if not stream:
+                response.read_body()
+            return response
+
+    def _origin(
+        self, scheme: str, host: str, port: int | None, verify: Verify, cert: Cert
+    ) -> _Origin:
+        key = (scheme, host, port, verify, cert)
+        origin = self._origins.get(key)
+        if origin is None:
+            with self._lock:
+                origin = self._origins.get(key)
+                if origin is None:
+                    tls = tls_context(verify, cert) if scheme == "https" else None
+                    origin = _Origin(host, port, tls, self._pool_size)
+                    self._origins[key] = origin
+        return origin
 
     def _requests_transport(self) -> RequestsTransport:
         with self._lock:
@@ -155,7 +175,6 @@ class StorageTransport(HttpTransport[HttpRequest, HttpResponse]):
                 self._fallback = RequestsTransport(
                     session=session,
                     session_owner=True,
-                    use_env_settings=False,
                     connection_timeout=self._connect_timeout,
                     read_timeout=self._read_timeout,
                     connection_verify=self._verify,
@@ -172,68 +191,175 @@ def shared_transport(connection_verify: Verify = True) -> StorageTransport:
     return transport
 
 
-def _tls_options(verify: Verify, cert: Cert) -> dict[str, Any]:
-    """urllib3's pool options for `connection_verify` and `connection_cert`, as `requests`
-    reads them: a path is a CA bundle file or directory, False verifies nothing."""
-    options: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED" if verify else "CERT_NONE"}
+def tls_context(verify: Verify, cert: Cert) -> ssl.SSLContext:
+    """A client TLS context as `connection_verify` and `connection_cert` describe it.
+
+    True trusts Python's default store (the system's, or SSL_CERT_FILE / SSL_CERT_DIR); a path
+    trusts only the CA bundle file or directory there, as `requests` does with it.
+    """
     if isinstance(verify, str):
-        options["ca_cert_dir" if Path(verify).is_dir() else "ca_certs"] = verify
+        if Path(verify).is_dir():
+            context = ssl.create_default_context(capath=verify)
+        else:
+            context = ssl.create_default_context(cafile=verify)
+    else:
+        context = ssl.create_default_context()
+        if verify is False:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
     if isinstance(cert, tuple):
-        options["cert_file"], options["key_file"] = cert
+        context.load_cert_chain(cert[0], cert[1])
     elif cert:
-        options["cert_file"] = cert
-    return options
+        context.load_cert_chain(cert)
+    return context
 
 
-def _azure_error(error: Exception) -> Exception:
-    """urllib3's error as the azure-core error the SDK's retry policy knows, as
-    `RequestsTransport` maps them; anything else unchanged."""
-    if isinstance(error, ConnectTimeoutError):
-        return ServiceRequestTimeoutError(error, error=error)
-    if isinstance(error, ReadTimeoutError):
-        return ServiceResponseTimeoutError(error, error=error)
-    if isinstance(error, (NewConnectionError, SSLError, ProxyError)):
-        return ServiceRequestError(error, error=error)
-    if any(isinstance(part, http.client.IncompleteRead) for part in (error, *error.args)):
-        # A body shorter than its Content-Length (urllib3 wraps it in a ProtocolError).
-        return IncompleteReadError(error, error=error)
-    if isinstance(error, Urllib3DecodeError):
-        return DecodeError(error, error=error)
-    if isinstance(error, (ProtocolError, HTTPError, OSError)):
-        # The connection dropped or reset after the request began: the SDK's read retry.
-        return ServiceResponseError(error, error=error)
-    return error
+class _Stale(ServiceResponseError):
+    """A reused connection the server had closed: nothing of the request reached it."""
+
+
+class _Origin:
+    """Kept-alive connections to one host and port with one TLS setting."""
+
+    def __init__(self, host: str, port: int | None, tls: ssl.SSLContext | None, size: int) -> None:
+        self._host = host
+        self._port = port
+        self._tls = tls
+        self._size = size
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def take(self, connect_timeout: float) -> tuple[http.client.HTTPConnection, bool]:
+        """An idle connection (True: reused) or a new, unconnected one (False)."""
+        with self._lock:
+            if self._idle:
+                return self._idle.pop(), True
+        if self._tls is not None:
+            return http.client.HTTPSConnection(
+                self._host, self._port, timeout=connect_timeout, context=self._tls
+            ), False
+        return http.client.HTTPConnection(self._host, self._port, timeout=connect_timeout), False
+
+    def give_back(self, connection: http.client.HTTPConnection) -> None:
+        """Keep a connection whose answer was read in full for the next request."""
+        with self._lock:
+            if len(self._idle) < self._size:
+                self._idle.append(connection)
+                return
+        connection.close()
+
+    def close(self) -> None:
+        """Close the idle connections."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+
+
+def _exchange(
+    connection: http.client.HTTPConnection,
+    reused: bool,
+    method: str,
+    target: str,
+    headers: Mapping[str, str],
+    body: Any,
+    read_timeout: float,
+) -> http.client.HTTPResponse:
+    """Send one request and read the answer's status and headers; azure-core's errors."""
+    if not reused:
+        try:
+            connection.connect()
+        except TimeoutError as error:
+            connection.close()
+            raise ServiceRequestTimeoutError(
+                f"{method} {target}: {error!r}", error=error
+            ) from error
+        except OSError as error:
+            connection.close()
+            raise ServiceRequestError(f"{method} {target}: {error!r}", error=error) from error
+    assert connection.sock is not None
+    connection.sock.settimeout(read_timeout)
+    try:
+        connection.request(method, target, body=body, headers=headers)
+    except _STALE_CONNECTION as error:
+        connection.close()
+        kind: type[ServiceRequestError | ServiceResponseError] = (
+            _Stale if reused else ServiceRequestError
+        )
+        raise kind(f"{method} {target}: {error!r}", error=error) from error
+    except (OSError, http.client.HTTPException) as error:
+        connection.close()  # a body not sent in full: the service ignores the request
+        raise ServiceRequestError(f"{method} {target}: {error!r}", error=error) from error
+    try:
+        return connection.getresponse()
+    except TimeoutError as error:
+        connection.close()
+        raise ServiceResponseTimeoutError(f"{method} {target}: {error!r}", error=error) from error
+    except _STALE_CONNECTION as error:
+        connection.close()
+        kind = _Stale if reused else ServiceResponseError
+        raise kind(f"{method} {target}: {error!r}", error=error) from error
+    except (OSError, http.client.HTTPException) as error:
+        connection.close()
+        raise ServiceResponseError(f"{method} {target}: {error!r}", error=error) from error
 
 
 class _Response(HttpResponseImpl):
-    """An answer from urllib3: read in full at once unless streamed, and its connection back
-    in the pool once its body has been read."""
+    """An answer read from one pooled connection, which goes back to the pool once the body is
+    read in full (or is closed, if not)."""
 
     def __init__(
-        self, request: HttpRequest, answer: urllib3.BaseHTTPResponse, *, stream: bool
+        self,
+        request: HttpRequest,
+        answer: http.client.HTTPResponse,
+        connection: http.client.HTTPConnection,
+        origin: _Origin,
     ) -> None:
+        headers = case_insensitive_dict()
+        for name, value in answer.getheaders():
+            # Repeated fields joined as one, as requests and urllib3 do.
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
         super().__init__(
             request=request,
             internal_response=answer,
             status_code=answer.status,
-            reason=answer.reason or "",
-            headers=answer.headers,  # case-insensitive; repeated fields joined, as requests'
-            content_type=answer.headers.get("Content-Type"),
+            reason=answer.reason,
+            headers=headers,
+            content_type=headers.get("Content-Type"),
             block_size=BLOCK_SIZE,
             stream_download_generator=_Download,
         )
-        if not stream:
-            self._content = answer.data  # preloaded, decoded; the connection is back already
+        self._answer = answer
+        self._connection: http.client.HTTPConnection | None = connection
+        self._origin = origin
+
+    def read_body(self) -> None:
+        """Read the whole body now (decoded, as azure-core's transports give it) and release
+        the connection."""
+        try:
+            content = _read(self._answer, None)
+            decoding = _DECODERS.get(self._content_encoding())
+            self._content = zlib.decompress(content, decoding) if decoding and content else content
             self._is_stream_consumed = True
-            self._is_closed = True
+        finally:
+            self.close()
+
+    def _content_encoding(self) -> str:
+        return (self._headers.get("Content-Encoding") or "").strip().lower()
 
     def close(self) -> None:
-        """Release the connection: back to the pool once its body was read in full (urllib3
-        has then put it back already), closed if not, as `requests` does."""
-        if not self._is_closed:
-            self._is_closed = True
-            self._internal_response.close()
-            self._internal_response.release_conn()
+        """Release the connection: back to the pool if the body was read in full."""
+        if self._is_closed:
+            return
+        self._is_closed = True
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        if self._answer.isclosed() and not self._answer.will_close:
+            self._origin.give_back(connection)
+        else:
+            self._answer.close()
+            connection.close()
 
 
 class _Download(Iterator[bytes]):
@@ -248,18 +374,41 @@ class _Download(Iterator[bytes]):
         self.request = response.request
         self.block_size = BLOCK_SIZE
         self.content_length = int(response.headers.get("Content-Length") or 0)
-        answer = response._internal_response
-        self._blocks: Iterator[bytes] = answer.stream(BLOCK_SIZE, decode_content=decompress)
+        decoding = _DECODERS.get(response._content_encoding()) if decompress else None
+        self._decoder = zlib.decompressobj(decoding) if decoding else None
 
     def __len__(self) -> int:
         return self.content_length
 
     def __next__(self) -> bytes:
         try:
-            return next(self._blocks)
-        except StopIteration:
+            while block := _read(self.response._answer, BLOCK_SIZE):
+                if self._decoder is None:
+                    return block
+                if decoded := self._decoder.decompress(block):
+                    return decoded
+            rest = self._decoder.flush() if self._decoder is not None else b""
+            self._decoder = None
+        except BaseException:
             self.response.close()
             raise
-        except Exception as error:
-            self.response.close()  # a half-read body: the connection is closed, not reused
-            raise _azure_error(error) from error
+        self.response.close()
+        if rest:
+            return rest
+        raise StopIteration
+
+
+def _read(answer: http.client.HTTPResponse, size: int | None) -> bytes:
+    try:
+        block = answer.read(size)
+        if size and not block and answer.length:
+            # http.client ends a block-wise read early without a word when the connection
+            # closes before Content-Length bytes (its readinto says so); a whole read raises.
+            raise http.client.IncompleteRead(b"", answer.length)
+        return block
+    except http.client.IncompleteRead as error:
+        raise IncompleteReadError(error, error=error) from error
+    except TimeoutError as error:
+        raise ServiceResponseTimeoutError(error, error=error) from error
+    except (OSError, http.client.HTTPException) as error:
+        raise ServiceResponseError(error, error=error) from error
