@@ -72,7 +72,7 @@ client-disable client-enable client-rotate: setup
 	@$(BIN)/python -m admin client $(subst client-,,$@) "$(NAME)"
 
 # Deploy the code to an existing Function App (remote build from requirements.txt; .funcignore
-# keeps tests and tooling out). `azd up` does this too; see README "Deploy to Azure".
+# keeps tests and tooling out). `azd up` does this too; see docs/deploy.md.
 publish:
 	@test -n "$(APP)" || { echo "usage: make publish APP=<function app name> (azd: azd env get-value AZURE_FUNCTION_APP_NAME)" >&2; exit 2; }
 	@command -v func >/dev/null 2>&1 || { echo "make publish needs Azure Functions Core Tools (func) on PATH: https://learn.microsoft.com/azure/azure-functions/functions-run-local" >&2; exit 2; }
