@@ -18,6 +18,9 @@ from shared.clients import ClientStore
 from shared.dead_letters import DeadLetters
 from shared.models import DeadLetter, QueueEnvelope
 from shared.queue import MailQueue
+from shared.replay_advice import CAUSES, HOST_MOVED, NOT_AN_ENVELOPE, SENDER_IDENTITY
+from shared.sendgrid_client import provider_errors
+from shared.sendgrid_v3.error_format import UNVERIFIED_SENDER_BODY
 from shared.settings import Settings
 from shared.status import MessageState, MessageStatus, StatusStore
 from tests.integration.conftest import base64_queue_client, time_limit
@@ -26,6 +29,8 @@ from tests.samples import BASE_ENV, CLIENT, NOW, envelope
 REPLAYED_AT = NOW + timedelta(days=1)
 REFUSED_AT = NOW + timedelta(minutes=1)
 UNREADABLE_REASON = "not a mailgate envelope: 1 problem(s), first at the top level"
+[UNVERIFIED], _ = provider_errors(json.dumps(UNVERIFIED_SENDER_BODY))
+REFUSED_REASON = f"SendGrid refused the message with 403: {UNVERIFIED}"
 
 
 @pytest.fixture
@@ -38,7 +43,13 @@ def dead_letters(
 def refused_by_sendgrid(mail_queue: MailQueue, statuses: StatusStore, id: str) -> None:
     """Dead-letter a message as delivery does: the envelope with why, then status `failed`."""
     record = DeadLetter(
-        reason="SendGrid refused the message with 400", status_code=400, attempts=2, at=REFUSED_AT
+        reason=REFUSED_REASON,
+        status_code=403,
+        provider_error=json.dumps(UNVERIFIED_SENDER_BODY),
+        attempts=2,
+        at=REFUSED_AT,
+        cause=SENDER_IDENTITY,
+        provider_errors=[UNVERIFIED],
     )
     mail_queue.dead_letter(
         envelope(id=id, attempt=2).model_copy(update={"dead_letter": record}).to_json()
@@ -50,8 +61,10 @@ def refused_by_sendgrid(mail_queue: MailQueue, statuses: StatusStore, id: str) -
             accepted_at=NOW,
             updated_at=REFUSED_AT,
             attempts=2,
-            last_status_code=400,
-            last_error="SendGrid refused the message with 400",
+            last_status_code=403,
+            last_error=REFUSED_REASON,
+            provider_errors=(UNVERIFIED,),
+            last_error_cause=SENDER_IDENTITY,
         )
     )
 
@@ -138,17 +151,23 @@ def test_should_list_each_kind_of_dead_letter_and_leave_them_visible(
     assert documents == [
         {
             "id": "msg-a",
-            "reason": "SendGrid refused the message with 400",
+            "reason": REFUSED_REASON,
             "attempts": 2,
             "dead_lettered_at": REFUSED_AT.isoformat(),
             "replayable": True,
+            "status_code": 403,
+            "provider_errors": [UNVERIFIED.model_dump()],
+            **CAUSES[SENDER_IDENTITY].to_document(),
         },
         {
             "id": "msg-b",
-            "reason": "SendGrid refused the message with 400",
+            "reason": REFUSED_REASON,
             "attempts": 2,
             "dead_lettered_at": REFUSED_AT.isoformat(),
             "replayable": True,
+            "status_code": 403,
+            "provider_errors": [UNVERIFIED.model_dump()],
+            **CAUSES[SENDER_IDENTITY].to_document(),
         },
         {
             "id": "msg-c",
@@ -156,6 +175,7 @@ def test_should_list_each_kind_of_dead_letter_and_leave_them_visible(
             "attempts": 3,
             "dead_lettered_at": None,
             "replayable": True,
+            **CAUSES[HOST_MOVED].to_document(),
         },
         {
             "id": None,
@@ -163,6 +183,7 @@ def test_should_list_each_kind_of_dead_letter_and_leave_them_visible(
             "attempts": None,
             "dead_lettered_at": None,
             "replayable": False,
+            **CAUSES[NOT_AN_ENVELOPE].to_document(),
         },
     ]
     assert visible_poison_ids(azurite, mail_queue) == ["msg-a", "msg-b", "msg-c", None]
