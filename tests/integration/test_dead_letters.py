@@ -362,10 +362,19 @@ def admin_environment(
 
 
 def run_admin(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[Any, list[str]]:
-    """The command's JSON result and its progress lines."""
-    assert admin_main.main(list(argv)) == 0
+    """The command's JSON result (--json) and its progress lines."""
+    assert admin_main.main([*argv, "--json"]) == 0
     captured = capsys.readouterr()
     return json.loads(captured.out), captured.err.splitlines()
+
+
+def admin_table(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *argv: str
+) -> list[str]:
+    """What the command prints by default, in a terminal 160 columns wide."""
+    monkeypatch.setenv("COLUMNS", "160")
+    assert admin_main.main(list(argv)) == 0
+    return capsys.readouterr().out.splitlines()
 
 
 @pytest.mark.usefixtures("admin_environment")
@@ -407,3 +416,57 @@ def all_mail_envelopes(azurite: Azurite, mail_queue: MailQueue) -> list[QueueEnv
             envelopes.append(QueueEnvelope.model_validate_json(message.content))
             client.delete_message(message)
     return envelopes
+
+
+@pytest.mark.usefixtures("admin_environment")
+def test_should_print_the_poison_queue_as_a_table_by_default_and_as_json_when_asked(
+    azurite: Azurite,
+    mail_queue: MailQueue,
+    statuses: StatusStore,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    refused_by_sendgrid(mail_queue, statuses, "msg-t1")
+    moved_by_the_host(azurite, mail_queue, "msg-t2")
+
+    lines = admin_table(capsys, monkeypatch, "list")
+    listed, _ = run_admin(capsys, "list")
+
+    assert lines[0].split() == ["ID", "AGE", "ATTEMPTS", "REPLAY", "REASON"]
+    rows = {line.split()[0]: line for line in lines[1:3]}
+    assert rows["msg-t1"].split()[2:5] == ["2", "after", "fix"]
+    assert (
+        "SendGrid 403: The from address does not match a verified Sender Identity"
+        in (rows["msg-t1"])
+    )
+    assert rows["msg-t2"].split()[1:5] == ["-", "3", "after", "fix"]
+    assert all(len(line) <= 160 for line in lines)
+    assert any(
+        line.startswith("  sender_identity (1, replay: after fix): Verify") for line in lines
+    )
+    # --json: the whole reason, SendGrid's errors and the advice, as the admin route has them.
+    documents = {d["id"]: d for d in listed["dead_letters"]}
+    assert documents["msg-t1"]["reason"] == REFUSED_REASON
+    assert documents["msg-t1"]["provider_errors"] == [UNVERIFIED.model_dump()]
+    assert documents["msg-t1"]["replay"] == "after_fix"
+    assert set(listed) == {"dead_letters"}
+
+
+@pytest.mark.usefixtures("admin_environment")
+def test_should_print_what_a_replay_did_as_a_table(
+    mail_queue: MailQueue,
+    statuses: StatusStore,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    refused_by_sendgrid(mail_queue, statuses, "msg-t3")
+
+    lines = admin_table(capsys, monkeypatch, "replay", "msg-t3", "msg-gone")
+
+    assert lines == [
+        "ID        RESULT     WHY",
+        "msg-t3    replayed",
+        "msg-gone  not found",
+        "",
+        "1 replayed, 0 skipped, 1 not found.",
+    ]
