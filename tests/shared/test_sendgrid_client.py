@@ -394,6 +394,20 @@ def test_should_leave_out_of_sendgrids_message_what_the_mail_itself_says() -> No
     )
 
 
+def test_should_compare_names_and_subject_before_a_body_too_long_to_compare_whole() -> None:
+    payload = payload_for(
+        message(
+            text="lorem ipsum dolor sit amet " * 5000,
+            to=[{"email": "ann@example.net", "name": "Annabelle Whitfield-Jones"}],
+        )
+    )
+    body = {"errors": [{"message": "Unknown recipient Annabelle Whitfield-Jones", "field": None}]}
+
+    [error], _ = provider_errors(json.dumps(body), payload)
+
+    assert error.message == "Unknown recipient …"
+
+
 def test_should_keep_sendgrids_own_words_that_the_mail_does_not_contain() -> None:
     payload = payload_for(message(subject="Your order has shipped"))
 
