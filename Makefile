@@ -43,36 +43,39 @@ soak: setup
 bench: setup
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
+# The operator commands below print a table; FORMAT=json prints the JSON that scripts read.
+ADMIN_FORMAT = $(if $(FORMAT),--format "$(FORMAT)")
+
 # The poison queue, for operators: list, replay (IDS="id ..." or ALL=1), purge (also CONFIRM=<queue>).
 poison: setup
-	$(BIN)/python -m admin list
+	$(BIN)/python -m admin list $(ADMIN_FORMAT)
 
 replay: setup
-	$(BIN)/python -m admin replay $(if $(ALL),--all) $(IDS)
+	$(BIN)/python -m admin replay $(if $(ALL),--all) $(IDS) $(ADMIN_FORMAT)
 
 purge: setup
-	$(BIN)/python -m admin purge $(if $(ALL),--all) $(IDS) $(if $(CONFIRM),--confirm $(CONFIRM))
+	$(BIN)/python -m admin purge $(if $(ALL),--all) $(IDS) $(if $(CONFIRM),--confirm $(CONFIRM)) $(ADMIN_FORMAT)
 
 # Clients, the apps allowed to send. `make client` and `make client-rotate` print the key on
 # their last line; it is shown only then.
 client: setup
 	@test -n "$(NAME)" -a -n "$(SENDERS)" || { echo "usage: make client NAME=<name> SENDERS=<addresses and @domains> [RATE=<emails per minute>] [FEATURES=<feature,...>]" >&2; exit 2; }
-	@$(BIN)/python -m admin client create "$(NAME)" --senders "$(SENDERS)" $(if $(RATE),--rate "$(RATE)") $(if $(FEATURES),--features "$(FEATURES)")
+	@$(BIN)/python -m admin client create "$(NAME)" --senders "$(SENDERS)" $(if $(RATE),--rate "$(RATE)") $(if $(FEATURES),--features "$(FEATURES)") $(ADMIN_FORMAT)
 
 clients: setup
-	@$(BIN)/python -m admin client list
+	@$(BIN)/python -m admin client list $(ADMIN_FORMAT)
 
 # Replaces the client's features: FEATURES=none takes them all away.
 client-features: setup
 	@test -n "$(NAME)" -a -n "$(FEATURES)" || { echo "usage: make client-features NAME=<name> FEATURES=<feature,...|none>" >&2; exit 2; }
-	@$(BIN)/python -m admin client features "$(NAME)" "$(FEATURES)"
+	@$(BIN)/python -m admin client features "$(NAME)" "$(FEATURES)" $(ADMIN_FORMAT)
 
 client-disable client-enable client-rotate: setup
 	@test -n "$(NAME)" || { echo "usage: make $@ NAME=<name>" >&2; exit 2; }
-	@$(BIN)/python -m admin client $(subst client-,,$@) "$(NAME)"
+	@$(BIN)/python -m admin client $(subst client-,,$@) "$(NAME)" $(ADMIN_FORMAT)
 
 # Deploy the code to an existing Function App (remote build from requirements.txt; .funcignore
-# keeps tests and tooling out). `azd up` does this too; see README "Deploy to Azure".
+# keeps tests and tooling out). `azd up` does this too; see docs/deploy.md.
 publish:
 	@test -n "$(APP)" || { echo "usage: make publish APP=<function app name> (azd: azd env get-value AZURE_FUNCTION_APP_NAME)" >&2; exit 2; }
 	@command -v func >/dev/null 2>&1 || { echo "make publish needs Azure Functions Core Tools (func) on PATH: https://learn.microsoft.com/azure/azure-functions/functions-run-local" >&2; exit 2; }

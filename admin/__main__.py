@@ -1,17 +1,19 @@
 """Operator command for the poison queue and the clients.
 
-    python -m admin list
-    python -m admin replay (--all | ID ...)
-    python -m admin purge (--all | ID ...) --confirm <poison queue name>
-    python -m admin client create NAME --senders LIST [--rate N] [--features LIST]
-    python -m admin client features NAME LIST
-    python -m admin client (list | disable NAME | enable NAME | rotate NAME)
+    python -m admin list [--json]
+    python -m admin replay (--all | ID ...) [--json]
+    python -m admin purge (--all | ID ...) --confirm <poison queue name> [--json]
+    python -m admin client create NAME --senders LIST [--rate N] [--features LIST] [--json]
+    python -m admin client features NAME LIST [--json]
+    python -m admin client (list | disable NAME | enable NAME | rotate NAME) [--json]
 
 `client create` and `client rotate` print the new key on the last line of their output; it is
 shown only then (the gateway keeps a digest of it).
 
 `list`, `replay --all` and `purge --all` go through the whole poison queue, a bounded call at a
-time, printing progress on stderr; the result is one JSON document on stdout.
+time, printing progress on stderr. Every command prints its result on stdout as a readable table
+(admin/tables.py), or with `--json` (`--format json`; `FORMAT=json` through make) as one JSON
+document, for scripts.
 
 Settings come from local.settings.json `Values` with environment variables taking precedence,
 as the Functions host reads them; for an Azure account use `MAILGATE_STORAGE__accountName`
@@ -25,10 +27,14 @@ import argparse
 import functools
 import json
 import os
+import shutil
 import sys
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
+from admin.tables import DEFAULT_WIDTH, client_lines, dead_letter_lines, walk_report_lines
 from devstack.host import local_setting_values, merge_settings, read_local_settings
 from shared.clients import DEFAULT_RATE_PER_MINUTE, ClientStore
 from shared.dead_letters import DeadLetters
@@ -39,16 +45,33 @@ from shared.policy import FEATURES, NO_FEATURES
 from shared.settings import Settings
 
 
+def output_options() -> argparse.ArgumentParser:
+    """--format and --json, which every command takes (after its name)."""
+    options = argparse.ArgumentParser(add_help=False)
+    chosen = options.add_mutually_exclusive_group()
+    chosen.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="a readable table (the default), or JSON for scripts",
+    )
+    chosen.add_argument(
+        "--json", dest="format", action="store_const", const="json", help="--format json"
+    )
+    return options
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line."""
+    output = output_options()
     parser = argparse.ArgumentParser(prog="python -m admin", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="list dead letters with their reasons")
+    commands.add_parser("list", help="list dead letters with their reasons", parents=[output])
     for name, help_text in (
         ("replay", "re-enqueue dead letters"),
         ("purge", "delete dead letters"),
     ):
-        command = commands.add_parser(name, help=help_text)
+        command = commands.add_parser(name, help=help_text, parents=[output])
         command.add_argument("ids", nargs="*", metavar="ID", help="gateway message ids")
         command.add_argument("--all", action="store_true", help="every dead letter")
     commands.choices["purge"].add_argument(
@@ -57,7 +80,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     clients = commands.add_parser("client", help="manage the apps allowed to send").add_subparsers(
         dest="client_command", required=True
     )
-    create = clients.add_parser("create", help="add a client and print its key")
+    create = clients.add_parser("create", help="add a client and print its key", parents=[output])
     create.add_argument("name", help="1-40 lowercase letters, digits and hyphens")
     create.add_argument(
         "--senders", required=True, help="comma-separated addresses and @domains it may send as"
@@ -72,16 +95,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "comma-separated account-wide controls it may use (none by default): " + ", ".join(FEATURES)
     )
     create.add_argument("--features", default="", help=features_help)
-    features = clients.add_parser("features", help="replace a client's features")
+    features = clients.add_parser("features", help="replace a client's features", parents=[output])
     features.add_argument("name")
     features.add_argument("features", help=f"{features_help}; or {NO_FEATURES}")
-    clients.add_parser("list", help="list clients (never their keys)")
+    clients.add_parser("list", help="list clients (never their keys)", parents=[output])
     for name, help_text in (
         ("disable", "refuse the client's key from now on"),
         ("enable", "accept the client's key again"),
         ("rotate", "give the client a new key; the old one stops working"),
     ):
-        clients.add_parser(name, help=help_text).add_argument("name")
+        clients.add_parser(name, help=help_text, parents=[output]).add_argument("name")
     args = parser.parse_args(argv)
     if args.command in ("replay", "purge") and bool(args.ids) == args.all:
         parser.error("give message ids or --all (not both)")
@@ -89,7 +112,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; print its result as JSON (and a new key on the last line)."""
+    """Run one command; print its result as a table or JSON (and a new key on the last
+    line)."""
     args = parse_args(argv)
     local = local_setting_values(read_local_settings(Path.cwd()))
     key = None
@@ -102,11 +126,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MailgateError as error:
         print(f"mailgate admin: {error}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2))
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        width = shutil.get_terminal_size((DEFAULT_WIDTH, 24)).columns
+        print("\n".join(table_lines(args, result, datetime.now(timezone.utc), width)))
     if key is not None:
         print(f"Key of client {args.name!r}, shown only now (send 'Authorization: Bearer <key>'):")
         print(key)
     return 0
+
+
+DONE = {"replay": "replayed", "purge": "purged"}
+
+
+def table_lines(args: argparse.Namespace, result: Any, now: datetime, width: int) -> list[str]:
+    """A command's result document as the table it prints by default."""
+    if args.command == "list":
+        return dead_letter_lines(result, now, width)
+    if args.command in ("replay", "purge"):
+        return walk_report_lines(result, DONE[args.command], width)
+    clients = result["clients"] if args.client_command == "list" else [result]
+    return client_lines(clients, now, width)
 
 
 def dead_letter_command(dead_letters: DeadLetters, args: argparse.Namespace) -> object:
@@ -135,7 +176,7 @@ def dead_letter_command(dead_letters: DeadLetters, args: argparse.Namespace) -> 
 
 
 def progress(text: str) -> None:
-    """A line on stderr while a walk goes on (stdout carries the JSON result alone)."""
+    """A line on stderr while a walk goes on (stdout carries the result alone)."""
     print(f"mailgate admin: {text}...", file=sys.stderr, flush=True)
 
 

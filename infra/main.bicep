@@ -39,7 +39,7 @@ param keyVaultName string = ''
 param allowedSenders string
 
 @secure()
-@description('Optional. SendGrid API key stored as the Key Vault secret sendgrid-api-key. Empty: no secret version is created; set it later with `az keyvault secret set` (see the README).')
+@description('Optional. SendGrid API key stored as the Key Vault secret sendgrid-api-key. Empty: no secret version is created; set it later with `az keyvault secret set` (see docs/deploy.md).')
 param sendgridApiKey string = ''
 
 @allowed([

@@ -17,6 +17,7 @@ from shared.errors import FieldProblem, InvalidMessage, StorageUnavailable
 from shared.models import (
     MAX_MESSAGE_ID_LENGTH,
     WRITTEN_BY_GATEWAY,
+    ProviderError,
     QueueEnvelope,
     StoredBody,
     field_problems,
@@ -31,6 +32,8 @@ from shared.poison_walk import (
     WalkKind,
 )
 from shared.queue import MailQueue
+from shared.replay_advice import HOST_MOVED, NOT_AN_ENVELOPE, Advice, advice_for, classify
+from shared.sendgrid_client import provider_errors
 from shared.settings import DEFAULT_MAX_DEQUEUE_COUNT, sender_allowed
 from shared.status import FINAL_STATES, MessageState, MessageStatus, StatusStore
 
@@ -53,11 +56,20 @@ class DeadLetterEntry:
     attempts: int | None
     dead_lettered_at: datetime | None
     envelope: QueueEnvelope | None = field(repr=False)
+    status_code: int | None = None
+    # SendGrid's own errors (bounded, masked) and the cause (shared/replay_advice.py).
+    provider_errors: tuple[ProviderError, ...] = ()
+    cause: str | None = None
 
     @property
     def blob(self) -> str | None:
         """The blob that holds the message's body, when it is too large for a queue message."""
         return self.envelope.blob if self.envelope is not None else None
+
+    @property
+    def advice(self) -> Advice | None:
+        """Whether a replay can help, and what to do first; None when the cause is unknown."""
+        return advice_for(self.cause)
 
     def to_document(self) -> dict[str, Any]:
         """The entry as the admin API and the operator command show it."""
@@ -72,6 +84,12 @@ class DeadLetterEntry:
         }
         if self.blob is not None:
             document["blob"] = self.blob
+        if self.status_code is not None:
+            document["status_code"] = self.status_code
+        if self.provider_errors:
+            document["provider_errors"] = [e.model_dump() for e in self.provider_errors]
+        if self.advice is not None:
+            document.update(self.advice.to_document())
         return document
 
 
@@ -122,8 +140,26 @@ def read_entry(
     record = envelope.dead_letter
     if record is None:
         reason = host_moved_reason(host_max_dequeue_count)
-        return DeadLetterEntry(envelope.id, reason, envelope.attempt, None, envelope)
-    return DeadLetterEntry(envelope.id, record.reason, record.attempts, record.at, envelope)
+        return DeadLetterEntry(
+            envelope.id, reason, envelope.attempt, None, envelope, cause=HOST_MOVED
+        )
+    errors = tuple(record.provider_errors or ())
+    if record.provider_errors is None and record.provider_error:
+        # Written before the entries were kept: read from SendGrid's body as it came, without
+        # what the mail in this envelope says (a body in a blob is not read for a listing).
+        body = envelope.model_dump(mode="json", include={"message", "sendgrid"})
+        errors = provider_errors(record.provider_error, body)[0]
+    return DeadLetterEntry(
+        envelope.id,
+        record.reason,
+        record.attempts,
+        record.at,
+        envelope,
+        status_code=record.status_code,
+        provider_errors=errors,
+        # Before causes were kept, only a status code tells one.
+        cause=record.cause or classify(record.status_code, errors),
+    )
 
 
 def _unreadable_entry(text: str) -> DeadLetterEntry:
@@ -132,7 +168,7 @@ def _unreadable_entry(text: str) -> DeadLetterEntry:
         reason = str(document["dead_letter"]["reason"])
     except (ValueError, KeyError, TypeError):
         reason = "not a mailgate envelope"
-    return DeadLetterEntry(None, reason, None, None, None)
+    return DeadLetterEntry(None, reason, None, None, None, cause=NOT_AN_ENVELOPE)
 
 
 @dataclass

@@ -49,6 +49,7 @@ from shared.models import (
     StoredBody,
 )
 from shared.queue import MailQueue
+from shared.replay_advice import NOT_AN_ENVELOPE, SENDER_NOT_ALLOWED, advice_for, classify
 from shared.sendgrid_client import build_payload
 from shared.settings import MAX_RETRY_DELAY_SECONDS, Settings, sender_allowed
 from shared.status import FINAL_STATES, MessageState, MessageStatus, StatusStore
@@ -451,7 +452,8 @@ class Delivery:
             return PermanentDeliveryError(
                 "its sender is not allowed by ALLOWED_SENDERS (domain "
                 + (", ".join(refused) or "(none)")
-                + ")"
+                + ")",
+                cause=SENDER_NOT_ALLOWED,
             )
         return envelope
 
@@ -478,6 +480,8 @@ class Delivery:
             provider_message_id=provider_id,
             last_status_code=None,
             last_error=None,
+            provider_errors=(),
+            last_error_cause=None,
             ambiguous=False,
         )
         for attempt in range(1, SENT_WRITE_ATTEMPTS + 1):
@@ -517,6 +521,8 @@ class Delivery:
             next_attempt_at=now + timedelta(seconds=delay),
             last_status_code=error.status_code,
             last_error=error.reason,
+            provider_errors=error.provider_errors,
+            last_error_cause=None,
             ambiguous=error.ambiguous,
         )
         try:
@@ -557,12 +563,19 @@ class Delivery:
         reason: str,
     ) -> DeliveryOutcome:
         now = self._now()
+        retryable = isinstance(error, RetryableDeliveryError)
+        ambiguous = isinstance(error, RetryableDeliveryError) and error.ambiguous
+        cause = error.cause or classify(
+            error.status_code, error.provider_errors, retryable=retryable, ambiguous=ambiguous
+        )
         record = DeadLetter(
             reason=reason,
             status_code=error.status_code,
             provider_error=error.provider_error,
             attempts=envelope.attempt,
             at=now,
+            cause=cause,
+            provider_errors=list(error.provider_errors) or None,
         )
         # The poison copy first: a status of `failed` must never point at nothing.
         with telemetry.span("mailgate.dead_letter", id=envelope.id):
@@ -574,23 +587,27 @@ class Delivery:
                     now,
                     last_status_code=error.status_code,
                     last_error=reason,
-                    ambiguous=isinstance(error, RetryableDeliveryError) and error.ambiguous,
+                    provider_errors=error.provider_errors,
+                    last_error_cause=cause,
+                    ambiguous=ambiguous,
                 )
             )
         telemetry.dead_lettered.add(1)
         self._record(envelope.id, MessageState.FAILED, envelope.attempt, now)
+        advice = advice_for(cause)
         logger.error(
-            "Message %s dead-lettered to %s: %s",
+            "Message %s dead-lettered to %s: %s (%s)",
             envelope.id,
             self._queue.poison_name,
             reason,
-            extra=_ids(envelope),
+            f"cause {advice.cause}, replay {advice.replay.value}" if advice else "cause unknown",
+            extra={**_ids(envelope), "cause": cause},
         )
         return DeliveryOutcome("dead_lettered", envelope.id, envelope.attempt, reason=reason)
 
     def _dead_letter_unreadable(self, body: bytes, error: ValidationError) -> DeliveryOutcome:
         reason = "not a mailgate envelope: " + _problems(error)
-        record = DeadLetter(reason=reason, attempts=1, at=self._now())
+        record = DeadLetter(reason=reason, attempts=1, at=self._now(), cause=NOT_AN_ENVELOPE)
         self._queue.dead_letter(
             json.dumps(
                 {

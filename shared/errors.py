@@ -39,6 +39,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shared.models import ProviderError
 
 # An answer to bad input stays small whatever the input: it lists the first problems (the
 # detail counts them all) and cuts any pointer or detail longer than MAX_PROBLEM_TEXT (one can
@@ -243,7 +247,12 @@ class DeliveryInProgress(MailgateError):
 
 
 class DeliveryError(MailgateError):
-    """One attempt to hand a message to SendGrid failed."""
+    """One attempt to hand a message to SendGrid failed.
+
+    `provider_error` is SendGrid's error body as it came; `provider_errors` its entries fit to
+    show (bounded, addresses masked); `cause` a key of shared/replay_advice.py CAUSES when the
+    raiser knows it better than SendGrid's status tells.
+    """
 
     def __init__(
         self,
@@ -251,11 +260,15 @@ class DeliveryError(MailgateError):
         *,
         status_code: int | None = None,
         provider_error: str | None = None,
+        provider_errors: Sequence[ProviderError] = (),
+        cause: str | None = None,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status_code = status_code
         self.provider_error = provider_error
+        self.provider_errors = tuple(provider_errors)
+        self.cause = cause
 
 
 class RetryableDeliveryError(DeliveryError):
@@ -267,10 +280,16 @@ class RetryableDeliveryError(DeliveryError):
         *,
         status_code: int | None = None,
         provider_error: str | None = None,
+        provider_errors: Sequence[ProviderError] = (),
         retry_after_seconds: float | None = None,
         ambiguous: bool = False,
     ) -> None:
-        super().__init__(reason, status_code=status_code, provider_error=provider_error)
+        super().__init__(
+            reason,
+            status_code=status_code,
+            provider_error=provider_error,
+            provider_errors=provider_errors,
+        )
         self.retry_after_seconds = retry_after_seconds
         # A timeout after the request was sent: SendGrid may have accepted the mail.
         self.ambiguous = ambiguous

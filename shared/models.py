@@ -342,6 +342,26 @@ ENVELOPE_VERSION: Literal[1] = 1
 _KEEPS_UNKNOWN_FIELDS = ConfigDict(extra="allow", frozen=True)
 
 
+# What a reason keeps of SendGrid's error body (shared/sendgrid_client.py provider_errors).
+MAX_PROVIDER_ERRORS = 3
+MAX_PROVIDER_MESSAGE_CHARS = 200
+MAX_PROVIDER_FIELD_CHARS = 100
+MAX_CAUSE_CHARS = 64
+
+
+class ProviderError(BaseModel):
+    """One entry of SendGrid's error body as the gateway keeps it: its message (addresses cut
+    to `*@domain`, the mail's own text left out, bounded) and the field it names."""
+
+    model_config = ConfigDict(frozen=True)
+
+    message: str = Field(max_length=MAX_PROVIDER_MESSAGE_CHARS)
+    field: str | None = Field(default=None, max_length=MAX_PROVIDER_FIELD_CHARS)
+
+    def __str__(self) -> str:
+        return f"{self.message} (field {self.field})" if self.field else self.message
+
+
 class DeadLetter(BaseModel):
     """Why a message was dead-lettered, for the operator reading the poison queue."""
 
@@ -349,9 +369,16 @@ class DeadLetter(BaseModel):
 
     reason: str
     status_code: int | None = None
+    # SendGrid's error body as it came (cut to 1,000 characters): for the operator only.
     provider_error: str | None = None
     attempts: int
     at: datetime
+    # Absent from dead letters written before they existed: readers derive what they can
+    # (shared/dead_letters.py). `cause` is a key of shared/replay_advice.py CAUSES.
+    cause: str | None = Field(default=None, max_length=MAX_CAUSE_CHARS)
+    provider_errors: list[ProviderError] | None = Field(
+        default=None, max_length=MAX_PROVIDER_ERRORS
+    )
 
 
 class QueueEnvelope(BaseModel):

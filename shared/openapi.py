@@ -21,8 +21,14 @@ from shared.dead_letters import DeadLetterSelection
 from shared.delivery_events import MAX_TIMELINE_EVENTS, DeliveryState, SendGridEvent
 from shared.errors import MAX_PROBLEMS_SHOWN
 from shared.json_limits import MAX_JSON_DEPTH, MAX_JSON_VALUES
-from shared.models import MailRequest
+from shared.models import (
+    MAX_PROVIDER_ERRORS,
+    MAX_PROVIDER_FIELD_CHARS,
+    MAX_PROVIDER_MESSAGE_CHARS,
+    MailRequest,
+)
 from shared.poison_walk import DEFAULT_PAGE_LIMIT, MAX_CONTINUATION_LENGTH, MAX_PAGE_LIMIT
+from shared.replay_advice import CAUSES, Replay
 from shared.sendgrid_v3.schema import MailSend
 from shared.status import MessageState
 from shared.webhook_signature import (
@@ -49,14 +55,45 @@ class Accepted(_Document):
     status: Literal["queued"]
 
 
+class ProviderErrorDocument(_Document):
+    """One of SendGrid's own errors: its message (any address cut to *@domain, the mail's own
+    text left out, bounded) and the field it names."""
+
+    message: str = Field(max_length=MAX_PROVIDER_MESSAGE_CHARS)
+    field: str | None = Field(max_length=MAX_PROVIDER_FIELD_CHARS)
+
+
+_PROVIDER_ERRORS = Field(
+    default=None,
+    max_length=MAX_PROVIDER_ERRORS,
+    description=f"SendGrid's own errors, the first {MAX_PROVIDER_ERRORS}; absent without any.",
+)
+_CAUSE = Field(
+    default=None,
+    description="Why it failed, one of: " + ", ".join(CAUSES) + ". Absent when unknown.",
+)
+_REPLAY = Field(
+    default=None,
+    description="Whether a replay can help: `helps` (as it is), `after_fix` (once what "
+    "`action` names is fixed), `no` (the mail itself is refused: it fails again).",
+)
+_ACTION = Field(default=None, description="What an operator should do, in a sentence or two.")
+
+
 class LastError(_Document):
     """The last failed attempt: a status code and a short reason, never mail content."""
 
     status_code: int | None
-    reason: str | None
+    reason: str | None = Field(
+        description="Why, with SendGrid's own messages and the fields they name, if any."
+    )
     ambiguous: bool = Field(
         description="The attempt timed out after sending: SendGrid may have accepted the mail."
     )
+    provider_errors: list[ProviderErrorDocument] | None = _PROVIDER_ERRORS
+    cause: str | None = _CAUSE
+    replay: Replay | None = _REPLAY
+    action: str | None = _ACTION
 
 
 class TimelineEvent(_Document):
@@ -156,6 +193,11 @@ class DeadLetterDocument(_Document):
     dead_lettered_at: datetime | None
     replayable: bool
     blob: str | None = Field(default=None, description="Where a large message's body is.")
+    status_code: int | None = Field(default=None, description="SendGrid's status, if it answered.")
+    provider_errors: list[ProviderErrorDocument] | None = _PROVIDER_ERRORS
+    cause: str | None = _CAUSE
+    replay: Replay | None = _REPLAY
+    action: str | None = _ACTION
 
 
 _CONTINUATION = (

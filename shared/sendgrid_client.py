@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections import deque
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -34,8 +36,17 @@ from sendgrid.helpers.mail import (
 )
 
 from shared import telemetry
-from shared.errors import PermanentDeliveryError, RetryableDeliveryError
-from shared.models import MAILGATE_ID_ARG, QueueEnvelope
+from shared.delivery_events import safe_text
+from shared.errors import PermanentDeliveryError, RetryableDeliveryError, shortened
+from shared.models import (
+    MAILGATE_ID_ARG,
+    MAX_PROVIDER_ERRORS,
+    MAX_PROVIDER_FIELD_CHARS,
+    MAX_PROVIDER_MESSAGE_CHARS,
+    ProviderError,
+    QueueEnvelope,
+)
+from shared.replay_advice import is_retryable_status
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -43,6 +54,16 @@ logger = logging.getLogger(__name__)
 MAIL_SEND_PATH = "/v3/mail/send"
 # Enough of SendGrid's error body for an operator; the rest is noise.
 MAX_PROVIDER_ERROR_CHARS = 1000
+# SendGrid's error body is parsed from its first 64 KiB at most; its errors fit in far less.
+MAX_PROVIDER_BODY_BYTES = 64 * 1024
+# A run of this many characters of a provider's message that the mail itself contains is left
+# out of it: SendGrid's messages can quote what was sent, and a reason is shown and logged.
+ECHO_MIN_CHARS = 10
+# The mail's text compared, in characters (its shortest values first): bounds the work, which
+# grows with it (about 7 ms a provider message at 64 KiB, measured on a 2-core machine).
+MAX_ECHO_TEXT_CHARS = 64 * 1024
+# Values not compared: addresses are cut to *@domain anyway; the rest are SendGrid's words.
+_NOT_ECHOED = frozenset({"email", "type", "disposition", "template_id"})
 
 
 def build_payload(envelope: QueueEnvelope) -> dict[str, Any]:
@@ -171,7 +192,7 @@ class SendGridClient:
                 ) from error
             current.set_attribute("http.response.status_code", response.status_code)
             telemetry.sendgrid_responses.add(1, {"http.response.status_code": response.status_code})
-            raise_for_outcome(response)
+            raise_for_outcome(response, payload)
             provider_id: str | None = response.headers.get("X-Message-Id")
             return provider_id
 
@@ -180,25 +201,134 @@ class SendGridClient:
         self._http.close()
 
 
-def raise_for_outcome(response: httpx.Response) -> None:
-    """Raise the DeliveryError a non-2xx SendGrid response stands for."""
+def raise_for_outcome(response: httpx.Response, payload: dict[str, Any] | None = None) -> None:
+    """Raise the DeliveryError a non-2xx SendGrid response stands for; its reason carries
+    SendGrid's own messages, without what `payload` (the mail sent) says."""
     status = response.status_code
     if 200 <= status < 300:
         return
     provider_error = response.text[:MAX_PROVIDER_ERROR_CHARS] or None
-    # 408 means the request was never processed, so retrying is safe.
-    if status in (408, 429) or status >= 500:
+    errors, total = provider_errors(response.content[:MAX_PROVIDER_BODY_BYTES], payload)
+    if is_retryable_status(status):
         raise RetryableDeliveryError(
-            f"SendGrid answered {status}",
+            with_provider_errors(f"SendGrid answered {status}", errors, total),
             status_code=status,
             provider_error=provider_error,
+            provider_errors=errors,
             retry_after_seconds=retry_after_seconds(response.headers),
         )
     raise PermanentDeliveryError(
-        f"SendGrid refused the message with {status}",
+        with_provider_errors(f"SendGrid refused the message with {status}", errors, total),
         status_code=status,
         provider_error=provider_error,
+        provider_errors=errors,
     )
+
+
+def with_provider_errors(reason: str, errors: tuple[ProviderError, ...], total: int) -> str:
+    """The reason followed by SendGrid's messages and the fields they name."""
+    if not errors:
+        return reason
+    listed = "; ".join(str(error) for error in errors)
+    more = total - len(errors)
+    return f"{reason}: {listed}" + (f"; and {more} more" if more > 0 else "")
+
+
+def provider_errors(
+    body: bytes | str | None, payload: Any = None
+) -> tuple[tuple[ProviderError, ...], int]:
+    """SendGrid's error entries, `{"errors": [{"message", "field", "help"}]}`, fit to show,
+    and how many it listed: the first MAX_PROVIDER_ERRORS, each message one line with any
+    address cut to `*@domain` (as logs have them), runs of the mail's own text (`payload`) left
+    out, and cut to MAX_PROVIDER_MESSAGE_CHARS. None for a body that is not such a document."""
+    try:
+        document = json.loads(body or b"")
+    except ValueError:
+        return (), 0
+    entries = document.get("errors") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        return (), 0
+    usable = [e for e in entries if isinstance(e, dict) and isinstance(e.get("message"), str)]
+    mail: str | None = None
+    kept: list[ProviderError] = []
+    for entry in usable[:MAX_PROVIDER_ERRORS]:
+        if mail is None:
+            mail = mail_text(payload)
+        message = _shown(entry["message"], MAX_PROVIDER_MESSAGE_CHARS, mail)
+        field = entry.get("field")
+        shown_field = (
+            _shown(field, MAX_PROVIDER_FIELD_CHARS, mail) if isinstance(field, str) else None
+        )
+        if message is not None:
+            kept.append(ProviderError(message=message, field=shown_field))
+    # An entry with nothing left to show is not counted among those left out either.
+    dropped = min(len(usable), MAX_PROVIDER_ERRORS) - len(kept)
+    return tuple(kept), len(usable) - dropped
+
+
+def _shown(text: str, most: int, mail: str) -> str | None:
+    # Masked first (safe_text cuts addresses to *@domain), so an address's domain stays; twice
+    # what is kept is compared, as what is left out shortens it.
+    masked = safe_text(text[:MAX_PROVIDER_ERROR_CHARS], 2 * most)
+    if masked is None:
+        return None
+    return shortened(_without_echoes(masked, mail).strip(), most) or None
+
+
+def mail_text(payload: Any) -> str:
+    """The string values of a mail payload, lower-cased, shortest first (names, subject and
+    arguments before bodies), NUL between them, up to MAX_ECHO_TEXT_CHARS: what a provider's
+    message must not quote."""
+    values: list[str] = []
+    pending: deque[Any] = deque([payload])
+    while pending:
+        value = pending.popleft()
+        if isinstance(value, dict):
+            pending.extend(
+                item
+                for key, item in value.items()
+                # An attachment's content is base64: nothing a message would quote.
+                if key not in _NOT_ECHOED and not (key == "content" and isinstance(item, str))
+            )
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, str) and len(value) >= ECHO_MIN_CHARS:
+            values.append(value)
+    kept: list[str] = []
+    budget = MAX_ECHO_TEXT_CHARS
+    for value in sorted(values, key=len):
+        if budget <= 0:
+            break
+        kept.append(value[:budget].lower())
+        budget -= len(kept[-1])
+    return "\0".join(kept)
+
+
+def _without_echoes(text: str, mail: str) -> str:
+    """The text with each run of ECHO_MIN_CHARS or more characters that the mail contains too
+    (in any case) replaced by an ellipsis."""
+    if not mail or len(text) < ECHO_MIN_CHARS:
+        return text
+    lowered = _lowered(text)
+    hidden = [False] * len(text)
+    for start in range(len(text) - ECHO_MIN_CHARS + 1):
+        if lowered[start : start + ECHO_MIN_CHARS] in mail:
+            hidden[start : start + ECHO_MIN_CHARS] = [True] * ECHO_MIN_CHARS
+    pieces: list[str] = []
+    for index, char in enumerate(text):
+        if not hidden[index]:
+            pieces.append(char)
+        elif index == 0 or not hidden[index - 1]:
+            pieces.append("…")
+    return "".join(pieces)
+
+
+def _lowered(text: str) -> str:
+    lowered = text.lower()
+    if len(lowered) == len(text):
+        return lowered
+    # A few characters lower-case to two, which would shift indexes: those stay as they are.
+    return "".join(c if len(low := c.lower()) != 1 else low for c in text)
 
 
 def retry_after_seconds(headers: httpx.Headers, now: float | None = None) -> float | None:

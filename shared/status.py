@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass, fields, replace
@@ -17,9 +18,12 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
 )
 from azure.data.tables import TableClient, UpdateMode
+from pydantic import TypeAdapter, ValidationError
 
 from shared.errors import ConcurrentUpdate, MessageNotFound, StorageUnavailable
+from shared.models import ProviderError
 from shared.queue import storage_transport, token_credential
+from shared.replay_advice import Advice, advice_for, classify
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -71,6 +75,10 @@ class MessageStatus:
     next_attempt_at: datetime | None = None
     last_status_code: int | None = None
     last_error: str | None = None
+    # SendGrid's own errors of the last attempt (bounded, masked), and once the message failed
+    # the cause (shared/replay_advice.py); records from before them have neither.
+    provider_errors: tuple[ProviderError, ...] = ()
+    last_error_cause: str | None = None
     # The last attempt timed out after sending: SendGrid may have accepted the mail.
     ambiguous: bool = False
     provider_message_id: str | None = None
@@ -106,14 +114,30 @@ class MessageStatus:
         if self.next_attempt_at is not None:
             document["next_attempt_at"] = self.next_attempt_at.isoformat()
         if self.last_error is not None or self.last_status_code is not None:
-            document["last_error"] = {
+            last_error: dict[str, Any] = {
                 "status_code": self.last_status_code,
                 "reason": self.last_error,
                 "ambiguous": self.ambiguous,
             }
+            if self.provider_errors:
+                last_error["provider_errors"] = [e.model_dump() for e in self.provider_errors]
+            advice = self.advice()
+            if advice is not None:
+                last_error.update(advice.to_document())
+            document["last_error"] = last_error
         if self.provider_message_id is not None:
             document["sendgrid_message_id"] = self.provider_message_id
         return document
+
+    def advice(self) -> Advice | None:
+        """Whether a replay can help a failed message, and what to do first; for a record
+        written before causes were kept, what its status code tells."""
+        if self.state is not MessageState.FAILED:
+            return None
+        cause = self.last_error_cause or classify(
+            self.last_status_code, self.provider_errors, ambiguous=self.ambiguous
+        )
+        return advice_for(cause)
 
 
 class StatusStore:
@@ -241,6 +265,11 @@ def _to_entity(status: MessageStatus) -> dict[str, Any]:
     # Shallow: every field is a plain value (asdict's deep copies cost more than the write).
     values = {f.name: getattr(status, f.name) for f in _STORED_FIELDS}
     values["state"] = status.state.value
+    values["provider_errors"] = (
+        json.dumps([e.model_dump() for e in status.provider_errors])
+        if status.provider_errors
+        else None
+    )
     # Tables store no nulls: leave empty fields out.
     return {
         "PartitionKey": status.id,
@@ -259,8 +288,21 @@ def _from_entity(entity: Any) -> MessageStatus:
         next_attempt_at=entity.get("next_attempt_at"),
         last_status_code=entity.get("last_status_code"),
         last_error=entity.get("last_error"),
+        provider_errors=_provider_errors(entity.get("provider_errors")),
+        last_error_cause=entity.get("last_error_cause"),
         ambiguous=bool(entity.get("ambiguous", False)),
         provider_message_id=entity.get("provider_message_id"),
         client=entity.get("client"),
         etag=entity.metadata.get("etag"),
     )
+
+
+_PROVIDER_ERRORS = TypeAdapter(list[ProviderError])
+
+
+def _provider_errors(text: Any) -> tuple[ProviderError, ...]:
+    # Kept as JSON text (a table has no lists); anything else reads as none.
+    try:
+        return tuple(_PROVIDER_ERRORS.validate_json(text)) if isinstance(text, str) else ()
+    except ValidationError:
+        return ()

@@ -4,7 +4,8 @@ It validates every payload with the gateway's own models of SendGrid's published
 schema and its documented limits (``shared.sendgrid_v3``, deployed with the gateway), answers
 like SendGrid (401/400/413/415/202/200), writes each accepted mail to an outbox folder as
 ``<x-message-id>.json`` and ``<x-message-id>.eml``, and offers a control API under
-``/_standin/`` so tests can script failures, dropped connections and latency.
+``/_standin/`` so tests can script failures (``UNVERIFIED_SENDER_REFUSAL``: SendGrid's own
+refusal of an unverified sender), dropped connections and latency.
 
 Run it with ``python -m devstack.sendgrid_standin [--port 0]``, or from tests with
 ``SendGridStandIn().start()``.
@@ -26,6 +27,7 @@ from devstack.sendgrid_standin.server import (
     DEFAULT_OUTBOX,
     DEFAULT_PORT,
     MAX_BODY_BYTES,
+    UNVERIFIED_SENDER_REFUSAL,
     MailSendEndpoint,
     ScriptedResponse,
     StandInState,
@@ -44,6 +46,7 @@ __all__ = [
     "READY_LINE_PREFIX",
     "RESERVED_HEADERS",
     "UNAUTHORIZED_BODY",
+    "UNVERIFIED_SENDER_REFUSAL",
     "MailSend",
     "MailSendEndpoint",
     "ScriptedResponse",

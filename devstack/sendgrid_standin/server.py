@@ -35,7 +35,13 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.utils import get_remote_addr
 
 from devstack.sendgrid_standin.outbox import build_eml_or_stub, new_message_id, write_outbox
-from shared.sendgrid_v3.error_format import UNAUTHORIZED_BODY, error_body, schema_path
+from shared.sendgrid_v3.error_format import (
+    UNAUTHORIZED_BODY,
+    UNVERIFIED_SENDER_BODY,
+    UNVERIFIED_SENDER_STATUS,
+    error_body,
+    schema_path,
+)
 from shared.sendgrid_v3.schema import MailSend, validate_mail_send
 
 logger = logging.getLogger(__name__)
@@ -46,6 +52,12 @@ DEFAULT_PORT = 7072
 
 # SendGrid: "The total size of your email, including attachments, must be less than 30MB."
 MAX_BODY_BYTES = 30 * 1024 * 1024
+
+# A script entry: SendGrid's own answer to a sender that is not a verified Sender Identity.
+UNVERIFIED_SENDER_REFUSAL: dict[str, Any] = {
+    "status": UNVERIFIED_SENDER_STATUS,
+    "body": UNVERIFIED_SENDER_BODY,
+}
 
 
 class ScriptedResponse(BaseModel):

@@ -121,7 +121,7 @@ var clientPaths = [
   '/api/openapi.json'
 ]
 
-// Names as the code reads them (tests/infra checks this list against the code, the README and
+// Names as the code reads them (tests/infra checks this list against the code, docs/settings.md and
 // local.settings.example.json). No FUNCTIONS_WORKER_RUNTIME: Flex takes it from functionAppConfig.
 var appSettings = {
   AzureWebJobsStorage__accountName: storageAccountName
@@ -161,7 +161,7 @@ var appSettings = {
   // Read by glibc in the worker at start: a freed block of 1 MiB or more goes back to the system
   // at once. Without it glibc raises its threshold after the first large free, and the worker's
   // peak over 24 messages of 29 MB, six at a time, was 1,600-1,890 MiB against 930-1,070 MiB
-  // with it (README, Large messages).
+  // with it (docs/operations.md, Large messages).
   MALLOC_MMAP_THRESHOLD_: '1048576'
   // Read by the Python worker: threads for the `def` functions. Absent, the Functions host starts
   // the worker with 1000 (Azure/azure-functions-host, DefaultWorkerProcessFactory

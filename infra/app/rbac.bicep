@@ -122,8 +122,8 @@ resource appContainerRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' 
 
 // The one secret, not the vault: whatever else is ever kept in the vault stays out of the app's
 // reach. Until the secret exists there is nothing to grant; the Key Vault reference stays
-// unresolved meanwhile and the app answers 503 naming SENDGRID_API_KEY (README, "Set the
-// SendGrid key").
+// unresolved meanwhile and the app answers 503 naming SENDGRID_API_KEY (docs/deploy.md, "Set
+// the SendGrid key").
 resource appSecretsRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (sendgridApiKeySecretExists) {
   name: guid(sendgridSecret.id, appPrincipalId, roles['Key Vault Secrets User'])
   scope: sendgridSecret

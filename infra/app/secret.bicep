@@ -22,7 +22,7 @@ resource secret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
   parent: vault
   name: name
   properties: {
-    // checkov:skip=CKV_AZURE_41: SendGrid keys do not expire; an expiry date would stop delivery without warning (rotate them as the README says)
+    // checkov:skip=CKV_AZURE_41: SendGrid keys do not expire; an expiry date would stop delivery without warning (rotate them as docs/deploy.md says)
     value: value
     contentType: contentType
   }

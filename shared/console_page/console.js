@@ -27,6 +27,12 @@
     retrying: 'attempt failed, retry scheduled',
     failed: 'dead-lettered',
   };
+  // shared/replay_advice.py: whether a replay can help a failed message.
+  const REPLAY_LABELS = {
+    helps: 'a replay can help',
+    after_fix: 'replay after a fix',
+    no: 'a replay will not help',
+  };
 
   let lastPoisonDepth = null;
   let deadLettersLoading = null;
@@ -113,10 +119,22 @@
     return `${pad(date.getHours())}:${pad(date.getMinutes())}`;
   }
 
-  function errorText(lastError) {
+  function replayLabel(advice) {
+    return REPLAY_LABELS[advice.replay] || String(advice.replay);
+  }
+
+  // The advice of a dead letter or a failed status record, if it has one: 'replay after a fix:
+  // Verify the sender in SendGrid...'; only the label when `short`.
+  function hintText(advice, short) {
+    if (!advice || !advice.replay) return '';
+    return short ? replayLabel(advice) : `${replayLabel(advice)}: ${advice.action || ''}`;
+  }
+
+  function errorText(lastError, short) {
     const code = lastError.status_code === null ? 'no answer' : lastError.status_code;
     const unsure = lastError.ambiguous ? ' (SendGrid may have accepted it)' : '';
-    return `${code}: ${lastError.reason || ''}${unsure}`;
+    const hint = hintText(lastError, short);
+    return `${code}: ${lastError.reason || ''}${unsure}${hint ? ` (${hint})` : ''}`;
   }
 
   function notice(text, problem) {
@@ -271,7 +289,7 @@
       element('td', { text: message.attempts }),
       element('td', { text: message.client || '–' }),
       element('td', { text: formatTime(message.updated_at), title: message.updated_at }),
-      element('td', { text: message.last_error ? errorText(message.last_error) : '' }),
+      element('td', { text: message.last_error ? errorText(message.last_error, true) : '' }),
     ]));
     byId('latest').tBodies[0].replaceChildren(...rows);
     byId('latest-empty').hidden = rows.length > 0;
@@ -321,10 +339,15 @@
     const replay = element('button', { className: 'replay', text: 'Replay' });
     replay.type = 'button';
     replay.disabled = !letter.replayable || !letter.id;
+    if (letter.replay) replay.title = hintText(letter);
     if (!replay.disabled) replay.addEventListener('click', () => replayOne(letter.id, replay));
+    const reason = [element('span', { text: letter.reason })];
+    if (letter.replay) {
+      reason.push(element('span', { className: `hint replay-${letter.replay}`, text: hintText(letter) }));
+    }
     return element('tr', { data: { id: letter.id || '' } }, [
       element('td', { className: 'id' }, [letter.id ? idButton(letter.id) : element('span', { text: '(no id)' })]),
-      element('td', { className: 'reason', text: letter.reason }),
+      element('td', { className: 'reason' }, reason),
       element('td', { text: letter.attempts === null ? '' : letter.attempts }),
       element('td', { text: formatTime(letter.dead_lettered_at), title: letter.dead_lettered_at || '' }),
       element('td', {}, [replay]),

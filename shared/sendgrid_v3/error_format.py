@@ -25,6 +25,17 @@ def error_body(message: str, field_path: str | None = None) -> dict[str, Any]:
 
 UNAUTHORIZED_BODY = error_body("The provided authorization grant is invalid, expired, or revoked")
 
+# SendGrid's answer to a `from` that is not a verified Sender Identity: a 403 (Twilio's error
+# 60222, "HTTP status: 403") with this body, as SendGrid's clients print it (sendgrid/sendgrid-ruby
+# pull request 489 quotes the response whole).
+UNVERIFIED_SENDER_STATUS = 403
+UNVERIFIED_SENDER_BODY = error_body(
+    "The from address does not match a verified Sender Identity. Mail cannot be sent until this "
+    "error is resolved. Visit https://sendgrid.com/docs/for-developers/sending-email/"
+    "sender-identity/ to see the Sender Identity requirements",
+    "from",
+)
+
 # The custom error type whose context carries several (relative path, message) problems, so a
 # single cross-field validator can report one error entry per problem.
 PROBLEMS_ERROR = "sendgrid_problems"

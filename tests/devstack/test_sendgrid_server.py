@@ -16,7 +16,14 @@ from typing import Any
 import httpx
 import pytest
 
-from devstack.sendgrid_standin import DEFAULT_API_KEY, MAX_BODY_BYTES, StandInState, create_app
+from devstack.sendgrid_standin import (
+    DEFAULT_API_KEY,
+    MAX_BODY_BYTES,
+    UNVERIFIED_SENDER_REFUSAL,
+    ScriptedResponse,
+    StandInState,
+    create_app,
+)
 from tests.sendgrid_samples import PDF_BYTES, PNG_BYTES, minimal_payload, valid_payload
 
 
@@ -53,6 +60,31 @@ def test_should_answer_400_with_errors_for_an_invalid_payload(state: StandInStat
     response = call(state, "POST", "/v3/mail/send", json=payload, headers=AUTH)
     assert response.status_code == 400
     assert response.json()["errors"][0]["field"] == "personalizations.0.to.0.email"
+    assert state.mails == []
+
+
+def test_should_refuse_an_unverified_sender_as_sendgrid_does_when_scripted_to(
+    state: StandInState,
+) -> None:
+    state.script.append(ScriptedResponse.model_validate(UNVERIFIED_SENDER_REFUSAL))
+
+    response = call(state, "POST", "/v3/mail/send", json=minimal_payload(), headers=AUTH)
+
+    # As SendGrid answers (sendgrid/sendgrid-ruby pull request 489; Twilio error 60222).
+    assert response.status_code == 403
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {
+        "errors": [
+            {
+                "message": "The from address does not match a verified Sender Identity. Mail "
+                "cannot be sent until this error is resolved. Visit https://sendgrid.com/docs/"
+                "for-developers/sending-email/sender-identity/ to see the Sender Identity "
+                "requirements",
+                "field": "from",
+                "help": None,
+            }
+        ]
+    }
     assert state.mails == []
 
 

@@ -22,7 +22,8 @@ from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
 from devstack.azurite import Azurite
-from devstack.sendgrid_standin import SendGridStandIn
+from devstack.sendgrid_standin import UNVERIFIED_SENDER_REFUSAL, SendGridStandIn
+from shared.replay_advice import CAUSES, HOST_MOVED, SENDER_IDENTITY
 from shared.settings import Settings
 from shared.status import StatusStore
 from tests.e2e.conftest import ADMIN_KEY, Queues, RunningHost, wait_for
@@ -203,7 +204,8 @@ def test_should_show_a_dead_letters_timeline_and_resend_it_when_replayed_from_th
     console_page: OpenedPage,
     tmp_path: Path,
 ) -> None:
-    standin.script([{"status": 400, "body": {"errors": [{"message": "sender not verified"}]}}])
+    # SendGrid's own refusal of an unverified sender: fixed (verified) before the replay.
+    standin.script([UNVERIFIED_SENDER_REFUSAL])
     dead_id = accept(stack, subject="Refused, then replayed")
     wait_for(lambda: dead_letter_for(queues, dead_id))
     wait_for(lambda: stack.status(dead_id)["status"] == "failed")
@@ -212,7 +214,12 @@ def test_should_show_a_dead_letters_timeline_and_resend_it_when_replayed_from_th
 
     page = open_console(console_page, stack)
     row = page.locator(f'#dead-letters tr[data-id="{dead_id}"]')
-    expect(row.locator(".reason")).to_contain_text("400")
+    reason = row.locator(".reason")
+    expect(reason).to_contain_text("SendGrid refused the message with 403: The from address")
+    expect(reason).to_contain_text("(field from)")
+    expect(reason.locator(".hint")).to_have_text(
+        "replay after a fix: " + CAUSES[SENDER_IDENTITY].action
+    )
     expect(page.locator("#depth-poison")).to_have_text("1")
     page.fill("#search-id", dead_id)
     page.click("#search-form button[type=submit]")
@@ -221,7 +228,8 @@ def test_should_show_a_dead_letters_timeline_and_resend_it_when_replayed_from_th
     expect(timeline.locator("li .what")).to_have_text(
         ["accepted", "dead-lettered (attempt 1)", "failed now, after 1 attempt(s)"]
     )
-    expect(timeline).to_contain_text("last error 400")
+    expect(timeline).to_contain_text("last error 403: SendGrid refused the message with 403")
+    expect(timeline).to_contain_text("(replay after a fix: Verify the sender in SendGrid")
     assert mails_for(standin, dead_id) == []
     screenshot(page, tmp_path, "console-before-replay.png")
 
@@ -272,9 +280,11 @@ def test_should_list_dead_letters_a_page_at_a_time_with_the_hosts_reason(
 
     rows = page.locator("#dead-letters tbody tr")
     expect(rows).to_have_count(100)
-    expect(rows.first.locator(".reason")).to_have_text(
+    reason = rows.first.locator(".reason")
+    expect(reason.locator("span").first).to_have_text(
         "moved to the poison queue by the Functions host after 5 dequeues"
     )
+    expect(reason.locator(".hint")).to_have_text("replay after a fix: " + CAUSES[HOST_MOVED].action)
     page.click("#dead-more")
     expect(rows).to_have_count(130)
     expect(page.locator("#dead-more")).to_be_hidden()

@@ -182,11 +182,13 @@ def test_should_list_a_message_the_host_moved_with_the_hosts_dequeue_count(
     )
     assert f"reached MaxDequeueCount of {HOST_MAX_DEQUEUE_COUNT}" in host_moving_early.log()
     listed = host_moving_early.admin("GET", "/api/v1/dead-letters").json()["dead_letters"]
-    assert [(d["id"], d["reason"]) for d in listed] == [(message_id, reason)]
-    # `make poison`: the operator command with the same app settings.
+    assert [(d["id"], d["reason"], d["cause"]) for d in listed] == [
+        (message_id, reason, "host_moved")
+    ]
+    # `make poison FORMAT=json`: the operator command with the same app settings.
     for name, value in host_moving_early.settings.items():
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
-    assert admin_main.main(["list"]) == 0
+    assert admin_main.main(["list", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)["dead_letters"]
-    assert [(d["id"], d["reason"]) for d in printed] == [(message_id, reason)]
+    assert printed == listed

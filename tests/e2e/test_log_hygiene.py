@@ -67,8 +67,12 @@ V3_TEXT = "Hygiene v3 text body: order 9191"
 TEMPLATE_VALUES = ("hygiene-template-value-Dora", "hygiene-template-amount-9191.50")
 V3_CUSTOM_ARGS = ("hygiene-v3-personal-arg", "hygiene-v3-global-arg")
 IDEMPOTENCY_KEYS = ("hygiene-idempotency-v1-7c1f", "hygiene-idempotency-v3-52aa")
-# What a provider's error text may echo back: the gateway stores it, but must not log it.
+# What a provider's error text may echo back of the mail it refuses: the gateway keeps it in
+# the dead letter as it came, and logs it only with the address cut to its domain and the mail's
+# own text left out.
 PROVIDER_ERROR = f"Does not contain a valid address: {TO} ({SUBJECT})"
+PROVIDER_ERROR_V3 = f"Does not contain a valid address: {V3_TO} ({V3_SUBJECT})"
+PROVIDER_ERROR_LOGGED = "Does not contain a valid address: *@customer.example.org (…)"
 
 # A large message's attachment is over one queue message (48 KB of JSON): claim-checked.
 LARGE_ATTACHMENT_BYTES = 64 * 1024
@@ -198,10 +202,10 @@ def test_should_keep_keys_bodies_attachments_and_addresses_out_of_the_logs_of_a_
     large = attachment_content(LARGE_ATTACHMENT_BYTES)
     v3_attachment = attachment_content(200)
     client_name = host.client_key[len(KEY_PREFIX) :].partition("_")[0]
-    refusal = {"errors": [{"message": PROVIDER_ERROR, "field": "personalizations.0.to.0.email"}]}
-    standin.script(
-        [{"status": 400, "body": refusal}, {"status": 503, "body": {"errors": refusal["errors"]}}]
-    )
+    field = "personalizations.0.to.0.email"
+    refusal = {"errors": [{"message": PROVIDER_ERROR, "field": field}]}
+    unavailable = {"errors": [{"message": PROVIDER_ERROR_V3, "field": field}]}
+    standin.script([{"status": 400, "body": refusal}, {"status": 503, "body": unavailable}])
 
     # SendGrid refuses the first mail for good and fails the second once; nothing else is
     # scripted, so the rest is accepted whatever the order it arrives in.
@@ -262,7 +266,14 @@ def test_should_keep_keys_bodies_attachments_and_addresses_out_of_the_logs_of_a_
     wait_for(lambda: all(line in host.log() for line in final_lines), timeout=20)
     log = host.log()
 
-    assert f"Message {retried} attempt 1 failed (SendGrid answered 503)" in log
+    assert (
+        f"Message {retried} attempt 1 failed (SendGrid answered 503: {PROVIDER_ERROR_LOGGED} "
+        f"(field {field}))"
+    ) in log
+    assert (
+        f"Message {dead_id} dead-lettered to mail-hygiene-poison: SendGrid refused the message "
+        f"with 400: {PROVIDER_ERROR_LOGGED} (field {field}) (cause invalid_request, replay no)"
+    ) in log
     assert f"its body in blob {claim_checked.json()['id']}.json" in log
     # SendGrid's error text is kept for the operator, in the dead letter, not in the log.
     dead_letter = dead_letter_for(Queues(azurite.connection_string, "mail-hygiene"), dead_id)
@@ -290,6 +301,7 @@ def test_should_keep_keys_bodies_attachments_and_addresses_out_of_the_logs_of_a_
         "v3 subject": V3_SUBJECT,
         "v3 text": V3_TEXT,
         "provider error": PROVIDER_ERROR,
+        "v3 provider error": PROVIDER_ERROR_V3,
         **{f"template value {n}": v for n, v in enumerate(TEMPLATE_VALUES)},
         **{f"v3 custom arg {n}": v for n, v in enumerate(V3_CUSTOM_ARGS)},
     }

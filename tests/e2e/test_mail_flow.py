@@ -6,11 +6,13 @@ import base64
 import re
 import time
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from devstack.sendgrid_standin import SendGridStandIn
+import admin.__main__ as admin_main
+from devstack.sendgrid_standin import UNVERIFIED_SENDER_REFUSAL, SendGridStandIn
 from shared.clients import CLIENT_CHECK_SECONDS, ClientStore
 from tests.e2e.conftest import (
     MAX_DELIVERY_ATTEMPTS,
@@ -131,18 +133,15 @@ def test_should_keep_addresses_subjects_and_bodies_out_of_the_logs(
 
 
 def test_should_dead_letter_after_one_attempt_when_sendgrid_refuses_the_message(
-    stack: RunningHost, standin: SendGridStandIn, queues: Queues
+    stack: RunningHost,
+    standin: SendGridStandIn,
+    queues: Queues,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    refusal = {
-        "errors": [
-            {
-                "message": "The from address does not match a verified Sender Identity.",
-                "field": "from",
-                "help": None,
-            }
-        ]
-    }
-    standin.script([{"status": 400, "body": refusal}])
+    # SendGrid's own answer to a sender that is not a verified Sender Identity.
+    standin.script([UNVERIFIED_SENDER_REFUSAL])
 
     message_id = accept(stack)
     record = wait_for(lambda: dead_letter_for(queues, message_id))
@@ -151,12 +150,48 @@ def test_should_dead_letter_after_one_attempt_when_sendgrid_refuses_the_message(
     assert len(standin.requests()) == 1
     assert mails_for(standin, message_id) == []
     dead_letter = record["dead_letter"]
-    assert dead_letter["status_code"] == 400
+    assert dead_letter["status_code"] == 403
     assert dead_letter["attempts"] == 1
-    assert "400" in dead_letter["reason"]
     assert "verified Sender Identity" in dead_letter["provider_error"]
     assert record["message"]["subject"] == "Your invoice 42"
     assert queues.peek(queues.mail) == []
+    # SendGrid's message and field, and what a replay can do, wherever the reason is shown:
+    # the dead letter itself,
+    refusal = "SendGrid refused the message with 403: The from address does not match a verified"
+    assert dead_letter["reason"].startswith(refusal)
+    assert dead_letter["reason"].endswith("(field from)")
+    assert dead_letter["cause"] == "sender_identity"
+    [error] = dead_letter["provider_errors"]
+    assert error["field"] == "from"
+    # the status the app reads,
+    last_error = wait_for(lambda: stack.status(message_id).get("last_error"))
+    assert last_error["reason"] == dead_letter["reason"]
+    assert last_error["provider_errors"] == [error]
+    assert (last_error["cause"], last_error["replay"]) == ("sender_identity", "after_fix")
+    assert last_error["action"].startswith("Verify the sender in SendGrid")
+    # the dead-letter route,
+    listed = stack.admin("GET", "/api/v1/dead-letters").json()["dead_letters"]
+    [entry] = [e for e in listed if e["id"] == message_id]
+    assert (entry["reason"], entry["replay"]) == (dead_letter["reason"], "after_fix")
+    assert entry["provider_errors"] == [error]
+    # `make poison`, with the host's settings,
+    for name, value in stack.settings.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.chdir(tmp_path)
+    assert admin_main.main(["list"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    [row] = [line for line in printed if line.startswith(message_id)]
+    assert "after fix  SendGrid 403: The from address does not match a verified" in row
+    assert any(line.startswith("  sender_identity (") for line in printed)
+    # and the log line, without the mail's addresses.
+    line = wait_for(
+        lambda: next(
+            (x for x in stack.log().splitlines() if f"{message_id} dead-lettered" in x), ""
+        )
+    )
+    assert "The from address does not match a verified" in line
+    assert "(cause sender_identity, replay after_fix)" in line
 
 
 def test_should_retry_after_the_scheduled_delay_and_deliver_once(

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from devstack.azurite import Azurite
-from devstack.sendgrid_standin import SendGridStandIn
+from devstack.sendgrid_standin import UNVERIFIED_SENDER_REFUSAL, SendGridStandIn
 from shared.settings import Settings
 from shared.status import MessageState, StatusStore
 from tests.e2e.conftest import (
@@ -98,7 +98,8 @@ def test_should_queue_one_message_for_twenty_concurrent_requests_with_one_key(
 def test_should_replay_a_dead_letter_once_the_fault_is_gone(
     stack: RunningHost, standin: SendGridStandIn, queues: Queues
 ) -> None:
-    standin.script([{"status": 403, "body": {"errors": [{"message": "sender not verified"}]}}])
+    # The sender was not verified in SendGrid; by the replay it is.
+    standin.script([UNVERIFIED_SENDER_REFUSAL])
     message_id = accept(stack)
     wait_for(lambda: dead_letter_for(queues, message_id))
     assert stack.status(message_id)["status"] == "failed"
@@ -111,6 +112,7 @@ def test_should_replay_a_dead_letter_once_the_fault_is_gone(
 
     assert [(e["id"], e["attempts"]) for e in listed] == [(message_id, 1)]
     assert "403" in listed[0]["reason"]
+    assert listed[0]["replay"] == "after_fix"
     assert refused.status_code == 401
     assert replayed.json() == {
         "done": [message_id],

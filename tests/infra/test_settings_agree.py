@@ -1,6 +1,6 @@
 """One list of settings: what the code reads, what infra/ sets on the Function App, the keys of
-local.settings.example.json and the rows of the README's settings table agree, but for the
-few settings below that belong to some of those places only."""
+local.settings.example.json and the rows of the settings table in docs/settings.md agree, but
+for the few settings below that belong to some of those places only."""
 
 from __future__ import annotations
 
@@ -16,58 +16,58 @@ from shared.settings import Settings, data_connection
 from tests.infra.conftest import INFRA, parse_bicep
 from tests.infra.venvs import ROOT
 
-CODE, INFRA_APP, LOCAL, README = "code", "infra", "local.settings.example.json", "README"
-EVERYWHERE = frozenset({CODE, INFRA_APP, LOCAL, README})
+CODE, INFRA_APP, LOCAL, DOCS = "code", "infra", "local.settings.example.json", "docs/settings.md"
+EVERYWHERE = frozenset({CODE, INFRA_APP, LOCAL, DOCS})
 # Settings that belong in some places only, and why. Any other setting belongs everywhere.
 PLACES: dict[str, frozenset[str]] = {
     # A connection string locally (Azurite); in Azure the identity-based settings below.
-    "AzureWebJobsStorage": frozenset({CODE, LOCAL, README}),
-    "AzureWebJobsStorage__accountName": frozenset({CODE, INFRA_APP, README}),
-    "AzureWebJobsStorage__credential": frozenset({CODE, INFRA_APP, README}),
-    "AzureWebJobsStorage__clientId": frozenset({CODE, INFRA_APP, README}),
+    "AzureWebJobsStorage": frozenset({CODE, LOCAL, DOCS}),
+    "AzureWebJobsStorage__accountName": frozenset({CODE, INFRA_APP, DOCS}),
+    "AzureWebJobsStorage__credential": frozenset({CODE, INFRA_APP, DOCS}),
+    "AzureWebJobsStorage__clientId": frozenset({CODE, INFRA_APP, DOCS}),
     # Alternatives to __accountName that the code honours; infra/ uses __accountName.
-    "AzureWebJobsStorage__queueServiceUri": frozenset({CODE, README}),
-    "AzureWebJobsStorage__tableServiceUri": frozenset({CODE, README}),
-    "AzureWebJobsStorage__blobServiceUri": frozenset({CODE, README}),
-    "AzureWebJobsStorage__serviceUri": frozenset({CODE, README}),
+    "AzureWebJobsStorage__queueServiceUri": frozenset({CODE, DOCS}),
+    "AzureWebJobsStorage__tableServiceUri": frozenset({CODE, DOCS}),
+    "AzureWebJobsStorage__blobServiceUri": frozenset({CODE, DOCS}),
+    "AzureWebJobsStorage__serviceUri": frozenset({CODE, DOCS}),
     # The gateway's data: unset locally (it defaults to AzureWebJobsStorage there), the
     # identity-based form in infra/ (today the host's own account).
-    "MAILGATE_STORAGE": frozenset({CODE, README}),
-    "MAILGATE_STORAGE__accountName": frozenset({CODE, INFRA_APP, README}),
-    "MAILGATE_STORAGE__credential": frozenset({CODE, INFRA_APP, README}),
-    "MAILGATE_STORAGE__clientId": frozenset({CODE, INFRA_APP, README}),
-    "MAILGATE_STORAGE__queueServiceUri": frozenset({CODE, README}),
-    "MAILGATE_STORAGE__tableServiceUri": frozenset({CODE, README}),
-    "MAILGATE_STORAGE__blobServiceUri": frozenset({CODE, README}),
-    "MAILGATE_STORAGE__serviceUri": frozenset({CODE, README}),
+    "MAILGATE_STORAGE": frozenset({CODE, DOCS}),
+    "MAILGATE_STORAGE__accountName": frozenset({CODE, INFRA_APP, DOCS}),
+    "MAILGATE_STORAGE__credential": frozenset({CODE, INFRA_APP, DOCS}),
+    "MAILGATE_STORAGE__clientId": frozenset({CODE, INFRA_APP, DOCS}),
+    "MAILGATE_STORAGE__queueServiceUri": frozenset({CODE, DOCS}),
+    "MAILGATE_STORAGE__tableServiceUri": frozenset({CODE, DOCS}),
+    "MAILGATE_STORAGE__blobServiceUri": frozenset({CODE, DOCS}),
+    "MAILGATE_STORAGE__serviceUri": frozenset({CODE, DOCS}),
     # Where the host looks for connection MAILGATE_STORAGE first; the code looks there too, so
     # that it never disagrees with the queue trigger, but nobody should set it.
     "AzureWebJobsMAILGATE_STORAGE": frozenset({CODE}),
     # Telemetry with the app's identity: read by the Functions host and by the exporter the
     # Python worker sets up (not through Settings); unset locally, so nothing is exported.
-    "APPLICATIONINSIGHTS_CONNECTION_STRING": frozenset({INFRA_APP, README}),
-    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": frozenset({INFRA_APP, README}),
+    "APPLICATIONINSIGHTS_CONNECTION_STRING": frozenset({INFRA_APP, DOCS}),
+    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": frozenset({INFRA_APP, DOCS}),
     # Read by the Python worker (and the local host), not by the gateway's code.
-    "PYTHON_THREADPOOL_THREAD_COUNT": frozenset({INFRA_APP, LOCAL, README}),
+    "PYTHON_THREADPOOL_THREAD_COUNT": frozenset({INFRA_APP, LOCAL, DOCS}),
     # Read by glibc when the worker process starts (so not from local.settings.json, which the
     # local host reads after it started); bench/stack.py sets it for the bench's hosts.
-    "MALLOC_MMAP_THRESHOLD_": frozenset({INFRA_APP, README}),
-    "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": frozenset({INFRA_APP, LOCAL, README}),
+    "MALLOC_MMAP_THRESHOLD_": frozenset({INFRA_APP, DOCS}),
+    "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": frozenset({INFRA_APP, LOCAL, DOCS}),
     # Core Tools needs it locally; Flex Consumption takes the runtime from functionAppConfig
     # and refuses it as an app setting.
     "FUNCTIONS_WORKER_RUNTIME": frozenset({LOCAL}),
     # Set by App Service while its authentication runs (read-only there); the gateway reads it to
     # know whether the sign-in headers can be trusted (shared/operator_sign_in.py).
-    "WEBSITE_AUTH_ENABLED": frozenset({CODE, README}),
+    "WEBSITE_AUTH_ENABLED": frozenset({CODE, DOCS}),
     # The host's override of host.json; optional, read only to word a host-moved dead letter.
-    "AzureFunctionsJobHost__extensions__queues__maxDequeueCount": frozenset({CODE, README}),
+    "AzureFunctionsJobHost__extensions__queues__maxDequeueCount": frozenset({CODE, DOCS}),
     # The local host's admin key (devstack); Azure manages host keys itself.
-    "LOCAL_ADMIN_KEY": frozenset({LOCAL, README}),
+    "LOCAL_ADMIN_KEY": frozenset({LOCAL, DOCS}),
     # Optional, for tests that kill the local host; it defaults to the real host's 10 minutes.
-    "LOCAL_QUEUE_HOLD_SECONDS": frozenset({README}),
+    "LOCAL_QUEUE_HOLD_SECONDS": frozenset({DOCS}),
     # Optional, one per timer function: the local host's replacement for its schedule, so that
     # tests and `make run` need not wait five minutes.
-    "LOCAL_TIMER_SCHEDULE_<function>": frozenset({README}),
+    "LOCAL_TIMER_SCHEDULE_<function>": frozenset({DOCS}),
 }
 # What App Service puts in place of the Key Vault reference once it resolves it.
 RESOLVED_SECRET = "SG.resolved-from-key-vault"
@@ -139,26 +139,25 @@ def local_example_settings() -> set[str]:
     return set(document["Values"])
 
 
-def readme_settings() -> set[str]:
-    """The names in the first column of the README's settings table."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = re.search(r"^## Settings\n(.*?)(?=^## )", text, re.MULTILINE | re.DOTALL)
-    assert section, "README.md has no '## Settings' section"
+def documented_settings() -> set[str]:
+    """The names in the first column of the settings table in docs/settings.md."""
+    text = (ROOT / "docs" / "settings.md").read_text(encoding="utf-8")
     names: set[str] = set()
-    for row in re.findall(r"^\| (`[^|]*) \|", section.group(1), re.MULTILINE):
+    for row in re.findall(r"^\| (`[^|]*) \|", text, re.MULTILINE):
         cell = re.findall(r"`([^`]+)`", row)
         base = cell[0].split("__")[0]
         # `AzureWebJobsStorage__accountName` / `__queueServiceUri`: the second shares the prefix.
         names |= {f"{base}{name}" if name.startswith("__") else name for name in cell}
+    assert names, "docs/settings.md has no settings table"
     return names
 
 
-def test_should_list_the_same_settings_in_code_infra_local_example_and_readme() -> None:
+def test_should_list_the_same_settings_in_code_infra_local_example_and_docs() -> None:
     found = {
         CODE: code_settings(),
         INFRA_APP: set(infra_app_settings()),
         LOCAL: local_example_settings(),
-        README: readme_settings(),
+        DOCS: documented_settings(),
     }
     everything = set().union(*found.values(), PLACES)
     problems = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import uuid
 from pathlib import Path
@@ -51,7 +52,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str],
 def test_should_create_a_client_and_print_its_key_on_the_last_line(
     store: ClientStore, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = run(capsys, "client", "create", "billing", "--senders", "@example.com")
+    code, out, _ = run(capsys, "client", "create", "billing", "--senders", "@example.com", "--json")
 
     assert code == 0
     key = out[-1]
@@ -59,6 +60,29 @@ def test_should_create_a_client_and_print_its_key_on_the_last_line(
     described = json.loads("\n".join(out[:-2]))
     assert described["senders"] == ["@example.com"]
     assert described["rate_per_minute"] == 600
+
+
+def test_should_print_a_new_client_as_a_table_with_its_key_still_last(
+    store: ClientStore, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+
+    code, out, _ = run(capsys, "client", "create", "billing", "--senders", "@example.com")
+
+    assert code == 0
+    assert out[0].split() == ["NAME", "ENABLED", "RATE/MIN", "FEATURES", "AGE", "SENDERS"]
+    name, enabled, rate, features, age, senders = out[1].split()
+    assert (name, enabled, rate, features, senders) == (
+        "billing",
+        "yes",
+        "600",
+        "-",
+        "@example.com",
+    )
+    assert re.fullmatch(r"\d+s", age)
+    assert out[2].startswith("Key of client 'billing', shown only now")
+    assert store.authenticate(f"Bearer {out[-1]}").name == "billing"
+    assert len(out) == 4
 
 
 def test_should_list_disable_enable_and_rotate(
@@ -69,11 +93,16 @@ def test_should_list_disable_enable_and_rotate(
     )
     key = out[-1]
 
-    _, listed, _ = run(capsys, "client", "list")
+    _, listed, _ = run(capsys, "client", "list", "--json")
     assert json.loads("\n".join(listed))["clients"][0]["rate_per_minute"] == 7
     assert key not in "\n".join(listed)
+    _, table, _ = run(capsys, "client", "list")
+    assert table[1].split()[:3] == ["billing", "yes", "7"]
+    assert key not in "\n".join(table)
 
-    assert run(capsys, "client", "disable", "billing")[0] == 0
+    code, disabled, _ = run(capsys, "client", "disable", "billing")
+    assert code == 0
+    assert disabled[1].split()[:2] == ["billing", "no"]
     with pytest.raises(Unauthorized, match="disabled"):
         store.authenticate(f"Bearer {key}")
     assert run(capsys, "client", "enable", "billing")[0] == 0
@@ -154,6 +183,7 @@ def test_should_grant_show_and_take_away_features(
         "@example.com",
         "--features",
         "mail_settings.sandbox_mode,headers.message-id",
+        "--json",
     )
     assert code == 0
     assert json.loads("\n".join(out[:-2]))["features"] == [
@@ -161,9 +191,9 @@ def test_should_grant_show_and_take_away_features(
         "mail_settings.sandbox_mode",
     ]
 
-    code, out, _ = run(capsys, "client", "features", "billing", "asm")
+    code, out, _ = run(capsys, "client", "features", "billing", "asm", "--format", "json")
     assert (code, json.loads("\n".join(out))["features"]) == (0, ["asm"])
-    _, listed, _ = run(capsys, "client", "list")
+    _, listed, _ = run(capsys, "client", "list", "--json")
     assert json.loads("\n".join(listed))["clients"][0]["features"] == ["asm"]
 
     assert run(capsys, "client", "features", "billing", "none")[0] == 0
@@ -226,3 +256,35 @@ def test_should_make_the_development_client_once_and_keep_its_key(
     fresh = dev_client_key(store, ("@example.com",), key_file)
     assert fresh != first
     assert store.authenticate(f"Bearer {fresh}").name == "dev"
+
+
+def make_clients(environment: dict[str, str], *variables: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "-s", "-C", str(ROOT), "clients", *variables],
+        env={**os.environ, **environment, "COLUMNS": "100"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_should_list_clients_through_make_as_a_table_or_with_format_json_as_json(
+    store: ClientStore, environment: dict[str, str]
+) -> None:
+    store.ensure_exists()
+    store.create("made", "@example.com", 9)
+
+    table = make_clients(environment)
+    document = make_clients(environment, "FORMAT=json")
+    wrong = make_clients(environment, "FORMAT=xml")
+
+    assert table.returncode == 0, table.stderr
+    row = table.stdout.splitlines()[1].split()
+    assert row[:4] + row[5:] == ["made", "yes", "9", "-", "@example.com"]
+    assert re.fullmatch(r"\d+[sm]", row[4])
+    assert document.returncode == 0, document.stderr
+    [made] = json.loads(document.stdout)["clients"]
+    assert (made["name"], made["rate_per_minute"]) == ("made", 9)
+    assert wrong.returncode != 0
+    assert "argument --format: invalid choice: 'xml'" in wrong.stderr

@@ -18,6 +18,9 @@ from shared.clients import ClientStore
 from shared.dead_letters import DeadLetters
 from shared.models import DeadLetter, QueueEnvelope
 from shared.queue import MailQueue
+from shared.replay_advice import CAUSES, HOST_MOVED, NOT_AN_ENVELOPE, SENDER_IDENTITY
+from shared.sendgrid_client import provider_errors
+from shared.sendgrid_v3.error_format import UNVERIFIED_SENDER_BODY
 from shared.settings import Settings
 from shared.status import MessageState, MessageStatus, StatusStore
 from tests.integration.conftest import base64_queue_client, time_limit
@@ -26,6 +29,8 @@ from tests.samples import BASE_ENV, CLIENT, NOW, envelope
 REPLAYED_AT = NOW + timedelta(days=1)
 REFUSED_AT = NOW + timedelta(minutes=1)
 UNREADABLE_REASON = "not a mailgate envelope: 1 problem(s), first at the top level"
+[UNVERIFIED], _ = provider_errors(json.dumps(UNVERIFIED_SENDER_BODY))
+REFUSED_REASON = f"SendGrid refused the message with 403: {UNVERIFIED}"
 
 
 @pytest.fixture
@@ -38,7 +43,13 @@ def dead_letters(
 def refused_by_sendgrid(mail_queue: MailQueue, statuses: StatusStore, id: str) -> None:
     """Dead-letter a message as delivery does: the envelope with why, then status `failed`."""
     record = DeadLetter(
-        reason="SendGrid refused the message with 400", status_code=400, attempts=2, at=REFUSED_AT
+        reason=REFUSED_REASON,
+        status_code=403,
+        provider_error=json.dumps(UNVERIFIED_SENDER_BODY),
+        attempts=2,
+        at=REFUSED_AT,
+        cause=SENDER_IDENTITY,
+        provider_errors=[UNVERIFIED],
     )
     mail_queue.dead_letter(
         envelope(id=id, attempt=2).model_copy(update={"dead_letter": record}).to_json()
@@ -50,8 +61,10 @@ def refused_by_sendgrid(mail_queue: MailQueue, statuses: StatusStore, id: str) -
             accepted_at=NOW,
             updated_at=REFUSED_AT,
             attempts=2,
-            last_status_code=400,
-            last_error="SendGrid refused the message with 400",
+            last_status_code=403,
+            last_error=REFUSED_REASON,
+            provider_errors=(UNVERIFIED,),
+            last_error_cause=SENDER_IDENTITY,
         )
     )
 
@@ -138,17 +151,23 @@ def test_should_list_each_kind_of_dead_letter_and_leave_them_visible(
     assert documents == [
         {
             "id": "msg-a",
-            "reason": "SendGrid refused the message with 400",
+            "reason": REFUSED_REASON,
             "attempts": 2,
             "dead_lettered_at": REFUSED_AT.isoformat(),
             "replayable": True,
+            "status_code": 403,
+            "provider_errors": [UNVERIFIED.model_dump()],
+            **CAUSES[SENDER_IDENTITY].to_document(),
         },
         {
             "id": "msg-b",
-            "reason": "SendGrid refused the message with 400",
+            "reason": REFUSED_REASON,
             "attempts": 2,
             "dead_lettered_at": REFUSED_AT.isoformat(),
             "replayable": True,
+            "status_code": 403,
+            "provider_errors": [UNVERIFIED.model_dump()],
+            **CAUSES[SENDER_IDENTITY].to_document(),
         },
         {
             "id": "msg-c",
@@ -156,6 +175,7 @@ def test_should_list_each_kind_of_dead_letter_and_leave_them_visible(
             "attempts": 3,
             "dead_lettered_at": None,
             "replayable": True,
+            **CAUSES[HOST_MOVED].to_document(),
         },
         {
             "id": None,
@@ -163,6 +183,7 @@ def test_should_list_each_kind_of_dead_letter_and_leave_them_visible(
             "attempts": None,
             "dead_lettered_at": None,
             "replayable": False,
+            **CAUSES[NOT_AN_ENVELOPE].to_document(),
         },
     ]
     assert visible_poison_ids(azurite, mail_queue) == ["msg-a", "msg-b", "msg-c", None]
@@ -341,10 +362,19 @@ def admin_environment(
 
 
 def run_admin(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[Any, list[str]]:
-    """The command's JSON result and its progress lines."""
-    assert admin_main.main(list(argv)) == 0
+    """The command's JSON result (--json) and its progress lines."""
+    assert admin_main.main([*argv, "--json"]) == 0
     captured = capsys.readouterr()
     return json.loads(captured.out), captured.err.splitlines()
+
+
+def admin_table(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *argv: str
+) -> list[str]:
+    """What the command prints by default, in a terminal 160 columns wide."""
+    monkeypatch.setenv("COLUMNS", "160")
+    assert admin_main.main(list(argv)) == 0
+    return capsys.readouterr().out.splitlines()
 
 
 @pytest.mark.usefixtures("admin_environment")
@@ -386,3 +416,57 @@ def all_mail_envelopes(azurite: Azurite, mail_queue: MailQueue) -> list[QueueEnv
             envelopes.append(QueueEnvelope.model_validate_json(message.content))
             client.delete_message(message)
     return envelopes
+
+
+@pytest.mark.usefixtures("admin_environment")
+def test_should_print_the_poison_queue_as_a_table_by_default_and_as_json_when_asked(
+    azurite: Azurite,
+    mail_queue: MailQueue,
+    statuses: StatusStore,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    refused_by_sendgrid(mail_queue, statuses, "msg-t1")
+    moved_by_the_host(azurite, mail_queue, "msg-t2")
+
+    lines = admin_table(capsys, monkeypatch, "list")
+    listed, _ = run_admin(capsys, "list")
+
+    assert lines[0].split() == ["ID", "AGE", "ATTEMPTS", "REPLAY", "REASON"]
+    rows = {line.split()[0]: line for line in lines[1:3]}
+    assert rows["msg-t1"].split()[2:5] == ["2", "after", "fix"]
+    assert (
+        "SendGrid 403: The from address does not match a verified Sender Identity"
+        in (rows["msg-t1"])
+    )
+    assert rows["msg-t2"].split()[1:5] == ["-", "3", "after", "fix"]
+    assert all(len(line) <= 160 for line in lines)
+    assert any(
+        line.startswith("  sender_identity (1, replay: after fix): Verify") for line in lines
+    )
+    # --json: the whole reason, SendGrid's errors and the advice, as the admin route has them.
+    documents = {d["id"]: d for d in listed["dead_letters"]}
+    assert documents["msg-t1"]["reason"] == REFUSED_REASON
+    assert documents["msg-t1"]["provider_errors"] == [UNVERIFIED.model_dump()]
+    assert documents["msg-t1"]["replay"] == "after_fix"
+    assert set(listed) == {"dead_letters"}
+
+
+@pytest.mark.usefixtures("admin_environment")
+def test_should_print_what_a_replay_did_as_a_table(
+    mail_queue: MailQueue,
+    statuses: StatusStore,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    refused_by_sendgrid(mail_queue, statuses, "msg-t3")
+
+    lines = admin_table(capsys, monkeypatch, "replay", "msg-t3", "msg-gone")
+
+    assert lines == [
+        "ID        RESULT     WHY",
+        "msg-t3    replayed",
+        "msg-gone  not found",
+        "",
+        "1 replayed, 0 skipped, 1 not found.",
+    ]

@@ -8,6 +8,8 @@ import pytest
 from azure.data.tables import TableClient
 
 from shared.errors import ConcurrentUpdate, StorageUnavailable
+from shared.models import ProviderError
+from shared.replay_advice import SENDER_IDENTITY
 from shared.status import MessageState, MessageStatus, StatusStore
 
 ACCEPTED = datetime(2026, 3, 2, 9, 30, 0, 123456, tzinfo=timezone.utc)
@@ -70,6 +72,59 @@ def test_should_round_trip_every_field(statuses: StatusStore) -> None:
         assert moment is not None
         assert moment.utcoffset() == timedelta(0)
     assert read.to_document() == status.to_document()
+
+
+def test_should_round_trip_sendgrids_errors_and_the_cause_of_a_failed_message(
+    statuses: StatusStore,
+) -> None:
+    status = MessageStatus(
+        id="msg-i4",
+        state=MessageState.FAILED,
+        accepted_at=ACCEPTED,
+        updated_at=LATER,
+        attempts=1,
+        last_status_code=403,
+        last_error="SendGrid refused the message with 403: not verified (field from)",
+        provider_errors=(
+            ProviderError(message="not verified", field="from"),
+            ProviderError(message="and \u00e9 more"),
+        ),
+        last_error_cause=SENDER_IDENTITY,
+    )
+
+    statuses.put(status)
+    read = statuses.get("msg-i4")
+
+    assert read is not None
+    assert read == replace(status, etag=read.etag)
+    assert read.to_document() == status.to_document()
+
+
+def test_should_read_a_failed_row_written_before_errors_and_causes_were_kept(
+    statuses: StatusStore,
+) -> None:
+    # As an older gateway wrote it: no provider_errors, no last_error_cause.
+    statuses.table.upsert_entity(
+        {
+            "PartitionKey": "msg-i5",
+            "RowKey": "status",
+            "state": "failed",
+            "accepted_at": ACCEPTED,
+            "updated_at": LATER,
+            "attempts": 1,
+            "last_status_code": 413,
+            "last_error": "SendGrid refused the message with 413",
+            "ambiguous": False,
+        }
+    )
+
+    read = statuses.get("msg-i5")
+
+    assert read is not None
+    assert (read.provider_errors, read.last_error_cause) == ((), None)
+    last_error = read.to_document()["last_error"]
+    assert last_error["reason"] == "SendGrid refused the message with 413"
+    assert (last_error["cause"], last_error["replay"]) == ("too_large", "no")
 
 
 def test_should_round_trip_a_time_given_in_another_timezone_as_the_same_instant(

@@ -17,8 +17,17 @@ from shared.dead_letters import (
 )
 from shared.delivery import Delivery
 from shared.errors import InvalidMessage, StorageUnavailable
-from shared.models import DeadLetter, QueueEnvelope
+from shared.models import DeadLetter, ProviderError, QueueEnvelope
+from shared.openapi import DeadLetterDocument
 from shared.poison_walk import DEFAULT_PAGE_LIMIT, HOLD_SECONDS, MAX_PAGE_LIMIT
+from shared.replay_advice import (
+    CAUSES,
+    HOST_MOVED,
+    INVALID_REQUEST,
+    NOT_AN_ENVELOPE,
+    SENDER_IDENTITY,
+    Replay,
+)
 from shared.sendgrid_client import build_payload
 from shared.settings import Settings
 from shared.status import MessageState, MessageStatus
@@ -99,7 +108,92 @@ def test_should_read_a_gateway_dead_letter_with_its_reason() -> None:
         "attempts": 3,
         "dead_lettered_at": REFUSED_AT.isoformat(),
         "replayable": True,
+        "status_code": 400,
+        **CAUSES[INVALID_REQUEST].to_document(),
     }
+
+
+def test_should_read_sendgrids_errors_and_the_cause_the_gateway_wrote() -> None:
+    record = DeadLetter(
+        reason="SendGrid refused the message with 403: not verified (field from)",
+        status_code=403,
+        provider_error='{"errors": [{"message": "raw, as it came", "field": "from"}]}',
+        attempts=1,
+        at=REFUSED_AT,
+        cause=SENDER_IDENTITY,
+        provider_errors=[ProviderError(message="not verified", field="from")],
+    )
+    text = envelope(id="msg-d4").model_copy(update={"dead_letter": record}).to_json()
+
+    document = read_entry(text).to_document()
+
+    assert document["provider_errors"] == [{"message": "not verified", "field": "from"}]
+    assert document["reason"] == "SendGrid refused the message with 403: not verified (field from)"
+    assert (document["cause"], document["replay"]) == (SENDER_IDENTITY, "after_fix")
+    assert document["action"].startswith("Verify the sender in SendGrid")
+
+
+def test_should_list_a_dead_letter_as_the_published_contract_describes_it() -> None:
+    record = DeadLetter(
+        reason="SendGrid refused the message with 403: not verified (field from)",
+        status_code=403,
+        attempts=1,
+        at=REFUSED_AT,
+        cause=SENDER_IDENTITY,
+        provider_errors=[ProviderError(message="not verified", field="from")],
+    )
+    text = envelope(id="msg-d7").model_copy(update={"dead_letter": record}).to_json()
+
+    document = DeadLetterDocument.model_validate(read_entry(text).to_document())
+
+    assert document.replay is Replay.AFTER_FIX
+
+
+def test_should_derive_errors_and_cause_of_a_dead_letter_written_before_they_were_kept() -> None:
+    # As older gateways wrote it: SendGrid's body as it came, and a status code; the body
+    # quotes an address and the mail's own subject.
+    subject = "Quarterly salary statement"
+    raw = {
+        "errors": [
+            {
+                "message": f"The from address does not match a verified Sender Identity: "
+                f"payroll@example.com ({subject})",
+                "field": "from",
+                "help": None,
+            }
+        ]
+    }
+    record = DeadLetter(
+        reason="SendGrid refused the message with 403",
+        status_code=403,
+        provider_error=json.dumps(raw),
+        attempts=1,
+        at=REFUSED_AT,
+    )
+    old = envelope(id="msg-d5", subject=subject).model_copy(update={"dead_letter": record})
+    written = json.loads(old.to_json())
+    assert "cause" not in written["dead_letter"]
+
+    entry = read_entry(json.dumps(written))
+
+    [error] = entry.provider_errors
+    assert error.field == "from"
+    assert error.message == (
+        "The from address does not match a verified Sender Identity: *@example.com (…)"
+    )
+    assert entry.cause == SENDER_IDENTITY
+    assert entry.reason == "SendGrid refused the message with 403"
+    assert entry.to_document()["replay"] == "after_fix"
+
+
+def test_should_leave_out_the_advice_of_an_old_dead_letter_that_cannot_tell_its_cause() -> None:
+    record = DeadLetter(reason="its body is missing", attempts=1, at=REFUSED_AT)
+    text = envelope(id="msg-d6").model_copy(update={"dead_letter": record}).to_json()
+
+    document = read_entry(text).to_document()
+
+    assert document["reason"] == "its body is missing"
+    assert not {"cause", "replay", "action", "status_code", "provider_errors"} & set(document)
 
 
 def test_should_read_a_bare_envelope_as_moved_by_the_host_after_its_max_dequeue_count() -> None:
@@ -111,6 +205,7 @@ def test_should_read_a_bare_envelope_as_moved_by_the_host_after_its_max_dequeue_
         "attempts": 4,
         "dead_lettered_at": None,
         "replayable": True,
+        **CAUSES[HOST_MOVED].to_document(),
     }
 
 
@@ -159,6 +254,7 @@ def test_should_read_an_unreadable_message_as_not_replayable(text: str, reason: 
         "attempts": None,
         "dead_lettered_at": None,
         "replayable": False,
+        **CAUSES[NOT_AN_ENVELOPE].to_document(),
     }
 
 
@@ -456,6 +552,8 @@ def test_should_list_a_claim_checked_dead_letter_with_its_blob_without_reading_i
         "dead_lettered_at": REFUSED_AT.isoformat(),
         "replayable": True,
         "blob": "msg-b1.json",
+        "status_code": 400,
+        **CAUSES[INVALID_REQUEST].to_document(),
     }
     assert "blob" not in documents[1]
 

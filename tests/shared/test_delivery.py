@@ -25,7 +25,18 @@ from shared.errors import (
     RetryableDeliveryError,
     StorageUnavailable,
 )
-from shared.models import QueueEnvelope, StoredBody
+from shared.models import ProviderError, QueueEnvelope, StoredBody
+from shared.replay_advice import (
+    API_KEY,
+    CAUSES,
+    INVALID_REQUEST,
+    OUTCOME_UNKNOWN,
+    SENDER_IDENTITY,
+    SENDER_NOT_ALLOWED,
+    TOO_LARGE,
+    UNAVAILABLE,
+    Replay,
+)
 from shared.sendgrid_client import build_payload
 from shared.settings import MAX_RETRY_DELAY_SECONDS, Settings
 from shared.status import MessageState, MessageStatus
@@ -46,9 +57,13 @@ SERVER_ERROR = RetryableDeliveryError(
 )
 TIMEOUT = RetryableDeliveryError("no answer from SendGrid: ReadTimeout", ambiguous=True)
 REFUSAL = PermanentDeliveryError(
-    "SendGrid refused the message with 400",
+    "SendGrid refused the message with 400: not valid (field from)",
     status_code=400,
-    provider_error='{"errors":[{"field":"from","message":"not verified"}]}',
+    provider_error='{"errors":[{"field":"from","message":"not valid"}]}',
+    provider_errors=(ProviderError(message="not valid", field="from"),),
+)
+UNVERIFIED_SENDER = ProviderError(
+    message="The from address does not match a verified Sender Identity.", field="from"
 )
 # host.json's visibilityTimeout: the host retries a message whose function raised after this.
 HOST_RETRY = timedelta(seconds=30)
@@ -160,13 +175,107 @@ def test_should_dead_letter_a_permanent_failure_at_once(
     assert fake_queue.messages == []
     record = poison_record(fake_queue)
     assert record["dead_letter"] == {
-        "reason": "SendGrid refused the message with 400",
+        "reason": "SendGrid refused the message with 400: not valid (field from)",
         "status_code": 400,
-        "provider_error": '{"errors":[{"field":"from","message":"not verified"}]}',
+        "provider_error": '{"errors":[{"field":"from","message":"not valid"}]}',
         "attempts": attempt,
         "at": "2026-03-02T09:35:00Z",
+        "cause": INVALID_REQUEST,
+        "provider_errors": [{"message": "not valid", "field": "from"}],
     }
     assert {k: v for k, v in record.items() if k != "dead_letter"} == json.loads(queued.to_json())
+
+
+@pytest.mark.parametrize(
+    ("failure", "attempt", "cause"),
+    [
+        (REFUSAL, 1, INVALID_REQUEST),
+        (
+            PermanentDeliveryError(
+                "SendGrid refused the message with 403: ... (field from)",
+                status_code=403,
+                provider_errors=(UNVERIFIED_SENDER,),
+            ),
+            1,
+            SENDER_IDENTITY,
+        ),
+        (
+            PermanentDeliveryError("SendGrid refused the message with 401", status_code=401),
+            1,
+            API_KEY,
+        ),
+        (
+            PermanentDeliveryError("SendGrid refused the message with 413", status_code=413),
+            1,
+            TOO_LARGE,
+        ),
+        (SERVER_ERROR, 8, UNAVAILABLE),
+        (RetryableDeliveryError("cannot connect to SendGrid: ConnectError"), 8, UNAVAILABLE),
+        (TIMEOUT, 8, OUTCOME_UNKNOWN),
+    ],
+    ids=["400", "unverified sender", "401", "413", "503 to the end", "no connection", "timeout"],
+)
+def test_should_record_the_cause_with_sendgrids_errors_in_the_dead_letter_and_the_status(
+    failure: DeliveryError,
+    attempt: int,
+    cause: str,
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    queued = envelope(id="msg-2c", attempt=attempt)
+
+    deliver(queued, FakeMailSender(failure), fake_queue, settings, fake_statuses)
+
+    dead_letter = poison_record(fake_queue)["dead_letter"]
+    assert dead_letter["cause"] == cause
+    shown = [e.model_dump() for e in failure.provider_errors]
+    assert dead_letter.get("provider_errors") == (shown or None)
+    failed = fake_statuses.records["msg-2c"]
+    assert (failed.last_error_cause, failed.provider_errors) == (cause, failure.provider_errors)
+    last_error = failed.to_document()["last_error"]
+    assert {k: last_error[k] for k in ("cause", "replay", "action")} == (
+        CAUSES[cause].to_document()
+    )
+    assert last_error.get("provider_errors") == (shown or None)
+
+
+def test_should_dead_letter_a_sender_outside_allowed_senders_as_fixable_by_the_setting(
+    fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    # ALLOWED_SENDERS changed since the accept: the sender's domain is no longer in it.
+    settings = settings_with(ALLOWED_SENDERS="@example.org")
+    sender = FakeMailSender()
+
+    outcome = deliver(envelope(id="msg-2d"), sender, fake_queue, settings, fake_statuses)
+
+    assert outcome.result == "dead_lettered"
+    assert sender.payloads == []
+    assert poison_record(fake_queue)["dead_letter"]["cause"] == SENDER_NOT_ALLOWED
+    advice = fake_statuses.records["msg-2d"].advice()
+    assert advice is not None
+    assert (advice.cause, advice.replay) == (SENDER_NOT_ALLOWED, Replay.AFTER_FIX)
+
+
+def test_should_log_the_reason_with_sendgrids_message_and_whether_a_replay_helps(
+    settings: Settings, fake_queue: FakeMailQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    refusal = PermanentDeliveryError(
+        "SendGrid refused the message with 403: "
+        + f"{UNVERIFIED_SENDER.message} (field {UNVERIFIED_SENDER.field})",
+        status_code=403,
+        provider_errors=(UNVERIFIED_SENDER,),
+    )
+
+    with caplog.at_level(logging.ERROR, logger="shared.delivery"):
+        deliver(envelope(id="msg-2e"), FakeMailSender(refusal), fake_queue, settings)
+
+    [record] = [r for r in caplog.records if "dead-lettered" in r.getMessage()]
+    assert record.getMessage() == (
+        f"Message msg-2e dead-lettered to {fake_queue.poison_name}: {refusal.reason} "
+        "(cause sender_identity, replay after_fix)"
+    )
+    assert record.__dict__["cause"] == SENDER_IDENTITY
 
 
 def test_should_keep_a_dead_letter_readable_as_an_envelope(
@@ -660,7 +769,8 @@ def test_should_clear_the_last_error_once_a_retry_is_sent(
             attempts=1,
             next_attempt_at=NOW + timedelta(seconds=30),
             last_status_code=503,
-            last_error="SendGrid answered 503",
+            last_error="SendGrid answered 503: busy",
+            provider_errors=(ProviderError(message="busy"),),
             ambiguous=True,
         )
     )
@@ -670,6 +780,7 @@ def test_should_clear_the_last_error_once_a_retry_is_sent(
     sent = fake_statuses.records["msg-21"]
     assert (sent.state, sent.attempts, sent.next_attempt_at) == (MessageState.SENT, 2, None)
     assert (sent.last_status_code, sent.last_error, sent.ambiguous) == (None, None, False)
+    assert (sent.provider_errors, sent.last_error_cause) == ((), None)
     assert sent.to_document()["sendgrid_message_id"] == "sg-21"
     assert "last_error" not in sent.to_document()
 
@@ -697,6 +808,8 @@ def test_should_record_a_retry_with_its_time_error_and_ambiguity(
     assert retrying.next_attempt_at == LATER + timedelta(seconds=60)
     assert (retrying.last_status_code, retrying.last_error) == (failure.status_code, failure.reason)
     assert retrying.ambiguous is ambiguous
+    # Retrying is no failure yet: no cause, no advice to replay.
+    assert retrying.last_error_cause is None
     assert retrying.to_document()["last_error"] == {
         "status_code": failure.status_code,
         "reason": failure.reason,

@@ -11,13 +11,21 @@ import httpx
 import pytest
 
 from shared.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
-from shared.models import MailRequest, QueueEnvelope
+from shared.models import (
+    MAX_PROVIDER_FIELD_CHARS,
+    MAX_PROVIDER_MESSAGE_CHARS,
+    MailRequest,
+    ProviderError,
+    QueueEnvelope,
+)
 from shared.sendgrid_client import (
     MAIL_SEND_PATH,
     SendGridClient,
     build_payload,
+    provider_errors,
     retry_after_seconds,
 )
+from shared.sendgrid_v3.error_format import UNVERIFIED_SENDER_BODY, UNVERIFIED_SENDER_STATUS
 from shared.settings import Settings
 from tests.samples import (
     NOW,
@@ -312,7 +320,156 @@ def test_should_treat_a_refusal_as_permanent(status: int) -> None:
     assert failure.status_code == status
     assert failure.provider_error is not None
     assert json.loads(failure.provider_error) == error_body
-    assert str(status) in failure.reason
+    assert failure.reason == (
+        f"SendGrid refused the message with {status}: not verified (field from)"
+    )
+    assert failure.provider_errors == (ProviderError(message="not verified", field="from"),)
+
+
+def test_should_carry_sendgrids_message_and_field_for_an_unverified_sender() -> None:
+    failure = failure_of(httpx.Response(UNVERIFIED_SENDER_STATUS, json=UNVERIFIED_SENDER_BODY))
+
+    [error] = failure.provider_errors
+    assert error.field == "from"
+    assert error.message.startswith("The from address does not match a verified Sender Identity.")
+    # SendGrid's message is 240 characters: cut, with an ellipsis, to what a reason keeps.
+    assert len(error.message) == MAX_PROVIDER_MESSAGE_CHARS
+    assert error.message.endswith("…")
+    assert failure.reason == f"SendGrid refused the message with 403: {error}"
+    assert failure.reason.endswith("(field from)")
+
+
+def test_should_carry_sendgrids_message_in_a_retryable_failure_too() -> None:
+    body = {"errors": [{"message": "Too many requests", "field": None, "help": None}]}
+
+    failure = failure_of(httpx.Response(429, json=body))
+
+    assert type(failure) is RetryableDeliveryError
+    assert failure.reason == "SendGrid answered 429: Too many requests"
+
+
+def test_should_cut_every_address_in_sendgrids_message_to_its_domain() -> None:
+    body = {
+        "errors": [
+            {
+                "message": "Each email address in the personalization block should be unique "
+                "between to, cc, and bcc. We found the first duplicate instance of "
+                "[Ann.Smith+tag@Customer.example.net] in the personalizations.0.to field.",
+                "field": "personalizations.0",
+            }
+        ]
+    }
+
+    failure = failure_of(httpx.Response(400, json=body))
+
+    [error] = failure.provider_errors
+    assert "[*@Customer.example.net]" in error.message
+    assert "Ann.Smith" not in failure.reason
+    assert "@" not in failure.reason.replace("*@", "")
+
+
+def test_should_leave_out_of_sendgrids_message_what_the_mail_itself_says() -> None:
+    payload = payload_for(
+        message(
+            subject="Salary slip for November, strictly private",
+            to=[{"email": "ann@example.net", "name": "Annabelle Whitfield-Jones"}],
+        )
+    )
+    body = {
+        "errors": [
+            {
+                # SendGrid quoting part of the subject, in another case, and the name.
+                "message": "Invalid value 'SALARY SLIP FOR NOVEMBER' for Annabelle Whitfield",
+                "field": "subject",
+            }
+        ]
+    }
+    client, _ = client_answering(lambda request: httpx.Response(400, json=body))
+
+    with pytest.raises(PermanentDeliveryError) as caught:
+        client.send(payload)
+
+    assert caught.value.provider_errors == (
+        ProviderError(message="Invalid value '…' for …", field="subject"),
+    )
+
+
+def test_should_compare_names_and_subject_before_a_body_too_long_to_compare_whole() -> None:
+    payload = payload_for(
+        message(
+            text="lorem ipsum dolor sit amet " * 5000,
+            to=[{"email": "ann@example.net", "name": "Annabelle Whitfield-Jones"}],
+        )
+    )
+    body = {"errors": [{"message": "Unknown recipient Annabelle Whitfield-Jones", "field": None}]}
+
+    [error], _ = provider_errors(json.dumps(body), payload)
+
+    assert error.message == "Unknown recipient …"
+
+
+def test_should_keep_sendgrids_own_words_that_the_mail_does_not_contain() -> None:
+    payload = payload_for(message(subject="Your order has shipped"))
+
+    [error], _ = provider_errors(json.dumps(UNVERIFIED_SENDER_BODY), payload)
+
+    assert "does not match a verified Sender Identity" in error.message
+
+
+def test_should_keep_the_first_errors_and_count_the_others() -> None:
+    body = {"errors": [{"message": f"problem {n}", "field": f"f{n}"} for n in range(7)]}
+
+    failure = failure_of(httpx.Response(400, json=body))
+
+    assert [e.message for e in failure.provider_errors] == ["problem 0", "problem 1", "problem 2"]
+    assert failure.reason == (
+        "SendGrid refused the message with 400: problem 0 (field f0); problem 1 (field f1); "
+        "problem 2 (field f2); and 4 more"
+    )
+
+
+def test_should_put_each_message_on_one_line_and_bound_message_and_field() -> None:
+    body = {"errors": [{"message": "first line\nsecond\tline " + "x" * 5000, "field": "y" * 500}]}
+
+    [error], total = provider_errors(json.dumps(body))
+
+    assert total == 1
+    assert error.message.startswith("first line second line x")
+    assert len(error.message) == MAX_PROVIDER_MESSAGE_CHARS
+    assert error.field is not None
+    assert len(error.field) == MAX_PROVIDER_FIELD_CHARS
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"try later",
+        b"<html>502 Bad Gateway</html>",
+        b"[]",
+        b'{"errors": "none"}',
+        b'{"errors": [{"field": "from"}, "text", {"message": 5}]}',
+        b'{"error": {"message": "not the shape"}}',
+    ],
+)
+def test_should_find_no_provider_errors_in_a_body_not_shaped_as_sendgrids(body: bytes) -> None:
+    assert provider_errors(body) == ((), 0)
+
+
+def test_should_read_a_field_that_is_not_a_string_as_none() -> None:
+    body = {"errors": [{"message": "bad", "field": 7}, {"message": "worse", "field": None}]}
+
+    assert provider_errors(json.dumps(body)) == (
+        (ProviderError(message="bad"), ProviderError(message="worse")),
+        2,
+    )
+
+
+def test_should_give_the_reason_without_errors_for_a_body_that_has_none() -> None:
+    failure = failure_of(httpx.Response(400, text="Bad Request"))
+
+    assert failure.reason == "SendGrid refused the message with 400"
+    assert failure.provider_errors == ()
 
 
 @pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])

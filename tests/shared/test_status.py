@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any, cast
@@ -16,6 +17,9 @@ from azure.data.tables import TableClient, UpdateMode
 from azure.identity import ManagedIdentityCredential
 
 from shared.errors import ConcurrentUpdate, StorageUnavailable
+from shared.models import ProviderError
+from shared.openapi import MessageStatusDocument
+from shared.replay_advice import API_KEY, CAUSES, INVALID_REQUEST, SENDER_IDENTITY, Replay
 from shared.settings import Settings
 from shared.status import FINAL_STATES, MessageState, MessageStatus, StatusStore
 from tests.samples import BASE_ENV, NOW
@@ -148,7 +152,105 @@ def test_should_show_a_last_error_that_has_only_a_status_code() -> None:
     }
 
 
+UNVERIFIED = ProviderError(
+    message="The from address does not match a verified Sender Identity.", field="from"
+)
+
+
+def test_should_show_a_failed_record_with_sendgrids_errors_and_whether_a_replay_helps() -> None:
+    status = replace(
+        QUEUED,
+        state=MessageState.FAILED,
+        last_status_code=403,
+        last_error=f"SendGrid refused the message with 403: {UNVERIFIED}",
+        provider_errors=(UNVERIFIED,),
+        last_error_cause=SENDER_IDENTITY,
+    )
+
+    assert status.to_document()["last_error"] == {
+        "status_code": 403,
+        "reason": "SendGrid refused the message with 403: The from address does not match a "
+        "verified Sender Identity. (field from)",
+        "ambiguous": False,
+        "provider_errors": [
+            {
+                "message": "The from address does not match a verified Sender Identity.",
+                "field": "from",
+            }
+        ],
+        **CAUSES[SENDER_IDENTITY].to_document(),
+    }
+
+
+@pytest.mark.parametrize(
+    ("code", "ambiguous", "cause"),
+    [
+        (400, False, INVALID_REQUEST),
+        (401, False, API_KEY),
+        (503, False, "unavailable"),
+        (None, True, "outcome_unknown"),
+    ],
+)
+def test_should_advise_on_a_failed_record_written_before_causes_were_kept(
+    code: int | None, ambiguous: bool, cause: str
+) -> None:
+    old = replace(
+        QUEUED,
+        state=MessageState.FAILED,
+        last_status_code=code,
+        last_error="SendGrid refused the message",
+        ambiguous=ambiguous,
+    )
+
+    last_error = old.to_document()["last_error"]
+
+    assert last_error["cause"] == cause
+    assert last_error["replay"] == CAUSES[cause].replay.value
+    assert "provider_errors" not in last_error
+
+
+def test_should_show_an_old_failed_record_that_cannot_tell_its_cause_without_advice() -> None:
+    old = replace(QUEUED, state=MessageState.FAILED, last_error="its body is missing")
+
+    assert old.to_document()["last_error"] == {
+        "status_code": None,
+        "reason": "its body is missing",
+        "ambiguous": False,
+    }
+
+
+def test_should_give_no_advice_while_a_message_is_still_retried() -> None:
+    retrying = replace(
+        QUEUED,
+        state=MessageState.RETRYING,
+        last_status_code=503,
+        last_error="SendGrid answered 503: busy",
+        provider_errors=(ProviderError(message="busy"),),
+    )
+
+    last_error = retrying.to_document()["last_error"]
+
+    assert last_error["provider_errors"] == [{"message": "busy", "field": None}]
+    assert not {"cause", "replay", "action"} & set(last_error)
+
+
 # --- the store -----------------------------------------------------------------------------
+
+
+def test_should_keep_sendgrids_errors_as_json_text_and_the_cause_in_the_row() -> None:
+    table = RecordingTable()
+    failed = replace(
+        QUEUED,
+        state=MessageState.FAILED,
+        provider_errors=(UNVERIFIED,),
+        last_error_cause=SENDER_IDENTITY,
+    )
+
+    store(table).put(failed)
+
+    [(_, entity, _)] = table.calls
+    assert json.loads(entity["provider_errors"]) == [UNVERIFIED.model_dump()]
+    assert entity["last_error_cause"] == SENDER_IDENTITY
 
 
 def test_should_write_one_row_per_message_without_empty_fields() -> None:
@@ -299,3 +401,19 @@ def test_should_aim_an_identity_based_store_at_the_account_table_service() -> No
     assert table.url.startswith("https://mailgateprod.table.core.windows.net")
     assert table.table_name == "mailstatus"
     assert isinstance(table.credential, ManagedIdentityCredential)
+
+
+def test_should_show_a_failed_record_as_the_published_contract_describes_it() -> None:
+    failed = replace(
+        QUEUED,
+        state=MessageState.FAILED,
+        last_status_code=403,
+        last_error="SendGrid refused the message with 403: not verified (field from)",
+        provider_errors=(UNVERIFIED,),
+        last_error_cause=SENDER_IDENTITY,
+    )
+
+    document = MessageStatusDocument.model_validate(failed.to_document())
+
+    assert document.last_error is not None
+    assert document.last_error.replay is Replay.AFTER_FIX

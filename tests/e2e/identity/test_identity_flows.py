@@ -35,15 +35,16 @@ LARGE_ATTACHMENT_BYTES = 300 * 1024
 def operator_command(
     stack: IdentityStack, gateway: RunningHost, folder: Path, *arguments: str
 ) -> dict[str, Any]:
-    """`make poison` and friends as the README says in identity mode: the environment file
+    """`make poison` and friends as docs/development.md says in identity mode: the environment file
     sourced, then `python -m admin ...` in a folder whose local.settings.json is the example's
-    shape (the gateway's settings, storage by the development key); its JSON output."""
+    shape (the gateway's settings, storage by the development key); its JSON output
+    (--json)."""
     values = without_storage_connections(gateway.settings)
     values = {k: v for k, v in values.items() if not k.startswith(("IDENTITY_", "SSL_CERT"))}
     values["AzureWebJobsStorage"] = "UseDevelopmentStorage=true"
     (folder / "local.settings.json").write_text(json.dumps({"Values": values}))
     command = f'. "{stack.operator_env_file}" && exec "{sys.executable}" -m admin ' + " ".join(
-        arguments
+        [*arguments, "--json"]
     )
     environment = {
         name: value
