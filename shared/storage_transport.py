@@ -1,14 +1,13 @@
 """The HTTP transport under every storage client: kept-alive connections shared by the process.
 
-Why it exists: each message costs two to four storage calls, and under the Azure SDK's
-pipeline azure-core's default transport, `RequestsTransport`, was the largest part of a call's
-CPU: `requests` merges settings and reads the environment for proxies and netrc on every call
-(a session handed to it with `use_env_settings=False` still does), then wraps urllib3 in its
-own objects. CPU per call of the SDK's clients against Azurite, one call at a time (`python -m
-bench --scenarios storage`, docs/performance.md "Storage calls"): with no network at all (the
-SDK's pipeline alone) 0.27-0.37 ms; on this transport 0.53-0.75 ms; on urllib3's pools driven
-directly 0.65-0.86 ms; on `RequestsTransport` 1.0-1.3 ms. urllib3 would have spared the pool
-below (about 60 lines), at 0.1-0.15 ms more per call, a fifth of what the transport is for.
+Why it exists: each message costs two to four storage calls, and azure-core's default
+transport, `RequestsTransport`, was the largest part of a call's CPU (`requests` merges
+settings and looks up proxies and netrc in the environment on every call, then wraps urllib3).
+CPU per call of the SDK's clients against Azurite, one call at a time (`python -m bench
+--scenarios storage`, docs/performance.md "Storage through the Azure SDKs"): the SDK's pipeline
+alone, with no network, 0.25-0.37 ms; on this transport 0.53-0.70 ms; on `RequestsTransport`
+1.05-1.23 ms. urllib3's pools driven directly measured 0.1-0.15 ms more per call than the small
+pool below.
 
 It is only the last step of the SDK's pipeline (`transport=`): authentication (Shared Key, SAS,
 Entra tokens and their challenges), retries, error types, API versions, request ids, user agent
@@ -170,6 +169,9 @@ class StorageTransport(HttpTransport[HttpRequest, HttpResponse]):
     def _requests_transport(self) -> RequestsTransport:
         with self._lock:
             if self._fallback is None:
+                # azure-core applies use_env_settings only to a session it makes itself
+                # (RequestsTransport._init_session in azure/core/pipeline/transport/
+                # _requests_basic.py): a session handed to it must say so on its own.
                 session = requests.Session()
                 session.trust_env = False  # proxies only as the clients' `proxies=` option gives
                 self._fallback = RequestsTransport(
