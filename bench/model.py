@@ -8,9 +8,10 @@ frees, as the host dispatches invocations. Three variants, one after the other, 
 of its own with its records inserted beforehand (outside the measured window):
 
 - `def`, thread pool (gateway): a 32-thread `ThreadPoolExecutor` (as infra/ deploys
-  PYTHON_THREADPOOL_THREAD_COUNT), the gateway's `FastTableClient` and a pooled `httpx.Client`.
-- `def`, thread pool, Azure SDK: the same with the SDK's own `TableClient` (on the gateway's
-  storage transport): what the fast path buys.
+  PYTHON_THREADPOOL_THREAD_COUNT), the SDK's `TableClient` on the gateway's storage transport
+  (shared/storage_transport.py) and a pooled `httpx.Client`.
+- `def`, thread pool, Azure SDK: the same with azure-core's default transport
+  (`RequestsTransport`): what the gateway's transport buys.
 - `async def`: C tasks on one `asyncio` loop, the SDK's `azure.data.tables.aio.TableClient` and
   an `httpx.AsyncClient`. The aio client's transport is aiohttp's when aiohttp is installed;
   otherwise azure-core's `AsyncioRequestsTransport`, which runs `requests` in the loop's
@@ -48,10 +49,10 @@ from bench.mail import typical_envelope
 from bench.storage import fresh_storage
 from devstack.azurite import Azurite
 from devstack.sendgrid_standin import SendGridStandIn
-from shared.queue import STORAGE_POOL_SIZE, storage_transport
+from shared.queue import storage_transport
 from shared.sendgrid_client import MAIL_SEND_PATH, build_payload
 from shared.status import STATUS_ROW, MessageState
-from shared.storage_http import FastTableClient
+from shared.storage_transport import POOL_SIZE
 
 GATEWAY = "def, thread pool (gateway)"
 SDK = "def, thread pool, Azure SDK"
@@ -258,9 +259,7 @@ def _async_table(connection_string: str, table: str) -> AsyncTableClient:
     if async_transport_name() == "AioHttpTransport":
         return AsyncTableClient.from_connection_string(connection_string, table)
     session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(
-        pool_connections=STORAGE_POOL_SIZE, pool_maxsize=STORAGE_POOL_SIZE
-    )
+    adapter = requests.adapters.HTTPAdapter(pool_connections=POOL_SIZE, pool_maxsize=POOL_SIZE)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     transport = AsyncioRequestsTransport(
@@ -359,7 +358,9 @@ def insert_queued(connection_string: str, table: str, messages: Sequence[Message
     """Create `table` and insert each message's `queued` record, keeping the ETags."""
     with TableServiceClient.from_connection_string(connection_string) as service:
         service.create_table(table)
-    client = FastTableClient.from_connection_string(connection_string, table)
+    client = TableClient.from_connection_string(
+        connection_string, table, transport=storage_transport()
+    )
     now = datetime.now(timezone.utc)
 
     def insert(message: Message) -> Claimed:
@@ -387,12 +388,12 @@ def run_variant(
     if variant == ASYNC:
         done, seconds, cpu = run_async(connection_string, table, standin, first, rest, in_flight)
     else:
-        client: TableClient = (
-            FastTableClient.from_connection_string(connection_string, table)
-            if variant == GATEWAY
-            else TableClient.from_connection_string(
+        client = (
+            TableClient.from_connection_string(
                 connection_string, table, transport=storage_transport()
             )
+            if variant == GATEWAY
+            else TableClient.from_connection_string(connection_string, table)
         )
         with client:
             done, seconds, cpu = run_threaded(client, standin, first, rest, in_flight)

@@ -3,7 +3,8 @@
     python -m bench [--seconds 10] [--concurrency 1,8,32] [--messages 2000] [--latency-ms 100]
                     [--transport-sends 200] [--round-trip-ms 20] [--host-threads N]
                     [--model-messages 1000] [--large-messages 24]
-                    [--scenarios accept,delivery,transport,host,model,large,hostile]
+                    [--storage-calls 1000]
+                    [--scenarios accept,delivery,transport,host,model,large,hostile,storage]
                     [--profile DIR] [--no-write]
 
 Starts Azurite (in memory) and the SendGrid stand-in on loopback, runs each scenario with its
@@ -37,13 +38,15 @@ from bench.report import Row, Target, machine_lines, missed, render_table, write
 from bench.stack import ACCEPT_APP, FUNCTION_KEY, NOOP_APP, REPO, gateway_settings
 from bench.stats import ratio
 from bench.storage import STALL_SECONDS
+from bench.storage_calls import CALLS, REPLAY, REQUESTS, StorageCallsResult, run_storage_calls
+from bench.storage_calls import GATEWAY as CALLS_GATEWAY
 from bench.transport import TransportComparison, run_transport
 from devstack.azurite import Azurite
 from devstack.host import read_host_json
 from devstack.host_invoke import default_thread_count
 from devstack.sendgrid_standin import SendGridStandIn
 
-SCENARIOS = ("accept", "delivery", "transport", "host", "model", "large", "hostile")
+SCENARIOS = ("accept", "delivery", "transport", "host", "model", "large", "hostile", "storage")
 # What infra/ and local.settings.example.json set; unset, the Functions host gives the worker 1000.
 DEPLOYED_THREAD_COUNT = 32
 DOC = REPO / "docs" / "performance.md"
@@ -65,6 +68,8 @@ LARGE_FITS = Target("<=", 1.0)
 HOSTILE_CPU_SECONDS = 1.0
 HOSTILE_ADDED_MIB = 200
 WITHIN_BUDGET = Target("<=", 1.0)
+# Issue 14: the gateway's storage transport must cost less CPU per call than azure-core's own.
+STORAGE_CALL = Target("<=", 1.0)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -112,6 +117,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             "0 leaves it unset, the worker's default)"
         ),
     )
+    parser.add_argument(
+        "--storage-calls", type=int, default=1000, help="storage calls per kind and transport"
+    )
     parser.add_argument("--scenarios", type=scenarios, default=list(SCENARIOS))
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the host into DIR")
     parser.add_argument("--no-write", action="store_true", help=f"do not update {DOC.name}")
@@ -131,6 +139,7 @@ class Results:
     model: ModelComparison | None = None
     large: LargeResult | None = None
     hostile: HostileResult | None = None
+    storage: StorageCallsResult | None = None
 
 
 def run(args: argparse.Namespace, workdir: Path, profiler: Profiler | None) -> Results:
@@ -237,6 +246,9 @@ def run(args: argparse.Namespace, workdir: Path, profiler: Profiler | None) -> R
                 ),
                 log_dir=workdir,
             )
+        if "storage" in args.scenarios:
+            _step(f"storage calls: {args.storage_calls} per kind on each transport")
+            results.storage = run_storage_calls(azurite, args.storage_calls)
     if "transport" in args.scenarios:
         _step("transport: gateway client vs official client over TLS")
         round_trips = [0.0] + ([args.round_trip_ms] if args.round_trip_ms > 0 else [])
@@ -381,6 +393,37 @@ def transport_rows(comparisons: Sequence[TransportComparison]) -> list[Row]:
                     ratio(gateway.per_second, only.per_second),
                 )
             )
+    return rows
+
+
+def storage_rows(storage: StorageCallsResult) -> list[Row]:
+    """CPU per storage call on the gateway's transport against azure-core's default, and the
+    SDK's pipeline alone (no network) as the floor."""
+    rows = []
+    for call in CALLS:
+        gateway = storage.cost(call, CALLS_GATEWAY)
+        default = storage.cost(call, REQUESTS)
+        floor = storage.cost(call, REPLAY)
+        if gateway is None or default is None or floor is None:
+            continue
+        rows.append(
+            Row(
+                "9 storage calls",
+                f"CPU µs per call, {call} (baseline: azure-core's RequestsTransport)",
+                gateway.cpu_per_call * US,
+                default.cpu_per_call * US,
+                ratio(gateway.cpu_per_call, default.cpu_per_call),
+                STORAGE_CALL,
+            )
+        )
+        rows.append(
+            Row(
+                "9 storage calls",
+                f"CPU µs per call, {call}, the SDK's pipeline alone: no network "
+                "(the transport's own cost is the difference)",
+                floor.cpu_per_call * US,
+            )
+        )
     return rows
 
 
@@ -615,6 +658,8 @@ def all_rows(results: Results) -> list[Row]:
         rows += large_rows(results.large)
     if results.hostile is not None:
         rows += hostile_rows(results.hostile)
+    if results.storage is not None:
+        rows += storage_rows(results.storage)
     return rows
 
 

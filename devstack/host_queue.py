@@ -30,11 +30,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.functions.queue import QueueMessage as FunctionQueueMessage
-from azure.storage.queue import LinearRetry, QueueMessage
+from azure.storage.queue import LinearRetry, QueueClient, QueueMessage
 
 from devstack.host_invoke import FunctionSpec, HostError, Invoker
-from shared.queue import storage_tls_verify
-from shared.storage_http import FastQueueClient
+from shared.queue import storage_transport
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -383,8 +382,8 @@ class QueueListener:
     def __init__(
         self,
         spec: FunctionSpec,
-        queue: FastQueueClient,
-        poison: FastQueueClient | None,
+        queue: QueueClient,
+        poison: QueueClient | None,
         options: QueueOptions,
         invoker: Invoker,
         io: Executor,
@@ -464,8 +463,7 @@ class QueueListener:
 
     async def _receive(self) -> list[QueueMessage]:
         def receive() -> list[QueueMessage]:
-            # One request, as the host makes.
-            return self._queue.receive_batch(self._options.batch_size, self._hold)
+            return receive_batch(self._queue, self._options.batch_size, self._hold)
 
         try:
             return await self._call(receive)
@@ -631,29 +629,36 @@ class QueueListener:
             self._poison.close()
 
 
+def receive_batch(queue: QueueClient, count: int, hold: int) -> list[QueueMessage]:
+    """Up to `count` messages, invisible for `hold` seconds, in one request, as the host's
+    listener asks for a batch (the first page only: the SDK's pager would ask again)."""
+    pages = queue.receive_messages(
+        messages_per_page=count, max_messages=count, visibility_timeout=hold
+    ).by_page()
+    return list(next(pages, []))
+
+
 def create_clients(
     connection: StorageConnection, queue_name: str
-) -> tuple[FastQueueClient, FastQueueClient | None]:
+) -> tuple[QueueClient, QueueClient | None]:
     """Clients for the queue and its poison queue, reading and writing raw message text."""
     queue_uri = connection.service_uri("queue")
     credential = None if connection.connection_string else connection.credential()
 
-    def client(name: str) -> FastQueueClient:
+    def client(name: str) -> QueueClient:
         # Short retries: the SDK's default waits 15 s and more between attempts, which
         # would stall start-up and shutdown for minutes when Azurite is not running.
         options: dict[str, Any] = {
             "retry_policy": LinearRetry(backoff=1, retry_total=3, random_jitter_range=1),
-            # The local CA of the identity mode's HTTPS, if any (SSL_CERT_FILE).
-            "connection_verify": storage_tls_verify(),
+            # The gateway's transport: the host receives and deletes every message, and with
+            # azure-core's default transport that would cost it more CPU than most functions.
+            # It trusts the local CA of the identity mode's HTTPS, if any (SSL_CERT_FILE).
+            "transport": storage_transport(),
         }
-        # Deleting each message goes over the gateway's pooled HTTP path, as sending does: the
-        # SDK's pipeline would cost the host more CPU per message than most functions.
         if connection.connection_string:
-            return FastQueueClient.from_connection_string(
-                connection.connection_string, name, **options
-            )
+            return QueueClient.from_connection_string(connection.connection_string, name, **options)
         assert queue_uri is not None  # resolve_connection requires a queue service
-        return FastQueueClient(queue_uri, name, credential=credential, **options)
+        return QueueClient(queue_uri, name, credential=credential, **options)
 
     poison_name = poison_queue_name(queue_name)
     return client(queue_name), client(poison_name) if poison_name else None

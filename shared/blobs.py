@@ -11,6 +11,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings, LinearRetry
@@ -128,7 +129,10 @@ class MessageBodyStore:
 
 
 def _service_client(storage: StorageSettings) -> BlobServiceClient:
-    options = {"retry_policy": LinearRetry(**PROMPT_RETRY), "transport": storage_transport()}
+    options: dict[str, Any] = {
+        "retry_policy": LinearRetry(**PROMPT_RETRY),
+        "transport": storage_transport(),
+    }
     if storage.connection_string:
         return BlobServiceClient.from_connection_string(storage.connection_string, **options)
     assert storage.blob_service_uri is not None

@@ -11,9 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import requests
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
-from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.queue import (
     LinearRetry,
     QueueClient,
@@ -23,7 +21,7 @@ from azure.storage.queue import (
 
 from shared.errors import StorageUnavailable
 from shared.settings import Settings, StorageSettings, poison_queue_name
-from shared.storage_http import FastQueueClient
+from shared.storage_transport import StorageTransport, shared_transport
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -34,9 +32,6 @@ logger = logging.getLogger(__name__)
 
 # Messages the gateway queues never expire; the host's own poison copies last 7 days.
 NEVER_EXPIRES = -1
-
-# Enough pooled connections for every function thread (PYTHON_THREADPOOL_THREAD_COUNT).
-STORAGE_POOL_SIZE = 64
 
 # A SAS signature in a URL's query string, as a storage error's message may quote it.
 _SIGNATURE = re.compile(r"([?&]sig=)[^&\s'\"]+", re.IGNORECASE)
@@ -49,35 +44,20 @@ CA_FILE_VARIABLE = "SSL_CERT_FILE"
 def storage_tls_verify(environ: Mapping[str, str] = os.environ) -> str | bool:
     """What a storage transport verifies TLS with: the CA file SSL_CERT_FILE names, else True.
 
-    SSL_CERT_FILE is OpenSSL's own variable: Python's `ssl` default context and httpx honour
-    it, `requests` does not (it loads certifi's bundle), so a transport built on `requests` is
-    given it here. The gateway needs it nowhere in Azure; the local stack's identity mode sets
-    it to certifi's CAs plus the local CA that signed Azurite's certificate.
+    SSL_CERT_FILE is OpenSSL's own variable: Python's `ssl` default context and urllib3 honour
+    it, `requests` does not (it loads certifi's bundle); the storage transport is given it
+    explicitly, so that its fallback to `requests` (a proxy) trusts the same CAs. The gateway
+    needs it nowhere in Azure; the local stack's identity mode sets it to certifi's CAs plus
+    the local CA that signed Azurite's certificate.
     """
     return environ.get(CA_FILE_VARIABLE) or True
 
 
-def storage_transport() -> RequestsTransport:
-    """A pooled transport for one storage client, with prompt timeouts.
-
-    It does not read proxy and netrc settings from the environment: `requests` does that on
-    every call, which cost 7-8 % of the host's CPU per message (docs/performance.md). Its CA
-    file is storage_tls_verify()'s, read once here.
-    """
-    session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(
-        pool_connections=STORAGE_POOL_SIZE, pool_maxsize=STORAGE_POOL_SIZE
-    )
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return RequestsTransport(
-        session=session,
-        session_owner=True,
-        use_env_settings=False,
-        connection_timeout=5,
-        read_timeout=20,
-        connection_verify=storage_tls_verify(),
-    )
+def storage_transport() -> StorageTransport:
+    """The transport every storage client of the process shares (shared/storage_transport.py):
+    pooled kept-alive connections, prompt timeouts, no proxy settings read from the
+    environment, TLS verified with storage_tls_verify()'s CAs."""
+    return shared_transport(storage_tls_verify())
 
 
 # Fail within seconds when storage is down, so callers get a prompt 503; the SDK's default
@@ -266,7 +246,7 @@ class RawTextFallbackDecodePolicy(TextBase64DecodePolicy):
 
 def _queue_client(
     storage: StorageSettings, name: str, credential: TokenCredential | None
-) -> FastQueueClient:
+) -> QueueClient:
     # The host's default messageEncoding is base64; raw text would go straight to poison. Raw
     # text may still sit on either queue (a producer that forgot base64, until the host moves
     # it; the host's poison copy of it): reading it, as a peek does, must not fail.
@@ -276,9 +256,9 @@ def _queue_client(
         "message_decode_policy": RawTextFallbackDecodePolicy(),
     }
     if storage.connection_string:
-        return FastQueueClient.from_connection_string(storage.connection_string, name, **options)
+        return QueueClient.from_connection_string(storage.connection_string, name, **options)
     assert storage.queue_service_uri is not None
-    return FastQueueClient(storage.queue_service_uri, name, credential=credential, **options)
+    return QueueClient(storage.queue_service_uri, name, credential=credential, **options)
 
 
 def summary(error: AzureError) -> str:

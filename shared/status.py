@@ -25,7 +25,6 @@ from shared.models import ProviderError
 from shared.queue import storage_transport, token_credential
 from shared.replay_advice import Advice, advice_for, classify
 from shared.settings import Settings
-from shared.storage_http import FastTableClient
 
 logger = logging.getLogger(__name__)
 
@@ -242,18 +241,15 @@ class StatusStore:
             ) from error
 
 
-def table_client(settings: Settings, name: str) -> FastTableClient:
-    """A client for one table of the configured account; its per-message calls skip the SDK's
-    pipeline (shared/storage_http.py)."""
+def table_client(settings: Settings, name: str) -> TableClient:
+    """A client for one table of the configured account, on the process's storage transport."""
     storage = settings.storage
     if storage.connection_string:
-        client = FastTableClient.from_connection_string(
+        return TableClient.from_connection_string(
             storage.connection_string, name, transport=storage_transport(), **_RETRY_OPTIONS
         )
-        assert isinstance(client, FastTableClient)
-        return client
     assert storage.table_service_uri is not None
-    return FastTableClient(
+    return TableClient(
         storage.table_service_uri,
         name,
         credential=token_credential(storage),

@@ -25,7 +25,7 @@ from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient
 
 from devstack.azurite import DEFAULT_EXECUTABLE, Azurite
-from devstack.host_queue import create_clients, resolve_connection
+from devstack.host_queue import create_clients, receive_batch, resolve_connection
 from devstack.host_timer import ScheduleMonitor, ScheduleStatus
 from devstack.identity_endpoint import (
     API_VERSION,
@@ -295,11 +295,11 @@ def test_should_listen_on_an_identity_based_connection_over_https(
     queue, poison = create_clients(connection, unique("items"))
     queue.create_queue()
     queue.send_message("aGVsbG8=")
-    [received] = queue.receive_batch(32, 30)
+    [received] = receive_batch(queue, 32, 30)
     queue.delete_message(received)
 
     assert received.content == "aGVsbG8="
-    assert queue.receive_batch(32, 30) == []
+    assert receive_batch(queue, 32, 30) == []
     assert poison is not None
     assert poison.url.startswith(secure_azurite.queue_endpoint)
     # One token for the connection's credential, shared by the queue and its poison queue.

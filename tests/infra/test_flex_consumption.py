@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-from shared.storage_http import CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS
+from shared.storage_transport import CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS
 from tests.infra.conftest import INFRA, bicep_files, parse_bicep
 from tests.infra.flex_consumption import (
     APP_SETTINGS,

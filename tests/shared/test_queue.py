@@ -21,6 +21,7 @@ from shared.queue import (
     token_credential,
 )
 from shared.settings import MAX_RETRY_DELAY_SECONDS, Settings, StorageSettings
+from shared.storage_transport import shared_transport
 from tests.samples import BASE_ENV, NOW, envelope
 
 IDENTITY_ENV = {k: v for k, v in BASE_ENV.items() if k != "AzureWebJobsStorage"}
@@ -165,10 +166,14 @@ def test_should_give_the_storage_transport_the_ca_file_of_the_environment(
     # requests ignores SSL_CERT_FILE and the transport reads no environment per call: without
     # this, identity mode's HTTPS to Azurite would fail certificate verification.
     monkeypatch.setenv("SSL_CERT_FILE", "/etc/local-ca.pem")
+    with_ca = storage_transport()
+    monkeypatch.delenv("SSL_CERT_FILE")
+    default = storage_transport()
 
-    transport = storage_transport()
-
-    assert transport.connection_config.verify == "/etc/local-ca.pem"
+    # One transport per CA setting, shared by every client of the process.
+    assert with_ca is not default
+    assert with_ca is shared_transport("/etc/local-ca.pem")
+    assert default is shared_transport(True)
 
 
 def test_should_aim_connection_string_clients_at_azurite() -> None:

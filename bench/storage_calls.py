@@ -1,0 +1,230 @@
+"""Storage calls: what the gateway's storage transport costs and saves per call.
+
+The gateway's three kinds of per-message storage call, made one at a time from the bench
+process against Azurite with the SDK's clients, on three transports:
+
+- `replay`: no network at all; every call is answered with a copy of the answer the service
+  gave to the same kind of call. What remains is the SDK's own pipeline (signing, serialising,
+  retries, tracing, parsing the answer): the floor no transport can go below.
+- `gateway`: shared/storage_transport.py, as the gateway's clients use it.
+- `requests`: azure-core's default `RequestsTransport`, as an SDK client has it without
+  `transport=`.
+
+The transport's own cost per call is `gateway` - `replay`; what it saves, `requests` -
+`gateway`. CPU is the bench process's (all threads) per call; Azurite runs in its own process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Callable, Generator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError
+from azure.core.pipeline.transport import HttpTransport, RequestsTransport
+from azure.core.rest import HttpRequest, HttpResponse
+from azure.core.rest._http_response_impl import HttpResponseImpl
+from azure.core.utils import case_insensitive_dict
+from azure.data.tables import TableClient, TableServiceClient, UpdateMode
+from azure.storage.queue import QueueClient, TextBase64EncodePolicy
+
+from bench.load import process_cpu_seconds
+from bench.mail import typical_envelope
+from devstack.azurite import Azurite
+from shared.storage_transport import StorageTransport
+
+REPLAY = "replay (the SDK's pipeline alone)"
+GATEWAY = "gateway (shared/storage_transport.py)"
+REQUESTS = "requests (azure-core's default)"
+TRANSPORTS = (REPLAY, GATEWAY, REQUESTS)
+CALLS = ("queue: put message", "table: replace entity (If-Match)", "table: get entity")
+WARMUP_CALLS = 50
+
+
+@dataclass(frozen=True)
+class CallCost:
+    """One kind of call on one transport."""
+
+    call: str
+    transport: str
+    calls: int
+    cpu_seconds: float
+    seconds: float
+
+    @property
+    def cpu_per_call(self) -> float:
+        """CPU seconds of the bench process per call."""
+        return self.cpu_seconds / self.calls
+
+
+@dataclass(frozen=True)
+class StorageCallsResult:
+    """Every call kind on every transport."""
+
+    costs: list[CallCost]
+
+    def cost(self, call: str, transport: str) -> CallCost | None:
+        """The figure for one call kind and transport, if measured."""
+        return next((c for c in self.costs if (c.call, c.transport) == (call, transport)), None)
+
+
+class ReplayTransport(HttpTransport[HttpRequest, HttpResponse]):
+    """Answers every request with a copy of one recorded answer: no socket, no parsing of
+    HTTP, so that what a call still costs is the SDK's pipeline."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self._status, self._headers, self._body = status, headers, body
+
+    def __enter__(self) -> ReplayTransport:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def open(self) -> None:
+        """Nothing to open."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    def send(self, request: HttpRequest, **kwargs: Any) -> HttpResponse:
+        """The recorded answer, for this request."""
+        response = _Replayed(
+            request=request,
+            internal_response=None,
+            status_code=self._status,
+            reason="OK",
+            headers=case_insensitive_dict(self._headers),
+            content_type=case_insensitive_dict(self._headers).get("Content-Type"),
+            stream_download_generator=None,
+        )
+        response._content = self._body
+        response._is_stream_consumed = True
+        return response
+
+
+class _Replayed(HttpResponseImpl):
+    """A recorded answer: read already, with no connection to release."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+        self._is_closed = True
+
+
+class RecordingTransport(StorageTransport):
+    """The gateway's transport, keeping the last answer it received."""
+
+    last: tuple[int, dict[str, str], bytes] | None = None
+
+    def send(self, request: HttpRequest, **kwargs: Any) -> HttpResponse:
+        """Send, and keep the answer."""
+        response = super().send(request, **kwargs)
+        self.last = (response.status_code, dict(response.headers), response.content)
+        return response
+
+
+def run_storage_calls(azurite: Azurite, calls: int) -> StorageCallsResult:
+    """Each call kind `calls` times (after a warm-up) on each transport."""
+    connection = azurite.connection_string
+    suffix = uuid.uuid4().hex[:8]
+    queue_name, table_name = f"bench-calls-{suffix}", f"benchcalls{suffix}"
+    envelope = typical_envelope().to_json()
+    costs = []
+    with ExitStack() as stack:
+        service = stack.enter_context(TableServiceClient.from_connection_string(connection))
+        service.create_table(table_name)
+        recorder = RecordingTransport()
+        answers = {call: _record(connection, queue_name, table_name, call, recorder, envelope)
+                   for call in CALLS}  # fmt: skip
+        for transport_name in TRANSPORTS:
+            for call in CALLS:
+                transport: HttpTransport[Any, Any] = (
+                    ReplayTransport(*answers[call])
+                    if transport_name == REPLAY
+                    else StorageTransport()
+                    if transport_name == GATEWAY
+                    else RequestsTransport()
+                )
+                operation = _operation(connection, queue_name, table_name, call, transport)
+                for _ in range(WARMUP_CALLS):
+                    next(operation)(envelope)
+                cpu = process_cpu_seconds(os.getpid(), descendants=False)
+                wall = time.perf_counter()
+                for _ in range(calls):
+                    next(operation)(envelope)
+                cpu, wall = (
+                    process_cpu_seconds(os.getpid(), descendants=False) - cpu,
+                    time.perf_counter() - wall,
+                )
+                costs.append(CallCost(call, transport_name, calls, cpu, wall))
+                operation.close()
+    return StorageCallsResult(costs)
+
+
+def _record(
+    connection: str,
+    queue_name: str,
+    table_name: str,
+    call: str,
+    recorder: RecordingTransport,
+    envelope: str,
+) -> tuple[int, dict[str, str], bytes]:
+    operation = _operation(connection, queue_name, table_name, call, recorder)
+    next(operation)(envelope)
+    operation.close()
+    assert recorder.last is not None
+    return recorder.last
+
+
+def _operation(
+    connection: str,
+    queue_name: str,
+    table_name: str,
+    call: str,
+    transport: HttpTransport[Any, Any],
+) -> Generator[Callable[[str], object], None, None]:
+    """Endlessly, the next call of one kind, as the gateway makes it, on one client."""
+    if call == CALLS[0]:
+        encode = TextBase64EncodePolicy()
+        with QueueClient.from_connection_string(
+            connection, queue_name, transport=transport, message_encode_policy=encode
+        ) as queue:
+            if not isinstance(transport, ReplayTransport):
+                with contextlib.suppress(ResourceExistsError):
+                    queue.create_queue()
+            while True:
+                yield lambda text: queue.send_message(text, time_to_live=-1)
+    with TableClient.from_connection_string(connection, table_name, transport=transport) as table:
+        key = {"PartitionKey": "bench", "RowKey": "message"}
+        if not isinstance(transport, ReplayTransport):
+            table.upsert_entity({**key, "State": "queued"})
+        if call == CALLS[1]:
+            replayed = isinstance(transport, ReplayTransport)
+            etag = 'W/"replayed"' if replayed else table.get_entity(**_keys(key)).metadata["etag"]
+
+            def replace(_: str) -> object:
+                nonlocal etag
+                answer = table.update_entity(
+                    {**key, "State": "sending", "Attempts": 1},
+                    mode=UpdateMode.REPLACE,
+                    etag=etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+                if not replayed:
+                    etag = answer["etag"]
+                return answer
+
+            while True:
+                yield replace
+        while True:
+            yield lambda _: table.get_entity(**_keys(key))
+
+
+def _keys(key: dict[str, str]) -> dict[str, str]:
+    return {"partition_key": key["PartitionKey"], "row_key": key["RowKey"]}
