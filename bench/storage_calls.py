@@ -21,7 +21,6 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Generator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,35 +134,34 @@ def run_storage_calls(azurite: Azurite, calls: int) -> StorageCallsResult:
     suffix = uuid.uuid4().hex[:8]
     queue_name, table_name = f"bench-calls-{suffix}", f"benchcalls{suffix}"
     envelope = typical_envelope().to_json()
-    costs = []
-    with ExitStack() as stack:
-        service = stack.enter_context(TableServiceClient.from_connection_string(connection))
+    with TableServiceClient.from_connection_string(connection) as service:
         service.create_table(table_name)
-        recorder = RecordingTransport()
-        answers = {call: _record(connection, queue_name, table_name, call, recorder, envelope)
-                   for call in CALLS}  # fmt: skip
-        for transport_name in TRANSPORTS:
-            for call in CALLS:
-                transport: HttpTransport[Any, Any] = (
-                    ReplayTransport(*answers[call])
-                    if transport_name == REPLAY
-                    else StorageTransport()
-                    if transport_name == GATEWAY
-                    else RequestsTransport()
-                )
-                operation = _operation(connection, queue_name, table_name, call, transport)
-                for _ in range(WARMUP_CALLS):
-                    next(operation)(envelope)
-                cpu = process_cpu_seconds(os.getpid(), descendants=False)
-                wall = time.perf_counter()
-                for _ in range(calls):
-                    next(operation)(envelope)
-                cpu, wall = (
-                    process_cpu_seconds(os.getpid(), descendants=False) - cpu,
-                    time.perf_counter() - wall,
-                )
-                costs.append(CallCost(call, transport_name, calls, cpu, wall))
-                operation.close()
+    recorder = RecordingTransport()
+    answers = {
+        call: _record(connection, queue_name, table_name, call, recorder, envelope)
+        for call in CALLS
+    }
+    costs = []
+    for transport_name in TRANSPORTS:
+        for call in CALLS:
+            transport: HttpTransport[Any, Any] = (
+                ReplayTransport(*answers[call])
+                if transport_name == REPLAY
+                else StorageTransport()
+                if transport_name == GATEWAY
+                else RequestsTransport()
+            )
+            operation = _operation(connection, queue_name, table_name, call, transport)
+            for _ in range(WARMUP_CALLS):
+                next(operation)(envelope)
+            cpu = process_cpu_seconds(os.getpid(), descendants=False)
+            wall = time.perf_counter()
+            for _ in range(calls):
+                next(operation)(envelope)
+            cpu = process_cpu_seconds(os.getpid(), descendants=False) - cpu
+            wall = time.perf_counter() - wall
+            costs.append(CallCost(call, transport_name, calls, cpu, wall))
+            operation.close()  # closes the client, and with it the transport's connections
     return StorageCallsResult(costs)
 
 
