@@ -5,7 +5,7 @@ transport, `RequestsTransport`, was the largest part of a call's CPU (`requests`
 settings and looks up proxies and netrc in the environment on every call, then wraps urllib3).
 CPU per call of the SDK's clients against Azurite, one call at a time (`python -m bench
 --scenarios storage`, docs/performance.md "Storage through the Azure SDKs"): the SDK's pipeline
-alone, with no network, 0.25-0.37 ms; on this transport 0.53-0.70 ms; on `RequestsTransport`
+alone, with no network, 0.25-0.38 ms; on this transport 0.50-0.70 ms; on `RequestsTransport`
 1.05-1.23 ms. urllib3's pools driven directly measured 0.1-0.15 ms more per call than the small
 pool below.
 
