@@ -270,10 +270,11 @@ def timer_configs(
     """The timers this host runs: each spec with its config, but for a timer whose schedule
     names an app setting that is not set, which is logged as in error and left out.
 
-    So the real host does: its indexer fails that one function ("The '<name>' function is in
-    error: '%X%' does not resolve to a value.") and runs the others (Azure/azure-webjobs-sdk,
-    NameResolverExtensions.ResolveWholeString). A schedule that is set but invalid still stops
-    this host, to be fixed at once.
+    So the real host does: resolving the schedule fails that one function's indexing
+    ("'%X%' does not resolve to a value.", Azure/azure-webjobs-sdk
+    NameResolverExtensions.ResolveWholeString), which the host logs as "The '<name>' function is
+    in error: ..." (Azure/azure-functions-host ScriptHostLoggerExtension.FunctionError) and runs
+    the others. A schedule that is set but invalid still stops this host, to be fixed at once.
     """
     configs = []
     for spec in specs:
