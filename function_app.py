@@ -12,6 +12,7 @@ from functions import (
     messages,
     monitor,
     openapi,
+    retention,
     sendgrid_compat,
     sendgrid_events,
 )
@@ -35,3 +36,4 @@ app.register_functions(dead_letters.bp)
 app.register_functions(openapi.bp)
 app.register_functions(monitor.bp)
 app.register_functions(console.bp)
+app.register_functions(retention.bp)

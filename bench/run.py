@@ -3,8 +3,8 @@
     python -m bench [--seconds 10] [--concurrency 1,8,32] [--messages 2000] [--latency-ms 100]
                     [--transport-sends 200] [--round-trip-ms 20] [--host-threads N]
                     [--model-messages 1000] [--large-messages 24]
-                    [--storage-calls 1000]
-                    [--scenarios accept,delivery,transport,host,model,large,hostile,storage]
+                    [--storage-calls 1000] [--expire-rows 100000]
+                    [--scenarios accept,delivery,transport,host,model,large,hostile,storage,expire]
                     [--profile DIR] [--no-write]
 
 Starts Azurite (in memory) and the SendGrid stand-in on loopback, runs each scenario with its
@@ -28,6 +28,7 @@ from pathlib import Path
 
 from bench.accept import AcceptLevel, run_accept
 from bench.delivery import ConsumerBaseline, DrainResult, run_drain, run_minimal_consumer
+from bench.expire import ExpireResult, run_expire
 from bench.host_overhead import NoopResult, noop_settings, run_noop
 from bench.hostile import HostileResult, HostileRun, run_hostile
 from bench.large import INSTANCE_WORKER_MIB, LargeResult, run_large
@@ -46,7 +47,17 @@ from devstack.host import read_host_json
 from devstack.host_invoke import default_thread_count
 from devstack.sendgrid_standin import SendGridStandIn
 
-SCENARIOS = ("accept", "delivery", "transport", "host", "model", "large", "hostile", "storage")
+SCENARIOS = (
+    "accept",
+    "delivery",
+    "transport",
+    "host",
+    "model",
+    "large",
+    "hostile",
+    "storage",
+    "expire",
+)
 # What infra/ and local.settings.example.json set; unset, the Functions host gives the worker 1000.
 DEPLOYED_THREAD_COUNT = 32
 DOC = REPO / "docs" / "performance.md"
@@ -70,6 +81,8 @@ HOSTILE_ADDED_MIB = 200
 WITHIN_BUDGET = Target("<=", 1.0)
 # Issue 14: the gateway's storage transport must cost less CPU per call than azure-core's own.
 STORAGE_CALL = Target("<=", 1.0)
+# Issue 15: one expiry run deletes every old row (at most MAX_ROWS_PER_RUN) and keeps the rest.
+EVERY_ROW = Target(">=", 1.0)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -120,6 +133,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--storage-calls", type=int, default=1000, help="storage calls per kind and transport"
     )
+    parser.add_argument(
+        "--expire-rows", type=int, default=100_000, help="old activity rows one expiry deletes"
+    )
     parser.add_argument("--scenarios", type=scenarios, default=list(SCENARIOS))
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the host into DIR")
     parser.add_argument("--no-write", action="store_true", help=f"do not update {DOC.name}")
@@ -140,6 +156,7 @@ class Results:
     large: LargeResult | None = None
     hostile: HostileResult | None = None
     storage: StorageCallsResult | None = None
+    expire: ExpireResult | None = None
 
 
 def run(args: argparse.Namespace, workdir: Path, profiler: Profiler | None) -> Results:
@@ -249,6 +266,9 @@ def run(args: argparse.Namespace, workdir: Path, profiler: Profiler | None) -> R
         if "storage" in args.scenarios:
             _step(f"storage calls: {args.storage_calls} per kind on each transport")
             results.storage = run_storage_calls(azurite, args.storage_calls)
+        if "expire" in args.scenarios:
+            _step(f"expiry: {args.expire_rows:,} activity rows older than the cutoff")
+            results.expire = run_expire(azurite, args.expire_rows)
     if "transport" in args.scenarios:
         _step("transport: gateway client vs official client over TLS")
         round_trips = [0.0] + ([args.round_trip_ms] if args.round_trip_ms > 0 else [])
@@ -422,6 +442,45 @@ def storage_rows(storage: StorageCallsResult) -> list[Row]:
                 f"CPU µs per call, {call}, the SDK's pipeline alone: no network "
                 "(the transport's own cost is the difference)",
                 floor.cpu_per_call * US,
+            )
+        )
+    return rows
+
+
+def expire_rows(expire: ExpireResult) -> list[Row]:
+    """One expiry run: rows deleted and kept, time, CPU and storage calls per deleted row."""
+    scenario = "10 expire"
+    rows = [
+        Row(
+            scenario,
+            f"activity rows deleted, of {expire.rows:,} older than the cutoff "
+            "(baseline: all of them)",
+            expire.deleted,
+            expire.rows,
+            ratio(expire.deleted, expire.rows),
+            EVERY_ROW,
+        ),
+        Row(
+            scenario,
+            f"rows kept, of {expire.newer:,} newer activity rows, a status record and an "
+            "idempotency row (baseline: all of them)",
+            expire.kept,
+            expire.newer + 2,
+            # Kept, and nothing else left: a row not deleted counts against it.
+            ratio(expire.kept, expire.left) if expire.kept == expire.newer + 2 else 0.0,
+            EVERY_ROW,
+        ),
+        Row(scenario, "seconds for the run", expire.seconds),
+        Row(scenario, "rows deleted/s", expire.rows_per_second),
+        Row(scenario, "storage calls per deleted row", expire.calls_per_row),
+        Row(scenario, "CPU µs per deleted row, bench process", _us(expire.cpu_per_row)),
+    ]
+    if expire.azurite_cpu_seconds is not None and expire.deleted:
+        rows.append(
+            Row(
+                scenario,
+                "CPU µs per deleted row, Azurite",
+                expire.azurite_cpu_seconds / expire.deleted * US,
             )
         )
     return rows
@@ -660,6 +719,8 @@ def all_rows(results: Results) -> list[Row]:
         rows += hostile_rows(results.hostile)
     if results.storage is not None:
         rows += storage_rows(results.storage)
+    if results.expire is not None:
+        rows += expire_rows(results.expire)
     return rows
 
 

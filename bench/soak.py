@@ -56,6 +56,8 @@ def host_settings(azurite: Azurite, standin: SendGridStandIn) -> dict[str, str]:
         "ALLOWED_SENDERS": "@example.com",
         "SENDGRID_API_BASE_URL": standin.base_url,
         "SENDGRID_API_KEY": standin.api_key,
+        # As infra/ deploys it; unset, the host would leave the retention timer out, in error.
+        "RETENTION_SCHEDULE": "0 17 * * * *",
         "SENDGRID_CONNECT_TIMEOUT_SECONDS": "1",
         "SENDGRID_TIMEOUT_SECONDS": "2",
         "MAX_DELIVERY_ATTEMPTS": "8",

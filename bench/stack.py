@@ -48,6 +48,8 @@ def gateway_settings(
         "ALLOWED_SENDERS": "@example.com",
         "SENDGRID_API_BASE_URL": standin.base_url,
         "SENDGRID_API_KEY": standin.api_key,
+        # As infra/ deploys it; unset, the host would leave the retention timer out, in error.
+        "RETENTION_SCHEDULE": "0 17 * * * *",
         # As infra/ deploys it: large blocks go back to the system once freed.
         "MALLOC_MMAP_THRESHOLD_": DEPLOYED_MMAP_THRESHOLD,
     }

@@ -63,7 +63,7 @@ from devstack.host_queue import (
     resolve_setting_expressions,
 )
 from devstack.host_telemetry import start_worker_telemetry
-from devstack.host_timer import ScheduleMonitor, TimerListener, timer_config, utc_now
+from devstack.host_timer import ScheduleMonitor, TimerListener, timer_configs, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -348,7 +348,7 @@ class LocalHost:
         sock: socket.socket | None = None
         try:
             listeners.extend(self._listener(s, settings, options, invoker, io) for s in queue_specs)
-            timers = [(s, timer_config(s, settings, utc_now())) for s in timer_specs]
+            timers = timer_configs(timer_specs, settings, utc_now())
             if any(config.use_monitor for _, config in timers):
                 monitor = self._schedule_monitor(settings)
             listeners.extend(

@@ -176,13 +176,21 @@ def _checked(name: str, value: str) -> str:
     return value
 
 
+class UnresolvedSetting(HostError):
+    """A binding's `%NAME%` names an app setting that is not set."""
+
+
 def resolve_setting_expressions(text: str, settings: Mapping[str, str]) -> str:
     """Replace each `%NAME%` with the app setting NAME, as the host resolves binding expressions."""
 
     def replace(match: re.Match[str]) -> str:
         value = get_setting(settings, match.group(1))
         if value is None:
-            raise HostError(f"'{text}': the app setting '{match.group(1)}' is not set")
+            # The host's words (Azure/azure-webjobs-sdk, NameResolverExtensions.ResolveWholeString).
+            raise UnresolvedSetting(
+                f"'%{match.group(1)}%' does not resolve to a value: the app setting "
+                f"'{match.group(1)}' is not set"
+            )
         return _checked(match.group(1), value)
 
     return re.sub(r"%([^%]+)%", replace, text)

@@ -41,6 +41,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient, LinearRetry
 
 from devstack.host_invoke import FunctionSpec, HostError, Invoker
 from devstack.host_queue import (
+    UnresolvedSetting,
     get_setting,
     resolve_connection,
     resolve_setting_expressions,
@@ -261,6 +262,27 @@ def timer_config(spec: FunctionSpec, settings: Mapping[str, str], now: datetime)
         use_monitor=bool(use_monitor),
         override=override_name if override else None,
     )
+
+
+def timer_configs(
+    specs: list[FunctionSpec], settings: Mapping[str, str], now: datetime
+) -> list[tuple[FunctionSpec, TimerConfig]]:
+    """The timers this host runs: each spec with its config, but for a timer whose schedule
+    names an app setting that is not set, which is logged as in error and left out.
+
+    So the real host does: resolving the schedule fails that one function's indexing
+    ("'%X%' does not resolve to a value.", Azure/azure-webjobs-sdk
+    NameResolverExtensions.ResolveWholeString), which the host logs as "The '<name>' function is
+    in error: ..." (Azure/azure-functions-host ScriptHostLoggerExtension.FunctionError) and runs
+    the others. A schedule that is set but invalid still stops this host, to be fixed at once.
+    """
+    configs = []
+    for spec in specs:
+        try:
+            configs.append((spec, timer_config(spec, settings, now)))
+        except UnresolvedSetting as exc:
+            logger.error("The '%s' function is in error: %s", spec.name, exc)
+    return configs
 
 
 def timer_request(past_due: bool, status: ScheduleStatus | None) -> TimerRequest:

@@ -152,6 +152,14 @@ param retryMaxDelaySeconds int = 3600
 @description('Optional. IDEMPOTENCY_RETENTION_HOURS: how long a delivered message id is remembered to refuse a second send.')
 param idempotencyRetentionHours int = 24
 
+@minValue(1)
+@maxValue(3650)
+@description('Optional. ACTIVITY_RETENTION_DAYS: how long the console\'s activity rows are kept before the retention timer deletes them.')
+param activityRetentionDays int = 7
+
+@description('Optional. RETENTION_SCHEDULE: when the retention timer runs (NCRONTAB, UTC, seconds first); hourly at minute 17 by default.')
+param retentionSchedule string = '0 17 * * * *'
+
 @description('Optional. SENDGRID_WEBHOOK_PUBLIC_KEY: the verification key of SendGrid\'s signed Event Webhook (base64, as SendGrid shows it). A public key, so a plain app setting. Empty: the webhook route answers 503 and the rest of the gateway works.')
 param sendgridWebhookPublicKey string = ''
 
@@ -272,6 +280,8 @@ module api 'app/api.bicep' = {
     retryBaseDelaySeconds: retryBaseDelaySeconds
     retryMaxDelaySeconds: retryMaxDelaySeconds
     idempotencyRetentionHours: idempotencyRetentionHours
+    activityRetentionDays: activityRetentionDays
+    retentionSchedule: retentionSchedule
     sendgridWebhookPublicKey: sendgridWebhookPublicKey
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
     operatorSignInClientId: operatorSignInClientId

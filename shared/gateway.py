@@ -32,6 +32,7 @@ from shared.delivery_events import (
 from shared.errors import Busy, ConfigurationError, MessageNotFound, StorageUnavailable
 from shared.idempotency import IdempotencyStore
 from shared.queue import MailQueue, QueueReport
+from shared.retention import MAX_ROWS_PER_RUN, ExpiryResult, expire_activity
 from shared.sendgrid_client import SendGridClient
 from shared.settings import Settings, StorageSettings, mail_queue_settings_from_env
 from shared.status import MessageStatus, StatusStore, known_message_id
@@ -220,6 +221,12 @@ class Gateway:
         """How full the mail and poison queues are now; a missing queue counts as empty."""
         # Read-only on purpose: a monitor that created the queues would hide a missing one.
         return self.queue.measure(self._now())
+
+    def expire_activity(self, max_rows: int = MAX_ROWS_PER_RUN) -> ExpiryResult:
+        """Delete the console's activity rows older than ACTIVITY_RETENTION_DAYS, at most
+        `max_rows` of them; StorageUnavailable if the table cannot be reached."""
+        retention = timedelta(days=self.settings.activity_retention_days)
+        return expire_activity(self.statuses.table, self._now(), retention, max_rows=max_rows)
 
     def status_document(self, message_id: str, client: Client) -> dict[str, Any]:
         """The client's own message's status as `GET /api/v1/messages/{id}` shows it, with what
@@ -433,6 +440,17 @@ def measure_queues() -> QueueReport:
         logger.error("%s: %s", NOT_CONFIGURED, error)
         return _mail_queue_alone().measure(utc_now())
     return gateway.measure_queues()
+
+
+def expire_data() -> ExpiryResult | None:
+    """The retention timer's work: expire what is due; None, after logging an ERROR naming
+    the settings at fault, while the settings are wrong (every run, as the queue monitor)."""
+    try:
+        gateway = _built_gateway()
+    except ConfigurationError as error:
+        logger.error("%s: %s", NOT_CONFIGURED, error)
+        return None
+    return gateway.expire_activity()
 
 
 def _mail_queue_alone() -> MailQueue:

@@ -77,6 +77,8 @@ class Settings:
     client_table_name: str = DEFAULT_CLIENT_TABLE_NAME
     large_message_container_name: str = DEFAULT_LARGE_MESSAGE_CONTAINER_NAME
     idempotency_retention_hours: float = 24.0
+    # The console's activity rows are deleted this long after their minute (shared/retention.py).
+    activity_retention_days: float = 7.0
     sendgrid_api_base_url: str = DEFAULT_SENDGRID_API_BASE_URL
     sendgrid_connect_timeout_seconds: float = 5.0
     sendgrid_timeout_seconds: float = 30.0
@@ -133,6 +135,10 @@ class Settings:
             ),
             idempotency_retention_hours=reader.number(
                 "IDEMPOTENCY_RETENTION_HOURS", 24.0, minimum=1 / 60, maximum=24 * 30
+            ),
+            # Fractions allowed, down to a minute, so that tests can see rows expire.
+            activity_retention_days=reader.number(
+                "ACTIVITY_RETENTION_DAYS", 7.0, minimum=1 / 1440, maximum=3650
             ),
             sendgrid_api_base_url=_base_url(
                 reader.text("SENDGRID_API_BASE_URL") or DEFAULT_SENDGRID_API_BASE_URL

@@ -92,6 +92,12 @@ param retryMaxDelaySeconds int
 @description('Required. The IDEMPOTENCY_RETENTION_HOURS app setting.')
 param idempotencyRetentionHours int
 
+@description('Required. The ACTIVITY_RETENTION_DAYS app setting.')
+param activityRetentionDays int
+
+@description('Required. The RETENTION_SCHEDULE app setting: the retention timer\'s NCRONTAB schedule.')
+param retentionSchedule string
+
 @description('Optional. The SENDGRID_WEBHOOK_PUBLIC_KEY app setting; empty leaves the Event Webhook route closed.')
 param sendgridWebhookPublicKey string = ''
 
@@ -145,6 +151,9 @@ var appSettings = {
   CLIENT_TABLE_NAME: clientTableName
   LARGE_MESSAGE_CONTAINER_NAME: largeMessageContainerName
   IDEMPOTENCY_RETENTION_HOURS: string(idempotencyRetentionHours)
+  ACTIVITY_RETENTION_DAYS: string(activityRetentionDays)
+  // The timer binds %RETENTION_SCHEDULE%: unset, the host fails to index that function.
+  RETENTION_SCHEDULE: retentionSchedule
   SENDGRID_API_BASE_URL: sendgridApiBaseUrl
   SENDGRID_CONNECT_TIMEOUT_SECONDS: string(sendgridConnectTimeoutSeconds)
   SENDGRID_TIMEOUT_SECONDS: string(sendgridTimeoutSeconds)

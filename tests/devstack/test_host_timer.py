@@ -27,6 +27,7 @@ from devstack.host_timer import (
     check_past_due,
     default_host_id,
     timer_config,
+    timer_configs,
     timer_request,
 )
 
@@ -385,3 +386,30 @@ def test_should_invoke_once_past_due_instead_of_on_startup_and_record_the_next_o
     assert saved.next is not None
     assert saved.next > now
     assert "UnscheduledInvocationReason: IsPastDue" in caplog.text
+
+
+def test_should_leave_out_a_timer_whose_schedule_setting_is_unset_and_run_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # As the real host: that function fails indexing, the rest of the app runs.
+    unset = timer_spec(lambda timer: None, schedule="%RETENTION_SCHEDULE%", name="expire")
+    fixed = timer_spec(lambda timer: None, name="monitor")
+
+    with caplog.at_level(logging.ERROR, logger="devstack.host_timer"):
+        configs = timer_configs([unset, fixed], {}, NOW)
+
+    assert [spec.name for spec, _ in configs] == ["monitor"]
+    [error] = caplog.records
+    assert error.getMessage() == (
+        "The 'expire' function is in error: '%RETENTION_SCHEDULE%' does not resolve to a value: "
+        "the app setting 'RETENTION_SCHEDULE' is not set"
+    )
+    resolved = timer_configs([unset], {"RETENTION_SCHEDULE": "0 17 * * * *"}, NOW)
+    assert [str(config.schedule) for _, config in resolved] == ["Cron: '0 17 * * * *'"]
+
+
+def test_should_still_refuse_a_timer_whose_schedule_setting_is_invalid() -> None:
+    spec = timer_spec(lambda timer: None, schedule="%RETENTION_SCHEDULE%")
+
+    with pytest.raises(HostError, match="invalid timer schedule"):
+        timer_configs([spec], {"RETENTION_SCHEDULE": "hourly"}, NOW)

@@ -194,6 +194,8 @@ def gateway_settings(connection_string: str, standin: SendGridStandIn) -> dict[s
         "SENDGRID_WEBHOOK_PUBLIC_KEY": WEBHOOK_SIGNER.public_key,
         # Messages held by a killed host come back after this, not the host's 10 minutes.
         "LOCAL_QUEUE_HOLD_SECONDS": "4",
+        # As infra/ deploys it; unset, the host would leave the retention timer out, in error.
+        "RETENTION_SCHEDULE": "0 17 * * * *",
     }
 
 

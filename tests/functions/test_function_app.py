@@ -53,6 +53,7 @@ def test_should_register_exactly_the_gateway_functions(
         "console_summary",
         "console_summary_signed_in",
         "deliver_message",
+        "expire_data",
         "get_message_status",
         "health",
         "health_details",
@@ -174,6 +175,18 @@ def test_should_monitor_the_queues_every_five_minutes_without_catching_up(
     assert (trigger.run_on_startup, trigger.use_monitor) == (False, False)
 
 
+def test_should_expire_data_on_the_schedule_setting_catching_up_after_downtime(
+    functions_by_name: dict[str, Function],
+) -> None:
+    trigger = trigger_of(functions_by_name["expire_data"])
+
+    assert trigger.type == "timerTrigger"
+    assert isinstance(trigger, TimerTrigger)
+    # Resolved by the host from the app setting, which infra/ and the local example set.
+    assert trigger.schedule == "%RETENTION_SCHEDULE%"
+    assert (trigger.run_on_startup, trigger.use_monitor) == (False, True)
+
+
 @pytest.mark.parametrize(
     "name",
     [
@@ -187,6 +200,7 @@ def test_should_monitor_the_queues_every_five_minutes_without_catching_up(
         "replay_dead_letters",
         "purge_dead_letters",
         "monitor_queues",
+        "expire_data",
         "console",
         "console_summary",
         "console_message",

@@ -65,6 +65,8 @@ PLACES: dict[str, frozenset[str]] = {
     "LOCAL_ADMIN_KEY": frozenset({LOCAL, DOCS}),
     # Optional, for tests that kill the local host; it defaults to the real host's 10 minutes.
     "LOCAL_QUEUE_HOLD_SECONDS": frozenset({DOCS}),
+    # Read by the host, which resolves the retention timer's `%RETENTION_SCHEDULE%` schedule.
+    "RETENTION_SCHEDULE": frozenset({INFRA_APP, LOCAL, DOCS}),
     # Optional, one per timer function: the local host's replacement for its schedule, so that
     # tests and `make run` need not wait five minutes.
     "LOCAL_TIMER_SCHEDULE_<function>": frozenset({DOCS}),

@@ -1,0 +1,135 @@
+"""Expiry: what deleting old activity rows costs (shared/retention.py, issue 15).
+
+Inserts `rows` activity rows, unmeasured, in entity group transactions, `ROWS_PER_MINUTE` to a
+minute's partition over minutes older than the retention cutoff, and `NEWER_ROWS` in minutes
+after it, with a status record and an idempotency row beside them. Then one `expire_activity`
+run, as the timer makes it (at most MAX_ROWS_PER_RUN rows), on the gateway's storage
+transport: its seconds, the bench process's CPU, Azurite's CPU, and storage calls per deleted
+row. The rows the run must leave alone are counted afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from azure.data.tables import TableClient, TableServiceClient
+
+from bench.load import process_cpu_seconds
+from devstack.azurite import Azurite
+from shared.activity import MAX_TRANSACTION_OPERATIONS, PARTITION_PREFIX, partition_of
+from shared.retention import MAX_ROWS_PER_RUN, expire_activity
+from shared.storage_transport import StorageTransport
+
+RETENTION = timedelta(days=7)
+# Some 4 deliveries a second, in full transactions of 100 and one of 50 per minute.
+ROWS_PER_MINUTE = 250
+NEWER_ROWS = 1_000
+INSERT_THREADS = 8
+
+
+@dataclass(frozen=True)
+class ExpireResult:
+    """One expiry run over `rows` old rows, with `newer` rows and 2 others to keep."""
+
+    rows: int
+    newer: int
+    deleted: int
+    calls: int
+    seconds: float
+    cpu_seconds: float
+    azurite_cpu_seconds: float | None
+    left: int  # rows of the table after the run, of `newer` + 2 that must stay
+    kept: int  # of those, the newer activity rows and the 2 others
+
+    @property
+    def calls_per_row(self) -> float | None:
+        """Storage calls per deleted row."""
+        return self.calls / self.deleted if self.deleted else None
+
+    @property
+    def cpu_per_row(self) -> float | None:
+        """Bench-process CPU seconds per deleted row."""
+        return self.cpu_seconds / self.deleted if self.deleted else None
+
+    @property
+    def rows_per_second(self) -> float | None:
+        """Rows deleted per second of the run."""
+        return self.deleted / self.seconds if self.seconds else None
+
+
+def run_expire(azurite: Azurite, rows: int, now: datetime | None = None) -> ExpireResult:
+    """Insert `rows` old and NEWER_ROWS newer activity rows, then expire once and count."""
+    now = now or datetime.now(timezone.utc)
+    table_name = f"benchexpire{uuid.uuid4().hex[:8]}"
+    with TableServiceClient.from_connection_string(azurite.connection_string) as service:
+        service.create_table(table_name)
+    with TableClient.from_connection_string(
+        azurite.connection_string, table_name, transport=StorageTransport()
+    ) as table:
+        cutoff = now - RETENTION
+        _insert(table, cutoff - timedelta(minutes=1), rows)
+        _insert(table, now, NEWER_ROWS)
+        others = [
+            {"PartitionKey": str(uuid.uuid4()), "RowKey": "status", "state": "sent"},
+            {"PartitionKey": "idempotency-" + "0" * 64, "RowKey": "key", "message_id": "x"},
+        ]
+        for entity in others:
+            table.upsert_entity(entity)
+        azurite_pid = azurite.pid
+        azurite_cpu = process_cpu_seconds(azurite_pid) if azurite_pid else None
+        cpu = process_cpu_seconds(os.getpid(), descendants=False)
+        wall = time.perf_counter()
+        result = expire_activity(table, now, RETENTION, max_rows=MAX_ROWS_PER_RUN)
+        wall = time.perf_counter() - wall
+        cpu = process_cpu_seconds(os.getpid(), descendants=False) - cpu
+        if azurite_pid and azurite_cpu is not None:
+            azurite_cpu = process_cpu_seconds(azurite_pid) - azurite_cpu
+        remaining = [
+            (e["PartitionKey"], e["RowKey"])
+            for e in table.list_entities(select=["PartitionKey", "RowKey"])
+        ]
+        # Newer minutes sort before the cutoff's.
+        newer = (PARTITION_PREFIX, partition_of(cutoff))
+        others_keys = {(e["PartitionKey"], e["RowKey"]) for e in others}
+        kept = sum(1 for k in remaining if newer[0] <= k[0] <= newer[1] or k in others_keys)
+    return ExpireResult(
+        rows=rows,
+        newer=NEWER_ROWS,
+        deleted=result.deleted,
+        calls=result.calls,
+        seconds=wall,
+        cpu_seconds=cpu,
+        azurite_cpu_seconds=azurite_cpu,
+        left=len(remaining),
+        kept=kept,
+    )
+
+
+def _insert(table: TableClient, newest: datetime, rows: int) -> None:
+    """`rows` activity rows, ROWS_PER_MINUTE to a minute, from `newest`'s minute backwards."""
+    batches: list[list[dict[str, Any]]] = []
+    for index in range(0, rows, ROWS_PER_MINUTE):
+        at = newest - timedelta(minutes=index // ROWS_PER_MINUTE)
+        minute = [
+            {
+                "PartitionKey": partition_of(at),
+                "RowKey": f"{uuid.UUID(int=index + i)}-0001-sent",
+                "state": "sent",
+                "attempt": 1,
+                "at": at,
+            }
+            for i in range(min(ROWS_PER_MINUTE, rows - index))
+        ]
+        for start in range(0, len(minute), MAX_TRANSACTION_OPERATIONS):
+            batches.append(minute[start : start + MAX_TRANSACTION_OPERATIONS])
+    with ThreadPoolExecutor(INSERT_THREADS) as pool:
+        for _ in pool.map(
+            lambda batch: table.submit_transaction([("upsert", row) for row in batch]), batches
+        ):
+            pass

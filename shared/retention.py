@@ -1,0 +1,160 @@
+"""Retention: the console's activity rows expire after ACTIVITY_RETENTION_DAYS.
+
+Table storage has no TTL and no index on time, so expiry must not scan the table. Activity rows
+need none: they live in per-minute partitions, `activity-<9999999999 - minutes since 1970>`
+(shared/activity.py), so an older minute sorts later, and every row older than a cutoff is one
+range of partition keys, from just after the cutoff's minute to the oldest possible minute:
+
+    PartitionKey gt 'activity-<cutoff's minute>' and PartitionKey le 'activity-9999999999'
+
+The service reads only that range, so a run costs in proportion to the rows it deletes, not to
+the table's size. Nothing else in the status table falls in it. Both bounds start with
+`activity-`, so any key between them starts with `activity-` too; the table's other
+partitions cannot:
+
+- status records, and the delivery events beside them (shared/delivery_events.py), are in
+  partitions named by message id: a lower-case UUID (shared/status.py `known_message_id`, made
+  by shared/gateway.py `new_message_id` as `str(uuid.uuid4())`). Events are written only under
+  an id that has a status record. A UUID's first eight characters are hex digits: it may
+  start `ac`, but its third character is never `t`. So no message id starts with `activity-`;
+- idempotency keys are in partitions `idempotency-<hash>` (shared/idempotency.py): `i` > `a`;
+- the health check reads a partition `health`: `h` > `a`.
+
+Each run deletes at most `max_rows` rows, so that it ends well inside the host's
+functionTimeout (host.json); the next run takes the rest. Rows are deleted in entity group
+transactions of up to 100 rows of one partition, the same unit the activity log writes in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.data.tables import TableClient
+
+from shared.activity import MAX_TRANSACTION_OPERATIONS, PARTITION_PREFIX, partition_of
+from shared.errors import StorageUnavailable
+
+logger = logging.getLogger(__name__)
+
+# Rows one run deletes at most. In Azure a transaction of 100 deletes takes some tens of
+# milliseconds, so this is a few minutes' work at most, inside the 10-minute functionTimeout.
+MAX_ROWS_PER_RUN = 200_000
+# The oldest minute there can be (1970-01-01T00:00Z): the far end of every expiry range.
+_OLDEST_PARTITION = f"{PARTITION_PREFIX}9999999999"
+_KEYS = ["PartitionKey", "RowKey"]
+_PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class ExpiryResult:
+    """What one run did: rows deleted, storage calls made, rows whose delete failed, and
+    whether it stopped at its bound with rows left for the next run."""
+
+    deleted: int
+    calls: int
+    failed: int
+    more_left: bool
+    retention: timedelta
+
+    @property
+    def retention_days(self) -> float:
+        """The retention the run applied, in days."""
+        return self.retention / timedelta(days=1)
+
+
+def expiry_range(cutoff: datetime) -> tuple[str, str]:
+    """The partition keys (exclusive, inclusive) holding every activity row of a minute wholly
+    before `cutoff`'s minute."""
+    return partition_of(cutoff), _OLDEST_PARTITION
+
+
+def expire_activity(
+    table: TableClient, now: datetime, retention: timedelta, *, max_rows: int
+) -> ExpiryResult:
+    """Delete the activity rows of minutes older than `now - retention`, at most `max_rows`.
+
+    A transaction that fails is logged and counted (its rows stay for the next run); storage
+    that cannot be reached raises StorageUnavailable.
+    """
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be at least 1, not {max_rows!r}")
+    after, oldest = expiry_range(now - retention)
+    calls = deleted = failed = 0
+    more_left = False
+    batch: list[dict[str, Any]] = []
+
+    def submit() -> None:
+        nonlocal calls, deleted, failed
+        if not batch:
+            return
+        calls += 1
+        if _delete_batch(table, batch):
+            deleted += len(batch)
+        else:
+            failed += len(batch)
+        batch.clear()
+
+    try:
+        pages: Iterable[Iterable[Any]] = table.query_entities(
+            "PartitionKey gt @after and PartitionKey le @oldest",
+            parameters={"after": after, "oldest": oldest},
+            select=_KEYS,
+            results_per_page=_PAGE_SIZE,
+        ).by_page()
+        taken = 0
+        for page in pages:
+            calls += 1
+            for entity in page:
+                if taken >= max_rows:
+                    more_left = True
+                    break
+                keys = {"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"]}
+                # A transaction holds rows of one partition only; rows come sorted by key.
+                if batch and (
+                    batch[0]["PartitionKey"] != keys["PartitionKey"]
+                    or len(batch) >= MAX_TRANSACTION_OPERATIONS
+                ):
+                    submit()
+                batch.append(keys)
+                taken += 1
+            if more_left:
+                break
+        submit()
+    except ResourceNotFoundError:
+        pass  # no table yet: nothing was ever delivered, nothing to expire
+    except AzureError as error:
+        raise StorageUnavailable(f"table {table.table_name}: {type(error).__name__}") from error
+    return ExpiryResult(deleted, calls, failed, more_left, retention)
+
+
+def _delete_batch(table: TableClient, rows: list[dict[str, Any]]) -> bool:
+    """Delete rows of one partition in one transaction; False if the service refused it."""
+    try:
+        table.submit_transaction([("delete", row) for row in rows])
+    except (ServiceRequestError, ServiceResponseError):
+        raise  # not reached or no answer: an outage, not this batch's fault
+    except HttpResponseError as error:
+        if error.status_code is not None and error.status_code >= 500:
+            raise
+        # For instance a row deleted meanwhile (404 fails the whole transaction): the others
+        # stay until the next run. Neither keys nor ids are logged: they name messages.
+        logger.warning(
+            "Retention: a transaction deleting %d activity row(s) failed, they stay for the "
+            "next run: %s %s",
+            len(rows),
+            error.status_code,
+            type(error).__name__,
+        )
+        return False
+    return True

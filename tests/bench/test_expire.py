@@ -1,0 +1,49 @@
+"""The expiry scenario: a small real run, and how its figures become rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from bench.expire import NEWER_ROWS, ROWS_PER_MINUTE, ExpireResult, run_expire
+from bench.run import EVERY_ROW, expire_rows
+from devstack.azurite import Azurite
+
+
+@pytest.fixture(scope="module")
+def azurite() -> Iterator[Azurite]:
+    with Azurite(in_memory=True) as running:
+        yield running
+
+
+def test_should_delete_every_old_row_and_keep_the_newer_ones(azurite: Azurite) -> None:
+    rows = 2 * ROWS_PER_MINUTE + 30
+
+    result = run_expire(azurite, rows)
+
+    assert (result.deleted, result.left, result.kept) == (rows, NEWER_ROWS + 2, NEWER_ROWS + 2)
+    # Per minute: 2 full transactions and one of 50; then one of 30; and the pages read.
+    assert result.calls == 3 + 3 + 1 + 1
+    assert all(row.met is not False for row in expire_rows(result))
+
+
+def result(deleted: int, left: int, kept: int) -> ExpireResult:
+    return ExpireResult(1000, 10, deleted, 13, 2.0, 0.5, None, left, kept)
+
+
+def test_should_report_calls_and_cpu_per_deleted_row() -> None:
+    rows = {row.figure: row for row in expire_rows(result(1000, 12, 12))}
+
+    assert rows["storage calls per deleted row"].gateway == pytest.approx(0.013)
+    assert rows["CPU µs per deleted row, bench process"].gateway == pytest.approx(500.0)
+    assert rows["rows deleted/s"].gateway == pytest.approx(500.0)
+    assert all(row.met is not False for row in rows.values())
+
+
+def test_should_miss_the_target_when_rows_are_left_or_newer_ones_deleted() -> None:
+    deleted, kept = expire_rows(result(900, 112, 12))[:2]
+    assert (deleted.met, deleted.target) == (False, EVERY_ROW)
+    assert kept.met is False
+    _, too_much = expire_rows(result(1000, 5, 5))[:2]
+    assert too_much.met is False
