@@ -40,7 +40,7 @@ def console_summary(req: func.HttpRequest) -> func.HttpResponse:
 
 @operator_route(bp, "console_message", "v1/console/messages/{id}", ["GET"])
 def console_message(req: func.HttpRequest) -> func.HttpResponse:
-    """Any client's message: its status record and its outcomes of the last hour, or 404."""
+    """Any client's message: its status record and the latest outcomes it keeps, or 404."""
     try:
         document = get_gateway().console.message(req.route_params["id"])
     except MailgateError as error:

@@ -31,8 +31,6 @@ WINDOW_MINUTES = 60
 ACTIVITY_READ_LIMIT = 10_000
 # Each is one point read of a status record per summary.
 LATEST_MESSAGES = 20
-# A message's own events, searched within the same hour.
-MESSAGE_ACTIVITY_LIMIT = 200
 
 PAGE_FOLDER = Path(__file__).resolve().parent / "console_page"
 _COUNTED = {
@@ -91,20 +89,17 @@ class Console:
 
     def message(self, message_id: str) -> dict[str, Any]:
         """Any message's status record (with what SendGrid's events said of it, once there are
-        any) and its delivery outcomes of the last hour; MessageNotFound, without a storage
+        any) and the latest delivery outcomes the record keeps; MessageNotFound, without a storage
         call for an id the gateway never gives."""
         message_id = known_message_id(message_id)
         status = self._statuses.get(message_id)
         if status is None:
             raise MessageNotFound(f"no message has the id {message_id!r}")
-        now = self._now()
-        start = minute_of(now) - timedelta(minutes=WINDOW_MINUTES - 1)
-        events = self._activity.of_message(status.id, start, now, MESSAGE_ACTIVITY_LIMIT)
         document = message_document(status)
         delivery = self._events.get(status.id)
         if delivery is not None:
             document.update(delivery.to_document())
-        return {"status": document, "activity": [e.to_document() for e in events]}
+        return {"status": document, "activity": [o.to_document() for o in status.outcomes]}
 
     def _latest(self, events: list[ActivityEvent]) -> list[dict[str, Any]]:
         # The messages with the newest outcomes, each read once for its current state (a

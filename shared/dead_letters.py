@@ -439,6 +439,9 @@ class DeadLetters:
 
     def _replay_one(self, envelope: QueueEnvelope) -> None:
         now = self._now()
+        # Its outcomes so far stay in the record (the console's timeline shows the dead letter
+        # before the replay): one read per replayed message, an operator's rare action.
+        earlier = self._statuses.get(envelope.id)
         # Reset the status before the copy is visible: delivery skips a message marked failed.
         self._statuses.put(
             MessageStatus(
@@ -447,6 +450,7 @@ class DeadLetters:
                 accepted_at=envelope.accepted_at,
                 updated_at=now,
                 client=envelope.client,
+                outcomes=earlier.outcomes if earlier is not None else (),
             )
         )
         self._queue.enqueue(

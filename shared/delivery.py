@@ -474,8 +474,9 @@ class Delivery:
 
     def _record_sent(self, status: MessageStatus, provider_id: str | None) -> bool:
         """Write `sent`, retrying in place; False if it could not be recorded."""
-        sent = status.moved(
+        sent = status.concluded(
             MessageState.SENT,
+            status.attempts,
             self._now(),
             provider_message_id=provider_id,
             last_status_code=None,
@@ -515,8 +516,9 @@ class Delivery:
                 envelope.model_copy(update={"attempt": envelope.attempt + 1, "postponed": None}),
                 delay_seconds=delay,
             )
-        retrying = status.moved(
+        retrying = status.concluded(
             MessageState.RETRYING,
+            envelope.attempt,
             now,
             next_attempt_at=now + timedelta(seconds=delay),
             last_status_code=error.status_code,
@@ -582,8 +584,9 @@ class Delivery:
             self._queue.dead_letter(envelope.model_copy(update={"dead_letter": record}).to_json())
         with telemetry.span("mailgate.status.write", id=envelope.id, state="failed"):
             self._statuses.put(
-                status.moved(
+                status.concluded(
                     MessageState.FAILED,
+                    envelope.attempt,
                     now,
                     last_status_code=error.status_code,
                     last_error=reason,

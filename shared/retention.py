@@ -22,7 +22,7 @@ partitions cannot:
 
 Each run deletes at most `max_rows` rows, so that it ends well inside the host's
 functionTimeout (host.json); the next run takes the rest. Rows are deleted in entity group
-transactions of up to 100 rows of one partition, the same unit the activity log writes in.
+transactions of up to 100 rows of one partition.
 """
 
 from __future__ import annotations

@@ -61,6 +61,22 @@ class MessageState(str, Enum):
 
 
 FINAL_STATES = frozenset({MessageState.SENT, MessageState.FAILED})
+# A record keeps its latest delivery outcomes, at most this many (MAX_DELIVERY_ATTEMPTS may be
+# up to 100): the console's view of one message reads them here, in the one row it reads anyway.
+MAX_OUTCOMES = 20
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One delivery outcome of a message: sent, retried or dead-lettered at an attempt."""
+
+    state: MessageState
+    attempt: int
+    at: datetime
+
+    def to_document(self) -> dict[str, Any]:
+        """The outcome as the console's JSON shows it."""
+        return {"state": self.state.value, "attempt": self.attempt, "at": self.at.isoformat()}
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,8 @@ class MessageStatus:
     provider_message_id: str | None = None
     # The client that submitted the message: only it may read this record.
     client: str | None = None
+    # Its latest delivery outcomes, oldest first (records from before them have none).
+    outcomes: tuple[Outcome, ...] = ()
     etag: str | None = None
 
     @classmethod
@@ -101,6 +119,14 @@ class MessageStatus:
     def moved(self, state: MessageState, now: datetime, **changes: Any) -> MessageStatus:
         """The same record in a new state; next_attempt_at is cleared unless given."""
         return replace(self, state=state, updated_at=now, **{"next_attempt_at": None, **changes})
+
+    def concluded(
+        self, state: MessageState, attempt: int, now: datetime, **changes: Any
+    ) -> MessageStatus:
+        """The record moved to the outcome of `attempt` (sent, retrying or failed), with that
+        outcome added to its latest ones."""
+        outcomes = (*self.outcomes, Outcome(state, attempt, now))[-MAX_OUTCOMES:]
+        return self.moved(state, now, outcomes=outcomes, **changes)
 
     def to_document(self) -> dict[str, Any]:
         """The record as `GET /api/v1/messages/{id}` shows it."""
@@ -270,6 +296,11 @@ def _to_entity(status: MessageStatus) -> dict[str, Any]:
         if status.provider_errors
         else None
     )
+    values["outcomes"] = (
+        json.dumps([[o.state.value, o.attempt, o.at.isoformat()] for o in status.outcomes])
+        if status.outcomes
+        else None
+    )
     # Tables store no nulls: leave empty fields out.
     return {
         "PartitionKey": status.id,
@@ -293,6 +324,7 @@ def _from_entity(entity: Any) -> MessageStatus:
         ambiguous=bool(entity.get("ambiguous", False)),
         provider_message_id=entity.get("provider_message_id"),
         client=entity.get("client"),
+        outcomes=_outcomes(entity.get("outcomes")),
         etag=entity.metadata.get("etag"),
     )
 
@@ -305,4 +337,17 @@ def _provider_errors(text: Any) -> tuple[ProviderError, ...]:
     try:
         return tuple(_PROVIDER_ERRORS.validate_json(text)) if isinstance(text, str) else ()
     except ValidationError:
+        return ()
+
+
+def _outcomes(text: Any) -> tuple[Outcome, ...]:
+    # Kept as JSON text, [[state, attempt, at], ...]; anything unreadable reads as none, since
+    # they only feed the console's view and the record's other fields stay the truth.
+    try:
+        items = json.loads(text) if isinstance(text, str) else []
+        return tuple(
+            Outcome(MessageState(state), int(attempt), datetime.fromisoformat(at))
+            for state, attempt, at in items[-MAX_OUTCOMES:]
+        )
+    except (TypeError, ValueError):
         return ()

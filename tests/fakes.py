@@ -510,14 +510,6 @@ class FakeActivityLog(_OutageControls, ActivityLog):
         )
         return window_of(chosen, start, limit)
 
-    def of_message(
-        self, message_id: str, start: datetime, end: datetime, limit: int
-    ) -> list[ActivityEvent]:
-        window = self.between(start, end, len(self.events))
-        return sorted((e for e in window.events if e.message_id == message_id), key=lambda e: e.at)[
-            :limit
-        ]
-
 
 class FakeMessageBodyStore(_OutageControls, MessageBodyStore):
     """Message bodies in memory, by blob name, as the blob container keeps them."""

@@ -493,7 +493,7 @@
       element('ol', {}, items),
       element('p', {
         className: 'muted',
-        text: 'Attempts are listed for the last hour; the record keeps the latest attempt only.',
+        text: 'The record keeps its latest 20 outcomes.',
       }),
     ];
   }

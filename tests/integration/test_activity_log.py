@@ -1,10 +1,11 @@
-"""The activity log in Azurite's table: per-minute partitions read newest first, one message's
-rows found by key range, status records and idempotency rows never mistaken for activity, and
-buffered outcomes written by a background flusher in entity group transactions."""
+"""The activity log in Azurite's table: per-minute partitions read newest first, status records
+and idempotency rows never mistaken for activity, buffered outcomes written by a background
+flusher as packed rows, and packed and single rows read together."""
 
 from __future__ import annotations
 
 import collections
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -90,24 +91,49 @@ def test_should_write_one_row_per_message_attempt_and_outcome(
     assert sorted(r["RowKey"] for r in rows) == ["msg-1-0001-retrying", "msg-1-0002-sent"]
 
 
-def test_should_find_one_messages_outcomes_oldest_first(activity: ActivityLog) -> None:
-    activity.record(ActivityEvent("msg-1", SENT, 2, at(1)))
-    activity.record(ActivityEvent("msg-1", RETRYING, 1, at(2)))
-    activity.record(ActivityEvent("msg-10", SENT, 1, at(1)))  # an id that starts the same
-    activity.record(ActivityEvent("msg-1", FAILED, 1, at(70)))  # before the hour
+def test_should_read_packed_and_single_rows_together_counting_an_outcome_found_twice_once(
+    activity: ActivityLog, status_table: TableClient, buffered_logs: Callable[..., ActivityLog]
+) -> None:
+    packed = buffered_logs(status_table, flush_seconds=60)
+    packed.record(ActivityEvent("msg-1", RETRYING, 1, at(1)))
+    packed.record(ActivityEvent("msg-2", SENT, 1, at(1)))
+    packed.record(ActivityEvent(None, FAILED, 1, at(1)))
+    packed.flush()
+    # A redelivered copy's outcome, written again later as a row of its own: counted once, as
+    # the later one.
+    activity.record(ActivityEvent("msg-1", RETRYING, 1, at(0.5)))
+    activity.record(ActivityEvent("msg-1", SENT, 2, at(0.5)))
 
-    events = activity.of_message("msg-1", HOUR_START, NOW, limit=10)
+    window = activity.between(HOUR_START, NOW, limit=100)
 
-    assert [(e.state, e.attempt) for e in events] == [(RETRYING, 1), (SENT, 2)]
+    assert sorted(window.events, key=repr) == sorted(
+        [
+            ActivityEvent("msg-1", RETRYING, 1, at(0.5)),
+            ActivityEvent("msg-1", SENT, 2, at(0.5)),
+            ActivityEvent("msg-2", SENT, 1, at(1)),
+            ActivityEvent(None, FAILED, 1, at(1)),
+        ],
+        key=repr,
+    )
 
 
-@pytest.mark.parametrize("message_id", ["it's", "a b", "%41", "a+b'--"])
-def test_should_find_nothing_for_awkward_ids_rather_than_fail(
-    message_id: str, activity: ActivityLog
+def test_should_skip_a_packed_row_it_cannot_read_and_read_the_rest(
+    activity: ActivityLog, status_table: TableClient
 ) -> None:
     activity.record(ActivityEvent("msg-1", SENT, 1, at(1)))
+    partition = partition_of(at(1))
+    good = [["msg-2", "sent", 1, at(1).isoformat()]]
+    for key, events in [
+        ("~packed-a", "not json"),
+        ("~packed-b", '{"a": 1}'),
+        ("~packed-c", '[["msg-3", "exploded", 1, "2026-03-02T09:29:00+00:00"], [1, 2]]'),
+        ("~packed-d", json.dumps(good)),
+    ]:
+        status_table.create_entity({"PartitionKey": partition, "RowKey": key, "events": events})
 
-    assert activity.of_message(message_id, HOUR_START, NOW, limit=10) == []
+    window = activity.between(HOUR_START, NOW, limit=100)
+
+    assert sorted(e.message_id or "" for e in window.events) == ["msg-1", "msg-2"]
 
 
 def test_should_read_no_events_before_the_table_exists(status_table: TableClient) -> None:
@@ -143,10 +169,16 @@ class CountingTable:
         self.table_name = table.table_name
         self.calls: collections.Counter[str] = collections.Counter()
         self.transaction_sizes: list[int] = []
+        self.packed_sizes: list[int] = []
 
     def upsert_entity(self, *args: Any, **kwargs: Any) -> Any:
         self.calls["upsert_entity"] += 1
         return self._table.upsert_entity(*args, **kwargs)
+
+    def create_entity(self, entity: Any, **kwargs: Any) -> Any:
+        self.calls["create_entity"] += 1
+        self.packed_sizes.append(len(json.loads(entity["events"])))
+        return self._table.create_entity(entity, **kwargs)
 
     def submit_transaction(self, operations: Any, **kwargs: Any) -> Any:
         operations = list(operations)
@@ -159,7 +191,7 @@ class CountingTable:
 
     @property
     def writes(self) -> int:
-        return self.calls["upsert_entity"] + self.calls["submit_transaction"]
+        return sum(self.calls[c] for c in ("upsert_entity", "create_entity", "submit_transaction"))
 
 
 class DroppingTable(CountingTable):
@@ -173,11 +205,11 @@ class DroppingTable(CountingTable):
             raise ServiceRequestError("connection refused")
         return super().upsert_entity(*args, **kwargs)
 
-    def submit_transaction(self, operations: Any, **kwargs: Any) -> Any:
+    def create_entity(self, entity: Any, **kwargs: Any) -> Any:
         if self.down:
             self.calls["refused"] += 1
             raise ServiceRequestError("connection refused")
-        return super().submit_transaction(operations, **kwargs)
+        return super().create_entity(entity, **kwargs)
 
 
 @pytest.fixture
@@ -210,16 +242,16 @@ def poll(probe: Callable[[], bool], timeout: float) -> float:
     return time.monotonic() - start
 
 
-def test_should_write_a_buffer_of_250_outcomes_in_a_few_transactions_per_minute(
+def test_should_write_a_buffer_of_600_outcomes_in_one_packed_row_per_250_per_minute(
     counting: CountingTable, buffered_logs: Callable[..., ActivityLog]
 ) -> None:
     # Far longer than the test: only flush() writes.
     log = buffered_logs(counting, flush_seconds=60)
-    events = [ActivityEvent(f"msg-{n:03d}", SENT, 1, at(1)) for n in range(170)]
+    events = [ActivityEvent(f"msg-{n:03d}", SENT, 1, at(1)) for n in range(520)]
     events += [ActivityEvent(f"msg-{n:03d}", RETRYING, 2, at(2)) for n in range(80)]
     for event in events:
         log.record(event)
-    # Redelivered copies: the same rows again, a transaction may hold each row only once.
+    # Redelivered copies: the same outcomes again, each buffered once, the later one.
     later = [ActivityEvent(f"msg-{n:03d}", SENT, 1, at(1) + timedelta(seconds=1)) for n in range(5)]
     for event in later:
         log.record(event)
@@ -230,12 +262,12 @@ def test_should_write_a_buffer_of_250_outcomes_in_a_few_transactions_per_minute(
     window = ActivityLog(counting._table).between(HOUR_START, NOW, limit=1000)
     assert window.complete is True
     assert sorted(window.events, key=repr) == sorted(later + events[5:], key=repr)
-    # 170 rows of one minute in two transactions (at most 100 each), 80 of the other in one.
-    assert counting.calls == {"submit_transaction": 3}
-    assert sorted(counting.transaction_sizes) == [70, 80, 100]
+    # 520 outcomes of one minute in three rows (at most 250 each), 80 of the other in one.
+    assert counting.calls == {"create_entity": 4}
+    assert sorted(counting.packed_sizes) == [20, 80, 250, 250]
 
 
-def test_should_write_a_single_buffered_outcome_with_one_upsert(
+def test_should_write_a_single_buffered_outcome_in_one_row(
     counting: CountingTable, buffered_logs: Callable[..., ActivityLog]
 ) -> None:
     log = buffered_logs(counting, flush_seconds=60)
@@ -244,7 +276,7 @@ def test_should_write_a_single_buffered_outcome_with_one_upsert(
     log.flush()
     log.flush()  # nothing left to write
 
-    assert counting.calls == {"upsert_entity": 1}
+    assert counting.calls == {"create_entity": 1}
     assert [e.message_id for e in log.between(HOUR_START, NOW, limit=10).events] == ["msg-1"]
 
 
@@ -261,11 +293,11 @@ def test_should_write_buffered_outcomes_in_the_background_within_the_flush_delay
     assert counting.writes == 0  # recording did not write
 
     poll(written(3), timeout=3.0)
-    assert counting.calls == {"submit_transaction": 1}
+    assert counting.calls == {"create_entity": 1}
     # The flusher goes on: a later outcome is written too, with no flush() from anyone.
     log.record(ActivityEvent("msg-3", RETRYING, 1, at(0.2)))
     poll(written(4), timeout=3.0)
-    assert counting.calls == {"submit_transaction": 1, "upsert_entity": 1}
+    assert counting.calls == {"create_entity": 2}
 
 
 def test_should_lose_no_outcome_recorded_from_many_threads_while_the_flusher_writes(
@@ -318,7 +350,7 @@ def test_should_log_a_failed_batch_without_raising_and_write_later_outcomes_once
     log.record(ActivityEvent("msg-1", SENT, 1, at(1)))
     log.record(ActivityEvent("msg-2", SENT, 1, at(1)))
     log.record(ActivityEvent("msg-3", FAILED, 1, at(2)))
-    # The background flusher meets the outage: two batches (one per minute) refused.
+    # The background flusher meets the outage: two rows (one per minute) refused.
     poll(lambda: table.calls["refused"] == 2, timeout=3.0)
     log.flush()
 

@@ -1,21 +1,23 @@
-"""The buffered activity log against the in-memory table: its bound, refused transactions, and
-what close() leaves. Azurite's side (transactions, the background flusher, many threads) is in
+"""The buffered activity log against the in-memory table: its bound, a refused row, and what
+close() leaves. Azurite's side (packed rows, the background flusher, many threads) is in
 tests/integration/test_activity_log.py."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from typing import cast
+from typing import Any, cast
 
 import pytest
+from azure.core.exceptions import HttpResponseError
 from azure.data.tables import TableClient
 
 from shared import activity as activity_module
-from shared.activity import ActivityEvent, ActivityLog, partition_of
+from shared.activity import ActivityEvent, ActivityLog
 from shared.status import MessageState
-from tests.fakes import FakeTableClient, transaction_error
+from tests.fakes import FakeTableClient
 
 NOW = datetime(2026, 3, 2, 9, 30, 40, tzinfo=timezone.utc)
 SENT = MessageState.SENT
@@ -43,7 +45,15 @@ def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def written(table: FakeTableClient) -> list[str]:
-    return sorted(row for _, row in table.rows)
+    """Every outcome in the table, packed or a row of its own, as `<message>-<attempt>-<state>`."""
+    outcomes = []
+    for row in table.rows.values():
+        packed = json.loads(row["events"]) if "events" in row else None
+        for message, state, attempt, _ in packed or [
+            [row["message_id"], row["state"], row["attempt"], 0]
+        ]:
+            outcomes.append(f"{message}-{attempt:04d}-{state}")
+    return sorted(outcomes)
 
 
 def test_should_drop_outcomes_past_the_bound_with_one_warning_per_flush(
@@ -61,7 +71,13 @@ def test_should_drop_outcomes_past_the_bound_with_one_warning_per_flush(
     log.flush()
 
     assert written(table) == [f"msg-{n}-0001-sent" for n in range(5)]
-    assert table.rows[(partition_of(NOW), "msg-0-0001-sent")]["at"] == NOW + timedelta(seconds=5)
+    [row] = table.rows.values()
+    assert json.loads(row["events"])[0] == [
+        "msg-0",
+        "sent",
+        1,
+        (NOW + timedelta(seconds=5)).isoformat(),
+    ]
     [warning] = warnings(caplog)
     assert "3 outcome(s) were dropped" in warning
     assert "msg-" not in warning
@@ -74,26 +90,31 @@ def test_should_drop_outcomes_past_the_bound_with_one_warning_per_flush(
     assert len(warnings(caplog)) == 1
 
 
-def test_should_log_a_refused_transaction_with_its_size_and_go_on_with_the_next(
+def test_should_log_a_refused_row_with_its_size_and_go_on_with_the_next(
     log: ActivityLog, table: FakeTableClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def refuse() -> None:
-        table.before_transaction = None
-        raise transaction_error(0, "InvalidInput")
-
-    table.before_transaction = refuse
     for n in range(3):
         log.record(sent(n))
     for n in range(3, 7):
         log.record(sent(n, NOW - timedelta(minutes=1)))
+    refused = {"done": False}
+    create = table.create_entity
+
+    def refuse_first(entity: dict[str, Any]) -> dict[str, Any]:
+        if not refused["done"]:
+            refused["done"] = True
+            raise HttpResponseError("InvalidInput")
+        return create(entity)
+
+    table.create_entity = refuse_first  # type: ignore[method-assign]
 
     log.flush()
 
-    # The first minute's transaction was refused; the other minute's was still written.
+    # The first minute's row was refused; the other minute's was still written.
     assert written(table) == [f"msg-{n}-0001-sent" for n in range(3, 7)]
     [warning] = warnings(caplog)
     assert "3 outcome(s) were not written" in warning
-    assert "TableTransactionError" in warning
+    assert "HttpResponseError" in warning
     assert "msg-" not in warning
 
 

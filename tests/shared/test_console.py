@@ -179,16 +179,18 @@ def test_should_read_at_most_the_latest_twenty_status_records(
     assert len(reads) == 20
 
 
-def test_should_show_any_clients_message_with_its_outcomes_of_the_hour(
+def test_should_show_any_clients_message_with_the_outcomes_its_record_keeps(
     console: Console, fake_activity: FakeActivityLog, fake_statuses: FakeStatusStore
 ) -> None:
-    fake_statuses.add(status(ID_1, SENT, client="other"))
-    fake_activity.events += [
-        event(ID_1, SENT, 1, attempt=2),
-        event(ID_1, RETRYING, 3),
-        event(ID_2, SENT, 2),
-        event(ID_1, FAILED, 61),  # before the hour
-    ]
+    retried, sent_at = AT - timedelta(minutes=3), AT - timedelta(minutes=1)
+    record = (
+        status(ID_1, MessageState.SENDING, client="other")
+        .concluded(RETRYING, 1, retried)
+        .concluded(SENT, 2, sent_at)
+    )
+    fake_statuses.add(record)
+    # The activity log is the hour's index for the summary, not read for one message.
+    fake_activity.make_unavailable(["read"])
 
     document = console.message(ID_1)
 
@@ -196,8 +198,8 @@ def test_should_show_any_clients_message_with_its_outcomes_of_the_hour(
     assert document["status"]["status"] == "sent"
     assert document["status"]["client"] == "other"
     assert document["activity"] == [
-        {"state": "retrying", "attempt": 1, "at": (AT - timedelta(minutes=3)).isoformat()},
-        {"state": "sent", "attempt": 2, "at": (AT - timedelta(minutes=1)).isoformat()},
+        {"state": "retrying", "attempt": 1, "at": retried.isoformat()},
+        {"state": "sent", "attempt": 2, "at": sent_at.isoformat()},
     ]
 
 

@@ -4,6 +4,7 @@ import base64
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
@@ -326,7 +327,10 @@ def test_should_replay_a_chosen_dead_letter_as_a_fresh_first_attempt(
     fake_statuses: FakeStatusStore,
     journal: Journal,
 ) -> None:
-    fake_statuses.add(failed("msg-d5", attempts=8))
+    refused = replace(failed("msg-d5", attempts=8), state=MessageState.SENDING).concluded(
+        MessageState.FAILED, 8, REFUSED_AT, attempts=8
+    )
+    fake_statuses.add(refused)
     poison(fake_queue, dead_lettered("msg-d5", attempts=8), dead_lettered("msg-d6"))
 
     report = dead_letters.replay(["msg-d5"])
@@ -349,6 +353,8 @@ def test_should_replay_a_chosen_dead_letter_as_a_fresh_first_attempt(
     )
     assert (status.last_error, status.last_status_code) == (None, None)
     assert status.client == replayed.client == "app"
+    # What became of it before the replay stays in the record, for the console's timeline.
+    assert status.outcomes == refused.outcomes != ()
     # Reset first: delivery skips a message whose status still says failed.
     assert journal == ["status.put queued", "queue.enqueue"]
     assert [read_entry(t).message_id for t in fake_queue.poison_client.visible_texts] == ["msg-d6"]

@@ -1749,3 +1749,19 @@ def test_should_read_a_claim_checked_body_once_when_the_accepted_record_changed(
     assert outcome.result == "sent"
     assert sender.payloads == [build_payload(full)]
     assert reads == ["msg-c9.json"]
+
+
+def test_should_add_each_outcome_to_the_record_a_retry_then_a_send(
+    settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    first = envelope(id="msg-31", attempt=1)
+    sender = FakeMailSender(SERVER_ERROR, "sg-31")
+
+    deliver(first, sender, fake_queue, settings, fake_statuses)
+    deliver(first.model_copy(update={"attempt": 2}), sender, fake_queue, settings, fake_statuses)
+
+    record = fake_statuses.records["msg-31"]
+    assert [(o.state, o.attempt) for o in record.outcomes] == [
+        (MessageState.RETRYING, 1),
+        (MessageState.SENT, 2),
+    ]

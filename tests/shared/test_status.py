@@ -13,7 +13,7 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
     ServiceRequestError,
 )
-from azure.data.tables import TableClient, UpdateMode
+from azure.data.tables import TableClient, TableEntity, UpdateMode
 from azure.identity import ManagedIdentityCredential
 
 from shared.errors import ConcurrentUpdate, StorageUnavailable
@@ -21,7 +21,15 @@ from shared.models import ProviderError
 from shared.openapi import MessageStatusDocument
 from shared.replay_advice import API_KEY, CAUSES, INVALID_REQUEST, SENDER_IDENTITY, Replay
 from shared.settings import Settings
-from shared.status import FINAL_STATES, MessageState, MessageStatus, StatusStore
+from shared.status import (
+    FINAL_STATES,
+    MAX_OUTCOMES,
+    MessageState,
+    MessageStatus,
+    Outcome,
+    StatusStore,
+    _from_entity,
+)
 from tests.samples import BASE_ENV, NOW
 
 LATER = NOW + timedelta(minutes=1)
@@ -417,3 +425,50 @@ def test_should_show_a_failed_record_as_the_published_contract_describes_it() ->
 
     assert document.last_error is not None
     assert document.last_error.replay is Replay.AFTER_FIX
+
+
+def test_should_keep_a_records_latest_outcomes_oldest_first_and_at_most_twenty() -> None:
+    record = replace(QUEUED, state=MessageState.SENDING)
+    for attempt in range(1, 26):
+        record = record.concluded(MessageState.RETRYING, attempt, NOW + timedelta(minutes=attempt))
+    record = record.concluded(MessageState.SENT, 26, LATER + timedelta(hours=1), attempts=26)
+
+    assert (record.state, record.attempts) == (MessageState.SENT, 26)
+    assert len(record.outcomes) == MAX_OUTCOMES == 20
+    assert [o.attempt for o in record.outcomes] == list(range(7, 27))
+    assert record.outcomes[-1] == Outcome(MessageState.SENT, 26, LATER + timedelta(hours=1))
+
+
+def test_should_keep_outcomes_as_json_text_and_read_them_back() -> None:
+    table = RecordingTable()
+    record = QUEUED.concluded(MessageState.RETRYING, 1, NOW).concluded(MessageState.SENT, 2, LATER)
+
+    store(table).put(record)
+
+    [(_, entity, _)] = table.calls
+    assert json.loads(entity["outcomes"]) == [
+        ["retrying", 1, NOW.isoformat()],
+        ["sent", 2, LATER.isoformat()],
+    ]
+    read = TableEntity(entity)
+    read._metadata = {"etag": "e", "timestamp": None}
+    assert _from_entity(read).outcomes == record.outcomes
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["not json", '{"a": 1}', '[["exploded", 1, "2026-03-02T09:30:00+00:00"]]', "[[1, 2]]", 7],
+)
+def test_should_read_outcomes_it_cannot_understand_as_none(text: object) -> None:
+    read = TableEntity(
+        {
+            "PartitionKey": "m",
+            "state": "sent",
+            "accepted_at": NOW,
+            "updated_at": NOW,
+            "outcomes": text,
+        }
+    )
+    read._metadata = {"etag": "e", "timestamp": None}
+
+    assert _from_entity(read).outcomes == ()
