@@ -283,7 +283,7 @@ class ActivityEventDocument(_Document):
 
 
 class ConsoleMessage(_Document):
-    """Any message's status record and its delivery outcomes of the last hour."""
+    """Any message's status record and the latest delivery outcomes it keeps."""
 
     status: ConsoleMessageDocument
     activity: list[ActivityEventDocument]
@@ -477,7 +477,7 @@ def _console_paths(admin_key: list[dict[str, list[str]]]) -> dict[str, Any]:
         "/v1/console/messages/{id}": {
             "get": {
                 "operationId": "console_message",
-                "summary": "Any client's message: its status and outcomes of the last hour",
+                "summary": "Any client's message: its status and latest outcomes",
                 "security": admin_key,
                 "parameters": [_MESSAGE_ID],
                 "responses": {
