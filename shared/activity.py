@@ -47,7 +47,7 @@ from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
 from shared.errors import StorageUnavailable
-from shared.status import MessageState
+from shared.status import NO_ECHO, MessageState
 
 logger = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ class ActivityLog:
             "events": json.dumps(events, separators=(",", ":")),
         }
         try:
-            self._table.create_entity(entity)
+            self._table.create_entity(entity, **NO_ECHO)
         except AzureError as error:
             logger.warning(
                 "Activity log: %d outcome(s) were not written, the console will miss them "

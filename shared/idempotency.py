@@ -23,6 +23,7 @@ from shared.errors import (
     InvalidMessage,
     StorageUnavailable,
 )
+from shared.status import NO_ECHO
 
 # Matched whole (fullmatch): a `$` would let a final newline through.
 _KEY = re.compile(r"[\x20-\x7e]{1,255}")
@@ -116,7 +117,7 @@ class IdempotencyStore:
 
     def _insert(self, record: KeyRecord) -> KeyRecord | None:
         try:
-            self._table.create_entity(_to_entity(record))
+            self._table.create_entity(_to_entity(record), **NO_ECHO)
         except ResourceExistsError:
             return self._read(record.key_hash)
         except AzureError as error:

@@ -656,7 +656,7 @@ class FakeTableClient(_OutageControls):
     def create_table(self) -> None:
         self._check("create_table")
 
-    def create_entity(self, entity: dict[str, Any]) -> dict[str, Any]:
+    def create_entity(self, entity: dict[str, Any], **options: Any) -> dict[str, Any]:
         self._check("create")
         key = (entity["PartitionKey"], entity["RowKey"])
         if key in self.rows:

@@ -394,7 +394,7 @@ def test_should_export_a_line_logged_on_the_activity_logs_flush_thread_once(
     configure_telemetry(AZURE)
     _logs_exported.clear()
     table = FakeTableClient("mailstatus")
-    table.make_unavailable(["upsert", "transaction"])
+    table.make_unavailable(["create", "upsert"])
     activity = ActivityLog(cast(TableClient, table), flush_seconds=0.01)
 
     # Written, and failing, on the flusher thread: outside any invocation, where the host would

@@ -100,11 +100,11 @@ def test_should_log_a_refused_row_with_its_size_and_go_on_with_the_next(
     refused = {"done": False}
     create = table.create_entity
 
-    def refuse_first(entity: dict[str, Any]) -> dict[str, Any]:
+    def refuse_first(entity: dict[str, Any], **options: Any) -> dict[str, Any]:
         if not refused["done"]:
             refused["done"] = True
             raise HttpResponseError("InvalidInput")
-        return create(entity)
+        return create(entity, **options)
 
     table.create_entity = refuse_first  # type: ignore[method-assign]
 

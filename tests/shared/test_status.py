@@ -52,8 +52,8 @@ class RecordingTable:
         self._call("get_entity", (partition_key, row_key), {})
         raise AssertionError("not reached in these tests")
 
-    def create_entity(self, entity: dict[str, Any]) -> dict[str, Any]:
-        self._call("create_entity", entity, {})
+    def create_entity(self, entity: dict[str, Any], **options: Any) -> dict[str, Any]:
+        self._call("create_entity", entity, options)
         return {"etag": "etag-created"}
 
     def update_entity(self, entity: dict[str, Any], **options: Any) -> dict[str, Any]:
@@ -266,7 +266,9 @@ def test_should_write_one_row_per_message_without_empty_fields() -> None:
 
     store(table).create(replace(QUEUED, etag="ignored"))
 
-    [(_, entity, _)] = table.calls
+    [(_, entity, options)] = table.calls
+    # Answered with the ETag alone, not the entity echoed back.
+    assert options == {"response_preference": "return-no-content"}
     assert entity == {
         "PartitionKey": "msg-s1",
         "RowKey": "status",
