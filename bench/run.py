@@ -39,7 +39,15 @@ from bench.report import Row, Target, machine_lines, missed, render_table, write
 from bench.stack import ACCEPT_APP, FUNCTION_KEY, NOOP_APP, REPO, gateway_settings
 from bench.stats import ratio
 from bench.storage import STALL_SECONDS
-from bench.storage_calls import CALLS, REPLAY, REQUESTS, StorageCallsResult, run_storage_calls
+from bench.storage_calls import (
+    CALLS,
+    INSERT_NO_ECHO,
+    REPLAY,
+    REQUESTS,
+    WRITE_SHAPES,
+    StorageCallsResult,
+    run_storage_calls,
+)
 from bench.storage_calls import GATEWAY as CALLS_GATEWAY
 from bench.transport import TransportComparison, run_transport
 from devstack.azurite import Azurite
@@ -442,6 +450,21 @@ def storage_rows(storage: StorageCallsResult) -> list[Row]:
                 f"CPU µs per call, {call}, the SDK's pipeline alone: no network "
                 "(the transport's own cost is the difference)",
                 floor.cpu_per_call * US,
+            )
+        )
+    for measured, replaced in WRITE_SHAPES:
+        shape, before = storage.shape(measured), storage.shape(replaced)
+        if shape is None or before is None:
+            continue
+        rows.append(
+            Row(
+                "9 storage calls",
+                f"CPU µs per {'insert' if measured == INSERT_NO_ECHO else 'outcome'}, {measured} "
+                f"(baseline: {replaced})",
+                shape.cpu_per_call * US,
+                before.cpu_per_call * US,
+                ratio(shape.cpu_per_call, before.cpu_per_call),
+                STORAGE_CALL,
             )
         )
     return rows

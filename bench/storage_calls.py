@@ -12,6 +12,11 @@ process against Azurite with the SDK's clients, on three transports:
 
 The transport's own cost per call is `gateway` - `replay`; what it saves, `requests` -
 `gateway`. CPU is the bench process's (all threads) per call; Azurite runs in its own process.
+
+Then two choices of how the gateway writes, each against what it replaced, on the gateway's
+transport (`WRITE_SHAPES`): a status record inserted with `Prefer: return-no-content` against
+one echoed back; and delivery outcomes in the activity log as one packed row (ActivityLog's
+flush) against one row each in an entity group transaction of 100, per outcome.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from azure.core import MatchConditions
@@ -36,6 +42,8 @@ from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 from bench.load import process_cpu_seconds
 from bench.mail import typical_envelope
 from devstack.azurite import Azurite
+from shared.activity import ActivityEvent, ActivityLog, partition_of
+from shared.status import NO_ECHO, MessageState
 from shared.storage_transport import StorageTransport
 
 REPLAY = "replay (the SDK's pipeline alone)"
@@ -44,6 +52,13 @@ REQUESTS = "requests (azure-core's default)"
 TRANSPORTS = (REPLAY, GATEWAY, REQUESTS)
 CALLS = ("queue: put message", "table: replace entity (If-Match)", "table: get entity")
 WARMUP_CALLS = 50
+INSERT_ECHOED = "table: insert entity, the entity echoed back"
+INSERT_NO_ECHO = "table: insert entity, Prefer: return-no-content (shared/status.py NO_ECHO)"
+OUTCOMES_IN_TRANSACTION = "activity: an outcome, one row each in a transaction of 100"
+OUTCOMES_PACKED = "activity: an outcome, packed 100 to a row (shared/activity.py)"
+# Each measured shape and the shape it replaced.
+WRITE_SHAPES = ((INSERT_NO_ECHO, INSERT_ECHOED), (OUTCOMES_PACKED, OUTCOMES_IN_TRANSACTION))
+OUTCOMES_PER_WRITE = 100
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,12 @@ class StorageCallsResult:
     """Every call kind on every transport."""
 
     costs: list[CallCost]
+    # CPU per insert or per outcome, each shape of WRITE_SHAPES, on the gateway's transport.
+    shapes: list[CallCost] = field(default_factory=list)
+
+    def shape(self, name: str) -> CallCost | None:
+        """The figure for one write shape, if measured."""
+        return next((c for c in self.shapes if c.call == name), None)
 
     def cost(self, call: str, transport: str) -> CallCost | None:
         """The figure for one call kind and transport, if measured."""
@@ -162,7 +183,86 @@ def run_storage_calls(azurite: Azurite, calls: int) -> StorageCallsResult:
             wall = time.perf_counter() - wall
             costs.append(CallCost(call, transport_name, calls, cpu, wall))
             operation.close()  # closes the client, and with it the transport's connections
-    return StorageCallsResult(costs)
+    return StorageCallsResult(costs, _write_shapes(connection, table_name, calls))
+
+
+def _write_shapes(connection: str, table_name: str, calls: int) -> list[CallCost]:
+    """Each write shape `calls` times (inserts, or outcomes), after a warm-up."""
+    now = datetime.now(timezone.utc)
+    shapes = []
+    with TableClient.from_connection_string(
+        connection, table_name, transport=StorageTransport()
+    ) as table:
+        log = ActivityLog(table, flush_seconds=3600)  # written by flush() alone
+
+        def insert(options: dict[str, Any]) -> Callable[[], int]:
+            def write() -> int:
+                # The fields of the `queued` record an accept writes (shared/status.py).
+                record = {
+                    "PartitionKey": str(uuid.uuid4()),
+                    "RowKey": "status",
+                    "state": "queued",
+                    "accepted_at": now,
+                    "updated_at": now,
+                    "attempts": 0,
+                    "ambiguous": False,
+                    "client": "billing",
+                }
+                table.create_entity(record, **options)
+                return 1
+
+            return write
+
+        def outcomes() -> list[ActivityEvent]:
+            return [
+                ActivityEvent(str(uuid.uuid4()), MessageState.SENT, 1, now)
+                for _ in range(OUTCOMES_PER_WRITE)
+            ]
+
+        def in_transaction() -> int:
+            rows = [_activity_row(event) for event in outcomes()]
+            table.submit_transaction(
+                [("upsert", row, {"mode": UpdateMode.REPLACE}) for row in rows]
+            )
+            return len(rows)
+
+        def packed() -> int:
+            for event in outcomes():
+                log.record(event)
+            log.flush()
+            return OUTCOMES_PER_WRITE
+
+        writes = {
+            INSERT_ECHOED: insert({}),
+            INSERT_NO_ECHO: insert(NO_ECHO),
+            OUTCOMES_IN_TRANSACTION: in_transaction,
+            OUTCOMES_PACKED: packed,
+        }
+        for name, write in writes.items():
+            warmed = 0
+            while warmed < WARMUP_CALLS:  # inserts, or outcomes
+                warmed += write()
+            done = 0
+            cpu = process_cpu_seconds(os.getpid(), descendants=False)
+            wall = time.perf_counter()
+            while done < calls:
+                done += write()
+            cpu = process_cpu_seconds(os.getpid(), descendants=False) - cpu
+            shapes.append(CallCost(name, GATEWAY, done, cpu, time.perf_counter() - wall))
+        log.close()
+    return shapes
+
+
+def _activity_row(event: ActivityEvent) -> dict[str, Any]:
+    # A row as the activity log wrote each outcome before rows were packed.
+    return {
+        "PartitionKey": partition_of(event.at),
+        "RowKey": f"{event.message_id}-{event.attempt:04d}-{event.state.value}",
+        "message_id": event.message_id,
+        "state": event.state.value,
+        "attempt": event.attempt,
+        "at": event.at,
+    }
 
 
 def _record(

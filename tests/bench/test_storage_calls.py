@@ -13,6 +13,7 @@ from bench.storage_calls import (
     REPLAY,
     REQUESTS,
     TRANSPORTS,
+    WRITE_SHAPES,
     CallCost,
     StorageCallsResult,
     run_storage_calls,
@@ -33,7 +34,7 @@ def test_should_time_every_call_kind_on_every_transport(azurite: Azurite) -> Non
         (call, transport) for call in CALLS for transport in TRANSPORTS
     }
     assert all(c.calls == 20 and c.seconds > 0 for c in result.costs)
-    assert len(storage_rows(result)) == 2 * len(CALLS)
+    assert len(storage_rows(result)) == 2 * len(CALLS) + len(WRITE_SHAPES)
 
 
 def test_should_compare_the_gateway_with_azure_cores_transport_and_show_the_floor() -> None:
@@ -63,3 +64,19 @@ def test_should_miss_the_target_when_the_gateway_costs_more_than_azure_cores_tra
     [row, _] = storage_rows(StorageCallsResult(costs))
 
     assert row.met is False
+
+
+def test_should_time_each_write_shape_against_the_one_it_replaced(azurite: Azurite) -> None:
+    result = run_storage_calls(azurite, 200)
+
+    for measured, replaced in WRITE_SHAPES:
+        shape, before = result.shape(measured), result.shape(replaced)
+        assert shape is not None
+        assert before is not None
+        assert shape.calls >= 200
+        assert before.calls >= 200
+    rows = [
+        r for r in storage_rows(result) if "baseline: activity" in r.figure or "echoed" in r.figure
+    ]
+    assert len(rows) == len(WRITE_SHAPES)
+    assert all(r.target == STORAGE_CALL for r in rows)
