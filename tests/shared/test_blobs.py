@@ -12,7 +12,12 @@ from azure.core.exceptions import (
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 from azure.storage.blob import ContainerClient
 
-from shared.blobs import MessageBodyStore, body_blob_name
+from shared.blobs import (
+    MessageBodyStore,
+    body_blob_name,
+    kept_body_blob_name,
+    own_body_blob_names,
+)
 from shared.errors import StorageUnavailable
 from shared.settings import Settings
 from tests.samples import BASE_ENV
@@ -75,10 +80,18 @@ def store_on(client: RecordingContainerClient) -> MessageBodyStore:
     return MessageBodyStore(cast(ContainerClient, client))
 
 
-def test_should_name_a_body_blob_after_its_message() -> None:
+def test_should_name_a_new_body_blob_after_its_message_under_the_live_prefix() -> None:
     assert body_blob_name("5d0c6a52-7c9e-4a57-9a4e-1f1f6d3b2c10") == (
-        "5d0c6a52-7c9e-4a57-9a4e-1f1f6d3b2c10.json"
+        "live/5d0c6a52-7c9e-4a57-9a4e-1f1f6d3b2c10.json"
     )
+
+
+def test_should_know_a_body_by_its_live_kept_and_older_root_names_only() -> None:
+    names = own_body_blob_names("msg-1")
+
+    assert names == ("live/msg-1.json", "dead-letters/msg-1.json", "msg-1.json")
+    assert kept_body_blob_name("msg-1") == "dead-letters/msg-1.json"
+    assert "live/msg-2.json" not in names
 
 
 def test_should_write_json_replacing_a_blob_of_the_same_name() -> None:
