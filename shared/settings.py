@@ -161,13 +161,13 @@ class Settings:
             activity_retention_days=reader.number(
                 "ACTIVITY_RETENTION_DAYS", 7.0, minimum=1 / 1440, maximum=3650
             ),
-            # Fractions allowed, down to a minute, so that tests can see leftover bodies go; in
+            # Fractions allowed, down to a second, so that tests can see leftover bodies go; in
             # Azure anything under 7 days may delete the body of a message the host moved to
             # the poison queue while that copy still waits there.
             large_message_retention_margin_days=reader.number(
                 "LARGE_MESSAGE_RETENTION_MARGIN_DAYS",
                 DEFAULT_LARGE_MESSAGE_RETENTION_MARGIN_DAYS,
-                minimum=1 / 1440,
+                minimum=1 / 86400,
                 maximum=3650,
             ),
             sendgrid_api_base_url=_base_url(

@@ -77,9 +77,9 @@ def test_should_treat_a_blank_optional_setting_as_unset(blank: str) -> None:
         ("ACTIVITY_RETENTION_DAYS", "3650", "activity_retention_days", 3650.0),
         (
             "LARGE_MESSAGE_RETENTION_MARGIN_DAYS",
-            str(1 / 1440),
+            str(1 / 86400),
             "large_message_retention_margin_days",
-            1 / 1440,
+            1 / 86400,
         ),
         (
             "SENDGRID_API_BASE_URL",
@@ -677,10 +677,10 @@ def test_should_keep_live_bodies_for_every_wait_at_its_longest_plus_the_margin()
             "MAX_DELIVERY_ATTEMPTS": "3",
             "RETRY_BASE_DELAY_SECONDS": "1",
             "RETRY_MAX_DELAY_SECONDS": "2",
-            "LARGE_MESSAGE_RETENTION_MARGIN_DAYS": str(1 / 1440),
+            "LARGE_MESSAGE_RETENTION_MARGIN_DAYS": str(5 / 86400),
         }
     )
 
     # 8 attempts x 1 h, plus 7 days of the host's poison copy and a day.
     assert defaults.large_message_retention == timedelta(hours=8, days=8)
-    assert short.large_message_retention == timedelta(seconds=3 * 2 + 60)
+    assert short.large_message_retention == timedelta(seconds=3 * 2 + 5)
