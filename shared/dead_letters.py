@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -462,7 +463,14 @@ class DeadLetters:
             )
         )
         replayed = kept.model_copy(update={"attempt": 1, "dead_letter": None, "postponed": None})
-        self._queue.enqueue(replayed)
+        try:
+            self._queue.enqueue(replayed)
+        except StorageUnavailable:
+            if kept.blob != envelope.blob and kept.blob is not None:
+                # The dead letter still names the live body; nothing would name this copy.
+                with contextlib.suppress(StorageUnavailable):
+                    self._bodies.delete(kept.blob)
+            raise
         logger.info(
             "Message %s replayed from the poison queue",
             envelope.id,

@@ -586,8 +586,14 @@ class Delivery:
         # The body first, then the poison copy naming it, then the status: a status of `failed`
         # must never point at nothing, nor a dead letter at a body retention may delete.
         kept = keep_body(self._bodies, envelope)
-        with telemetry.span("mailgate.dead_letter", id=envelope.id):
-            self._queue.dead_letter(kept.model_copy(update={"dead_letter": record}).to_json())
+        try:
+            with telemetry.span("mailgate.dead_letter", id=envelope.id):
+                self._queue.dead_letter(kept.model_copy(update={"dead_letter": record}).to_json())
+        except StorageUnavailable:
+            if kept.blob != envelope.blob:
+                # Nothing names the copy, and nothing deletes a kept body by age: take it back.
+                self._delete_body(kept)
+            raise
         with telemetry.span("mailgate.status.write", id=envelope.id, state="failed"):
             self._statuses.put(
                 status.moved(

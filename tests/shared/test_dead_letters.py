@@ -622,6 +622,24 @@ def test_should_leave_a_dead_letter_in_place_when_its_live_body_cannot_be_kept(
     assert list(fake_bodies.blobs) == ["live/msg-bf.json"]
 
 
+def test_should_take_the_kept_copy_back_when_the_replay_cannot_be_queued(
+    dead_letters: DeadLetters,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    queued, body = envelope(id="msg-bq").claim_checked(body_blob_name("msg-bq"))
+    fake_bodies.put("live/msg-bq.json", body.to_json())
+    poison(fake_queue, queued.to_json())
+    fake_queue.make_unavailable(["enqueue"])
+
+    with pytest.raises(StorageUnavailable):
+        dead_letters.replay(["msg-bq"])
+
+    assert len(fake_queue.poison_texts) == 1
+    assert list(fake_bodies.blobs) == ["live/msg-bq.json"]
+
+
 def test_should_replay_a_body_under_an_older_root_name_with_that_name(
     dead_letters: DeadLetters,
     fake_queue: FakeMailQueue,

@@ -1464,6 +1464,24 @@ def test_should_put_a_message_back_unsent_to_dead_letter_later_when_its_body_can
     assert fake_statuses.records["msg-c7b"].state is not MessageState.FAILED
 
 
+def test_should_take_the_kept_copy_back_when_the_poison_queue_refuses_the_dead_letter(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    _, queued = claim_checked(fake_bodies, id="msg-c7e")
+    fake_queue.make_unavailable(["dead_letter"])
+
+    outcome = deliver(
+        queued, FakeMailSender(REFUSAL), fake_queue, settings, fake_statuses, bodies=fake_bodies
+    )
+
+    assert outcome.result == "postponed"
+    # The live body stays for the copy put back; no copy is left that nothing would delete.
+    assert list(fake_bodies.blobs) == ["live/msg-c7e.json"]
+
+
 @pytest.mark.parametrize(
     "name", ["dead-letters/msg-c7c.json", "msg-c7c.json"], ids=["kept", "older root name"]
 )
