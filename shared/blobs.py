@@ -180,17 +180,22 @@ class MessageBodyStore:
         missing. Raises StorageUnavailable if the copy fails or does not end in time.
 
         Copy Blob, not Copy Blob From URL: within one account the service authorizes the source
-        with the caller's own credential (an identity, here), where Copy Blob From URL needs the
-        source public or signed (Microsoft's REST reference, "Copy Blob From URL").
+        with the caller's own credential (an identity, here) and usually completes the copy
+        before it answers, where Copy Blob From URL needs the source public or signed
+        (MicrosoftDocs/azure-docs, articles/storage/blobs/storage-blob-copy-async-python.md).
         """
         source_blob = self._container.get_blob_client(source)
         target_blob = self._container.get_blob_client(target)
         try:
-            status = target_blob.start_copy_from_url(source_blob.url).get("copy_status")
+            started = target_blob.start_copy_from_url(source_blob.url)
+            status = started.get("copy_status")
             deadline = monotonic() + wait_seconds
             while status == "pending" and monotonic() < deadline:
                 time.sleep(_COPY_POLL_SECONDS)
                 status = target_blob.get_blob_properties().copy.status
+            if status == "pending":
+                # A copy finishing after we gave up would be a body nothing names.
+                target_blob.abort_copy(str(started["copy_id"]))
         except ResourceNotFoundError:
             return False
         except AzureError as error:
