@@ -5,12 +5,14 @@ Against Azurite: tests/integration/test_retention.py; on the local host: tests/e
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
+import shared.gateway
 from shared.errors import StorageUnavailable
-from shared.retention import expire_bodies
+from shared.retention import BodyExpiryResult, ExpiryResult, expire_bodies
 from tests.fakes import FakeMessageBodyStore
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=timezone.utc)
@@ -68,3 +70,29 @@ def test_should_raise_storage_unavailable_and_keep_the_rest_when_a_delete_fails(
 def test_should_refuse_a_bound_below_one() -> None:
     with pytest.raises(ValueError, match="max_blobs"):
         expire_bodies(FakeMessageBodyStore(), NOW, RETENTION, max_blobs=0)
+
+
+class _Expiring:
+    """A gateway whose activity expiry answers and whose body expiry fails, as the timer sees it."""
+
+    def expire_activity(self) -> ExpiryResult:
+        return ExpiryResult(5, 2, 0, False, timedelta(days=7))
+
+    def expire_bodies(self) -> BodyExpiryResult:
+        raise StorageUnavailable("container mail-large: ServiceRequestError")
+
+
+def test_should_report_the_rows_expired_when_the_bodies_cannot_be_reached(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(shared.gateway, "_built_gateway", _Expiring)
+
+    with caplog.at_level(logging.ERROR, logger="shared.gateway"):
+        result = shared.gateway.expire_data()
+
+    assert result == ExpiryResult(5, 2, 0, False, timedelta(days=7))
+    assert result.bodies is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "Retention: leftover message bodies could not be expired: "
+        "container mail-large: ServiceRequestError"
+    ]
