@@ -6,6 +6,11 @@ after it, with a status record and an idempotency row beside them. Then one `exp
 run, as the timer makes it (at most MAX_ROWS_PER_RUN rows), on the gateway's storage
 transport: its seconds, the bench process's CPU, Azurite's CPU, and storage calls per deleted
 row. The rows the run must leave alone are counted afterwards.
+
+Then the claim-check bodies' part: `BODY_BLOBS` blobs under live/, unmeasured, with
+`KEPT_BLOBS` dead letters' bodies under dead-letters/ and as many at the container's root, and
+one `expire_bodies` run as the timer makes it, seen from past the live retention: its seconds
+per deleted blob and the bench process's CPU. The kept and root blobs are counted afterwards.
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from azure.data.tables import TableClient, TableServiceClient
+from azure.storage.blob import ContainerClient
 
 from bench.load import process_cpu_seconds
 from devstack.azurite import Azurite
 from shared.activity import MAX_TRANSACTION_OPERATIONS, PARTITION_PREFIX, partition_of
-from shared.retention import MAX_ROWS_PER_RUN, expire_activity
+from shared.blobs import KEPT_PREFIX, LIVE_PREFIX, MessageBodyStore
+from shared.queue import storage_transport
+from shared.retention import MAX_BODIES_PER_RUN, MAX_ROWS_PER_RUN, expire_activity, expire_bodies
 from shared.storage_transport import StorageTransport
 
 RETENTION = timedelta(days=7)
@@ -31,6 +39,10 @@ RETENTION = timedelta(days=7)
 ROWS_PER_MINUTE = 250
 NEWER_ROWS = 1_000
 INSERT_THREADS = 8
+# In-flight large messages whose bodies were left behind, and the bodies the run must keep.
+BODY_BLOBS = 1_000
+KEPT_BLOBS = 100
+BODY_RETENTION = timedelta(days=8, hours=8)
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,7 @@ class ExpireResult:
     azurite_cpu_seconds: float | None
     left: int  # rows of the table after the run, of `newer` + 2 that must stay
     kept: int  # of those, the newer activity rows and the 2 others
+    bodies: BodyExpireResult | None = None
 
     @property
     def calls_per_row(self) -> float | None:
@@ -61,6 +74,66 @@ class ExpireResult:
     def rows_per_second(self) -> float | None:
         """Rows deleted per second of the run."""
         return self.deleted / self.seconds if self.seconds else None
+
+
+@dataclass(frozen=True)
+class BodyExpireResult:
+    """One expiry run over `blobs` leftover live bodies, with `kept` others it must leave."""
+
+    blobs: int
+    kept: int
+    deleted: int
+    seconds: float
+    cpu_seconds: float
+    left: int  # blobs in the container after the run, of `kept` that must stay
+    left_kept: int  # of those, the dead letters' and the root ones
+
+    @property
+    def ms_per_blob(self) -> float | None:
+        """Milliseconds of the run per deleted blob."""
+        return self.seconds / self.deleted * 1000 if self.deleted else None
+
+    @property
+    def cpu_per_blob(self) -> float | None:
+        """Bench-process CPU seconds per deleted blob."""
+        return self.cpu_seconds / self.deleted if self.deleted else None
+
+
+def run_expire_bodies(azurite: Azurite, blobs: int = BODY_BLOBS) -> BodyExpireResult:
+    """Write `blobs` live bodies and twice KEPT_BLOBS others, then expire once and count."""
+    container = ContainerClient.from_connection_string(
+        azurite.connection_string,
+        f"benchbodies{uuid.uuid4().hex[:8]}",
+        transport=storage_transport(),
+    )
+    container.create_container()
+    live = [f"{LIVE_PREFIX}{uuid.UUID(int=n)}.json" for n in range(blobs)]
+    others = [f"{KEPT_PREFIX}{uuid.UUID(int=n)}.json" for n in range(KEPT_BLOBS)] + [
+        f"{uuid.UUID(int=n)}.json" for n in range(KEPT_BLOBS)
+    ]
+    body = b'{"version":1,"id":"x","message":{}}'
+    with ThreadPoolExecutor(INSERT_THREADS) as pool:
+        for _ in pool.map(lambda name: container.upload_blob(name, body), live + others):
+            pass
+    later = datetime.now(timezone.utc) + BODY_RETENTION + timedelta(minutes=1)
+    cpu = process_cpu_seconds(os.getpid(), descendants=False)
+    wall = time.perf_counter()
+    result = expire_bodies(
+        MessageBodyStore(container), later, BODY_RETENTION, max_blobs=MAX_BODIES_PER_RUN
+    )
+    wall = time.perf_counter() - wall
+    cpu = process_cpu_seconds(os.getpid(), descendants=False) - cpu
+    remaining = {b.name for b in container.list_blobs()}
+    container.delete_container()
+    return BodyExpireResult(
+        blobs=blobs,
+        kept=len(others),
+        deleted=result.deleted,
+        seconds=wall,
+        cpu_seconds=cpu,
+        left=len(remaining),
+        left_kept=len(remaining & set(others)),
+    )
 
 
 def run_expire(azurite: Azurite, rows: int, now: datetime | None = None) -> ExpireResult:

@@ -22,13 +22,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.accept import AcceptLevel, run_accept
 from bench.delivery import ConsumerBaseline, DrainResult, run_drain, run_minimal_consumer
-from bench.expire import ExpireResult, run_expire
+from bench.expire import ExpireResult, run_expire, run_expire_bodies
 from bench.host_overhead import NoopResult, noop_settings, run_noop
 from bench.hostile import HostileResult, HostileRun, run_hostile
 from bench.large import INSTANCE_WORKER_MIB, LargeResult, run_large
@@ -277,6 +277,8 @@ def run(args: argparse.Namespace, workdir: Path, profiler: Profiler | None) -> R
         if "expire" in args.scenarios:
             _step(f"expiry: {args.expire_rows:,} activity rows older than the cutoff")
             results.expire = run_expire(azurite, args.expire_rows)
+            _step("expiry: leftover claim-check bodies past their retention")
+            results.expire = replace(results.expire, bodies=run_expire_bodies(azurite))
     if "transport" in args.scenarios:
         _step("transport: gateway client vs official client over TLS")
         round_trips = [0.0] + ([args.round_trip_ms] if args.round_trip_ms > 0 else [])
@@ -506,6 +508,28 @@ def expire_rows(expire: ExpireResult) -> list[Row]:
                 expire.azurite_cpu_seconds / expire.deleted * US,
             )
         )
+    bodies = expire.bodies
+    if bodies is not None:
+        rows += [
+            Row(
+                scenario,
+                f"leftover live bodies deleted, of {bodies.blobs:,} (baseline: all of them)",
+                bodies.deleted,
+                bodies.blobs,
+                ratio(bodies.deleted, bodies.blobs),
+                EVERY_ROW,
+            ),
+            Row(
+                scenario,
+                f"dead letters' and older root bodies kept, of {bodies.kept:,} (baseline: all)",
+                bodies.left_kept,
+                bodies.kept,
+                ratio(bodies.left_kept, bodies.left) if bodies.left_kept == bodies.kept else 0.0,
+                EVERY_ROW,
+            ),
+            Row(scenario, "ms per deleted body (list + delete)", bodies.ms_per_blob),
+            Row(scenario, "CPU µs per deleted body, bench process", _us(bodies.cpu_per_blob)),
+        ]
     return rows
 
 

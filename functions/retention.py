@@ -1,10 +1,12 @@
-"""Timer trigger: hourly, delete the console's activity rows older than ACTIVITY_RETENTION_DAYS.
+"""Timer trigger: hourly, delete the console's activity rows older than ACTIVITY_RETENTION_DAYS
+and the claim-check bodies left under live/ past the longest a message can live.
 
 Each run logs one INFO line, `Retention: deleted N activity row(s) older than D day(s) in C
 call(s)`, plus `; more left for the next run` when it stopped at its bound
-(shared/retention.py). While the settings are wrong it logs the ERROR the queue monitor logs,
+(shared/retention.py), then `Retention: deleted N leftover message body blob(s) older than H
+hour(s)`. While the settings are wrong it logs the ERROR the queue monitor logs,
 `Gateway not configured: <the settings at fault>`, and deletes nothing. Status records, delivery
-events, idempotency keys and claim-check blobs do not expire yet (docs/operations.md).
+events and idempotency keys do not expire yet (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -54,3 +56,11 @@ def expire_data(timer: func.TimerRequest) -> None:
         "; more left for the next run" if result.more_left else "",
         extra={"deleted": result.deleted, "calls": result.calls, "failed": result.failed},
     )
+    if result.bodies is not None:
+        logger.info(
+            "Retention: deleted %d leftover message body blob(s) older than %s hour(s)%s",
+            result.bodies.deleted,
+            f"{result.bodies.retention_hours:g}",
+            "; more left for the next run" if result.bodies.more_left else "",
+            extra={"deleted": result.bodies.deleted},
+        )

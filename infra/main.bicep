@@ -157,6 +157,11 @@ param idempotencyRetentionHours int = 24
 @description('Optional. ACTIVITY_RETENTION_DAYS: how long the console\'s activity rows are kept before the retention timer deletes them.')
 param activityRetentionDays int = 7
 
+@minValue(8)
+@maxValue(3650)
+@description('Optional. LARGE_MESSAGE_RETENTION_MARGIN_DAYS: days a claim-check body left under live/ is kept beyond MAX_DELIVERY_ATTEMPTS x RETRY_MAX_DELAY_SECONDS before the retention timer (and the lifecycle rule) deletes it; at least the 7 days the Functions host keeps its poison copy of a message, and a day.')
+param largeMessageRetentionMarginDays int = 8
+
 @description('Optional. RETENTION_SCHEDULE: when the retention timer runs (NCRONTAB, UTC, seconds first); hourly at minute 17 by default.')
 param retentionSchedule string = '0 17 * * * *'
 
@@ -229,6 +234,10 @@ module storage 'app/storage.bicep' = {
     statusTableName: statusTableName
     clientTableName: clientTableName
     largeMessageContainerName: largeMessageContainerName
+    // The lifecycle rule's age, from the same values as the app settings.
+    maxDeliveryAttempts: maxDeliveryAttempts
+    retryMaxDelaySeconds: retryMaxDelaySeconds
+    largeMessageRetentionMarginDays: largeMessageRetentionMarginDays
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
   }
 }
@@ -281,6 +290,7 @@ module api 'app/api.bicep' = {
     retryMaxDelaySeconds: retryMaxDelaySeconds
     idempotencyRetentionHours: idempotencyRetentionHours
     activityRetentionDays: activityRetentionDays
+    largeMessageRetentionMarginDays: largeMessageRetentionMarginDays
     retentionSchedule: retentionSchedule
     sendgridWebhookPublicKey: sendgridWebhookPublicKey
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId

@@ -1,8 +1,21 @@
 """Bodies of messages too large for one queue message, kept as blobs (claim-check).
 
 The queue message then carries only the blob's name. A body's blob is named after its message
-id, so every copy of the message (retries, replays, a redelivered queue message) points at the
-same blob, and writing it again overwrites it instead of adding another.
+id, so every copy of the message (retries, a redelivered queue message) points at the same blob,
+and writing it again overwrites it instead of adding another.
+
+Where a body lives says whether its message can still be alive, so that retention can delete
+leftovers by a prefix and an age alone, without reading a queue:
+
+- `live/<id>.json`: written by the accept; its message is on the mail queue, retrying, or (after
+  the host's own poison move) a poison queue copy that expires by itself. Deleted when the
+  message is sent; a body left here (a delete that failed, a message lost) is deleted once it is
+  older than the longest such a message can live (shared/retention.py, and the lifecycle rule in
+  infra/app/storage.bicep as the backstop).
+- `dead-letters/<id>.json`: moved here when the gateway dead-letters the message, whose poison
+  copy never expires, or replays it; kept until the message is sent or its dead letter purged.
+- `<id>.json` at the container's root: written before the prefixes existed (either kind), never
+  deleted by age.
 """
 
 from __future__ import annotations
@@ -10,7 +23,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
@@ -55,9 +71,37 @@ class LargeMessageSlots:
                 self._slots.release()
 
 
+# Bodies of messages that may still be alive; their age bounds retention (see above).
+LIVE_PREFIX = "live/"
+# Bodies of dead letters, kept until an operator replays or purges them.
+KEPT_PREFIX = "dead-letters/"
+# How long a server-side copy within the account may take before it counts as failed. Within
+# one account the service usually completes it before it answers (copy status `success`).
+COPY_WAIT_SECONDS = 10.0
+_COPY_POLL_SECONDS = 0.2
+
+
 def body_blob_name(message_id: str) -> str:
-    """The name of the blob that holds a message's body."""
-    return f"{message_id}.json"
+    """The name of the blob that holds a newly accepted message's body."""
+    return f"{LIVE_PREFIX}{message_id}.json"
+
+
+def kept_body_blob_name(message_id: str) -> str:
+    """The name a dead letter's body is kept under until it is replayed and sent, or purged."""
+    return f"{KEPT_PREFIX}{message_id}.json"
+
+
+def own_body_blob_names(message_id: str) -> tuple[str, str, str]:
+    """Every name a message's body may have: live, kept, and the root name of older bodies."""
+    return body_blob_name(message_id), kept_body_blob_name(message_id), f"{message_id}.json"
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """A blob's name and when it was last written."""
+
+    name: str
+    last_modified: datetime
 
 
 class MessageBodyStore:
@@ -123,6 +167,64 @@ class MessageBodyStore:
             pass
         except AzureError as error:
             raise StorageUnavailable(f"blob {self._where(name)}: {summary(error)}") from error
+
+    def copy(
+        self,
+        source: str,
+        target: str,
+        *,
+        wait_seconds: float = COPY_WAIT_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> bool:
+        """Copy a blob to another name in this container, server-side; False if the source is
+        missing. Raises StorageUnavailable if the copy fails or does not end in time.
+
+        Copy Blob, not Copy Blob From URL: within one account the service authorizes the source
+        with the caller's own credential (an identity, here) and usually completes the copy
+        before it answers, where Copy Blob From URL needs the source public or signed
+        (MicrosoftDocs/azure-docs, articles/storage/blobs/storage-blob-copy-async-python.md).
+        """
+        source_blob = self._container.get_blob_client(source)
+        target_blob = self._container.get_blob_client(target)
+        try:
+            started = target_blob.start_copy_from_url(source_blob.url)
+            status = started.get("copy_status")
+            deadline = monotonic() + wait_seconds
+            while status == "pending" and monotonic() < deadline:
+                time.sleep(_COPY_POLL_SECONDS)
+                status = target_blob.get_blob_properties().copy.status
+            if status == "pending":
+                # A copy finishing after we gave up would be a body nothing names.
+                target_blob.abort_copy(str(started["copy_id"]))
+        except ResourceNotFoundError:
+            return False
+        except AzureError as error:
+            raise StorageUnavailable(f"blob {self._where(target)}: {summary(error)}") from error
+        if status != "success":
+            raise StorageUnavailable(f"blob {self._where(target)}: copy {status or 'failed'}")
+        return True
+
+    def list_older(
+        self, prefix: str, before: datetime, *, max_listed: int
+    ) -> tuple[list[StoredBlob], bool]:
+        """The blobs under `prefix` last written before `before`, from at most `max_listed`
+        listed, and whether the listing stopped at that bound with blobs left to list."""
+        older: list[StoredBlob] = []
+        listed = 0
+        try:
+            for blob in self._container.list_blobs(name_starts_with=prefix):
+                if listed >= max_listed:
+                    return older, True
+                listed += 1
+                if blob.last_modified < before:
+                    older.append(StoredBlob(blob.name, blob.last_modified))
+        except ResourceNotFoundError:
+            pass  # no container yet: no large message was ever accepted
+        except AzureError as error:
+            raise StorageUnavailable(
+                f"container {self.container_name}: {summary(error)}"
+            ) from error
+        return older, False
 
     def _where(self, name: str) -> str:
         return f"{self.container_name}/{name}"

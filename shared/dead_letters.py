@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.blobs import MessageBodyStore
+from shared.delivery import keep_body
 from shared.errors import FieldProblem, InvalidMessage, StorageUnavailable
 from shared.models import (
     MAX_MESSAGE_ID_LENGTH,
@@ -243,7 +245,9 @@ class DeadLetters:
         attempts reset. The walk's last call (no continuation) fills in `not_found`.
 
         A message leaves the poison queue only after its copy is on the mail queue. A body kept
-        in a blob stays there: the copy names the same blob. A walk replays each id once: a
+        in a blob stays there, and the copy names it; a body still under live/ (the host moved
+        the message) is first copied to dead-letters/, out of retention's way, and the copy
+        names that. A walk replays each id once: a
         message whose status changed since the walk began (replayed by it, a copy of it on its
         way, or dead-lettered again since) stays where it is.
         """
@@ -277,8 +281,11 @@ class DeadLetters:
                 report.skipped[entry.envelope.id] = refusal
                 return True
             self._walker.hold(held)
-            self._replay_one(entry.envelope)
+            replayed = self._replay_one(entry.envelope)
             self._walker.delete(held)
+            if replayed.blob != entry.envelope.blob:
+                # The copy names the kept body; the live one would only wait for retention.
+                self._delete_body(entry.envelope.id, entry.envelope.blob, replayed=True)
             report.done.append(entry.envelope.id)
             return False
 
@@ -368,10 +375,13 @@ class DeadLetters:
     def _read(self, text: str) -> DeadLetterEntry:
         return read_entry(text, self._host_max_dequeue_count)
 
-    def _delete_body(self, message_id: str, blob: str) -> None:
+    def _delete_body(self, message_id: str, blob: str | None, *, replayed: bool = False) -> None:
+        if blob is None:
+            return
         try:
-            # A replayed copy of the message may be on the mail queue (or retrying) and need it.
-            status = self._statuses.get(message_id)
+            # A replayed copy of the message may be on the mail queue (or retrying) and need it;
+            # not the live body a replay left behind, its copy names the kept one.
+            status = None if replayed else self._statuses.get(message_id)
             if status is not None and status.state not in FINAL_STATES:
                 logger.info(
                     "Dead letter %s purged; its body, blob %s, stays for the message's live copy",
@@ -384,8 +394,9 @@ class DeadLetters:
         except StorageUnavailable as error:
             # The dead letter is gone already; a leftover blob costs only its space.
             logger.warning(
-                "Dead letter %s purged but its body, blob %s, was not deleted: %s",
+                "Dead letter %s %s but its body, blob %s, was not deleted: %s",
                 message_id,
+                "replayed" if replayed else "purged",
                 blob,
                 error,
                 extra={"mailgate_id": message_id},
@@ -437,7 +448,9 @@ class DeadLetters:
         except (ValidationError, ValueError):
             return None
 
-    def _replay_one(self, envelope: QueueEnvelope) -> None:
+    def _replay_one(self, envelope: QueueEnvelope) -> QueueEnvelope:
+        """Queue the message again; return the envelope queued (naming its kept body)."""
+        kept = keep_body(self._bodies, envelope)
         now = self._now()
         # Its outcomes so far stay in the record (the console's timeline shows the dead letter
         # before the replay): one read per replayed message, an operator's rare action.
@@ -453,14 +466,21 @@ class DeadLetters:
                 outcomes=earlier.outcomes if earlier is not None else (),
             )
         )
-        self._queue.enqueue(
-            envelope.model_copy(update={"attempt": 1, "dead_letter": None, "postponed": None})
-        )
+        replayed = kept.model_copy(update={"attempt": 1, "dead_letter": None, "postponed": None})
+        try:
+            self._queue.enqueue(replayed)
+        except StorageUnavailable:
+            if kept.blob != envelope.blob and kept.blob is not None:
+                # The dead letter still names the live body; nothing would name this copy.
+                with contextlib.suppress(StorageUnavailable):
+                    self._bodies.delete(kept.blob)
+            raise
         logger.info(
             "Message %s replayed from the poison queue",
             envelope.id,
             extra={"mailgate_id": envelope.id},
         )
+        return replayed
 
 
 def _bounded(limit: int) -> int:

@@ -32,7 +32,13 @@ from pydantic import ValidationError
 
 from shared import telemetry
 from shared.activity import ActivityEvent, ActivityLog
-from shared.blobs import LargeMessageSlots, MessageBodyStore, body_blob_name
+from shared.blobs import (
+    LargeMessageSlots,
+    MessageBodyStore,
+    body_blob_name,
+    kept_body_blob_name,
+    own_body_blob_names,
+)
 from shared.errors import (
     ConcurrentUpdate,
     DeliveryError,
@@ -43,6 +49,7 @@ from shared.errors import (
 )
 from shared.models import (
     ENVELOPE_VERSION,
+    STORED_BODY_VERSION,
     WRITTEN_BY_GATEWAY,
     DeadLetter,
     QueueEnvelope,
@@ -158,14 +165,15 @@ def _count(value: Any, default: int) -> int:
     return value if counted else default
 
 
-def newer_version(text: str | bytes) -> int | None:
-    """The version of an envelope or stored body a newer mailgate wrote, else None."""
+def newer_version(text: str | bytes, newest: int = ENVELOPE_VERSION) -> int | None:
+    """The version of an envelope (or, with `newest` STORED_BODY_VERSION, a stored body) a
+    newer mailgate wrote, else None."""
     try:
         document = json.loads(text)
     except ValueError:
         return None
     version = document.get("version") if isinstance(document, dict) else None
-    if isinstance(version, int) and not isinstance(version, bool) and version > ENVELOPE_VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and version > newest:
         return version
     return None
 
@@ -407,7 +415,7 @@ class Delivery:
         """
         if envelope.blob is None:
             return self._allowed(envelope)
-        if envelope.blob != body_blob_name(envelope.id):
+        if envelope.blob not in own_body_blob_names(envelope.id):
             # The accept names a body's blob after its message: anything else was written by
             # someone else (the host's admin API can put anything on the queue).
             own = body_blob_name(envelope.id)
@@ -420,7 +428,7 @@ class Delivery:
         try:
             stored = StoredBody.model_validate_json(content, context=WRITTEN_BY_GATEWAY)
         except ValidationError as error:
-            version = newer_version(content)
+            version = newer_version(content, STORED_BODY_VERSION)
             if version is not None:
                 raise NewerVersion(version) from None
             return PermanentDeliveryError(
@@ -579,9 +587,17 @@ class Delivery:
             cause=cause,
             provider_errors=list(error.provider_errors) or None,
         )
-        # The poison copy first: a status of `failed` must never point at nothing.
-        with telemetry.span("mailgate.dead_letter", id=envelope.id):
-            self._queue.dead_letter(envelope.model_copy(update={"dead_letter": record}).to_json())
+        # The body first, then the poison copy naming it, then the status: a status of `failed`
+        # must never point at nothing, nor a dead letter at a body retention may delete.
+        kept = keep_body(self._bodies, envelope)
+        try:
+            with telemetry.span("mailgate.dead_letter", id=envelope.id):
+                self._queue.dead_letter(kept.model_copy(update={"dead_letter": record}).to_json())
+        except StorageUnavailable:
+            if kept.blob != envelope.blob:
+                # Nothing names the copy, and nothing deletes a kept body by age: take it back.
+                self._delete_body(kept)
+            raise
         with telemetry.span("mailgate.status.write", id=envelope.id, state="failed"):
             self._statuses.put(
                 status.concluded(
@@ -595,6 +611,9 @@ class Delivery:
                     ambiguous=ambiguous,
                 )
             )
+        if kept.blob != envelope.blob:
+            # Left behind, it would only wait for retention (shared/retention.py).
+            self._delete_body(envelope)
         telemetry.dead_lettered.add(1)
         self._record(envelope.id, MessageState.FAILED, envelope.attempt, now)
         advice = advice_for(cause)
@@ -622,6 +641,23 @@ class Delivery:
         self._record(None, MessageState.FAILED, 1, record.at)
         logger.error("Unreadable queue message dead-lettered: %s", reason)
         return DeliveryOutcome("dead_lettered", None, 1, reason=reason)
+
+
+def keep_body(bodies: MessageBodyStore, envelope: QueueEnvelope) -> QueueEnvelope:
+    """The envelope naming its body's kept copy, copied from live/ for a dead letter or a
+    replay; as it is if its body is not a live one, or is missing.
+
+    A live body is deleted once older than the longest a message can live (shared/retention.py);
+    a dead letter waits for an operator for as long as it takes. The live blob is left for the
+    caller to delete once the envelope naming the copy is written. Raises StorageUnavailable
+    when the copy fails.
+    """
+    if envelope.blob is None or envelope.blob != body_blob_name(envelope.id):
+        return envelope
+    kept = kept_body_blob_name(envelope.id)
+    if not bodies.copy(envelope.blob, kept):
+        return envelope
+    return envelope.model_copy(update={"blob": kept})
 
 
 def _first_status(envelope: QueueEnvelope) -> MessageStatus:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -32,7 +33,14 @@ from shared.delivery_events import (
 from shared.errors import Busy, ConfigurationError, MessageNotFound, StorageUnavailable
 from shared.idempotency import IdempotencyStore
 from shared.queue import MailQueue, QueueReport
-from shared.retention import MAX_ROWS_PER_RUN, ExpiryResult, expire_activity
+from shared.retention import (
+    MAX_BODIES_PER_RUN,
+    MAX_ROWS_PER_RUN,
+    BodyExpiryResult,
+    ExpiryResult,
+    expire_activity,
+    expire_bodies,
+)
 from shared.sendgrid_client import SendGridClient
 from shared.settings import Settings, StorageSettings, mail_queue_settings_from_env
 from shared.status import MessageStatus, StatusStore, known_message_id
@@ -227,6 +235,13 @@ class Gateway:
         `max_rows` of them; StorageUnavailable if the table cannot be reached."""
         retention = timedelta(days=self.settings.activity_retention_days)
         return expire_activity(self.statuses.table, self._now(), retention, max_rows=max_rows)
+
+    def expire_bodies(self, max_blobs: int = MAX_BODIES_PER_RUN) -> BodyExpiryResult:
+        """Delete the claim-check bodies left under live/ longer than any message may need them
+        (Settings.large_message_retention); StorageUnavailable if the container cannot be
+        reached."""
+        retention = self.settings.large_message_retention
+        return expire_bodies(self.bodies, self._now(), retention, max_blobs=max_blobs)
 
     def status_document(self, message_id: str, client: Client) -> dict[str, Any]:
         """The client's own message's status as `GET /api/v1/messages/{id}` shows it, with what
@@ -450,7 +465,14 @@ def expire_data() -> ExpiryResult | None:
     except ConfigurationError as error:
         logger.error("%s: %s", NOT_CONFIGURED, error)
         return None
-    return gateway.expire_activity()
+    result = gateway.expire_activity()
+    try:
+        bodies = gateway.expire_bodies()
+    except StorageUnavailable as error:
+        # The rows' part is done and reported; the bodies wait for the next run.
+        logger.error("Retention: leftover message bodies could not be expired: %s", error)
+        return result
+    return dataclasses.replace(result, bodies=bodies)
 
 
 def _mail_queue_alone() -> MailQueue:

@@ -337,7 +337,15 @@ MAIL_REQUEST_LIMITS = JsonLimits(
 # field of the message itself) takes a new version, which older workers leave on the queue for
 # newer ones (see shared/delivery.py) rather than dead-letter: old and new workers share the
 # queue during a rolling deploy.
-ENVELOPE_VERSION: Literal[1] = 1
+#
+# Version 2 is a claim-checked envelope, whose body is under live/ or dead-letters/
+# (shared/blobs.py): workers from before those prefixes refuse such a blob name as not the
+# message's own and dead-letter the message, where a newer version they put back for a newer
+# worker. Every other envelope is still written as version 1, which every worker reads.
+ENVELOPE_VERSION: Literal[2] = 2
+CLAIM_CHECKED_VERSION: Literal[2] = 2
+# A stored body's version: still 1.
+STORED_BODY_VERSION: Literal[1] = 1
 # Fields this version does not know are kept (and written back with every copy), not refused.
 _KEEPS_UNKNOWN_FIELDS = ConfigDict(extra="allow", frozen=True)
 
@@ -386,7 +394,7 @@ class QueueEnvelope(BaseModel):
 
     model_config = _KEEPS_UNKNOWN_FIELDS
 
-    version: Literal[1] = ENVELOPE_VERSION
+    version: Literal[1, 2] = 1
     id: str = Field(min_length=1, max_length=MAX_MESSAGE_ID_LENGTH)
     accepted_at: datetime
     attempt: int = Field(default=1, ge=1)
@@ -443,15 +451,16 @@ class QueueEnvelope(BaseModel):
             raise ValueError(f"envelope {self.id} already keeps its body in blob {self.blob}")
         body = StoredBody(id=self.id, message=self.message, sendgrid=self.sendgrid)
         # model_copy skips validation: the body was validated once, on accept.
-        return self.model_copy(update={"message": None, "sendgrid": None, "blob": blob}), body
+        small = {"message": None, "sendgrid": None, "blob": blob, "version": CLAIM_CHECKED_VERSION}
+        return self.model_copy(update=small), body
 
     def with_body(self, body: StoredBody) -> QueueEnvelope:
         """The envelope with the body from its blob in place of the blob's name."""
         if body.id != self.id:
             raise ValueError(f"blob {self.blob} holds the body of {body.id}, not of {self.id}")
-        return self.model_copy(
-            update={"blob": None, "message": body.message, "sendgrid": body.sendgrid}
-        )
+        # With its body inline it is what every version reads.
+        inline = {"blob": None, "message": body.message, "sendgrid": body.sendgrid, "version": 1}
+        return self.model_copy(update=inline)
 
 
 class StoredBody(BaseModel):
@@ -459,7 +468,7 @@ class StoredBody(BaseModel):
 
     model_config = _KEEPS_UNKNOWN_FIELDS
 
-    version: Literal[1] = ENVELOPE_VERSION
+    version: Literal[1] = STORED_BODY_VERSION
     # The message the body belongs to, so that a blob read on its own says whose it is.
     id: str = Field(min_length=1, max_length=MAX_MESSAGE_ID_LENGTH)
     message: MailRequest | None = None

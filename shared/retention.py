@@ -23,6 +23,12 @@ partitions cannot:
 Each run deletes at most `max_rows` rows, so that it ends well inside the host's
 functionTimeout (host.json); the next run takes the rest. Rows are deleted in entity group
 transactions of up to 100 rows of one partition.
+
+Claim-check bodies left under `live/` in the large-message container (shared/blobs.py) are
+deleted once they were last written longer ago than any message could still need them
+(Settings.large_message_retention). Only that prefix is listed: it holds the bodies of messages
+in flight, so a run costs in proportion to the large messages in flight, not to the dead letters
+kept under `dead-letters/` nor the older bodies at the container's root, which are never listed.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from azure.core.exceptions import (
 from azure.data.tables import TableClient
 
 from shared.activity import MAX_TRANSACTION_OPERATIONS, PARTITION_PREFIX, partition_of
+from shared.blobs import LIVE_PREFIX, MessageBodyStore
 from shared.errors import StorageUnavailable
 
 logger = logging.getLogger(__name__)
@@ -54,6 +61,24 @@ MAX_ROWS_PER_RUN = 200_000
 _OLDEST_PARTITION = f"{PARTITION_PREFIX}9999999999"
 _KEYS = ["PartitionKey", "RowKey"]
 _PAGE_SIZE = 1000
+# Live bodies one run lists, and deletes, at most: one delete call each, some milliseconds, so a
+# few minutes at most. Listing goes 5,000 names a call.
+MAX_BODIES_PER_RUN = 20_000
+
+
+@dataclass(frozen=True)
+class BodyExpiryResult:
+    """What one run did to leftover live bodies: how many it deleted, and whether it stopped at
+    its bound with bodies left to list."""
+
+    deleted: int
+    more_left: bool
+    retention: timedelta
+
+    @property
+    def retention_hours(self) -> float:
+        """The retention the run applied, in hours."""
+        return self.retention / timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -66,6 +91,8 @@ class ExpiryResult:
     failed: int
     more_left: bool
     retention: timedelta
+    # The leftover claim-check bodies, when the run got to them.
+    bodies: BodyExpiryResult | None = None
 
     @property
     def retention_days(self) -> float:
@@ -158,3 +185,17 @@ def _delete_batch(table: TableClient, rows: list[dict[str, Any]]) -> bool:
         )
         return False
     return True
+
+
+def expire_bodies(
+    bodies: MessageBodyStore, now: datetime, retention: timedelta, *, max_blobs: int
+) -> BodyExpiryResult:
+    """Delete the bodies under live/ last written before `now - retention`, of at most
+    `max_blobs` listed. Storage that fails raises StorageUnavailable: the run ends there, the
+    next one takes the rest."""
+    if max_blobs < 1:
+        raise ValueError(f"max_blobs must be at least 1, not {max_blobs!r}")
+    older, more_left = bodies.list_older(LIVE_PREFIX, now - retention, max_listed=max_blobs)
+    for blob in older:
+        bodies.delete(blob.name)
+    return BodyExpiryResult(len(older), more_left, retention)

@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +32,11 @@ MAX_REQUEST_BYTES_LIMIT = 30_000_000
 DEFAULT_MAX_REQUEST_BYTES = MAX_REQUEST_BYTES_LIMIT
 # The queue keeps at most 7 days of visibility delay.
 MAX_RETRY_DELAY_SECONDS = 7 * 24 * 3600
+
+# The host's poison copy of a message lives 7 days (it sends it with the queue's default
+# time-to-live: Azure/azure-sdk-for-net, Microsoft.Azure.WebJobs.Extensions.Storage.Queues,
+# QueueProcessor.CopyMessageToPoisonQueueAsync); a day more for what else delays a message.
+DEFAULT_LARGE_MESSAGE_RETENTION_MARGIN_DAYS = 8.0
 
 # The host's own poison move: after this many dequeues of one queue message (host.json
 # `extensions.queues.maxDequeueCount`, default 5), which an app setting may override.
@@ -79,6 +85,10 @@ class Settings:
     idempotency_retention_hours: float = 24.0
     # The console's activity rows are deleted this long after their minute (shared/retention.py).
     activity_retention_days: float = 7.0
+    # Added to the longest retrying a message can do to give how long a leftover body under
+    # live/ is kept (see large_message_retention): the host's poison copy of a message lives 7
+    # days, plus a day.
+    large_message_retention_margin_days: float = DEFAULT_LARGE_MESSAGE_RETENTION_MARGIN_DAYS
     sendgrid_api_base_url: str = DEFAULT_SENDGRID_API_BASE_URL
     sendgrid_connect_timeout_seconds: float = 5.0
     sendgrid_timeout_seconds: float = 30.0
@@ -93,6 +103,17 @@ class Settings:
     operator_sign_in: OperatorSignIn = field(default_factory=OperatorSignIn)
     # The host's, not the gateway's: only to say why a message the host moved is in poison.
     host_max_dequeue_count: int = DEFAULT_MAX_DEQUEUE_COUNT
+
+    @property
+    def large_message_retention(self) -> timedelta:
+        """How long a body under live/ may be needed: MAX_DELIVERY_ATTEMPTS *
+        RETRY_MAX_DELAY_SECONDS (every wait between attempts at its longest) +
+        LARGE_MESSAGE_RETENTION_MARGIN_DAYS (the host's poison copy, 7 days, and a day more).
+        infra/app/storage.bicep's lifecycle rule computes the same, in whole days."""
+        return timedelta(
+            seconds=self.max_delivery_attempts * self.retry_max_delay_seconds,
+            days=self.large_message_retention_margin_days,
+        )
 
     @property
     def poison_queue_name(self) -> str:
@@ -139,6 +160,15 @@ class Settings:
             # Fractions allowed, down to a minute, so that tests can see rows expire.
             activity_retention_days=reader.number(
                 "ACTIVITY_RETENTION_DAYS", 7.0, minimum=1 / 1440, maximum=3650
+            ),
+            # Fractions allowed, down to a second, so that tests can see leftover bodies go; in
+            # Azure anything under 7 days may delete the body of a message the host moved to
+            # the poison queue while that copy still waits there.
+            large_message_retention_margin_days=reader.number(
+                "LARGE_MESSAGE_RETENTION_MARGIN_DAYS",
+                DEFAULT_LARGE_MESSAGE_RETENTION_MARGIN_DAYS,
+                minimum=1 / 86400,
+                maximum=3650,
             ),
             sendgrid_api_base_url=_base_url(
                 reader.text("SENDGRID_API_BASE_URL") or DEFAULT_SENDGRID_API_BASE_URL

@@ -33,7 +33,7 @@ from azure.data.tables import (
 from azure.storage.queue import QueueClient, QueueMessage, QueueProperties
 
 from shared.activity import ActivityEvent, ActivityLog, ActivityWindow, partition_of, window_of
-from shared.blobs import MessageBodyStore
+from shared.blobs import MessageBodyStore, StoredBlob
 from shared.clients import Client, ClientStore
 from shared.errors import (
     ConcurrentUpdate,
@@ -52,7 +52,7 @@ QUEUE_OPERATIONS = frozenset(
 )
 STATUS_OPERATIONS = frozenset({"get", "create", "remove", "claim", "put", "check", "ensure_exists"})
 KEY_OPERATIONS = frozenset({"claim", "complete", "release"})
-BODY_OPERATIONS = frozenset({"put", "get", "delete", "ensure_exists", "check"})
+BODY_OPERATIONS = frozenset({"put", "get", "delete", "ensure_exists", "check", "copy", "list"})
 
 
 class Journal(list[str]):
@@ -516,6 +516,8 @@ class FakeMessageBodyStore(_OutageControls, MessageBodyStore):
 
     def __init__(self, container: str = "mail-large", journal: Journal | None = None) -> None:
         self.blobs: dict[str, bytes] = {}
+        # When each blob was last written; tests set it to make one old.
+        self.modified: dict[str, datetime] = {}
         self.journal = journal if journal is not None else Journal()
         self.ensure_exists_calls = 0
         self.check_calls = 0
@@ -542,6 +544,7 @@ class FakeMessageBodyStore(_OutageControls, MessageBodyStore):
         self._outage.check("put")
         self.journal.append("blobs.put")
         self.blobs[name] = bytes(data)
+        self.modified[name] = datetime.now(timezone.utc)
 
     def get(self, name: str) -> bytes | None:
         self._outage.check("get")
@@ -551,6 +554,25 @@ class FakeMessageBodyStore(_OutageControls, MessageBodyStore):
         self._outage.check("delete")
         self.journal.append("blobs.delete")
         self.blobs.pop(name, None)
+        self.modified.pop(name, None)
+
+    def copy(self, source: str, target: str, **_: Any) -> bool:
+        self._outage.check("copy")
+        self.journal.append("blobs.copy")
+        if source not in self.blobs:
+            return False
+        self.blobs[target] = self.blobs[source]
+        self.modified[target] = datetime.now(timezone.utc)
+        return True
+
+    def list_older(
+        self, prefix: str, before: datetime, *, max_listed: int
+    ) -> tuple[list[StoredBlob], bool]:
+        self._outage.check("list")
+        names = sorted(n for n in self.blobs if n.startswith(prefix))
+        listed = names[:max_listed]
+        older = [StoredBlob(n, self.modified[n]) for n in listed if self.modified[n] < before]
+        return older, len(names) > max_listed
 
 
 class FakeIdempotencyStore(_OutageControls, IdempotencyStore):

@@ -53,6 +53,21 @@ param largeMessageContainerName string
 param logAnalyticsWorkspaceId string
 
 @minValue(1)
+@maxValue(100)
+@description('Required. The MAX_DELIVERY_ATTEMPTS app setting: with retryMaxDelaySeconds, how long a message can keep retrying.')
+param maxDeliveryAttempts int
+
+@minValue(1)
+@maxValue(604800)
+@description('Required. The RETRY_MAX_DELAY_SECONDS app setting.')
+param retryMaxDelaySeconds int
+
+@minValue(8)
+@maxValue(3650)
+@description('Required. The LARGE_MESSAGE_RETENTION_MARGIN_DAYS app setting: days a body left under live/ is kept beyond the longest retrying; at least the 7 days the Functions host keeps its poison copy of a message, and a day.')
+param largeMessageRetentionMarginDays int
+
+@minValue(1)
 @maxValue(365)
 @description('Optional. Days a deleted or overwritten blob (and a deleted container) can be restored. Mail bodies the gateway deletes after sending stay recoverable, to whoever may read the container, this long.')
 param blobSoftDeleteRetentionDays int = 7
@@ -131,13 +146,57 @@ resource secretsContainer 'Microsoft.Storage/storageAccounts/blobServices/contai
 }
 
 // Mail bodies (addresses, content, attachments) waiting to be sent: the gateway deletes each blob
-// once its message is sent or purged. No lifecycle rule: a dead letter keeps its body until an
-// operator replays or purges it, however long that takes.
+// once its message is sent or purged. Bodies of messages that may still be alive are under live/,
+// those of dead letters under dead-letters/ until an operator replays or purges them, however
+// long that takes (shared/blobs.py); older bodies at the container's root are left alone.
 resource largeMessageContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
   parent: blobService
   name: largeMessageContainerName
   properties: {
     publicAccess: 'None'
+  }
+}
+
+// How long a body under live/ may be needed, in whole days rounded up, as the retention timer
+// computes it (shared/settings.py large_message_retention): every wait between attempts at its
+// longest, plus the margin.
+// Parenthesised throughout: pycep (checkov's parser, tests/infra) does not apply precedence.
+var liveBodyRetentionDays = max(1, (((maxDeliveryAttempts * retryMaxDelaySeconds) + 86399) / 86400) + largeMessageRetentionMarginDays)
+
+// The backstop behind the retention timer: whatever is left under live/ past that age (the timer
+// not running, say) goes. The service runs the policy about once a day, so a blob may outlive
+// the rule by a day or two; deleted blobs stay restorable for blobSoftDeleteRetentionDays.
+resource lifecyclePolicy 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = {
+  parent: storage
+  name: 'default'
+  properties: {
+    policy: {
+      rules: [
+        {
+          name: 'delete-leftover-live-message-bodies'
+          enabled: true
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: [
+                'blockBlob'
+              ]
+              // Container name first, then the blob name's prefix: live bodies only.
+              prefixMatch: [
+                '${largeMessageContainer.name}/live/'
+              ]
+            }
+            actions: {
+              baseBlob: {
+                delete: {
+                  daysAfterModificationGreaterThan: liveBodyRetentionDays
+                }
+              }
+            }
+          }
+        }
+      ]
+    }
   }
 }
 
@@ -245,6 +304,9 @@ output name string = storage.name
 
 @description('Blob endpoint, ending in a slash.')
 output blobEndpoint string = storage.properties.primaryEndpoints.blob
+
+@description('Days after its last write that the lifecycle rule deletes a body left under live/.')
+output liveBodyRetentionDays int = liveBodyRetentionDays
 
 @description('Name of the container for large message bodies.')
 output largeMessageContainerName string = largeMessageContainer.name

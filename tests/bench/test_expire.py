@@ -6,7 +6,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.expire import NEWER_ROWS, ROWS_PER_MINUTE, ExpireResult, run_expire
+from bench.expire import (
+    KEPT_BLOBS,
+    NEWER_ROWS,
+    ROWS_PER_MINUTE,
+    BodyExpireResult,
+    ExpireResult,
+    run_expire,
+    run_expire_bodies,
+)
 from bench.run import EVERY_ROW, expire_rows
 from devstack.azurite import Azurite
 
@@ -47,3 +55,23 @@ def test_should_miss_the_target_when_rows_are_left_or_newer_ones_deleted() -> No
     assert kept.met is False
     _, too_much = expire_rows(result(1000, 5, 5))[:2]
     assert too_much.met is False
+
+
+def test_should_delete_every_leftover_live_body_and_keep_the_others(azurite: Azurite) -> None:
+    bodies = run_expire_bodies(azurite, 30)
+
+    assert (bodies.deleted, bodies.left, bodies.left_kept) == (30, 2 * KEPT_BLOBS, 2 * KEPT_BLOBS)
+    assert bodies.ms_per_blob is not None
+    with_bodies = ExpireResult(1000, 10, 1000, 13, 2.0, 0.5, None, 12, 12, bodies=bodies)
+    body_rows = expire_rows(with_bodies)[-4:]
+    assert [row.met for row in body_rows[:2]] == [True, True]
+
+
+def test_should_miss_the_target_when_a_kept_body_is_deleted() -> None:
+    bodies = BodyExpireResult(30, 200, 30, 1.0, 0.1, left=199, left_kept=199)
+    with_bodies = ExpireResult(1000, 10, 1000, 13, 2.0, 0.5, None, 12, 12, bodies=bodies)
+
+    deleted, kept = expire_rows(with_bodies)[-4:-2]
+
+    assert deleted.met is True
+    assert kept.met is False

@@ -99,7 +99,7 @@ def test_should_keep_queue_tables_and_bodies_in_mailgate_storage_and_trigger_fro
     assert SPLIT_QUEUE not in queue_names(host)
     assert {small_id, large_id} <= status_ids(data, SPLIT_STATUS_TABLE)
     assert {SPLIT_STATUS_TABLE, SPLIT_CLIENT_TABLE}.isdisjoint(table_names(host))
-    assert f"its body in blob {large_id}.json" in split_host.log()
+    assert f"its body in blob live/{large_id}.json" in split_host.log()
     assert SPLIT_CONTAINER in container_names(data)
     assert SPLIT_CONTAINER not in container_names(host)
     assert "deliver_message: queueTrigger mail-split" in split_host.log()

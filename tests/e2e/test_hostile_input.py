@@ -85,7 +85,7 @@ def test_should_deliver_the_deepest_body_it_accepts_from_a_blob(
         MAX_JSON_DEPTH - 1
     )
     wait_for(lambda: stack.status(message_id)["status"] == "sent")
-    assert f"its body in blob {message_id}.json" in stack.log()
+    assert f"its body in blob live/{message_id}.json" in stack.log()
 
 
 @pytest.mark.parametrize("route", ["/api/v1/messages", "/api/v3/mail/send"])

@@ -52,8 +52,8 @@ def test_should_deliver_a_5_mb_attachment_intact_and_then_delete_its_blob(
     )
     assert payload["subject"] == "Your invoice 42"
     assert f"Message {message_id} queued" in stack.log()
-    assert f"its body in blob {message_id}.json" in stack.log()
-    wait_for(lambda: f"{message_id}.json" not in large_bodies.names())
+    assert f"its body in blob live/{message_id}.json" in stack.log()
+    wait_for(lambda: f"live/{message_id}.json" not in large_bodies.names())
     assert queues.peek(queues.mail) == []
     assert len(mails_for(standin, message_id)) == 1
 
@@ -88,8 +88,8 @@ def test_should_deliver_a_message_to_1000_recipients_intact(
     assert personalization["to"] == expected
     assert "cc" not in personalization
     assert "bcc" not in personalization
-    assert (f"its body in blob {message_id}.json" in stack.log()) is claim_checked
-    wait_for(lambda: f"{message_id}.json" not in large_bodies.names())
+    assert (f"its body in blob live/{message_id}.json" in stack.log()) is claim_checked
+    wait_for(lambda: f"live/{message_id}.json" not in large_bodies.names())
 
 
 def test_should_keep_a_dead_lettered_large_message_in_its_blob_until_it_is_purged(
@@ -101,12 +101,15 @@ def test_should_keep_a_dead_lettered_large_message_in_its_blob_until_it_is_purge
     message_id = accept(stack, attachments=[attachment_of(content)])
     record = wait_for(lambda: dead_letter_for(queues, message_id))
 
-    # The poison queue holds the small envelope; the body waits in its blob.
-    assert record["blob"] == f"{message_id}.json"
+    # The poison queue holds the small envelope; the body waits in its blob, moved out of live/
+    # where retention would delete it.
+    kept = f"dead-letters/{message_id}.json"
+    assert record["blob"] == kept
     assert "message" not in record
-    assert f"{message_id}.json" in large_bodies.names()
+    wait_for(lambda: f"live/{message_id}.json" not in large_bodies.names() or None)
+    assert kept in large_bodies.names()
     listed = stack.admin("GET", "/api/v1/dead-letters").json()["dead_letters"]
-    assert [(e["id"], e["blob"]) for e in listed] == [(message_id, f"{message_id}.json")]
+    assert [(e["id"], e["blob"]) for e in listed] == [(message_id, kept)]
 
     purged = stack.admin(
         "POST",
@@ -116,7 +119,7 @@ def test_should_keep_a_dead_lettered_large_message_in_its_blob_until_it_is_purge
 
     assert purged.status_code == 200, purged.text
     assert purged.json()["done"] == [message_id]
-    assert f"{message_id}.json" not in large_bodies.names()
+    assert kept not in large_bodies.names()
     assert dead_letter_for(queues, message_id) is None
 
 
@@ -133,7 +136,8 @@ def test_should_send_a_replayed_large_message_intact_from_its_blob(
 
     assert replayed.json()["done"] == [message_id]
     assert base64.b64decode(payload["attachments"][0]["content"]) == content
-    wait_for(lambda: f"{message_id}.json" not in large_bodies.names())
+    wait_for(lambda: f"dead-letters/{message_id}.json" not in large_bodies.names())
+    assert not [n for n in large_bodies.names() if message_id in n]
 
 
 def test_should_refuse_a_body_over_max_request_bytes_with_413_and_keep_nothing(

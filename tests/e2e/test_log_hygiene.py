@@ -274,7 +274,7 @@ def test_should_keep_keys_bodies_attachments_and_addresses_out_of_the_logs_of_a_
         f"Message {dead_id} dead-lettered to mail-hygiene-poison: SendGrid refused the message "
         f"with 400: {PROVIDER_ERROR_LOGGED} (field {field}) (cause invalid_request, replay no)"
     ) in log
-    assert f"its body in blob {claim_checked.json()['id']}.json" in log
+    assert f"its body in blob live/{claim_checked.json()['id']}.json" in log
     # SendGrid's error text is kept for the operator, in the dead letter, not in the log.
     dead_letter = dead_letter_for(Queues(azurite.connection_string, "mail-hygiene"), dead_id)
     assert dead_letter is not None

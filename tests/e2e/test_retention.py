@@ -1,20 +1,35 @@
-"""End to end: the retention timer on the local host deletes old activity rows, keeps new ones."""
+"""End to end: the retention timer on the local host deletes old activity rows, keeps new ones;
+it deletes claim-check bodies left under live/, never a dead letter's body."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
+import os
 import re
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableClient
 
 from devstack.azurite import Azurite
 from devstack.sendgrid_standin import SendGridStandIn
 from shared.activity import partition_of
-from tests.e2e.conftest import Queues, RunningHost, gateway_settings, wait_for
+from tests.e2e.conftest import (
+    MAX_DELIVERY_ATTEMPTS,
+    LargeMessageBodies,
+    Queues,
+    RunningHost,
+    gateway_settings,
+    wait_for,
+)
+from tests.e2e.test_large_messages import attachment_of
+from tests.e2e.test_mail_flow import accept, dead_letter_for, mails_for
 
 # A queue and a table of their own: the session's host must not take this mail, and no other
 # test's activity rows are in this table to be deleted.
@@ -105,3 +120,86 @@ def test_should_delete_activity_rows_past_retention_and_keep_newer_ones(
     # One page read and one transaction for the one old row; the other runs read one page.
     assert (1, 2) in runs(host)
     assert all(calls == 1 for deleted, calls in runs(host) if deleted == 0)
+
+
+# --- leftover claim-check bodies -------------------------------------------------------------
+
+BODIES_QUEUE = "mail-bodies-e2e"
+BODIES_CONTAINER = "mail-large-retention-e2e"
+BODIES_TABLE = "mailstatusbodiese2e"
+# MAX_DELIVERY_ATTEMPTS (3) x RETRY_MAX_DELAY_SECONDS (2) + a 4 s margin: 10 s.
+BODY_RETENTION = timedelta(seconds=10)
+BODY_LOG_LINE = re.compile(
+    r"\[functions\.retention\] Retention: deleted (\d+) leftover message body blob\(s\) older "
+    r"than 0\.00277778 hour\(s\)$"
+)
+# Names as an accept before this change, and one that would have lost its message, left them.
+LEFTOVER = "live/00000000-0000-4000-8000-00000000dead.json"
+OLDER_ROOT = "00000000-0000-4000-8000-0000000001d0.json"
+
+
+@pytest.fixture
+def expiring_bodies(
+    azurite: Azurite, standin: SendGridStandIn, tmp_path: Path
+) -> Iterator[RunningHost]:
+    """The gateway keeping live bodies 10 s past their last write, its timer every 2 seconds."""
+    settings = {
+        **gateway_settings(azurite.connection_string, standin),
+        "MAIL_QUEUE_NAME": BODIES_QUEUE,
+        "STATUS_TABLE_NAME": BODIES_TABLE,
+        "LARGE_MESSAGE_CONTAINER_NAME": BODIES_CONTAINER,
+        "RETRY_MAX_DELAY_SECONDS": "2",
+        "LARGE_MESSAGE_RETENTION_MARGIN_DAYS": str(4 / 86400),
+        "RETENTION_SCHEDULE": "*/2 * * * * *",
+    }
+    assert MAX_DELIVERY_ATTEMPTS == 3
+    standin.reset()
+    Queues(azurite.connection_string, BODIES_QUEUE).clear()
+    LargeMessageBodies(azurite.connection_string, BODIES_CONTAINER).clear()
+    host = RunningHost(settings, tmp_path)
+    yield host
+    host.stop()
+
+
+def body_runs(host: RunningHost) -> list[int]:
+    """Leftover bodies deleted by each retention run the host logged."""
+    return [int(m[1]) for line in host.log().splitlines() if (m := BODY_LOG_LINE.search(line))]
+
+
+def test_should_delete_a_leftover_live_body_and_keep_a_dead_letters_body_to_replay(
+    expiring_bodies: RunningHost, azurite: Azurite, standin: SendGridStandIn
+) -> None:
+    host = expiring_bodies
+    bodies = LargeMessageBodies(azurite.connection_string, BODIES_CONTAINER)
+    queues = Queues(azurite.connection_string, BODIES_QUEUE)
+    with contextlib.suppress(ResourceExistsError):
+        bodies.container.create_container()
+    bodies.container.upload_blob(LEFTOVER, b"{}")
+    bodies.container.upload_blob(OLDER_ROOT, b"{}")
+    standin.script([{"status": 400, "body": {"errors": [{"message": "bad", "field": None}]}}])
+    content = os.urandom(256 * 1024)
+
+    message_id = accept(host, attachments=[attachment_of(content)])
+    record = wait_for(lambda: dead_letter_for(queues, message_id), timeout=30)
+    kept = f"dead-letters/{message_id}.json"
+    assert record["blob"] == kept
+
+    # Gone once past retention; the timer's run says so.
+    wait_for(lambda: LEFTOVER not in bodies.names() or None, timeout=40)
+    assert any(deleted >= 1 for deleted in body_runs(host))
+    # The dead letter's body outlives the live retention by far, as does the older root one.
+    written = bodies.container.get_blob_client(kept).get_blob_properties().last_modified
+    while datetime.now(timezone.utc) - written < BODY_RETENTION * 2:
+        time.sleep(0.5)
+    runs_before = len(body_runs(host))
+    wait_for(lambda: len(body_runs(host)) >= runs_before + 2 or None, timeout=20)
+    assert {kept, OLDER_ROOT} <= set(bodies.names())
+
+    replayed = host.admin("POST", "/api/v1/dead-letters/replay", json={"ids": [message_id]})
+    assert replayed.json()["done"] == [message_id]
+    [mail] = wait_for(lambda: mails_for(standin, message_id) or None, timeout=30)
+
+    assert base64.b64decode(mail["payload"]["attachments"][0]["content"]) == content
+    wait_for(lambda: host.status(message_id)["status"] == "sent" or None)
+    wait_for(lambda: kept not in bodies.names() or None)
+    assert bodies.names() == [OLDER_ROOT]

@@ -36,12 +36,12 @@ def test_should_send_a_newer_envelope_it_can_read_and_leave_one_it_cannot(
         client="e2e",
         message=MailRequest.model_validate(full_message()),
     )
-    # Version 1 with a field this version does not know, and a version 2 envelope.
+    # Version 1 with a field this version does not know, and a version 3 envelope.
     put(queues.mail, {**json.loads(envelope.to_json()), "priority": "high"})
-    put(queues.mail, {"version": 2, "id": newer_id, "parts": [{"kind": "future"}]})
+    put(queues.mail, {"version": 3, "id": newer_id, "parts": [{"kind": "future"}]})
 
     wait_for(lambda: mails_for(standin, readable_id))
-    wait_for(lambda: "envelope version 2, newer than this worker reads" in stack.log())
+    wait_for(lambda: "envelope version 3, newer than this worker reads" in stack.log())
     time.sleep(1)
 
     assert len(mails_for(standin, readable_id)) == 1

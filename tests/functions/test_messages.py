@@ -139,8 +139,8 @@ def test_should_answer_202_for_a_message_too_large_for_the_queue_keeping_its_bod
 
     assert response.status_code == 202
     [queued] = fake_queue.envelopes
-    assert (queued.id, queued.blob) == (MESSAGE_ID, f"{MESSAGE_ID}.json")
-    stored = fake_bodies.stored(f"{MESSAGE_ID}.json").message
+    assert (queued.id, queued.blob) == (MESSAGE_ID, f"live/{MESSAGE_ID}.json")
+    stored = fake_bodies.stored(f"live/{MESSAGE_ID}.json").message
     assert stored is not None
     assert stored.attachments[0].content == attachment["content"]
 

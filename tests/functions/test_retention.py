@@ -15,7 +15,7 @@ from azure.functions.timer import TimerRequest
 import functions.retention
 from functions.retention import expire_data
 from shared.errors import StorageUnavailable
-from shared.retention import ExpiryResult
+from shared.retention import BodyExpiryResult, ExpiryResult
 
 LOGGER = "functions.retention"
 
@@ -55,6 +55,21 @@ def test_should_say_when_rows_are_left_for_the_next_run_and_some_failed(
     assert record.getMessage() == (
         "Retention: deleted 1000 activity row(s) older than 0.00138889 day(s) in 12 call(s); "
         "100 could not be deleted; more left for the next run"
+    )
+
+
+def test_should_log_a_second_info_line_with_the_leftover_bodies_deleted(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    bodies = BodyExpiryResult(3, True, timedelta(days=8, hours=8))
+    answering(monkeypatch, ExpiryResult(0, 1, 0, False, timedelta(days=7), bodies=bodies))
+
+    [_, record] = run_timer(caplog)
+
+    assert record.levelno == logging.INFO
+    assert record.getMessage() == (
+        "Retention: deleted 3 leftover message body blob(s) older than 200 hour(s); "
+        "more left for the next run"
     )
 
 

@@ -145,7 +145,7 @@ def test_should_accept_a_mail_too_large_for_one_queue_message(fake_queue: FakeMa
 
     assert response.status_code == 202
     [queued] = fake_queue.envelopes
-    assert queued.blob == f"{MESSAGE_ID}.json"
+    assert queued.blob == f"live/{MESSAGE_ID}.json"
 
 
 @pytest.mark.usefixtures("gateway")

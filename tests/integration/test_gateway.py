@@ -5,15 +5,23 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 
 import pytest
+from azure.storage.blob import BlobServiceClient
 
 from devstack.azurite import Azurite
-from shared.blobs import MessageBodyStore
+from shared.blobs import MessageBodyStore, body_blob_name
 from shared.clients import Client, ClientStore
-from shared.errors import IdempotencyKeyReused, MessageNotFound, RateLimited
+from shared.errors import (
+    IdempotencyKeyReused,
+    MessageNotFound,
+    PermanentDeliveryError,
+    RateLimited,
+)
 from shared.gateway import Gateway, check_health
 from shared.queue import MailQueue
+from shared.retention import expire_bodies
 from shared.sendgrid_client import SendGridClient
 from shared.settings import Settings
 from shared.status import MessageState, StatusStore, table_client
@@ -192,15 +200,90 @@ def test_should_carry_a_large_message_through_a_blob_and_delete_the_blob_once_se
     [queued] = base64_queue_client(azurite, storage_settings.mail_queue_name).receive_messages()
     # A reference to the 2 MB body (and at most a trace context), not the body.
     assert len(queued.content) < 1024
-    assert gateway.bodies.get(f"{accepted.id}.json") is not None
+    assert gateway.bodies.get(body_blob_name(accepted.id)) is not None
 
     outcome = gateway.deliver(queued.content.encode())
 
     assert (outcome.result, outcome.provider_message_id) == ("sent", "sg-large")
     [payload] = sender.payloads
     assert base64.b64decode(payload["attachments"][0]["content"]) == content
-    assert gateway.bodies.get(f"{accepted.id}.json") is None
+    assert gateway.bodies.get(body_blob_name(accepted.id)) is None
     assert gateway.status(accepted.id, client).state is MessageState.SENT
+
+
+def large_gateway(storage_settings: Settings, sender: FakeMailSender) -> Gateway:
+    return Gateway(
+        storage_settings,
+        MailQueue.from_settings(storage_settings),
+        MessageBodyStore.from_settings(storage_settings),
+        StatusStore.from_settings(storage_settings),
+        sender,
+        ClientStore.from_settings(storage_settings),
+    )
+
+
+def accept_large(gateway: Gateway, azurite: Azurite, settings: Settings) -> tuple[str, bytes]:
+    """Accept a 2 MB message; its id and the queue message's text, taken off the queue."""
+    gateway.ensure_storage()
+    client, _ = gateway.clients.create(CLIENT.name, ",".join(CLIENT.senders))
+    content = base64.b64encode(os.urandom(2 * 1024 * 1024)).decode()
+    accepted = gateway.accept(
+        body(message(attachments=[{"filename": "big.bin", "content": content}])), JSON, client
+    )
+    queue = base64_queue_client(azurite, settings.mail_queue_name)
+    [queued] = queue.receive_messages()
+    queue.delete_message(queued)
+    return accepted.id, queued.content.encode()
+
+
+def blob_names(gateway: Gateway, azurite: Azurite) -> list[str]:
+    container = BlobServiceClient.from_connection_string(
+        azurite.connection_string
+    ).get_container_client(gateway.bodies.container_name)
+    return sorted(b.name for b in container.list_blobs())
+
+
+def test_should_keep_a_dead_letters_body_past_live_retention_then_replay_and_send_it(
+    storage_settings: Settings, azurite: Azurite
+) -> None:
+    refusal = PermanentDeliveryError("SendGrid refused the message", status_code=400)
+    sender = FakeMailSender(refusal, "sg-2")
+    gateway = large_gateway(storage_settings, sender)
+    message_id, text = accept_large(gateway, azurite, storage_settings)
+
+    assert gateway.deliver(text).result == "dead_lettered"
+    assert blob_names(gateway, azurite) == [f"dead-letters/{message_id}.json"]
+    [entry] = gateway.dead_letters.entries()
+    assert entry.blob == f"dead-letters/{message_id}.json"
+
+    # Long after any live body would have gone, the dead letter's is still there.
+    later = datetime.now(timezone.utc) + storage_settings.large_message_retention * 10
+    expired = expire_bodies(
+        gateway.bodies, later, storage_settings.large_message_retention, max_blobs=100
+    )
+    assert expired.deleted == 0
+    assert gateway.dead_letters.replay([message_id]).done == [message_id]
+    [replayed] = base64_queue_client(azurite, storage_settings.mail_queue_name).receive_messages()
+    outcome = gateway.deliver(replayed.content.encode())
+
+    assert (outcome.result, outcome.provider_message_id) == ("sent", "sg-2")
+    assert len(sender.payloads) == 2
+    assert sender.payloads[1] == sender.payloads[0]
+    assert blob_names(gateway, azurite) == []
+
+
+def test_should_delete_a_moved_body_with_its_purged_dead_letter(
+    storage_settings: Settings, azurite: Azurite
+) -> None:
+    sender = FakeMailSender(PermanentDeliveryError("SendGrid refused the message", status_code=400))
+    gateway = large_gateway(storage_settings, sender)
+    message_id, text = accept_large(gateway, azurite, storage_settings)
+    gateway.deliver(text)
+
+    report = gateway.dead_letters.purge([message_id])
+
+    assert report.done == [message_id]
+    assert blob_names(gateway, azurite) == []
 
 
 def test_should_queue_a_sendgrid_v3_body_once_per_idempotency_key_and_record_it(

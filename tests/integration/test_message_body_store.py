@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from azure.storage.blob import BlobServiceClient
@@ -10,6 +11,7 @@ from azure.storage.blob import BlobServiceClient
 from devstack.azurite import Azurite
 from shared.blobs import MessageBodyStore, body_blob_name
 from shared.errors import StorageUnavailable
+from shared.retention import expire_bodies
 from shared.settings import Settings
 from tests.samples import BASE_ENV, envelope
 
@@ -58,7 +60,7 @@ def test_should_store_a_claim_checked_body_as_readable_json(
     blob = (
         BlobServiceClient.from_connection_string(azurite.connection_string)
         .get_container_client(message_bodies.container_name)
-        .get_blob_client("msg-s4.json")
+        .get_blob_client("live/msg-s4.json")
     )
     assert blob.get_blob_properties().content_settings.content_type == "application/json"
     assert blob.download_blob().readall() == body.to_json()
@@ -109,3 +111,54 @@ def test_should_fail_promptly_with_storage_unavailable_when_blob_storage_is_down
         calls[operation]()
 
     assert time.monotonic() - started < 10
+
+
+def test_should_copy_a_body_server_side_and_answer_false_for_a_missing_one(
+    message_bodies: MessageBodyStore,
+) -> None:
+    data = os.urandom(FIVE_MB)
+    message_bodies.put("live/msg-s5.json", data)
+
+    assert message_bodies.copy("live/msg-s5.json", "dead-letters/msg-s5.json") is True
+    assert message_bodies.copy("live/msg-never.json", "dead-letters/msg-never.json") is False
+
+    assert message_bodies.get("dead-letters/msg-s5.json") == data
+    assert message_bodies.get("live/msg-s5.json") == data
+    assert message_bodies.get("dead-letters/msg-never.json") is None
+
+
+def test_should_list_only_blobs_under_the_prefix_written_before_the_cutoff(
+    message_bodies: MessageBodyStore,
+) -> None:
+    for name in ("live/msg-a.json", "live/msg-b.json", "dead-letters/msg-c.json", "msg-d.json"):
+        message_bodies.put(name, b"{}")
+    after_all = datetime.now(timezone.utc) + timedelta(minutes=1)
+    before_all = datetime.now(timezone.utc) - timedelta(minutes=1)
+
+    older, more = message_bodies.list_older("live/", after_all, max_listed=10)
+    none, _ = message_bodies.list_older("live/", before_all, max_listed=10)
+    bounded, more_bounded = message_bodies.list_older("live/", after_all, max_listed=1)
+
+    assert ([b.name for b in older], more) == (["live/msg-a.json", "live/msg-b.json"], False)
+    assert none == []
+    assert ([b.name for b in bounded], more_bounded) == (["live/msg-a.json"], True)
+
+
+def test_should_expire_old_live_bodies_only(message_bodies: MessageBodyStore) -> None:
+    for name in ("live/msg-old.json", "dead-letters/msg-kept.json", "msg-root.json"):
+        message_bodies.put(name, b"{}")
+    # Last-Modified has whole seconds: the cutoff falls clearly between the two writes.
+    time.sleep(1.5)
+    between = datetime.now(timezone.utc)
+    time.sleep(1.5)
+    message_bodies.put("live/msg-fresh.json", b"{}")
+    retention = timedelta(hours=200)
+
+    # As a run `retention` after `between` sees them.
+    result = expire_bodies(message_bodies, between + retention, retention, max_blobs=10)
+
+    assert (result.deleted, result.more_left) == (1, False)
+    assert message_bodies.get("live/msg-old.json") is None
+    assert message_bodies.get("live/msg-fresh.json") is not None
+    assert message_bodies.get("dead-letters/msg-kept.json") is not None
+    assert message_bodies.get("msg-root.json") is not None

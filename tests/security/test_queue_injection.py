@@ -103,22 +103,26 @@ def test_should_not_send_a_v3_body_without_a_sender(
     assert sender.payloads == []
 
 
+@pytest.mark.parametrize(
+    "name", ["live/msg-victim.json", "dead-letters/msg-victim.json", "msg-victim.json"]
+)
 def test_should_not_read_or_send_another_messages_body(
-    settings: Settings, fake_queue: FakeMailQueue
+    name: str, settings: Settings, fake_queue: FakeMailQueue
 ) -> None:
     bodies = FakeMessageBodyStore()
     victim = envelope(id="msg-victim", subject="Payroll for March")
-    _, stored = victim.claim_checked("msg-victim.json")
-    bodies.put("msg-victim.json", stored.to_json())
+    _, stored = victim.claim_checked(name)
+    bodies.put(name, stored.to_json())
     bodies.journal.clear()
-    forged = QueueEnvelope(id="msg-victim", accepted_at=NOW, blob="msg-victim.json")
+    forged = QueueEnvelope(id="msg-victim", accepted_at=NOW, blob=name)
     other = forged.model_copy(update={"id": "msg-thief"})
 
     sender, record = deliver(other, settings, fake_queue, bodies)
 
     assert sender.payloads == []
+    # Neither read, nor copied, nor deleted.
     assert bodies.journal == []
-    assert "msg-victim.json" in bodies.blobs
+    assert name in bodies.blobs
     assert str(record["dead_letter"]["reason"]).startswith(  # type: ignore[index]
-        "it names blob 'msg-victim.json', not its own (msg-thief.json)"
+        f"it names blob '{name}', not its own (live/msg-thief.json)"
     )

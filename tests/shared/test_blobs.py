@@ -12,7 +12,12 @@ from azure.core.exceptions import (
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 from azure.storage.blob import ContainerClient
 
-from shared.blobs import MessageBodyStore, body_blob_name
+from shared.blobs import (
+    MessageBodyStore,
+    body_blob_name,
+    kept_body_blob_name,
+    own_body_blob_names,
+)
 from shared.errors import StorageUnavailable
 from shared.settings import Settings
 from tests.samples import BASE_ENV
@@ -75,10 +80,18 @@ def store_on(client: RecordingContainerClient) -> MessageBodyStore:
     return MessageBodyStore(cast(ContainerClient, client))
 
 
-def test_should_name_a_body_blob_after_its_message() -> None:
+def test_should_name_a_new_body_blob_after_its_message_under_the_live_prefix() -> None:
     assert body_blob_name("5d0c6a52-7c9e-4a57-9a4e-1f1f6d3b2c10") == (
-        "5d0c6a52-7c9e-4a57-9a4e-1f1f6d3b2c10.json"
+        "live/5d0c6a52-7c9e-4a57-9a4e-1f1f6d3b2c10.json"
     )
+
+
+def test_should_know_a_body_by_its_live_kept_and_older_root_names_only() -> None:
+    names = own_body_blob_names("msg-1")
+
+    assert names == ("live/msg-1.json", "dead-letters/msg-1.json", "msg-1.json")
+    assert kept_body_blob_name("msg-1") == "dead-letters/msg-1.json"
+    assert "live/msg-2.json" not in names
 
 
 def test_should_write_json_replacing_a_blob_of_the_same_name() -> None:
@@ -191,3 +204,85 @@ def test_should_aim_connection_string_clients_at_azurite() -> None:
 
     assert store._container.url == "http://127.0.0.1:10000/devstoreaccount1/mail-large"
     assert store.container_name == "mail-large"
+
+
+class _CopyingBlob:
+    """The BlobClient calls a copy makes: its answers scripted, its aborts recorded."""
+
+    def __init__(self, name: str, statuses: list[str], error: Exception | None = None) -> None:
+        self.url = f"http://127.0.0.1:10000/devstoreaccount1/mail-large/{name}"
+        self.statuses = statuses
+        self.error = error
+        self.copied_from: list[str] = []
+        self.aborted: list[str] = []
+
+    def start_copy_from_url(self, url: str) -> dict[str, str]:
+        if self.error is not None:
+            raise self.error
+        self.copied_from.append(url)
+        return {"copy_status": self._next(), "copy_id": "copy-1"}
+
+    def _next(self) -> str:
+        # The last answer repeats: a copy that stays pending.
+        return self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+
+    def get_blob_properties(self) -> Any:
+        status = self._next()
+        return type("Properties", (), {"copy": type("Copy", (), {"status": status})})()
+
+    def abort_copy(self, copy_id: str) -> None:
+        self.aborted.append(copy_id)
+
+
+class CopyingContainerClient(RecordingContainerClient):
+    def __init__(self, statuses: list[str], error: Exception | None = None) -> None:
+        super().__init__()
+        self.copy_error = error
+        self.statuses = statuses
+        self.targets: dict[str, _CopyingBlob] = {}
+
+    def get_blob_client(self, name: str) -> _CopyingBlob:
+        return self.targets.setdefault(name, _CopyingBlob(name, self.statuses, self.copy_error))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+@pytest.mark.parametrize("statuses", [["success"], ["pending", "pending", "success"]])
+def test_should_copy_a_blob_server_side_within_the_container(statuses: list[str]) -> None:
+    client = CopyingContainerClient(statuses)
+
+    copied = store_on(client).copy("live/m.json", "dead-letters/m.json", monotonic=Clock())
+
+    assert copied is True
+    target = client.targets["dead-letters/m.json"]
+    assert target.copied_from == [client.targets["live/m.json"].url]
+    assert target.aborted == []
+
+
+def test_should_abort_a_copy_still_pending_after_its_wait_and_report_storage_unavailable() -> None:
+    client = CopyingContainerClient(["pending"])
+
+    with pytest.raises(StorageUnavailable, match="copy pending"):
+        store_on(client).copy(
+            "live/m.json", "dead-letters/m.json", wait_seconds=3, monotonic=Clock()
+        )
+
+    assert client.targets["dead-letters/m.json"].aborted == ["copy-1"]
+
+
+def test_should_answer_false_for_a_missing_source_and_raise_for_a_failing_service() -> None:
+    missing = CopyingContainerClient(
+        [], ResourceNotFoundError("The specified blob does not exist.")
+    )
+    failing = CopyingContainerClient([], ServiceRequestError("connection refused"))
+
+    assert store_on(missing).copy("live/m.json", "dead-letters/m.json") is False
+    with pytest.raises(StorageUnavailable, match=r"mail-large/dead-letters/m\.json"):
+        store_on(failing).copy("live/m.json", "dead-letters/m.json")

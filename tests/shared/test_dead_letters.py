@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from shared.blobs import body_blob_name, kept_body_blob_name
 from shared.dead_letters import (
     DeadLetterPage,
     DeadLetters,
@@ -537,8 +538,8 @@ def test_should_keep_replayed_envelopes_readable_by_delivery(
 
 def claim_checked_dead_letter(bodies: FakeMessageBodyStore, id: str) -> str:
     """A dead letter whose body is in a blob, the blob written as submit writes it."""
-    queued, body = envelope(id=id).claim_checked(f"{id}.json")
-    bodies.put(f"{id}.json", body.to_json())
+    queued, body = envelope(id=id).claim_checked(kept_body_blob_name(id))
+    bodies.put(kept_body_blob_name(id), body.to_json())
     record = DeadLetter(reason="SendGrid refused it", status_code=400, attempts=1, at=REFUSED_AT)
     return queued.model_copy(update={"dead_letter": record}).to_json()
 
@@ -557,7 +558,7 @@ def test_should_list_a_claim_checked_dead_letter_with_its_blob_without_reading_i
         "attempts": 1,
         "dead_lettered_at": REFUSED_AT.isoformat(),
         "replayable": True,
-        "blob": "msg-b1.json",
+        "blob": "dead-letters/msg-b1.json",
         "status_code": 400,
         **CAUSES[INVALID_REQUEST].to_document(),
     }
@@ -572,7 +573,7 @@ def test_should_replay_a_claim_checked_message_with_the_same_blob(
 ) -> None:
     poison(fake_queue, claim_checked_dead_letter(fake_bodies, "msg-b3"))
     fake_statuses.add(failed("msg-b3"))
-    stored = fake_bodies.blobs["msg-b3.json"]
+    stored = fake_bodies.blobs["dead-letters/msg-b3.json"]
 
     report = dead_letters.replay(["msg-b3"])
 
@@ -581,10 +582,85 @@ def test_should_replay_a_claim_checked_message_with_the_same_blob(
     assert (replayed.id, replayed.attempt, replayed.blob, replayed.message) == (
         "msg-b3",
         1,
-        "msg-b3.json",
+        "dead-letters/msg-b3.json",
         None,
     )
-    assert fake_bodies.blobs == {"msg-b3.json": stored}
+    assert fake_bodies.blobs == {"dead-letters/msg-b3.json": stored}
+
+
+def test_should_replay_a_message_the_host_moved_naming_its_body_moved_out_of_the_live_prefix(
+    dead_letters: DeadLetters,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    # The host's poison copy is the queue message as it was: a bare envelope naming live/.
+    queued, body = envelope(id="msg-bh").claim_checked(body_blob_name("msg-bh"))
+    fake_bodies.put("live/msg-bh.json", body.to_json())
+    poison(fake_queue, queued.to_json())
+
+    report = dead_letters.replay(["msg-bh"])
+
+    assert report.done == ["msg-bh"]
+    [replayed] = fake_queue.envelopes
+    # Its body's age would otherwise count from the first accept, not from the replay.
+    assert replayed.blob == "dead-letters/msg-bh.json"
+    assert fake_bodies.blobs == {"dead-letters/msg-bh.json": body.to_json()}
+    assert fake_queue.poison_texts == []
+
+
+def test_should_leave_a_dead_letter_in_place_when_its_live_body_cannot_be_kept(
+    dead_letters: DeadLetters,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    queued, body = envelope(id="msg-bf").claim_checked(body_blob_name("msg-bf"))
+    fake_bodies.put("live/msg-bf.json", body.to_json())
+    poison(fake_queue, queued.to_json())
+    fake_bodies.make_unavailable(["copy"])
+
+    with pytest.raises(StorageUnavailable):
+        dead_letters.replay(["msg-bf"])
+
+    assert fake_queue.envelopes == []
+    assert len(fake_queue.poison_texts) == 1
+    assert list(fake_bodies.blobs) == ["live/msg-bf.json"]
+
+
+def test_should_take_the_kept_copy_back_when_the_replay_cannot_be_queued(
+    dead_letters: DeadLetters,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    queued, body = envelope(id="msg-bq").claim_checked(body_blob_name("msg-bq"))
+    fake_bodies.put("live/msg-bq.json", body.to_json())
+    poison(fake_queue, queued.to_json())
+    fake_queue.make_unavailable(["enqueue"])
+
+    with pytest.raises(StorageUnavailable):
+        dead_letters.replay(["msg-bq"])
+
+    assert len(fake_queue.poison_texts) == 1
+    assert list(fake_bodies.blobs) == ["live/msg-bq.json"]
+
+
+def test_should_replay_a_body_under_an_older_root_name_with_that_name(
+    dead_letters: DeadLetters,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    queued, body = envelope(id="msg-br").claim_checked("msg-br.json")
+    fake_bodies.put("msg-br.json", body.to_json())
+    poison(fake_queue, queued.to_json())
+
+    dead_letters.replay(["msg-br"])
+
+    [replayed] = fake_queue.envelopes
+    assert replayed.blob == "msg-br.json"
+    assert list(fake_bodies.blobs) == ["msg-br.json"]
 
 
 def test_should_send_a_replayed_claim_checked_message_intact(
@@ -633,7 +709,7 @@ def test_should_delete_the_blob_of_each_purged_dead_letter_and_no_other(
     report = dead_letters.purge(["msg-b5", "msg-b7"])
 
     assert report.done == ["msg-b5", "msg-b7"]
-    assert list(fake_bodies.blobs) == ["msg-b6.json"]
+    assert list(fake_bodies.blobs) == ["dead-letters/msg-b6.json"]
     assert [read_entry(t).message_id for t in fake_queue.poison_client.visible_texts] == ["msg-b6"]
 
 
@@ -667,7 +743,7 @@ def test_should_keep_the_blob_of_a_purged_copy_while_a_replayed_copy_is_on_its_w
 
     assert report.done == ["msg-b9"]
     assert fake_queue.poison_texts == []
-    assert "msg-b9.json" in fake_bodies.blobs
+    assert "dead-letters/msg-b9.json" in fake_bodies.blobs
     assert fake_statuses.records["msg-b9"].state is MessageState.QUEUED
 
 
@@ -685,9 +761,9 @@ def test_should_purge_even_when_the_blob_cannot_be_deleted(
 
     assert report.done == ["msg-b10"]
     assert fake_queue.poison_texts == []
-    assert "msg-b10.json" in fake_bodies.blobs
+    assert "dead-letters/msg-b10.json" in fake_bodies.blobs
     [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert "msg-b10.json" in warning.getMessage()
+    assert "dead-letters/msg-b10.json" in warning.getMessage()
 
 
 def test_should_keep_the_blob_when_the_status_cannot_be_read_while_purging(
@@ -702,7 +778,7 @@ def test_should_keep_the_blob_when_the_status_cannot_be_read_while_purging(
     report = dead_letters.purge(["msg-b11"])
 
     assert report.done == ["msg-b11"]
-    assert "msg-b11.json" in fake_bodies.blobs
+    assert "dead-letters/msg-b11.json" in fake_bodies.blobs
 
 
 # --- walks in bounded calls: limits, continuations, holds ----------------------------------

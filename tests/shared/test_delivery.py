@@ -11,7 +11,7 @@ import pytest
 
 import shared.delivery
 from shared.activity import ActivityEvent
-from shared.blobs import LargeMessageSlots
+from shared.blobs import LargeMessageSlots, body_blob_name
 from shared.delivery import (
     CLAIM_MARGIN_SECONDS,
     SENT_WRITE_ATTEMPTS,
@@ -700,20 +700,20 @@ def test_should_leave_an_envelope_of_a_newer_version_for_a_newer_worker(
     fake_statuses: FakeStatusStore,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    text = json.dumps({"version": 2, "id": "msg-v2", "body": {"anything": "new"}}).encode()
+    text = json.dumps({"version": 3, "id": "msg-v3", "body": {"anything": "new"}}).encode()
     sender = FakeMailSender()
 
     with caplog.at_level(logging.WARNING, logger="shared.delivery"):
         outcome = deliver(text, sender, fake_queue, settings, fake_statuses)
 
     assert outcome.result == "postponed"
-    # Unchanged, to the byte: this worker cannot know what a version 2 field means.
+    # Unchanged, to the byte: this worker cannot know what a version 3 field means.
     assert [(m.text.encode(), m.delay_seconds) for m in fake_queue.messages] == [
         (text, shared.delivery.NEWER_VERSION_DELAY_SECONDS)
     ]
     assert (sender.payloads, fake_queue.poison_texts, fake_statuses.records) == ([], [], {})
     assert any(
-        "version 2, newer than this worker reads (1)" in r.getMessage() for r in caplog.records
+        "version 3, newer than this worker reads (2)" in r.getMessage() for r in caplog.records
     )
 
 
@@ -724,7 +724,7 @@ def test_should_leave_a_message_whose_stored_body_a_newer_version_wrote(
     fake_statuses: FakeStatusStore,
 ) -> None:
     _, queued = claim_checked(fake_bodies, id="msg-bv2")
-    fake_bodies.blobs["msg-bv2.json"] = b'{"version": 2, "id": "msg-bv2", "parts": []}'
+    fake_bodies.blobs["live/msg-bv2.json"] = b'{"version": 2, "id": "msg-bv2", "parts": []}'
     sender = FakeMailSender()
 
     outcome = deliver(queued, sender, fake_queue, settings, fake_statuses, bodies=fake_bodies)
@@ -732,7 +732,7 @@ def test_should_leave_a_message_whose_stored_body_a_newer_version_wrote(
     assert outcome.result == "postponed"
     assert [m.text for m in fake_queue.messages] == [queued.to_json()]
     assert (sender.payloads, fake_queue.poison_texts) == ([], [])
-    assert "msg-bv2.json" in fake_bodies.blobs
+    assert "live/msg-bv2.json" in fake_bodies.blobs
 
 
 # --- the status record: transitions --------------------------------------------------------
@@ -1205,8 +1205,8 @@ def claim_checked(
 ) -> tuple[QueueEnvelope, QueueEnvelope]:
     """A message whose body is in a blob, as submit leaves it: the full and the queued envelope."""
     full = envelope(id=id, attempt=attempt, **fields)
-    queued, body = full.claim_checked(f"{id}.json")
-    bodies.put(f"{id}.json", body.to_json())
+    queued, body = full.claim_checked(body_blob_name(id))
+    bodies.put(body_blob_name(id), body.to_json())
     bodies.journal.clear()
     return full, queued
 
@@ -1247,11 +1247,11 @@ def test_should_dead_letter_a_message_whose_blob_is_missing_without_sending(
 
     assert (outcome.result, outcome.message_id) == ("dead_lettered", "msg-c2")
     assert outcome.reason is not None
-    assert "msg-c2.json" in outcome.reason
+    assert "live/msg-c2.json" in outcome.reason
     assert "missing" in outcome.reason
     assert sender.payloads == []
     record = poison_record(fake_queue)
-    assert (record["blob"], record["dead_letter"]["reason"]) == ("msg-c2.json", outcome.reason)
+    assert (record["blob"], record["dead_letter"]["reason"]) == ("live/msg-c2.json", outcome.reason)
     assert "message" not in record
     failed = fake_statuses.records["msg-c2"]
     assert (failed.state, failed.last_error) == (MessageState.FAILED, outcome.reason)
@@ -1278,7 +1278,7 @@ def test_should_dead_letter_a_message_whose_blob_is_not_its_body(
     fake_bodies: FakeMessageBodyStore,
 ) -> None:
     _, queued = claim_checked(fake_bodies, id="msg-c3")
-    fake_bodies.blobs["msg-c3.json"] = content
+    fake_bodies.blobs["live/msg-c3.json"] = content
     sender = FakeMailSender()
 
     outcome = deliver(queued, sender, fake_queue, settings, bodies=fake_bodies)
@@ -1287,8 +1287,9 @@ def test_should_dead_letter_a_message_whose_blob_is_not_its_body(
     assert outcome.reason is not None
     assert expected in outcome.reason
     assert sender.payloads == []
-    # Kept for the operator to look at.
-    assert fake_bodies.blobs["msg-c3.json"] == content
+    # Kept for the operator to look at, out of retention's way.
+    assert fake_bodies.blobs == {"dead-letters/msg-c3.json": content}
+    assert poison_record(fake_queue)["blob"] == "dead-letters/msg-c3.json"
 
 
 def test_should_leave_the_message_on_the_queue_when_its_blob_cannot_be_read(
@@ -1312,7 +1313,7 @@ def test_should_leave_the_message_on_the_queue_when_its_blob_cannot_be_read(
     assert fake_statuses.records["msg-c4"] == before
     put_back(fake_queue, queued)
     assert fake_queue.poison_texts == []
-    assert "msg-c4.json" in fake_bodies.blobs
+    assert "live/msg-c4.json" in fake_bodies.blobs
 
 
 def with_slots(
@@ -1384,9 +1385,9 @@ def test_should_retry_with_the_blob_reference_and_keep_the_blob(
 
     assert first.result == "retry_scheduled"
     [retry] = fake_queue.envelopes
-    assert (retry.attempt, retry.blob, retry.message) == (2, "msg-c5.json", None)
+    assert (retry.attempt, retry.blob, retry.message) == (2, "live/msg-c5.json", None)
     assert len(fake_queue.messages[0].text) < 200
-    assert fake_bodies.stored("msg-c5.json").message == full.message
+    assert fake_bodies.stored("live/msg-c5.json").message == full.message
 
 
 def test_should_send_a_claim_checked_retry_intact_on_its_next_attempt(
@@ -1409,22 +1410,111 @@ def test_should_send_a_claim_checked_retry_intact_on_its_next_attempt(
     assert fake_bodies.blobs == {}
 
 
-def test_should_dead_letter_a_refused_message_with_the_blob_reference_and_keep_the_blob(
-    settings: Settings, fake_queue: FakeMailQueue, fake_bodies: FakeMessageBodyStore
+def test_should_dead_letter_a_refused_message_naming_its_body_moved_out_of_the_live_prefix(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+    journal: Journal,
 ) -> None:
     _, queued = claim_checked(fake_bodies, id="msg-c7")
+    content = fake_bodies.blobs["live/msg-c7.json"]
+    fake_statuses.journal = fake_queue.journal = fake_bodies.journal = journal
 
-    outcome = deliver(queued, FakeMailSender(REFUSAL), fake_queue, settings, bodies=fake_bodies)
+    outcome = deliver(
+        queued, FakeMailSender(REFUSAL), fake_queue, settings, fake_statuses, bodies=fake_bodies
+    )
 
     assert outcome.result == "dead_lettered"
     record = poison_record(fake_queue)
     assert (record["id"], record["blob"], record["dead_letter"]["status_code"]) == (
         "msg-c7",
-        "msg-c7.json",
+        "dead-letters/msg-c7.json",
         400,
     )
     assert "message" not in record
-    assert "msg-c7.json" in fake_bodies.blobs
+    # Retention deletes old bodies under live/ only: the dead letter's stays for the operator.
+    assert fake_bodies.blobs == {"dead-letters/msg-c7.json": content}
+    # The copy before the dead letter names it, the live blob deleted only after the status.
+    assert [e for e in journal if e.startswith(("blobs", "queue.dead", "status.put"))] == [
+        "blobs.copy",
+        "queue.dead_letter",
+        "status.put failed",
+        "blobs.delete",
+    ]
+
+
+def test_should_put_a_message_back_unsent_to_dead_letter_later_when_its_body_cannot_be_kept(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    _, queued = claim_checked(fake_bodies, id="msg-c7b")
+    fake_bodies.make_unavailable(["copy"])
+
+    outcome = deliver(
+        queued, FakeMailSender(REFUSAL), fake_queue, settings, fake_statuses, bodies=fake_bodies
+    )
+
+    # As when the poison queue refuses it: nothing is dead-lettered naming a body in live/.
+    assert outcome.result == "postponed"
+    assert fake_queue.poison_texts == []
+    assert list(fake_bodies.blobs) == ["live/msg-c7b.json"]
+    assert fake_statuses.records["msg-c7b"].state is not MessageState.FAILED
+
+
+def test_should_take_the_kept_copy_back_when_the_poison_queue_refuses_the_dead_letter(
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    _, queued = claim_checked(fake_bodies, id="msg-c7e")
+    fake_queue.make_unavailable(["dead_letter"])
+
+    outcome = deliver(
+        queued, FakeMailSender(REFUSAL), fake_queue, settings, fake_statuses, bodies=fake_bodies
+    )
+
+    assert outcome.result == "postponed"
+    # The live body stays for the copy put back; no copy is left that nothing would delete.
+    assert list(fake_bodies.blobs) == ["live/msg-c7e.json"]
+
+
+@pytest.mark.parametrize(
+    "name", ["dead-letters/msg-c7c.json", "msg-c7c.json"], ids=["kept", "older root name"]
+)
+def test_should_send_a_body_kept_under_its_other_names_and_delete_it_once_sent(
+    name: str,
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    full = envelope(id="msg-c7c")
+    queued, body = full.claim_checked(name)
+    fake_bodies.put(name, body.to_json())
+    sender = FakeMailSender("sg-c7c")
+
+    outcome = deliver(queued, sender, fake_queue, settings, fake_statuses, bodies=fake_bodies)
+
+    assert outcome.result == "sent"
+    assert sender.payloads == [build_payload(full)]
+    assert fake_bodies.blobs == {}
+
+
+def test_should_leave_a_body_under_an_older_root_name_where_it_is_when_dead_lettering(
+    settings: Settings, fake_queue: FakeMailQueue, fake_bodies: FakeMessageBodyStore
+) -> None:
+    queued, body = envelope(id="msg-c7d").claim_checked("msg-c7d.json")
+    fake_bodies.put("msg-c7d.json", body.to_json())
+
+    deliver(queued, FakeMailSender(REFUSAL), fake_queue, settings, bodies=fake_bodies)
+
+    # Never deleted by age: no move needed.
+    assert poison_record(fake_queue)["blob"] == "msg-c7d.json"
+    assert list(fake_bodies.blobs) == ["msg-c7d.json"]
 
 
 def test_should_count_a_sent_message_whose_blob_cannot_be_deleted_as_sent(
@@ -1444,9 +1534,9 @@ def test_should_count_a_sent_message_whose_blob_cannot_be_deleted_as_sent(
 
     assert outcome.result == "sent"
     assert fake_statuses.records["msg-c8"].state is MessageState.SENT
-    assert "msg-c8.json" in fake_bodies.blobs
+    assert "live/msg-c8.json" in fake_bodies.blobs
     [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert "msg-c8.json" in warning.getMessage()
+    assert "live/msg-c8.json" in warning.getMessage()
 
 
 def test_should_keep_the_blob_when_sent_could_not_be_recorded(
@@ -1464,7 +1554,7 @@ def test_should_keep_the_blob_when_sent_could_not_be_recorded(
     )
 
     assert outcome.result == "sent"
-    assert "msg-c9.json" in fake_bodies.blobs
+    assert "live/msg-c9.json" in fake_bodies.blobs
 
 
 def test_should_delete_a_leftover_blob_when_a_copy_of_a_sent_message_comes_back(
@@ -1505,7 +1595,7 @@ def test_should_keep_the_blob_when_skipping_a_copy_of_a_message_not_sent(
     )
 
     assert outcome.result == "skipped"
-    assert "msg-c11.json" in fake_bodies.blobs
+    assert "live/msg-c11.json" in fake_bodies.blobs
 
 
 def test_should_not_read_the_blob_of_a_message_already_sent(
@@ -1535,7 +1625,9 @@ def test_should_keep_the_claim_checked_body_out_of_the_logs(
 
     with caplog.at_level(logging.DEBUG):
         deliver(queued, FakeMailSender(REFUSAL), fake_queue, settings, bodies=fake_bodies)
-        fake_bodies.blobs["msg-c13.json"] = b'{"version": 1, "id": "msg-c13", "to": "x@y.example"}'
+        fake_bodies.blobs["live/msg-c13.json"] = (
+            b'{"version": 1, "id": "msg-c13", "to": "x@y.example"}'
+        )
         deliver(queued, FakeMailSender(), FakeMailQueue(), settings, bodies=fake_bodies)
 
     assert "msg-c13" in caplog.text
@@ -1748,7 +1840,7 @@ def test_should_read_a_claim_checked_body_once_when_the_accepted_record_changed(
 
     assert outcome.result == "sent"
     assert sender.payloads == [build_payload(full)]
-    assert reads == ["msg-c9.json"]
+    assert reads == ["live/msg-c9.json"]
 
 
 def test_should_add_each_outcome_to_the_record_a_retry_then_a_send(

@@ -278,7 +278,7 @@ def test_should_refuse_an_envelope_of_another_version() -> None:
     document = json.loads(everything_envelope().to_json())
 
     with pytest.raises(ValidationError):
-        QueueEnvelope.model_validate({**document, "version": 2})
+        QueueEnvelope.model_validate({**document, "version": 3})
 
 
 def test_should_keep_the_fields_of_an_envelope_it_does_not_know_and_write_them_back() -> None:
@@ -319,16 +319,17 @@ def test_should_refuse_an_envelope_without_exactly_one_body(bodies: dict[str, ob
 def test_should_split_an_envelope_into_a_small_one_naming_the_blob_and_the_body() -> None:
     full = everything_envelope(attempt=3)
 
-    small, body = full.claim_checked("msg-42.json")
+    small, body = full.claim_checked("live/msg-42.json")
 
     assert (small.id, small.accepted_at, small.attempt) == ("msg-42", NOW, 3)
-    assert (small.blob, small.message, small.sendgrid) == ("msg-42.json", None, None)
+    assert (small.blob, small.message, small.sendgrid) == ("live/msg-42.json", None, None)
+    # Version 2: workers from before live/ put it back for a newer worker, not dead-letter it.
     assert json.loads(small.to_json()) == {
-        "version": 1,
+        "version": 2,
         "id": "msg-42",
         "accepted_at": "2026-03-02T09:30:00Z",
         "attempt": 3,
-        "blob": "msg-42.json",
+        "blob": "live/msg-42.json",
     }
     assert (body.version, body.id, body.message) == (1, "msg-42", full.message)
 
@@ -341,6 +342,7 @@ def test_should_put_the_body_back_into_the_envelope_as_it_was() -> None:
 
     assert small.with_body(stored) == full
     assert small.with_body(stored).to_json() == full.to_json()
+    assert full.version == small.with_body(stored).version == 1
 
 
 def test_should_store_the_body_as_readable_versioned_json() -> None:

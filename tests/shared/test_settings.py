@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ def refusal(env: dict[str, str]) -> str:
         ("status_table_name", "mailstatus"),
         ("idempotency_retention_hours", 24.0),
         ("activity_retention_days", 7.0),
+        ("large_message_retention_margin_days", 8.0),
         ("sendgrid_api_base_url", "https://api.sendgrid.com"),
         ("sendgrid_connect_timeout_seconds", 5.0),
         ("sendgrid_timeout_seconds", 30.0),
@@ -73,6 +75,12 @@ def test_should_treat_a_blank_optional_setting_as_unset(blank: str) -> None:
         ("ACTIVITY_RETENTION_DAYS", str(1 / 1440), "activity_retention_days", 1 / 1440),
         ("ACTIVITY_RETENTION_DAYS", "0.5", "activity_retention_days", 0.5),
         ("ACTIVITY_RETENTION_DAYS", "3650", "activity_retention_days", 3650.0),
+        (
+            "LARGE_MESSAGE_RETENTION_MARGIN_DAYS",
+            str(1 / 86400),
+            "large_message_retention_margin_days",
+            1 / 86400,
+        ),
         (
             "SENDGRID_API_BASE_URL",
             "https://sg.example.com/",
@@ -151,6 +159,7 @@ def test_should_read_allowed_senders_trimmed_and_lowercased() -> None:
         ({"STATUS_TABLE_NAME": "1status"}, "STATUS_TABLE_NAME"),
         ({"STATUS_TABLE_NAME": "t" * 64}, "STATUS_TABLE_NAME"),
         ({"IDEMPOTENCY_RETENTION_HOURS": "0"}, "IDEMPOTENCY_RETENTION_HOURS"),
+        ({"LARGE_MESSAGE_RETENTION_MARGIN_DAYS": "0"}, "LARGE_MESSAGE_RETENTION_MARGIN_DAYS"),
         ({"IDEMPOTENCY_RETENTION_HOURS": "721"}, "IDEMPOTENCY_RETENTION_HOURS"),
         ({"IDEMPOTENCY_RETENTION_HOURS": "a day"}, "IDEMPOTENCY_RETENTION_HOURS"),
         ({"IDEMPOTENCY_RETENTION_HOURS": "nan"}, "IDEMPOTENCY_RETENTION_HOURS"),
@@ -658,3 +667,20 @@ def test_should_read_max_dequeue_count_from_host_json_or_default_to_the_hosts_5(
 
 def test_should_default_max_dequeue_count_to_5_without_a_host_json(tmp_path: Path) -> None:
     assert host_json_max_dequeue_count(tmp_path / "host.json") == 5
+
+
+def test_should_keep_live_bodies_for_every_wait_at_its_longest_plus_the_margin() -> None:
+    defaults = Settings.from_env(BASE_ENV)
+    short = Settings.from_env(
+        {
+            **BASE_ENV,
+            "MAX_DELIVERY_ATTEMPTS": "3",
+            "RETRY_BASE_DELAY_SECONDS": "1",
+            "RETRY_MAX_DELAY_SECONDS": "2",
+            "LARGE_MESSAGE_RETENTION_MARGIN_DAYS": str(5 / 86400),
+        }
+    )
+
+    # 8 attempts x 1 h, plus 7 days of the host's poison copy and a day.
+    assert defaults.large_message_retention == timedelta(hours=8, days=8)
+    assert short.large_message_retention == timedelta(seconds=3 * 2 + 5)

@@ -735,9 +735,9 @@ def test_should_keep_the_body_of_a_message_too_large_for_a_queue_message_in_a_bl
     assert accepted == AcceptedMessage(id="msg-b1", status="queued")
     [queued] = fake_queue.envelopes
     assert (queued.id, queued.accepted_at, queued.attempt) == ("msg-b1", NOW, 1)
-    assert (queued.blob, queued.message, queued.sendgrid) == ("msg-b1.json", None, None)
+    assert (queued.blob, queued.message, queued.sendgrid) == ("live/msg-b1.json", None, None)
     assert len(fake_queue.messages[0].text.encode()) < 200
-    stored = fake_bodies.stored("msg-b1.json")
+    stored = fake_bodies.stored("live/msg-b1.json")
     assert (stored.version, stored.id) == (1, "msg-b1")
     assert stored.message == MailRequest.model_validate(document, context={"now": NOW})
     # The body is in place before anything on the queue points at it.
@@ -753,8 +753,8 @@ def test_should_claim_check_a_large_message_without_attachments(
     submit(body(document), settings, fake_queue, bodies=fake_bodies)
 
     [queued] = fake_queue.envelopes
-    assert queued.blob == "msg-0001.json"
-    stored = fake_bodies.stored("msg-0001.json").message
+    assert queued.blob == "live/msg-0001.json"
+    stored = fake_bodies.stored("live/msg-0001.json").message
     assert stored is not None
     assert stored.html == document["html"]
 
@@ -774,8 +774,8 @@ def test_should_queue_a_message_of_exactly_the_queue_limit_and_claim_check_one_b
 
     first, second = fake_queue.envelopes
     assert (first.blob, first.message is not None) == (None, True)
-    assert (second.blob, second.message) == ("msg-0002.json", None)
-    assert list(fake_bodies.blobs) == ["msg-0002.json"]
+    assert (second.blob, second.message) == ("live/msg-0002.json", None)
+    assert list(fake_bodies.blobs) == ["live/msg-0002.json"]
 
 
 @pytest.mark.parametrize(
@@ -801,7 +801,7 @@ def test_should_carry_1000_recipients_intact_in_the_queue_or_a_blob(
     submit(body(document), settings, fake_queue, bodies=fake_bodies)
 
     [queued] = fake_queue.envelopes
-    carried = fake_bodies.stored("msg-0001.json").message if claim_checked else queued.message
+    carried = fake_bodies.stored("live/msg-0001.json").message if claim_checked else queued.message
     assert (queued.blob is not None) is claim_checked
     assert carried == MailRequest.model_validate(document, context={"now": NOW})
     assert carried is not None
@@ -867,7 +867,7 @@ def test_should_answer_503_with_the_enqueue_failure_when_the_blob_cannot_be_dele
     assert fake_statuses.records == {}
     [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "msg-b3" in warning.getMessage()
-    assert "msg-b3.json" in warning.getMessage()
+    assert "live/msg-b3.json" in warning.getMessage()
 
 
 def test_should_queue_nothing_when_the_blob_cannot_be_written(
@@ -937,8 +937,8 @@ def test_should_replay_a_claim_checked_message_once_per_idempotency_key(
     again = submit(content, settings, fake_queue, new_id="msg-b6", **options)
 
     assert (again.id, again.replayed) == (first.id, True)
-    assert [e.blob for e in fake_queue.envelopes] == ["msg-b5.json"]
-    assert list(fake_bodies.blobs) == ["msg-b5.json"]
+    assert [e.blob for e in fake_queue.envelopes] == ["live/msg-b5.json"]
+    assert list(fake_bodies.blobs) == ["live/msg-b5.json"]
 
 
 def test_should_keep_the_body_out_of_the_logs(
@@ -954,7 +954,7 @@ def test_should_keep_the_body_out_of_the_logs(
 
     log = caplog.text
     assert "msg-b7" in log
-    assert "msg-b7.json" in log
+    assert "live/msg-b7.json" in log
     for secret in ("Secret subject", "someone@example.net", big_attachment()["content"][:100]):
         assert secret not in log
 
@@ -1129,8 +1129,8 @@ def test_should_keep_a_v3_body_too_large_for_one_queue_message_in_a_blob(
     submit_sendgrid(body(document), settings, fake_queue, new_id="msg-v3big", bodies=fake_bodies)
 
     [queued] = fake_queue.envelopes
-    assert (queued.blob, queued.sendgrid, queued.client) == ("msg-v3big.json", None, "app")
-    stored = fake_bodies.stored("msg-v3big.json")
+    assert (queued.blob, queued.sendgrid, queued.client) == ("live/msg-v3big.json", None, "app")
+    stored = fake_bodies.stored("live/msg-v3big.json")
     assert stored.sendgrid == json.loads(body(document))
 
 

@@ -169,8 +169,30 @@ def test_should_deliver_a_claim_checked_message_and_then_delete_its_blob(
     assert hashlib.sha256(base64.b64decode(received["content"])).digest() == (
         hashlib.sha256(content).digest()
     )
-    assert f"its body in blob {message_id}.json" in gateway.log()
-    wait_for(lambda: f"{message_id}.json" not in identity_large_bodies.names())
+    assert f"its body in blob live/{message_id}.json" in gateway.log()
+    wait_for(lambda: f"live/{message_id}.json" not in identity_large_bodies.names())
+
+
+def test_should_keep_a_refused_large_messages_body_by_a_copy_signed_with_the_identity(
+    gateway: RunningHost,
+    standin: SendGridStandIn,
+    identity_queues: IdentityQueues,
+    identity_large_bodies: IdentityLargeMessageBodies,
+) -> None:
+    # Copy Blob within the account, its source authorized by the same bearer token (in Azure
+    # too: MicrosoftDocs/azure-docs, storage-blob-copy-async-python.md).
+    standin.script([{"status": 400, "body": {"errors": [{"message": "bad", "field": None}]}}])
+    large = base64.b64encode(os.urandom(LARGE_ATTACHMENT_BYTES)).decode()
+    message_id = accept(
+        gateway, attachments=[{"filename": "a.bin", "content": large, "content_type": "a/b"}]
+    )
+
+    record = wait_for(lambda: dead_letter_for(identity_queues, message_id), timeout=30)
+
+    kept = f"dead-letters/{message_id}.json"
+    assert record["blob"] == kept
+    wait_for(lambda: f"live/{message_id}.json" not in identity_large_bodies.names() or None)
+    assert kept in identity_large_bodies.names()
 
 
 def test_should_reach_storage_with_bearer_tokens_only_and_never_a_shared_key(
@@ -186,7 +208,7 @@ def test_should_reach_storage_with_bearer_tokens_only_and_never_a_shared_key(
         gateway, attachments=[{"filename": "a.bin", "content": large, "content_type": "a/b"}]
     )
     wait_for(lambda: gateway.status(message_id)["status"] == "sent", timeout=30)
-    wait_for(lambda: f"{message_id}.json" not in identity_large_bodies.names())
+    wait_for(lambda: f"live/{message_id}.json" not in identity_large_bodies.names())
     time.sleep(1.5)  # the host's polls in the meantime, on the log too
 
     requests = storage_requests(identity_stack.debug_log)
