@@ -15,6 +15,7 @@ import signal
 import socket
 import ssl
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -156,6 +157,14 @@ def smtp_factory(
     settings: RelaySettings, handler: RelayHandler, context: ssl.SSLContext | None
 ) -> SMTP:
     """One aiosmtpd SMTP protocol object per connection."""
+    with warnings.catch_warnings():
+        # aiosmtpd warns on every connection when AUTH is allowed without TLS: on loopback
+        # that is the relay's choice (nothing crosses a network), said once at start instead.
+        warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
+        return _smtp(settings, handler, context)
+
+
+def _smtp(settings: RelaySettings, handler: RelayHandler, context: ssl.SSLContext | None) -> SMTP:
     return SMTP(
         handler,
         data_size_limit=handler.max_message_bytes,
@@ -196,6 +205,8 @@ async def serve(settings: RelaySettings, started: asyncio.Event | None = None) -
         settings.mailgate_url,
         "offered" if context else "not offered: loopback only",
     )
+    if settings.loopback:
+        logger.info("AUTH is allowed without STARTTLS: the relay listens on loopback only")
     if started is not None:
         started.set()
     try:
@@ -203,6 +214,13 @@ async def serve(settings: RelaySettings, started: asyncio.Event | None = None) -
             await server.serve_forever()
     finally:
         await gateway.close()
+
+
+class _PlainAuthOnLoopback(logging.Filter):
+    """Drops aiosmtpd's warning, logged per connection, that AUTH is allowed without TLS."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("auth_required == True but auth_require_tls")
 
 
 def configure_logging() -> None:
@@ -213,7 +231,9 @@ def configure_logging() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # aiosmtpd logs every command line (MAIL FROM and RCPT TO with full addresses) at INFO.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    aiosmtpd_log = logging.getLogger("mail.log")
+    aiosmtpd_log.setLevel(logging.WARNING)
+    aiosmtpd_log.addFilter(_PlainAuthOnLoopback())
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 
