@@ -139,6 +139,19 @@ def smtp(relay: RelayProcess, stack: RunningHost, key: str | None = None) -> smt
     return session
 
 
+def auth_plain(session: smtplib.SMTP, user: str, password: str) -> None:
+    """AUTH PLAIN alone: smtplib's login() would try each mechanism in turn."""
+    session.ehlo_or_helo_if_needed()
+    session.user, session.password = user, password
+    session.auth("PLAIN", session.auth_plain)
+
+
+def forget_failures(relay: RelayProcess, stack: RunningHost) -> None:
+    """A successful AUTH from this address, after which failures wait no more."""
+    with smtp(relay, stack):
+        pass
+
+
 def message(**headers: str) -> EmailMessage:
     mail = EmailMessage()
     mail["From"] = f"Relay Test <{SENDER}>"
@@ -344,25 +357,33 @@ def test_should_refuse_a_wrong_key_with_535_and_slow_down_repeated_failures(
         with smtplib.SMTP("127.0.0.1", relay.port, timeout=60) as session:
             session.ehlo()
             started = time.monotonic()
-            session.user, session.password = stack.client_name, "mg_wrong_" + "x" * 43
             with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
-                # One mechanism: smtplib's login() would try each in turn.
-                session.auth("PLAIN", session.auth_plain)
+                auth_plain(session, stack.client_name, "mg_wrong_" + "x" * 43)
             answers.append((refused.value.smtp_code, time.monotonic() - started))
 
     assert [code for code, _ in answers] == [535, 535, 535]
     # The second failure in a row waits 1 s, the third 2 s.
     assert answers[2][1] >= 2.0
     assert answers[2][1] > answers[0][1]
+    # A success forgets them: the next failure is answered at once again.
+    forget_failures(relay, stack)
+    with smtplib.SMTP("127.0.0.1", relay.port, timeout=60) as session:
+        started = time.monotonic()
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            auth_plain(session, stack.client_name, "mg_wrong_" + "x" * 43)
+        assert time.monotonic() - started < 1.0
+    forget_failures(relay, stack)
 
 
 def test_should_refuse_another_clients_name_for_a_key_with_535(
     relay: RelayProcess, stack: RunningHost
 ) -> None:
-    with smtplib.SMTP("127.0.0.1", relay.port, timeout=60) as session:
-        session.ehlo()
-        with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
-            session.login("someone-else", stack.client_key)
+    with (
+        smtplib.SMTP("127.0.0.1", relay.port, timeout=60) as session,
+        pytest.raises(smtplib.SMTPAuthenticationError) as refused,
+    ):
+        auth_plain(session, "someone-else", stack.client_key)
+    forget_failures(relay, stack)
 
     assert refused.value.smtp_code == 535
 
@@ -554,6 +575,7 @@ def test_should_refuse_swaks_with_a_wrong_key_or_without_auth(
         "--to",
         "a@example.org",
     )
+    forget_failures(relay, stack)
     none = run_swaks(swaks, relay, "--from", SENDER, "--to", "a@example.org")
 
     assert "<** 535 5.7.8" in wrong.stdout, wrong.stdout
