@@ -445,6 +445,22 @@ def test_should_answer_451_while_the_gateway_is_down_then_deliver_the_mail_once(
     assert sum(1 for m in standin.mails() if m["payload"]["subject"] == subject) == 1
 
 
+def test_should_answer_a_mail_sent_again_with_its_first_id_and_send_it_once(
+    relay: RelayProcess, stack: RunningHost, standin: SendGridStandIn
+) -> None:
+    # As an MTA does when the line broke after mailgate accepted the mail but before the 250.
+    mail = message(Subject=f"Sent twice {uuid.uuid4()}")
+
+    with smtp(relay, stack) as session:
+        first = sent(session, mail, ["ann@customer.example.org"])
+    with smtp(relay, stack) as session:
+        second = sent(session, mail, ["ann@customer.example.org"])
+
+    assert second == first
+    delivered(standin, first)
+    assert copies(standin, first) == 1
+
+
 def test_should_advertise_the_gateways_size_limit_after_auth(
     relay: RelayProcess, stack: RunningHost
 ) -> None:
