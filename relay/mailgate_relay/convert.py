@@ -44,6 +44,8 @@ HEADERS_FROM_FIELDS = frozenset(
     # Added by the MTAs on the way (the sending MTA, this relay's client): SendGrid adds its own.
     | {"received", "return-path", "delivered-to", "x-original-to", "dkim-signature"}
     | {"authentication-results", "arc-seal", "arc-message-signature", "arc-authentication-results"}
+    # SendGrid's own, on a mail that went through SendGrid before: it sets them anew.
+    | {"x-sg-id", "x-sg-eid"}
     # SendGrid gives the mail its own Message-ID; passing the app's would need the client's
     # feature `headers.message-id` and fail every client without it.
     | {"message-id", "user-agent"}
