@@ -103,6 +103,7 @@ def mail_request(raw: bytes, mail_from: str, recipients: Sequence[str]) -> dict[
     the API cannot carry it."""
     if len(recipients) > MAX_RECIPIENTS:
         raise NotExpressible(f"more than {MAX_RECIPIENTS} recipients")
+    _check_header_bytes(raw)
     message = parse(raw)
     request: dict[str, Any] = {"from": _sender(message, mail_from)}
     request.update(_recipients(message, recipients))
@@ -131,6 +132,20 @@ def mail_request(raw: bytes, mail_from: str, recipients: Sequence[str]) -> dict[
     if headers:
         request["headers"] = headers
     return request
+
+
+def _check_header_bytes(raw: bytes) -> None:
+    # 8-bit bytes in headers are UTF-8 (RFC 6532) or nothing: the parser would read any other
+    # as U+FFFD, and the subject or a name would arrive other than written.
+    end = raw.find(b"\r\n\r\n")
+    headers = raw if end < 0 else raw[:end]
+    try:
+        headers.decode("utf-8")
+    except UnicodeDecodeError:
+        raise NotExpressible(
+            "its headers have 8-bit bytes that are not UTF-8: encode them (RFC 2047) or send "
+            "UTF-8 (SMTPUTF8)"
+        ) from None
 
 
 def _fixed(text: str) -> str:
@@ -292,16 +307,21 @@ class _Parts:
             raise NotExpressible(
                 f"it has more than one {content_type} body: the API sends one of each"
             )
-        assert isinstance(part, EmailMessage)
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        charset = part.get_content_charset() or "us-ascii"
         try:
-            content = part.get_content()
+            # Strictly: the standard library would put U+FFFD for what the charset does not
+            # allow, and the recipient would read other text than was written.
+            content = data.decode(charset)
         except LookupError:
             raise NotExpressible(
-                f"a {content_type} body is in a charset Python does not know "
-                f"({part.get_content_charset()})"
+                f"a {content_type} body is in a charset Python does not know ({charset})"
             ) from None
-        if not isinstance(content, str):
-            raise NotExpressible(f"a {content_type} body cannot be decoded")
+        except UnicodeDecodeError:
+            raise NotExpressible(
+                f"a {content_type} body has bytes its charset ({charset}) does not allow"
+            ) from None
         # SMTP's line ends are CRLF on the wire; a body in JSON has the plain text's own.
         setattr(self, slot, content.replace("\r\n", "\n"))
 

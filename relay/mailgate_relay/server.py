@@ -202,7 +202,7 @@ class RelayHandler:
         try:
             # Parsing up to the size limit takes a while: not on the loop every session shares.
             async with self._converting:
-                request = await asyncio.to_thread(mail_request, raw, mail_from, envelope.rcpt_tos)
+                body = await asyncio.to_thread(request_body, raw, mail_from, envelope.rcpt_tos)
         except NotExpressible as refusal:
             logger.info(
                 "Refused a message of %d bytes from client %s: %s",
@@ -211,7 +211,17 @@ class RelayHandler:
                 refusal.reason,
             )
             return f"554 5.6.0 mailgate cannot send this message as it is: {refusal.reason}"
-        body = json.dumps(request, ensure_ascii=False).encode()
+        except Exception as error:
+            # The parser's own failures on broken input. The same message would fail the same
+            # way again: a permanent refusal, not a 451. Only the error's type is logged: its
+            # text may quote the message.
+            logger.warning(
+                "A message of %d bytes from client %s could not be read: %s",
+                len(raw),
+                credentials.name,
+                type(error).__name__,
+            )
+            return f"554 5.6.0 the message could not be read ({type(error).__name__})"
         limit = min(credentials.max_request_bytes, server.data_size_limit or len(body))
         if len(body) > limit:
             return f"552 5.3.4 the message is too large for mailgate (at most {limit} bytes)"
@@ -227,6 +237,16 @@ class RelayHandler:
             extra={"mailgate_id": submitted.message_id},
         )
         return submitted.reply
+
+
+def request_body(raw: bytes, mail_from: str, recipients: list[str]) -> bytes:
+    """The JSON body of `POST /api/v1/messages` for the message; NotExpressible if none."""
+    request = mail_request(raw, mail_from, recipients)
+    try:
+        return json.dumps(request, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        # Undecodable bytes the parser kept as surrogate escapes, in a name or header.
+        raise NotExpressible("it has bytes that are not valid in their charset") from None
 
 
 def _idempotency_key(raw: bytes, client: str, envelope: Envelope) -> str | None:

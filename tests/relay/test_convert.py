@@ -382,6 +382,14 @@ def empty_attachment() -> EmailMessage:
     return message
 
 
+def latin1_header() -> bytes:
+    return b"From: app@example.com\r\nTo: ann@example.org\r\nSubject: Gr\xfc\xdfe\r\n\r\nbody\r\n"
+
+
+def undeclared_8bit_body() -> bytes:
+    return b"From: app@example.com\r\nTo: ann@example.org\r\nSubject: s\r\n\r\nCaf\xc3\xa9\r\n"
+
+
 def other_multipart() -> bytes:
     return (
         b"From: app@example.com\r\nTo: ann@example.org\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
@@ -401,6 +409,8 @@ def other_multipart() -> bytes:
         (unknown_charset(), "charset Python does not know (x-no-such-charset)"),
         (empty_attachment(), "is empty"),
         (other_multipart(), "multipart/digest part"),
+        (latin1_header(), "8-bit bytes that are not UTF-8"),
+        (undeclared_8bit_body(), "bytes its charset (us-ascii) does not allow"),
     ],
     ids=[
         "signed",
@@ -412,6 +422,8 @@ def other_multipart() -> bytes:
         "unknown charset",
         "empty attachment",
         "digest",
+        "latin-1 header",
+        "8-bit body without charset",
     ],
 )
 def test_should_refuse_what_the_api_cannot_express_with_a_reason(

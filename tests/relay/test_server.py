@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 
 import httpx
+import mailgate_relay.server
 import pytest
 import trustme
 from mailgate_relay.__main__ import RelaySettings, SettingsError, parse_settings, smtp_factory
@@ -169,6 +170,28 @@ def test_should_advertise_the_gateways_size_after_auth_and_refuse_more_with_552(
     # FakeGateway's MAX_REQUEST_BYTES.
     assert advertised == 1234
     assert code == 552
+
+
+def test_should_refuse_a_message_the_parser_fails_on_with_554_and_log_no_content(
+    relay: RunningRelay,
+    fake: FakeGateway,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(raw: bytes, mail_from: str, recipients: list[str]) -> dict[str, object]:
+        raise IndexError(f"cannot parse {raw[:40]!r}")
+
+    monkeypatch.setattr(mailgate_relay.server, "mail_request", broken)
+    with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as session:
+        session.login("app", KEY)
+        session.mail("app@example.com")
+        session.rcpt("ann@example.org")
+        code, reply = session.data(mail())
+
+    assert (code, reply) == (554, b"5.6.0 the message could not be read (IndexError)")
+    assert fake.posts == []
+    assert "IndexError" in caplog.text
+    assert "ann@example.org" not in caplog.text
 
 
 def test_should_answer_454_when_the_key_cannot_be_checked(
