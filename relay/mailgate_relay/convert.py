@@ -120,11 +120,15 @@ def mail_request(raw: bytes, mail_from: str, recipients: Sequence[str]) -> dict[
     request["subject"] = str(subject)
     parts = _Parts()
     parts.walk(message, depth=0)
-    if parts.text is None and parts.html is None:
-        raise NotExpressible("it has no text/plain or text/html body")
-    if parts.text is not None:
+    # An empty body is no body to the API, which takes text and html of one character or more.
+    if not parts.text and not parts.html:
+        raise NotExpressible(
+            "it has no text/plain or text/html body, or only an empty one: the API sends a "
+            "mail only with some text"
+        )
+    if parts.text:
         request["text"] = parts.text
-    if parts.html is not None:
+    if parts.html:
         request["html"] = parts.html
     if parts.attachments:
         request["attachments"] = parts.attachments

@@ -65,6 +65,26 @@ def test_should_carry_text_and_html_from_multipart_alternative() -> None:
     assert request["html"] == "<p>HTML body.</p>\n"
 
 
+def test_should_leave_out_an_empty_text_part_beside_html() -> None:
+    raw = (
+        b"From: app@example.com\r\nTo: ann@example.org\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/alternative; boundary="b"\r\n\r\n--b\r\n'
+        b"Content-Type: text/plain\r\n\r\n\r\n--b\r\nContent-Type: text/html\r\n\r\n"
+        b"<p>HTML.</p>\r\n--b--\r\n"
+    )
+
+    request = convert(raw)
+
+    assert "text" not in request
+    assert request["html"] == "<p>HTML.</p>"
+
+
+def test_should_refuse_a_message_whose_only_body_is_empty() -> None:
+    raw = b"From: app@example.com\r\nTo: ann@example.org\r\nSubject: Rebooted\r\n\r\n"
+
+    assert "only an empty one" in refusal(raw)
+
+
 def test_should_carry_an_html_only_message() -> None:
     message = simple()
     message.set_content("<p>Only HTML.</p>", subtype="html")
