@@ -7,11 +7,16 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: run test lint setup clean poison replay purge soak bench publish \
+.PHONY: run relay test lint setup clean poison replay purge soak bench publish \
 	client clients client-features client-disable client-enable client-rotate
 
 run: setup local.settings.json
 	$(BIN)/python -m devstack
+
+# The SMTP relay on 127.0.0.1:2525 for apps that only speak SMTP, submitting to `make run`'s
+# gateway (MAILGATE_URL); see docs/relay.md. RELAY_ARGS="--help" lists its options.
+relay: setup
+	$(BIN)/mailgate-relay $(RELAY_ARGS)
 
 test: setup lint
 	$(BIN)/python -m pytest
@@ -23,7 +28,7 @@ lint: setup
 
 setup: $(PY_STAMP) $(NODE_STAMP)
 
-$(PY_STAMP): requirements.txt requirements-dev.txt
+$(PY_STAMP): requirements.txt requirements-dev.txt relay/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "mailgate needs Python 3.10 or newer (set PYTHON=...)")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -5,6 +5,7 @@ import os
 import azure.functions as func
 
 from functions import (
+    client,
     console,
     dead_letters,
     delivery,
@@ -28,6 +29,7 @@ configure_telemetry(os.environ)
 
 app = func.FunctionApp()
 app.register_functions(messages.bp)
+app.register_functions(client.bp)
 app.register_functions(sendgrid_compat.bp)
 app.register_functions(sendgrid_events.bp)
 app.register_functions(health.bp)

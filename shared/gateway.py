@@ -243,6 +243,12 @@ class Gateway:
         retention = self.settings.large_message_retention
         return expire_bodies(self.bodies, self._now(), retention, max_blobs=max_blobs)
 
+    def client_document(self, client: Client) -> dict[str, Any]:
+        """What `GET /api/v1/client` tells a client of itself and of the gateway's limits: its
+        name (the key's owner, so an SMTP relay can check a user name against its key) and the
+        largest request body accepted. Never the key, its digest or the senders."""
+        return {"name": client.name, "max_request_bytes": self.settings.max_request_bytes}
+
     def status_document(self, message_id: str, client: Client) -> dict[str, Any]:
         """The client's own message's status as `GET /api/v1/messages/{id}` shows it, with what
         SendGrid's events said of it once there are any."""

@@ -9,6 +9,7 @@ import re
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
+import idna
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -137,7 +138,12 @@ def _email(value: Any, info: ValidationInfo) -> str:
         raise PydanticCustomError("string_type", "Input should be a valid string")
     if (info.context or {}).get("written_by_gateway"):
         return value
-    return validate_email(value)[1]
+    normalized = validate_email(value)[1]
+    # email-validator's normal form has an internationalised domain in Unicode; SendGrid takes
+    # it only in its ASCII form (punycode, the same domain), and refused the Unicode one at
+    # delivery (shared/sendgrid_v3/schema.py _check_email).
+    local, _, domain = normalized.rpartition("@")
+    return normalized if domain.isascii() else f"{local}@{idna.encode(domain).decode('ascii')}"
 
 
 # EmailStr, whose check an envelope read back from the queue can skip (WRITTEN_BY_GATEWAY).

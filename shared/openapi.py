@@ -55,6 +55,15 @@ class Accepted(_Document):
     status: Literal["queued"]
 
 
+class ClientDocument(_Document):
+    """The calling client, and the gateway's limits for its requests."""
+
+    name: str = Field(description="The client the key belongs to.")
+    max_request_bytes: int = Field(
+        description="The largest request body accepted (MAX_REQUEST_BYTES); larger is 413."
+    )
+
+
 class ProviderErrorDocument(_Document):
     """One of SendGrid's own errors: its message (any address cut to *@domain, the mail's own
     text left out, bounded) and the field it names."""
@@ -311,6 +320,7 @@ REQUEST_MODELS: tuple[type[BaseModel], ...] = (
 )
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     Accepted,
+    ClientDocument,
     MessageStatusDocument,
     ProblemDocument,
     HealthStatusDocument,
@@ -528,6 +538,23 @@ def _paths() -> dict[str, Any]:
                         {
                             "401": _MAIL_REFUSALS["401"],
                             "404": "No message of this client has that id.",
+                            "503": "Storage is unavailable, or a setting is wrong (named in the "
+                            "detail).",
+                        }
+                    ),
+                },
+            }
+        },
+        "/v1/client": {
+            "get": {
+                "operationId": "get_client",
+                "summary": "Whose key this is, and the gateway's limits (the SMTP relay's check)",
+                "security": client_key,
+                "responses": {
+                    **_ok("ClientDocument", "The key's client and the largest request body."),
+                    **_refusals(
+                        {
+                            "401": _MAIL_REFUSALS["401"],
                             "503": "Storage is unavailable, or a setting is wrong (named in the "
                             "detail).",
                         }

@@ -124,6 +124,7 @@ var operatorIds = split(replace(operatorPrincipalIds, ' ', ''), ',')
 var clientPaths = [
   '/api/v1/messages'
   '/api/v1/messages/*'
+  '/api/v1/client'
   '/api/v3/mail/send'
   '/api/v1/events/sendgrid'
   '/api/health'

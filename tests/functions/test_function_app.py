@@ -54,6 +54,7 @@ def test_should_register_exactly_the_gateway_functions(
         "console_summary_signed_in",
         "deliver_message",
         "expire_data",
+        "get_client",
         "get_message_status",
         "health",
         "health_details",
@@ -80,6 +81,7 @@ def test_should_register_exactly_the_gateway_functions(
         # post once their host is https://<app>/api.
         ("sendgrid_mail_send", "v3/mail/send", "POST", func.AuthLevel.ANONYMOUS),
         ("get_message_status", "v1/messages/{id}", "GET", func.AuthLevel.ANONYMOUS),
+        ("get_client", "v1/client", "GET", func.AuthLevel.ANONYMOUS),
         ("health", "health", "GET", func.AuthLevel.ANONYMOUS),
         ("health_details", "health/details", "GET", func.AuthLevel.ADMIN),
         ("openapi", "openapi.json", "GET", func.AuthLevel.ANONYMOUS),
@@ -193,6 +195,7 @@ def test_should_expire_data_on_the_schedule_setting_catching_up_after_downtime(
         "submit_message",
         "sendgrid_mail_send",
         "get_message_status",
+        "get_client",
         "health",
         "health_details",
         "deliver_message",

@@ -82,6 +82,9 @@ def test_should_refuse_reserved_headers_whatever_their_case(name: str) -> None:
         ({"email": "ann@example.net"}, "ann@example.net", None),
         ({"email": "ann@example.net", "name": "Smith, Ann"}, "ann@example.net", "Smith, Ann"),
         ("Ann Smith <ann@EXAMPLE.net>", "ann@example.net", "Ann Smith"),
+        # An internationalised domain in the ASCII form SendGrid takes, whichever form came.
+        ("ann@bücher.example", "ann@xn--bcher-kva.example", None),
+        ("ann@xn--bcher-kva.example", "ann@xn--bcher-kva.example", None),
     ],
 )
 def test_should_accept_each_address_form(given: Any, email: str, name: str | None) -> None:

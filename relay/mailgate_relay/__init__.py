@@ -1,0 +1,1 @@
+"""mailgate-relay: SMTP in, mailgate's HTTP API out, for apps that only speak SMTP."""
