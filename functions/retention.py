@@ -1,20 +1,25 @@
-"""Timer trigger: hourly, delete the console's activity rows older than ACTIVITY_RETENTION_DAYS.
+"""Timer trigger: hourly, delete what is past its retention: the console's activity rows
+(ACTIVITY_RETENTION_DAYS), status records with their delivery events (STATUS_RETENTION_DAYS) and
+idempotency keys (IDEMPOTENCY_RETENTION_HOURS).
 
 Each run logs one INFO line, `Retention: deleted N activity row(s) older than D day(s) in C
-call(s)`, plus `; more left for the next run` when it stopped at its bound
-(shared/retention.py). While the settings are wrong it logs the ERROR the queue monitor logs,
-`Gateway not configured: <the settings at fault>`, and deletes nothing. Status records, delivery
-events, idempotency keys and claim-check blobs do not expire yet (docs/operations.md).
+call(s); M message(s) older than S day(s) (R row(s)) in C call(s); K idempotency key(s) in C
+call(s)`, plus `; N could not be deleted` and `; more left for the next run` when it stopped at
+its bound (shared/retention.py, shared/status_retention.py). While the settings are wrong it logs
+the ERROR the queue monitor logs, `Gateway not configured: <the settings at fault>`, and deletes
+nothing. Claim-check blobs do not expire here (docs/operations.md).
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import azure.functions as func
 
 from shared.errors import MailgateError
 from shared.gateway import expire_data as expire_due_data
+from shared.retention import ExpiryResult, PartitionExpiry
 
 logger = logging.getLogger(__name__)
 
@@ -36,21 +41,42 @@ SCHEDULE = "%RETENTION_SCHEDULE%"
 # as tests' schedules do (WebJobs Extensions TimerSchedule; devstack/host_timer.py).
 @bp.timer_trigger(arg_name="timer", schedule=SCHEDULE, run_on_startup=False, use_monitor=True)
 def expire_data(timer: func.TimerRequest) -> None:
-    """Delete the activity rows that are past their retention; log what was deleted."""
+    """Delete the rows that are past their retention; log what was deleted."""
     try:
         result = expire_due_data()
     except MailgateError as error:
         # Not raised: a timer is not retried, and the next run takes up where this one stopped.
-        logger.error("Retention: activity rows could not be expired: %s", error)
+        logger.error("Retention: expired rows could not be deleted: %s", error)
         return
     if result is None:
         return  # the settings are wrong: logged already, nothing deleted
+    parts: list[ExpiryResult | PartitionExpiry] = [result]
+    kinds = ""
+    if result.statuses is not None and result.status_retention is not None:
+        statuses = result.statuses
+        parts.append(statuses)
+        kinds += (
+            f"; {statuses.partitions} message(s) older than "
+            f"{result.status_retention / timedelta(days=1):g} day(s) ({statuses.deleted} "
+            f"row(s)) in {statuses.calls} call(s)"
+        )
+        if statuses.skipped:
+            kinds += f", {statuses.skipped} row(s) of older ids skipped"
+    if result.keys is not None:
+        parts.append(result.keys)
+        kinds += f"; {result.keys.deleted} idempotency key(s) in {result.keys.calls} call(s)"
+    failed = sum(part.failed for part in parts)
     logger.info(
-        "Retention: deleted %d activity row(s) older than %s day(s) in %d call(s)%s%s",
+        "Retention: deleted %d activity row(s) older than %s day(s) in %d call(s)%s%s%s",
         result.deleted,
         f"{result.retention_days:g}",
         result.calls,
-        f"; {result.failed} could not be deleted" if result.failed else "",
-        "; more left for the next run" if result.more_left else "",
-        extra={"deleted": result.deleted, "calls": result.calls, "failed": result.failed},
+        kinds,
+        f"; {failed} could not be deleted" if failed else "",
+        "; more left for the next run" if any(part.more_left for part in parts) else "",
+        extra={
+            "deleted": sum(part.deleted for part in parts),
+            "calls": sum(part.calls for part in parts),
+            "failed": failed,
+        },
     )

@@ -1,4 +1,5 @@
-"""Retention: the console's activity rows expire after ACTIVITY_RETENTION_DAYS.
+"""Retention: the console's activity rows expire after ACTIVITY_RETENTION_DAYS (status records
+and idempotency keys: shared/status_retention.py).
 
 Table storage has no TTL and no index on time, so expiry must not scan the table. Activity rows
 need none: they live in per-minute partitions, `activity-<9999999999 - minutes since 1970>`
@@ -14,11 +15,13 @@ partitions cannot:
 
 - status records, and the delivery events beside them (shared/delivery_events.py), are in
   partitions named by message id: a lower-case UUID (shared/status.py `known_message_id`, made
-  by shared/gateway.py `new_message_id` as `str(uuid.uuid4())`). Events are written only under
-  an id that has a status record. A UUID's first eight characters are hex digits: it may
+  by shared/gateway.py `new_message_id`, a UUIDv7; before, a uuid4). Events are written only
+  under an id that has a status record. A UUID's first eight characters are hex digits: it may
   start `ac`, but its third character is never `t`. So no message id starts with `activity-`;
-- idempotency keys are in partitions `idempotency-<hash>` (shared/idempotency.py): `i` > `a`;
-- the health check reads a partition `health`: `h` > `a`.
+- idempotency keys are in partitions `idem-<period>-<hash>`, and before that layout
+  `idempotency-<hash>` (shared/idempotency.py): `i` > `a`;
+- the health check reads a partition `health`: `h` > `a`; the status expiry keeps its watermark
+  in a partition `retention`: `r` > `a`.
 
 Each run deletes at most `max_rows` rows, so that it ends well inside the host's
 functionTimeout (host.json); the next run takes the rest. Rows are deleted in entity group
@@ -57,6 +60,20 @@ _PAGE_SIZE = 1000
 
 
 @dataclass(frozen=True)
+class PartitionExpiry:
+    """What one run did to status records or idempotency keys (shared/status_retention.py):
+    partitions and rows deleted, rows skipped (not its to delete), rows whose delete failed,
+    storage calls, and whether it stopped at its bound with more left."""
+
+    partitions: int = 0
+    deleted: int = 0
+    skipped: int = 0
+    failed: int = 0
+    calls: int = 0
+    more_left: bool = False
+
+
+@dataclass(frozen=True)
 class ExpiryResult:
     """What one run did: rows deleted, storage calls made, rows whose delete failed, and
     whether it stopped at its bound with rows left for the next run."""
@@ -66,6 +83,10 @@ class ExpiryResult:
     failed: int
     more_left: bool
     retention: timedelta
+    # Status records with their delivery events, and idempotency keys, when the run did them.
+    statuses: PartitionExpiry | None = None
+    status_retention: timedelta | None = None
+    keys: PartitionExpiry | None = None
 
     @property
     def retention_days(self) -> float:
@@ -99,7 +120,7 @@ def expire_activity(
         if not batch:
             return
         calls += 1
-        if _delete_batch(table, batch):
+        if delete_rows(table, batch, "activity"):
             deleted += len(batch)
         else:
             failed += len(batch)
@@ -138,8 +159,11 @@ def expire_activity(
     return ExpiryResult(deleted, calls, failed, more_left, retention)
 
 
-def _delete_batch(table: TableClient, rows: list[dict[str, Any]]) -> bool:
-    """Delete rows of one partition in one transaction; False if the service refused it."""
+def delete_rows(table: TableClient, rows: list[dict[str, Any]], kind: str) -> bool:
+    """Delete rows of one partition in one transaction; False if the service refused it.
+
+    `kind` names the rows in the WARNING logged then (activity, status, idempotency).
+    """
     try:
         table.submit_transaction([("delete", row) for row in rows])
     except (ServiceRequestError, ServiceResponseError):
@@ -150,9 +174,10 @@ def _delete_batch(table: TableClient, rows: list[dict[str, Any]]) -> bool:
         # For instance a row deleted meanwhile (404 fails the whole transaction): the others
         # stay until the next run. Neither keys nor ids are logged: they name messages.
         logger.warning(
-            "Retention: a transaction deleting %d activity row(s) failed, they stay for the "
+            "Retention: a transaction deleting %d %s row(s) failed, they stay for the "
             "next run: %s %s",
             len(rows),
+            kind,
             error.status_code,
             type(error).__name__,
         )

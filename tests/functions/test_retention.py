@@ -70,7 +70,7 @@ def test_should_log_an_error_and_return_when_storage_is_unavailable(
 
     assert record.levelno == logging.ERROR
     assert record.getMessage() == (
-        "Retention: activity rows could not be expired: table mailstatus: ServiceRequestError"
+        "Retention: expired rows could not be deleted: table mailstatus: ServiceRequestError"
     )
 
 
