@@ -157,6 +157,11 @@ param idempotencyRetentionHours int = 24
 @description('Optional. ACTIVITY_RETENTION_DAYS: how long the console\'s activity rows are kept before the retention timer deletes them.')
 param activityRetentionDays int = 7
 
+@minValue(1)
+@maxValue(3650)
+@description('Optional. STATUS_RETENTION_DAYS: how long status records and their delivery events are kept after a message was accepted; must be longer than maxDeliveryAttempts x retryMaxDelaySeconds.')
+param statusRetentionDays int = 30
+
 @description('Optional. RETENTION_SCHEDULE: when the retention timer runs (NCRONTAB, UTC, seconds first); hourly at minute 17 by default.')
 param retentionSchedule string = '0 17 * * * *'
 
@@ -281,6 +286,7 @@ module api 'app/api.bicep' = {
     retryMaxDelaySeconds: retryMaxDelaySeconds
     idempotencyRetentionHours: idempotencyRetentionHours
     activityRetentionDays: activityRetentionDays
+    statusRetentionDays: statusRetentionDays
     retentionSchedule: retentionSchedule
     sendgridWebhookPublicKey: sendgridWebhookPublicKey
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId

@@ -95,6 +95,9 @@ param idempotencyRetentionHours int
 @description('Required. The ACTIVITY_RETENTION_DAYS app setting.')
 param activityRetentionDays int
 
+@description('Required. The STATUS_RETENTION_DAYS app setting.')
+param statusRetentionDays int
+
 @description('Required. The RETENTION_SCHEDULE app setting: the retention timer\'s NCRONTAB schedule.')
 param retentionSchedule string
 
@@ -152,6 +155,7 @@ var appSettings = {
   LARGE_MESSAGE_CONTAINER_NAME: largeMessageContainerName
   IDEMPOTENCY_RETENTION_HOURS: string(idempotencyRetentionHours)
   ACTIVITY_RETENTION_DAYS: string(activityRetentionDays)
+  STATUS_RETENTION_DAYS: string(statusRetentionDays)
   // The timer binds %RETENTION_SCHEDULE%: unset, the host fails to index that function.
   RETENTION_SCHEDULE: retentionSchedule
   SENDGRID_API_BASE_URL: sendgridApiBaseUrl

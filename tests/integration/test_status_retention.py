@@ -15,7 +15,12 @@ from azure.data.tables import TableClient
 from shared.activity import ActivityEvent, ActivityLog, partition_of
 from shared.blobs import MessageBodyStore
 from shared.clients import Client, ClientStore
-from shared.delivery_events import DeliveryEventStore, TimelineEntry
+from shared.delivery_events import (
+    DeliveryEventStore,
+    SendGridEvent,
+    TimelineEntry,
+    record_event_batch,
+)
 from shared.errors import MessageNotFound
 from shared.gateway import Gateway
 from shared.idempotency import IdempotencyStore
@@ -110,6 +115,25 @@ def test_should_delete_old_messages_whole_and_keep_everything_else(
         k: v for k, v in after.items() if k != WATERMARK_PARTITION
     }
     assert watermark(status_table) == id_prefix(NOW - MONTH)
+
+
+def test_should_count_late_events_of_an_expired_message_as_unknown_and_write_nothing(
+    status_table: TableClient, statuses: StatusStore
+) -> None:
+    message_id = v7_id(NOW - MONTH - DAY)
+    add_message(statuses, status_table, message_id, NOW - MONTH - DAY)
+    expire_statuses(status_table, NOW, MONTH)
+    late = SendGridEvent(
+        event="open",
+        sg_event_id="sg-late-1",
+        timestamp=int(NOW.timestamp()),
+        mailgate_id=message_id,
+    )
+
+    report = record_event_batch([late], statuses, DeliveryEventStore(status_table), NOW)
+
+    assert (report.recorded, report.unknown) == (0, 1)
+    assert message_id not in partitions(status_table)
 
 
 def test_should_read_a_skipped_legacy_partition_only_once(
