@@ -25,8 +25,15 @@ prefix starts with `a` only from the year 10889 on); the table's other partition
 health check) and `retention` (the watermark), start with a lower-case letter, which sorts
 after every digit.
 
+The service keeps a table's rows in one index sorted by PartitionKey, then RowKey, comparing
+strings lexically, and returns query results in that order (Microsoft's "Designing a scalable
+partitioning strategy for Azure Table storage" and "Querying tables and entities"): a range is
+read without the rest of the table, and the rows of one partition come together.
+
 **The watermark** (PartitionKey `retention`, RowKey `status`) says where the next run starts. It
-never passes a partition that failed to delete, and moves only forward. Rows written under an id
+never passes a partition that failed to delete, and moves only forward. One run writes it at a
+time: the host runs a timer function on one instance at once, under a lease (Microsoft's timer
+trigger reference, "Scale-out"; Azure/azure-webjobs-sdk issue 614). Rows written under an id
 the watermark has passed are never read again: a dead letter replayed after its status record
 expired writes a new one under the old id, and it stays (docs/operations.md, Retention).
 
