@@ -1,4 +1,5 @@
-"""Expiry: what deleting old activity rows costs (shared/retention.py, issue 15).
+"""Expiry: what deleting old activity rows, and old messages' status records with their
+delivery events, costs (shared/retention.py, shared/status_retention.py, issue 15).
 
 Inserts `rows` activity rows, unmeasured, in entity group transactions, `ROWS_PER_MINUTE` to a
 minute's partition over minutes older than the retention cutoff, and `NEWER_ROWS` in minutes
@@ -16,6 +17,7 @@ per deleted blob and the bench process's CPU. The kept and root blobs are counte
 from __future__ import annotations
 
 import os
+import secrets
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import uuid6
 from azure.data.tables import TableClient, TableServiceClient
 from azure.storage.blob import ContainerClient
 
@@ -32,6 +35,7 @@ from shared.activity import MAX_TRANSACTION_OPERATIONS, PARTITION_PREFIX, partit
 from shared.blobs import KEPT_PREFIX, LIVE_PREFIX, MessageBodyStore
 from shared.queue import storage_transport
 from shared.retention import MAX_BODIES_PER_RUN, MAX_ROWS_PER_RUN, expire_activity, expire_bodies
+from shared.status_retention import V7_SINCE, WATERMARK_PARTITION, expire_statuses, id_prefix
 from shared.storage_transport import StorageTransport
 
 RETENTION = timedelta(days=7)
@@ -206,3 +210,156 @@ def _insert(table: TableClient, newest: datetime, rows: int) -> None:
             lambda batch: table.submit_transaction([("upsert", row) for row in batch]), batches
         ):
             pass
+
+
+# --- status records with their delivery events (shared/status_retention.py) ------------------
+
+STATUS_RETENTION = timedelta(days=30)
+# Status, delivery record and two events (processed, delivered): a message SendGrid's Event
+# Webhook reported on. A message without events has its status row alone.
+ROWS_PER_MESSAGE = 4
+# uuid4 partitions of the layout before, whose first digits fall in the range: read, kept.
+LEGACY_IN_RANGE = 1_000
+NEWER_MESSAGES = 250
+UNBOUNDED_SECONDS = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class StatusExpireResult:
+    """One status expiry run over `rows` rows of old messages, with newer and legacy ones."""
+
+    rows: int
+    messages: int
+    deleted: int
+    deleted_messages: int
+    skipped: int
+    calls: int
+    seconds: float
+    cpu_seconds: float
+    azurite_cpu_seconds: float | None
+    left: int  # rows of the table after the run, but the watermark
+    kept: int  # of those, the newer messages' rows and the legacy ones
+    to_keep: int
+
+    @property
+    def calls_per_row(self) -> float | None:
+        """Storage calls per deleted row."""
+        return self.calls / self.deleted if self.deleted else None
+
+    @property
+    def cpu_per_row(self) -> float | None:
+        """Bench-process CPU seconds per deleted row."""
+        return self.cpu_seconds / self.deleted if self.deleted else None
+
+    @property
+    def rows_per_second(self) -> float | None:
+        """Rows deleted per second of the run."""
+        return self.deleted / self.seconds if self.seconds else None
+
+
+def run_expire_statuses(
+    azurite: Azurite, rows: int, now: datetime | None = None
+) -> StatusExpireResult:
+    """Insert `rows` rows of messages accepted before the cutoff, ROWS_PER_MESSAGE each, newer
+    messages and legacy rows in range; then one status expiry, as the timer runs it."""
+    # Far enough after the first v7 id that a month's retention reaches UUIDv7 ids.
+    now = now or max(datetime.now(timezone.utc), V7_SINCE + STATUS_RETENTION + timedelta(days=10))
+    cutoff = now - STATUS_RETENTION
+    table_name = f"benchexpirestatus{uuid.uuid4().hex[:8]}"
+    with TableServiceClient.from_connection_string(azurite.connection_string) as service:
+        service.create_table(table_name)
+    with TableClient.from_connection_string(
+        azurite.connection_string, table_name, transport=StorageTransport()
+    ) as table:
+        messages = -(-rows // ROWS_PER_MESSAGE)
+        # Spread over the 5 days before the cutoff, a few seconds apart.
+        spread = timedelta(days=5) / max(messages, 1)
+        old = [
+            _message_rows(
+                cutoff - spread * (n + 1), min(ROWS_PER_MESSAGE, rows - n * ROWS_PER_MESSAGE)
+            )
+            for n in range(messages)
+        ]
+        newer = [
+            _message_rows(now - timedelta(minutes=n), ROWS_PER_MESSAGE)
+            for n in range(NEWER_MESSAGES)
+        ]
+        legacy = [
+            [
+                {
+                    "PartitionKey": _legacy_id(
+                        cutoff - timedelta(days=5) * (n + 1) / (LEGACY_IN_RANGE + 1)
+                    ),
+                    "RowKey": "status",
+                }
+            ]
+            for n in range(LEGACY_IN_RANGE)
+        ]
+        with ThreadPoolExecutor(INSERT_THREADS) as pool:
+            for _ in pool.map(
+                lambda batch: table.submit_transaction([("upsert", row) for row in batch]),
+                [*old, *newer, *legacy],
+            ):
+                pass
+        azurite_pid = azurite.pid
+        azurite_cpu = process_cpu_seconds(azurite_pid) if azurite_pid else None
+        cpu = process_cpu_seconds(os.getpid(), descendants=False)
+        wall = time.perf_counter()
+        # Without the run's time bound (4 minutes): the figure is the cost per row, and Azurite
+        # on a loaded machine is far slower per transaction than the service.
+        result = expire_statuses(table, now, STATUS_RETENTION, seconds=UNBOUNDED_SECONDS)
+        wall = time.perf_counter() - wall
+        cpu = process_cpu_seconds(os.getpid(), descendants=False) - cpu
+        if azurite_pid and azurite_cpu is not None:
+            azurite_cpu = process_cpu_seconds(azurite_pid) - azurite_cpu
+        remaining = {
+            (e["PartitionKey"], e["RowKey"])
+            for e in table.list_entities(select=["PartitionKey", "RowKey"])
+            if e["PartitionKey"] != WATERMARK_PARTITION
+        }
+        to_keep = {(r["PartitionKey"], r["RowKey"]) for batch in [*newer, *legacy] for r in batch}
+    return StatusExpireResult(
+        rows=rows,
+        messages=messages,
+        deleted=result.deleted,
+        deleted_messages=result.partitions,
+        skipped=result.skipped,
+        calls=result.calls,
+        seconds=wall,
+        cpu_seconds=cpu,
+        azurite_cpu_seconds=azurite_cpu,
+        left=len(remaining),
+        kept=len(remaining & to_keep),
+        to_keep=len(to_keep),
+    )
+
+
+def _message_rows(accepted_at: datetime, rows: int) -> list[dict[str, Any]]:
+    """A message's partition as delivery and SendGrid's events leave it: `rows` of them."""
+    message_id = _v7_id(accepted_at)
+    made: list[dict[str, Any]] = [
+        {
+            "PartitionKey": message_id,
+            "RowKey": "status",
+            "state": "sent",
+            "accepted_at": accepted_at,
+        },
+        {"PartitionKey": message_id, "RowKey": "delivery", "state": "delivered", "timeline": "[]"},
+    ]
+    made += [
+        {"PartitionKey": message_id, "RowKey": f"event-{n:064x}", "event": "delivered"}
+        for n in range(ROWS_PER_MESSAGE - 2)
+    ]
+    return made[:rows]
+
+
+def _v7_id(at: datetime) -> str:
+    milliseconds = (at - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(milliseconds=1)
+    return str(uuid6.UUID(int=(milliseconds << 80) | secrets.randbits(76), version=7))
+
+
+def _legacy_id(at: datetime) -> str:
+    """A uuid4 id whose first digits happen to read as `at`, as a few of the old ids do."""
+    return (
+        f"{id_prefix(at)}-4{uuid.uuid4().hex[:3]}-8{uuid.uuid4().hex[:3]}-{uuid.uuid4().hex[:12]}"
+    )

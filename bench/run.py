@@ -4,6 +4,7 @@
                     [--transport-sends 200] [--round-trip-ms 20] [--host-threads N]
                     [--model-messages 1000] [--large-messages 24]
                     [--storage-calls 1000] [--expire-rows 100000]
+                    [--expire-status-rows 100000]
                     [--scenarios accept,delivery,transport,host,model,large,hostile,storage,expire]
                     [--profile DIR] [--no-write]
 
@@ -28,7 +29,13 @@ from pathlib import Path
 
 from bench.accept import AcceptLevel, run_accept
 from bench.delivery import ConsumerBaseline, DrainResult, run_drain, run_minimal_consumer
-from bench.expire import ExpireResult, run_expire, run_expire_bodies
+from bench.expire import (
+    ExpireResult,
+    StatusExpireResult,
+    run_expire,
+    run_expire_bodies,
+    run_expire_statuses,
+)
 from bench.host_overhead import NoopResult, noop_settings, run_noop
 from bench.hostile import HostileResult, HostileRun, run_hostile
 from bench.large import INSTANCE_WORKER_MIB, LargeResult, run_large
@@ -144,6 +151,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--expire-rows", type=int, default=100_000, help="old activity rows one expiry deletes"
     )
+    parser.add_argument(
+        "--expire-status-rows",
+        type=int,
+        default=100_000,
+        help="rows of old messages (status, delivery, events) one status expiry deletes",
+    )
     parser.add_argument("--scenarios", type=scenarios, default=list(SCENARIOS))
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the host into DIR")
     parser.add_argument("--no-write", action="store_true", help=f"do not update {DOC.name}")
@@ -165,6 +178,7 @@ class Results:
     hostile: HostileResult | None = None
     storage: StorageCallsResult | None = None
     expire: ExpireResult | None = None
+    expire_statuses: StatusExpireResult | None = None
 
 
 def run(args: argparse.Namespace, workdir: Path, profiler: Profiler | None) -> Results:
@@ -279,6 +293,8 @@ def run(args: argparse.Namespace, workdir: Path, profiler: Profiler | None) -> R
             results.expire = run_expire(azurite, args.expire_rows)
             _step("expiry: leftover claim-check bodies past their retention")
             results.expire = replace(results.expire, bodies=run_expire_bodies(azurite))
+            _step(f"expiry: {args.expire_status_rows:,} rows of messages older than the cutoff")
+            results.expire_statuses = run_expire_statuses(azurite, args.expire_status_rows)
     if "transport" in args.scenarios:
         _step("transport: gateway client vs official client over TLS")
         round_trips = [0.0] + ([args.round_trip_ms] if args.round_trip_ms > 0 else [])
@@ -467,6 +483,46 @@ def storage_rows(storage: StorageCallsResult) -> list[Row]:
                 before.cpu_per_call * US,
                 ratio(shape.cpu_per_call, before.cpu_per_call),
                 STORAGE_CALL,
+            )
+        )
+    return rows
+
+
+def status_expire_rows(expire: StatusExpireResult) -> list[Row]:
+    """One status expiry run: rows deleted and kept, time, CPU and storage calls per deleted
+    row."""
+    scenario = "10 expire"
+    rows = [
+        Row(
+            scenario,
+            f"status, delivery and event rows deleted, of {expire.rows:,} of "
+            f"{expire.messages:,} messages older than the cutoff (baseline: all of them)",
+            expire.deleted,
+            expire.rows,
+            ratio(expire.deleted, expire.rows),
+            EVERY_ROW,
+        ),
+        Row(
+            scenario,
+            f"rows kept, of {expire.to_keep:,} of newer messages and uuid4 ids in range "
+            "(baseline: all of them)",
+            expire.kept,
+            expire.to_keep,
+            ratio(expire.kept, expire.left) if expire.kept == expire.to_keep else 0.0,
+            EVERY_ROW,
+        ),
+        Row(scenario, "uuid4 rows in range read and skipped", expire.skipped),
+        Row(scenario, "seconds for the status run", expire.seconds),
+        Row(scenario, "status rows deleted/s", expire.rows_per_second),
+        Row(scenario, "storage calls per deleted status row", expire.calls_per_row),
+        Row(scenario, "CPU µs per deleted status row, bench process", _us(expire.cpu_per_row)),
+    ]
+    if expire.azurite_cpu_seconds is not None and expire.deleted:
+        rows.append(
+            Row(
+                scenario,
+                "CPU µs per deleted status row, Azurite",
+                expire.azurite_cpu_seconds / expire.deleted * US,
             )
         )
     return rows
@@ -768,6 +824,8 @@ def all_rows(results: Results) -> list[Row]:
         rows += storage_rows(results.storage)
     if results.expire is not None:
         rows += expire_rows(results.expire)
+    if results.expire_statuses is not None:
+        rows += status_expire_rows(results.expire_statuses)
     return rows
 
 

@@ -1,12 +1,15 @@
-"""Timer trigger: hourly, delete the console's activity rows older than ACTIVITY_RETENTION_DAYS
-and the claim-check bodies left under live/ past the longest a message can live.
+"""Timer trigger: hourly, delete what is past its retention: the console's activity rows
+(ACTIVITY_RETENTION_DAYS), status records with their delivery events (STATUS_RETENTION_DAYS),
+idempotency keys (IDEMPOTENCY_RETENTION_HOURS), and the claim-check bodies left under live/ past
+the longest a message can live.
 
-Each run logs one INFO line, `Retention: deleted N activity row(s) older than D day(s) in C
-call(s)`, plus `; more left for the next run` when it stopped at its bound
-(shared/retention.py), then `Retention: deleted N leftover message body blob(s) older than H
-hour(s)`. While the settings are wrong it logs the ERROR the queue monitor logs,
-`Gateway not configured: <the settings at fault>`, and deletes nothing. Status records, delivery
-events and idempotency keys do not expire yet (docs/operations.md).
+Each run logs one INFO line for the table, `Retention: deleted N activity row(s) older than D
+day(s) in C call(s); M message(s) older than S day(s) (R row(s)) in C call(s); K idempotency
+key(s) in C call(s)`, plus `; N could not be deleted` and `; more left for the next run` when it
+stopped at its bound (shared/retention.py, shared/status_retention.py), then `Retention: deleted
+N leftover message body blob(s) older than H hour(s)`. While the settings are wrong it logs the
+ERROR the queue monitor logs, `Gateway not configured: <the settings at fault>`, and deletes
+nothing.
 """
 
 from __future__ import annotations
@@ -38,29 +41,14 @@ SCHEDULE = "%RETENTION_SCHEDULE%"
 # as tests' schedules do (WebJobs Extensions TimerSchedule; devstack/host_timer.py).
 @bp.timer_trigger(arg_name="timer", schedule=SCHEDULE, run_on_startup=False, use_monitor=True)
 def expire_data(timer: func.TimerRequest) -> None:
-    """Delete the activity rows that are past their retention; log what was deleted."""
+    """Delete what is past its retention; log what was deleted."""
     try:
         result = expire_due_data()
     except MailgateError as error:
         # Not raised: a timer is not retried, and the next run takes up where this one stopped.
-        logger.error("Retention: activity rows could not be expired: %s", error)
+        logger.error("Retention: expired rows could not be deleted: %s", error)
         return
     if result is None:
         return  # the settings are wrong: logged already, nothing deleted
-    logger.info(
-        "Retention: deleted %d activity row(s) older than %s day(s) in %d call(s)%s%s",
-        result.deleted,
-        f"{result.retention_days:g}",
-        result.calls,
-        f"; {result.failed} could not be deleted" if result.failed else "",
-        "; more left for the next run" if result.more_left else "",
-        extra={"deleted": result.deleted, "calls": result.calls, "failed": result.failed},
-    )
-    if result.bodies is not None:
-        logger.info(
-            "Retention: deleted %d leftover message body blob(s) older than %s hour(s)%s",
-            result.bodies.deleted,
-            f"{result.bodies.retention_hours:g}",
-            "; more left for the next run" if result.bodies.more_left else "",
-            extra={"deleted": result.bodies.deleted},
-        )
+    for line, counts in result.log_lines():
+        logger.info("%s", line, extra=counts)

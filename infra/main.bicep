@@ -161,6 +161,10 @@ param activityRetentionDays int = 7
 @maxValue(3650)
 @description('Optional. LARGE_MESSAGE_RETENTION_MARGIN_DAYS: days a claim-check body left under live/ is kept beyond MAX_DELIVERY_ATTEMPTS x RETRY_MAX_DELAY_SECONDS before the retention timer (and the lifecycle rule) deletes it; at least the 7 days the Functions host keeps its poison copy of a message, and a day.')
 param largeMessageRetentionMarginDays int = 8
+@minValue(1)
+@maxValue(3650)
+@description('Optional. STATUS_RETENTION_DAYS: how long status records and their delivery events are kept after a message was accepted; must be longer than maxDeliveryAttempts x retryMaxDelaySeconds.')
+param statusRetentionDays int = 30
 
 @description('Optional. RETENTION_SCHEDULE: when the retention timer runs (NCRONTAB, UTC, seconds first); hourly at minute 17 by default.')
 param retentionSchedule string = '0 17 * * * *'
@@ -291,6 +295,7 @@ module api 'app/api.bicep' = {
     idempotencyRetentionHours: idempotencyRetentionHours
     activityRetentionDays: activityRetentionDays
     largeMessageRetentionMarginDays: largeMessageRetentionMarginDays
+    statusRetentionDays: statusRetentionDays
     retentionSchedule: retentionSchedule
     sendgridWebhookPublicKey: sendgridWebhookPublicKey
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId

@@ -9,12 +9,12 @@ import os
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import uuid6
 from opentelemetry.trace import SpanKind
 
 from shared import telemetry
@@ -38,12 +38,14 @@ from shared.retention import (
     MAX_ROWS_PER_RUN,
     BodyExpiryResult,
     ExpiryResult,
+    PartitionExpiry,
     expire_activity,
     expire_bodies,
 )
 from shared.sendgrid_client import SendGridClient
 from shared.settings import Settings, StorageSettings, mail_queue_settings_from_env
 from shared.status import MessageStatus, StatusStore, known_message_id
+from shared.status_retention import expire_keys, expire_statuses
 from shared.submission import MAX_QUEUED_JSON_BYTES, AcceptedMessage, Submission
 from shared.webhook_signature import SignatureVerifier
 
@@ -59,8 +61,15 @@ def utc_now() -> datetime:
 
 
 def new_message_id() -> str:
-    """A fresh gateway message id."""
-    return str(uuid.uuid4())
+    """A fresh gateway message id: a lowercase UUIDv7 (RFC 9562).
+
+    Its first 48 bits are the time in milliseconds, so that the status records of messages
+    accepted before a cutoff are one range of partition keys (shared/retention.py). It stays
+    unguessable: uuid6 fills the other 74 bits from `secrets`, a CSPRNG (fewer than a uuid4's
+    122, still some 10^22 candidates for each millisecond, and a status is shown only to the
+    client that sent the message). The standard library has uuid7 from Python 3.14 on only.
+    """
+    return str(uuid6.uuid7())
 
 
 class Gateway:
@@ -248,6 +257,17 @@ class Gateway:
         name (the key's owner, so an SMTP relay can check a user name against its key) and the
         largest request body accepted. Never the key, its digest or the senders."""
         return {"name": client.name, "max_request_bytes": self.settings.max_request_bytes}
+
+    def expire_statuses(self) -> PartitionExpiry:
+        """Delete the status records, with their delivery events, of the messages accepted more
+        than STATUS_RETENTION_DAYS ago; StorageUnavailable if the table cannot be reached."""
+        retention = timedelta(days=self.settings.status_retention_days)
+        return expire_statuses(self.statuses.table, self._now(), retention)
+
+    def expire_keys(self) -> PartitionExpiry:
+        """Delete the idempotency keys of periods no claim reads any more."""
+        retention = timedelta(hours=self.settings.idempotency_retention_hours)
+        return expire_keys(self.statuses.table, self._now(), retention)
 
     def status_document(self, message_id: str, client: Client) -> dict[str, Any]:
         """The client's own message's status as `GET /api/v1/messages/{id}` shows it, with what
@@ -471,7 +491,13 @@ def expire_data() -> ExpiryResult | None:
     except ConfigurationError as error:
         logger.error("%s: %s", NOT_CONFIGURED, error)
         return None
-    result = gateway.expire_activity()
+    activity = gateway.expire_activity()
+    result = dataclasses.replace(
+        activity,
+        statuses=gateway.expire_statuses(),
+        status_retention=timedelta(days=gateway.settings.status_retention_days),
+        keys=gateway.expire_keys(),
+    )
     try:
         bodies = gateway.expire_bodies()
     except StorageUnavailable as error:

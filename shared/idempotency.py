@@ -1,11 +1,30 @@
-"""Idempotency keys: the same key and body accepted once, the first writer winning atomically."""
+"""Idempotency keys: the same key and body accepted once, the first writer winning atomically.
+
+A key's record lives in the partition of the period it was claimed in:
+
+    PartitionKey idem-<period start>-<sha256(key)>, RowKey "key"
+
+where periods are IDEMPOTENCY_RETENTION_HOURS long and the period start is in seconds since
+1970, 11 digits. A record is honoured for IDEMPOTENCY_RETENTION_HOURS after it was made, so it
+is found in its own period or the next: a claim reads the previous period's partition (one more
+read), then inserts into the current one. Every older period is one range of partition keys,
+which the retention timer deletes (shared/status_retention.py). The start is kept rather than a
+period number, so that keys still sort by time after the setting changed.
+
+Records of the layout before, `idempotency-<hash>`, are neither read nor deleted
+(docs/operations.md, Retention).
+
+Two requests with one key, one just before a period's end and one just after, claim in different
+partitions: the second finds the first unless both run within the same few milliseconds (the
+first's insert not yet done when the second reads), when both are accepted.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from azure.core import MatchConditions
@@ -27,8 +46,9 @@ from shared.status import NO_ECHO
 
 # Matched whole (fullmatch): a `$` would let a final newline through.
 _KEY = re.compile(r"[\x20-\x7e]{1,255}")
-_PARTITION_PREFIX = "idempotency-"
+KEY_PARTITION_PREFIX = "idem-"
 _ROW = "key"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # A claim still pending after this long was abandoned by a crashed worker: take it over.
 PENDING_TIMEOUT = timedelta(seconds=60)
 
@@ -43,6 +63,8 @@ class KeyRecord:
     created_at: datetime
     completed: bool = False
     etag: str | None = None
+    # Where the record is: its period's partition (period_partition).
+    partition: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,6 +78,20 @@ class KeyClaim:
 def digest(data: bytes | str) -> str:
     """A SHA-256 hex digest; keys and bodies are stored only as digests."""
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+def period_start_partition(at: datetime, period: timedelta, *, periods_back: int = 0) -> str:
+    """`idem-<start>`: the prefix of every key's partition in the period holding `at`, or in the
+    one `periods_back` before it."""
+    length = max(1, round(period.total_seconds()))
+    seconds = (at - _EPOCH) // timedelta(seconds=1)
+    start = (seconds // length - periods_back) * length
+    return f"{KEY_PARTITION_PREFIX}{max(start, 0):011d}"
+
+
+def period_partition(key_hash: str, at: datetime, period: timedelta, periods_back: int = 0) -> str:
+    """The partition of a key's record claimed at `at` (or `periods_back` periods before)."""
+    return f"{period_start_partition(at, period, periods_back=periods_back)}-{key_hash}"
 
 
 def check_key(key: str) -> str:
@@ -79,10 +115,15 @@ class IdempotencyStore:
 
         Raises IdempotencyKeyReused (another body), IdempotencyKeyInUse (still being accepted).
         """
-        ours = KeyRecord(digest(key), digest(body), message_id, now)
-        existing = self._insert(ours)
-        if existing is None:
-            return KeyClaim(ours, replay=False)
+        key_hash = digest(key)
+        here = period_partition(key_hash, now, self._retention)
+        ours = KeyRecord(key_hash, digest(body), message_id, now, partition=here)
+        # The previous period's record first: one made less than a period ago may be there.
+        existing = self._read(period_partition(key_hash, now, self._retention, 1), key_hash)
+        if existing is None or now - existing.created_at > self._retention:
+            existing = self._insert(ours)
+            if existing is None:
+                return KeyClaim(ours, replay=False)
         if now - existing.created_at > self._retention:
             return KeyClaim(self._take_over(existing, ours), replay=False)
         if existing.body_hash != ours.body_hash:
@@ -97,7 +138,9 @@ class IdempotencyStore:
             )
         # Abandoned mid-accept: finish it under the same id, so a copy already queued is the
         # same message and the status record stops a second send.
-        taken = KeyRecord(ours.key_hash, ours.body_hash, existing.message_id, now)
+        taken = KeyRecord(
+            ours.key_hash, ours.body_hash, existing.message_id, now, partition=existing.partition
+        )
         return KeyClaim(self._take_over(existing, taken), replay=False)
 
     def complete(self, record: KeyRecord) -> None:
@@ -111,7 +154,7 @@ class IdempotencyStore:
     def release(self, record: KeyRecord) -> None:
         """Forget a claim whose message was not accepted, so the client can retry."""
         try:
-            self._table.delete_entity(_PARTITION_PREFIX + record.key_hash, _ROW)
+            self._table.delete_entity(record.partition, _ROW)
         except AzureError as error:
             raise StorageUnavailable(f"idempotency key: {type(error).__name__}") from error
 
@@ -119,20 +162,24 @@ class IdempotencyStore:
         try:
             self._table.create_entity(_to_entity(record), **NO_ECHO)
         except ResourceExistsError:
-            return self._read(record.key_hash)
+            existing = self._read(record.partition, record.key_hash)
+            if existing is None:
+                # Released between our insert and this read: the client may simply retry.
+                raise IdempotencyKeyInUse("this Idempotency-Key was just released; retry") from None
+            return existing
         except AzureError as error:
             raise StorageUnavailable(f"idempotency key: {type(error).__name__}") from error
         return None
 
-    def _read(self, key_hash: str) -> KeyRecord:
+    def _read(self, partition: str, key_hash: str) -> KeyRecord | None:
         try:
-            entity = self._table.get_entity(_PARTITION_PREFIX + key_hash, _ROW)
-        except ResourceNotFoundError as error:
-            # Released between our insert and this read: the client may simply retry.
-            raise IdempotencyKeyInUse("this Idempotency-Key was just released; retry") from error
+            entity = self._table.get_entity(partition, _ROW)
+        except ResourceNotFoundError:
+            return None
         except AzureError as error:
             raise StorageUnavailable(f"idempotency key: {type(error).__name__}") from error
         return KeyRecord(
+            partition=partition,
             key_hash=key_hash,
             body_hash=entity["body_hash"],
             message_id=entity["message_id"],
@@ -160,7 +207,7 @@ class IdempotencyStore:
 
 def _to_entity(record: KeyRecord) -> dict[str, Any]:
     return {
-        "PartitionKey": _PARTITION_PREFIX + record.key_hash,
+        "PartitionKey": record.partition,
         "RowKey": _ROW,
         "body_hash": record.body_hash,
         "message_id": record.message_id,

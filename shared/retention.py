@@ -1,4 +1,5 @@
-"""Retention: the console's activity rows expire after ACTIVITY_RETENTION_DAYS.
+"""Retention: the console's activity rows expire after ACTIVITY_RETENTION_DAYS (status records
+and idempotency keys: shared/status_retention.py).
 
 Table storage has no TTL and no index on time, so expiry must not scan the table. Activity rows
 need none: they live in per-minute partitions, `activity-<9999999999 - minutes since 1970>`
@@ -14,11 +15,13 @@ partitions cannot:
 
 - status records, and the delivery events beside them (shared/delivery_events.py), are in
   partitions named by message id: a lower-case UUID (shared/status.py `known_message_id`, made
-  by shared/gateway.py `new_message_id` as `str(uuid.uuid4())`). Events are written only under
-  an id that has a status record. A UUID's first eight characters are hex digits: it may
+  by shared/gateway.py `new_message_id`, a UUIDv7; before, a uuid4). Events are written only
+  under an id that has a status record. A UUID's first eight characters are hex digits: it may
   start `ac`, but its third character is never `t`. So no message id starts with `activity-`;
-- idempotency keys are in partitions `idempotency-<hash>` (shared/idempotency.py): `i` > `a`;
-- the health check reads a partition `health`: `h` > `a`.
+- idempotency keys are in partitions `idem-<period>-<hash>`, and before that layout
+  `idempotency-<hash>` (shared/idempotency.py): `i` > `a`;
+- the health check reads a partition `health`: `h` > `a`; the status expiry keeps its watermark
+  in a partition `retention`: `r` > `a`.
 
 Each run deletes at most `max_rows` rows, so that it ends well inside the host's
 functionTimeout (host.json); the next run takes the rest. Rows are deleted in entity group
@@ -82,6 +85,20 @@ class BodyExpiryResult:
 
 
 @dataclass(frozen=True)
+class PartitionExpiry:
+    """What one run did to status records or idempotency keys (shared/status_retention.py):
+    partitions and rows deleted, rows skipped (not its to delete), rows whose delete failed,
+    storage calls, and whether it stopped at its bound with more left."""
+
+    partitions: int = 0
+    deleted: int = 0
+    skipped: int = 0
+    failed: int = 0
+    calls: int = 0
+    more_left: bool = False
+
+
+@dataclass(frozen=True)
 class ExpiryResult:
     """What one run did: rows deleted, storage calls made, rows whose delete failed, and
     whether it stopped at its bound with rows left for the next run."""
@@ -91,6 +108,10 @@ class ExpiryResult:
     failed: int
     more_left: bool
     retention: timedelta
+    # Status records with their delivery events, and idempotency keys, when the run did them.
+    statuses: PartitionExpiry | None = None
+    status_retention: timedelta | None = None
+    keys: PartitionExpiry | None = None
     # The leftover claim-check bodies, when the run got to them.
     bodies: BodyExpiryResult | None = None
 
@@ -98,6 +119,52 @@ class ExpiryResult:
     def retention_days(self) -> float:
         """The retention the run applied, in days."""
         return self.retention / timedelta(days=1)
+
+    def log_lines(self) -> list[tuple[str, dict[str, int]]]:
+        """The run's INFO lines for the timer to log, each with its counts: the table's rows of
+        every kind in one, the leftover bodies (if the run got to them) in another."""
+        parts: list[ExpiryResult | PartitionExpiry] = [self]
+        kinds = ""
+        if self.statuses is not None and self.status_retention is not None:
+            statuses = self.statuses
+            parts.append(statuses)
+            kinds += (
+                f"; {statuses.partitions} message(s) older than "
+                f"{self.status_retention / timedelta(days=1):g} day(s) ({statuses.deleted} "
+                f"row(s)) in {statuses.calls} call(s)"
+            )
+            if statuses.skipped:
+                kinds += f", {statuses.skipped} row(s) of older ids skipped"
+        if self.keys is not None:
+            parts.append(self.keys)
+            kinds += f"; {self.keys.deleted} idempotency key(s) in {self.keys.calls} call(s)"
+        failed = sum(part.failed for part in parts)
+        rows = (
+            f"Retention: deleted {self.deleted} activity row(s) older than "
+            f"{self.retention_days:g} day(s) in {self.calls} call(s){kinds}"
+            + (f"; {failed} could not be deleted" if failed else "")
+            + ("; more left for the next run" if any(part.more_left for part in parts) else "")
+        )
+        lines = [
+            (
+                rows,
+                {
+                    "deleted": sum(part.deleted for part in parts),
+                    "calls": sum(part.calls for part in parts),
+                    "failed": failed,
+                },
+            )
+        ]
+        if self.bodies is not None:
+            lines.append(
+                (
+                    f"Retention: deleted {self.bodies.deleted} leftover message body blob(s) "
+                    f"older than {self.bodies.retention_hours:g} hour(s)"
+                    + ("; more left for the next run" if self.bodies.more_left else ""),
+                    {"deleted": self.bodies.deleted},
+                )
+            )
+        return lines
 
 
 def expiry_range(cutoff: datetime) -> tuple[str, str]:
@@ -126,7 +193,7 @@ def expire_activity(
         if not batch:
             return
         calls += 1
-        if _delete_batch(table, batch):
+        if delete_rows(table, batch, "activity"):
             deleted += len(batch)
         else:
             failed += len(batch)
@@ -165,8 +232,11 @@ def expire_activity(
     return ExpiryResult(deleted, calls, failed, more_left, retention)
 
 
-def _delete_batch(table: TableClient, rows: list[dict[str, Any]]) -> bool:
-    """Delete rows of one partition in one transaction; False if the service refused it."""
+def delete_rows(table: TableClient, rows: list[dict[str, Any]], kind: str) -> bool:
+    """Delete rows of one partition in one transaction; False if the service refused it.
+
+    `kind` names the rows in the WARNING logged then (activity, status, idempotency).
+    """
     try:
         table.submit_transaction([("delete", row) for row in rows])
     except (ServiceRequestError, ServiceResponseError):
@@ -177,9 +247,10 @@ def _delete_batch(table: TableClient, rows: list[dict[str, Any]]) -> bool:
         # For instance a row deleted meanwhile (404 fails the whole transaction): the others
         # stay until the next run. Neither keys nor ids are logged: they name messages.
         logger.warning(
-            "Retention: a transaction deleting %d activity row(s) failed, they stay for the "
+            "Retention: a transaction deleting %d %s row(s) failed, they stay for the "
             "next run: %s %s",
             len(rows),
+            kind,
             error.status_code,
             type(error).__name__,
         )

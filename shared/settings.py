@@ -89,6 +89,9 @@ class Settings:
     # live/ is kept (see large_message_retention): the host's poison copy of a message lives 7
     # days, plus a day.
     large_message_retention_margin_days: float = DEFAULT_LARGE_MESSAGE_RETENTION_MARGIN_DAYS
+    # Status records and their delivery events are deleted this long after the message was
+    # accepted (shared/status_retention.py).
+    status_retention_days: float = 30.0
     sendgrid_api_base_url: str = DEFAULT_SENDGRID_API_BASE_URL
     sendgrid_connect_timeout_seconds: float = 5.0
     sendgrid_timeout_seconds: float = 30.0
@@ -170,6 +173,9 @@ class Settings:
                 minimum=1 / 86400,
                 maximum=3650,
             ),
+            status_retention_days=reader.number(
+                "STATUS_RETENTION_DAYS", 30.0, minimum=1 / 1440, maximum=3650
+            ),
             sendgrid_api_base_url=_base_url(
                 reader.text("SENDGRID_API_BASE_URL") or DEFAULT_SENDGRID_API_BASE_URL
             ),
@@ -216,6 +222,14 @@ class Settings:
         if settings.retry_max_delay_seconds < settings.retry_base_delay_seconds:
             raise ConfigurationError(
                 "RETRY_MAX_DELAY_SECONDS must not be smaller than RETRY_BASE_DELAY_SECONDS"
+            )
+        # Delivery sends a message whose status record it cannot find: a record deleted while
+        # a copy of its message may still be on the queue would let that copy send it twice.
+        longest_life = settings.max_delivery_attempts * settings.retry_max_delay_seconds
+        if settings.status_retention_days * 86400 <= longest_life:
+            raise ConfigurationError(
+                "STATUS_RETENTION_DAYS must be longer than a message can wait on the queue, "
+                "MAX_DELIVERY_ATTEMPTS x RETRY_MAX_DELAY_SECONDS: raise it, or lower those"
             )
         return settings
 

@@ -97,6 +97,8 @@ param activityRetentionDays int
 
 @description('Required. The LARGE_MESSAGE_RETENTION_MARGIN_DAYS app setting.')
 param largeMessageRetentionMarginDays int
+@description('Required. The STATUS_RETENTION_DAYS app setting.')
+param statusRetentionDays int
 
 @description('Required. The RETENTION_SCHEDULE app setting: the retention timer\'s NCRONTAB schedule.')
 param retentionSchedule string
@@ -157,6 +159,7 @@ var appSettings = {
   IDEMPOTENCY_RETENTION_HOURS: string(idempotencyRetentionHours)
   ACTIVITY_RETENTION_DAYS: string(activityRetentionDays)
   LARGE_MESSAGE_RETENTION_MARGIN_DAYS: string(largeMessageRetentionMarginDays)
+  STATUS_RETENTION_DAYS: string(statusRetentionDays)
   // The timer binds %RETENTION_SCHEDULE%: unset, the host fails to index that function.
   RETENTION_SCHEDULE: retentionSchedule
   SENDGRID_API_BASE_URL: sendgridApiBaseUrl

@@ -8,14 +8,18 @@ import pytest
 
 from bench.expire import (
     KEPT_BLOBS,
+    LEGACY_IN_RANGE,
+    NEWER_MESSAGES,
     NEWER_ROWS,
+    ROWS_PER_MESSAGE,
     ROWS_PER_MINUTE,
     BodyExpireResult,
     ExpireResult,
     run_expire,
     run_expire_bodies,
+    run_expire_statuses,
 )
-from bench.run import EVERY_ROW, expire_rows
+from bench.run import EVERY_ROW, expire_rows, status_expire_rows
 from devstack.azurite import Azurite
 
 
@@ -75,3 +79,18 @@ def test_should_miss_the_target_when_a_kept_body_is_deleted() -> None:
 
     assert deleted.met is True
     assert kept.met is False
+
+
+def test_should_delete_every_old_message_whole_and_keep_newer_and_legacy_rows(
+    azurite: Azurite,
+) -> None:
+    rows = 50 * ROWS_PER_MESSAGE + 2
+
+    result = run_expire_statuses(azurite, rows)
+
+    to_keep = NEWER_MESSAGES * ROWS_PER_MESSAGE + LEGACY_IN_RANGE
+    assert (result.deleted, result.deleted_messages, result.skipped) == (rows, 51, LEGACY_IN_RANGE)
+    assert (result.left, result.kept, result.to_keep) == (to_keep, to_keep, to_keep)
+    # The watermark read and written, 2 pages of keys, one transaction per message.
+    assert result.calls == 1 + 2 + 51 + 1
+    assert all(row.met is not False for row in status_expire_rows(result))

@@ -1,5 +1,6 @@
-"""End to end: the retention timer on the local host deletes old activity rows, keeps new ones;
-it deletes claim-check bodies left under live/, never a dead letter's body."""
+"""End to end: the retention timer on the local host deletes old activity rows, status records
+with their delivery events, and idempotency keys, and keeps new ones; it deletes claim-check
+bodies left under live/, never a dead letter's body."""
 
 from __future__ import annotations
 
@@ -8,18 +9,23 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import uuid6
 from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableClient
 
 from devstack.azurite import Azurite
 from devstack.sendgrid_standin import SendGridStandIn
 from shared.activity import partition_of
+from shared.idempotency import period_partition
+from shared.status_retention import id_prefix
 from tests.e2e.conftest import (
     MAX_DELIVERY_ATTEMPTS,
     LargeMessageBodies,
@@ -35,11 +41,15 @@ from tests.e2e.test_mail_flow import accept, dead_letter_for, mails_for
 # test's activity rows are in this table to be deleted.
 RETENTION_QUEUE = "mail-retention-e2e"
 RETENTION_TABLE = "mailstatusretentione2e"
-# Two minutes, in days: the mail's own row stays for the test's length, a row 10 minutes old goes.
+# Two minutes, in days: the mail's own rows stay for the test's length, rows 10 minutes old go.
 RETENTION_DAYS = 2 / 1440
+# A minute, in hours: idempotency keys are kept in periods of a minute.
+KEY_RETENTION_HOURS = 1 / 60
 LOG_LINE = re.compile(
     r"\[functions\.retention\] Retention: deleted (\d+) activity row\(s\) older than "
-    r"0\.00138889 day\(s\) in (\d+) call\(s\)$"
+    r"0\.00138889 day\(s\) in (\d+) call\(s\); (\d+) message\(s\) older than "
+    r"0\.00138889 day\(s\) \((\d+) row\(s\)\) in \d+ call\(s\)(?:, (\d+) row\(s\) of older ids "
+    r"skipped)?; (\d+) idempotency key\(s\) in \d+ call\(s\)$"
 )
 
 
@@ -51,6 +61,8 @@ def retaining(azurite: Azurite, standin: SendGridStandIn, tmp_path: Path) -> Ite
         "MAIL_QUEUE_NAME": RETENTION_QUEUE,
         "STATUS_TABLE_NAME": RETENTION_TABLE,
         "ACTIVITY_RETENTION_DAYS": str(RETENTION_DAYS),
+        "STATUS_RETENTION_DAYS": str(RETENTION_DAYS),
+        "IDEMPOTENCY_RETENTION_HOURS": str(KEY_RETENTION_HOURS),
         # Through the app setting the trigger binds (%RETENTION_SCHEDULE%), not a local override.
         "RETENTION_SCHEDULE": "*/2 * * * * *",
     }
@@ -73,10 +85,24 @@ def activity_rows(table: TableClient) -> list[tuple[str, str]]:
 
 
 def runs(host: RunningHost) -> list[tuple[int, int]]:
-    """(rows deleted, calls) of each retention run the host logged."""
-    return [
-        (int(m[1]), int(m[2])) for line in host.log().splitlines() if (m := LOG_LINE.search(line))
-    ]
+    """(activity rows deleted, calls) of each retention run the host logged."""
+    return [(int(m[1]), int(m[2])) for m in run_lines(host)]
+
+
+def run_lines(host: RunningHost) -> list[re.Match[str]]:
+    """The retention line of each run the host logged."""
+    return [m for line in host.log().splitlines() if (m := LOG_LINE.search(line))]
+
+
+def message_runs(host: RunningHost) -> list[tuple[int, int, int, int]]:
+    """(messages deleted, their rows, rows skipped, keys deleted) of each run the host logged."""
+    return [(int(m[3]), int(m[4]), int(m[5] or 0), int(m[6])) for m in run_lines(host)]
+
+
+def v7_id(at: datetime) -> str:
+    """A UUIDv7 message id of the time `at`, as the gateway makes them."""
+    milliseconds = (at - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(milliseconds=1)
+    return str(uuid6.UUID(int=(milliseconds << 80) | secrets.randbits(76), version=7))
 
 
 def test_should_delete_activity_rows_past_retention_and_keep_newer_ones(
@@ -203,3 +229,111 @@ def test_should_delete_a_leftover_live_body_and_keep_a_dead_letters_body_to_repl
     wait_for(lambda: host.status(message_id)["status"] == "sent" or None)
     wait_for(lambda: kept not in bodies.names() or None)
     assert bodies.names() == [OLDER_ROOT]
+
+
+def partitions(table: TableClient, start: str, end: str) -> set[str]:
+    """The partitions of the table from `start` (inclusive) to `end` (exclusive)."""
+    return {
+        e["PartitionKey"]
+        for e in table.query_entities(
+            "PartitionKey ge @start and PartitionKey lt @end",
+            parameters={"start": start, "end": end},
+            select=["PartitionKey"],
+        )
+    }
+
+
+def test_should_expire_old_messages_with_their_events_and_old_keys_and_keep_the_rest(
+    retaining: RunningHost, azurite: Azurite
+) -> None:
+    host = retaining
+    table = TableClient.from_connection_string(azurite.connection_string, RETENTION_TABLE)
+    mail = {
+        "from": "app@example.com",
+        "to": ["erin@customer.example.org"],
+        "subject": "Kept",
+        "text": "Body.",
+    }
+    response = host.post_message(mail)
+    assert response.status_code == 202, response.text
+    kept = response.json()["id"]
+    assert uuid.UUID(kept).version == 7
+    wait_for(lambda: host.status(kept)["status"] == "sent" or None)
+    # A message accepted 100 s ago, as delivery and SendGrid's events left it, and one of the
+    # layout before (a uuid4 id whose first digits fall in the range): both pass the 2-minute
+    # cutoff in 20 s. (Older ones would sort before where the runs since the host started got
+    # to, and stay.) Keys of both layouts, the new one of a period long gone.
+    old_at = datetime.now(timezone.utc) - timedelta(seconds=100)
+    old = v7_id(old_at)
+    legacy = f"{id_prefix(old_at)}-4abc-8def-{uuid.uuid4().hex[:12]}"
+    status = {"state": "sent", "accepted_at": old_at, "updated_at": old_at, "attempts": 1}
+    delivery = {"state": "delivered", "updated_at": old_at, "timeline": "[]"}
+    event = {"event": "delivered", "at": old_at, "sg_event_id": "sg-1", "received_at": old_at}
+    table.submit_transaction(
+        [
+            (
+                "upsert",
+                {"PartitionKey": old, "RowKey": "status", **status, "client": host.client_name},
+            ),
+            ("upsert", {"PartitionKey": old, "RowKey": "delivery", **delivery}),
+            ("upsert", {"PartitionKey": old, "RowKey": "event-1", **event}),
+        ]
+    )
+    table.upsert_entity({"PartitionKey": legacy, "RowKey": "status", **status})
+    key_at = datetime.now(timezone.utc) - timedelta(minutes=10)
+    old_key = period_partition("0" * 64, key_at, timedelta(hours=KEY_RETENTION_HOURS))
+    legacy_key = "idempotency-" + "0" * 64
+    for partition in (old_key, legacy_key):
+        table.upsert_entity({"PartitionKey": partition, "RowKey": "key", "message_id": old})
+    found = host.http.get(f"/api/v1/messages/{old}", headers=host.client_headers())
+    assert found.status_code == 200, found.text
+
+    wait_for(lambda: any(m[0] == 1 for m in message_runs(host)), timeout=40)
+
+    assert [m[:2] for m in message_runs(host) if m[0]] == [(1, 3)]
+    assert old not in partitions(table, "0", "g")
+    assert {kept, legacy} <= partitions(table, "0", "g")
+    assert host.status(kept)["status"] == "sent"
+    # The expired message reads as no message at all, as an unknown id does.
+    gone = host.http.get(f"/api/v1/messages/{old}", headers=host.client_headers())
+    assert gone.status_code == 404, gone.text
+    wait_for(lambda: sum(m[3] for m in message_runs(host)) >= 1 or None, timeout=20)
+    keys = partitions(table, "idem-", "idempotency.")
+    assert old_key not in keys
+    assert legacy_key in keys
+    # The legacy row was read once: the runs after start past it.
+    wait_for(lambda: sum(m[2] for m in message_runs(host)) >= 1 or None, timeout=20)
+    runs_before = len(run_lines(host))
+    wait_for(lambda: len(run_lines(host)) >= runs_before + 2 or None, timeout=20)
+    assert sum(m[2] for m in message_runs(host)) == 1
+
+
+def test_should_replay_an_idempotent_request_across_the_end_of_a_key_period(
+    retaining: RunningHost,
+) -> None:
+    host = retaining
+    mail = {
+        "from": "app@example.com",
+        "to": ["erin@customer.example.org"],
+        "subject": "Once",
+        "text": "Body.",
+    }
+    headers = {"Idempotency-Key": f"order-{uuid.uuid4().hex}"}
+    # Periods are a minute long: make the first request late in one, the second in the next.
+    while time.time() % 60 < 50:
+        time.sleep(0.5)
+    period = int(time.time() // 60)
+    first = host.post_message(mail, headers=headers)
+    assert first.status_code == 202, first.text
+    assert int(time.time() // 60) == period, "the first request took more than 10 s"
+    while int(time.time() // 60) == period:
+        time.sleep(0.2)
+    # The timer runs every 2 seconds meanwhile: the key's period is one it keeps.
+    runs_before = len(run_lines(host))
+    wait_for(lambda: len(run_lines(host)) > runs_before or None, timeout=20)
+
+    again = host.post_message(mail, headers=headers)
+
+    assert again.status_code == 202, again.text
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers.get("Idempotent-Replayed") == "true"

@@ -15,7 +15,7 @@ from azure.functions.timer import TimerRequest
 import functions.retention
 from functions.retention import expire_data
 from shared.errors import StorageUnavailable
-from shared.retention import BodyExpiryResult, ExpiryResult
+from shared.retention import BodyExpiryResult, ExpiryResult, PartitionExpiry
 
 LOGGER = "functions.retention"
 
@@ -73,6 +73,60 @@ def test_should_log_a_second_info_line_with_the_leftover_bodies_deleted(
     )
 
 
+def test_should_say_in_the_same_line_what_was_deleted_of_each_kind(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    answering(
+        monkeypatch,
+        ExpiryResult(
+            250,
+            4,
+            0,
+            False,
+            timedelta(days=7),
+            statuses=PartitionExpiry(partitions=12, deleted=40, skipped=3, calls=15),
+            status_retention=timedelta(days=30),
+            keys=PartitionExpiry(partitions=5, deleted=5, calls=6),
+        ),
+    )
+
+    [record] = run_timer(caplog)
+
+    assert record.levelno == logging.INFO
+    assert record.getMessage() == (
+        "Retention: deleted 250 activity row(s) older than 7 day(s) in 4 call(s); 12 message(s) "
+        "older than 30 day(s) (40 row(s)) in 15 call(s), 3 row(s) of older ids skipped; "
+        "5 idempotency key(s) in 6 call(s)"
+    )
+    assert (record.deleted, record.calls, record.failed) == (295, 25, 0)  # type: ignore[attr-defined]
+
+
+def test_should_sum_the_failures_and_say_more_is_left_when_any_kind_stopped_at_its_bound(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    answering(
+        monkeypatch,
+        ExpiryResult(
+            0,
+            1,
+            0,
+            False,
+            timedelta(days=7),
+            statuses=PartitionExpiry(partitions=1, deleted=3, failed=4, calls=4, more_left=True),
+            status_retention=timedelta(minutes=2),
+            keys=PartitionExpiry(failed=1, calls=2),
+        ),
+    )
+
+    [record] = run_timer(caplog)
+
+    assert record.getMessage() == (
+        "Retention: deleted 0 activity row(s) older than 7 day(s) in 1 call(s); 1 message(s) "
+        "older than 0.00138889 day(s) (3 row(s)) in 4 call(s); 0 idempotency key(s) in 2 "
+        "call(s); 5 could not be deleted; more left for the next run"
+    )
+
+
 def test_should_log_an_error_and_return_when_storage_is_unavailable(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -85,7 +139,7 @@ def test_should_log_an_error_and_return_when_storage_is_unavailable(
 
     assert record.levelno == logging.ERROR
     assert record.getMessage() == (
-        "Retention: activity rows could not be expired: table mailstatus: ServiceRequestError"
+        "Retention: expired rows could not be deleted: table mailstatus: ServiceRequestError"
     )
 
 

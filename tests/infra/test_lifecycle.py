@@ -83,6 +83,8 @@ def test_should_keep_live_bodies_at_least_as_long_as_the_gateway_in_whole_days(
             "RETRY_BASE_DELAY_SECONDS": "1",
             "RETRY_MAX_DELAY_SECONDS": str(max_delay),
             "LARGE_MESSAGE_RETENTION_MARGIN_DAYS": str(margin),
+            # Status records must outlive a message's retries (100 x 7 days at the most).
+            "STATUS_RETENTION_DAYS": "3650",
         }
     )
     expression = STORAGE["variables"]["liveBodyRetentionDays"]["value"]

@@ -118,7 +118,9 @@ def test_should_store_keys_and_bodies_only_as_digests(
 
     [entity] = status_table.list_entities()
 
-    assert entity["PartitionKey"] == "idempotency-" + hashlib.sha256(KEY.encode()).hexdigest()
+    # In the partition of its period: T0's day, periods being IDEMPOTENCY_RETENTION_HOURS long.
+    day = int(datetime(2026, 3, 2, tzinfo=timezone.utc).timestamp())
+    assert entity["PartitionKey"] == f"idem-{day:011d}-{hashlib.sha256(KEY.encode()).hexdigest()}"
     assert entity["body_hash"] == hashlib.sha256(BODY).hexdigest()
     stored = repr(dict(entity))
     assert KEY not in stored
@@ -183,3 +185,60 @@ def test_should_let_exactly_one_of_several_requests_take_over_an_abandoned_key(
         thread.join(timeout=60)
 
     assert sorted(outcomes) == ["in use"] * 7 + ["took over msg-0"]
+
+
+# --- across the end of a period --------------------------------------------------------------
+
+END_OF_DAY = datetime(2026, 3, 3, tzinfo=timezone.utc)
+
+
+def test_should_replay_a_key_completed_just_before_its_period_ended(
+    keys: IdempotencyStore,
+) -> None:
+    keys.complete(keys.claim(KEY, BODY, "msg-1", END_OF_DAY - timedelta(milliseconds=1)).record)
+
+    again = keys.claim(KEY, BODY, "msg-2", END_OF_DAY)
+
+    assert (again.replay, again.record.message_id) == (True, "msg-1")
+
+
+def test_should_refuse_a_key_pending_from_the_period_before_while_it_is_fresh(
+    keys: IdempotencyStore,
+) -> None:
+    keys.claim(KEY, BODY, "msg-1", END_OF_DAY - timedelta(seconds=1))
+
+    with pytest.raises(IdempotencyKeyInUse):
+        keys.claim(KEY, BODY, "msg-2", END_OF_DAY + timedelta(seconds=1))
+    with pytest.raises(IdempotencyKeyReused):
+        keys.claim(KEY, OTHER_BODY, "msg-3", END_OF_DAY + timedelta(seconds=2))
+
+
+def test_should_take_over_an_abandoned_key_of_the_period_before_where_it_is(
+    keys: IdempotencyStore, status_table: TableClient
+) -> None:
+    first = keys.claim(KEY, BODY, "msg-1", END_OF_DAY - timedelta(seconds=1))
+    later = END_OF_DAY + PENDING_TIMEOUT
+
+    taken = keys.claim(KEY, BODY, "msg-2", later)
+    keys.complete(taken.record)
+
+    assert (taken.replay, taken.record.message_id) == (False, "msg-1")
+    assert taken.record.partition == first.record.partition
+    assert [e["PartitionKey"] for e in status_table.list_entities()] == [first.record.partition]
+    assert keys.claim(KEY, BODY, "msg-3", later + timedelta(seconds=1)).replay is True
+
+
+def test_should_claim_a_key_anew_in_its_own_period_once_the_older_one_passed_retention(
+    keys: IdempotencyStore, status_table: TableClient
+) -> None:
+    keys.complete(keys.claim(KEY, BODY, "msg-1", END_OF_DAY - timedelta(hours=1)).record)
+    later = END_OF_DAY - timedelta(hours=1) + RETENTION + timedelta(seconds=1)
+
+    fresh = keys.claim(KEY, BODY, "msg-2", later)
+    keys.complete(fresh.record)
+
+    assert (fresh.replay, fresh.record.message_id) == (False, "msg-2")
+    assert len(list(status_table.list_entities())) == 2
+    assert keys.claim(KEY, BODY, "msg-3", later + timedelta(seconds=1)).record.message_id == (
+        "msg-2"
+    )

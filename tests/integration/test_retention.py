@@ -60,7 +60,8 @@ def test_should_bound_the_range_by_activity_partitions_only() -> None:
     assert after == partition_of(NOW - WEEK)
     assert oldest == "activity-9999999999"
     # Every other partition the table holds sorts outside the range.
-    for other in (*NEAR_IDS, "idempotency-" + "0" * 64, "health", "activity-"):
+    others = (*NEAR_IDS, "idempotency-" + "0" * 64, "idem-" + "9" * 11, "health", "activity-")
+    for other in others:
         assert not after < other <= oldest, other
 
 
@@ -90,7 +91,7 @@ def test_should_delete_rows_older_than_the_cutoff_and_keep_everything_else(
     assert set(before) - set(after) == {partition_of(old), partition_of(just_old)}
     assert {k: v for k, v in before.items() if k in after} == after
     assert all(k in after for k in NEAR_IDS)
-    assert any(k.startswith("idempotency-") for k in after)
+    assert any(k.startswith("idem-") for k in after)
     assert after[NEAR_IDS[0]] >= 3  # status, delivery record, event
 
 

@@ -1139,3 +1139,33 @@ def test_should_refuse_a_selection_out_of_bounds_naming_the_field(
         parse_selection(content)
 
     assert [p.pointer for p in caught.value.problems] == [pointer]
+
+
+# --- a dead letter that outlived its status record (STATUS_RETENTION_DAYS) ---------------------
+
+
+def test_should_list_replay_and_purge_dead_letters_whose_status_records_expired(
+    dead_letters: DeadLetters,
+    fake_queue: FakeMailQueue,
+    fake_bodies: FakeMessageBodyStore,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    # No status record for either: the retention timer deleted them while they waited.
+    poison(fake_queue, dead_lettered("msg-x1"), claim_checked_dead_letter(fake_bodies, "msg-x2"))
+
+    listed = [entry.message_id for entry in dead_letters.entries()]
+    replayed = dead_letters.replay(["msg-x1"])
+    purged = dead_letters.purge(["msg-x2"])
+
+    assert listed == ["msg-x1", "msg-x2"]
+    assert (replayed.done, replayed.skipped) == (["msg-x1"], {})
+    # A new record, as a replay writes one: the message can be followed again.
+    status = fake_statuses.records["msg-x1"]
+    assert (status.state, status.accepted_at, status.updated_at) == (
+        MessageState.QUEUED,
+        NOW,
+        LATER,
+    )
+    assert (purged.done, fake_queue.poison_texts) == (["msg-x2"], [])
+    # No live copy can need the body without a record saying so: it goes with the dead letter.
+    assert "msg-x2.json" not in fake_bodies.blobs

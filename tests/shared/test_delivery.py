@@ -1730,7 +1730,12 @@ def test_should_cap_retry_after_at_the_seven_days_a_queue_message_can_wait(
 
 
 def test_should_keep_the_longest_configured_backoff_within_seven_days() -> None:
-    settings = settings_with(RETRY_BASE_DELAY_SECONDS="604800", RETRY_MAX_DELAY_SECONDS="604800")
+    settings = settings_with(
+        RETRY_BASE_DELAY_SECONDS="604800",
+        RETRY_MAX_DELAY_SECONDS="604800",
+        # Status records must outlive 8 attempts a week apart.
+        STATUS_RETENTION_DAYS="60",
+    )
 
     assert retry_delay_seconds(100, settings, None, JitterAt(1.0)) == 604_800
 

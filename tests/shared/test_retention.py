@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import pytest
 
 import shared.gateway
 from shared.errors import StorageUnavailable
-from shared.retention import BodyExpiryResult, ExpiryResult, expire_bodies
+from shared.retention import BodyExpiryResult, ExpiryResult, PartitionExpiry, expire_bodies
 from tests.fakes import FakeMessageBodyStore
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=timezone.utc)
@@ -73,10 +74,18 @@ def test_should_refuse_a_bound_below_one() -> None:
 
 
 class _Expiring:
-    """A gateway whose activity expiry answers and whose body expiry fails, as the timer sees it."""
+    """A gateway whose table expiries answer and whose body expiry fails, as the timer sees it."""
+
+    settings = SimpleNamespace(status_retention_days=30.0)
 
     def expire_activity(self) -> ExpiryResult:
         return ExpiryResult(5, 2, 0, False, timedelta(days=7))
+
+    def expire_statuses(self) -> PartitionExpiry:
+        return PartitionExpiry(partitions=1, deleted=4, calls=2)
+
+    def expire_keys(self) -> PartitionExpiry:
+        return PartitionExpiry(deleted=1, calls=1)
 
     def expire_bodies(self) -> BodyExpiryResult:
         raise StorageUnavailable("container mail-large: ServiceRequestError")
@@ -90,7 +99,17 @@ def test_should_report_the_rows_expired_when_the_bodies_cannot_be_reached(
     with caplog.at_level(logging.ERROR, logger="shared.gateway"):
         result = shared.gateway.expire_data()
 
-    assert result == ExpiryResult(5, 2, 0, False, timedelta(days=7))
+    # The table's part is done and reported whole; the bodies wait for the next run.
+    assert result == ExpiryResult(
+        5,
+        2,
+        0,
+        False,
+        timedelta(days=7),
+        statuses=PartitionExpiry(partitions=1, deleted=4, calls=2),
+        status_retention=timedelta(days=30),
+        keys=PartitionExpiry(deleted=1, calls=1),
+    )
     assert result.bodies is None
     assert [r.getMessage() for r in caplog.records] == [
         "Retention: leftover message bodies could not be expired: "

@@ -39,6 +39,7 @@ def refusal(env: dict[str, str]) -> str:
         ("idempotency_retention_hours", 24.0),
         ("activity_retention_days", 7.0),
         ("large_message_retention_margin_days", 8.0),
+        ("status_retention_days", 30.0),
         ("sendgrid_api_base_url", "https://api.sendgrid.com"),
         ("sendgrid_connect_timeout_seconds", 5.0),
         ("sendgrid_timeout_seconds", 30.0),
@@ -75,6 +76,8 @@ def test_should_treat_a_blank_optional_setting_as_unset(blank: str) -> None:
         ("ACTIVITY_RETENTION_DAYS", str(1 / 1440), "activity_retention_days", 1 / 1440),
         ("ACTIVITY_RETENTION_DAYS", "0.5", "activity_retention_days", 0.5),
         ("ACTIVITY_RETENTION_DAYS", "3650", "activity_retention_days", 3650.0),
+        ("STATUS_RETENTION_DAYS", "0.5", "status_retention_days", 0.5),
+        ("STATUS_RETENTION_DAYS", "3650", "status_retention_days", 3650.0),
         (
             "LARGE_MESSAGE_RETENTION_MARGIN_DAYS",
             str(1 / 86400),
@@ -119,7 +122,41 @@ def test_should_treat_a_blank_optional_setting_as_unset(blank: str) -> None:
     ],
 )
 def test_should_read_each_setting(name: str, raw: str, attribute: str, expected: Any) -> None:
-    assert getattr(settings_with(**{name: raw}), attribute) == expected
+    # Status records kept long enough for any retry schedule, unless that is the setting read.
+    overrides = {"STATUS_RETENTION_DAYS": "3650", name: raw}
+    assert getattr(settings_with(**overrides), attribute) == expected
+
+
+def test_should_take_a_status_retention_of_minutes_with_retries_that_end_sooner() -> None:
+    settings = settings_with(
+        STATUS_RETENTION_DAYS=str(2 / 1440),
+        MAX_DELIVERY_ATTEMPTS="3",
+        RETRY_BASE_DELAY_SECONDS="1",
+        RETRY_MAX_DELAY_SECONDS="10",
+    )
+
+    assert settings.status_retention_days == 2 / 1440
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        # 8 attempts an hour apart (the defaults) outlive a third of a day.
+        {"STATUS_RETENTION_DAYS": "0.3"},
+        # 30 days (the default) against 8 attempts up to 4 days apart, and exactly as long.
+        {"RETRY_MAX_DELAY_SECONDS": "345600"},
+        {"MAX_DELIVERY_ATTEMPTS": "10", "RETRY_MAX_DELAY_SECONDS": "259200"},
+    ],
+)
+def test_should_refuse_a_status_retention_a_message_on_the_queue_could_outlive(
+    overrides: dict[str, str],
+) -> None:
+    message = refusal({**BASE_ENV, **overrides})
+
+    assert message == (
+        "STATUS_RETENTION_DAYS must be longer than a message can wait on the queue, "
+        "MAX_DELIVERY_ATTEMPTS x RETRY_MAX_DELAY_SECONDS: raise it, or lower those"
+    )
 
 
 def test_should_name_the_poison_queue_after_the_mail_queue() -> None:
@@ -169,6 +206,9 @@ def test_should_read_allowed_senders_trimmed_and_lowercased() -> None:
         ({"ACTIVITY_RETENTION_DAYS": "-7"}, "ACTIVITY_RETENTION_DAYS"),
         ({"ACTIVITY_RETENTION_DAYS": "a week"}, "ACTIVITY_RETENTION_DAYS"),
         ({"ACTIVITY_RETENTION_DAYS": "inf"}, "ACTIVITY_RETENTION_DAYS"),
+        ({"STATUS_RETENTION_DAYS": "0"}, "STATUS_RETENTION_DAYS"),
+        ({"STATUS_RETENTION_DAYS": "3651"}, "STATUS_RETENTION_DAYS"),
+        ({"STATUS_RETENTION_DAYS": "a month"}, "STATUS_RETENTION_DAYS"),
         ({"SENDGRID_API_BASE_URL": "http://api.sendgrid.com"}, "SENDGRID_API_BASE_URL"),
         ({"SENDGRID_API_BASE_URL": "http://10.0.0.5:8080"}, "SENDGRID_API_BASE_URL"),
         ({"SENDGRID_API_BASE_URL": "ftp://api.sendgrid.com"}, "SENDGRID_API_BASE_URL"),
@@ -251,6 +291,7 @@ def test_should_say_a_whole_number_is_needed_for_attempts() -> None:
         "LARGE_MESSAGE_CONTAINER_NAME",
         "IDEMPOTENCY_RETENTION_HOURS",
         "ACTIVITY_RETENTION_DAYS",
+        "STATUS_RETENTION_DAYS",
         "SENDGRID_API_BASE_URL",
         "MAX_DELIVERY_ATTEMPTS",
     ],
