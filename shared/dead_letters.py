@@ -454,7 +454,9 @@ class DeadLetters:
             )
         )
         self._queue.enqueue(
-            envelope.model_copy(update={"attempt": 1, "dead_letter": None, "postponed": None})
+            envelope.model_copy(
+                update={"attempt": 1, "dead_letter": None, "postponed": None, "provider": None}
+            )
         )
         logger.info(
             "Message %s replayed from the poison queue",
