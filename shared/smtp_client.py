@@ -292,9 +292,13 @@ class SmtpSender:
 
     def _open(self) -> _Connection:
         """A new session: EHLO, STARTTLS (required off loopback), EHLO again, AUTH."""
-        smtp = smtplib.SMTP(timeout=self._timeout, local_hostname=self._local_name)
+        # Connected by the constructor, which also keeps the host name STARTTLS checks the
+        # relay's certificate against (connect() alone does not); it closes itself if it fails.
+        smtp: smtplib.SMTP | None = None
         try:
-            smtp.connect(self._host, self._port)
+            smtp = smtplib.SMTP(
+                self._host, self._port, timeout=self._timeout, local_hostname=self._local_name
+            )
             smtp.ehlo()
             if smtp.has_extn("starttls"):
                 smtp.starttls(context=self._tls)
@@ -308,23 +312,23 @@ class SmtpSender:
             if self._username is not None:
                 smtp.login(self._username, self._password or "")
         except smtplib.SMTPAuthenticationError as error:
-            smtp.close()
+            _close(smtp)
             raise _refusal("AUTH", error.smtp_code, error.smtp_error, "") from None
         except smtplib.SMTPNotSupportedError:
-            smtp.close()
+            _close(smtp)
             raise PermanentDeliveryError(
                 "the SMTP relay offers no AUTH for SMTP_USERNAME", cause=SMTP_CONFIG
             ) from None
         except smtplib.SMTPResponseException as error:
-            smtp.close()
+            _close(smtp)
             raise _refusal("the greeting", error.smtp_code, error.smtp_error, "") from None
         except (OSError, smtplib.SMTPException) as error:
-            smtp.close()
+            _close(smtp)
             raise RetryableDeliveryError(
                 f"cannot connect to the SMTP relay: {type(error).__name__}", cause=UNAVAILABLE
             ) from None
         except BaseException:
-            smtp.close()
+            _close(smtp)
             raise
         now = self._clock()
         return _Connection(smtp, opened_at=now, used_at=now)
@@ -397,6 +401,11 @@ def _refusal(stage: str, code: int, reply: bytes | str, mail: str) -> DeliveryEr
     else:
         cause = SMTP_REJECTED
     return PermanentDeliveryError(reason, provider_errors=errors, cause=cause)
+
+
+def _close(smtp: smtplib.SMTP | None) -> None:
+    if smtp is not None:
+        smtp.close()
 
 
 def _answers(connection: _Connection) -> bool:

@@ -74,10 +74,10 @@ def _authenticate(
     return AuthResult(success=ok, handled=False)
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     """A loopback port nobody listens on now."""
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((host, 0))
         port: int = probe.getsockname()[1]
         return port
 
@@ -88,9 +88,9 @@ class SmtpRelay:
     `starttls=False` serves plain SMTP without AUTH (as a loopback relay may).
     """
 
-    def __init__(self, directory: Path, *, starttls: bool = True) -> None:
-        self.host = "127.0.0.1"
-        self.port = free_port()
+    def __init__(self, directory: Path, *, starttls: bool = True, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = free_port(host)
         self._handler = _Handler()
         ca = trustme.CA(organization_name="mailgate test relay")
         server_cert = ca.issue_cert(self.host, "localhost")
