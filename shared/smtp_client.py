@@ -241,8 +241,9 @@ class SmtpSender:
                 connection.broken = True
                 raise
             connection.mails += 1
-        message_id: str | None = message["Message-ID"]
-        return message_id
+        # A plain str: the header object would not go into a table.
+        header = message["Message-ID"]
+        return str(header) if header is not None else None
 
     def close(self) -> None:
         """Close the idle connections."""

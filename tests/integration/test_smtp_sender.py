@@ -183,3 +183,10 @@ def test_should_check_an_idle_connection_and_retire_an_old_one(relay: SmtpRelay)
     assert reused == 1
     assert relay.connections == 2
     assert len(relay.mails) == 3
+
+
+def test_should_return_the_message_id_as_plain_text(relay: SmtpRelay, sender: SmtpSender) -> None:
+    message_id = sender.send(envelope(id="m-id"))
+
+    # A header object (a str subclass) is refused by the Tables SDK when the status is written.
+    assert type(message_id) is str
