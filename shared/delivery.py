@@ -594,12 +594,12 @@ class Delivery:
         telemetry.retried.add(1)
         self._record(envelope.id, MessageState.RETRYING, envelope.attempt, now)
         logger.warning(
-            "Message %s attempt %s failed (%s: %s%s); retrying in %ss by %s",
+            "Message %s attempt %s failed (%s%s) by %s; retrying in %ss by %s",
             envelope.id,
             envelope.attempt,
-            provider,
             error.reason,
             ", outcome unknown" if error.ambiguous else "",
+            provider,
             delay,
             following,
             extra={**_ids(envelope), "provider": provider},
