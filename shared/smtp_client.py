@@ -73,6 +73,7 @@ AUTH_FAILURE_CODES = frozenset({530, 534, 535, 538})
 # Built with 7bit transfer encodings (quoted-printable, base64), so that no relay needs
 # 8BITMIME; serialized with CRLF line endings (policy.SMTP).
 MIME_POLICY = policy.SMTP.clone(cte_type="7bit")
+TERMINATOR = b".\r\n"
 _LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 
@@ -167,12 +168,18 @@ def _content_type(content_type: str | None) -> tuple[str, str]:
 
 
 def _wire_bytes(message: EmailMessage, utf8: bool) -> bytes:
-    """The message as DATA carries it: CRLF lines, leading dots doubled, then the terminator."""
+    """The message as DATA carries it, without the terminator: CRLF lines, leading dots
+    doubled (RFC 5321 4.5.2), ending in CRLF."""
     content = message.as_bytes(policy=policy.SMTPUTF8 if utf8 else MIME_POLICY)
-    content = _LEADING_DOT.sub(b"..", _LINE_ENDS.sub(b"\r\n", content))
+    # Each pass copies the message (tens of MB for a large one): only when it has work to do.
+    # policy.SMTP writes CRLF throughout; the count is the check.
+    if content.count(b"\n") != content.count(b"\r\n"):
+        content = _LINE_ENDS.sub(b"\r\n", content)
+    if content.startswith(b".") or b"\n." in content:
+        content = _LEADING_DOT.sub(b"..", content)
     if not content.endswith(b"\r\n"):
         content += b"\r\n"
-    return content + b".\r\n"
+    return content
 
 
 @dataclass
@@ -366,6 +373,7 @@ def _transact(
         # smtplib.SMTP.data's steps, apart, so that a failure is known to come before the
         # terminator was sent (sendall raised: the relay has no complete mail) or after.
         smtp.send(_wire_bytes(message, utf8))
+        smtp.send(TERMINATOR)
     except DeliveryError:
         raise
     except (OSError, smtplib.SMTPException) as error:

@@ -14,6 +14,7 @@ import pytest
 from shared.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
 from shared.models import QueueEnvelope
 from shared.smtp_client import (
+    TERMINATOR,
     _refusal,
     _transact,
     _wire_bytes,
@@ -189,7 +190,7 @@ def test_should_keep_the_clients_own_message_id() -> None:
 def test_should_double_leading_dots_and_end_with_the_terminator() -> None:
     built = build_mime(envelope(text="line\n.hidden\n..two"), NOW)
 
-    wire = _wire_bytes(built, utf8=False)
+    wire = _wire_bytes(built, utf8=False) + TERMINATOR
 
     assert wire.endswith(b"\r\n.\r\n")
     assert b"\r\n..hidden\r\n...two" in wire
@@ -260,7 +261,7 @@ def test_should_send_mail_from_each_rcpt_then_data() -> None:
 
     transact(smtp, cc=["carol@example.net"])
 
-    assert smtp.calls == ["mail", "rcpt", "rcpt", "data", "send", "reply"]
+    assert smtp.calls == ["mail", "rcpt", "rcpt", "data", "send", "send", "reply"]
 
 
 @pytest.mark.parametrize(
