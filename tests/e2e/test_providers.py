@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from devstack.azurite import Azurite
 from devstack.sendgrid_standin import SendGridStandIn
 from tests.e2e.conftest import RunningHost, gateway_settings, wait_for
+from tests.e2e.test_console import OpenedPage, browser, console_page, open_console  # noqa: F401 (fixtures)
 from tests.smtp_relay import PASSWORD, USERNAME, SmtpRelay
 
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 4
@@ -249,3 +251,23 @@ def test_should_keep_a_sendgrid_only_mail_on_sendgrid_when_it_fails(
     assert status["provider"] == "sendgrid"
     assert relay.mails == []
     assert len(own_standin.mails()) == 1
+
+
+def test_should_show_on_the_console_which_provider_sent_a_mail_and_which_were_tried(
+    failover_host: RunningHost,
+    own_standin: SendGridStandIn,
+    console_page: OpenedPage,  # noqa: F811 (the fixture imported above)
+) -> None:
+    own_standin.reset()
+    own_standin.script([{"status": 503}])
+    message_id = accepted(failover_host, full_mail("Shown with its providers"))
+    assert settled(failover_host, message_id)["provider"] == "smtp"
+
+    page = open_console(console_page, failover_host)
+    page.fill("#search-id", message_id)
+    page.click("#search-form button[type=submit]")
+
+    timeline = page.locator(f'#timeline[data-id="{message_id}"][data-state="sent"]')
+    expect(timeline).to_contain_text("sent by smtp")
+    expect(timeline).to_contain_text("tried sendgrid, smtp")
+    assert console_page.errors == []
