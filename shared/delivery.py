@@ -3,9 +3,10 @@ or put it back for later.
 
 The status record guards against double sends: a message whose record says `sent` or `failed`
 is never sent again, and a worker claims the record (`sending`, written only if nobody changed
-it since it was read) before it calls SendGrid. The one window left is between SendGrid's answer
-and the write of `sent` right after it: a worker that dies there leaves `sending`, and the next
-copy of the message sends it again once that claim is older than a whole SendGrid call could be.
+it since it was read) before it calls a provider (shared/providers.py). The one window left is
+between the provider's answer and the write of `sent` right after it: a worker that dies there
+leaves `sending`, and the next copy of the message sends it again once that claim is older than
+a whole provider call could be.
 
 A message that cannot be worked on now (storage fails, the settings are wrong, another worker
 holds its claim, a newer mailgate wrote it) is put back on the queue as a new message with a

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 import re
 from collections.abc import Mapping
@@ -50,8 +51,8 @@ _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 PROVIDER_NAMES = ("sendgrid", "smtp")
 DEFAULT_MAIL_PROVIDERS = ("sendgrid",)
 DEFAULT_SMTP_PORT = 587
-# A host name (RFC 1123 labels) or an IP address, bounded; checked before it reaches a socket.
-_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.:-]{0,251}[A-Za-z0-9])?")
+# A host name (RFC 1123 labels) or an IPv4 address, bounded; IPv6 is checked as an address.
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 
 
 def is_loopback_host(host: str) -> bool:
@@ -560,8 +561,12 @@ def _mail_providers(raw: str | None) -> tuple[str, ...]:
 
 
 def _smtp_host(host: str | None) -> str | None:
-    if host is not None and not _HOST_NAME.fullmatch(host):
-        raise ConfigurationError("SMTP_HOST is not a host name or IP address")
+    if host is None or _HOST_NAME.fullmatch(host):
+        return host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigurationError("SMTP_HOST is not a host name or IP address") from None
     return host
 
 

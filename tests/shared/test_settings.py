@@ -750,3 +750,8 @@ def test_should_name_an_unresolved_smtp_password_reference_alone() -> None:
     assert "SMTP_PASSWORD" in str(refused.value)
     # Not also reported as missing its partner: it is there, only unresolved.
     assert "go together" not in str(refused.value)
+
+
+@pytest.mark.parametrize("host", ["smtp.example.com", "127.0.0.1", "::1", "localhost"])
+def test_should_take_a_host_name_or_an_ip_address_as_smtp_host(host: str) -> None:
+    assert settings_with(MAIL_PROVIDERS="smtp", SMTP_HOST=host).smtp_host == host
