@@ -35,6 +35,9 @@ from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
 from email.utils import format_datetime
 
+from opentelemetry.trace import SpanKind
+
+from shared import telemetry
 from shared.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
 from shared.models import (
     MAX_PROVIDER_MESSAGE_CHARS,
@@ -218,6 +221,7 @@ class SmtpSender:
         self._now = now
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
+        self._max_connections = max_connections
         self._slots = threading.BoundedSemaphore(max_connections)
         # EHLO's name: the machine's own, without the DNS lookup smtplib's default makes.
         self._local_name = socket.gethostname() or "localhost"
@@ -241,7 +245,10 @@ class SmtpSender:
         recipients = envelope_recipients(request)
         utf8 = not all(a.isascii() for a in (request.from_.email, *recipients))
         mail = mail_text(request.model_dump(mode="json", by_alias=True))
-        with self._connection() as connection:
+        with (
+            telemetry.span("mailgate.smtp.send", kind=SpanKind.CLIENT),
+            self._connection() as connection,
+        ):
             try:
                 _transact(connection.smtp, request.from_.email, recipients, message, utf8, mail)
             except BaseException:
@@ -263,7 +270,7 @@ class SmtpSender:
     def _connection(self) -> Iterator[_Connection]:
         if not self._slots.acquire(timeout=self._timeout):
             raise RetryableDeliveryError(
-                f"all {MAX_CONNECTIONS} SMTP connections stayed busy", cause=UNAVAILABLE
+                f"all {self._max_connections} SMTP connections stayed busy", cause=UNAVAILABLE
             )
         connection: _Connection | None = None
         try:

@@ -190,3 +190,26 @@ def test_should_return_the_message_id_as_plain_text(relay: SmtpRelay, sender: Sm
 
     # A header object (a str subclass) is refused by the Tables SDK when the status is written.
     assert type(message_id) is str
+
+
+def test_should_wait_for_a_free_connection_then_retry_later_when_none_comes(
+    relay: SmtpRelay,
+) -> None:
+    bounded = SmtpSender(
+        relay.host,
+        relay.port,
+        USERNAME,
+        PASSWORD,
+        timeout=0.3,
+        max_connections=1,
+        tls=relay.client_tls(),
+    )
+    try:
+        # The one connection busy with another delivery meanwhile.
+        with bounded._connection(), pytest.raises(RetryableDeliveryError) as busy:
+            bounded.send(envelope(id="m-busy"))
+        bounded.send(envelope(id="m-free"))
+    finally:
+        bounded.close()
+
+    assert "all 1 SMTP connections stayed busy" in busy.value.reason
