@@ -50,6 +50,35 @@ param sendgridApiKey string = ''
 @description('Optional. \'true\' once the secret sendgrid-api-key exists though sendgridApiKey is empty (an operator set it with `az keyvault secret set`): the app\'s read access is granted on that secret, so the secret must exist first. A string, so that azd can leave it empty.')
 param sendgridApiKeySecretExists string = ''
 
+@description('Optional. MAIL_PROVIDERS: the providers mail goes out by, in order of preference, comma-separated: sendgrid, smtp (docs/providers.md).')
+param mailProviders string = 'sendgrid'
+
+@description('Optional. FAILOVER_ON_AMBIGUOUS: whether a failure that may have sent the mail (a timeout after sending) moves the next attempt to the next provider, at the risk of a second copy.')
+param failoverOnAmbiguous bool = false
+
+@description('Optional. SMTP_HOST: the authenticated SMTP relay of the smtp provider (STARTTLS on SMTP_PORT). Empty without it.')
+param smtpHost string = ''
+
+@minValue(1)
+@maxValue(65535)
+@description('Optional. SMTP_PORT: the relay\'s submission port.')
+param smtpPort int = 587
+
+@description('Optional. SMTP_USERNAME: the user the smtp provider signs in to the relay as (AUTH).')
+param smtpUsername string = ''
+
+@secure()
+@description('Optional. The SMTP relay\'s password, stored as the Key Vault secret smtp-password. Empty: no secret version is created; set it later with `az keyvault secret set` (see docs/deploy.md).')
+param smtpPassword string = ''
+
+@allowed([
+  ''
+  'false'
+  'true'
+])
+@description('Optional. \'true\' once the secret smtp-password exists though smtpPassword is empty (an operator set it): the app\'s read access is granted on that secret, so the secret must exist first. A string, so that azd can leave it empty.')
+param smtpPasswordSecretExists string = ''
+
 @description('Optional. Client id of a Microsoft Entra app registration for the operators\' sign-in: App Service Authentication in front of the app, so that operators sign in to the console and the operator routes instead of holding the admin key. Empty (or no operatorPrincipalIds): no sign-in, and the admin key opens the console.')
 param operatorSignInClientId string = ''
 
@@ -254,6 +283,7 @@ module keyVault 'app/keyvault.bicep' = {
     location: location
     tags: allTags
     sendgridApiKey: sendgridApiKey
+    smtpPassword: smtpPassword
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
   }
 }
@@ -275,6 +305,12 @@ module api 'app/api.bicep' = {
     deploymentContainerUrl: '${storage.outputs.blobEndpoint}${deploymentContainerName}'
     applicationInsightsConnectionString: monitoring.outputs.applicationInsightsConnectionString
     sendgridApiKeySecretUri: keyVault.outputs.sendgridApiKeySecretUri
+    smtpPasswordSecretUri: keyVault.outputs.smtpPasswordSecretUri
+    mailProviders: mailProviders
+    failoverOnAmbiguous: failoverOnAmbiguous
+    smtpHost: smtpHost
+    smtpPort: smtpPort
+    smtpUsername: smtpUsername
     pythonVersion: pythonVersion
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
@@ -324,6 +360,8 @@ module rbac 'app/rbac.bicep' = {
     sendgridApiKeySecretName: keyVault.outputs.sendgridApiKeySecretName
     // Parenthesized for pycep (checkov's parser), which reads `!a || b` as `!(a || b)`.
     sendgridApiKeySecretExists: (!empty(sendgridApiKey)) || sendgridApiKeySecretExists == 'true'
+    smtpPasswordSecretName: keyVault.outputs.smtpPasswordSecretName
+    smtpPasswordSecretExists: (!empty(smtpPassword)) || smtpPasswordSecretExists == 'true'
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     appPrincipalId: identity.outputs.principalId
     userPrincipalId: principalId

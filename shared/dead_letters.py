@@ -466,7 +466,9 @@ class DeadLetters:
                 outcomes=earlier.outcomes if earlier is not None else (),
             )
         )
-        replayed = kept.model_copy(update={"attempt": 1, "dead_letter": None, "postponed": None})
+        replayed = kept.model_copy(
+            update={"attempt": 1, "dead_letter": None, "postponed": None, "provider": None}
+        )
         try:
             self._queue.enqueue(replayed)
         except StorageUnavailable:

@@ -3,9 +3,10 @@ or put it back for later.
 
 The status record guards against double sends: a message whose record says `sent` or `failed`
 is never sent again, and a worker claims the record (`sending`, written only if nobody changed
-it since it was read) before it calls SendGrid. The one window left is between SendGrid's answer
-and the write of `sent` right after it: a worker that dies there leaves `sending`, and the next
-copy of the message sends it again once that claim is older than a whole SendGrid call could be.
+it since it was read) before it calls a provider (shared/providers.py). The one window left is
+between the provider's answer and the write of `sent` right after it: a worker that dies there
+leaves `sending`, and the next copy of the message sends it again once that claim is older than
+a whole provider call could be.
 
 A message that cannot be worked on now (storage fails, the settings are wrong, another worker
 holds its claim, a newer mailgate wrote it) is put back on the queue as a new message with a
@@ -22,10 +23,10 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
@@ -43,6 +44,7 @@ from shared.errors import (
     ConcurrentUpdate,
     DeliveryError,
     DeliveryInProgress,
+    NotDeliverable,
     PermanentDeliveryError,
     RetryableDeliveryError,
     StorageUnavailable,
@@ -55,10 +57,25 @@ from shared.models import (
     QueueEnvelope,
     StoredBody,
 )
+from shared.providers import (
+    SMTP,
+    MailSender,
+    check_deliverable,
+    eligible,
+    next_provider,
+    provider_for_attempt,
+    usable,
+)
 from shared.queue import MailQueue
-from shared.replay_advice import NOT_AN_ENVELOPE, SENDER_NOT_ALLOWED, advice_for, classify
-from shared.sendgrid_client import build_payload
+from shared.replay_advice import (
+    NO_PROVIDER,
+    NOT_AN_ENVELOPE,
+    SENDER_NOT_ALLOWED,
+    advice_for,
+    classify,
+)
 from shared.settings import MAX_RETRY_DELAY_SECONDS, Settings, sender_allowed
+from shared.smtp_client import SMTP_TIMEOUT_SECONDS
 from shared.status import FINAL_STATES, MessageState, MessageStatus, StatusStore
 
 logger = logging.getLogger(__name__)
@@ -75,10 +92,10 @@ POSTPONE_MAX_SECONDS = 300
 NEWER_VERSION_DELAY_SECONDS = 60
 
 
-class MailSender(Protocol):
-    """What delivery needs from a provider client: send one payload, return its provider id."""
-
-    def send(self, payload: dict[str, Any]) -> str | None: ...
+__all__ = ["Delivery", "DeliveryOutcome", "MailSender", "postpone"]
+# An SMTP send is several round trips (greeting, EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA), each
+# bounded by SMTP_TIMEOUT_SECONDS; a claim outlives this many of them.
+SMTP_CLAIM_ROUND_TRIPS = 3
 
 
 @dataclass(frozen=True)
@@ -89,6 +106,9 @@ class DeliveryOutcome:
     message_id: str | None
     attempt: int
     provider_message_id: str | None = None
+    # The provider the attempt used, and the one the next attempt uses if one is scheduled.
+    provider: str | None = None
+    next_provider: str | None = None
     retry_in_seconds: int | None = None
     reason: str | None = None
 
@@ -192,7 +212,8 @@ class Delivery:
     def __init__(
         self,
         *,
-        sender: MailSender,
+        sender: MailSender | None = None,
+        senders: Mapping[str, MailSender] | None = None,
         queue: MailQueue,
         bodies: MessageBodyStore,
         statuses: StatusStore,
@@ -202,7 +223,11 @@ class Delivery:
         rng: random.Random | None = None,
         large_messages: LargeMessageSlots | None = None,
     ) -> None:
-        self._sender = sender
+        # By provider name (shared/providers.py); a lone `sender` is SendGrid's.
+        self._senders: Mapping[str, MailSender] = (
+            senders if senders is not None else ({"sendgrid": sender} if sender else {})
+        )
+        self._providers = usable(self._senders, settings.mail_providers)
         self._queue = queue
         self._bodies = bodies
         self._statuses = statuses
@@ -213,11 +238,10 @@ class Delivery:
         self._large_messages = large_messages or LargeMessageSlots(settings.large_messages_at_once)
         # A claim older than one whole SendGrid call (and a margin for clock skew between
         # instances) belongs to a worker that died.
-        self._claim_timeout = timedelta(
-            seconds=settings.sendgrid_connect_timeout_seconds
-            + settings.sendgrid_timeout_seconds
-            + CLAIM_MARGIN_SECONDS
-        )
+        longest_call = settings.sendgrid_connect_timeout_seconds + settings.sendgrid_timeout_seconds
+        if SMTP in self._providers:
+            longest_call = max(longest_call, SMTP_CLAIM_ROUND_TRIPS * SMTP_TIMEOUT_SECONDS)
+        self._claim_timeout = timedelta(seconds=longest_call + CLAIM_MARGIN_SECONDS)
 
     def deliver(self, body: bytes, dequeue_count: int = 1) -> DeliveryOutcome:
         """Try to send one queue message; the queue carries any retry, wait or dead letter.
@@ -351,17 +375,29 @@ class Delivery:
         if isinstance(loaded, PermanentDeliveryError):
             # The claim went through, so nobody sent it meanwhile (and deleted the body then).
             return self._dead_letter(envelope, status, loaded, loaded.reason)
-        try:
-            provider_id = self._sender.send(build_payload(loaded))
-        except PermanentDeliveryError as error:
+        candidates = eligible(self._providers, loaded)
+        if not candidates:
+            error = _no_provider(self._providers, loaded)
             return self._dead_letter(envelope, status, error, error.reason)
+        provider = provider_for_attempt(candidates, envelope.provider)
+        status = replace(status, providers_tried=status.tried(provider))
+        try:
+            provider_id = self._senders[provider].send(loaded)
+        except PermanentDeliveryError as error:
+            return self._dead_letter(envelope, status, error, error.reason, provider)
         except RetryableDeliveryError as error:
             if envelope.attempt >= self._settings.max_delivery_attempts:
                 reason = f"gave up after {envelope.attempt} attempt(s): {error.reason}"
-                return self._dead_letter(envelope, status, error, reason)
-            return self._schedule_retry(envelope, status, error)
+                return self._dead_letter(envelope, status, error, reason, provider)
+            following = next_provider(
+                candidates,
+                provider,
+                ambiguous=error.ambiguous,
+                failover_on_ambiguous=self._settings.failover_on_ambiguous,
+            )
+            return self._schedule_retry(envelope, status, error, provider, following)
         with telemetry.span("mailgate.status.write", id=envelope.id, state="sent"):
-            recorded = self._record_sent(status, provider_id)
+            recorded = self._record_sent(status, provider_id, provider)
         if recorded:
             # Only once `sent` is recorded: were the record still `sending`, a later copy must
             # still find the body to send (the documented duplicate) rather than fail for good.
@@ -371,16 +407,21 @@ class Delivery:
         self._record(envelope.id, MessageState.SENT, envelope.attempt)
         domains = loaded.recipient_domains()
         logger.info(
-            "Message %s sent on attempt %s to %s recipient domain(s) %s, SendGrid id %s",
+            "Message %s sent on attempt %s to %s recipient domain(s) %s by %s, id %s",
             envelope.id,
             envelope.attempt,
             len(domains),
             ",".join(domains),
+            provider,
             provider_id,
-            extra=_ids(envelope),
+            extra={**_ids(envelope), "provider": provider},
         )
         return DeliveryOutcome(
-            "sent", envelope.id, envelope.attempt, provider_message_id=provider_id
+            "sent",
+            envelope.id,
+            envelope.attempt,
+            provider_message_id=provider_id,
+            provider=provider,
         )
 
     def _record(
@@ -480,13 +521,14 @@ class Delivery:
                 extra=_ids(envelope),
             )
 
-    def _record_sent(self, status: MessageStatus, provider_id: str | None) -> bool:
+    def _record_sent(self, status: MessageStatus, provider_id: str | None, provider: str) -> bool:
         """Write `sent`, retrying in place; False if it could not be recorded."""
         sent = status.concluded(
             MessageState.SENT,
             status.attempts,
             self._now(),
             provider_message_id=provider_id,
+            provider=provider,
             last_status_code=None,
             last_error=None,
             provider_errors=(),
@@ -511,7 +553,12 @@ class Delivery:
         return False
 
     def _schedule_retry(
-        self, envelope: QueueEnvelope, status: MessageStatus, error: RetryableDeliveryError
+        self,
+        envelope: QueueEnvelope,
+        status: MessageStatus,
+        error: RetryableDeliveryError,
+        provider: str,
+        following: str,
     ) -> DeliveryOutcome:
         delay = retry_delay_seconds(
             envelope.attempt, self._settings, error.retry_after_seconds, self._rng
@@ -521,7 +568,14 @@ class Delivery:
         # retries it (the claim says `sending`, so no copy is mistaken for a stale one).
         with telemetry.span("mailgate.enqueue", id=envelope.id, attempt=envelope.attempt + 1):
             self._queue.enqueue(
-                envelope.model_copy(update={"attempt": envelope.attempt + 1, "postponed": None}),
+                envelope.model_copy(
+                    update={
+                        "attempt": envelope.attempt + 1,
+                        "postponed": None,
+                        # Named only when there is a choice: one provider leaves it unset.
+                        "provider": following if len(self._providers) > 1 else None,
+                    }
+                ),
                 delay_seconds=delay,
             )
         retrying = status.concluded(
@@ -549,13 +603,15 @@ class Delivery:
         telemetry.retried.add(1)
         self._record(envelope.id, MessageState.RETRYING, envelope.attempt, now)
         logger.warning(
-            "Message %s attempt %s failed (%s%s); retrying in %ss",
+            "Message %s attempt %s failed (%s%s) by %s; retrying in %ss by %s",
             envelope.id,
             envelope.attempt,
             error.reason,
             ", outcome unknown" if error.ambiguous else "",
+            provider,
             delay,
-            extra=_ids(envelope),
+            following,
+            extra={**_ids(envelope), "provider": provider},
         )
         return DeliveryOutcome(
             "retry_scheduled",
@@ -563,6 +619,8 @@ class Delivery:
             envelope.attempt,
             retry_in_seconds=delay,
             reason=error.reason,
+            provider=provider,
+            next_provider=following,
         )
 
     def _dead_letter(
@@ -571,6 +629,7 @@ class Delivery:
         status: MessageStatus,
         error: DeliveryError,
         reason: str,
+        provider: str | None = None,
     ) -> DeliveryOutcome:
         now = self._now()
         retryable = isinstance(error, RetryableDeliveryError)
@@ -625,7 +684,9 @@ class Delivery:
             f"cause {advice.cause}, replay {advice.replay.value}" if advice else "cause unknown",
             extra={**_ids(envelope), "cause": cause},
         )
-        return DeliveryOutcome("dead_lettered", envelope.id, envelope.attempt, reason=reason)
+        return DeliveryOutcome(
+            "dead_lettered", envelope.id, envelope.attempt, reason=reason, provider=provider
+        )
 
     def _dead_letter_unreadable(self, body: bytes, error: ValidationError) -> DeliveryOutcome:
         reason = "not a mailgate envelope: " + _problems(error)
@@ -658,6 +719,19 @@ def keep_body(bodies: MessageBodyStore, envelope: QueueEnvelope) -> QueueEnvelop
     if not bodies.copy(envelope.blob, kept):
         return envelope
     return envelope.model_copy(update={"blob": kept})
+
+
+def _no_provider(providers: tuple[str, ...], loaded: QueueEnvelope) -> PermanentDeliveryError:
+    """The error of a mail no provider in use can carry (MAIL_PROVIDERS changed since it was
+    accepted, or its queue message was edited): the fields that keep it from each."""
+    detail = "no provider is configured (MAIL_PROVIDERS)"
+    try:
+        check_deliverable(providers, loaded.message, loaded.sendgrid)
+    except NotDeliverable as refusal:
+        detail = (
+            refusal.detail + ": " + "; ".join(f"{p.pointer} {p.detail}" for p in refusal.problems)
+        )
+    return PermanentDeliveryError(detail, cause=NO_PROVIDER)
 
 
 def _first_status(envelope: QueueEnvelope) -> MessageStatus:

@@ -17,6 +17,7 @@
     │   │                                    Webhook batch over MAX_EVENT_BATCH_BYTES)
     │   ├── UnsupportedMediaType        415: the body is not JSON
     │   ├── IdempotencyKeyReused        422: this key came with a different body
+    │   ├── NotDeliverable              422: no provider in MAIL_PROVIDERS can carry a field
     │   ├── RateLimited                 429: the request's emails are more than the client has
     │   │                                    left of its rate this minute
     │   ├── Busy                        503: too many large messages in memory; try again soon
@@ -25,9 +26,11 @@
     ├── StorageUnavailable          an Azure Storage call failed; nothing was accepted
     ├── ConcurrentUpdate            a status or key record changed between read and write
     ├── DeliveryInProgress          another worker is sending this message right now
-    └── DeliveryError               one attempt to hand a message to SendGrid failed
-        ├── RetryableDeliveryError      429, 5xx, timeouts, connection errors: try again later
-        └── PermanentDeliveryError      400, 401, 403, 413 and other 4xx: retrying cannot help
+    └── DeliveryError               one attempt to hand a message to a provider failed
+        ├── RetryableDeliveryError      429, 5xx, SMTP 4xx, timeouts, connection errors: try
+        │                               again later (the next provider, shared/providers.py)
+        └── PermanentDeliveryError      400, 401, 403, 413 and other 4xx, SMTP 5xx: retrying
+                                        cannot help
 
 The queue trigger's behaviour follows from the type: retryable errors are retried with a
 delay until the attempts run out, permanent ones are dead-lettered at once. A RequestRejected
@@ -211,6 +214,13 @@ class IdempotencyKeyReused(RequestRejected):
     status = 422
 
 
+class NotDeliverable(RequestRejected):
+    """The message is valid, but no provider in MAIL_PROVIDERS can carry all of it (a SendGrid
+    template on an SMTP relay): accepting it would mean sending something else, or nothing."""
+
+    status = 422
+
+
 class RateLimited(RequestRejected):
     """The request's emails are more than the client has left of its rate this minute."""
 
@@ -283,12 +293,14 @@ class RetryableDeliveryError(DeliveryError):
         provider_errors: Sequence[ProviderError] = (),
         retry_after_seconds: float | None = None,
         ambiguous: bool = False,
+        cause: str | None = None,
     ) -> None:
         super().__init__(
             reason,
             status_code=status_code,
             provider_error=provider_error,
             provider_errors=provider_errors,
+            cause=cause,
         )
         self.retry_after_seconds = retry_after_seconds
         # A timeout after the request was sent: SendGrid may have accepted the mail.

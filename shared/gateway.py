@@ -32,6 +32,7 @@ from shared.delivery_events import (
 )
 from shared.errors import Busy, ConfigurationError, MessageNotFound, StorageUnavailable
 from shared.idempotency import IdempotencyStore
+from shared.providers import senders_from_settings
 from shared.queue import MailQueue, QueueReport
 from shared.retention import (
     MAX_BODIES_PER_RUN,
@@ -42,7 +43,6 @@ from shared.retention import (
     expire_activity,
     expire_bodies,
 )
-from shared.sendgrid_client import SendGridClient
 from shared.settings import Settings, StorageSettings, mail_queue_settings_from_env
 from shared.status import MessageStatus, StatusStore, known_message_id
 from shared.status_retention import expire_keys, expire_statuses
@@ -81,9 +81,10 @@ class Gateway:
         queue: MailQueue,
         bodies: MessageBodyStore,
         statuses: StatusStore,
-        sender: MailSender,
+        sender: MailSender | None,
         clients: ClientStore,
         *,
+        senders: dict[str, MailSender] | None = None,
         now: Callable[[], datetime] = utc_now,
         new_id: Callable[[], str] = new_message_id,
         rng: random.Random | None = None,
@@ -120,6 +121,7 @@ class Gateway:
         self.large_messages = LargeMessageSlots(settings.large_messages_at_once)
         self._delivery = Delivery(
             sender=sender,
+            senders=senders,
             queue=queue,
             bodies=bodies,
             statuses=statuses,
@@ -149,8 +151,9 @@ class Gateway:
             MailQueue.from_settings(settings),
             MessageBodyStore.from_settings(settings),
             statuses,
-            SendGridClient.from_settings(settings),
+            None,
             ClientStore.from_settings(settings),
+            senders=senders_from_settings(settings),
             activity=ActivityLog(statuses.table, flush_seconds=ACTIVITY_FLUSH_SECONDS),
         )
 

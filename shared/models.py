@@ -421,6 +421,10 @@ class QueueEnvelope(BaseModel):
     # How many times this message was put back on the queue for later without an attempt
     # (storage failing, settings wrong): each wait doubles, up to a few minutes.
     postponed: int | None = Field(default=None, ge=1)
+    # The provider this attempt uses (shared/providers.py), set on each retry; absent on the
+    # first attempt, which uses the first provider that can carry the mail. A worker that does
+    # not know it sends through SendGrid, as before providers existed.
+    provider: str | None = Field(default=None, max_length=64)
     dead_letter: DeadLetter | None = None
 
     @model_validator(mode="after")

@@ -132,7 +132,21 @@ class MessageStatusDocument(_Document):
     updated_at: datetime
     next_attempt_at: datetime | None = None
     last_error: LastError | None = None
-    sendgrid_message_id: str | None = None
+    sendgrid_message_id: str | None = Field(
+        default=None, description="SendGrid's X-Message-Id, when SendGrid sent it."
+    )
+    provider_message_id: str | None = Field(
+        default=None,
+        description="The id the provider that sent it gave it (an SMTP relay's: the Message-ID).",
+    )
+    provider: str | None = Field(
+        default=None, description="The provider that sent it (see MAIL_PROVIDERS)."
+    )
+    providers_tried: list[str] | None = Field(
+        default=None,
+        description="Every provider an attempt used, in the order first used; absent before "
+        "the first attempt.",
+    )
     delivery: DeliveryState | None = Field(
         default=None,
         description="How far SendGrid's events took the mail; absent until the first event.",
@@ -367,7 +381,9 @@ _MAIL_REFUSALS = {
     "409": "A request with the same Idempotency-Key is still being accepted.",
     "413": "The body is over MAX_REQUEST_BYTES.",
     "415": "The body is not application/json.",
-    "422": "The Idempotency-Key was used before with another body.",
+    "422": "The Idempotency-Key was used before with another body; or no provider of "
+    "MAIL_PROVIDERS can carry the mail (a SendGrid template, send_at, categories or custom_args "
+    "with only an SMTP relay; a v3 body without SendGrid), one entry per field.",
     "429": "The request's emails (one per recipient) are more than the client has left of its "
     "rate this minute; nothing was queued.",
     "503": "Storage is unavailable, or a setting is wrong (named in the detail): nothing was "

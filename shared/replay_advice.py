@@ -18,6 +18,16 @@ which `classify` picks from what SendGrid answered. Each cause says whether a re
     not_sendable        the gateway cannot send it as stored (body missing)   no
     host_moved          the Functions host moved it, after maxDequeueCount    after_fix
     not_an_envelope     the queue message is not a mailgate envelope          no
+    smtp_auth           the SMTP relay refused SMTP_USERNAME/SMTP_PASSWORD    after_fix
+                        (535 and the other AUTH replies)
+    smtp_config         the relay offers no STARTTLS (off loopback) or no     after_fix
+                        AUTH: SMTP_HOST/SMTP_PORT name the wrong server
+    smtp_rejected       the relay refused the mail with a 5xx (a recipient,   no
+                        the sender, the content)
+    no_provider         no provider in MAIL_PROVIDERS can carry the message   after_fix
+                        (MAIL_PROVIDERS changed since it was accepted)
+
+SMTP replies are not HTTP statuses: an SMTP failure always carries its cause, never a status code.
 
 `helps`: a replay as it is can go through. `after_fix`: it fails the same way until what the
 action names is fixed; then a replay helps (a replay checks the client and ALLOWED_SENDERS
@@ -78,6 +88,10 @@ SENDER_NOT_ALLOWED = "sender_not_allowed"
 NOT_SENDABLE = "not_sendable"
 HOST_MOVED = "host_moved"
 NOT_AN_ENVELOPE = "not_an_envelope"
+SMTP_AUTH = "smtp_auth"
+SMTP_CONFIG = "smtp_config"
+SMTP_REJECTED = "smtp_rejected"
+NO_PROVIDER = "no_provider"
 
 _CAUSES = (
     Advice(
@@ -148,6 +162,30 @@ _CAUSES = (
         NOT_AN_ENVELOPE,
         Replay.NO,
         "Not a mailgate message: there is nothing to replay. Purge it.",
+    ),
+    Advice(
+        SMTP_AUTH,
+        Replay.AFTER_FIX,
+        "The SMTP relay refused SMTP_USERNAME and SMTP_PASSWORD (wrong, revoked or expired): "
+        "fix them, then replay.",
+    ),
+    Advice(
+        SMTP_CONFIG,
+        Replay.AFTER_FIX,
+        "The SMTP relay at SMTP_HOST and SMTP_PORT offers no STARTTLS or no AUTH: point them at "
+        "the relay's submission port (587), then replay.",
+    ),
+    Advice(
+        SMTP_REJECTED,
+        Replay.NO,
+        "The SMTP relay refused the mail itself (see its reply: a recipient, the sender, the "
+        "content): a replay fails again. Purge it; the app must send a corrected mail.",
+    ),
+    Advice(
+        NO_PROVIDER,
+        Replay.AFTER_FIX,
+        "No provider in MAIL_PROVIDERS can carry this mail (see the reason): add one that can, "
+        "then replay.",
     ),
 )
 CAUSES: dict[str, Advice] = {advice.cause: advice for advice in _CAUSES}

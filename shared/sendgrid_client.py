@@ -254,10 +254,12 @@ def provider_errors(
     for entry in usable[:MAX_PROVIDER_ERRORS]:
         if mail is None:
             mail = mail_text(payload)
-        message = _shown(entry["message"], MAX_PROVIDER_MESSAGE_CHARS, mail)
+        message = shown_provider_text(entry["message"], MAX_PROVIDER_MESSAGE_CHARS, mail)
         field = entry.get("field")
         shown_field = (
-            _shown(field, MAX_PROVIDER_FIELD_CHARS, mail) if isinstance(field, str) else None
+            shown_provider_text(field, MAX_PROVIDER_FIELD_CHARS, mail)
+            if isinstance(field, str)
+            else None
         )
         if message is not None:
             kept.append(ProviderError(message=message, field=shown_field))
@@ -266,7 +268,8 @@ def provider_errors(
     return tuple(kept), len(usable) - dropped
 
 
-def _shown(text: str, most: int, mail: str) -> str | None:
+def shown_provider_text(text: str, most: int, mail: str) -> str | None:
+    """A provider's message fit to show: masked, without the mail's own text, bounded."""
     # Masked first (safe_text cuts addresses to *@domain), so an address's domain stays; twice
     # what is kept is compared, as what is left out shortens it.
     masked = safe_text(text[:MAX_PROVIDER_ERROR_CHARS], 2 * most)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 import re
 from collections.abc import Mapping
@@ -52,6 +53,17 @@ _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
 # 3-63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit.
 _CONTAINER_NAME = re.compile(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]")
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+# The providers delivery can send through (shared/providers.py), by their MAIL_PROVIDERS names.
+PROVIDER_NAMES = ("sendgrid", "smtp")
+DEFAULT_MAIL_PROVIDERS = ("sendgrid",)
+DEFAULT_SMTP_PORT = 587
+# A host name (RFC 1123 labels) or an IPv4 address, bounded; IPv6 is checked as an address.
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a host name is this machine: the one place a secret may travel unencrypted."""
+    return host.lower() in _LOOPBACK_HOSTS
 
 
 def poison_queue_name(mail_queue_name: str) -> str:
@@ -106,6 +118,15 @@ class Settings:
     operator_sign_in: OperatorSignIn = field(default_factory=OperatorSignIn)
     # The host's, not the gateway's: only to say why a message the host moved is in poison.
     host_max_dequeue_count: int = DEFAULT_MAX_DEQUEUE_COUNT
+    # The providers in use, in order of preference (shared/providers.py).
+    mail_providers: tuple[str, ...] = DEFAULT_MAIL_PROVIDERS
+    # An ambiguous failure (the provider may have taken the mail) moves to the next provider
+    # only when this is on: the next one would send a second copy if the first did send.
+    failover_on_ambiguous: bool = False
+    smtp_host: str | None = None
+    smtp_port: int = DEFAULT_SMTP_PORT
+    smtp_username: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
 
     @property
     def large_message_retention(self) -> timedelta:
@@ -143,10 +164,29 @@ class Settings:
 
     @classmethod
     def _build(cls, reader: _Reader) -> Settings:
+        providers = _mail_providers(reader.text("MAIL_PROVIDERS"))
+        smtp = "smtp" in providers
         settings = cls(
             storage=_storage_settings(reader),
             allowed_senders=_allowed_senders(reader.text("ALLOWED_SENDERS")),
-            sendgrid_api_key=reader.required("SENDGRID_API_KEY"),
+            # Each provider's own settings are required only while it is in use.
+            sendgrid_api_key=(
+                reader.required("SENDGRID_API_KEY")
+                if "sendgrid" in providers
+                else reader.text("SENDGRID_API_KEY") or ""
+            ),
+            mail_providers=providers,
+            failover_on_ambiguous=reader.flag("FAILOVER_ON_AMBIGUOUS", False),
+            smtp_host=_smtp_host(
+                reader.required("SMTP_HOST") if smtp else reader.text("SMTP_HOST")
+            ),
+            smtp_port=int(
+                reader.number(
+                    "SMTP_PORT", DEFAULT_SMTP_PORT, minimum=1, maximum=65535, integer=True
+                )
+            ),
+            smtp_username=reader.text("SMTP_USERNAME"),
+            smtp_password=reader.secret("SMTP_PASSWORD"),
             mail_queue_name=_queue_name(reader.text("MAIL_QUEUE_NAME") or DEFAULT_MAIL_QUEUE_NAME),
             status_table_name=_table_name(
                 "STATUS_TABLE_NAME", reader.text("STATUS_TABLE_NAME") or DEFAULT_STATUS_TABLE_NAME
@@ -219,6 +259,11 @@ class Settings:
         )
         if settings.client_table_name.lower() == settings.status_table_name.lower():
             raise ConfigurationError("CLIENT_TABLE_NAME must differ from STATUS_TABLE_NAME")
+        if (settings.smtp_username is None) != (settings.smtp_password is None) and smtp:
+            raise ConfigurationError(
+                "SMTP_USERNAME and SMTP_PASSWORD go together: set both (an authenticated "
+                "relay) or neither (a loopback relay without AUTH)"
+            )
         if settings.retry_max_delay_seconds < settings.retry_base_delay_seconds:
             raise ConfigurationError(
                 "RETRY_MAX_DELAY_SECONDS must not be smaller than RETRY_BASE_DELAY_SECONDS"
@@ -321,6 +366,14 @@ class _Reader:
             raise ConfigurationError(f"{name} is required but not set")
         return value
 
+    def secret(self, name: str) -> str | None:
+        """An optional secret: an unresolved reference, while references count as unset, is
+        taken as given (so that it is not also reported as missing)."""
+        value = self.text(name)
+        if value is None and self._references_unset and self._is_reference(name):
+            return ""
+        return value
+
     def number(
         self,
         name: str,
@@ -341,6 +394,14 @@ class _Reader:
         if not minimum <= value <= maximum:
             raise ConfigurationError(f"{name} must be between {minimum:g} and {maximum:g}")
         return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        if raw.lower() not in ("true", "false"):
+            raise ConfigurationError(f"{name} must be true or false")
+        return raw.lower() == "true"
 
     def connection(self, name: str) -> str | None:
         return connection_setting(self._environ, name)
@@ -527,11 +588,37 @@ def _webhook_public_key(text: str | None) -> str | None:
         ) from None
 
 
+def _mail_providers(raw: str | None) -> tuple[str, ...]:
+    entries = tuple(e.strip().lower() for e in (raw or "").split(",") if e.strip())
+    if not entries:
+        return DEFAULT_MAIL_PROVIDERS
+    for entry in entries:
+        if entry not in PROVIDER_NAMES:
+            # The name is the operator's own text, cut short: it may be anything.
+            raise ConfigurationError(
+                f"MAIL_PROVIDERS names an unknown provider {entry[:40]!r}: use "
+                + ", ".join(PROVIDER_NAMES)
+            )
+    if len(set(entries)) != len(entries):
+        raise ConfigurationError("MAIL_PROVIDERS names a provider more than once")
+    return entries
+
+
+def _smtp_host(host: str | None) -> str | None:
+    if host is None or _HOST_NAME.fullmatch(host):
+        return host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigurationError("SMTP_HOST is not a host name or IP address") from None
+    return host
+
+
 def _base_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in {"https", "http"} or not parts.hostname:
         raise ConfigurationError("SENDGRID_API_BASE_URL is not an http(s) URL")
-    if parts.scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS:
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         # The API key travels in a header: never in clear text off this machine.
         raise ConfigurationError("SENDGRID_API_BASE_URL must use https unless it is loopback")
     return url.rstrip("/")

@@ -108,6 +108,10 @@ class MessageStatus:
     client: str | None = None
     # Its latest delivery outcomes, oldest first (records from before them have none).
     outcomes: tuple[Outcome, ...] = ()
+    # The provider that sent it, and every provider an attempt used, in the order first used
+    # (shared/providers.py); records from before providers have neither.
+    provider: str | None = None
+    providers_tried: tuple[str, ...] = ()
     etag: str | None = None
 
     @classmethod
@@ -134,6 +138,17 @@ class MessageStatus:
         outcomes = (*self.outcomes, Outcome(state, attempt, now))[-MAX_OUTCOMES:]
         return self.moved(state, now, outcomes=outcomes, **changes)
 
+    def tried(self, provider: str) -> tuple[str, ...]:
+        """The providers tried, with `provider` added if it is new."""
+        return (
+            self.providers_tried
+            if provider in self.providers_tried
+            else (
+                *self.providers_tried,
+                provider,
+            )
+        )
+
     def to_document(self) -> dict[str, Any]:
         """The record as `GET /api/v1/messages/{id}` shows it."""
         document: dict[str, Any] = {
@@ -158,7 +173,14 @@ class MessageStatus:
                 last_error.update(advice.to_document())
             document["last_error"] = last_error
         if self.provider_message_id is not None:
-            document["sendgrid_message_id"] = self.provider_message_id
+            document["provider_message_id"] = self.provider_message_id
+            # As before other providers existed, for SendGrid's id only.
+            if self.provider in (None, "sendgrid"):
+                document["sendgrid_message_id"] = self.provider_message_id
+        if self.provider is not None:
+            document["provider"] = self.provider
+        if self.providers_tried:
+            document["providers_tried"] = list(self.providers_tried)
         return document
 
     def advice(self) -> Advice | None:
@@ -302,6 +324,7 @@ def _to_entity(status: MessageStatus) -> dict[str, Any]:
         if status.provider_errors
         else None
     )
+    values["providers_tried"] = ",".join(status.providers_tried) if status.providers_tried else None
     values["outcomes"] = (
         json.dumps([[o.state.value, o.attempt, o.at.isoformat()] for o in status.outcomes])
         if status.outcomes
@@ -331,6 +354,8 @@ def _from_entity(entity: Any) -> MessageStatus:
         provider_message_id=entity.get("provider_message_id"),
         client=entity.get("client"),
         outcomes=_outcomes(entity.get("outcomes")),
+        provider=entity.get("provider"),
+        providers_tried=_providers_tried(entity.get("providers_tried")),
         etag=entity.metadata.get("etag"),
     )
 
@@ -344,6 +369,11 @@ def _provider_errors(text: Any) -> tuple[ProviderError, ...]:
         return tuple(_PROVIDER_ERRORS.validate_json(text)) if isinstance(text, str) else ()
     except ValidationError:
         return ()
+
+
+def _providers_tried(text: Any) -> tuple[str, ...]:
+    # Kept as comma-separated text (a table has no lists).
+    return tuple(p for p in text.split(",") if p) if isinstance(text, str) else ()
 
 
 def _outcomes(text: Any) -> tuple[Outcome, ...]:

@@ -1,7 +1,8 @@
 """Accepting a message: check the request, wrap it in an envelope and queue it durably.
 
 The checks run in this order, cheapest for the client's budget first: the body's type and size;
-its fields (400); its senders and the client's features (403, shared/policy.py); whether its
+its fields (400); its senders and the client's features (403, shared/policy.py); whether a
+provider of MAIL_PROVIDERS can carry it (422, shared/providers.py); whether its
 emails could ever fit the client's rate (400); then they are taken from the rate (429), and
 only a request that is queued keeps them. A 400 or 403 costs no rate, and an Idempotency-Key
 replay costs none either (nothing new is sent).
@@ -45,6 +46,7 @@ from shared.policy import (
     v3_emails,
     v3_refusals,
 )
+from shared.providers import check_deliverable
 from shared.queue import MailQueue
 from shared.sendgrid_v3.request import parse_mail_send
 from shared.sendgrid_v3.schema import MailSend
@@ -116,6 +118,7 @@ class Submission:
             ) from None
         _check_senders([("#/from", request.from_.email)], client, self.settings)
         check_allowed(v1_refusals(request, client.features), client.name)
+        check_deliverable(self.settings.mail_providers, request)
         emails = v1_emails(request)
         check_within_rate(emails, client.rate_per_minute, client.name, "#/to")
         envelope = QueueEnvelope(
@@ -141,6 +144,7 @@ class Submission:
         check_v3_recipient_limit(mail)
         _check_senders(_sendgrid_senders(mail), client, self.settings)
         check_allowed(v3_refusals(mail, client.features), client.name)
+        check_deliverable(self.settings.mail_providers, None, document)
         emails = v3_emails(mail)
         check_within_rate(emails, client.rate_per_minute, client.name, "#/personalizations")
         envelope = QueueEnvelope(

@@ -45,6 +45,7 @@ from shared.errors import (
 from shared.idempotency import PENDING_TIMEOUT, IdempotencyStore, KeyClaim, KeyRecord, digest
 from shared.models import QueueEnvelope, StoredBody
 from shared.queue import MailQueue, QueueMeasurement, QueueReport
+from shared.sendgrid_client import build_payload
 from shared.status import MessageStatus, StatusStore
 
 QUEUE_OPERATIONS = frozenset(
@@ -627,8 +628,11 @@ class FakeMailSender:
         *outcomes: str | DeliveryError | None,
         default_id: str = "sg-message-id",
         journal: Journal | None = None,
+        name: str = "sendgrid",
     ) -> None:
+        self.name = name
         self.payloads: list[dict[str, Any]] = []
+        self.envelopes: list[QueueEnvelope] = []
         self.journal = journal if journal is not None else Journal()
         self._outcomes = list(outcomes)
         self._default_id = default_id
@@ -637,8 +641,11 @@ class FakeMailSender:
         """Answer the next sends with these outcomes, in order."""
         self._outcomes.extend(outcomes)
 
-    def send(self, payload: dict[str, Any]) -> str | None:
-        self.journal.append("sendgrid.send")
+    def send(self, envelope: QueueEnvelope) -> str | None:
+        # What SendGrid would be sent, whichever provider this stands for.
+        payload = build_payload(envelope)
+        self.journal.append(f"{self.name}.send")
+        self.envelopes.append(envelope)
         self.payloads.append(payload)
         outcome = self._outcomes.pop(0) if self._outcomes else self._default_id
         if isinstance(outcome, DeliveryError):

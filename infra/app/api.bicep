@@ -38,6 +38,24 @@ param applicationInsightsConnectionString string
 @description('Required. Versionless URI of the Key Vault secret with the SendGrid API key.')
 param sendgridApiKeySecretUri string
 
+@description('Required. Versionless URI of the Key Vault secret with the SMTP relay\'s password.')
+param smtpPasswordSecretUri string
+
+@description('Required. The MAIL_PROVIDERS app setting: the providers in use, in order of preference.')
+param mailProviders string
+
+@description('Required. The FAILOVER_ON_AMBIGUOUS app setting.')
+param failoverOnAmbiguous bool
+
+@description('Required. The SMTP_HOST app setting; empty without the smtp provider.')
+param smtpHost string
+
+@description('Required. The SMTP_PORT app setting.')
+param smtpPort int
+
+@description('Required. The SMTP_USERNAME app setting; empty without the smtp provider.')
+param smtpUsername string
+
 @description('Required. Python version.')
 param pythonVersion string
 
@@ -135,6 +153,9 @@ var clientPaths = [
 
 // Names as the code reads them (tests/infra checks this list against the code, docs/settings.md and
 // local.settings.example.json). No FUNCTIONS_WORKER_RUNTIME: Flex takes it from functionAppConfig.
+// Whether MAIL_PROVIDERS lists the smtp provider (shared/settings.py reads it the same way).
+var usesSmtp = contains(split(toLower(replace(mailProviders, ' ', '')), ','), 'smtp')
+
 var appSettings = {
   AzureWebJobsStorage__accountName: storageAccountName
   AzureWebJobsStorage__credential: 'managedidentity'
@@ -151,6 +172,14 @@ var appSettings = {
   // forwarded log lines, so each line is stored once (shared/telemetry.py).
   PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
   SENDGRID_API_KEY: '@Microsoft.KeyVault(SecretUri=${sendgridApiKeySecretUri})'
+  MAIL_PROVIDERS: mailProviders
+  FAILOVER_ON_AMBIGUOUS: string(failoverOnAmbiguous)
+  SMTP_HOST: smtpHost
+  SMTP_PORT: string(smtpPort)
+  SMTP_USERNAME: smtpUsername
+  // A reference only while the smtp provider is in use: an unresolved one (no secret yet) stops
+  // the whole app with 503 naming SMTP_PASSWORD, as it does for SENDGRID_API_KEY.
+  SMTP_PASSWORD: usesSmtp ? '@Microsoft.KeyVault(SecretUri=${smtpPasswordSecretUri})' : ''
   ALLOWED_SENDERS: allowedSenders
   MAIL_QUEUE_NAME: mailQueueName
   STATUS_TABLE_NAME: statusTableName

@@ -24,6 +24,13 @@ param sendgridApiKey string = ''
 @description('Optional. Name of the secret that holds the SendGrid API key.')
 param sendgridApiKeySecretName string = 'sendgrid-api-key'
 
+@secure()
+@description('Optional. The SMTP relay\'s password (the smtp provider). Empty: the secret gets no version now.')
+param smtpPassword string = ''
+
+@description('Optional. Name of the secret that holds the SMTP relay\'s password.')
+param smtpPasswordSecretName string = 'smtp-password'
+
 @description('Required. Log Analytics workspace that receives the vault\'s audit events: every read of the SendGrid key, by whom.')
 param logAnalyticsWorkspaceId string
 
@@ -78,6 +85,15 @@ module sendgridSecret 'secret.bicep' = if (!empty(sendgridApiKey)) {
   }
 }
 
+module smtpSecret 'secret.bicep' = if (!empty(smtpPassword)) {
+  name: 'smtp-password-secret'
+  params: {
+    vaultName: vault.name
+    name: smtpPasswordSecretName
+    value: smtpPassword
+  }
+}
+
 @description('Name of the vault.')
 output name string = vault.name
 
@@ -86,3 +102,9 @@ output sendgridApiKeySecretName string = sendgridApiKeySecretName
 
 @description('Versionless URI of the SendGrid API key secret, for the Key Vault reference (picks up new versions).')
 output sendgridApiKeySecretUri string = '${vault.properties.vaultUri}secrets/${sendgridApiKeySecretName}'
+
+@description('Name of the SMTP relay password secret.')
+output smtpPasswordSecretName string = smtpPasswordSecretName
+
+@description('Versionless URI of the SMTP relay password secret, for the Key Vault reference.')
+output smtpPasswordSecretUri string = '${vault.properties.vaultUri}secrets/${smtpPasswordSecretName}'

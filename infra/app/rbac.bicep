@@ -19,6 +19,12 @@ param sendgridApiKeySecretName string
 @description('Required. Whether that secret exists (the template created it, or an operator did and said so): the app\'s read access is granted on the secret itself, which must exist to be a scope.')
 param sendgridApiKeySecretExists bool
 
+@description('Required. Name of the Key Vault secret with the SMTP relay\'s password.')
+param smtpPasswordSecretName string
+
+@description('Required. Whether that secret exists: as for the SendGrid key, read access is granted on the secret itself.')
+param smtpPasswordSecretExists bool
+
 @description('Required. Application Insights component the app sends telemetry to.')
 param applicationInsightsName string
 
@@ -92,6 +98,11 @@ resource sendgridSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing 
   name: sendgridApiKeySecretName
 }
 
+resource smtpSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = {
+  parent: vault
+  name: smtpPasswordSecretName
+}
+
 resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: applicationInsightsName
 }
@@ -127,6 +138,17 @@ resource appContainerRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' 
 resource appSecretsRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (sendgridApiKeySecretExists) {
   name: guid(sendgridSecret.id, appPrincipalId, roles['Key Vault Secrets User'])
   scope: sendgridSecret
+  properties: {
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Key Vault Secrets User'])
+  }
+}
+
+// The SMTP password likewise: that secret alone, once it exists.
+resource appSmtpSecretRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (smtpPasswordSecretExists) {
+  name: guid(smtpSecret.id, appPrincipalId, roles['Key Vault Secrets User'])
+  scope: smtpSecret
   properties: {
     principalId: appPrincipalId
     principalType: 'ServicePrincipal'

@@ -463,7 +463,12 @@
     const details = [];
     if (status.last_error) details.push(`last error ${errorText(status.last_error)}`);
     if (status.next_attempt_at) details.push(`next attempt ${formatTime(status.next_attempt_at)}`);
+    if (status.provider) details.push(`sent by ${status.provider}`);
     if (status.sendgrid_message_id) details.push(`SendGrid id ${status.sendgrid_message_id}`);
+    else if (status.provider_message_id) details.push(`id ${status.provider_message_id}`);
+    if (Array.isArray(status.providers_tried) && status.providers_tried.length) {
+      details.push(`tried ${status.providers_tried.join(', ')}`);
+    }
     const when = (entry) => (entry.at ? Date.parse(entry.at) : Number.MAX_SAFE_INTEGER);
     entries.sort((a, b) => when(a) - when(b));
     // The record as it stands now, after everything above.

@@ -42,6 +42,7 @@ from shared.activity import ActivityEvent, ActivityLog
 from shared.clients import ClientStore
 from shared.delivery_events import DeliveryEventStore
 from shared.gateway import Gateway
+from shared.providers import SendGridSender
 from shared.sendgrid_client import SendGridClient
 from shared.settings import Settings
 from shared.status import MessageState
@@ -157,7 +158,7 @@ def traced_gateway(
         fake_queue,
         fake_bodies,
         fake_statuses,
-        client,
+        SendGridSender(client),
         clients,
         now=lambda: NOW,
         rng=JitterAt(1.0),

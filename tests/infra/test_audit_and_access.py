@@ -156,7 +156,7 @@ def test_should_give_the_app_blob_access_to_its_own_containers_only() -> None:
     )
 
 
-def test_should_let_the_app_read_the_sendgrid_secret_and_no_other() -> None:
+def test_should_let_the_app_read_the_sendgrid_and_smtp_secrets_and_no_other() -> None:
     secrets_roles = {
         name: config(assignment)
         for name, assignment in role_assignments().items()
@@ -164,8 +164,14 @@ def test_should_let_the_app_read_the_sendgrid_secret_and_no_other() -> None:
     }
     main = parse_bicep(INFRA / "main.bicep")["modules"]["rbac"]["config"]["params"]
 
-    assert list(secrets_roles) == ["appSecretsRole"]
+    assert list(secrets_roles) == ["appSecretsRole", "appSmtpSecretRole"]
     assert secrets_roles["appSecretsRole"]["scope"] == "sendgridSecret"
+    assert secrets_roles["appSmtpSecretRole"]["scope"] == "smtpSecret"
+    assert config(resources("rbac")["smtpSecret"])["name"] == "smtpPasswordSecretName"
+    assert resources("rbac")["appSmtpSecretRole"]["config"]["condition"] == (
+        "smtpPasswordSecretExists"
+    )
+    assert flat(main["smtpPasswordSecretExists"]).startswith("or(not(empty(smtpPassword))")
     existing = resources("rbac")["sendgridSecret"]
     assert existing["existing"] is True
     assert config(existing)["name"] == "sendgridApiKeySecretName"

@@ -172,11 +172,22 @@ def test_should_list_the_same_settings_in_code_infra_local_example_and_docs() ->
     assert problems == [], "settings disagree:\n" + "\n".join(problems)
 
 
-def resolved_infra_settings() -> dict[str, str]:
-    """infra's app settings with main.bicep's defaults, as the deployed app would see them."""
+# Enough for Settings to read MAIL_PROVIDERS with SMTP_HOST set, whatever it lists.
+VALID_ELSE = {
+    "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+    "ALLOWED_SENDERS": "@example.com",
+    "SENDGRID_API_KEY": "SG.key",
+    "SMTP_HOST": "smtp.example.com",
+}
+
+
+def resolved_infra_settings(**parameters_given: Any) -> dict[str, str]:
+    """infra's app settings with main.bicep's defaults (or the parameters given), as the
+    deployed app would see them."""
     parameters = parse_bicep(INFRA / "main.bicep")["parameters"]
     values = {name: p.get("default") for name, p in parameters.items()}
     values.update(REQUIRED_PARAMETERS)
+    values.update(parameters_given)
     samples = {
         "storageAccountName": "stexample",
         "dataStorageAccountName": "stdata",
@@ -184,6 +195,18 @@ def resolved_infra_settings() -> dict[str, str]:
     }
 
     def resolve(value: Any) -> str:
+        if isinstance(value, dict) and "operator" in value:
+            # `usesSmtp ? reference : ''`: api.bicep's variable, read here as the code reads it.
+            operator = value["operator"]
+            assert operator["type"] == "conditional", value
+            assert operator["operands"]["condition"] == "usesSmtp", value
+            uses_smtp = (
+                "smtp"
+                in Settings.from_env(
+                    {"MAIL_PROVIDERS": str(values["mailProviders"]), **VALID_ELSE}
+                ).mail_providers
+            )
+            return resolve(operator["operands"]["true_value" if uses_smtp else "false_value"])
         if isinstance(value, dict):
             [argument] = value["function"]["parameters"].values()
             assert value["function"]["type"] == "string", value
@@ -209,3 +232,28 @@ def test_should_deploy_settings_the_code_accepts() -> None:
     # The data and the queue trigger in the data account, which api.bicep takes on its own.
     assert valid.storage.queue_service_uri == "https://stdata.queue.core.windows.net"
     assert data_connection(settings) == "MAILGATE_STORAGE"
+
+
+def test_should_deploy_no_smtp_password_reference_without_the_smtp_provider() -> None:
+    settings = resolved_infra_settings()
+
+    assert settings["MAIL_PROVIDERS"] == "sendgrid"
+    assert settings["SMTP_PASSWORD"] == ""
+    assert settings["SMTP_PORT"] == "587"
+    assert settings["FAILOVER_ON_AMBIGUOUS"].lower() == "false"
+
+
+def test_should_deploy_the_smtp_password_as_a_key_vault_reference_with_the_smtp_provider() -> None:
+    settings = resolved_infra_settings(
+        mailProviders="sendgrid, smtp", smtpHost="smtp.example.com", smtpUsername="apikey"
+    )
+
+    assert settings["SMTP_PASSWORD"].startswith("@Microsoft.KeyVault(SecretUri=")
+    # Unresolved, it is refused by name, as SENDGRID_API_KEY is; resolved, the settings are valid.
+    with pytest.raises(ConfigurationError, match="SMTP_PASSWORD"):
+        Settings.from_env({**settings, "SENDGRID_API_KEY": RESOLVED_SECRET})
+    valid = Settings.from_env(
+        {**settings, "SENDGRID_API_KEY": RESOLVED_SECRET, "SMTP_PASSWORD": "resolved"}
+    )
+    assert valid.mail_providers == ("sendgrid", "smtp")
+    assert (valid.smtp_host, valid.smtp_port) == ("smtp.example.com", 587)

@@ -20,6 +20,7 @@ from shared.errors import (
     RateLimited,
 )
 from shared.gateway import Gateway, check_health
+from shared.providers import SendGridSender
 from shared.queue import MailQueue
 from shared.retention import expire_bodies
 from shared.sendgrid_client import SendGridClient
@@ -43,7 +44,7 @@ def client(gateway: Gateway) -> Client:
 @pytest.fixture
 def gateway(storage_settings: Settings) -> Iterator[Gateway]:
     """The gateway as the app builds it, on Azurite; these tests never reach SendGrid."""
-    sender = SendGridClient.from_settings(storage_settings)
+    sender = SendGridSender(SendGridClient.from_settings(storage_settings))
     yield Gateway(
         storage_settings,
         MailQueue.from_settings(storage_settings),
@@ -308,7 +309,9 @@ def test_should_write_delivery_activity_in_the_background_when_built_from_settin
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sender = FakeMailSender("sg-1")
-    monkeypatch.setattr("shared.gateway.SendGridClient.from_settings", lambda settings: sender)
+    monkeypatch.setattr(
+        "shared.gateway.senders_from_settings", lambda settings: {"sendgrid": sender}
+    )
     built = Gateway.from_settings(storage_settings)
     built.ensure_storage()
     client, _ = built.clients.create(CLIENT.name, ",".join(CLIENT.senders))

@@ -145,7 +145,9 @@ def test_should_send_and_queue_nothing(settings: Settings, fake_queue: FakeMailQ
 
     outcome = deliver(queued, sender, fake_queue, settings)
 
-    assert outcome == DeliveryOutcome("sent", "msg-1", 2, provider_message_id="sg-123")
+    assert outcome == DeliveryOutcome(
+        "sent", "msg-1", 2, provider_message_id="sg-123", provider="sendgrid"
+    )
     assert sender.payloads == [build_payload(queued)]
     assert sender.payloads[0]["personalizations"][0]["custom_args"]["mailgate_id"] == "msg-1"
     assert (fake_queue.messages, fake_queue.poison_texts) == ([], [])
@@ -171,7 +173,9 @@ def test_should_dead_letter_a_permanent_failure_at_once(
 
     outcome = deliver(queued, FakeMailSender(REFUSAL), fake_queue, settings)
 
-    assert outcome == DeliveryOutcome("dead_lettered", "msg-2", attempt, reason=REFUSAL.reason)
+    assert outcome == DeliveryOutcome(
+        "dead_lettered", "msg-2", attempt, reason=REFUSAL.reason, provider="sendgrid"
+    )
     assert fake_queue.messages == []
     record = poison_record(fake_queue)
     assert record["dead_letter"] == {
@@ -311,7 +315,13 @@ def test_should_requeue_a_retryable_failure_with_exponential_backoff(
     outcome = deliver(queued, FakeMailSender(SERVER_ERROR), fake_queue, settings)
 
     assert outcome == DeliveryOutcome(
-        "retry_scheduled", "msg-4", attempt, retry_in_seconds=delay, reason=SERVER_ERROR.reason
+        "retry_scheduled",
+        "msg-4",
+        attempt,
+        retry_in_seconds=delay,
+        reason=SERVER_ERROR.reason,
+        provider="sendgrid",
+        next_provider="sendgrid",
     )
     [retry] = fake_queue.messages
     assert retry.delay_seconds == delay
@@ -385,7 +395,9 @@ def test_should_dead_letter_when_the_attempts_run_out(
     )
 
     reason = f"gave up after {attempt} attempt(s): SendGrid answered 503"
-    assert outcome == DeliveryOutcome("dead_lettered", "msg-5", attempt, reason=reason)
+    assert outcome == DeliveryOutcome(
+        "dead_lettered", "msg-5", attempt, reason=reason, provider="sendgrid"
+    )
     assert fake_queue.messages == []
     dead_letter = poison_record(fake_queue)["dead_letter"]
     assert dead_letter["reason"] == reason
@@ -433,7 +445,9 @@ def test_should_send_a_v3_body_as_the_client_sent_it_with_the_gateway_id(
 
     outcome = deliver(queued, sender, fake_queue, settings, fake_statuses)
 
-    assert outcome == DeliveryOutcome("sent", "msg-v3", 1, provider_message_id="sg-v3")
+    assert outcome == DeliveryOutcome(
+        "sent", "msg-v3", 1, provider_message_id="sg-v3", provider="sendgrid"
+    )
     [payload] = sender.payloads
     assert {k: v for k, v in payload.items() if k != "personalizations"} == {
         k: v for k, v in sendgrid_mail().items() if k != "personalizations"
@@ -1079,7 +1093,9 @@ def test_should_log_but_not_raise_when_the_sent_write_fails_for_good(
     with caplog.at_level(logging.ERROR, logger="shared.delivery"):
         outcome = deliver(envelope(id="msg-40"), sender, fake_queue, settings, fake_statuses)
 
-    assert outcome == DeliveryOutcome("sent", "msg-40", 1, provider_message_id="sg-40")
+    assert outcome == DeliveryOutcome(
+        "sent", "msg-40", 1, provider_message_id="sg-40", provider="sendgrid"
+    )
     assert len(sender.payloads) == 1
     assert fake_queue.messages == []
     [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
@@ -1225,7 +1241,9 @@ def test_should_send_the_body_from_its_blob_then_delete_the_blob_once_sent_is_re
 
     outcome = deliver(queued, sender, fake_queue, settings, fake_statuses, bodies=fake_bodies)
 
-    assert outcome == DeliveryOutcome("sent", "msg-c1", 1, provider_message_id="sg-c1")
+    assert outcome == DeliveryOutcome(
+        "sent", "msg-c1", 1, provider_message_id="sg-c1", provider="sendgrid"
+    )
     assert sender.payloads == [build_payload(full)]
     assert sender.payloads[0]["attachments"][0]["content"] == "JVBE"
     assert fake_bodies.blobs == {}

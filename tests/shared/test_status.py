@@ -131,6 +131,8 @@ def test_should_show_every_field_a_record_has() -> None:
         last_error="no answer from SendGrid: ReadTimeout",
         ambiguous=True,
         provider_message_id="sg-2",
+        provider="sendgrid",
+        providers_tried=("smtp", "sendgrid"),
         etag="never shown",
     )
 
@@ -146,8 +148,20 @@ def test_should_show_every_field_a_record_has() -> None:
             "reason": "no answer from SendGrid: ReadTimeout",
             "ambiguous": True,
         },
+        "provider_message_id": "sg-2",
         "sendgrid_message_id": "sg-2",
+        "provider": "sendgrid",
+        "providers_tried": ["smtp", "sendgrid"],
     }
+
+
+def test_should_show_another_providers_id_apart_from_sendgrids() -> None:
+    status = replace(QUEUED, provider_message_id="<id@example.com>", provider="smtp")
+
+    document = status.to_document()
+
+    assert document["provider_message_id"] == "<id@example.com>"
+    assert "sendgrid_message_id" not in document
 
 
 def test_should_show_a_last_error_that_has_only_a_status_code() -> None:
@@ -474,3 +488,29 @@ def test_should_read_outcomes_it_cannot_understand_as_none(text: object) -> None
     read._metadata = {"etag": "e", "timestamp": None}
 
     assert _from_entity(read).outcomes == ()
+
+
+def test_should_keep_the_providers_tried_and_the_sender_and_read_them_back() -> None:
+    table = RecordingTable()
+    record = replace(
+        QUEUED.concluded(MessageState.SENT, 2, LATER),
+        provider="smtp",
+        providers_tried=("sendgrid", "smtp"),
+    )
+
+    store(table).put(record)
+
+    [(_, entity, _)] = table.calls
+    assert entity["providers_tried"] == "sendgrid,smtp"
+    assert entity["provider"] == "smtp"
+    read = TableEntity(entity)
+    read._metadata = {"etag": "e", "timestamp": None}
+    back = _from_entity(read)
+    assert (back.provider, back.providers_tried) == ("smtp", ("sendgrid", "smtp"))
+
+
+def test_should_add_a_provider_tried_once_in_the_order_first_used() -> None:
+    record = replace(QUEUED, providers_tried=("sendgrid", "smtp"))
+
+    assert record.tried("sendgrid") == ("sendgrid", "smtp")
+    assert replace(QUEUED).tried("smtp") == ("smtp",)
