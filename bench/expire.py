@@ -49,20 +49,13 @@ KEPT_BLOBS = 100
 BODY_RETENTION = timedelta(days=8, hours=8)
 
 
-@dataclass(frozen=True)
-class ExpireResult:
-    """One expiry run over `rows` old rows, with `newer` rows and 2 others to keep."""
+class _PerDeletedRow:
+    """What an expiry run cost per row it deleted, from its totals."""
 
-    rows: int
-    newer: int
     deleted: int
     calls: int
     seconds: float
     cpu_seconds: float
-    azurite_cpu_seconds: float | None
-    left: int  # rows of the table after the run, of `newer` + 2 that must stay
-    kept: int  # of those, the newer activity rows and the 2 others
-    bodies: BodyExpireResult | None = None
 
     @property
     def calls_per_row(self) -> float | None:
@@ -78,6 +71,22 @@ class ExpireResult:
     def rows_per_second(self) -> float | None:
         """Rows deleted per second of the run."""
         return self.deleted / self.seconds if self.seconds else None
+
+
+@dataclass(frozen=True)
+class ExpireResult(_PerDeletedRow):
+    """One expiry run over `rows` old rows, with `newer` rows and 2 others to keep."""
+
+    rows: int
+    newer: int
+    deleted: int
+    calls: int
+    seconds: float
+    cpu_seconds: float
+    azurite_cpu_seconds: float | None
+    left: int  # rows of the table after the run, of `newer` + 2 that must stay
+    kept: int  # of those, the newer activity rows and the 2 others
+    bodies: BodyExpireResult | None = None
 
 
 @dataclass(frozen=True)
@@ -225,7 +234,7 @@ UNBOUNDED_SECONDS = 24 * 3600.0
 
 
 @dataclass(frozen=True)
-class StatusExpireResult:
+class StatusExpireResult(_PerDeletedRow):
     """One status expiry run over `rows` rows of old messages, with newer and legacy ones."""
 
     rows: int
@@ -240,21 +249,6 @@ class StatusExpireResult:
     left: int  # rows of the table after the run, but the watermark
     kept: int  # of those, the newer messages' rows and the legacy ones
     to_keep: int
-
-    @property
-    def calls_per_row(self) -> float | None:
-        """Storage calls per deleted row."""
-        return self.calls / self.deleted if self.deleted else None
-
-    @property
-    def cpu_per_row(self) -> float | None:
-        """Bench-process CPU seconds per deleted row."""
-        return self.cpu_seconds / self.deleted if self.deleted else None
-
-    @property
-    def rows_per_second(self) -> float | None:
-        """Rows deleted per second of the run."""
-        return self.deleted / self.seconds if self.seconds else None
 
 
 def run_expire_statuses(
