@@ -88,7 +88,7 @@ def cannot_carry(
 ) -> tuple[FieldProblem, ...]:
     """The fields of a mail that `provider` cannot carry, each with why; () when it can."""
     if provider == SENDGRID:
-        return ()
+        return _non_ascii_addresses(request) if sendgrid_body is None else ()
     if request is None or sendgrid_body is not None:
         return (
             FieldProblem(
@@ -99,6 +99,30 @@ def cannot_carry(
         FieldProblem(f"#/{name}", f"{provider} cannot carry {what}: SendGrid only")
         for name, what in _SENDGRID_ONLY_FIELDS
         if getattr(request, name)
+    )
+
+
+def _non_ascii_addresses(request: MailRequest | None) -> tuple[FieldProblem, ...]:
+    # SendGrid's Mail Send takes ASCII addresses only: an internationalised domain in its
+    # punycode form (shared/models.py writes it so), but a local part beyond ASCII (SMTPUTF8)
+    # not at all; it would be refused at delivery and dead-lettered (shared/sendgrid_v3/
+    # schema.py _check_email, from SendGrid's published schema). A relay that offers SMTPUTF8
+    # can carry one.
+    if request is None:
+        return ()
+    fields = [("from", request.from_), ("reply_to", request.reply_to)]
+    fields += [
+        (f"{name}/{i}", a)
+        for name in ("to", "cc", "bcc")
+        for i, a in enumerate(getattr(request, name))
+    ]
+    return tuple(
+        FieldProblem(
+            f"#/{pointer}",
+            f"{SENDGRID} cannot carry an address whose part before the @ is not ASCII",
+        )
+        for pointer, address in fields
+        if address is not None and not address.email.isascii()
     )
 
 

@@ -465,3 +465,18 @@ def test_should_answer_403_for_a_sender_outside_the_clients_own(clients: ClientS
 
     assert response.status_code == 403
     assert "'narrow' may not send" in problem_of(response)["detail"]
+
+
+@pytest.mark.usefixtures("gateway")
+def test_should_answer_422_for_an_address_sendgrid_cannot_carry_and_queue_nothing(
+    fake_queue: FakeMailQueue,
+) -> None:
+    # SendGrid takes ASCII addresses only; an internationalised domain goes as punycode, but a
+    # local part beyond ASCII cannot go at all, and was dead-lettered at delivery before.
+    response = post(body(message(to=["jörg@example.org"], cc=["ann@bücher.example"])))
+
+    assert response.status_code == 422
+    problem = problem_of(response)
+    assert "MAIL_PROVIDERS (sendgrid)" in problem["detail"]
+    assert [p["pointer"] for p in problem["errors"]] == ["#/to/0"]
+    assert fake_queue.messages == []

@@ -149,3 +149,17 @@ def test_should_read_an_envelope_without_a_provider_as_before_providers() -> Non
 
     assert '"provider"' not in text
     assert QueueEnvelope.model_validate_json(text).provider is None
+
+
+def test_should_keep_an_address_beyond_ascii_before_the_at_off_sendgrid_only() -> None:
+    mail = request(
+        **{"from": "jörg@example.com", "to": ["ann@example.org", "zoë@example.org"]},
+        reply_to="ann@bücher.example",  # a domain goes as punycode: SendGrid takes it
+    )
+
+    assert [p.pointer for p in cannot_carry("sendgrid", mail)] == ["#/from", "#/to/1"]
+    assert cannot_carry("smtp", mail) == ()
+    check_deliverable(("sendgrid", "smtp"), mail)
+    with pytest.raises(NotDeliverable):
+        check_deliverable(("sendgrid",), mail)
+    assert cannot_carry("sendgrid", request()) == ()
