@@ -512,16 +512,25 @@ def status_expire_rows(expire: StatusExpireResult) -> list[Row]:
             EVERY_ROW,
         ),
         Row(scenario, "uuid4 rows in range read and skipped", expire.skipped),
-        Row(scenario, "seconds for the status run", expire.seconds),
-        Row(scenario, "status rows deleted/s", expire.rows_per_second),
-        Row(scenario, "storage calls per deleted status row", expire.calls_per_row),
-        Row(scenario, "CPU µs per deleted status row, bench process", _us(expire.cpu_per_row)),
+    ]
+    return rows + _cost_rows(scenario, expire, "status run", "status row")
+
+
+def _cost_rows(
+    scenario: str, expire: ExpireResult | StatusExpireResult, run: str, row: str
+) -> list[Row]:
+    """What an expiry run cost: its time, and rate, calls and CPU per deleted `row`."""
+    rows = [
+        Row(scenario, f"seconds for the {run}", expire.seconds),
+        Row(scenario, f"{row}s deleted/s", expire.rows_per_second),
+        Row(scenario, f"storage calls per deleted {row}", expire.calls_per_row),
+        Row(scenario, f"CPU µs per deleted {row}, bench process", _us(expire.cpu_per_row)),
     ]
     if expire.azurite_cpu_seconds is not None and expire.deleted:
         rows.append(
             Row(
                 scenario,
-                "CPU µs per deleted status row, Azurite",
+                f"CPU µs per deleted {row}, Azurite",
                 expire.azurite_cpu_seconds / expire.deleted * US,
             )
         )
@@ -551,19 +560,8 @@ def expire_rows(expire: ExpireResult) -> list[Row]:
             ratio(expire.kept, expire.left) if expire.kept == expire.newer + 2 else 0.0,
             EVERY_ROW,
         ),
-        Row(scenario, "seconds for the run", expire.seconds),
-        Row(scenario, "rows deleted/s", expire.rows_per_second),
-        Row(scenario, "storage calls per deleted row", expire.calls_per_row),
-        Row(scenario, "CPU µs per deleted row, bench process", _us(expire.cpu_per_row)),
     ]
-    if expire.azurite_cpu_seconds is not None and expire.deleted:
-        rows.append(
-            Row(
-                scenario,
-                "CPU µs per deleted row, Azurite",
-                expire.azurite_cpu_seconds / expire.deleted * US,
-            )
-        )
+    rows += _cost_rows(scenario, expire, "run", "row")
     bodies = expire.bodies
     if bodies is not None:
         rows += [
