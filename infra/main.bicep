@@ -50,8 +50,11 @@ param sendgridApiKey string = ''
 @description('Optional. \'true\' once the secret sendgrid-api-key exists though sendgridApiKey is empty (an operator set it with `az keyvault secret set`): the app\'s read access is granted on that secret, so the secret must exist first. A string, so that azd can leave it empty.')
 param sendgridApiKeySecretExists string = ''
 
-@description('Optional. MAIL_PROVIDERS: the providers mail goes out by, in order of preference, comma-separated: sendgrid, smtp (docs/providers.md).')
+@description('Optional. MAIL_PROVIDERS: the providers mail goes out by, in order of preference, comma-separated: sendgrid, acs, smtp (docs/providers.md). With acs, the template creates Azure Communication Services Email with an Azure-managed domain and lets the app\'s identity send through it.')
 param mailProviders string = 'sendgrid'
+
+@description('Optional. Where the Azure Communication Services Email resources keep their data at rest (the acs provider), for example \'United States\', \'Europe\', \'UK\'.')
+param acsDataLocation string = 'United States'
 
 @description('Optional. FAILOVER_ON_AMBIGUOUS: whether a failure that may have sent the mail (a timeout after sending) moves the next attempt to the next provider, at the risk of a second copy.')
 param failoverOnAmbiguous bool = false
@@ -216,6 +219,8 @@ var resourceToken = toLower(uniqueString(subscription().id, environmentName, loc
 var abbreviations = {
   actionGroup: 'ag-'
   appInsights: 'appi-'
+  communicationService: 'acs-'
+  emailService: 'ecs-'
   functionApp: 'func-'
   identity: 'id-'
   keyVault: 'kv-'
@@ -225,6 +230,9 @@ var abbreviations = {
   storage: 'st'
 }
 var functionAppName = '${abbreviations.functionApp}${resourceToken}'
+// Whether MAIL_PROVIDERS lists the acs provider (shared/settings.py reads it the same way).
+var usesAcs = contains(split(toLower(replace(mailProviders, ' ', '')), ','), 'acs')
+var communicationServiceName = '${abbreviations.communicationService}${resourceToken}'
 // Flex Consumption keeps the deployment package in this blob container.
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(resourceToken, 7)}'
 
@@ -284,6 +292,18 @@ module keyVault 'app/keyvault.bicep' = {
     tags: allTags
     sendgridApiKey: sendgridApiKey
     smtpPassword: smtpPassword
+    logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
+  }
+}
+
+module acs 'app/acs.bicep' = if (usesAcs) {
+  name: 'acs'
+  scope: resourceGroup
+  params: {
+    communicationServiceName: communicationServiceName
+    emailServiceName: '${abbreviations.emailService}${resourceToken}'
+    dataLocation: acsDataLocation
+    tags: allTags
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
   }
 }
@@ -363,10 +383,15 @@ module rbac 'app/rbac.bicep' = {
     smtpPasswordSecretName: keyVault.outputs.smtpPasswordSecretName
     smtpPasswordSecretExists: (!empty(smtpPassword)) || smtpPasswordSecretExists == 'true'
     applicationInsightsName: monitoring.outputs.applicationInsightsName
+    communicationServiceName: usesAcs ? communicationServiceName : ''
     appPrincipalId: identity.outputs.principalId
     userPrincipalId: principalId
     userPrincipalType: principalType
   }
+  // The ACS role's scope is the resource, which must exist first.
+  dependsOn: [
+    acs
+  ]
 }
 
 module alerts 'app/alerts.bicep' = {
@@ -414,3 +439,6 @@ output SENDGRID_API_KEY_SECRET_NAME string = keyVault.outputs.sendgridApiKeySecr
 
 @description('Client id of the app\'s user-assigned identity.')
 output AZURE_FUNCTION_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+
+@description('Domain of the acs provider\'s sender addresses (DoNotReply@ this domain); empty without it.')
+output ACS_EMAIL_SENDER_DOMAIN string = usesAcs ? acs.outputs.senderDomain : ''

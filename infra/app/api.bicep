@@ -153,8 +153,10 @@ var clientPaths = [
 
 // Names as the code reads them (tests/infra checks this list against the code, docs/settings.md and
 // local.settings.example.json). No FUNCTIONS_WORKER_RUNTIME: Flex takes it from functionAppConfig.
-// Whether MAIL_PROVIDERS lists the smtp provider (shared/settings.py reads it the same way).
-var usesSmtp = contains(split(toLower(replace(mailProviders, ' ', '')), ','), 'smtp')
+// Which providers MAIL_PROVIDERS lists (shared/settings.py reads it the same way).
+var providers = split(toLower(replace(mailProviders, ' ', '')), ',')
+var usesSendGrid = contains(providers, 'sendgrid')
+var usesSmtp = contains(providers, 'smtp')
 
 var appSettings = {
   AzureWebJobsStorage__accountName: storageAccountName
@@ -171,7 +173,8 @@ var appSettings = {
   // and the host (host.json telemetryMode OpenTelemetry) then stops exporting the worker's
   // forwarded log lines, so each line is stored once (shared/telemetry.py).
   PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
-  SENDGRID_API_KEY: '@Microsoft.KeyVault(SecretUri=${sendgridApiKeySecretUri})'
+  // A reference only while SendGrid is in use, so that a deployment without it needs no secret.
+  SENDGRID_API_KEY: usesSendGrid ? '@Microsoft.KeyVault(SecretUri=${sendgridApiKeySecretUri})' : ''
   MAIL_PROVIDERS: mailProviders
   FAILOVER_ON_AMBIGUOUS: string(failoverOnAmbiguous)
   SMTP_HOST: smtpHost

@@ -25,6 +25,9 @@ param smtpPasswordSecretName string
 @description('Required. Whether that secret exists: as for the SendGrid key, read access is granted on the secret itself.')
 param smtpPasswordSecretExists bool
 
+@description('Optional. Communication Services resource of the acs provider; empty without it.')
+param communicationServiceName string = ''
+
 @description('Required. Application Insights component the app sends telemetry to.')
 param applicationInsightsName string
 
@@ -68,6 +71,7 @@ var accountRoles = [
 // containers before the app starts, and Owner adds only POSIX ACLs (Data Lake) to Contributor.
 var blobRole = 'Storage Blob Data Contributor'
 var withUser = !empty(userPrincipalId)
+var withAcs = !empty(communicationServiceName)
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
@@ -101,6 +105,10 @@ resource sendgridSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing 
 resource smtpSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = {
   parent: vault
   name: smtpPasswordSecretName
+}
+
+resource communication 'Microsoft.Communication/communicationServices@2023-04-01' existing = if (withAcs) {
+  name: communicationServiceName
 }
 
 resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
@@ -153,6 +161,45 @@ resource appSmtpSecretRole 'Microsoft.Authorization/roleAssignments@2022-04-01' 
     principalId: appPrincipalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Key Vault Secrets User'])
+  }
+}
+
+// Sending mail through ACS with an Entra token needs no data role: Microsoft documents a custom
+// role of these three actions on the Communication Services resource as the least one ("Use a
+// custom role to limit permissions", ACS Email's SMTP authentication how-to). The built-in
+// Communication and Email Service Owner could also list and regenerate the resource's keys.
+resource acsEmailSender 'Microsoft.Authorization/roleDefinitions@2022-04-01' = if (withAcs) {
+  name: guid(resourceGroup().id, 'mailgate ACS Email sender')
+  properties: {
+    // Role names are unique in the tenant: one per resource group that deploys mailgate.
+    roleName: 'mailgate ACS Email sender (${resourceGroup().name})'
+    description: 'Send mail through the Communication Services resources of this resource group, and nothing else.'
+    type: 'CustomRole'
+    assignableScopes: [
+      resourceGroup().id
+    ]
+    permissions: [
+      {
+        actions: [
+          'Microsoft.Communication/CommunicationServices/Read'
+          'Microsoft.Communication/CommunicationServices/Write'
+          'Microsoft.Communication/EmailServices/write'
+        ]
+        notActions: []
+        dataActions: []
+        notDataActions: []
+      }
+    ]
+  }
+}
+
+resource appAcsRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (withAcs) {
+  name: guid(communication.id, appPrincipalId, acsEmailSender.id)
+  scope: communication
+  properties: {
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: acsEmailSender.id
   }
 }
 

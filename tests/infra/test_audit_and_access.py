@@ -81,10 +81,19 @@ def test_should_send_the_function_apps_logs_to_log_analytics() -> None:
     assert diagnostics("api") == {"appDiagnostics": ("functionApp", ["FunctionAppLogs"])}
 
 
+def test_should_send_what_acs_did_with_each_mail_to_log_analytics() -> None:
+    assert diagnostics("acs") == {
+        "emailDiagnostics": (
+            "communication",
+            ["EmailSendMailOperational", "EmailStatusUpdateOperational"],
+        )
+    }
+
+
 def test_should_wire_every_diagnostic_setting_to_the_workspace_of_main() -> None:
     modules = parse_bicep(INFRA / "main.bicep")["modules"]
-    for module in ("storage", "keyVault", "api"):
-        given = modules[module]["config"]["params"]["logAnalyticsWorkspaceId"]
+    for module in ("storage", "keyVault", "api", "acs"):
+        given = config(modules[module])["params"]["logAnalyticsWorkspaceId"]
         assert flat(given) == "monitoring.outputs.logAnalyticsWorkspaceId", module
 
 
@@ -180,6 +189,37 @@ def test_should_let_the_app_read_the_sendgrid_and_smtp_secrets_and_no_other() ->
         "sendgridApiKeySecretExists"
     )
     assert flat(main["sendgridApiKeySecretExists"]).startswith("or(not(empty(sendgridApiKey))")
+
+
+def test_should_create_acs_and_let_the_app_send_through_it_only_with_the_acs_provider() -> None:
+    main = parse_bicep(INFRA / "main.bicep")
+    rbac = resources("rbac")
+    role = config(rbac["acsEmailSender"])["properties"]
+
+    assert main["modules"]["acs"]["config"]["condition"] == "usesAcs"
+    assert flat(main["variables"]["usesAcs"]["value"]) == (
+        "contains(split(to_lower(replace(mailProviders,  , )), ,), acs)"
+    )
+    given = flat(config(main["modules"]["rbac"])["params"]["communicationServiceName"])
+    assert given == "conditional(usesAcs, communicationServiceName, )"
+    for name in ("acsEmailSender", "appAcsRole"):
+        assert rbac[name]["config"]["condition"] == "withAcs"
+    # Send mail, as Microsoft's least custom role for it: no data actions, no keys, no deletes.
+    [permissions] = role["permissions"]
+    assert sorted(permissions["actions"]) == [
+        "Microsoft.Communication/CommunicationServices/Read",
+        "Microsoft.Communication/CommunicationServices/Write",
+        "Microsoft.Communication/EmailServices/write",
+    ]
+    assert permissions["dataActions"] == []
+    assert permissions["notActions"] == []
+    # pycep reads `resourceGroup().id` without its `.id`: the text says it.
+    text = (APP / "rbac.bicep").read_text(encoding="utf-8")
+    assert re.search(r"assignableScopes: \[\s*resourceGroup\(\)\.id\s*\]", text)
+    assignment = config(rbac["appAcsRole"])
+    assert assignment["scope"] == "communication"
+    assert flat(assignment["properties"]["roleDefinitionId"]) == "acsEmailSender.id"
+    assert assignment["properties"]["principalId"] == "appPrincipalId"
 
 
 def test_should_leave_operator_sign_in_off_unless_asked() -> None:

@@ -64,7 +64,10 @@ def test_should_name_role_assignments_from_scope_principal_and_role() -> None:
     text = (INFRA / "app" / "rbac.bicep").read_text(encoding="utf-8")
     assignments = re.findall(r"'Microsoft\.Authorization/roleAssignments@[^']+'", text)
     # The scope may be one element of a loop over existing resources: `containers[index].id`.
-    names = re.findall(r"name: guid\((\w+(?:\[\w+\])?)\.id, (\w+), roles\[[^\]]+\]\)", text)
+    # The role is a built-in one from the map, or a custom one defined in the file (`role.id`).
+    names = re.findall(
+        r"name: guid\((\w+(?:\[\w+\])?)\.id, (\w+), (?:roles\[[^\]]+\]|\w+\.id)\)", text
+    )
     assert len(names) == len(assignments) > 0
     for other in bicep_files():
         if other.name != "rbac.bicep":

@@ -181,6 +181,10 @@ VALID_ELSE = {
 }
 
 
+# api.bicep's variables that say whether MAIL_PROVIDERS lists a provider.
+USES = {"usesSendGrid": "sendgrid", "usesSmtp": "smtp"}
+
+
 def resolved_infra_settings(**parameters_given: Any) -> dict[str, str]:
     """infra's app settings with main.bicep's defaults (or the parameters given), as the
     deployed app would see them."""
@@ -196,17 +200,17 @@ def resolved_infra_settings(**parameters_given: Any) -> dict[str, str]:
 
     def resolve(value: Any) -> str:
         if isinstance(value, dict) and "operator" in value:
-            # `usesSmtp ? reference : ''`: api.bicep's variable, read here as the code reads it.
+            # `usesSmtp ? reference : ''`: api.bicep's variables, read here as the code reads it.
             operator = value["operator"]
             assert operator["type"] == "conditional", value
-            assert operator["operands"]["condition"] == "usesSmtp", value
-            uses_smtp = (
-                "smtp"
+            provider = USES[operator["operands"]["condition"]]
+            uses = (
+                provider
                 in Settings.from_env(
                     {"MAIL_PROVIDERS": str(values["mailProviders"]), **VALID_ELSE}
                 ).mail_providers
             )
-            return resolve(operator["operands"]["true_value" if uses_smtp else "false_value"])
+            return resolve(operator["operands"]["true_value" if uses else "false_value"])
         if isinstance(value, dict):
             [argument] = value["function"]["parameters"].values()
             assert value["function"]["type"] == "string", value
@@ -241,6 +245,17 @@ def test_should_deploy_no_smtp_password_reference_without_the_smtp_provider() ->
     assert settings["SMTP_PASSWORD"] == ""
     assert settings["SMTP_PORT"] == "587"
     assert settings["FAILOVER_ON_AMBIGUOUS"].lower() == "false"
+
+
+def test_should_deploy_no_sendgrid_key_reference_without_sendgrid() -> None:
+    settings = resolved_infra_settings(
+        mailProviders="smtp", smtpHost="smtp.example.com", smtpUsername="apikey"
+    )
+
+    assert settings["SENDGRID_API_KEY"] == ""
+    # So an smtp-only deployment needs no SendGrid secret: it starts with its own secret alone.
+    valid = Settings.from_env({**settings, "SMTP_PASSWORD": "resolved"})
+    assert valid.mail_providers == ("smtp",)
 
 
 def test_should_deploy_the_smtp_password_as_a_key_vault_reference_with_the_smtp_provider() -> None:
