@@ -455,6 +455,10 @@ class DeadLetters:
         # Its outcomes so far stay in the record (the console's timeline shows the dead letter
         # before the replay): one read per replayed message, an operator's rare action.
         earlier = self._statuses.get(envelope.id)
+        # Expiry counts this message's retention from now on, not from its acceptance: without
+        # the mark, a record older than the retention would be deleted while its copy is queued,
+        # and one already expired would be written where expiry never looks again.
+        self._statuses.mark_replayed(envelope.id, now)
         # Reset the status before the copy is visible: delivery skips a message marked failed.
         self._statuses.put(
             MessageStatus(

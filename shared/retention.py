@@ -37,11 +37,12 @@ kept under `dead-letters/` nor the older bodies at the container's root, which a
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
     HttpResponseError,
@@ -232,13 +233,27 @@ def expire_activity(
     return ExpiryResult(deleted, calls, failed, more_left, retention)
 
 
-def delete_rows(table: TableClient, rows: list[dict[str, Any]], kind: str) -> bool:
+def delete_rows(
+    table: TableClient,
+    rows: list[dict[str, Any]],
+    kind: str,
+    *,
+    etags: Sequence[str] | None = None,
+) -> bool:
     """Delete rows of one partition in one transaction; False if the service refused it.
 
-    `kind` names the rows in the WARNING logged then (activity, status, idempotency).
+    `kind` names the rows in the WARNING logged then (activity, status, idempotency). With
+    `etags` (one per row), a row changed since it was read refuses the whole transaction.
     """
+    conditions: list[dict[str, Any]] = (
+        [{}] * len(rows)
+        if etags is None
+        else [{"etag": etag, "match_condition": MatchConditions.IfNotModified} for etag in etags]
+    )
     try:
-        table.submit_transaction([("delete", row) for row in rows])
+        table.submit_transaction(
+            [("delete", row, condition) for row, condition in zip(rows, conditions, strict=True)]
+        )
     except (ServiceRequestError, ServiceResponseError):
         raise  # not reached or no answer: an outage, not this batch's fault
     except HttpResponseError as error:

@@ -194,6 +194,13 @@ class MessageStatus:
         return advice_for(cause)
 
 
+# The retention's own rows in the status table (shared/status_retention.py): where expiry got
+# to, and a row per replayed message, whose record is kept for STATUS_RETENTION_DAYS from its
+# replay rather than from its acceptance.
+RETENTION_PARTITION = "retention"
+REPLAYED_ROW_PREFIX = "replayed-"
+
+
 class StatusStore:
     """Reads and writes status records; one row per message, keyed by the message id."""
 
@@ -279,6 +286,21 @@ class StatusStore:
         except AzureError as error:
             raise StorageUnavailable(f"status of {status.id}: {type(error).__name__}") from error
         return replace(status, etag=metadata.get("etag"))
+
+    def mark_replayed(self, message_id: str, at: datetime) -> None:
+        """Note that an operator replayed the message at `at`, so that expiry keeps its record
+        for the whole retention from then (written before the record itself)."""
+        try:
+            self._table.upsert_entity(
+                {
+                    "PartitionKey": RETENTION_PARTITION,
+                    "RowKey": REPLAYED_ROW_PREFIX + message_id,
+                    "replayed_at": at,
+                },
+                mode=UpdateMode.REPLACE,
+            )
+        except AzureError as error:
+            raise StorageUnavailable(f"status of {message_id}: {type(error).__name__}") from error
 
     def check(self) -> None:
         """Raise StorageUnavailable unless the table answers."""

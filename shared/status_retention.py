@@ -22,8 +22,8 @@ id is skipped too. As the watermark moves past them, each is read once in the de
 Nothing else in the table can fall in that range. Both bounds start with a decimal digit (a
 prefix starts with `a` only from the year 10889 on); the table's other partitions, `activity-…`
 (shared/activity.py), `idempotency-…` and `idem-…` (shared/idempotency.py), `health` (the
-health check) and `retention` (the watermark), start with a lower-case letter, which sorts
-after every digit.
+health check) and `retention` (the watermark and the replay marks), start with a lower-case
+letter, which sorts after every digit.
 
 The service keeps a table's rows in one index sorted by PartitionKey, then RowKey, comparing
 strings lexically, and returns query results in that order (Microsoft's "Designing a scalable
@@ -33,9 +33,16 @@ read without the rest of the table, and the rows of one partition come together.
 **The watermark** (PartitionKey `retention`, RowKey `status`) says where the next run starts. It
 never passes a partition that failed to delete, and moves only forward. One run writes it at a
 time: the host runs a timer function on one instance at once, under a lease (Microsoft's timer
-trigger reference, "Scale-out"; Azure/azure-webjobs-sdk issue 614). Rows written under an id
-the watermark has passed are never read again: a dead letter replayed after its status record
-expired writes a new one under the old id, and it stays (docs/operations.md, Retention).
+trigger reference, "Scale-out"; Azure/azure-webjobs-sdk issue 614).
+
+**Replayed messages** live longer than their id says: a replay (shared/dead_letters.py) first
+writes a mark, `retention` / `replayed-<id>` with the time of the replay
+(StatusStore.mark_replayed). Each run reads the marks before the range: a message replayed
+within the retention is skipped in the range, its copy may still be queued; one replayed before
+the cutoff is deleted through its mark, wherever the watermark is (the record a replay writes
+after its old one expired is under an id the range never reads again). Its rows are deleted
+with the ETags read, after the mark with its own ETag, so a message replayed again meanwhile
+keeps everything.
 
 **Idempotency keys** live in `idem-<period start>-<key hash>` partitions, the period start in
 seconds since 1970, 11 digits (shared/idempotency.py): a key is looked up in its period and the
@@ -57,22 +64,25 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from azure.core.exceptions import AzureError, ResourceNotFoundError
+from azure.core import MatchConditions
+from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient
 
 from shared.activity import MAX_TRANSACTION_OPERATIONS
 from shared.errors import StorageUnavailable
 from shared.idempotency import KEY_PARTITION_PREFIX, period_start_partition
 from shared.retention import PartitionExpiry, delete_rows
+from shared.status import REPLAYED_ROW_PREFIX, RETENTION_PARTITION
 
 logger = logging.getLogger(__name__)
 
 # No gateway gave a UUIDv7 message id before this day: the range never starts earlier.
 V7_SINCE = datetime(2026, 12, 1, tzinfo=timezone.utc)
-WATERMARK_PARTITION = "retention"
+WATERMARK_PARTITION = RETENTION_PARTITION
 WATERMARK_ROW = "status"
 # Keys one run reads at most, per kind, and the seconds after which it takes no new page: a
 # few minutes of work at most, inside the 10-minute functionTimeout (host.json).
@@ -116,36 +126,36 @@ def expire_statuses(
     """Delete the partitions (status, delivery, events) of the messages accepted before
     `now - retention`, reading at most about `max_rows` keys; StorageUnavailable if storage
     cannot be reached."""
+    cutoff = now - retention
     watermark = _read_watermark(table)
-    start, end = status_expiry_range(now - retention, watermark)
-    if start >= end:
-        return PartitionExpiry(calls=1)
     try:
-        result, resume_at = _expire_range(
+        marks = _replay_marks(table, max_rows)
+    except ResourceNotFoundError:
+        return PartitionExpiry(calls=2)  # no table yet: nothing to expire
+    # Replayed since the cutoff: kept, whenever they were accepted.
+    kept = frozenset(mark.message_id for mark in marks if mark.replayed_at >= cutoff)
+    start, end = status_expiry_range(cutoff, watermark)
+    result, calls = PartitionExpiry(), 2
+    if start < end:
+        ranged, resume_at = _expire_range(
             table,
             "PartitionKey ge @start and PartitionKey lt @end",
             {"start": start, "end": end},
-            expiring_message_id,
+            lambda partition: expiring_message_id(partition) and partition not in kept,
             max_rows=max_rows,
             deadline=clock() + seconds,
             clock=clock,
             kind="status",
         )
-    except ResourceNotFoundError:
-        return PartitionExpiry(calls=2)  # no table yet: nothing to expire
-    resume_at = resume_at or end
-    calls = result.calls + 1
-    if resume_at > (watermark or ""):
-        _write_watermark(table, resume_at)
-        calls += 1
-    return PartitionExpiry(
-        result.partitions,
-        result.deleted,
-        result.skipped,
-        result.failed,
-        calls,
-        result.more_left,
-    )
+        resume_at = resume_at or end
+        result, calls = replace(ranged, calls=0), calls + ranged.calls
+        if resume_at > (watermark or ""):
+            _write_watermark(table, resume_at)
+            calls += 1
+    for mark in marks:
+        if mark.replayed_at < cutoff:
+            result = _add(result, _expire_replayed(table, mark))
+    return replace(result, calls=calls + result.calls)
 
 
 def expire_keys(
@@ -250,6 +260,91 @@ def _expire_range(
     if first_failed is not None:
         resume_at = first_failed if resume_at is None else min(resume_at, first_failed)
     return PartitionExpiry(partitions, deleted, skipped, failed, calls, more_left), resume_at
+
+
+@dataclass(frozen=True)
+class _ReplayMark:
+    message_id: str
+    replayed_at: datetime
+    etag: str
+
+
+def _replay_marks(table: TableClient, max_rows: int) -> list[_ReplayMark]:
+    """The replayed messages' marks (StatusStore.mark_replayed), up to about `max_rows`."""
+    marks: list[_ReplayMark] = []
+    try:
+        entities = table.query_entities(
+            "PartitionKey eq @partition and RowKey ge @first and RowKey lt @after",
+            parameters={
+                "partition": RETENTION_PARTITION,
+                "first": REPLAYED_ROW_PREFIX,
+                # The prefix ends in `-`; `.` is the character after it.
+                "after": REPLAYED_ROW_PREFIX[:-1] + ".",
+            },
+            select=["RowKey", "replayed_at"],
+            results_per_page=_PAGE_SIZE,
+        )
+        for entity in entities:
+            at, etag = entity.get("replayed_at"), entity.metadata.get("etag")
+            if isinstance(at, datetime) and etag:
+                marks.append(
+                    _ReplayMark(entity["RowKey"].removeprefix(REPLAYED_ROW_PREFIX), at, etag)
+                )
+            if len(marks) >= max_rows:
+                break
+    except ResourceNotFoundError:
+        raise
+    except AzureError as error:
+        raise StorageUnavailable(f"table {table.table_name}: {type(error).__name__}") from error
+    return marks
+
+
+def _expire_replayed(table: TableClient, mark: _ReplayMark) -> PartitionExpiry:
+    """Delete a message replayed before the cutoff, and its mark, unless it was replayed again
+    meanwhile: its rows are deleted only as they were read, after the mark as it was read."""
+    try:
+        rows = [
+            (
+                {"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"]},
+                # The service gives every row one; `*` (any) would never be used.
+                entity.metadata.get("etag") or "*",
+            )
+            for entity in table.query_entities(
+                "PartitionKey eq @id", parameters={"id": mark.message_id}, select=_KEYS
+            )
+        ]
+        table.delete_entity(
+            RETENTION_PARTITION,
+            REPLAYED_ROW_PREFIX + mark.message_id,
+            etag=mark.etag,
+            match_condition=MatchConditions.IfNotModified,
+        )
+    except (ResourceModifiedError, ResourceNotFoundError):
+        return PartitionExpiry(skipped=1, calls=2)  # replayed again, or another run did it
+    except AzureError as error:
+        raise StorageUnavailable(f"table {table.table_name}: {type(error).__name__}") from error
+    deleted = failed = 0
+    calls = 2
+    for start in range(0, len(rows), MAX_TRANSACTION_OPERATIONS):
+        batch = rows[start : start + MAX_TRANSACTION_OPERATIONS]
+        calls += 1
+        keys, etags = [row for row, _ in batch], [etag for _, etag in batch]
+        if delete_rows(table, keys, "status", etags=etags):
+            deleted += len(batch)
+        else:
+            failed += len(batch)
+    return PartitionExpiry(1 if rows else 0, deleted, 0, failed, calls)
+
+
+def _add(one: PartitionExpiry, other: PartitionExpiry) -> PartitionExpiry:
+    return PartitionExpiry(
+        one.partitions + other.partitions,
+        one.deleted + other.deleted,
+        one.skipped + other.skipped,
+        one.failed + other.failed,
+        one.calls + other.calls,
+        one.more_left or other.more_left,
+    )
 
 
 def _read_watermark(table: TableClient) -> str | None:

@@ -51,7 +51,9 @@ from shared.status import MessageStatus, StatusStore
 QUEUE_OPERATIONS = frozenset(
     {"enqueue", "put_back", "dead_letter", "ensure_exists", "check", "depths", "measure"}
 )
-STATUS_OPERATIONS = frozenset({"get", "create", "remove", "claim", "put", "check", "ensure_exists"})
+STATUS_OPERATIONS = frozenset(
+    {"get", "create", "remove", "claim", "put", "check", "ensure_exists", "mark_replayed"}
+)
 KEY_OPERATIONS = frozenset({"claim", "complete", "release"})
 BODY_OPERATIONS = frozenset({"put", "get", "delete", "ensure_exists", "check", "copy", "list"})
 
@@ -418,6 +420,8 @@ class FakeStatusStore(_OutageControls, StatusStore):
 
     def __init__(self, journal: Journal | None = None) -> None:
         self.records: dict[str, MessageStatus] = {}
+        # When each message was last replayed (StatusStore.mark_replayed).
+        self.replayed: dict[str, datetime] = {}
         self.journal = journal if journal is not None else Journal()
         self.ensure_exists_calls = 0
         self.check_calls = 0
@@ -479,6 +483,11 @@ class FakeStatusStore(_OutageControls, StatusStore):
         self._outage.check("put")
         self.journal.append(f"status.put {status.state.value}")
         return self.add(status)
+
+    def mark_replayed(self, message_id: str, at: datetime) -> None:
+        self._outage.check("mark_replayed")
+        self.journal.append("status.mark_replayed")
+        self.replayed[message_id] = at
 
 
 class FakeActivityLog(_OutageControls, ActivityLog):

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from azure.data.tables import TableClient
 
+from shared import status_retention
 from shared.activity import ActivityEvent, ActivityLog, partition_of
 from shared.blobs import MessageBodyStore
 from shared.clients import Client, ClientStore
@@ -107,8 +108,8 @@ def test_should_delete_old_messages_whole_and_keep_everything_else(
     )
     # The legacy id's 4 rows were read and left.
     assert result.skipped == 4
-    # Watermark read, one page, one transaction per message, watermark written.
-    assert result.calls == 1 + 1 + 4 + 1
+    # Watermark and replay marks read, one page, one transaction per message, watermark written.
+    assert result.calls == 2 + 1 + 4 + 1
     after = partitions(status_table)
     assert set(before) - set(after) == {*old, just_old}
     assert {k: v for k, v in before.items() if k in after} == {
@@ -151,6 +152,70 @@ def test_should_read_a_skipped_legacy_partition_only_once(
     assert (second.skipped, second.partitions, second.deleted) == (0, 1, 4)
     assert legacy in partitions(status_table)
     assert watermark(status_table) == id_prefix(NOW + timedelta(hours=1) - MONTH)
+
+
+def test_should_keep_a_message_replayed_within_the_retention_however_old_its_id(
+    status_table: TableClient, statuses: StatusStore
+) -> None:
+    replayed = v7_id(NOW - MONTH - timedelta(days=10))
+    rows = add_message(statuses, status_table, replayed, NOW - MONTH - timedelta(days=10))
+    statuses.mark_replayed(replayed, NOW - DAY)
+    old = v7_id(NOW - MONTH - timedelta(days=9))
+    add_message(statuses, status_table, old, NOW - MONTH - timedelta(days=9))
+
+    result = expire_statuses(status_table, NOW, MONTH)
+
+    # Its copy may still be queued: the record stays; the other message of its day goes.
+    assert partitions(status_table).get(replayed) == rows
+    assert old not in partitions(status_table)
+    assert (result.partitions, result.skipped) == (1, rows)
+    # The watermark passes it: from now on its mark alone brings it back to expiry.
+    assert watermark(status_table) == id_prefix(NOW - MONTH)
+
+    # Its retention counted from the replay: a month after it, it goes, mark and all.
+    later = expire_statuses(status_table, NOW - DAY + MONTH + timedelta(seconds=1), MONTH)
+
+    assert (later.partitions, later.deleted, later.failed) == (1, rows, 0)
+    assert replayed not in partitions(status_table)
+    assert (
+        list(status_table.query_entities("RowKey ge 'replayed-' and RowKey lt 'replayed.'")) == []
+    )
+
+
+def test_should_expire_a_record_a_replay_wrote_behind_the_watermark(
+    status_table: TableClient, statuses: StatusStore
+) -> None:
+    message_id = v7_id(NOW - MONTH - DAY)
+    add_message(statuses, status_table, message_id, NOW - MONTH - DAY)
+    expire_statuses(status_table, NOW, MONTH)
+    assert message_id not in partitions(status_table)
+    # Its dead letter is replayed after its record expired: the record is written again, under
+    # an id the watermark has passed.
+    statuses.mark_replayed(message_id, NOW)
+    statuses.put(MessageStatus(message_id, MessageState.SENT, NOW - MONTH - DAY, NOW))
+
+    kept = expire_statuses(status_table, NOW + DAY, MONTH)
+    gone = expire_statuses(status_table, NOW + MONTH + timedelta(seconds=1), MONTH)
+
+    assert kept.partitions == 0
+    assert gone.partitions == 1
+    assert message_id not in partitions(status_table)
+
+
+def test_should_leave_a_message_replayed_again_while_its_expiry_ran(
+    status_table: TableClient, statuses: StatusStore
+) -> None:
+    message_id = v7_id(NOW - MONTH - DAY)
+    add_message(statuses, status_table, message_id, NOW - MONTH - DAY, events=0)
+    statuses.mark_replayed(message_id, NOW - MONTH - timedelta(hours=1))
+    [stale] = status_retention._replay_marks(status_table, 10)
+    # Replayed again after the run read the marks, before it deleted anything.
+    statuses.mark_replayed(message_id, NOW)
+
+    result = status_retention._expire_replayed(status_table, stale)
+
+    assert (result.partitions, result.deleted, result.skipped) == (0, 0, 1)
+    assert message_id in partitions(status_table)
 
 
 def test_should_stop_at_its_bound_and_go_on_from_there_next_run(

@@ -356,8 +356,10 @@ def test_should_replay_a_chosen_dead_letter_as_a_fresh_first_attempt(
     assert status.client == replayed.client == "app"
     # What became of it before the replay stays in the record, for the console's timeline.
     assert status.outcomes == refused.outcomes != ()
-    # Reset first: delivery skips a message whose status still says failed.
-    assert journal == ["status.put queued", "queue.enqueue"]
+    # Reset first: delivery skips a message whose status still says failed. Marked before the
+    # record, so that no expiry run sees the new record without the mark.
+    assert journal == ["status.mark_replayed", "status.put queued", "queue.enqueue"]
+    assert fake_statuses.replayed == {"msg-d5": LATER}
     assert [read_entry(t).message_id for t in fake_queue.poison_client.visible_texts] == ["msg-d6"]
     assert len(fake_queue.poison_texts) == 1
 
