@@ -216,11 +216,22 @@ async def serve(settings: RelaySettings, started: asyncio.Event | None = None) -
         await gateway.close()
 
 
-class _PlainAuthOnLoopback(logging.Filter):
-    """Drops aiosmtpd's warning, logged per connection, that AUTH is allowed without TLS."""
+class _KnownNoise(logging.Filter):
+    """Drops two warnings aiosmtpd logs about itself: per connection, that AUTH is allowed
+    without TLS (the relay allows it on loopback only, and says so once); per successful AUTH,
+    that Session.login_data is deprecated (aiosmtpd 1.4's own SMTP.smtp_AUTH sets it)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("auth_required == True but auth_require_tls")
+        return not str(record.msg).startswith(
+            ("auth_required == True but auth_require_tls", "Session.login_data is deprecated")
+        )
+
+
+def quiet_aiosmtpd(aiosmtpd_log: logging.Logger) -> None:
+    """Keep aiosmtpd's logger (`mail.log`) to what an operator needs."""
+    # aiosmtpd logs every command line (MAIL FROM and RCPT TO with full addresses) at INFO.
+    aiosmtpd_log.setLevel(logging.WARNING)
+    aiosmtpd_log.addFilter(_KnownNoise())
 
 
 def configure_logging() -> None:
@@ -230,10 +241,7 @@ def configure_logging() -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # aiosmtpd logs every command line (MAIL FROM and RCPT TO with full addresses) at INFO.
-    aiosmtpd_log = logging.getLogger("mail.log")
-    aiosmtpd_log.setLevel(logging.WARNING)
-    aiosmtpd_log.addFilter(_PlainAuthOnLoopback())
+    quiet_aiosmtpd(logging.getLogger("mail.log"))
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 

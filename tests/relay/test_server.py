@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import smtplib
 import ssl
 import threading
@@ -17,7 +18,13 @@ import httpx
 import mailgate_relay.server
 import pytest
 import trustme
-from mailgate_relay.__main__ import RelaySettings, SettingsError, parse_settings, smtp_factory
+from mailgate_relay.__main__ import (
+    RelaySettings,
+    SettingsError,
+    parse_settings,
+    quiet_aiosmtpd,
+    smtp_factory,
+)
 from mailgate_relay.gateway import GatewayClient
 from mailgate_relay.server import MAX_DELAY_SECONDS, FailureThrottle, RelayHandler
 
@@ -127,6 +134,36 @@ def test_should_submit_after_auth_and_answer_250_with_the_mailgate_id(
     [post] = fake.posts
     assert json.loads(post.content)["to"] == [{"email": "ann@example.org"}]
     assert post.headers["Idempotency-Key"].startswith("smtp-relay-")
+
+
+@pytest.fixture
+def quiet_log() -> Iterator[logging.Logger]:
+    """aiosmtpd's logger as the relay sets it up, put back afterwards."""
+    aiosmtpd_log = logging.getLogger("mail.log")
+    level, filters = aiosmtpd_log.level, list(aiosmtpd_log.filters)
+    quiet_aiosmtpd(aiosmtpd_log)
+    yield aiosmtpd_log
+    aiosmtpd_log.setLevel(level)
+    aiosmtpd_log.filters[:] = filters
+
+
+def test_should_log_no_aiosmtpd_noise_and_no_address_for_a_session(
+    relay: RunningRelay, quiet_log: logging.Logger, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.DEBUG),
+        smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as session,
+    ):
+        session.login("app", KEY)
+        session.mail("app@example.com")
+        session.rcpt("ann@example.org")
+        code, _ = session.data(mail())
+
+    assert code == 250
+    # aiosmtpd 1.4 warns of Session.login_data on every AUTH, and of AUTH without TLS on every
+    # connection; it logs each command, addresses included, at INFO.
+    assert [r.getMessage() for r in caplog.records if r.name == quiet_log.name] == []
+    assert "ann@example.org" not in caplog.text
 
 
 def test_should_send_no_idempotency_key_for_a_mail_without_message_id(
