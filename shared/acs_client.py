@@ -111,7 +111,7 @@ def build_message(envelope: QueueEnvelope) -> dict[str, Any]:
         recipients["cc"] = [_address(a) for a in request.cc]
     if request.bcc:
         recipients["bcc"] = [_address(a) for a in request.bcc]
-    # ACS requires a subject; a mail without one goes with an empty one, as a relay shows it.
+    # ACS requires a subject, as the gateway does of every mail without a SendGrid template.
     content: dict[str, Any] = {"subject": request.subject or ""}
     if request.text is not None:
         content["plainText"] = request.text
@@ -155,8 +155,6 @@ def email_client_from_settings(settings: Settings) -> EmailClient:
         "transport": storage_transport(),
         # One request per attempt: delivery retries, and fails over, by its own rules.
         "retry_total": 0,
-        "connection_timeout": ACS_CONNECT_TIMEOUT_SECONDS,
-        "read_timeout": ACS_READ_TIMEOUT_SECONDS,
     }
     if settings.acs_email_endpoint is not None:
         return EmailClient(
@@ -175,12 +173,16 @@ class AcsSender:
         self,
         client: EmailClient,
         *,
+        connect_timeout: float = ACS_CONNECT_TIMEOUT_SECONDS,
+        read_timeout: float = ACS_READ_TIMEOUT_SECONDS,
         wait_seconds: float = ACS_WAIT_SECONDS,
         poll_seconds: float = ACS_POLL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._client = client
+        # Per call: a transport given to the client ignores the client's own timeouts.
+        self._timeouts = {"connection_timeout": connect_timeout, "read_timeout": read_timeout}
         self._wait = wait_seconds
         self._poll = poll_seconds
         self._clock = clock
@@ -230,6 +232,7 @@ class AcsSender:
                 operation_id=operation_id,
                 polling=False,
                 cls=lambda response, body, headers: (body, response.http_response.headers),
+                **self._timeouts,
             )
             # `cls` made the result (body, headers); the SDK types it as the body alone.
             body, headers = cast(tuple[Any, Mapping[str, str]], poller.result())
@@ -258,7 +261,7 @@ class AcsSender:
     ) -> tuple[str, float | None, dict[str, Any] | None] | None:
         """The operation's status, asked-for wait and error; None if ACS did not say."""
         try:
-            response = self._client.send_request(HttpRequest("GET", location))
+            response = self._client.send_request(HttpRequest("GET", location), **self._timeouts)
             response.raise_for_status()
             document = response.json()
         except (AzureError, ValueError) as failure:
@@ -340,13 +343,15 @@ def _shown_error(
 
 
 def _without_content(message: dict[str, Any]) -> dict[str, Any]:
-    # mail_text skips SendGrid's `content` key; ACS's attachments say `contentInBase64`.
+    """What of the message an error must not quote, in mail_text's terms: no addresses (they
+    are cut to *@domain, whose domain stays) and no attachment content (base64)."""
+    recipients = message.get("recipients", {})
+    listed = [*message.get("replyTo", []), *(a for k in recipients.values() for a in k)]
     return {
-        **message,
-        "attachments": [
-            {k: v for k, v in a.items() if k != "contentInBase64"}
-            for a in message.get("attachments", [])
-        ],
+        "content": message.get("content"),
+        "headers": message.get("headers"),
+        "names": [a.get("displayName") for a in listed],
+        "attachments": [a.get("name") for a in message.get("attachments", [])],
     }
 
 

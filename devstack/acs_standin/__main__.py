@@ -31,7 +31,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help="port; 0 picks a free one (default 7073)"
+        "--port", type=int, default=DEFAULT_PORT, help="port; 0 picks a free one (default 7074)"
     )
     parser.add_argument(
         "--outbox", type=Path, default=DEFAULT_OUTBOX, help="folder for accepted mails"

@@ -29,6 +29,10 @@ class AcsEmailStandIn(SendGridStandIn):
         """ACS_EMAIL_CONNECTION_STRING for this stand-in, as the Azure portal writes one."""
         return f"endpoint={self.base_url}/;accesskey={self.api_key}"
 
+    def set_running_polls(self, polls: int) -> None:
+        """How many polls of each operation answer Running before its outcome (1 at first)."""
+        self.client.post("/_standin/config", json={"running_polls": polls}).raise_for_status()
+
     def auth_headers(self) -> dict[str, str]:
         """Not for this stand-in: ACS requests are signed per request (see the SDK)."""
         raise NotImplementedError("sign requests with the SDK's HMACCredentialsPolicy")

@@ -64,7 +64,7 @@ logger = logging.getLogger(__name__)
 # The key's bytes are arbitrary; a connection string carries them base64-encoded.
 DEFAULT_ACCESS_KEY = base64.b64encode(b"mailgate-local-acs-standin-key!!").decode()
 DEFAULT_OUTBOX = Path(".devstack") / "acs-outbox"
-DEFAULT_PORT = 7073
+DEFAULT_PORT = 7074
 API_VERSION = "2025-09-01"
 # The spec: "we limit the total size of an email request (which includes attachments) to
 # 10MB"; the stand-in reads a little more before it refuses, as a body's JSON adds to it.
@@ -115,7 +115,8 @@ class AcsState:
     requests: list[dict[str, Any]] = field(default_factory=list)
 
     def reset(self) -> None:
-        """Forget mails, operations, script and request log."""
+        """Forget mails, operations, script and request log; one Running poll again."""
+        self.running_polls = 1
         self.mails.clear()
         self.operations.clear()
         self.script.clear()
@@ -461,6 +462,16 @@ def create_app(state: AcsState | None = None) -> Starlette:
         state.reset()
         return Response(status_code=204)
 
+    async def set_config(request: Request) -> Response:
+        try:
+            polls = (await request.json())["running_polls"]
+            if not isinstance(polls, int) or isinstance(polls, bool) or not 0 <= polls <= 1000:
+                raise TypeError("running_polls must be a whole number from 0 to 1000")
+        except (ValueError, KeyError, TypeError) as exc:
+            return acs_error(400, "BadConfig", f'Expected {{"running_polls": N}}: {exc}')
+        state.running_polls = polls
+        return JSONResponse({"running_polls": polls})
+
     routes = [
         Route("/emails:send", send, methods=["POST"]),
         Route("/emails/operations/{operation_id}", status, methods=["GET"]),
@@ -471,6 +482,7 @@ def create_app(state: AcsState | None = None) -> Starlette:
         Route("/_standin/responses", control(clear_script), methods=["DELETE"]),
         Route("/_standin/requests", control(list_requests), methods=["GET"]),
         Route("/_standin/reset", control(reset), methods=["POST"]),
+        Route("/_standin/config", control(set_config), methods=["POST"]),
     ]
     app = Starlette(routes=routes)
     app.state.standin = state
