@@ -182,7 +182,10 @@ class AcsSender:
     ) -> None:
         self._client = client
         # Per call: a transport given to the client ignores the client's own timeouts.
-        self._timeouts = {"connection_timeout": connect_timeout, "read_timeout": read_timeout}
+        self._timeouts: dict[str, Any] = {
+            "connection_timeout": connect_timeout,
+            "read_timeout": read_timeout,
+        }
         self._wait = wait_seconds
         self._poll = poll_seconds
         self._clock = clock

@@ -24,6 +24,10 @@ class AcsEmailStandIn(SendGridStandIn):
         """As SendGridStandIn; `api_key` is the resource's access key (base64)."""
         super().__init__(api_key=api_key, **options)  # type: ignore[arg-type]
 
+    def __enter__(self) -> AcsEmailStandIn:
+        self.start()
+        return self
+
     @property
     def connection_string(self) -> str:
         """ACS_EMAIL_CONNECTION_STRING for this stand-in, as the Azure portal writes one."""

@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -44,7 +45,7 @@ def acs_settings(connection_string: str) -> Settings:
     )
 
 
-def sender_for(standin: AcsEmailStandIn, **options: float) -> AcsSender:
+def sender_for(standin: AcsEmailStandIn, **options: Any) -> AcsSender:
     return AcsSender(email_client_from_settings(acs_settings(standin.connection_string)), **options)
 
 
