@@ -86,10 +86,10 @@ ACS_READ_TIMEOUT_SECONDS = 30.0
 # How long a send waits for the operation's outcome, and how often it asks.
 ACS_WAIT_SECONDS = 10.0
 ACS_POLL_SECONDS = 0.25
-# The longest one send can take: the request, then the wait and one last poll. Delivery's
-# claim on a message must outlive it (shared/delivery.py).
+# The longest one send can take (the request, the wait, a poll begun just before the wait
+# ends); delivery's claim on a message must outlive it (shared/delivery.py).
 ACS_LONGEST_SEND_SECONDS = (
-    ACS_CONNECT_TIMEOUT_SECONDS + 2 * ACS_READ_TIMEOUT_SECONDS + ACS_WAIT_SECONDS
+    2 * (ACS_CONNECT_TIMEOUT_SECONDS + ACS_READ_TIMEOUT_SECONDS) + ACS_WAIT_SECONDS
 )
 # The REST spec: "we limit the total size of an email request (which includes attachments) to
 # 10MB" (EmailMessage.attachments, API version 2025-09-01).
@@ -200,7 +200,7 @@ class AcsSender:
         """Send one mail; return its operation id, or raise a DeliveryError."""
         message = build_message(envelope)
         with telemetry.span("mailgate.acs.send", kind=SpanKind.CLIENT):
-            status, location, wait = self._start(envelope.id, message)
+            status, location, wait, error = self._start(envelope.id, message)
             deadline = self._clock() + self._wait
             while status not in ("Succeeded", *TERMINAL_FAILURES):
                 pause = max(self._poll, wait or 0.0)
@@ -217,8 +217,8 @@ class AcsSender:
                 if polled is None:
                     return envelope.id
                 status, wait, error = polled
-                if status in TERMINAL_FAILURES:
-                    raise _failed(status, error, message)
+        if status in TERMINAL_FAILURES:
+            raise _failed(status, error, message)
         return envelope.id
 
     def close(self) -> None:
@@ -227,8 +227,9 @@ class AcsSender:
 
     def _start(
         self, operation_id: str, message: dict[str, Any]
-    ) -> tuple[str, str | None, float | None]:
-        """POST the mail; its operation's status, Operation-Location and asked-for wait."""
+    ) -> tuple[str, str | None, float | None, dict[str, Any] | None]:
+        """POST the mail; its operation's status, Operation-Location, asked-for wait and
+        error (the 202's body is an EmailSendResult, which may already be final)."""
         try:
             poller = self._client.begin_send(
                 message,
@@ -253,10 +254,12 @@ class AcsSender:
                 cause=OUTCOME_UNKNOWN,
             ) from None
         status = body.get("status") if isinstance(body, dict) else None
+        failure = body.get("error") if isinstance(body, dict) else None
         return (
             status if isinstance(status, str) else "Running",
             headers.get("Operation-Location"),
             _retry_after(headers),
+            failure if isinstance(failure, dict) else None,
         )
 
     def _status(

@@ -242,3 +242,97 @@ def test_should_show_a_failed_operation_masked_and_without_the_mail_text() -> No
 def test_should_show_nothing_of_an_error_without_code_or_message() -> None:
     assert _shown_error({"target": "x"}, {}) == ()
     assert _shown_error(None, {}) == ()
+
+
+class FakePoller:
+    def __init__(self, body: dict[str, Any], headers: dict[str, str]) -> None:
+        self._result = (body, headers)
+
+    def result(self) -> tuple[dict[str, Any], dict[str, str]]:
+        return self._result
+
+
+class FakeResponse:
+    def __init__(self, body: dict[str, Any], headers: dict[str, str]) -> None:
+        self._body = body
+        self.headers = headers
+
+    def raise_for_status(self) -> None:
+        return None
+
+    def json(self) -> dict[str, Any]:
+        return self._body
+
+
+class ScriptedEmailClient:
+    """The SDK client's two calls the sender makes, answered from a script (no network)."""
+
+    def __init__(
+        self, accepted: dict[str, Any], polls: list[tuple[dict[str, Any], dict[str, str]]]
+    ) -> None:
+        self._accepted = accepted
+        self._polls = polls
+        self.polled = 0
+
+    def begin_send(self, message: Any, **options: Any) -> FakePoller:
+        headers = {"Operation-Location": "https://res/emails/operations/x?api-version=v"}
+        return FakePoller(self._accepted, headers)
+
+    def send_request(self, request: Any, **options: Any) -> FakeResponse:
+        body, headers = self._polls[self.polled]
+        self.polled += 1
+        return FakeResponse(body, headers)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def sender_with(client: ScriptedEmailClient, clock: Clock) -> Any:
+    from shared.acs_client import AcsSender
+
+    return AcsSender(client, wait_seconds=10, poll_seconds=0.25, clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
+
+
+def test_should_fail_for_good_when_acs_answers_the_send_already_failed() -> None:
+    client = ScriptedEmailClient({"id": "x", "status": "Failed", "error": {"code": "Bad"}}, [])
+
+    with pytest.raises(PermanentDeliveryError) as refused:
+        sender_with(client, Clock()).send(envelope(id="m"))
+
+    assert refused.value.cause == ACS_FAILED
+    assert client.polled == 0
+
+
+def test_should_poll_at_the_pace_acs_asks_until_it_succeeds() -> None:
+    clock = Clock()
+    running = {"id": "x", "status": "Running"}
+    client = ScriptedEmailClient(
+        running,
+        [(running, {"retry-after": "2"}), (running, {}), ({"id": "x", "status": "Succeeded"}, {})],
+    )
+
+    assert sender_with(client, clock).send(envelope(id="m")) == "m"
+
+    assert clock.slept == [0.25, 2.0, 0.25]
+    assert client.polled == 3
+
+
+def test_should_record_sent_rather_than_wait_past_the_bound_acs_asks_for() -> None:
+    clock = Clock()
+    running = {"id": "x", "status": "Running"}
+    client = ScriptedEmailClient(running, [(running, {"retry-after": "20"})])
+
+    assert sender_with(client, clock).send(envelope(id="m")) == "m"
+
+    assert clock.slept == [0.25]
+    assert client.polled == 1
