@@ -336,3 +336,30 @@ def test_should_record_sent_rather_than_wait_past_the_bound_acs_asks_for() -> No
 
     assert clock.slept == [0.25]
     assert client.polled == 1
+
+
+def test_should_sign_in_to_acs_with_the_identity_storage_uses() -> None:
+    from azure.core.pipeline.policies import BearerTokenCredentialPolicy
+    from azure.identity import ManagedIdentityCredential
+
+    from shared.acs_client import email_client_from_settings
+
+    client_id = "11111111-2222-3333-4444-555555555555"
+    settings = settings_with(
+        AzureWebJobsStorage="",
+        AzureWebJobsStorage__accountName="stexample",
+        AzureWebJobsStorage__credential="managedidentity",
+        AzureWebJobsStorage__clientId=client_id,
+        MAIL_PROVIDERS="acs",
+        ACS_EMAIL_ENDPOINT="https://res.communication.azure.com/",
+        ACS_EMAIL_SENDERS="@example.com",
+    )
+
+    client = email_client_from_settings(settings)
+
+    # The SDK's own policy for a token credential (its scope communication.azure.com), fed by
+    # the user-assigned identity the host uses for storage.
+    policy = client._config.authentication_policy
+    assert isinstance(policy, BearerTokenCredentialPolicy)
+    assert isinstance(policy._credential, ManagedIdentityCredential)
+    assert settings.acs_email_endpoint == "https://res.communication.azure.com"
