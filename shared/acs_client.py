@@ -51,6 +51,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from azure.communication.email import EmailClient
 from azure.core.credentials import AzureKeyCredential
@@ -235,11 +236,18 @@ class AcsSender:
                 message,
                 operation_id=operation_id,
                 polling=False,
-                cls=lambda response, body, headers: (body, response.http_response.headers),
+                cls=lambda response, body, headers: (
+                    body,
+                    response.http_response.headers,
+                    response.http_response.request.url,
+                ),
                 **self._timeouts,
             )
-            # `cls` made the result (body, headers); the SDK types it as the body alone.
-            body, headers = cast(tuple[Any, Mapping[str, str]], poller.result())
+            # `cls` made the result; the SDK types it as the body alone.
+            body, headers, sent_to = cast(tuple[Any, Mapping[str, str], str], poller.result())
+        except ValueError:
+            # A 202 whose body is not JSON (only a 202 gets this far): accepted, status unknown.
+            return "Running", None, None, None
         except HttpResponseError as error:
             raise _refusal(error, message) from None
         except ServiceRequestError as error:
@@ -255,9 +263,11 @@ class AcsSender:
             ) from None
         status = body.get("status") if isinstance(body, dict) else None
         failure = body.get("error") if isinstance(body, dict) else None
+        location = headers.get("Operation-Location")
         return (
             status if isinstance(status, str) else "Running",
-            headers.get("Operation-Location"),
+            # Polled only on the resource itself: the request carries its credentials.
+            location if location and _origin(location) == _origin(sent_to) else None,
             _retry_after(headers),
             failure if isinstance(failure, dict) else None,
         )
@@ -359,6 +369,11 @@ def _without_content(message: dict[str, Any]) -> dict[str, Any]:
         "names": [a.get("displayName") for a in listed],
         "attachments": [a.get("name") for a in message.get("attachments", [])],
     }
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

@@ -5,6 +5,7 @@ tests/integration/test_acs_sender.py)."""
 from __future__ import annotations
 
 import base64
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -245,10 +246,10 @@ def test_should_show_nothing_of_an_error_without_code_or_message() -> None:
 
 
 class FakePoller:
-    def __init__(self, body: dict[str, Any], headers: dict[str, str]) -> None:
-        self._result = (body, headers)
+    def __init__(self, result: Any) -> None:
+        self._result = result
 
-    def result(self) -> tuple[dict[str, Any], dict[str, str]]:
+    def result(self) -> Any:
         return self._result
 
 
@@ -268,15 +269,22 @@ class ScriptedEmailClient:
     """The SDK client's two calls the sender makes, answered from a script (no network)."""
 
     def __init__(
-        self, accepted: dict[str, Any], polls: list[tuple[dict[str, Any], dict[str, str]]]
+        self,
+        accepted: dict[str, Any],
+        polls: list[tuple[dict[str, Any], dict[str, str]]],
+        location: str = "https://res/emails/operations/x?api-version=v",
     ) -> None:
+        self._location = location
         self._accepted = accepted
         self._polls = polls
         self.polled = 0
 
     def begin_send(self, message: Any, **options: Any) -> FakePoller:
-        headers = {"Operation-Location": "https://res/emails/operations/x?api-version=v"}
-        return FakePoller(self._accepted, headers)
+        # As the SDK does with polling=False: the `cls` callback makes the result.
+        headers = {"Operation-Location": self._location}
+        request = SimpleNamespace(url="https://res/emails:send?api-version=v")
+        response = SimpleNamespace(http_response=SimpleNamespace(headers=headers, request=request))
+        return FakePoller(options["cls"](response, self._accepted, headers))
 
     def send_request(self, request: Any, **options: Any) -> FakeResponse:
         body, headers = self._polls[self.polled]
@@ -363,3 +371,14 @@ def test_should_sign_in_to_acs_with_the_identity_storage_uses() -> None:
     assert isinstance(policy, BearerTokenCredentialPolicy)
     assert isinstance(policy._credential, ManagedIdentityCredential)
     assert settings.acs_email_endpoint == "https://res.communication.azure.com"
+
+
+def test_should_not_take_the_credentials_to_an_operation_location_elsewhere() -> None:
+    running = {"id": "x", "status": "Running"}
+    client = ScriptedEmailClient(
+        running, [], location="https://elsewhere.example/emails/operations/x?api-version=v"
+    )
+
+    assert sender_with(client, Clock()).send(envelope(id="m")) == "m"
+
+    assert client.polled == 0
