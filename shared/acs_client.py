@@ -22,13 +22,14 @@ acs (FAILOVER_ON_AMBIGUOUS off) with the same id, the least risk of a second cop
 
 **The long-running operation.** ACS answers the send `202` with `Operation-Location`; the
 operation then goes NotStarted/Running to Succeeded, Failed or Canceled. Delivery waits for the
-outcome, at most ACS_WAIT_SECONDS, polling every ACS_POLL_SECONDS or after the `retry-after`
-ACS asks for, whichever is longer: a Failed operation is a mail ACS will not send (a recipient
-suppressed, the mail dropped), which only a wait can tell the status record. Still running
-after the wait (or ACS asks to wait past it, or a poll fails), the mail is recorded `sent`: ACS
-accepted it (its 202, like SendGrid's, means "accepted", not "delivered"), and a second send
-could only duplicate it. The SDK's own poller is not used: its default interval is 30 s, it
-sleeps whatever `retry-after` says, and it polls from a thread of its own without a bound.
+outcome, at most ACS_WAIT_SECONDS and ACS_MAX_POLLS status reads (ACS limits those too), each
+after ACS_POLL_SECONDS or the `retry-after` ACS asks for, whichever is longer: a Failed
+operation is a mail ACS will not send (a recipient suppressed, the mail dropped), which only a
+wait can tell the status record. Still running after the wait (or ACS asks to wait past it, or
+a read fails, a 429 among them), the mail is recorded `sent`: ACS accepted it (its 202, like
+SendGrid's, means "accepted", not "delivered"), and a second send could only duplicate it. The
+SDK's own poller is not used: its default interval is 30 s, it sleeps whatever `retry-after`
+says, and it polls from a thread of its own without a bound.
 
 Classification:
 
@@ -84,9 +85,13 @@ logger = logging.getLogger(__name__)
 
 ACS_CONNECT_TIMEOUT_SECONDS = 5.0
 ACS_READ_TIMEOUT_SECONDS = 30.0
-# How long a send waits for the operation's outcome, and how often it asks.
+# How long a send waits for the operation's outcome, how often and how many times it asks:
+# ACS counts status reads against a quota of their own, at first about twice the sends' ("Get
+# Email Status", 60 a minute and 200 an hour a subscription, against 30 and 100 sends; Microsoft's
+# "Service limits for Azure Communication Services"), so two reads a mail at most.
 ACS_WAIT_SECONDS = 10.0
-ACS_POLL_SECONDS = 0.25
+ACS_POLL_SECONDS = 1.0
+ACS_MAX_POLLS = 2
 # The longest one send can take (the request, the wait, a poll begun just before the wait
 # ends); delivery's claim on a message must outlive it (shared/delivery.py).
 ACS_LONGEST_SEND_SECONDS = (
@@ -95,6 +100,9 @@ ACS_LONGEST_SEND_SECONDS = (
 # The REST spec: "we limit the total size of an email request (which includes attachments) to
 # 10MB" (EmailMessage.attachments, API version 2025-09-01).
 ACS_MAX_REQUEST_BYTES = 10 * 1024 * 1024
+# "Number of recipients in email: 50" (Microsoft's "Service limits for Azure Communication
+# Services", Email size limits): to, cc and bcc together.
+ACS_MAX_RECIPIENTS = 50
 TERMINAL_FAILURES = frozenset({"Failed", "Canceled"})
 _CONFIG_STATUSES = frozenset({401, 403, 404})
 _ACS_NAME = "ACS"
@@ -178,6 +186,7 @@ class AcsSender:
         read_timeout: float = ACS_READ_TIMEOUT_SECONDS,
         wait_seconds: float = ACS_WAIT_SECONDS,
         poll_seconds: float = ACS_POLL_SECONDS,
+        max_polls: int = ACS_MAX_POLLS,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -189,6 +198,7 @@ class AcsSender:
         }
         self._wait = wait_seconds
         self._poll = poll_seconds
+        self._max_polls = max_polls
         self._clock = clock
         self._sleep = sleep
 
@@ -203,9 +213,10 @@ class AcsSender:
         with telemetry.span("mailgate.acs.send", kind=SpanKind.CLIENT):
             status, location, wait, error = self._start(envelope.id, message)
             deadline = self._clock() + self._wait
+            polls = 0
             while status not in ("Succeeded", *TERMINAL_FAILURES):
                 pause = max(self._poll, wait or 0.0)
-                if location is None or self._clock() + pause > deadline:
+                if location is None or polls >= self._max_polls or self._clock() + pause > deadline:
                     logger.info(
                         "Message %s: ACS accepted it; its operation still %s",
                         envelope.id,
@@ -214,6 +225,7 @@ class AcsSender:
                     )
                     return envelope.id
                 self._sleep(pause)
+                polls += 1
                 polled = self._status(envelope.id, location)
                 if polled is None:
                     return envelope.id

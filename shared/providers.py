@@ -9,8 +9,8 @@ mail. What each carries (docs/providers.md has the whole table):
                never a `/api/v3/mail/send` body
     acs        as smtp, and only from a sender of ACS_EMAIL_SENDERS (ACS sends from its
                connected domains only), without a display name for the sender (ACS shows the
-               one its sender username has), a Content-ID on a non-inline attachment, or more
-               than ACS's 10 MB a request
+               one its sender username has), a Content-ID on a non-inline attachment, more than
+               50 recipients, or more than ACS's 10 MB a request
 
 A mail that no provider of MAIL_PROVIDERS can carry is refused when it is submitted (422,
 naming the fields); one queued before MAIL_PROVIDERS changed is dead-lettered (`no_provider`).
@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from shared.acs_client import ACS_MAX_REQUEST_BYTES, AcsSender
+from shared.acs_client import ACS_MAX_RECIPIENTS, ACS_MAX_REQUEST_BYTES, AcsSender
 from shared.errors import FieldProblem, NotDeliverable
 from shared.models import MailRequest, QueueEnvelope
 from shared.sendgrid_client import SendGridClient, build_payload
@@ -142,6 +142,10 @@ def _acs_limits(request: MailRequest, senders: Sequence[str] | None) -> tuple[Fi
         for i, a in enumerate(request.attachments)
         if a.content_id and a.disposition != "inline"
     )
+    if len(request.to) + len(request.cc) + len(request.bcc) > ACS_MAX_RECIPIENTS:
+        problems.append(
+            FieldProblem("#/to", f"acs takes at most {ACS_MAX_RECIPIENTS} recipients a mail")
+        )
     size = sum(len(a.content) for a in request.attachments)
     size += len((request.text or "").encode()) + len((request.html or "").encode())
     if size > ACS_MAX_REQUEST_BYTES:

@@ -305,10 +305,17 @@ class Clock:
         self.now += seconds
 
 
-def sender_with(client: ScriptedEmailClient, clock: Clock) -> Any:
+def sender_with(client: ScriptedEmailClient, clock: Clock, max_polls: int = 5) -> Any:
     from shared.acs_client import AcsSender
 
-    return AcsSender(client, wait_seconds=10, poll_seconds=0.25, clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
+    return AcsSender(
+        client,  # type: ignore[arg-type]
+        wait_seconds=10,
+        poll_seconds=0.25,
+        max_polls=max_polls,
+        clock=clock,
+        sleep=clock.sleep,
+    )
 
 
 def test_should_fail_for_good_when_acs_answers_the_send_already_failed() -> None:
@@ -382,3 +389,27 @@ def test_should_not_take_the_credentials_to_an_operation_location_elsewhere() ->
     assert sender_with(client, Clock()).send(envelope(id="m")) == "m"
 
     assert client.polled == 0
+
+
+def test_should_read_the_status_at_most_as_often_as_allowed() -> None:
+    clock = Clock()
+    running = {"id": "x", "status": "Running"}
+    client = ScriptedEmailClient(running, [(running, {})] * 5)
+
+    assert sender_with(client, clock, max_polls=2).send(envelope(id="m")) == "m"
+
+    assert client.polled == 2
+
+
+def test_should_keep_a_mail_to_more_than_fifty_recipients_off_acs() -> None:
+    request = MailRequest.model_validate(
+        message(
+            to=[f"r{i}@example.net" for i in range(30)],
+            bcc=[f"b{i}@example.net" for i in range(21)],
+        )
+    )
+
+    with pytest.raises(NotDeliverable) as refused:
+        check_deliverable(("acs",), request, acs_senders=("@example.com",))
+
+    assert [p.pointer for p in refused.value.problems] == ["#/to"]
