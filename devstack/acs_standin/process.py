@@ -37,6 +37,10 @@ class AcsEmailStandIn(SendGridStandIn):
         """How many polls of each operation answer Running before its outcome (1 at first)."""
         self.client.post("/_standin/config", json={"running_polls": polls}).raise_for_status()
 
+    def set_latency(self, latency_ms: int) -> None:
+        """Not for this stand-in: script a `delay_ms` for the sends that should be slow."""
+        raise NotImplementedError("script {'delay_ms': N} instead")
+
     def auth_headers(self) -> dict[str, str]:
         """Not for this stand-in: ACS requests are signed per request (see the SDK)."""
         raise NotImplementedError("sign requests with the SDK's HMACCredentialsPolicy")
