@@ -1,4 +1,6 @@
 """`make run`: Azurite, the SendGrid stand-in and the local host; Ctrl-C stops all three.
+With `acs` in MAIL_PROVIDERS (`MAIL_PROVIDERS=sendgrid,acs make run`) the ACS Email stand-in
+too, unless the environment names a real ACS resource.
 
 `LOCAL_STORAGE_AUTH=identity make run` runs the production path instead: Azurite over HTTPS,
 reached with managed-identity tokens from a local identity endpoint (devstack/identity_mode.py).
@@ -16,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from devstack.acs_standin import DEFAULT_PORT as ACS_STANDIN_DEFAULT_PORT
+from devstack.acs_standin import AcsEmailStandIn
 from devstack.azurite import Azurite, AzuriteError
 from devstack.host import DEFAULT_PORT, local_setting_values, merge_settings, read_local_settings
 from devstack.identity_endpoint import IdentityEndpoint
@@ -69,6 +73,7 @@ def main() -> int:
             elif _uses_development_storage(merge_settings(local_values, env)):
                 stack.enter_context(_azurite())
             _choose_sendgrid(stack, local_values, env)
+            _choose_acs(stack, local_values, env)
             settings = Settings.from_env(merge_settings(local_values, env))
             _announce_dev_client(settings)
         except (AzuriteError, MailgateError, OSError, ValueError) as error:
@@ -202,6 +207,29 @@ def _choose_sendgrid(
     env["SENDGRID_API_BASE_URL"] = standin.base_url
     env["SENDGRID_API_KEY"] = standin.api_key
     print(f"SendGrid stand-in on {standin.base_url}, mails written to {DATA_DIR / 'outbox'}/")
+
+
+def _choose_acs(
+    stack: contextlib.ExitStack, local_values: dict[str, str], env: dict[str, str]
+) -> None:
+    """Start the ACS Email stand-in while MAIL_PROVIDERS lists acs, unless the environment
+    gives ACS_EMAIL_ENDPOINT or ACS_EMAIL_CONNECTION_STRING (then: that resource)."""
+    settings = merge_settings(local_values, env)
+    providers = {p.strip().lower() for p in settings.get("MAIL_PROVIDERS", "").split(",")}
+    if "acs" not in providers:
+        return
+    if os.environ.get("ACS_EMAIL_ENDPOINT") or os.environ.get("ACS_EMAIL_CONNECTION_STRING"):
+        print("ACS: the resource of ACS_EMAIL_ENDPOINT or ACS_EMAIL_CONNECTION_STRING")
+        return
+    standin = AcsEmailStandIn(outbox=DATA_DIR / "acs-outbox", port=ACS_STANDIN_DEFAULT_PORT)
+    standin.start()
+    stack.callback(standin.stop)
+    env["ACS_EMAIL_CONNECTION_STRING"] = standin.connection_string
+    env["ACS_EMAIL_ENDPOINT"] = ""
+    # The stand-in sends from any domain; by default from those the gateway allows.
+    if not settings.get("ACS_EMAIL_SENDERS"):
+        env["ACS_EMAIL_SENDERS"] = settings.get("ALLOWED_SENDERS", "")
+    print(f"ACS Email stand-in on {standin.base_url}, mails written to {DATA_DIR / 'acs-outbox'}/")
 
 
 def _run_host(env: dict[str, str], options: list[str]) -> int:

@@ -32,6 +32,7 @@ from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from shared import telemetry
+from shared.acs_client import ACS_LONGEST_SEND_SECONDS
 from shared.activity import ActivityEvent, ActivityLog
 from shared.blobs import (
     LargeMessageSlots,
@@ -58,6 +59,7 @@ from shared.models import (
     StoredBody,
 )
 from shared.providers import (
+    ACS,
     SMTP,
     MailSender,
     check_deliverable,
@@ -241,6 +243,8 @@ class Delivery:
         longest_call = settings.sendgrid_connect_timeout_seconds + settings.sendgrid_timeout_seconds
         if SMTP in self._providers:
             longest_call = max(longest_call, SMTP_CLAIM_ROUND_TRIPS * SMTP_TIMEOUT_SECONDS)
+        if ACS in self._providers:
+            longest_call = max(longest_call, ACS_LONGEST_SEND_SECONDS)
         self._claim_timeout = timedelta(seconds=longest_call + CLAIM_MARGIN_SECONDS)
 
     def deliver(self, body: bytes, dequeue_count: int = 1) -> DeliveryOutcome:
@@ -375,9 +379,10 @@ class Delivery:
         if isinstance(loaded, PermanentDeliveryError):
             # The claim went through, so nobody sent it meanwhile (and deleted the body then).
             return self._dead_letter(envelope, status, loaded, loaded.reason)
-        candidates = eligible(self._providers, loaded)
+        acs_senders = self._settings.acs_email_senders
+        candidates = eligible(self._providers, loaded, acs_senders=acs_senders)
         if not candidates:
-            error = _no_provider(self._providers, loaded)
+            error = _no_provider(self._providers, loaded, acs_senders)
             return self._dead_letter(envelope, status, error, error.reason)
         provider = provider_for_attempt(candidates, envelope.provider)
         status = replace(status, providers_tried=status.tried(provider))
@@ -721,12 +726,14 @@ def keep_body(bodies: MessageBodyStore, envelope: QueueEnvelope) -> QueueEnvelop
     return envelope.model_copy(update={"blob": kept})
 
 
-def _no_provider(providers: tuple[str, ...], loaded: QueueEnvelope) -> PermanentDeliveryError:
+def _no_provider(
+    providers: tuple[str, ...], loaded: QueueEnvelope, acs_senders: tuple[str, ...] = ()
+) -> PermanentDeliveryError:
     """The error of a mail no provider in use can carry (MAIL_PROVIDERS changed since it was
     accepted, or its queue message was edited): the fields that keep it from each."""
     detail = "no provider is configured (MAIL_PROVIDERS)"
     try:
-        check_deliverable(providers, loaded.message, loaded.sendgrid)
+        check_deliverable(providers, loaded.message, loaded.sendgrid, acs_senders=acs_senders)
     except NotDeliverable as refusal:
         detail = (
             refusal.detail + ": " + "; ".join(f"{p.pointer} {p.detail}" for p in refusal.problems)

@@ -29,8 +29,8 @@
     └── DeliveryError               one attempt to hand a message to a provider failed
         ├── RetryableDeliveryError      429, 5xx, SMTP 4xx, timeouts, connection errors: try
         │                               again later (the next provider, shared/providers.py)
-        └── PermanentDeliveryError      400, 401, 403, 413 and other 4xx, SMTP 5xx: retrying
-                                        cannot help
+        └── PermanentDeliveryError      400, 401, 403, 413 and other 4xx, SMTP 5xx, a Failed
+                                        ACS send operation: retrying cannot help
 
 The queue trigger's behaviour follows from the type: retryable errors are retried with a
 delay until the attempts run out, permanent ones are dead-lettered at once. A RequestRejected

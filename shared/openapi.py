@@ -137,7 +137,8 @@ class MessageStatusDocument(_Document):
     )
     provider_message_id: str | None = Field(
         default=None,
-        description="The id the provider that sent it gave it (an SMTP relay's: the Message-ID).",
+        description="The id the provider that sent it gave it (an SMTP relay's: the Message-ID; "
+        "ACS's: its send operation's id, the message's own id).",
     )
     provider: str | None = Field(
         default=None, description="The provider that sent it (see MAIL_PROVIDERS)."

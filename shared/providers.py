@@ -7,6 +7,10 @@ mail. What each carries (docs/providers.md has the whole table):
     smtp       a `/api/v1/messages` mail without template_id, template_data, send_at,
                categories or custom_args (SendGrid's own features, which no relay has);
                never a `/api/v3/mail/send` body
+    acs        as smtp, and only from a sender of ACS_EMAIL_SENDERS (ACS sends from its
+               connected domains only), without a display name for the sender (ACS shows the
+               one its sender username has), a Content-ID on a non-inline attachment, more than
+               50 recipients, or more than ACS's 10 MB a request
 
 A mail that no provider of MAIL_PROVIDERS can carry is refused when it is submitted (422,
 naming the fields); one queued before MAIL_PROVIDERS changed is dead-lettered (`no_provider`).
@@ -32,14 +36,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from shared.acs_client import ACS_MAX_RECIPIENTS, ACS_MAX_REQUEST_BYTES, AcsSender
 from shared.errors import FieldProblem, NotDeliverable
 from shared.models import MailRequest, QueueEnvelope
 from shared.sendgrid_client import SendGridClient, build_payload
-from shared.settings import Settings
+from shared.settings import Settings, sender_allowed
 from shared.smtp_client import SmtpSender
 
 SENDGRID = "sendgrid"
 SMTP = "smtp"
+ACS = "acs"
 # SendGrid features a relay has no place for; the pointer and what it is.
 _SENDGRID_ONLY_FIELDS = (
     ("template_id", "a SendGrid dynamic template"),
@@ -80,13 +86,21 @@ def senders_from_settings(settings: Settings) -> dict[str, MailSender]:
             senders[name] = SendGridSender(SendGridClient.from_settings(settings))
         elif name == SMTP:
             senders[name] = SmtpSender.from_settings(settings)
+        elif name == ACS:
+            senders[name] = AcsSender.from_settings(settings)
     return senders
 
 
 def cannot_carry(
-    provider: str, request: MailRequest | None, sendgrid_body: Any = None
+    provider: str,
+    request: MailRequest | None,
+    sendgrid_body: Any = None,
+    *,
+    acs_senders: Sequence[str] | None = None,
 ) -> tuple[FieldProblem, ...]:
-    """The fields of a mail that `provider` cannot carry, each with why; () when it can."""
+    """The fields of a mail that `provider` cannot carry, each with why; () when it can.
+
+    `acs_senders`: ACS_EMAIL_SENDERS, the senders acs may send for (None: not checked)."""
     if provider == SENDGRID:
         return _non_ascii_addresses(request) if sendgrid_body is None else ()
     if request is None or sendgrid_body is not None:
@@ -95,11 +109,50 @@ def cannot_carry(
                 "#", f"a SendGrid v3 Mail Send body goes to SendGrid only, not {provider}"
             ),
         )
-    return tuple(
+    problems = tuple(
         FieldProblem(f"#/{name}", f"{provider} cannot carry {what}: SendGrid only")
         for name, what in _SENDGRID_ONLY_FIELDS
         if getattr(request, name)
     )
+    return problems + _acs_limits(request, acs_senders) if provider == ACS else problems
+
+
+def _acs_limits(request: MailRequest, senders: Sequence[str] | None) -> tuple[FieldProblem, ...]:
+    # ACS sends only from the MailFrom addresses of the domains connected to the resource, and
+    # shows the display name configured for that sender username, not one of the request's
+    # (the REST spec's EmailMessage.senderAddress is an address only): a mail from elsewhere
+    # would be refused at delivery, one with another name sent under ACS's name.
+    problems: list[FieldProblem] = []
+    if senders is not None and not sender_allowed(request.from_.email, tuple(senders)):
+        problems.append(
+            FieldProblem("#/from", "acs sends only from the senders of ACS_EMAIL_SENDERS")
+        )
+    if request.from_.name:
+        problems.append(
+            FieldProblem(
+                "#/from/name",
+                "acs cannot carry a sender's display name: ACS shows its sender username's",
+            )
+        )
+    problems.extend(
+        FieldProblem(
+            f"#/attachments/{i}/content_id",
+            "acs cannot carry a Content-ID on an attachment that is not inline",
+        )
+        for i, a in enumerate(request.attachments)
+        if a.content_id and a.disposition != "inline"
+    )
+    if len(request.to) + len(request.cc) + len(request.bcc) > ACS_MAX_RECIPIENTS:
+        problems.append(
+            FieldProblem("#/to", f"acs takes at most {ACS_MAX_RECIPIENTS} recipients a mail")
+        )
+    size = sum(len(a.content) for a in request.attachments)
+    size += len((request.text or "").encode()) + len((request.html or "").encode())
+    if size > ACS_MAX_REQUEST_BYTES:
+        problems.append(
+            FieldProblem("#/attachments", "acs takes at most 10 MB a mail, attachments included")
+        )
+    return tuple(problems)
 
 
 def _non_ascii_addresses(request: MailRequest | None) -> tuple[FieldProblem, ...]:
@@ -126,19 +179,32 @@ def _non_ascii_addresses(request: MailRequest | None) -> tuple[FieldProblem, ...
     )
 
 
-def eligible(providers: Sequence[str], envelope: QueueEnvelope) -> tuple[str, ...]:
+def eligible(
+    providers: Sequence[str],
+    envelope: QueueEnvelope,
+    *,
+    acs_senders: Sequence[str] | None = None,
+) -> tuple[str, ...]:
     """The providers, in order, that can carry the envelope's mail (its body loaded)."""
-    return tuple(p for p in providers if not cannot_carry(p, envelope.message, envelope.sendgrid))
+    return tuple(
+        p
+        for p in providers
+        if not cannot_carry(p, envelope.message, envelope.sendgrid, acs_senders=acs_senders)
+    )
 
 
 def check_deliverable(
-    providers: Sequence[str], request: MailRequest | None, sendgrid_body: Any = None
+    providers: Sequence[str],
+    request: MailRequest | None,
+    sendgrid_body: Any = None,
+    *,
+    acs_senders: Sequence[str] | None = None,
 ) -> None:
     """Return if a provider of `providers` can carry the mail; else NotDeliverable naming the
     fields that keep it from each."""
     problems: list[FieldProblem] = []
     for provider in providers:
-        found = cannot_carry(provider, request, sendgrid_body)
+        found = cannot_carry(provider, request, sendgrid_body, acs_senders=acs_senders)
         if not found:
             return
         problems.extend(p for p in found if p not in problems)

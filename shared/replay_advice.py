@@ -26,6 +26,11 @@ which `classify` picks from what SendGrid answered. Each cause says whether a re
                         the sender, the content)
     no_provider         no provider in MAIL_PROVIDERS can carry the message   after_fix
                         (MAIL_PROVIDERS changed since it was accepted)
+    acs_config          ACS refused the gateway's access key or identity, or  after_fix
+                        its endpoint is wrong (401, 403, 404)
+    acs_rejected        ACS refused the mail itself (400 and other 4xx)       no
+    acs_failed          ACS accepted the mail, then its send operation        no
+                        Failed (a recipient suppressed, the mail dropped)
 
 SMTP replies are not HTTP statuses: an SMTP failure always carries its cause, never a status code.
 
@@ -92,6 +97,9 @@ SMTP_AUTH = "smtp_auth"
 SMTP_CONFIG = "smtp_config"
 SMTP_REJECTED = "smtp_rejected"
 NO_PROVIDER = "no_provider"
+ACS_CONFIG = "acs_config"
+ACS_REJECTED = "acs_rejected"
+ACS_FAILED = "acs_failed"
 
 _CAUSES = (
     Advice(
@@ -186,6 +194,24 @@ _CAUSES = (
         Replay.AFTER_FIX,
         "No provider in MAIL_PROVIDERS can carry this mail (see the reason): add one that can, "
         "then replay.",
+    ),
+    Advice(
+        ACS_CONFIG,
+        Replay.AFTER_FIX,
+        "ACS refused the gateway (a wrong access key, the app's identity without its role on "
+        "the resource, or a wrong ACS_EMAIL_ENDPOINT): fix that, then replay.",
+    ),
+    Advice(
+        ACS_REJECTED,
+        Replay.NO,
+        "ACS refused the mail itself (see its error: a sender outside its domains, a field): a "
+        "replay fails again. Purge it; the app must send a corrected mail.",
+    ),
+    Advice(
+        ACS_FAILED,
+        Replay.NO,
+        "ACS took the mail, then its send operation failed (see its error: recipients "
+        "suppressed, the mail dropped): a replay as it is fails again. Purge it.",
     ),
 )
 CAUSES: dict[str, Advice] = {advice.cause: advice for advice in _CAUSES}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import ipaddress
 import json
@@ -54,7 +55,7 @@ _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
 _CONTAINER_NAME = re.compile(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]")
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 # The providers delivery can send through (shared/providers.py), by their MAIL_PROVIDERS names.
-PROVIDER_NAMES = ("sendgrid", "smtp")
+PROVIDER_NAMES = ("sendgrid", "smtp", "acs")
 DEFAULT_MAIL_PROVIDERS = ("sendgrid",)
 DEFAULT_SMTP_PORT = 587
 # A host name (RFC 1123 labels) or an IPv4 address, bounded; IPv6 is checked as an address.
@@ -127,6 +128,11 @@ class Settings:
     smtp_port: int = DEFAULT_SMTP_PORT
     smtp_username: str | None = None
     smtp_password: str | None = field(default=None, repr=False)
+    # The acs provider (shared/acs_client.py): its endpoint with the app's identity, or a
+    # connection string with an access key (local); the senders its connected domains allow.
+    acs_email_endpoint: str | None = None
+    acs_email_connection_string: str | None = field(default=None, repr=False)
+    acs_email_senders: tuple[str, ...] = ()
 
     @property
     def large_message_retention(self) -> timedelta:
@@ -187,6 +193,11 @@ class Settings:
             ),
             smtp_username=reader.text("SMTP_USERNAME"),
             smtp_password=reader.secret("SMTP_PASSWORD"),
+            acs_email_endpoint=_acs_endpoint(reader.text("ACS_EMAIL_ENDPOINT")),
+            acs_email_connection_string=_acs_connection_string(
+                reader.secret("ACS_EMAIL_CONNECTION_STRING")
+            ),
+            acs_email_senders=_acs_senders(reader.text("ACS_EMAIL_SENDERS"), "acs" in providers),
             mail_queue_name=_queue_name(reader.text("MAIL_QUEUE_NAME") or DEFAULT_MAIL_QUEUE_NAME),
             status_table_name=_table_name(
                 "STATUS_TABLE_NAME", reader.text("STATUS_TABLE_NAME") or DEFAULT_STATUS_TABLE_NAME
@@ -264,6 +275,8 @@ class Settings:
                 "SMTP_USERNAME and SMTP_PASSWORD go together: set both (an authenticated "
                 "relay) or neither (a loopback relay without AUTH)"
             )
+        if "acs" in providers:
+            _check_acs_credentials(settings)
         if settings.retry_max_delay_seconds < settings.retry_base_delay_seconds:
             raise ConfigurationError(
                 "RETRY_MAX_DELAY_SECONDS must not be smaller than RETRY_BASE_DELAY_SECONDS"
@@ -612,6 +625,79 @@ def _smtp_host(host: str | None) -> str | None:
     except ValueError:
         raise ConfigurationError("SMTP_HOST is not a host name or IP address") from None
     return host
+
+
+def _acs_endpoint(url: str | None) -> str | None:
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    # The SDK sends the identity's token only over https (azure-core's BearerTokenCredentialPolicy).
+    if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigurationError(
+            "ACS_EMAIL_ENDPOINT is not an https URL such as "
+            "https://<resource>.communication.azure.com"
+        )
+    return url.rstrip("/")
+
+
+def _acs_connection_string(text: str | None) -> str | None:
+    if not text:
+        return text
+    try:
+        acs_connection_parts(text)
+    except ValueError as error:
+        raise ConfigurationError(f"ACS_EMAIL_CONNECTION_STRING {error}") from None
+    return text
+
+
+def acs_connection_parts(text: str) -> tuple[str, str]:
+    """The endpoint (scheme kept) and access key of an ACS connection string,
+    `endpoint=https://<resource>.communication.azure.com/;accesskey=<base64 key>`; ValueError
+    saying what is wrong, never quoting it."""
+    pairs = {
+        key.strip().lower(): value.strip()
+        for key, _, value in (part.partition("=") for part in text.split(";") if part.strip())
+    }
+    endpoint, key = pairs.get("endpoint", ""), pairs.get("accesskey", "")
+    if not endpoint or not key:
+        raise ValueError("needs endpoint=...;accesskey=..., as the resource's Keys page gives it")
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError("has an endpoint that is not an http(s) URL")
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        # The key signs every request; the mail itself would cross the network in clear text.
+        raise ValueError("must use an https endpoint unless it is loopback")
+    try:
+        if not base64.b64decode(key, validate=True):
+            raise ValueError
+    except ValueError:
+        raise ValueError("has an access key that is not base64") from None
+    return endpoint.rstrip("/"), key
+
+
+def _acs_senders(raw: str | None, in_use: bool) -> tuple[str, ...]:
+    if raw is None and not in_use:
+        return ()
+    try:
+        return parse_senders(raw, "ACS_EMAIL_SENDERS")
+    except ValueError as error:
+        raise ConfigurationError(
+            f"{error}: ACS sends only from its connected domains' senders"
+        ) from None
+
+
+def _check_acs_credentials(settings: Settings) -> None:
+    endpoint, connection = settings.acs_email_endpoint, settings.acs_email_connection_string
+    if endpoint is None and connection is None:
+        raise ConfigurationError(
+            "MAIL_PROVIDERS lists acs: set ACS_EMAIL_ENDPOINT (the app's managed identity) or "
+            "ACS_EMAIL_CONNECTION_STRING (an access key)"
+        )
+    if endpoint is not None and connection:
+        raise ConfigurationError(
+            "set ACS_EMAIL_ENDPOINT (the app's managed identity) or ACS_EMAIL_CONNECTION_STRING "
+            "(an access key), not both"
+        )
 
 
 def _base_url(url: str) -> str:

@@ -118,7 +118,11 @@ class Submission:
             ) from None
         _check_senders([("#/from", request.from_.email)], client, self.settings)
         check_allowed(v1_refusals(request, client.features), client.name)
-        check_deliverable(self.settings.mail_providers, request)
+        check_deliverable(
+            self.settings.mail_providers,
+            request,
+            acs_senders=self.settings.acs_email_senders,
+        )
         emails = v1_emails(request)
         check_within_rate(emails, client.rate_per_minute, client.name, "#/to")
         envelope = QueueEnvelope(

@@ -154,11 +154,13 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def write_outbox(outbox: Path, record: Mapping[str, Any], eml: bytes | None) -> None:
+def write_outbox(
+    outbox: Path, record: Mapping[str, Any], eml: bytes | None, name: str | None = None
+) -> None:
     """Write <id>.eml (unless None) then <id>.json (the .json last, so its presence means both
-    are there)."""
+    are there); the id is `name`, else the record's x_message_id."""
     outbox.mkdir(parents=True, exist_ok=True)
-    x_message_id = str(record["x_message_id"])
+    x_message_id = name or str(record["x_message_id"])
     if eml is not None:
         _atomic_write(outbox / f"{x_message_id}.eml", eml)
     _atomic_write(

@@ -34,6 +34,13 @@ class StandInError(RuntimeError):
 class SendGridStandIn:
     """Run the stand-in as a subprocess on loopback and drive its control API."""
 
+    # What a stand-in of the same shape (its module, its key's variable, its ready line and
+    # its name) changes: devstack/acs_standin subclasses this.
+    module = "devstack.sendgrid_standin"
+    key_variable = API_KEY_ENV
+    ready_pattern = _READY_RE
+    name = "SendGrid stand-in"
+
     def __init__(
         self,
         *,
@@ -82,10 +89,11 @@ class SendGridStandIn:
         """Start the process and wait until it listens."""
         if self._process is not None:
             return self
-        self._workdir = Path(tempfile.mkdtemp(prefix="sendgrid-standin-"))
+        prefix = self.module.rpartition(".")[2].replace("_", "-") + "-"
+        self._workdir = Path(tempfile.mkdtemp(prefix=prefix))
         self._outbox = self._outbox_arg.resolve() if self._outbox_arg else self._workdir / "outbox"
         env = dict(os.environ)
-        env[API_KEY_ENV] = self.api_key  # not on the command line, where ps would show it
+        env[self.key_variable] = self.api_key  # not on the command line, where ps shows it
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(_REPO_ROOT), env.get("PYTHONPATH", "")) if p
         )
@@ -93,7 +101,7 @@ class SendGridStandIn:
         command = [
             sys.executable,
             "-m",
-            "devstack.sendgrid_standin",
+            self.module,
             "--host",
             self.host,
             "--port",
@@ -109,13 +117,11 @@ class SendGridStandIn:
         )
         try:
             self.base_url = self._process.wait_until_ready(
-                _ready_url, timeout=self.startup_timeout, interval=0.02
+                self._ready_url, timeout=self.startup_timeout, interval=0.02
             )
         except StartupFailed as failure:
             self.stop()
-            raise StandInError(
-                f"SendGrid stand-in {failure.reason}. Output:\n{failure.output}"
-            ) from None
+            raise StandInError(f"{self.name} {failure.reason}. Output:\n{failure.output}") from None
         self._client = httpx.Client(base_url=self.base_url, timeout=10.0)
         self._client.get("/_standin/health").raise_for_status()
         return self
@@ -192,8 +198,7 @@ class SendGridStandIn:
         """Forget mails, script and request log, and set the latency back to 0."""
         self.client.post("/_standin/reset").raise_for_status()
 
-
-def _ready_url(output: str) -> str | None:
-    """Find the base URL in the stand-in's ready line; None until it is printed."""
-    match = _READY_RE.search(output)
-    return match.group(1) if match else None
+    def _ready_url(self, output: str) -> str | None:
+        """Find the base URL in the stand-in's ready line; None until it is printed."""
+        match = self.ready_pattern.search(output)
+        return match.group(1) if match else None

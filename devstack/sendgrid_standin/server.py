@@ -30,7 +30,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.utils import get_remote_addr
 
@@ -481,8 +481,10 @@ async def serve(
     *,
     state: StandInState | None = None,
     on_ready: Callable[[str], None] | None = None,
+    app: ASGIApp | None = None,
 ) -> None:
-    """Run the stand-in until SIGINT/SIGTERM; call on_ready with the base URL once listening."""
+    """Run the stand-in (or another loopback `app`, devstack/acs_standin's) until
+    SIGINT/SIGTERM; call on_ready with the base URL once listening."""
     state = state or StandInState()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -490,7 +492,7 @@ async def serve(
     sock.bind((host, port))
     actual_port = int(sock.getsockname()[1])
     config = uvicorn.Config(
-        create_app(state),
+        app or create_app(state),
         log_config=None,
         access_log=False,
         proxy_headers=False,

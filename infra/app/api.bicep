@@ -56,6 +56,12 @@ param smtpPort int
 @description('Required. The SMTP_USERNAME app setting; empty without the smtp provider.')
 param smtpUsername string
 
+@description('Optional. The ACS_EMAIL_ENDPOINT app setting: the ACS resource the acs provider sends through with the app\'s identity; empty without it.')
+param acsEmailEndpoint string = ''
+
+@description('Optional. The ACS_EMAIL_SENDERS app setting: the addresses and @domains ACS may send from; empty without the acs provider.')
+param acsEmailSenders string = ''
+
 @description('Required. Python version.')
 param pythonVersion string
 
@@ -183,6 +189,8 @@ var appSettings = {
   // A reference only while the smtp provider is in use: an unresolved one (no secret yet) stops
   // the whole app with 503 naming SMTP_PASSWORD, as it does for SENDGRID_API_KEY.
   SMTP_PASSWORD: usesSmtp ? '@Microsoft.KeyVault(SecretUri=${smtpPasswordSecretUri})' : ''
+  ACS_EMAIL_ENDPOINT: acsEmailEndpoint
+  ACS_EMAIL_SENDERS: acsEmailSenders
   ALLOWED_SENDERS: allowedSenders
   MAIL_QUEUE_NAME: mailQueueName
   STATUS_TABLE_NAME: statusTableName

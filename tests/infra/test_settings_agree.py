@@ -70,6 +70,9 @@ PLACES: dict[str, frozenset[str]] = {
     # Optional, one per timer function: the local host's replacement for its schedule, so that
     # tests and `make run` need not wait five minutes.
     "LOCAL_TIMER_SCHEDULE_<function>": frozenset({DOCS}),
+    # The acs provider's access key, for the local stand-in: in Azure the app's identity signs
+    # in (ACS_EMAIL_ENDPOINT), and no key exists to keep.
+    "ACS_EMAIL_CONNECTION_STRING": frozenset({CODE, LOCAL, DOCS}),
 }
 # What App Service puts in place of the Key Vault reference once it resolves it.
 RESOLVED_SECRET = "SG.resolved-from-key-vault"
@@ -189,7 +192,10 @@ def resolved_infra_settings(**parameters_given: Any) -> dict[str, str]:
     """infra's app settings with main.bicep's defaults (or the parameters given), as the
     deployed app would see them."""
     parameters = parse_bicep(INFRA / "main.bicep")["parameters"]
-    values = {name: p.get("default") for name, p in parameters.items()}
+    # api.bicep's own defaults first, for its parameters main.bicep does not pass.
+    module = parse_bicep(INFRA / "app" / "api.bicep")["parameters"]
+    values = {name: p.get("default") for name, p in module.items() if "default" in p}
+    values.update({name: p.get("default") for name, p in parameters.items()})
     values.update(REQUIRED_PARAMETERS)
     values.update(parameters_given)
     samples = {

@@ -743,7 +743,7 @@ def test_should_read_mail_providers_in_order_trimmed_and_lowercased() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "named"),
-    [("sendgrid,acs", "'acs'"), ("mailgun", "'mailgun'"), ("sendgrid;smtp", "'sendgrid;smtp'")],
+    [("sendgrid,ses", "'ses'"), ("mailgun", "'mailgun'"), ("sendgrid;smtp", "'sendgrid;smtp'")],
 )
 def test_should_refuse_an_unknown_provider_naming_the_setting_and_the_name(
     raw: str, named: str

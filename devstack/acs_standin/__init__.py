@@ -1,0 +1,24 @@
+"""A local stand-in for Azure Communication Services Email (devstack/acs_standin/server.py):
+the send and its operation's status as `azure-communication-email` calls them, the access-key
+signature checked, each accepted mail written to an outbox. `make run` starts it beside the
+SendGrid stand-in; tests drive it through `AcsEmailStandIn`."""
+
+from devstack.acs_standin.process import AcsEmailStandIn
+from devstack.acs_standin.server import (
+    API_VERSION,
+    DEFAULT_ACCESS_KEY,
+    DEFAULT_PORT,
+    AcsState,
+    create_app,
+    signature_problem,
+)
+
+__all__ = [
+    "API_VERSION",
+    "DEFAULT_ACCESS_KEY",
+    "DEFAULT_PORT",
+    "AcsEmailStandIn",
+    "AcsState",
+    "create_app",
+    "signature_problem",
+]
