@@ -56,6 +56,9 @@ param mailProviders string = 'sendgrid'
 @description('Optional. Where the Azure Communication Services Email resources keep their data at rest (the acs provider), for example \'United States\', \'Europe\', \'UK\'.')
 param acsDataLocation string = 'United States'
 
+@description('Optional. ACS_EMAIL_SENDERS: the addresses and @domains the acs provider may send from, comma-separated. Empty: DoNotReply@ the Azure-managed domain the template creates (output ACS_EMAIL_SENDER_DOMAIN).')
+param acsEmailSenders string = ''
+
 @description('Optional. FAILOVER_ON_AMBIGUOUS: whether a failure that may have sent the mail (a timeout after sending) moves the next attempt to the next provider, at the risk of a second copy.')
 param failoverOnAmbiguous bool = false
 
@@ -331,6 +334,8 @@ module api 'app/api.bicep' = {
     smtpHost: smtpHost
     smtpPort: smtpPort
     smtpUsername: smtpUsername
+    acsEmailEndpoint: usesAcs ? acs.outputs.endpoint : ''
+    acsEmailSenders: usesAcs ? (empty(acsEmailSenders) ? 'DoNotReply@${acs.outputs.senderDomain}' : acsEmailSenders) : ''
     pythonVersion: pythonVersion
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount

@@ -14,6 +14,7 @@ import pytest
 from shared.errors import ConfigurationError
 from shared.settings import Settings, data_connection
 from tests.infra.conftest import INFRA, parse_bicep
+from tests.infra.test_audit_and_access import flat
 from tests.infra.venvs import ROOT
 
 CODE, INFRA_APP, LOCAL, DOCS = "code", "infra", "local.settings.example.json", "docs/settings.md"
@@ -175,12 +176,14 @@ def test_should_list_the_same_settings_in_code_infra_local_example_and_docs() ->
     assert problems == [], "settings disagree:\n" + "\n".join(problems)
 
 
-# Enough for Settings to read MAIL_PROVIDERS with SMTP_HOST set, whatever it lists.
+# Enough for Settings to read MAIL_PROVIDERS, whatever it lists.
 VALID_ELSE = {
     "AzureWebJobsStorage": "UseDevelopmentStorage=true",
     "ALLOWED_SENDERS": "@example.com",
     "SENDGRID_API_KEY": "SG.key",
     "SMTP_HOST": "smtp.example.com",
+    "ACS_EMAIL_ENDPOINT": "https://acs.example.communication.azure.com",
+    "ACS_EMAIL_SENDERS": "@example.com",
 }
 
 
@@ -278,3 +281,26 @@ def test_should_deploy_the_smtp_password_as_a_key_vault_reference_with_the_smtp_
     )
     assert valid.mail_providers == ("sendgrid", "smtp")
     assert (valid.smtp_host, valid.smtp_port) == ("smtp.example.com", 587)
+
+
+def test_should_point_the_acs_provider_at_the_resource_infra_creates_and_its_sender() -> None:
+    main = parse_bicep(INFRA / "main.bicep")
+    given = main["modules"]["api"]["config"]["params"]
+    outputs = parse_bicep(INFRA / "app" / "acs.bicep")["outputs"]
+    # What main.bicep gives api.bicep with acs listed, and the two outputs it takes them from.
+    assert flat(given["acsEmailEndpoint"]) == "conditional(usesAcs, acs.outputs.endpoint, )"
+    assert flat(given["acsEmailSenders"]) == (
+        "conditional(usesAcs, conditional(empty(acsEmailSenders), "
+        "DoNotReply@${acs.outputs.senderDomain}, acsEmailSenders), )"
+    )
+    assert outputs["endpoint"]["value"] == "https://${communication.properties.hostName}"
+    assert flat(outputs["senderDomain"]["value"]) == "managedDomain.properties.mailFromSenderDomain"
+    # Those values, as Azure fills them in (hostName and mailFromSenderDomain as in the REST
+    # spec's examples), are settings the code accepts.
+    settings = resolved_infra_settings(mailProviders="sendgrid,acs")
+    settings["ACS_EMAIL_ENDPOINT"] = "https://acs-x.unitedstates.communication.azure.com"
+    settings["ACS_EMAIL_SENDERS"] = "DoNotReply@0b1c2d3e.azurecomm.net"
+
+    valid = Settings.from_env({**settings, "SENDGRID_API_KEY": RESOLVED_SECRET})
+
+    assert valid.mail_providers == ("sendgrid", "acs")
