@@ -20,6 +20,8 @@ from opentelemetry.trace import SpanKind
 from shared import telemetry
 from shared.activity import ACTIVITY_FLUSH_SECONDS, ActivityLog
 from shared.blobs import LargeMessageSlots, MessageBodyStore
+from shared.brake import SendRateBrake
+from shared.breaker import BreakerPolicy, ProviderBreakers
 from shared.clients import Client, ClientStore
 from shared.console import Console
 from shared.dead_letters import DeadLetters
@@ -91,6 +93,8 @@ class Gateway:
         keys: IdempotencyStore | None = None,
         activity: ActivityLog | None = None,
         events: DeliveryEventStore | None = None,
+        breakers: ProviderBreakers | None = None,
+        brake: SendRateBrake | None = None,
     ) -> None:
         self.settings = settings
         self.queue = queue
@@ -130,6 +134,8 @@ class Gateway:
             now=now,
             rng=rng,
             large_messages=self.large_messages,
+            breakers=breakers,
+            brake=brake,
         )
         self._submission = Submission(
             settings, queue, bodies, statuses, self.keys, now, new_id, rate=clients
@@ -155,6 +161,18 @@ class Gateway:
             ClientStore.from_settings(settings),
             senders=senders_from_settings(settings),
             activity=ActivityLog(statuses.table, flush_seconds=ACTIVITY_FLUSH_SECONDS),
+            # Their rows live in the status table, in partitions of their own (provider-<name>).
+            breakers=ProviderBreakers(
+                statuses.table,
+                BreakerPolicy(
+                    settings.provider_breaker_failures, settings.provider_breaker_cooldown_seconds
+                ),
+            ),
+            brake=(
+                SendRateBrake(statuses.table, settings.max_emails_per_second)
+                if settings.max_emails_per_second
+                else None
+            ),
         )
 
     def authenticate(self, authorization: str | None, *, counted: bool = False) -> Client:

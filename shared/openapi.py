@@ -147,6 +147,11 @@ class MessageStatusDocument(_Document):
         description="Every provider an attempt used, in the order first used; absent before "
         "the first attempt.",
     )
+    providers_skipped: list[str] | None = Field(
+        default=None,
+        description="Providers an attempt passed over because their circuit breaker was open "
+        "(they were failing), in the order first passed over; absent when none was.",
+    )
     delivery: DeliveryState | None = Field(
         default=None,
         description="How far SendGrid's events took the mail; absent until the first event.",

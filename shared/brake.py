@@ -1,0 +1,209 @@
+"""A send-rate brake per provider, shared by every instance: `<PROVIDER>_MAX_EMAILS_PER_SECOND`.
+
+Flex Consumption scales out to at least 40 instances (its lowest `maximumInstanceCount`), so
+an instance count is no brake on how fast mail reaches a provider; a provider's quota (ACS
+Email's per-minute limits, a relay's messages per minute) is. The brake counts **mails**, one
+per send however many recipients it has: SendGrid's Mail Send, ACS Email's send operation and
+an SMTP transaction are each one request to the provider, and per-second limits are on those
+(a relay that counts recipients, as Amazon SES does, wants its rate divided by the recipients
+a mail usually has).
+
+The design is the client rates' (shared/clients.py), per second instead of per minute: one
+Table row per braked provider (`PartitionKey = provider-<name>`, `RowKey = brake`, in the status
+table) holds the current second (`window`) and how many mails all instances took in it
+(`count`). An instance leases tokens of the second: with none left it raises the row's count
+by a grant, written only if nobody changed the row since it was read (If-Match its ETag), and
+sends the next mails of that second from what it holds, without a storage call. The first grant
+of a second is 1, each further one by the same instance in that second twice the one before,
+at most `rate // MAX_LEASE_FRACTION` (at least 1). So:
+
+- the rate is an upper bound across instances for each second the row counts (the grants of a
+  second add up to at most the rate); tokens leased but unused when the second ends are lost;
+- the row's second only moves forward: an instance whose clock is behind counts in the row's
+  second, so instances cannot reset each other's count by writing alternate seconds;
+- an instance that knows from its copy that the second is spent waits for the next one, with
+  no storage call, at most MAX_WAIT_SECONDS in all; after that delivery puts the mail back on
+  the queue for a few seconds (shared/delivery.py): never dropped, never an attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.data.tables import TableClient, UpdateMode
+
+from shared.breaker import PARTITION_PREFIX
+from shared.errors import StorageUnavailable
+from shared.status import NO_ECHO
+
+logger = logging.getLogger(__name__)
+
+BRAKE_ROW = "brake"
+# An instance leases at most rate // MAX_LEASE_FRACTION tokens (at least 1) at a time.
+MAX_LEASE_FRACTION = 10
+# Over the brake, a delivery waits this long at most for a token before it is put back.
+MAX_WAIT_SECONDS = 1.0
+# Conditional writes that lost to another instance are retried this often.
+BRAKE_WRITE_ATTEMPTS = 10
+
+
+@dataclass(frozen=True)
+class BrakeRow:
+    """A provider's brake row: the second it counts, and the mails taken in it."""
+
+    window: int = 0
+    count: int = 0
+    etag: str | None = None
+
+
+@dataclass
+class _Lease:
+    """This instance's tokens of a provider's rate, and its copy of the row."""
+
+    row: BrakeRow
+    window: int = -1
+    tokens: int = 0
+    grant: int = 0
+
+
+def lease_grant(rate: int, count: int, previous_grant: int) -> int:
+    """How many tokens an instance leases with none left: its block (1, then twice its last
+    grant of the same second, at most rate // MAX_LEASE_FRACTION), within what is left."""
+    block = min(2 * previous_grant if previous_grant else 1, max(1, rate // MAX_LEASE_FRACTION))
+    return max(0, min(block, rate - count))
+
+
+def window_of(now: float) -> int:
+    """The second a time falls in, as the row's `window` counts it."""
+    return math.floor(now)
+
+
+class SendRateBrake:
+    """The braked providers' rates, shared through their rows."""
+
+    def __init__(
+        self,
+        table: TableClient,
+        rates: Mapping[str, int],
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        max_wait_seconds: float = MAX_WAIT_SECONDS,
+    ) -> None:
+        self._table = table
+        self.rates = dict(rates)
+        self._clock = clock
+        self._sleep = sleep
+        self._max_wait = max_wait_seconds
+        self._leases: dict[str, _Lease] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+
+    def take(self, provider: str) -> bool:
+        """Take one mail of `provider`'s rate, waiting for the next second if this one is spent
+        (MAX_WAIT_SECONDS at most); False if none could be taken in that time. Always True
+        for a provider without a brake, with no storage call.
+
+        Raises StorageUnavailable when the row cannot be read or written: then the delivery
+        waits on the queue, as for any storage failure, rather than exceed the rate.
+        """
+        rate = self.rates.get(provider)
+        if rate is None:
+            return True
+        deadline = self._clock() + self._max_wait
+        while True:
+            with self._lock_for(provider):
+                wait = self._take(provider, rate)
+            if wait is None:
+                return True
+            now = self._clock()
+            if now + wait > deadline:
+                return False
+            self._sleep(wait)
+
+    def _take(self, provider: str, rate: int) -> float | None:
+        """None once a token is taken, else how long until the next second; under the lock."""
+        lease = self._leases.setdefault(provider, _Lease(BrakeRow()))
+        for _ in range(BRAKE_WRITE_ATTEMPTS):
+            now = self._clock()
+            # Never the row's second moved back (see the module's docstring).
+            window = max(window_of(now), lease.row.window)
+            if lease.window == window and lease.tokens > 0:
+                lease.tokens -= 1
+                return None
+            count = lease.row.count if lease.row.window == window else 0
+            previous = lease.grant if lease.window == window else 0
+            grant = lease_grant(rate, count, previous)
+            if grant == 0:
+                # Spent: the count only grows within a second, so this copy is proof enough.
+                return max(0.001, window + 1 - now)
+            try:
+                etag = self._write(provider, BrakeRow(window, count + grant, lease.row.etag))
+            except (ResourceModifiedError, ResourceExistsError, ResourceNotFoundError):
+                lease.row = self._read(provider)
+                continue
+            except AzureError as error:
+                raise StorageUnavailable(
+                    f"send-rate brake of {provider}: {type(error).__name__}"
+                ) from error
+            lease.row = BrakeRow(window, count + grant, etag)
+            lease.window, lease.tokens, lease.grant = window, grant - 1, grant
+            return None
+        raise StorageUnavailable(
+            f"the send-rate brake of {provider} kept changing; too many instances at once"
+        )
+
+    def _read(self, provider: str) -> BrakeRow:
+        try:
+            entity = self._table.get_entity(PARTITION_PREFIX + provider, BRAKE_ROW)
+        except ResourceNotFoundError:
+            return BrakeRow()
+        except AzureError as error:
+            raise StorageUnavailable(
+                f"send-rate brake of {provider}: {type(error).__name__}"
+            ) from error
+        return _from_entity(entity)
+
+    def _write(self, provider: str, row: BrakeRow) -> str | None:
+        entity = {
+            "PartitionKey": PARTITION_PREFIX + provider,
+            "RowKey": BRAKE_ROW,
+            "window": row.window,
+            "count": row.count,
+        }
+        if row.etag is None:
+            metadata = self._table.create_entity(entity, **NO_ECHO)
+        else:
+            metadata = self._table.update_entity(
+                entity,
+                mode=UpdateMode.REPLACE,
+                etag=row.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+        etag = metadata.get("etag")
+        return etag if isinstance(etag, str) else None
+
+    def _lock_for(self, provider: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._locks.setdefault(provider, threading.Lock())
+
+
+def _from_entity(entity: Any) -> BrakeRow:
+    return BrakeRow(
+        window=int(entity.get("window", 0)),
+        count=int(entity.get("count", 0)),
+        etag=entity.metadata.get("etag"),
+    )
