@@ -56,6 +56,21 @@ param smtpPort int
 @description('Required. The SMTP_USERNAME app setting; empty without the smtp provider.')
 param smtpUsername string
 
+@description('Required. The PROVIDER_BREAKER_FAILURES app setting.')
+param providerBreakerFailures int
+
+@description('Required. The PROVIDER_BREAKER_COOLDOWN_SECONDS app setting.')
+param providerBreakerCooldownSeconds int
+
+@description('Required. The SENDGRID_MAX_EMAILS_PER_SECOND app setting; empty: no brake.')
+param sendgridMaxEmailsPerSecond string
+
+@description('Required. The SMTP_MAX_EMAILS_PER_SECOND app setting; empty: no brake.')
+param smtpMaxEmailsPerSecond string
+
+@description('Required. The ACS_MAX_EMAILS_PER_SECOND app setting; empty: no brake.')
+param acsMaxEmailsPerSecond string
+
 @description('Required. Python version.')
 param pythonVersion string
 
@@ -180,6 +195,11 @@ var appSettings = {
   // A reference only while the smtp provider is in use: an unresolved one (no secret yet) stops
   // the whole app with 503 naming SMTP_PASSWORD, as it does for SENDGRID_API_KEY.
   SMTP_PASSWORD: usesSmtp ? '@Microsoft.KeyVault(SecretUri=${smtpPasswordSecretUri})' : ''
+  PROVIDER_BREAKER_FAILURES: string(providerBreakerFailures)
+  PROVIDER_BREAKER_COOLDOWN_SECONDS: string(providerBreakerCooldownSeconds)
+  SENDGRID_MAX_EMAILS_PER_SECOND: sendgridMaxEmailsPerSecond
+  SMTP_MAX_EMAILS_PER_SECOND: smtpMaxEmailsPerSecond
+  ACS_MAX_EMAILS_PER_SECOND: acsMaxEmailsPerSecond
   ALLOWED_SENDERS: allowedSenders
   MAIL_QUEUE_NAME: mailQueueName
   STATUS_TABLE_NAME: statusTableName
