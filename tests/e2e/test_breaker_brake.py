@@ -116,6 +116,8 @@ def test_should_pass_a_failing_sendgrid_over_and_return_to_it_once_it_answers(
     assert len(passed_over) >= len(batch) - trials
     assert all(s["providers_skipped"] == ["sendgrid"] for s in passed_over)
     assert all(s["attempts"] == 1 for s in passed_over)
+    console = breaker_host.admin("GET", f"/api/v1/console/messages/{passed_over[0]['id']}")
+    assert console.json()["status"]["providers_skipped"] == ["sendgrid"]
 
     # SendGrid answers again: after the cool-down a trial goes to it, and the breaker closes.
     own_standin.clear_script()
