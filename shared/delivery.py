@@ -13,7 +13,10 @@ holds its claim, a newer mailgate wrote it) is put back on the queue as a new me
 delay, rather than raised to the Functions host: the host counts every failed invocation and
 moves the message to the poison queue, without a reason, after maxDequeueCount of them (5 in
 host.json, each after visibilityTimeout, 30 s), which a storage outage of minutes would spend.
-Only when the queue itself refuses the message does the error reach the host.
+Only when the queue itself refuses the message does the error reach the host. A message that
+must not go now (every provider it may use has its circuit breaker open, or its provider's
+send-rate brake is spent: shared/breaker.py, shared/brake.py) is held back the same way, with
+shorter delays, before its record is claimed: no attempt is spent and nothing dead-lettered.
 """
 
 from __future__ import annotations
