@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import os
 import random
 import threading
@@ -21,7 +22,7 @@ from shared import telemetry
 from shared.activity import ACTIVITY_FLUSH_SECONDS, ActivityLog
 from shared.blobs import LargeMessageSlots, MessageBodyStore
 from shared.brake import SendRateBrake
-from shared.breaker import BreakerPolicy, ProviderBreakers
+from shared.breaker import BreakerPolicy, BreakerState, ProviderBreakers
 from shared.clients import Client, ClientStore
 from shared.console import Console
 from shared.dead_letters import DeadLetters
@@ -97,6 +98,9 @@ class Gateway:
         brake: SendRateBrake | None = None,
     ) -> None:
         self.settings = settings
+        # Each provider's circuit breaker and send-rate brake (shared/breaker.py, brake.py).
+        self.breakers = breakers
+        self.brake = brake
         self.queue = queue
         self.bodies = bodies
         self.statuses = statuses
@@ -244,6 +248,26 @@ class Gateway:
         except StorageUnavailable as error:
             return postpone(self.queue, body, str(error))
         return self._delivery.deliver(body, dequeue_count)
+
+    def provider_guards(self) -> dict[str, dict[str, Any]]:
+        """Each provider in use: its circuit breaker as this instance sees it (its copy of the
+        row, read again once BREAKER_REFRESH_SECONDS old) and its brake, for the admin."""
+        guards: dict[str, dict[str, Any]] = {}
+        for provider in self.settings.mail_providers:
+            guard: dict[str, Any] = {
+                "max_emails_per_second": self.settings.max_emails_per_second.get(provider)
+            }
+            if self.breakers is None or not self.breakers.policy.enabled:
+                guard["breaker"] = "off"
+            else:
+                row = self.breakers.state(provider)
+                guard["breaker"] = row.state.value
+                guard["failures"] = row.failures
+                guard["opened"] = row.opened
+                if row.state is not BreakerState.CLOSED:
+                    guard["tried_again_in_seconds"] = math.ceil(self.breakers.reopens_in(provider))
+            guards[provider] = guard
+        return guards
 
     def status(self, message_id: str, client: Client) -> MessageStatus:
         """The client's own message's status; MessageNotFound for no message or another's, and

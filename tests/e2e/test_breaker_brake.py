@@ -118,6 +118,9 @@ def test_should_pass_a_failing_sendgrid_over_and_return_to_it_once_it_answers(
     assert all(s["attempts"] == 1 for s in passed_over)
     console = breaker_host.admin("GET", f"/api/v1/console/messages/{passed_over[0]['id']}")
     assert console.json()["status"]["providers_skipped"] == ["sendgrid"]
+    guards = breaker_host.admin("GET", "/api/health/details").json()["providers"]
+    assert guards["sendgrid"]["breaker"] in ("open", "half_open")
+    assert guards["smtp"]["breaker"] == "closed"
 
     # SendGrid answers again: after the cool-down a trial goes to it, and the breaker closes.
     own_standin.clear_script()
