@@ -189,6 +189,20 @@ class HealthStatusDocument(_Document):
     status: Literal["healthy", "unhealthy"]
 
 
+class ProviderGuard(_Document):
+    """A provider's circuit breaker as the answering instance sees it, and its brake."""
+
+    max_emails_per_second: int | None = Field(
+        description="Its send-rate brake (<PROVIDER>_MAX_EMAILS_PER_SECOND); null: none."
+    )
+    breaker: Literal["closed", "open", "half_open", "off"]
+    failures: int | None = Field(default=None, ge=0, description="Retryable failures in a row.")
+    opened: int | None = Field(default=None, ge=0, description="How many times it opened.")
+    tried_again_in_seconds: int | None = Field(
+        default=None, ge=0, description="While not closed: until a trial may go to it."
+    )
+
+
 class HealthDocument(_Document):
     """Each check's result, the queue depths, and whether the Event Webhook is configured."""
 
@@ -197,6 +211,10 @@ class HealthDocument(_Document):
     queues: dict[str, int]
     event_webhook: Literal["configured", "not configured", "not checked"] = Field(
         description="Whether SENDGRID_WEBHOOK_PUBLIC_KEY is set; optional, so not a check."
+    )
+    providers: dict[str, ProviderGuard] | None = Field(
+        default=None,
+        description="Each provider of MAIL_PROVIDERS: its circuit breaker and brake; not checks.",
     )
 
 

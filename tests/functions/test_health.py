@@ -17,6 +17,7 @@ from azure.data.tables import TableClient
 from functions.health import health, health_details
 from shared.breaker import BreakerPolicy, ProviderBreakers
 from shared.gateway import Gateway, HealthCache, HealthStatus
+from shared.openapi import HealthDocument
 from shared.webhook_signature import SignatureVerifier
 from tests.fakes import FakeMailQueue, FakeMessageBodyStore, FakeStatusStore, FakeTableClient
 from tests.samples import envelope
@@ -292,3 +293,5 @@ def test_should_show_each_providers_breaker_as_this_instance_sees_it(gateway: Ga
     sendgrid = document["providers"]["sendgrid"]
     assert (sendgrid["breaker"], sendgrid["failures"], sendgrid["opened"]) == ("open", 2, 1)
     assert 0 < sendgrid["tried_again_in_seconds"] <= 30
+    # As the contract (GET /api/openapi.json) describes it.
+    HealthDocument.model_validate(document)
