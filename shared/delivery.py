@@ -571,9 +571,11 @@ class Delivery:
                 failover_on_ambiguous=self._settings.failover_on_ambiguous,
             )
             return self._schedule_retry(envelope, status, error, provider, following)
-        self._report(provider, failed=False)
         with telemetry.span("mailgate.status.write", id=envelope.id, state="sent"):
             recorded = self._record_sent(status, provider_id, provider)
+        # After `sent` is written: a breaker's write must not widen the window in which a
+        # worker dying leaves `sending` behind (see the module's docstring).
+        self._report(provider, failed=False)
         if recorded:
             # Only once `sent` is recorded: were the record still `sending`, a later copy must
             # still find the body to send (the documented duplicate) rather than fail for good.
