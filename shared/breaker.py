@@ -21,10 +21,12 @@ attempt (and a worker's time) on it first:
 - **Sharing.** The row is `PartitionKey = provider-<name>`, `RowKey = breaker`, in the status
   table, in a partition of its own beside the activity rows (retention deletes only the
   messages' and the idempotency keys' partitions). Every change is written only if nobody
-  changed the row since it was read (If-Match its ETag; a 412 `UpdateConditionNotSatisfied`
-  otherwise, which azure-data-tables raises as ResourceModifiedError: Microsoft's Table service
-  REST reference, "Update Entity"): the loser reads the row again and decides again, so no
-  update is ever lost and only one instance wins the trial.
+  changed the row since it was read (If-Match its ETag, `match_condition=IfNotModified`; the
+  service answers 412 `UpdateConditionNotSatisfied` otherwise, which azure-data-tables raises as
+  ResourceModifiedError: its `_error.py`, `_decode_error`; a first insert that loses is 409
+  `EntityAlreadyExists`, ResourceExistsError): the loser reads the row again and decides again,
+  so no update is ever lost and only one instance wins the trial. tests/integration/
+  test_provider_rows.py shows it on Azurite with two hosts' clients writing at once.
 - **Cost.** An instance keeps a copy of each row and reads it again at most every
   BREAKER_REFRESH_SECONDS; a failure writes once (more on a conflict), a success writes only
   while the breaker is not closed. A closed breaker costs a delivery no storage call.

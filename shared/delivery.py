@@ -479,7 +479,7 @@ class Delivery:
             )
         if self._brake is not None and not self._taken(chosen):
             raise HeldBack(
-                f"{chosen.provider}'s send-rate brake is spent for this second "
+                f"{chosen.provider}'s send-rate brake is spent for now "
                 "(<PROVIDER>_MAX_EMAILS_PER_SECOND)",
                 brake_hold_seconds((envelope.postponed or 0) + 1, self._rng),
             )

@@ -192,7 +192,7 @@ class HealthStatusDocument(_Document):
 class ProviderGuard(_Document):
     """A provider's circuit breaker as the answering instance sees it, and its brake."""
 
-    max_emails_per_second: int | None = Field(
+    max_emails_per_second: float | None = Field(
         description="Its send-rate brake (<PROVIDER>_MAX_EMAILS_PER_SECOND); null: none."
     )
     breaker: Literal["closed", "open", "half_open", "off"]

@@ -65,6 +65,8 @@ MAX_EMAILS_PER_SECOND_SETTINGS = {
     "acs": "ACS_MAX_EMAILS_PER_SECOND",
 }
 MAX_EMAILS_PER_SECOND_LIMIT = 100_000
+# Below 1, one mail every 1/rate seconds: ACS Email's first limits are 30 a minute (0.5).
+MIN_EMAILS_PER_SECOND = 0.001
 DEFAULT_PROVIDER_BREAKER_FAILURES = 5
 DEFAULT_PROVIDER_BREAKER_COOLDOWN_SECONDS = 30.0
 # A host name (RFC 1123 labels) or an IPv4 address, bounded; IPv6 is checked as an address.
@@ -142,7 +144,7 @@ class Settings:
     provider_breaker_failures: int = DEFAULT_PROVIDER_BREAKER_FAILURES
     provider_breaker_cooldown_seconds: float = DEFAULT_PROVIDER_BREAKER_COOLDOWN_SECONDS
     # Each braked provider's most emails per second across all instances (shared/brake.py).
-    max_emails_per_second: Mapping[str, int] = field(default_factory=dict)
+    max_emails_per_second: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def large_message_retention(self) -> timedelta:
@@ -636,14 +638,12 @@ def _mail_providers(raw: str | None) -> tuple[str, ...]:
     return entries
 
 
-def _max_emails_per_second(reader: _Reader) -> dict[str, int]:
-    rates: dict[str, int] = {}
+def _max_emails_per_second(reader: _Reader) -> dict[str, float]:
+    rates: dict[str, float] = {}
     for provider, setting in MAX_EMAILS_PER_SECOND_SETTINGS.items():
         if reader.text(setting) is not None:
-            rates[provider] = int(
-                reader.number(
-                    setting, 0, minimum=1, maximum=MAX_EMAILS_PER_SECOND_LIMIT, integer=True
-                )
+            rates[provider] = reader.number(
+                setting, 0, minimum=MIN_EMAILS_PER_SECOND, maximum=MAX_EMAILS_PER_SECOND_LIMIT
             )
     return rates
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from azure.data.tables import TableClient
 
-from shared.brake import SendRateBrake
+from shared.brake import SendRateBrake, Window
 from shared.breaker import (
     BREAKER_ROW,
     PARTITION_PREFIX,
@@ -91,8 +91,8 @@ class RecordingBrake(SendRateBrake):
         super().__init__(table, {"sendgrid": rate})
         self.taken = taken
 
-    def _take(self, provider: str, rate: int) -> float | None:
-        wait = super()._take(provider, rate)
+    def _take(self, provider: str, plan: Window) -> float | None:
+        wait = super()._take(provider, plan)
         if wait is None:  # under the provider's lock still
             self.taken.append(self._leases[provider].window)
         return wait

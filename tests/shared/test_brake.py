@@ -13,6 +13,7 @@ from shared.brake import (
     BRAKE_ROW,
     MAX_LEASE_FRACTION,
     SendRateBrake,
+    Window,
     lease_grant,
     window_of,
 )
@@ -35,7 +36,7 @@ class SleepingClock(Clock):
         self.now += seconds
 
 
-def brake(table: FakeTableClient, clock: SleepingClock, **rates: int) -> SendRateBrake:
+def brake(table: FakeTableClient, clock: SleepingClock, **rates: float) -> SendRateBrake:
     return SendRateBrake(cast("TableClient", table), rates, clock=clock, sleep=clock.sleep)
 
 
@@ -146,3 +147,38 @@ def test_should_answer_storage_unavailable_when_the_row_cannot_be_written() -> N
 
     with pytest.raises(StorageUnavailable, match="send-rate brake of smtp"):
         brake(table, clock, smtp=3).take("smtp")
+
+
+@pytest.mark.parametrize(
+    ("rate", "seconds", "mails"),
+    [
+        (5, 1, 5),
+        (2.5, 1, 2),  # never more than the rate in any window
+        (0.5, 2, 1),  # ACS Email's first limit, 30 a minute
+        (0.3, 4, 1),
+        (100 / 3600, 36, 1),  # 100 an hour
+    ],
+)
+def test_should_count_a_rate_in_whole_second_windows_never_above_it(
+    rate: float, seconds: int, mails: int
+) -> None:
+    window = Window.for_rate(rate)
+
+    assert (window.seconds, window.mails) == (seconds, mails)
+    assert window.mails / window.seconds <= rate
+
+
+def test_should_send_one_mail_every_two_seconds_at_half_a_mail_a_second() -> None:
+    table, clock = FakeTableClient(), SleepingClock(T0)
+    one, other = brake(table, clock, acs=0.5), brake(table, clock, acs=0.5)
+
+    assert one.take("acs")
+    clock.now += 0.5
+    # The window of two seconds is spent, and the next is more than a delivery waits away.
+    assert not other.take("acs")
+    clock.now += 1.0
+    # Now it is half a second away: worth the wait.
+    assert other.take("acs")
+    assert clock.waits == [0.5]
+    row = table.rows[(PARTITION_PREFIX + "acs", BRAKE_ROW)]
+    assert (row["window"], row["count"]) == (T0 + 2, 1)

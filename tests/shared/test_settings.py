@@ -251,7 +251,9 @@ def test_should_read_allowed_senders_trimmed_and_lowercased() -> None:
         ({"PROVIDER_BREAKER_COOLDOWN_SECONDS": "soon"}, "PROVIDER_BREAKER_COOLDOWN_SECONDS"),
         ({"PROVIDER_BREAKER_COOLDOWN_SECONDS": "3601"}, "PROVIDER_BREAKER_COOLDOWN_SECONDS"),
         ({"SENDGRID_MAX_EMAILS_PER_SECOND": "0"}, "SENDGRID_MAX_EMAILS_PER_SECOND"),
-        ({"SENDGRID_MAX_EMAILS_PER_SECOND": "2.5"}, "SENDGRID_MAX_EMAILS_PER_SECOND"),
+        ({"SENDGRID_MAX_EMAILS_PER_SECOND": "0.0009"}, "SENDGRID_MAX_EMAILS_PER_SECOND"),
+        ({"SENDGRID_MAX_EMAILS_PER_SECOND": "nan"}, "SENDGRID_MAX_EMAILS_PER_SECOND"),
+        ({"SENDGRID_MAX_EMAILS_PER_SECOND": "-5"}, "SENDGRID_MAX_EMAILS_PER_SECOND"),
         ({"SMTP_MAX_EMAILS_PER_SECOND": "fast"}, "SMTP_MAX_EMAILS_PER_SECOND"),
         ({"ACS_MAX_EMAILS_PER_SECOND": "100001"}, "ACS_MAX_EMAILS_PER_SECOND"),
     ],
@@ -848,12 +850,12 @@ def test_should_read_each_providers_brake_by_its_own_name() -> None:
             **BASE_ENV,
             "SENDGRID_MAX_EMAILS_PER_SECOND": "100",
             "SMTP_MAX_EMAILS_PER_SECOND": " 5 ",
-            "ACS_MAX_EMAILS_PER_SECOND": "",
+            "ACS_MAX_EMAILS_PER_SECOND": "0.5",
             "PROVIDER_BREAKER_FAILURES": "0",
             "PROVIDER_BREAKER_COOLDOWN_SECONDS": "2.5",
         }
     )
 
-    assert settings.max_emails_per_second == {"sendgrid": 100, "smtp": 5}
+    assert settings.max_emails_per_second == {"sendgrid": 100, "smtp": 5, "acs": 0.5}
     assert settings.provider_breaker_failures == 0
     assert settings.provider_breaker_cooldown_seconds == 2.5
