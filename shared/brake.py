@@ -204,7 +204,9 @@ class SendRateBrake:
         entity = {
             "PartitionKey": PARTITION_PREFIX + provider,
             "RowKey": BRAKE_ROW,
-            "window": row.window,
+            # A double, exact for whole seconds: azure-data-tables writes a plain int as Edm.Int32
+            # and refuses one of 2**31 or more (_serialize.py), which seconds reach in 2038.
+            "window": float(row.window),
             "count": row.count,
         }
         if row.etag is None:
@@ -226,7 +228,7 @@ class SendRateBrake:
 
 def _from_entity(entity: Any) -> BrakeRow:
     return BrakeRow(
-        window=int(entity.get("window", 0)),
+        window=int(float(entity.get("window", 0))),
         count=int(entity.get("count", 0)),
         etag=entity.metadata.get("etag"),
     )

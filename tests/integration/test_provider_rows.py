@@ -118,3 +118,13 @@ def test_should_hold_the_rate_of_two_hosts_taking_at_once(storage_settings: Sett
     # Both hosts' grants went to the one row: the seconds they shared were full, or nearly
     # (a lease's leftovers are lost when its second ends).
     assert sum(per_second.values()) > rate
+
+
+def test_should_keep_counting_past_2038(storage_settings: Settings) -> None:
+    # Seconds since the epoch pass 2**31 on 2038-01-19: a plain int column would be refused.
+    later = SendRateBrake(host_table(storage_settings), {"smtp": 2}, clock=lambda: 2**31 + 0.5)
+
+    assert later.take("smtp")
+    assert later.take("smtp")
+    row = host_table(storage_settings).get_entity(PARTITION_PREFIX + "smtp", "brake")
+    assert (row["window"], row["count"]) == (2**31, 2)
