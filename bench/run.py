@@ -5,7 +5,8 @@
                     [--model-messages 1000] [--large-messages 24]
                     [--storage-calls 1000] [--expire-rows 100000]
                     [--expire-status-rows 100000]
-                    [--scenarios accept,delivery,transport,host,model,large,hostile,storage,expire]
+                    [--scenarios accept,delivery,transport,host,model,large,hostile,storage,expire,
+                                 guards]
                     [--profile DIR] [--no-write]
 
 Starts Azurite (in memory) and the SendGrid stand-in on loopback, runs each scenario with its
@@ -36,6 +37,7 @@ from bench.expire import (
     run_expire_bodies,
     run_expire_statuses,
 )
+from bench.guards import GuardCost, run_guards
 from bench.host_overhead import NoopResult, noop_settings, run_noop
 from bench.hostile import HostileResult, HostileRun, run_hostile
 from bench.large import INSTANCE_WORKER_MIB, LargeResult, run_large
@@ -72,6 +74,7 @@ SCENARIOS = (
     "hostile",
     "storage",
     "expire",
+    "guards",
 )
 # What infra/ and local.settings.example.json set; unset, the Functions host gives the worker 1000.
 DEPLOYED_THREAD_COUNT = 32
@@ -178,6 +181,7 @@ class Results:
     hostile: HostileResult | None = None
     storage: StorageCallsResult | None = None
     expire: ExpireResult | None = None
+    guards: list[GuardCost] = field(default_factory=list)
     expire_statuses: StatusExpireResult | None = None
 
 
@@ -295,6 +299,9 @@ def run(args: argparse.Namespace, workdir: Path, profiler: Profiler | None) -> R
             results.expire = replace(results.expire, bodies=run_expire_bodies(azurite))
             _step(f"expiry: {args.expire_status_rows:,} rows of messages older than the cutoff")
             results.expire_statuses = run_expire_statuses(azurite, args.expire_status_rows)
+        if "guards" in args.scenarios:
+            _step("provider guards: a closed breaker's and a brake's storage calls per mail")
+            results.guards = run_guards(azurite)
     if "transport" in args.scenarios:
         _step("transport: gateway client vs official client over TLS")
         round_trips = [0.0] + ([args.round_trip_ms] if args.round_trip_ms > 0 else [])
@@ -824,6 +831,26 @@ def all_rows(results: Results) -> list[Row]:
         rows += expire_rows(results.expire)
     if results.expire_statuses is not None:
         rows += status_expire_rows(results.expire_statuses)
+    rows += guard_rows(results.guards)
+    return rows
+
+
+def guard_rows(guards: list[GuardCost]) -> list[Row]:
+    """Issue 17: storage calls and CPU per mail of a closed breaker and of brakes."""
+    rows = []
+    for guard in guards:
+        rows.append(
+            Row(
+                "11 provider guards", f"storage calls per mail, {guard.guard}", guard.calls_per_mail
+            )
+        )
+        rows.append(
+            Row(
+                "11 provider guards",
+                f"CPU µs per mail, {guard.guard}, bench process",
+                _us(guard.cpu_per_mail),
+            )
+        )
     return rows
 
 

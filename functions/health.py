@@ -43,8 +43,9 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
 @operator_route(bp, "health_details", "health/details", ["GET"])
 def health_details(req: func.HttpRequest) -> func.HttpResponse:
     """200 when every check passes, else 503; the body gives each check and the queue depths,
-    and whether the (optional) Event Webhook is configured, checked now. With settings that are
-    wrong, 503 problem+json naming them, as every route answers then."""
+    whether the (optional) Event Webhook is configured, checked now, and each provider's
+    breaker and brake. With settings that are wrong, 503 problem+json naming them, as every
+    route answers then."""
     try:
         gateway = get_gateway()
     except ConfigurationError as error:
@@ -56,6 +57,7 @@ def health_details(req: func.HttpRequest) -> func.HttpResponse:
             "checks": report.checks,
             "queues": report.queue_depths,
             "event_webhook": report.event_webhook,
+            "providers": gateway.provider_guards(),
         },
         200 if report.healthy else 503,
         None if report.healthy else {"Retry-After": STORAGE_RETRY_AFTER_SECONDS},

@@ -73,6 +73,25 @@ param smtpPort int = 587
 @description('Optional. SMTP_USERNAME: the user the smtp provider signs in to the relay as (AUTH).')
 param smtpUsername string = ''
 
+@minValue(0)
+@maxValue(1000)
+@description('Optional. PROVIDER_BREAKER_FAILURES: retryable failures in a row after which a provider\'s circuit breaker opens (docs/providers.md); 0 turns breakers off.')
+param providerBreakerFailures int = 5
+
+@minValue(1)
+@maxValue(3600)
+@description('Optional. PROVIDER_BREAKER_COOLDOWN_SECONDS: how long an open breaker sends nothing to its provider before a trial mail.')
+param providerBreakerCooldownSeconds int = 30
+
+@description('Optional. SENDGRID_MAX_EMAILS_PER_SECOND: the most mails per second all instances send by SendGrid (docs/providers.md). Empty: no brake.')
+param sendgridMaxEmailsPerSecond string = ''
+
+@description('Optional. SMTP_MAX_EMAILS_PER_SECOND: the same for the smtp provider. Empty: no brake.')
+param smtpMaxEmailsPerSecond string = ''
+
+@description('Optional. ACS_MAX_EMAILS_PER_SECOND: the same for the acs provider. Empty: no brake.')
+param acsMaxEmailsPerSecond string = ''
+
 @secure()
 @description('Optional. The SMTP relay\'s password, stored as the Key Vault secret smtp-password. Empty: no secret version is created; set it later with `az keyvault secret set` (see docs/deploy.md).')
 param smtpPassword string = ''
@@ -336,6 +355,11 @@ module api 'app/api.bicep' = {
     smtpUsername: smtpUsername
     acsEmailEndpoint: usesAcs ? acs.outputs.endpoint : ''
     acsEmailSenders: usesAcs ? (empty(acsEmailSenders) ? 'DoNotReply@${acs.outputs.senderDomain}' : acsEmailSenders) : ''
+    providerBreakerFailures: providerBreakerFailures
+    providerBreakerCooldownSeconds: providerBreakerCooldownSeconds
+    sendgridMaxEmailsPerSecond: sendgridMaxEmailsPerSecond
+    smtpMaxEmailsPerSecond: smtpMaxEmailsPerSecond
+    acsMaxEmailsPerSecond: acsMaxEmailsPerSecond
     pythonVersion: pythonVersion
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount

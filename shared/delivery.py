@@ -13,7 +13,10 @@ holds its claim, a newer mailgate wrote it) is put back on the queue as a new me
 delay, rather than raised to the Functions host: the host counts every failed invocation and
 moves the message to the poison queue, without a reason, after maxDequeueCount of them (5 in
 host.json, each after visibilityTimeout, 30 s), which a storage outage of minutes would spend.
-Only when the queue itself refuses the message does the error reach the host.
+Only when the queue itself refuses the message does the error reach the host. A message that
+must not go now (every provider it may use has its circuit breaker open, or its provider's
+send-rate brake is spent: shared/breaker.py, shared/brake.py) is held back the same way, with
+shorter delays, before its record is claimed: no attempt is spent and nothing dead-lettered.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
@@ -41,6 +44,8 @@ from shared.blobs import (
     kept_body_blob_name,
     own_body_blob_names,
 )
+from shared.brake import SendRateBrake
+from shared.breaker import ProviderBreakers, Verdict
 from shared.errors import (
     ConcurrentUpdate,
     DeliveryError,
@@ -81,6 +86,7 @@ from shared.smtp_client import SMTP_TIMEOUT_SECONDS
 from shared.status import FINAL_STATES, MessageState, MessageStatus, StatusStore
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Writing `sent` is retried in place for this long: giving up means a redelivery sends again.
 SENT_WRITE_ATTEMPTS = 5
@@ -92,9 +98,15 @@ POSTPONE_FIRST_SECONDS = 15
 POSTPONE_MAX_SECONDS = 300
 # A message a newer mailgate wrote waits for a newer worker, which a rolling deploy brings soon.
 NEWER_VERSION_DELAY_SECONDS = 60
+# A message held back by a send-rate brake comes back after 1-2 s, then longer each time it is
+# held again, up to this: a backlog drains at the rate with a few put-backs per message.
+BRAKE_HOLD_MAX_SECONDS = 16
+# Spread over this much more than the breaker's remaining cool-down, so that messages held
+# together do not all come back in the same second.
+BREAKER_HOLD_JITTER_SECONDS = 3
 
 
-__all__ = ["Delivery", "DeliveryOutcome", "MailSender", "postpone"]
+__all__ = ["Delivery", "DeliveryOutcome", "HeldBack", "MailSender", "hold", "postpone"]
 # An SMTP send is several round trips (greeting, EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA), each
 # bounded by SMTP_TIMEOUT_SECONDS; a claim outlives this many of them.
 SMTP_CLAIM_ROUND_TRIPS = 3
@@ -161,6 +173,60 @@ def postpone(
     return DeliveryOutcome("postponed", message_id, attempt, retry_in_seconds=delay, reason=reason)
 
 
+class HeldBack(Exception):
+    """An attempt that cannot go now (every provider it may use has its breaker open, or its
+    provider's send-rate brake is spent): the message is put back for `delay_seconds`, which
+    spends neither an attempt nor the host's dequeue count."""
+
+    def __init__(self, reason: str, delay_seconds: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay_seconds = delay_seconds
+
+
+def hold(queue: MailQueue, body: bytes, held: HeldBack) -> DeliveryOutcome:
+    """Put a message held back by a breaker or a brake on the queue again, unchanged but for
+    its `postponed` count, visible after the hold's delay.
+
+    It is a new queue message, and this invocation returns normally: the host deletes the one
+    it received (Azure/azure-sdk-for-net, Microsoft.Azure.WebJobs.Extensions.Storage.Queues,
+    QueueProcessor.CompleteProcessingMessageAsync deletes on success and moves to poison only
+    a failed invocation's message whose DequeueCount reached maxDequeueCount), and the new one
+    starts at dequeue count 0: a message held a hundred times never reaches the poison queue
+    for it, nor does its `attempt` change. Raises StorageUnavailable if the queue refuses it.
+    """
+    text, message_id, attempt, times = _counted_postponement(body)
+    queue.put_back(text, delay_seconds=held.delay_seconds)
+    logger.info(
+        "Message %s held back for %ss (time %s; nothing was sent, no attempt spent): %s",
+        message_id,
+        held.delay_seconds,
+        times,
+        held.reason,
+        extra={"mailgate_id": message_id, "postponed": times},
+    )
+    return DeliveryOutcome(
+        "postponed", message_id, attempt, retry_in_seconds=held.delay_seconds, reason=held.reason
+    )
+
+
+def brake_hold_seconds(times: int, rng: random.Random | None = None) -> int:
+    """How long a message held back by a brake for the `times`-th time waits: 1-2 s first,
+    doubling, at most BRAKE_HOLD_MAX_SECONDS."""
+    ceiling = min(2.0 ** max(0, times - 1), BRAKE_HOLD_MAX_SECONDS / 2)
+    return max(1, math.ceil((rng or random).uniform(ceiling, 2 * ceiling)))
+
+
+@dataclass(frozen=True)
+class ProviderChoice:
+    """The provider an attempt uses, whether it is its breaker's trial, and the providers
+    passed over because their breakers were open."""
+
+    provider: str
+    trial: bool = False
+    skipped: tuple[str, ...] = ()
+
+
 def _counted_postponement(body: bytes) -> tuple[str, str | None, int, int]:
     """The text to put back, the message's id and attempt if it has them, and how many times
     it has been put back now."""
@@ -224,6 +290,8 @@ class Delivery:
         now: Callable[[], datetime],
         rng: random.Random | None = None,
         large_messages: LargeMessageSlots | None = None,
+        breakers: ProviderBreakers | None = None,
+        brake: SendRateBrake | None = None,
     ) -> None:
         # By provider name (shared/providers.py); a lone `sender` is SendGrid's.
         self._senders: Mapping[str, MailSender] = (
@@ -246,6 +314,9 @@ class Delivery:
         if ACS in self._providers:
             longest_call = max(longest_call, ACS_LONGEST_SEND_SECONDS)
         self._claim_timeout = timedelta(seconds=longest_call + CLAIM_MARGIN_SECONDS)
+        # Shared by all instances (shared/breaker.py, shared/brake.py); None: none of either.
+        self._breakers = breakers
+        self._brake = brake
 
     def deliver(self, body: bytes, dequeue_count: int = 1) -> DeliveryOutcome:
         """Try to send one queue message; the queue carries any retry, wait or dead letter.
@@ -286,6 +357,8 @@ class Delivery:
                 outcome = postpone(self._queue, body, str(error), self._rng)
             except NewerVersion as error:
                 outcome = self._leave_for_newer_worker(body, error.version)
+            except HeldBack as held:
+                outcome = hold(self._queue, body, held)
             current.set_attribute("mailgate.result", outcome.result)
             return outcome
 
@@ -331,13 +404,19 @@ class Delivery:
 
     def _deliver(self, envelope: QueueEnvelope) -> DeliveryOutcome:
         loaded = None
+        choice: ProviderChoice | None = None
         if envelope.status_etag is not None and envelope.attempt == 1:
             # Read before the claim, so that a storage failure here leaves nothing to wait out.
             loaded = self._load_body(envelope)
+            # Chosen before the claim, so that a message held back leaves its record as it was.
+            choice = self._choose(envelope, loaded, pinned=False)
             # The record as the accept wrote it, unread: the claim fails if it changed since.
-            claimed = self._claim_as_accepted(envelope)
+            claimed = self._claim_unless_raised(choice, lambda: self._claim_as_accepted(envelope))
             if claimed is not None:
-                return self._send(envelope, claimed, loaded)
+                return self._send(envelope, claimed, loaded, choice)
+            # The record must be read, and the choice made again on what it says.
+            self._give_back_trial(choice)
+            choice = None
         with telemetry.span("mailgate.status.read", id=envelope.id):
             status = self._statuses.get(envelope.id) or _first_status(envelope)
         skip = self._reason_to_skip(envelope, status)
@@ -351,11 +430,99 @@ class Delivery:
         if loaded is None:
             # Read before the claim, so that a storage failure here leaves nothing to wait out.
             loaded = self._load_body(envelope)
+        # After an ambiguous failure the provider may have sent it: unless the operator allows
+        # a second copy, this attempt waits for that provider, breaker or not.
+        pinned = status.ambiguous and not self._settings.failover_on_ambiguous
+        choice = self._choose(envelope, loaded, pinned=pinned)
         with telemetry.span("mailgate.status.write", id=envelope.id, state="sending"):
-            status = self._statuses.claim(
-                status.moved(MessageState.SENDING, self._now(), attempts=envelope.attempt)
+            status = self._claim_unless_raised(
+                choice,
+                lambda: self._statuses.claim(
+                    status.moved(MessageState.SENDING, self._now(), attempts=envelope.attempt)
+                ),
             )
-        return self._send(envelope, status, loaded)
+        return self._send(envelope, status, loaded, choice)
+
+    def _choose(
+        self, envelope: QueueEnvelope, loaded: QueueEnvelope | PermanentDeliveryError, pinned: bool
+    ) -> ProviderChoice | None:
+        """The provider this attempt uses, past open breakers and within its brake; None when
+        there is nothing to send (the body is bad, or no provider can carry it).
+
+        Raises HeldBack when every provider it may use has its breaker open (it comes back
+        when the first one's cool-down ends), or when its provider's brake is spent.
+        """
+        if isinstance(loaded, PermanentDeliveryError):
+            return None
+        candidates = eligible(self._providers, loaded, acs_senders=self._settings.acs_email_senders)
+        if not candidates:
+            return None
+        first = provider_for_attempt(candidates, envelope.provider)
+        at = candidates.index(first)
+        # From the provider the attempt names on, as failover would go.
+        order = (first,) if pinned else candidates[at:] + candidates[:at]
+        skipped: list[str] = []
+        chosen = None
+        for provider in order:
+            verdict = (
+                self._breakers.verdict(provider, self._claim_timeout.total_seconds())
+                if self._breakers is not None
+                else Verdict.SEND
+            )
+            if verdict is not Verdict.SKIP:
+                chosen = ProviderChoice(provider, verdict is Verdict.TRIAL, tuple(skipped))
+                break
+            skipped.append(provider)
+        if chosen is None:
+            assert self._breakers is not None
+            wait = min(self._breakers.reopens_in(p) for p in skipped)
+            delay = math.ceil(wait) + self._rng.randint(1, BREAKER_HOLD_JITTER_SECONDS)
+            why = "it is the provider this attempt must use" if pinned else "no other can send it"
+            raise HeldBack(
+                f"the circuit breaker of {', '.join(skipped)} is open (failing); {why}", delay
+            )
+        if self._brake is not None and not self._taken(chosen):
+            raise HeldBack(
+                f"{chosen.provider}'s send-rate brake is spent for now "
+                "(<PROVIDER>_MAX_EMAILS_PER_SECOND)",
+                brake_hold_seconds((envelope.postponed or 0) + 1, self._rng),
+            )
+        if chosen.skipped:
+            logger.info(
+                "Message %s attempt %s goes by %s: the circuit breaker of %s is open",
+                envelope.id,
+                envelope.attempt,
+                chosen.provider,
+                ", ".join(chosen.skipped),
+                extra={**_ids(envelope), "provider": chosen.provider},
+            )
+        return chosen
+
+    def _taken(self, choice: ProviderChoice) -> bool:
+        """Whether a mail of the chosen provider's brake was taken; a trial not sent is given
+        back to its breaker."""
+        assert self._brake is not None
+        try:
+            taken = self._brake.take(choice.provider)
+        except StorageUnavailable:
+            self._give_back_trial(choice)
+            raise
+        if not taken:
+            self._give_back_trial(choice)
+        return taken
+
+    def _claim_unless_raised(self, choice: ProviderChoice | None, claim: Callable[[], T]) -> T:
+        """The claim's result; a trial taken for this attempt is given back if it raises (the
+        message waits, another may take the trial at once)."""
+        try:
+            return claim()
+        except BaseException:
+            self._give_back_trial(choice)
+            raise
+
+    def _give_back_trial(self, choice: ProviderChoice | None) -> None:
+        if choice is not None and choice.trial and self._breakers is not None:
+            self._breakers.unused_trial(choice.provider)
 
     def _claim_as_accepted(self, envelope: QueueEnvelope) -> MessageStatus | None:
         """Claim the `queued` record the accept wrote, by its ETag; None if it changed since
@@ -374,23 +541,31 @@ class Delivery:
         envelope: QueueEnvelope,
         status: MessageStatus,
         loaded: QueueEnvelope | PermanentDeliveryError,
+        choice: ProviderChoice | None,
     ) -> DeliveryOutcome:
-        """Send a claimed message and record the outcome."""
+        """Send a claimed message by the chosen provider and record the outcome."""
         if isinstance(loaded, PermanentDeliveryError):
             # The claim went through, so nobody sent it meanwhile (and deleted the body then).
             return self._dead_letter(envelope, status, loaded, loaded.reason)
         acs_senders = self._settings.acs_email_senders
         candidates = eligible(self._providers, loaded, acs_senders=acs_senders)
-        if not candidates:
+        if not candidates or choice is None:
             error = _no_provider(self._providers, loaded, acs_senders)
             return self._dead_letter(envelope, status, error, error.reason)
-        provider = provider_for_attempt(candidates, envelope.provider)
-        status = replace(status, providers_tried=status.tried(provider))
+        provider = choice.provider
+        status = replace(
+            status,
+            providers_tried=status.tried(provider),
+            providers_skipped=status.skipped(choice.skipped),
+        )
         try:
             provider_id = self._senders[provider].send(loaded)
         except PermanentDeliveryError as error:
+            # The provider answered: it is the mail's fault, not the provider's.
+            self._report(provider, failed=False)
             return self._dead_letter(envelope, status, error, error.reason, provider)
         except RetryableDeliveryError as error:
+            self._report(provider, failed=True)
             if envelope.attempt >= self._settings.max_delivery_attempts:
                 reason = f"gave up after {envelope.attempt} attempt(s): {error.reason}"
                 return self._dead_letter(envelope, status, error, reason, provider)
@@ -403,6 +578,9 @@ class Delivery:
             return self._schedule_retry(envelope, status, error, provider, following)
         with telemetry.span("mailgate.status.write", id=envelope.id, state="sent"):
             recorded = self._record_sent(status, provider_id, provider)
+        # After `sent` is written: a breaker's write must not widen the window in which a
+        # worker dying leaves `sending` behind (see the module's docstring).
+        self._report(provider, failed=False)
         if recorded:
             # Only once `sent` is recorded: were the record still `sending`, a later copy must
             # still find the body to send (the documented duplicate) rather than fail for good.
@@ -428,6 +606,16 @@ class Delivery:
             provider_message_id=provider_id,
             provider=provider,
         )
+
+    def _report(self, provider: str, *, failed: bool) -> None:
+        """Tell the provider's breaker how its send went (no storage call while it is closed
+        and the send went well)."""
+        if self._breakers is None:
+            return
+        if failed:
+            self._breakers.failed(provider)
+        else:
+            self._breakers.succeeded(provider)
 
     def _record(
         self, message_id: str | None, state: MessageState, attempt: int, at: datetime | None = None

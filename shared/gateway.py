@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import os
 import random
 import threading
@@ -20,6 +21,8 @@ from opentelemetry.trace import SpanKind
 from shared import telemetry
 from shared.activity import ACTIVITY_FLUSH_SECONDS, ActivityLog
 from shared.blobs import LargeMessageSlots, MessageBodyStore
+from shared.brake import SendRateBrake
+from shared.breaker import BreakerPolicy, BreakerState, ProviderBreakers
 from shared.clients import Client, ClientStore
 from shared.console import Console
 from shared.dead_letters import DeadLetters
@@ -91,8 +94,13 @@ class Gateway:
         keys: IdempotencyStore | None = None,
         activity: ActivityLog | None = None,
         events: DeliveryEventStore | None = None,
+        breakers: ProviderBreakers | None = None,
+        brake: SendRateBrake | None = None,
     ) -> None:
         self.settings = settings
+        # Each provider's circuit breaker and send-rate brake (shared/breaker.py, brake.py).
+        self.breakers = breakers
+        self.brake = brake
         self.queue = queue
         self.bodies = bodies
         self.statuses = statuses
@@ -130,6 +138,8 @@ class Gateway:
             now=now,
             rng=rng,
             large_messages=self.large_messages,
+            breakers=breakers,
+            brake=brake,
         )
         self._submission = Submission(
             settings, queue, bodies, statuses, self.keys, now, new_id, rate=clients
@@ -155,6 +165,18 @@ class Gateway:
             ClientStore.from_settings(settings),
             senders=senders_from_settings(settings),
             activity=ActivityLog(statuses.table, flush_seconds=ACTIVITY_FLUSH_SECONDS),
+            # Their rows live in the status table, in partitions of their own (provider-<name>).
+            breakers=ProviderBreakers(
+                statuses.table,
+                BreakerPolicy(
+                    settings.provider_breaker_failures, settings.provider_breaker_cooldown_seconds
+                ),
+            ),
+            brake=(
+                SendRateBrake(statuses.table, settings.max_emails_per_second)
+                if settings.max_emails_per_second
+                else None
+            ),
         )
 
     def authenticate(self, authorization: str | None, *, counted: bool = False) -> Client:
@@ -226,6 +248,26 @@ class Gateway:
         except StorageUnavailable as error:
             return postpone(self.queue, body, str(error))
         return self._delivery.deliver(body, dequeue_count)
+
+    def provider_guards(self) -> dict[str, dict[str, Any]]:
+        """Each provider in use: its circuit breaker as this instance sees it (its copy of the
+        row, read again once BREAKER_REFRESH_SECONDS old) and its brake, for the admin."""
+        guards: dict[str, dict[str, Any]] = {}
+        for provider in self.settings.mail_providers:
+            guard: dict[str, Any] = {
+                "max_emails_per_second": self.settings.max_emails_per_second.get(provider)
+            }
+            if self.breakers is None or not self.breakers.policy.enabled:
+                guard["breaker"] = "off"
+            else:
+                row = self.breakers.state(provider)
+                guard["breaker"] = row.state.value
+                guard["failures"] = row.failures
+                guard["opened"] = row.opened
+                if row.state is not BreakerState.CLOSED:
+                    guard["tried_again_in_seconds"] = math.ceil(self.breakers.reopens_in(provider))
+            guards[provider] = guard
+        return guards
 
     def status(self, message_id: str, client: Client) -> MessageStatus:
         """The client's own message's status; MessageNotFound for no message or another's, and

@@ -148,6 +148,11 @@ class MessageStatusDocument(_Document):
         description="Every provider an attempt used, in the order first used; absent before "
         "the first attempt.",
     )
+    providers_skipped: list[str] | None = Field(
+        default=None,
+        description="Providers an attempt passed over because their circuit breaker was open "
+        "(they were failing), in the order first passed over; absent when none was.",
+    )
     delivery: DeliveryState | None = Field(
         default=None,
         description="How far SendGrid's events took the mail; absent until the first event.",
@@ -185,6 +190,20 @@ class HealthStatusDocument(_Document):
     status: Literal["healthy", "unhealthy"]
 
 
+class ProviderGuard(_Document):
+    """A provider's circuit breaker as the answering instance sees it, and its brake."""
+
+    max_emails_per_second: float | None = Field(
+        description="Its send-rate brake (<PROVIDER>_MAX_EMAILS_PER_SECOND); null: none."
+    )
+    breaker: Literal["closed", "open", "half_open", "off"]
+    failures: int | None = Field(default=None, ge=0, description="Retryable failures in a row.")
+    opened: int | None = Field(default=None, ge=0, description="How many times it opened.")
+    tried_again_in_seconds: int | None = Field(
+        default=None, ge=0, description="While not closed: until a trial may go to it."
+    )
+
+
 class HealthDocument(_Document):
     """Each check's result, the queue depths, and whether the Event Webhook is configured."""
 
@@ -193,6 +212,10 @@ class HealthDocument(_Document):
     queues: dict[str, int]
     event_webhook: Literal["configured", "not configured", "not checked"] = Field(
         description="Whether SENDGRID_WEBHOOK_PUBLIC_KEY is set; optional, so not a check."
+    )
+    providers: dict[str, ProviderGuard] | None = Field(
+        default=None,
+        description="Each provider of MAIL_PROVIDERS: its circuit breaker and brake; not checks.",
     )
 
 

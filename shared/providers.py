@@ -28,7 +28,9 @@ of MAIL_PROVIDERS that can carry it, in that order):
   other provider.
 
 The envelope of each retry names the provider its attempt uses, so the choice survives any
-worker; a provider it names that is no longer eligible gives way to the first that is.
+worker; a provider it names that is no longer eligible gives way to the first that is. A
+provider whose circuit breaker is open (shared/breaker.py) is passed over for the next eligible
+one, as after a retryable failure (shared/delivery.py).
 """
 
 from __future__ import annotations

@@ -58,6 +58,18 @@ _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 PROVIDER_NAMES = ("sendgrid", "smtp", "acs")
 DEFAULT_MAIL_PROVIDERS = ("sendgrid",)
 DEFAULT_SMTP_PORT = 587
+# Each provider's send-rate brake (shared/brake.py), by provider name; unset, none. Named one by
+# one (not derived from PROVIDER_NAMES) so that every setting stays a fixed, documented name.
+MAX_EMAILS_PER_SECOND_SETTINGS = {
+    "sendgrid": "SENDGRID_MAX_EMAILS_PER_SECOND",
+    "smtp": "SMTP_MAX_EMAILS_PER_SECOND",
+    "acs": "ACS_MAX_EMAILS_PER_SECOND",
+}
+MAX_EMAILS_PER_SECOND_LIMIT = 100_000
+# Below 1, one mail every 1/rate seconds: ACS Email's first limits are 30 a minute (0.5).
+MIN_EMAILS_PER_SECOND = 0.001
+DEFAULT_PROVIDER_BREAKER_FAILURES = 5
+DEFAULT_PROVIDER_BREAKER_COOLDOWN_SECONDS = 30.0
 # A host name (RFC 1123 labels) or an IPv4 address, bounded; IPv6 is checked as an address.
 _HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 
@@ -133,6 +145,12 @@ class Settings:
     acs_email_endpoint: str | None = None
     acs_email_connection_string: str | None = field(default=None, repr=False)
     acs_email_senders: tuple[str, ...] = ()
+    # Each provider's circuit breaker (shared/breaker.py): open after this many retryable
+    # failures in a row (0: never), closed again by a trial after the cool-down.
+    provider_breaker_failures: int = DEFAULT_PROVIDER_BREAKER_FAILURES
+    provider_breaker_cooldown_seconds: float = DEFAULT_PROVIDER_BREAKER_COOLDOWN_SECONDS
+    # Each braked provider's most emails per second across all instances (shared/brake.py).
+    max_emails_per_second: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def large_message_retention(self) -> timedelta:
@@ -198,6 +216,22 @@ class Settings:
                 reader.secret("ACS_EMAIL_CONNECTION_STRING")
             ),
             acs_email_senders=_acs_senders(reader.text("ACS_EMAIL_SENDERS"), "acs" in providers),
+            provider_breaker_failures=int(
+                reader.number(
+                    "PROVIDER_BREAKER_FAILURES",
+                    DEFAULT_PROVIDER_BREAKER_FAILURES,
+                    minimum=0,
+                    maximum=1000,
+                    integer=True,
+                )
+            ),
+            provider_breaker_cooldown_seconds=reader.number(
+                "PROVIDER_BREAKER_COOLDOWN_SECONDS",
+                DEFAULT_PROVIDER_BREAKER_COOLDOWN_SECONDS,
+                minimum=1,
+                maximum=3600,
+            ),
+            max_emails_per_second=_max_emails_per_second(reader),
             mail_queue_name=_queue_name(reader.text("MAIL_QUEUE_NAME") or DEFAULT_MAIL_QUEUE_NAME),
             status_table_name=_table_name(
                 "STATUS_TABLE_NAME", reader.text("STATUS_TABLE_NAME") or DEFAULT_STATUS_TABLE_NAME
@@ -615,6 +649,16 @@ def _mail_providers(raw: str | None) -> tuple[str, ...]:
     if len(set(entries)) != len(entries):
         raise ConfigurationError("MAIL_PROVIDERS names a provider more than once")
     return entries
+
+
+def _max_emails_per_second(reader: _Reader) -> dict[str, float]:
+    rates: dict[str, float] = {}
+    for provider, setting in MAX_EMAILS_PER_SECOND_SETTINGS.items():
+        if reader.text(setting) is not None:
+            rates[provider] = reader.number(
+                setting, 0, minimum=MIN_EMAILS_PER_SECOND, maximum=MAX_EMAILS_PER_SECOND_LIMIT
+            )
+    return rates
 
 
 def _smtp_host(host: str | None) -> str | None:

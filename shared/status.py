@@ -112,6 +112,9 @@ class MessageStatus:
     # (shared/providers.py); records from before providers have neither.
     provider: str | None = None
     providers_tried: tuple[str, ...] = ()
+    # Providers an attempt passed over because their circuit breaker was open (shared/breaker.py),
+    # in the order first passed over.
+    providers_skipped: tuple[str, ...] = ()
     etag: str | None = None
 
     @classmethod
@@ -149,6 +152,10 @@ class MessageStatus:
             )
         )
 
+    def skipped(self, providers: tuple[str, ...]) -> tuple[str, ...]:
+        """The providers skipped, with `providers` added where new."""
+        return (*self.providers_skipped, *(p for p in providers if p not in self.providers_skipped))
+
     def to_document(self) -> dict[str, Any]:
         """The record as `GET /api/v1/messages/{id}` shows it."""
         document: dict[str, Any] = {
@@ -181,6 +188,8 @@ class MessageStatus:
             document["provider"] = self.provider
         if self.providers_tried:
             document["providers_tried"] = list(self.providers_tried)
+        if self.providers_skipped:
+            document["providers_skipped"] = list(self.providers_skipped)
         return document
 
     def advice(self) -> Advice | None:
@@ -347,6 +356,9 @@ def _to_entity(status: MessageStatus) -> dict[str, Any]:
         else None
     )
     values["providers_tried"] = ",".join(status.providers_tried) if status.providers_tried else None
+    values["providers_skipped"] = (
+        ",".join(status.providers_skipped) if status.providers_skipped else None
+    )
     values["outcomes"] = (
         json.dumps([[o.state.value, o.attempt, o.at.isoformat()] for o in status.outcomes])
         if status.outcomes
@@ -378,6 +390,7 @@ def _from_entity(entity: Any) -> MessageStatus:
         outcomes=_outcomes(entity.get("outcomes")),
         provider=entity.get("provider"),
         providers_tried=_providers_tried(entity.get("providers_tried")),
+        providers_skipped=_providers_tried(entity.get("providers_skipped")),
         etag=entity.metadata.get("etag"),
     )
 

@@ -61,6 +61,20 @@ param acsEmailEndpoint string = ''
 
 @description('Optional. The ACS_EMAIL_SENDERS app setting: the addresses and @domains ACS may send from; empty without the acs provider.')
 param acsEmailSenders string = ''
+@description('Required. The PROVIDER_BREAKER_FAILURES app setting.')
+param providerBreakerFailures int
+
+@description('Required. The PROVIDER_BREAKER_COOLDOWN_SECONDS app setting.')
+param providerBreakerCooldownSeconds int
+
+@description('Required. The SENDGRID_MAX_EMAILS_PER_SECOND app setting; empty: no brake.')
+param sendgridMaxEmailsPerSecond string
+
+@description('Required. The SMTP_MAX_EMAILS_PER_SECOND app setting; empty: no brake.')
+param smtpMaxEmailsPerSecond string
+
+@description('Required. The ACS_MAX_EMAILS_PER_SECOND app setting; empty: no brake.')
+param acsMaxEmailsPerSecond string
 
 @description('Required. Python version.')
 param pythonVersion string
@@ -191,6 +205,11 @@ var appSettings = {
   SMTP_PASSWORD: usesSmtp ? '@Microsoft.KeyVault(SecretUri=${smtpPasswordSecretUri})' : ''
   ACS_EMAIL_ENDPOINT: acsEmailEndpoint
   ACS_EMAIL_SENDERS: acsEmailSenders
+  PROVIDER_BREAKER_FAILURES: string(providerBreakerFailures)
+  PROVIDER_BREAKER_COOLDOWN_SECONDS: string(providerBreakerCooldownSeconds)
+  SENDGRID_MAX_EMAILS_PER_SECOND: sendgridMaxEmailsPerSecond
+  SMTP_MAX_EMAILS_PER_SECOND: smtpMaxEmailsPerSecond
+  ACS_MAX_EMAILS_PER_SECOND: acsMaxEmailsPerSecond
   ALLOWED_SENDERS: allowedSenders
   MAIL_QUEUE_NAME: mailQueueName
   STATUS_TABLE_NAME: statusTableName

@@ -469,6 +469,9 @@
     if (Array.isArray(status.providers_tried) && status.providers_tried.length) {
       details.push(`tried ${status.providers_tried.join(', ')}`);
     }
+    if (Array.isArray(status.providers_skipped) && status.providers_skipped.length) {
+      details.push(`skipped ${status.providers_skipped.join(', ')} (circuit breaker open)`);
+    }
     const when = (entry) => (entry.at ? Date.parse(entry.at) : Number.MAX_SAFE_INTEGER);
     entries.sort((a, b) => when(a) - when(b));
     // The record as it stands now, after everything above.

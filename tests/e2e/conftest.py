@@ -196,6 +196,10 @@ def gateway_settings(connection_string: str, standin: SendGridStandIn) -> dict[s
         "LOCAL_QUEUE_HOLD_SECONDS": "4",
         # As infra/ deploys it; unset, the host would leave the retention timer out, in error.
         "RETENTION_SCHEDULE": "0 17 * * * *",
+        # Hosts share the status table, where the breakers' rows live: tests that script
+        # SendGrid failures one after another would open its breaker for every later test.
+        # tests/e2e/test_breaker_brake.py turns it on for hosts with tables of their own.
+        "PROVIDER_BREAKER_FAILURES": "0",
     }
 
 

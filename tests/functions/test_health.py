@@ -8,15 +8,18 @@ import json
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import azure.functions as func
 import pytest
+from azure.data.tables import TableClient
 
 from functions.health import health, health_details
+from shared.breaker import BreakerPolicy, ProviderBreakers
 from shared.gateway import Gateway, HealthCache, HealthStatus
+from shared.openapi import HealthDocument
 from shared.webhook_signature import SignatureVerifier
-from tests.fakes import FakeMailQueue, FakeMessageBodyStore, FakeStatusStore
+from tests.fakes import FakeMailQueue, FakeMessageBodyStore, FakeStatusStore, FakeTableClient
 from tests.samples import envelope
 
 
@@ -180,6 +183,7 @@ def test_should_answer_200_when_configured_and_storage_answers(
         "checks": {"configuration": "ok", "storage": "ok"},
         "queues": {"mail-outbound": 0, "mail-outbound-poison": 0},
         "event_webhook": "configured",
+        "providers": {"sendgrid": {"max_emails_per_second": None, "breaker": "off"}},
     }
     assert (fake_queue.depths_calls, fake_statuses.check_calls) == (1, 1)
     assert fake_bodies.check_calls == 1
@@ -274,3 +278,20 @@ def test_should_say_whether_the_event_webhook_is_configured_when_storage_fails(
     _, document, _ = get_health_details()
 
     assert document["event_webhook"] == "configured"
+
+
+def test_should_show_each_providers_breaker_as_this_instance_sees_it(gateway: Gateway) -> None:
+    gateway.breakers = ProviderBreakers(
+        cast("TableClient", FakeTableClient()), BreakerPolicy(failures=2, cooldown_seconds=30)
+    )
+    gateway.breakers.failed("sendgrid")
+    gateway.breakers.failed("sendgrid")
+
+    status, document, _ = get_health_details()
+
+    assert status == 200
+    sendgrid = document["providers"]["sendgrid"]
+    assert (sendgrid["breaker"], sendgrid["failures"], sendgrid["opened"]) == ("open", 2, 1)
+    assert 0 < sendgrid["tried_again_in_seconds"] <= 30
+    # As the contract (GET /api/openapi.json) describes it.
+    HealthDocument.model_validate(document)

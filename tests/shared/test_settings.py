@@ -244,6 +244,18 @@ def test_should_read_allowed_senders_trimmed_and_lowercased() -> None:
             {"RETRY_BASE_DELAY_SECONDS": "600", "RETRY_MAX_DELAY_SECONDS": "599"},
             "RETRY_MAX_DELAY_SECONDS",
         ),
+        ({"PROVIDER_BREAKER_FAILURES": "-1"}, "PROVIDER_BREAKER_FAILURES"),
+        ({"PROVIDER_BREAKER_FAILURES": "2.5"}, "PROVIDER_BREAKER_FAILURES"),
+        ({"PROVIDER_BREAKER_FAILURES": "1001"}, "PROVIDER_BREAKER_FAILURES"),
+        ({"PROVIDER_BREAKER_COOLDOWN_SECONDS": "0"}, "PROVIDER_BREAKER_COOLDOWN_SECONDS"),
+        ({"PROVIDER_BREAKER_COOLDOWN_SECONDS": "soon"}, "PROVIDER_BREAKER_COOLDOWN_SECONDS"),
+        ({"PROVIDER_BREAKER_COOLDOWN_SECONDS": "3601"}, "PROVIDER_BREAKER_COOLDOWN_SECONDS"),
+        ({"SENDGRID_MAX_EMAILS_PER_SECOND": "0"}, "SENDGRID_MAX_EMAILS_PER_SECOND"),
+        ({"SENDGRID_MAX_EMAILS_PER_SECOND": "0.0009"}, "SENDGRID_MAX_EMAILS_PER_SECOND"),
+        ({"SENDGRID_MAX_EMAILS_PER_SECOND": "nan"}, "SENDGRID_MAX_EMAILS_PER_SECOND"),
+        ({"SENDGRID_MAX_EMAILS_PER_SECOND": "-5"}, "SENDGRID_MAX_EMAILS_PER_SECOND"),
+        ({"SMTP_MAX_EMAILS_PER_SECOND": "fast"}, "SMTP_MAX_EMAILS_PER_SECOND"),
+        ({"ACS_MAX_EMAILS_PER_SECOND": "100001"}, "ACS_MAX_EMAILS_PER_SECOND"),
     ],
 )
 def test_should_refuse_an_invalid_setting_naming_it(
@@ -822,3 +834,28 @@ def test_should_name_an_unresolved_smtp_password_reference_alone() -> None:
 @pytest.mark.parametrize("host", ["smtp.example.com", "127.0.0.1", "::1", "localhost"])
 def test_should_take_a_host_name_or_an_ip_address_as_smtp_host(host: str) -> None:
     assert settings_with(MAIL_PROVIDERS="smtp", SMTP_HOST=host).smtp_host == host
+
+
+def test_should_open_breakers_after_five_failures_and_brake_nothing_by_default() -> None:
+    settings = Settings.from_env(BASE_ENV)
+
+    assert settings.provider_breaker_failures == 5
+    assert settings.provider_breaker_cooldown_seconds == 30.0
+    assert settings.max_emails_per_second == {}
+
+
+def test_should_read_each_providers_brake_by_its_own_name() -> None:
+    settings = Settings.from_env(
+        {
+            **BASE_ENV,
+            "SENDGRID_MAX_EMAILS_PER_SECOND": "100",
+            "SMTP_MAX_EMAILS_PER_SECOND": " 5 ",
+            "ACS_MAX_EMAILS_PER_SECOND": "0.5",
+            "PROVIDER_BREAKER_FAILURES": "0",
+            "PROVIDER_BREAKER_COOLDOWN_SECONDS": "2.5",
+        }
+    )
+
+    assert settings.max_emails_per_second == {"sendgrid": 100, "smtp": 5, "acs": 0.5}
+    assert settings.provider_breaker_failures == 0
+    assert settings.provider_breaker_cooldown_seconds == 2.5

@@ -514,3 +514,29 @@ def test_should_add_a_provider_tried_once_in_the_order_first_used() -> None:
 
     assert record.tried("sendgrid") == ("sendgrid", "smtp")
     assert replace(QUEUED).tried("smtp") == ("smtp",)
+
+
+def test_should_keep_the_providers_skipped_and_read_them_back() -> None:
+    table = RecordingTable()
+    record = replace(
+        QUEUED.concluded(MessageState.SENT, 1, LATER),
+        provider="smtp",
+        providers_tried=("smtp",),
+        providers_skipped=("sendgrid",),
+    )
+
+    store(table).put(record)
+
+    [(_, entity, _)] = table.calls
+    assert entity["providers_skipped"] == "sendgrid"
+    read = TableEntity(entity)
+    read._metadata = {"etag": "e", "timestamp": None}
+    assert _from_entity(read).providers_skipped == ("sendgrid",)
+    assert record.to_document()["providers_skipped"] == ["sendgrid"]
+    assert "providers_skipped" not in QUEUED.to_document()
+
+
+def test_should_add_providers_skipped_once_in_the_order_first_skipped() -> None:
+    record = replace(QUEUED, providers_skipped=("sendgrid",))
+
+    assert record.skipped(("smtp", "sendgrid")) == ("sendgrid", "smtp")
