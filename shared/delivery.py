@@ -476,7 +476,13 @@ class Delivery:
         if chosen is None:
             assert self._breakers is not None
             wait = min(self._breakers.reopens_in(p) for p in skipped)
-            delay = math.ceil(wait) + self._rng.randint(1, BREAKER_HOLD_JITTER_SECONDS)
+            delay = max(
+                math.ceil(wait) + self._rng.randint(1, BREAKER_HOLD_JITTER_SECONDS),
+                # Held again and again (the trials keep failing): longer each time, as for any
+                # put-back, so that a long outage costs each waiting message a put every few
+                # minutes rather than every cool-down. The provider back, it waits 5 min at most.
+                postpone_delay_seconds((envelope.postponed or 0) + 1, self._rng),
+            )
             why = "it is the provider this attempt must use" if pinned else "no other can send it"
             raise HeldBack(
                 f"the circuit breaker of {', '.join(skipped)} is open (failing); {why}", delay

@@ -162,6 +162,24 @@ def test_should_never_dead_letter_a_message_held_back_however_often() -> None:
     assert (guarded.deliver(text).result, guarded.sendgrid.envelopes != []) == ("sent", True)
 
 
+def test_should_hold_a_message_longer_each_time_the_breakers_hold_it_again() -> None:
+    guarded = Guarded()
+    guarded.open("sendgrid")
+    guarded.open("smtp")
+    text = envelope(id="b5").to_json()
+    delays = []
+    for _ in range(8):
+        assert guarded.deliver(text).result == "postponed"
+        text, delay = guarded.take_queued()
+        delays.append(delay)
+
+    # First the cool-down's remainder (10 s and the spread); then, as the trials keep failing
+    # (here the clock stands still), 15 s doubling as for any put-back, at most 5 minutes.
+    assert 10 < delays[0] <= 13
+    assert delays == sorted(delays)
+    assert 150 <= delays[-1] <= 300
+
+
 def test_should_keep_a_mail_whose_last_failure_was_ambiguous_waiting_for_its_provider() -> None:
     guarded = Guarded(TIMED_OUT)
     guarded.deliver(envelope(id="b4"))
