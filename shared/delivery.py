@@ -75,9 +75,14 @@ from shared.providers import (
 )
 from shared.queue import MailQueue
 from shared.replay_advice import (
+    ACS_CONFIG,
+    API_KEY,
+    FORBIDDEN,
     NO_PROVIDER,
     NOT_AN_ENVELOPE,
     SENDER_NOT_ALLOWED,
+    SMTP_AUTH,
+    SMTP_CONFIG,
     advice_for,
     classify,
 )
@@ -567,7 +572,22 @@ class Delivery:
         try:
             provider_id = self._senders[provider].send(loaded)
         except PermanentDeliveryError as error:
-            # The provider answered: it is the mail's fault, not the provider's.
+            following = next_provider(
+                candidates, provider, ambiguous=False, failover_on_ambiguous=False
+            )
+            if (
+                _provider_fault(error)
+                and following != provider
+                and envelope.attempt < self._settings.max_delivery_attempts
+            ):
+                # The provider refuses everything (its key, account or configuration), not this
+                # mail: the next provider may send it, and the breaker learns of the failure.
+                self._report(provider, failed=True)
+                return self._schedule_retry(
+                    envelope, status, _as_retryable(error), provider, following
+                )
+            # The provider answered: it is the mail's fault (or, with no other provider to take
+            # it, the operator's to fix before a replay).
             self._report(provider, failed=False)
             return self._dead_letter(envelope, status, error, error.reason, provider)
         except RetryableDeliveryError as error:
@@ -918,6 +938,31 @@ def keep_body(bodies: MessageBodyStore, envelope: QueueEnvelope) -> QueueEnvelop
     if not bodies.copy(envelope.blob, kept):
         return envelope
     return envelope.model_copy(update={"blob": kept})
+
+
+# Refusals of everything a provider is asked to send, whatever the mail: SendGrid's 401 (the key
+# invalid or revoked, the account suspended or out of credits) and 403 other than an unverified
+# sender (the key's permissions, a blocked account), a relay refusing AUTH or offering no
+# STARTTLS, ACS refusing the identity or key. An unverified sender stays the mail's own: its
+# sender needs fixing on that provider, as issue 17 has it.
+PROVIDER_FAULTS = frozenset({API_KEY, FORBIDDEN, SMTP_AUTH, SMTP_CONFIG, ACS_CONFIG})
+
+
+def _provider_fault(error: PermanentDeliveryError) -> bool:
+    """Whether a permanent refusal is the provider's (it would refuse any mail now)."""
+    cause = error.cause or classify(error.status_code, error.provider_errors, retryable=False)
+    return cause in PROVIDER_FAULTS
+
+
+def _as_retryable(error: PermanentDeliveryError) -> RetryableDeliveryError:
+    """A provider's refusal of everything, as a failure the next provider may not have."""
+    return RetryableDeliveryError(
+        error.reason,
+        status_code=error.status_code,
+        provider_error=error.provider_error,
+        provider_errors=error.provider_errors,
+        cause=error.cause or classify(error.status_code, error.provider_errors, retryable=False),
+    )
 
 
 def _no_provider(

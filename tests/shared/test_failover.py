@@ -8,7 +8,7 @@ import pytest
 
 from shared.delivery import Delivery, DeliveryOutcome
 from shared.errors import PermanentDeliveryError, RetryableDeliveryError
-from shared.models import QueueEnvelope
+from shared.models import ProviderError, QueueEnvelope
 from shared.settings import Settings
 from shared.status import MessageState
 from tests.fakes import (
@@ -131,6 +131,84 @@ def test_should_not_fail_over_a_permanent_refusal() -> None:
     assert status.state is MessageState.FAILED
     assert status.providers_tried == ("sendgrid",)
     assert status.provider is None
+
+
+KEY_REVOKED = PermanentDeliveryError("SendGrid refused the key with 401", status_code=401)
+UNVERIFIED = PermanentDeliveryError(
+    "SendGrid refused the message with 403",
+    status_code=403,
+    provider_errors=[
+        ProviderError(
+            message="The from address does not match a verified Sender Identity.", field="from"
+        )
+    ],
+)
+RELAY_AUTH = PermanentDeliveryError("the SMTP relay refused AUTH: 535", cause="smtp_auth")
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        KEY_REVOKED,
+        PermanentDeliveryError("SendGrid forbade the send with 403", status_code=403),
+    ],
+    ids=["401", "403"],
+)
+def test_should_fail_over_a_refusal_of_the_providers_key_or_account(
+    refusal: PermanentDeliveryError,
+) -> None:
+    both = providers(refusal)
+
+    first = both.deliver(envelope(id="m20"))
+    retry = both.next_envelope()
+    second = both.deliver(retry)
+
+    # SendGrid refuses any mail now (a revoked key, a suspended account): the relay may not.
+    assert (first.result, first.next_provider) == ("retry_scheduled", "smtp")
+    assert (retry.attempt, retry.provider) == (2, "smtp")
+    assert (second.result, second.provider) == ("sent", "smtp")
+    status = both.statuses.get("m20")
+    assert status is not None
+    assert status.providers_tried == ("sendgrid", "smtp")
+
+
+def test_should_fail_over_a_relay_refusing_its_credentials() -> None:
+    both = providers(smtp=(RELAY_AUTH,), mail_providers="smtp,sendgrid")
+
+    first = both.deliver(envelope(id="m21"))
+    second = both.deliver(both.next_envelope())
+
+    assert (first.result, first.next_provider) == ("retry_scheduled", "sendgrid")
+    assert (second.result, second.provider) == ("sent", "sendgrid")
+
+
+def test_should_not_fail_over_an_unverified_sender() -> None:
+    both = providers(UNVERIFIED)
+
+    outcome = both.deliver(envelope(id="m22"))
+
+    # The mail's own sender, to be verified on SendGrid: no other provider is asked.
+    assert (outcome.result, outcome.provider) == ("dead_lettered", "sendgrid")
+    assert both.smtp.envelopes == []
+    status = both.statuses.get("m22")
+    assert status is not None
+    assert status.last_error_cause == "sender_identity"
+
+
+@pytest.mark.parametrize(
+    ("mail_providers", "attempt"), [("sendgrid", 1), ("sendgrid,smtp", 8)], ids=["alone", "last"]
+)
+def test_should_dead_letter_a_refused_key_with_no_provider_or_attempt_left(
+    mail_providers: str, attempt: int
+) -> None:
+    both = providers(KEY_REVOKED, mail_providers=mail_providers)
+
+    outcome = both.deliver(envelope(id="m23").model_copy(update={"attempt": attempt}))
+
+    assert outcome.result == "dead_lettered"
+    status = both.statuses.get("m23")
+    assert status is not None
+    assert status.last_error_cause == "api_key"
 
 
 def test_should_retry_an_ambiguous_failure_on_the_same_provider_by_default() -> None:
