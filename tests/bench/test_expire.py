@@ -91,6 +91,7 @@ def test_should_delete_every_old_message_whole_and_keep_newer_and_legacy_rows(
     to_keep = NEWER_MESSAGES * ROWS_PER_MESSAGE + LEGACY_IN_RANGE
     assert (result.deleted, result.deleted_messages, result.skipped) == (rows, 51, LEGACY_IN_RANGE)
     assert (result.left, result.kept, result.to_keep) == (to_keep, to_keep, to_keep)
-    # The watermark read and written, 2 pages of keys, one transaction per message.
-    assert result.calls == 1 + 2 + 51 + 1
+    # The watermark and the replay marks read, the watermark written, 2 pages of keys, one
+    # transaction per message.
+    assert result.calls == 2 + 2 + 51 + 1
     assert all(row.met is not False for row in status_expire_rows(result))
