@@ -21,8 +21,8 @@ In bearer mode (`make run`'s identity mode, served over HTTPS with the local CA'
 it takes Microsoft Entra tokens instead, as ACS does from a managed identity, and refuses the
 access-key signature, as ACS does with local auth disabled: `Authorization: Bearer <jwt>` from
 the SDK's `BearerTokenCredentialPolicy`, checked in what the local identity endpoint
-(devstack/identity_endpoint.py) can satisfy, like Azurite's `--oauth basic`: a well-formed JWT
-(its signature is not checked), `aud` the ACS resource, `iss` under `https://sts.windows.net/`,
+(devstack/identity_endpoint.py) can satisfy, like Azurite's `--oauth basic`: a well-formed,
+signed JWT (whose signature is not verified), `aud` the ACS resource, `iss` under `https://sts.windows.net/`,
 and now within `nbf`..`exp`. Anything else is a 401.
 
 The body is checked against the spec's required fields (400 with the spec's error shape,
@@ -99,8 +99,9 @@ ACS_AUDIENCE = "https://communication.azure.com"
 # Microsoft Entra ID's v1 issuer, `https://sts.windows.net/<tenant>/`, what a managed identity's
 # token carries (Microsoft's "Access tokens in the Microsoft identity platform", payload claims).
 ENTRA_ISSUER_PREFIX = "https://sts.windows.net/"
-# Microsoft.IdentityModel's default clock skew for lifetime checks
-# (TokenValidationParameters.DefaultClockSkew, 300 seconds).
+# The clock skew Microsoft.IdentityModel allows a token's lifetime by default
+# (AzureAD/azure-activedirectory-identitymodel-extensions-for-dotnet,
+# TokenValidationParameters.DefaultClockSkew, 300 seconds).
 TOKEN_CLOCK_SKEW_SECONDS = 300
 # Entra tokens are a few kilobytes; a header past this is refused before it is decoded.
 MAX_TOKEN_CHARS = 16 * 1024
@@ -214,8 +215,12 @@ def token_problem(authorization: str, now: datetime) -> tuple[str | None, dict[s
     try:
         # The signature is Entra ID's to check; the local identity endpoint's key is its own.
         claims = jwt.decode(token.strip(), options={"verify_signature": False})
+        algorithm = jwt.get_unverified_header(token.strip()).get("alg")
     except jwt.InvalidTokenError:
         return "the token is not a well-formed JWT", {}
+    if not isinstance(algorithm, str) or algorithm.lower() in ("", "none"):
+        # Unsigned: Entra ID signs every token it issues, and no Azure service takes one without.
+        return "the token is not signed", {}
     kept = {name: claims[name] for name in _LOGGED_CLAIMS if isinstance(claims.get(name), str)}
     audiences = claims.get("aud")
     listed = audiences if isinstance(audiences, list) else [audiences]

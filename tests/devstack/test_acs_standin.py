@@ -243,8 +243,9 @@ def local_token(endpoint: IdentityEndpoint, resource: str, now: float | None = N
     return str(body["access_token"])
 
 
-def claims_token(**changes: Any) -> str:
-    """A JWT like the local endpoint's, with `changes` to its claims (None drops one)."""
+def claims_token(*, unsigned: bool = False, **changes: Any) -> str:
+    """A JWT like the local endpoint's, with `changes` to its claims (None drops one), or
+    without a signature (`alg: none`)."""
     now = int(time.time())
     claims = {
         "aud": "https://communication.azure.com/",
@@ -255,6 +256,8 @@ def claims_token(**changes: Any) -> str:
         **changes,
     }
     kept = {name: value for name, value in claims.items() if value is not None}
+    if unsigned:
+        return jwt.encode(kept, "", algorithm="none")
     return jwt.encode(kept, "k" * 32, algorithm="HS256")
 
 
@@ -325,6 +328,7 @@ def test_should_refuse_a_token_of_the_local_endpoint_once_it_has_expired(
         (claims_token(nbf=int(time.time()) + 3600), "not valid yet"),
         (claims_token(exp=None), "no nbf or exp"),
         ("x" * 20_000, "longer"),
+        (claims_token(unsigned=True), "signed"),
     ],
 )
 def test_should_refuse_a_token_azure_would_not_take_saying_why(
