@@ -3,7 +3,9 @@ With `acs` in MAIL_PROVIDERS (`MAIL_PROVIDERS=sendgrid,acs make run`) the ACS Em
 too, unless the environment names a real ACS resource.
 
 `LOCAL_STORAGE_AUTH=identity make run` runs the production path instead: Azurite over HTTPS,
-reached with managed-identity tokens from a local identity endpoint (devstack/identity_mode.py).
+reached with managed-identity tokens from a local identity endpoint (devstack/identity_mode.py);
+with acs listed, the ACS Email stand-in over HTTPS too, reached as ACS_EMAIL_ENDPOINT with the
+same identity's tokens and no access key, as in Azure.
 """
 
 from __future__ import annotations
@@ -64,16 +66,19 @@ def main() -> int:
     local_values = local_setting_values(read_local_settings(app_dir))
     env = dict(os.environ)
     host_options: list[str] = []
+    tls: LocalTls | None = None
     with contextlib.ExitStack() as stack:
         try:
             if storage_auth(env) == IDENTITY_AUTH:
                 local_values, env = _identity_mode(stack, local_values, env)
+                # The CA and certificate _identity_mode made (or kept), for the ACS stand-in.
+                tls = LocalTls.in_directory(TLS_DIR)
                 # Only the settings given: local.settings.json's connection string stays out.
                 host_options.append("--environment-only")
             elif _uses_development_storage(merge_settings(local_values, env)):
                 stack.enter_context(_azurite())
             _choose_sendgrid(stack, local_values, env)
-            _choose_acs(stack, local_values, env)
+            _choose_acs(stack, local_values, env, tls)
             settings = Settings.from_env(merge_settings(local_values, env))
             _announce_dev_client(settings)
         except (AzuriteError, MailgateError, OSError, ValueError) as error:
@@ -210,10 +215,14 @@ def _choose_sendgrid(
 
 
 def _choose_acs(
-    stack: contextlib.ExitStack, local_values: dict[str, str], env: dict[str, str]
+    stack: contextlib.ExitStack,
+    local_values: dict[str, str],
+    env: dict[str, str],
+    tls: LocalTls | None = None,
 ) -> None:
     """Start the ACS Email stand-in while MAIL_PROVIDERS lists acs, unless the environment
-    gives ACS_EMAIL_ENDPOINT or ACS_EMAIL_CONNECTION_STRING (then: that resource)."""
+    gives ACS_EMAIL_ENDPOINT or ACS_EMAIL_CONNECTION_STRING (then: that resource). With `tls`
+    (identity mode), over HTTPS with bearer tokens, reached as ACS_EMAIL_ENDPOINT."""
     settings = merge_settings(local_values, env)
     providers = {p.strip().lower() for p in settings.get("MAIL_PROVIDERS", "").split(",")}
     if "acs" not in providers:
@@ -221,15 +230,27 @@ def _choose_acs(
     if os.environ.get("ACS_EMAIL_ENDPOINT") or os.environ.get("ACS_EMAIL_CONNECTION_STRING"):
         print("ACS: the resource of ACS_EMAIL_ENDPOINT or ACS_EMAIL_CONNECTION_STRING")
         return
-    standin = AcsEmailStandIn(outbox=DATA_DIR / "acs-outbox", port=ACS_STANDIN_DEFAULT_PORT)
+    standin = AcsEmailStandIn(
+        outbox=DATA_DIR / "acs-outbox", port=ACS_STANDIN_DEFAULT_PORT, tls=tls
+    )
     standin.start()
     stack.callback(standin.stop)
-    env["ACS_EMAIL_CONNECTION_STRING"] = standin.connection_string
-    env["ACS_EMAIL_ENDPOINT"] = ""
+    if tls is not None:
+        # As infra/ deploys it: the endpoint and the app's managed identity (the storage one,
+        # its tokens from the identity endpoint; SSL_CERT_FILE trusts the local CA), no key.
+        env["ACS_EMAIL_ENDPOINT"] = standin.base_url
+        env["ACS_EMAIL_CONNECTION_STRING"] = ""
+    else:
+        env["ACS_EMAIL_CONNECTION_STRING"] = standin.connection_string
+        env["ACS_EMAIL_ENDPOINT"] = ""
     # The stand-in sends from any domain; by default from those the gateway allows.
     if not settings.get("ACS_EMAIL_SENDERS"):
         env["ACS_EMAIL_SENDERS"] = settings.get("ALLOWED_SENDERS", "")
-    print(f"ACS Email stand-in on {standin.base_url}, mails written to {DATA_DIR / 'acs-outbox'}/")
+    signed_in = " (managed-identity tokens only)" if tls is not None else ""
+    print(
+        f"ACS Email stand-in on {standin.base_url}{signed_in}, mails written to "
+        f"{DATA_DIR / 'acs-outbox'}/"
+    )
 
 
 def _run_host(env: dict[str, str], options: list[str]) -> int:

@@ -15,12 +15,16 @@ through MSAL's `_obtain_token_on_app_service` (msal/managed_identity.py), which 
 `access_token` and `expires_on`; DefaultAzureCredential reaches it through the same credential.
 So serving this endpoint lets the SDK's own credential code run locally, unchanged.
 
-Its tokens are JWTs that Azurite's `--oauth basic` accepts: Azurite decodes them without checking
-the signature and requires `iat`, `nbf` and `exp` with now inside, an issuer starting with
-`https://sts.windows.net/` and an audience such as `https://storage.azure.com` (Azurite
+Its tokens (the `aud` is the resource asked for, whatever it is) are JWTs that Azurite's
+`--oauth basic` accepts: Azurite decodes them without checking the signature and requires `iat`,
+`nbf` and `exp` with now inside, an issuer starting with `https://sts.windows.net/` and an
+audience such as `https://storage.azure.com` (Azurite
 src/queue/authentication/QueueTokenAuthenticator.ts and its Blob and Table twins;
-VALID_ISSUE_PREFIXES in src/common/utils/constants.ts). They are signed (HS256, a key that
-lives only in this process) only so that they are well-formed; nothing checks the signature.
+VALID_ISSUE_PREFIXES in src/common/utils/constants.ts). The ACS Email stand-in in bearer mode
+(devstack/acs_standin/server.py `token_problem`) takes those asked for
+`https://communication.azure.com/`, the resource azure-communication-email's scope names, on the
+same checks. They are signed (HS256, a key that lives only in this process) only so that they
+are well-formed; nothing checks the signature.
 """
 
 from __future__ import annotations

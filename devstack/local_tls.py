@@ -2,7 +2,8 @@
 
 The Azure SDKs send a token credential only over HTTPS, and Azurite accepts bearer tokens only
 over HTTPS (its `--oauth basic` mode), so the identity mode of the local stack serves storage
-with a certificate for 127.0.0.1 and localhost from a CA of its own (made with trustme). The
+with a certificate for 127.0.0.1 and localhost from a CA of its own (made with trustme); the
+ACS Email stand-in serves the same certificate there (devstack/acs_standin). The
 clients trust that CA through `SSL_CERT_FILE`, pointed at a bundle of certifi's CAs plus the
 local one, so that trusting it takes nothing away (real SendGrid still verifies).
 """

@@ -4,8 +4,10 @@ SendGrid stand-in is (same process handling, same control API)."""
 from __future__ import annotations
 
 import re
+import ssl
 
-from devstack.acs_standin.server import DEFAULT_ACCESS_KEY
+from devstack.acs_standin.server import BEARER_AUTH, DEFAULT_ACCESS_KEY
+from devstack.local_tls import LocalTls
 from devstack.sendgrid_standin.process import SendGridStandIn
 
 ACCESS_KEY_ENV = "ACS_STANDIN_ACCESS_KEY"
@@ -17,12 +19,17 @@ class AcsEmailStandIn(SendGridStandIn):
 
     module = "devstack.acs_standin"
     key_variable = ACCESS_KEY_ENV
-    ready_pattern = re.compile(re.escape(READY_LINE_PREFIX) + r"(http://\S+)")
+    ready_pattern = re.compile(re.escape(READY_LINE_PREFIX) + r"(https?://\S+)")
     name = "ACS Email stand-in"
 
-    def __init__(self, *, api_key: str = DEFAULT_ACCESS_KEY, **options: object) -> None:
-        """As SendGridStandIn; `api_key` is the resource's access key (base64)."""
+    def __init__(
+        self, *, api_key: str = DEFAULT_ACCESS_KEY, tls: LocalTls | None = None, **options: object
+    ) -> None:
+        """As SendGridStandIn; `api_key` is the resource's access key (base64). With `tls`,
+        it serves HTTPS with the local CA's certificate and takes bearer tokens instead of the
+        key (the identity mode's ACS: reached as ACS_EMAIL_ENDPOINT with a managed identity)."""
         super().__init__(api_key=api_key, **options)  # type: ignore[arg-type]
+        self.tls = tls
 
     def __enter__(self) -> AcsEmailStandIn:
         self.start()
@@ -31,7 +38,24 @@ class AcsEmailStandIn(SendGridStandIn):
     @property
     def connection_string(self) -> str:
         """ACS_EMAIL_CONNECTION_STRING for this stand-in, as the Azure portal writes one."""
+        if self.tls is not None:
+            raise ValueError("this stand-in takes bearer tokens: use ACS_EMAIL_ENDPOINT")
         return f"endpoint={self.base_url}/;accesskey={self.api_key}"
+
+    def _more_arguments(self) -> list[str]:
+        if self.tls is None:
+            return []
+        # The certificate Azurite serves in identity mode: for 127.0.0.1 and localhost.
+        return [
+            *("--tls-cert", str(self.tls.cert_chain.resolve())),
+            *("--tls-key", str(self.tls.key.resolve())),
+            *("--auth", BEARER_AUTH),
+        ]
+
+    def _verify(self) -> ssl.SSLContext | bool:
+        if self.tls is None:
+            return True
+        return ssl.create_default_context(cafile=str(self.tls.ca))
 
     def set_running_polls(self, polls: int) -> None:
         """How many polls of each operation answer Running before its outcome (1 at first)."""

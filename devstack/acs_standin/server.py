@@ -17,6 +17,14 @@ x-ms-content-sha256&Signature=<base64 HMAC-SHA256 with the decoded key>` over
 `VERB\\npath?query\\n<the signed headers' values, ';'-joined>`. A missing or wrong signature,
 a body that does not match its hash, or a date more than 15 minutes off is a 401.
 
+In bearer mode (`make run`'s identity mode, served over HTTPS with the local CA's certificate)
+it takes Microsoft Entra tokens instead, as ACS does from a managed identity, and refuses the
+access-key signature, as ACS does with local auth disabled: `Authorization: Bearer <jwt>` from
+the SDK's `BearerTokenCredentialPolicy`, checked in what the local identity endpoint
+(devstack/identity_endpoint.py) can satisfy, like Azurite's `--oauth basic`: a well-formed,
+signed JWT (whose signature is not verified), `aud` the ACS resource, `iss` under `https://sts.windows.net/`,
+and now within `nbf`..`exp`. Anything else is a 401.
+
 The body is checked against the spec's required fields (400 with the spec's error shape,
 `{"error": {"code", "message", "target"}}`; the codes are the stand-in's own). A repeated
 Operation-Id is answered with the operation it already names and nothing is sent again (what
@@ -36,14 +44,16 @@ import json
 import logging
 import uuid
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
+import jwt
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -75,6 +85,29 @@ REQUIRED_SIGNED_HEADERS = ("x-ms-date", "host", "x-ms-content-sha256")
 MAX_RECIPIENTS = 50
 MAX_OPERATIONS = 10_000
 
+# How the stand-in authenticates requests: the access key's HMAC signature (plain `make run`)
+# or Microsoft Entra bearer tokens (identity mode, over HTTPS only).
+HMAC_AUTH = "hmac"
+BEARER_AUTH = "bearer"
+# The SDK asks its TokenCredential for "https://communication.azure.com//.default"
+# (azure-communication-email 1.1.0, azure/communication/email/_shared/auth_policy_utils.py
+# get_authentication_policy); azure-identity makes that scope the resource
+# "https://communication.azure.com/" by cutting "/.default" (azure/identity/_internal/__init__.py
+# _scopes_to_resource), and a v1 token's `aud` is the resource asked for. Taken with or without
+# its trailing slash, nothing else (a storage token is refused).
+ACS_AUDIENCE = "https://communication.azure.com"
+# Microsoft Entra ID's v1 issuer, `https://sts.windows.net/<tenant>/`, what a managed identity's
+# token carries (Microsoft's "Access tokens in the Microsoft identity platform", payload claims).
+ENTRA_ISSUER_PREFIX = "https://sts.windows.net/"
+# The clock skew Microsoft.IdentityModel allows a token's lifetime by default
+# (AzureAD/azure-activedirectory-identitymodel-extensions-for-dotnet,
+# TokenValidationParameters.DefaultClockSkew, 300 seconds).
+TOKEN_CLOCK_SKEW_SECONDS = 300
+# Entra tokens are a few kilobytes; a header past this is refused before it is decoded.
+MAX_TOKEN_CHARS = 16 * 1024
+# The claims a request log keeps of a token (never the token): whose it is and for what.
+_LOGGED_CLAIMS = ("aud", "iss", "appid", "oid", "tid")
+
 
 class ScriptedAnswer(BaseModel):
     """One entry of the script, consumed by one send: an error answer (`status`), a send that
@@ -105,6 +138,7 @@ class AcsState:
     """What the stand-in remembers: accepted mails, operations, the script, the request log."""
 
     access_key: str = DEFAULT_ACCESS_KEY
+    auth: str = HMAC_AUTH
     outbox: Path = DEFAULT_OUTBOX
     write_eml: bool = True
     running_polls: int = 1
@@ -168,6 +202,51 @@ def signature_problem(
     if not hmac.compare_digest(given, expected):
         return "the signature does not match"
     return None
+
+
+def token_problem(authorization: str, now: datetime) -> tuple[str | None, dict[str, Any]]:
+    """Why a request's `Authorization: Bearer <jwt>` would not get into ACS (None when it
+    would), and the token's claims the request log keeps."""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return "no Bearer token (this resource takes Microsoft Entra tokens only)", {}
+    if len(token) > MAX_TOKEN_CHARS:
+        return f"the token is longer than {MAX_TOKEN_CHARS} characters", {}
+    try:
+        # The signature is Entra ID's to check; the local identity endpoint's key is its own.
+        claims = jwt.decode(token.strip(), options={"verify_signature": False})
+        algorithm = jwt.get_unverified_header(token.strip()).get("alg")
+    except jwt.InvalidTokenError:
+        return "the token is not a well-formed JWT", {}
+    if not isinstance(algorithm, str) or algorithm.lower() in ("", "none"):
+        # Unsigned: Entra ID signs every token it issues, and no Azure service takes one without.
+        return "the token is not signed", {}
+    kept = {name: claims[name] for name in _LOGGED_CLAIMS if isinstance(claims.get(name), str)}
+    audiences = claims.get("aud")
+    listed = audiences if isinstance(audiences, list) else [audiences]
+    if not any(isinstance(a, str) and a.rstrip("/") == ACS_AUDIENCE for a in listed):
+        return f"the token's audience is not {ACS_AUDIENCE}", kept
+    issuer = claims.get("iss")
+    if not isinstance(issuer, str) or not issuer.startswith(ENTRA_ISSUER_PREFIX):
+        return f"the token's issuer is not under {ENTRA_ISSUER_PREFIX}", kept
+    moment = now.timestamp()
+    not_before, expires = claims.get("nbf"), claims.get("exp")
+    if not _is_time(not_before) or not _is_time(expires):
+        return "the token has no nbf or exp", kept
+    if moment + TOKEN_CLOCK_SKEW_SECONDS < not_before:
+        return "the token is not valid yet", kept
+    if moment - TOKEN_CLOCK_SKEW_SECONDS >= expires:
+        return "the token has expired", kept
+    return None, kept
+
+
+def _is_time(value: Any) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def authorization_scheme(headers: Mapping[str, str]) -> str:
+    """The scheme word of a request's Authorization header (never its credentials), bounded."""
+    return headers.get("authorization", "").partition(" ")[0][:40]
 
 
 def message_problem(document: Any) -> tuple[str, str] | None:
@@ -286,14 +365,22 @@ def create_app(state: AcsState | None = None) -> Starlette:
         query = request.scope.get("query_string", b"")
         path_and_query = path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
         headers = {name.lower(): value for name, value in request.headers.items()}
-        problem = signature_problem(
-            state.access_key,
-            request.method,
-            path_and_query,
-            headers,
-            raw,
-            datetime.now(timezone.utc),
-        )
+        # What came in, for tests to see which credential the SDK used (never the credential).
+        entry["auth"] = authorization_scheme(headers)
+        if state.auth == BEARER_AUTH:
+            problem, claims = token_problem(
+                headers.get("authorization", ""), datetime.now(timezone.utc)
+            )
+            entry["token"] = claims
+        else:
+            problem = signature_problem(
+                state.access_key,
+                request.method,
+                path_and_query,
+                headers,
+                raw,
+                datetime.now(timezone.utc),
+            )
         if problem is not None:
             entry.update(status=401, outcome="unauthorized")
             logger.info("%s %s: 401 (%s)", request.method, request.url.path, problem)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import ssl
 import sys
 import tempfile
 import typing
@@ -111,6 +112,7 @@ class SendGridStandIn:
             "--latency-ms",
             str(self.latency_ms),
             *([] if self.write_eml else ["--no-eml"]),
+            *self._more_arguments(),
         ]
         self._process = ManagedProcess(
             command, log_path=self._workdir / _LOG_NAME, env=env, cleanup_dir=self._workdir
@@ -122,7 +124,7 @@ class SendGridStandIn:
         except StartupFailed as failure:
             self.stop()
             raise StandInError(f"{self.name} {failure.reason}. Output:\n{failure.output}") from None
-        self._client = httpx.Client(base_url=self.base_url, timeout=10.0)
+        self._client = httpx.Client(base_url=self.base_url, timeout=10.0, verify=self._verify())
         self._client.get("/_standin/health").raise_for_status()
         return self
 
@@ -197,6 +199,14 @@ class SendGridStandIn:
     def reset(self) -> None:
         """Forget mails, script and request log, and set the latency back to 0."""
         self.client.post("/_standin/reset").raise_for_status()
+
+    def _more_arguments(self) -> list[str]:
+        """Command-line arguments a stand-in of the same shape adds (none here)."""
+        return []
+
+    def _verify(self) -> ssl.SSLContext | bool:
+        """How the control API client verifies TLS (the default trust; this one is http)."""
+        return True
 
     def _ready_url(self, output: str) -> str | None:
         """Find the base URL in the stand-in's ready line; None until it is printed."""

@@ -470,9 +470,9 @@ def _tracking_protocol(transports: dict[tuple[str, int], asyncio.Transport]) -> 
     return _TrackingH11Protocol
 
 
-def _format_url(host: str, port: int) -> str:
+def _format_url(host: str, port: int, scheme: str = "http") -> str:
     """Build the base URL, bracketing IPv6 hosts."""
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 async def serve(
@@ -482,9 +482,11 @@ async def serve(
     state: StandInState | None = None,
     on_ready: Callable[[str], None] | None = None,
     app: ASGIApp | None = None,
+    tls: tuple[str, str] | None = None,
 ) -> None:
     """Run the stand-in (or another loopback `app`, devstack/acs_standin's) until
-    SIGINT/SIGTERM; call on_ready with the base URL once listening."""
+    SIGINT/SIGTERM; call on_ready with the base URL once listening. With `tls` (a certificate
+    chain file and its key file), over HTTPS."""
     state = state or StandInState()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -500,6 +502,8 @@ async def serve(
         lifespan="off",
         backlog=2048,
         timeout_graceful_shutdown=2,
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -508,7 +512,7 @@ async def serve(
             await task
             return
         await asyncio.sleep(0.01)
-    url = _format_url(host, actual_port)
+    url = _format_url(host, actual_port, "https" if tls else "http")
     if on_ready is not None:
         on_ready(url)
     await task

@@ -4,6 +4,7 @@ what its identity mode (`LOCAL_STORAGE_AUTH=identity`) gives the host and the op
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import stat
@@ -17,9 +18,11 @@ import devstack.__main__ as devstack_main
 from devstack.__main__ import _uses_development_storage
 from devstack.azurite import Azurite
 from devstack.local_tls import LocalTls
+from shared.acs_client import email_client_from_settings
 from shared.clients import ClientStore
 from shared.settings import Settings
 
+OPERATION_ID = "0190c0de-899f-7cce-acb5-3ec493af3801"
 AZURE = "DefaultEndpointsProtocol=https;AccountName=stexample;EndpointSuffix=core.windows.net"
 
 
@@ -125,3 +128,48 @@ def test_should_refuse_an_unknown_storage_auth_naming_the_setting(
     finally:
         signal.signal(signal.SIGTERM, sigterm)
     assert "LOCAL_STORAGE_AUTH must be 'key' or 'identity'" in capsys.readouterr().err
+
+
+def test_should_run_identity_mode_with_acs_reached_by_the_managed_identity_over_https(
+    in_a_fresh_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("SENDGRID_API_KEY", "ACS_EMAIL_ENDPOINT", "ACS_EMAIL_CONNECTION_STRING"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LOCAL_STORAGE_AUTH", "identity")
+    monkeypatch.setenv("MAIL_PROVIDERS", "acs")
+    monkeypatch.setenv("ALLOWED_SENDERS", "@example.com")
+    monkeypatch.setattr(devstack_main, "read_local_settings", lambda _: {})
+    monkeypatch.setattr(devstack_main, "STANDIN_DEFAULT_PORT", 0)
+    monkeypatch.setattr(devstack_main, "ACS_STANDIN_DEFAULT_PORT", 0)
+    seen: dict[str, str] = {}
+
+    def the_app_sends_one_mail(env: dict[str, str], options: list[str]) -> int:
+        # What the host's acs provider does with these settings, while the stack runs; its
+        # process has this one's identity variables and CA bundle (identity mode sets them).
+        seen.update(env)
+        client = email_client_from_settings(Settings.from_env(env))
+        client.begin_send(
+            {
+                "senderAddress": "app@example.com",
+                "content": {"subject": "Hi", "plainText": "text"},
+                "recipients": {"to": [{"address": "ann@example.net"}]},
+            },
+            operation_id=OPERATION_ID,
+            polling=False,
+        ).result()
+        return 0
+
+    monkeypatch.setattr(devstack_main, "_run_host", the_app_sends_one_mail)
+    sigterm = signal.getsignal(signal.SIGTERM)  # main() makes SIGTERM stop the stack
+    try:
+        assert devstack_main.main() == 0
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+
+    assert seen["ACS_EMAIL_ENDPOINT"].startswith("https://127.0.0.1:")
+    assert seen["ACS_EMAIL_CONNECTION_STRING"] == ""
+    assert seen["SSL_CERT_FILE"] == str(in_a_fresh_folder / ".devstack" / "tls" / "ca-bundle.pem")
+    sent = json.loads(
+        (in_a_fresh_folder / ".devstack" / "acs-outbox" / f"{OPERATION_ID}.json").read_text()
+    )
+    assert sent["payload"]["content"]["subject"] == "Hi"

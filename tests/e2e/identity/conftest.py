@@ -3,6 +3,10 @@ Azurite over HTTPS taking only what its `--oauth basic` checks, the local identi
 the local host with the settings infra/ deploys (service URIs, `__credential=managedidentity`,
 `__clientId`; no connection string, no key).
 
+With acs among the providers, the ACS Email stand-in as identity mode runs it too (HTTPS with the
+local CA's certificate, taking only managed-identity tokens; `identity_acs`), started only for
+the tests that ask for it.
+
 Started once for this package. While it runs, this test process has the app's environment too
 (IDENTITY_ENDPOINT, IDENTITY_HEADER, SSL_CERT_FILE): the tests' own storage calls, like an
 operator's, go through the identity, so that Azurite's debug log, which records every request's
@@ -23,6 +27,7 @@ from azure.identity import ManagedIdentityCredential
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueServiceClient
 
+from devstack.acs_standin import AcsEmailStandIn
 from devstack.azurite import Azurite
 from devstack.identity_endpoint import LOCAL_IDENTITY_CLIENT_ID, IdentityEndpoint
 from devstack.identity_mode import (
@@ -147,6 +152,26 @@ def identity_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Identit
         operator_env_file = folder / "identity.env"
         write_environment_file(operator_env_file, operator_environment(azurite, endpoint, tls))
         yield IdentityStack(azurite, endpoint, tls, debug_log, operator_env_file)
+
+
+def acs_identity_settings(acs: AcsEmailStandIn) -> dict[str, str]:
+    """The acs provider's settings as identity mode gives them (devstack/__main__.py
+    _choose_acs): the endpoint alone, so the app signs in with its managed identity."""
+    return {
+        "ACS_EMAIL_ENDPOINT": acs.base_url,
+        "ACS_EMAIL_SENDERS": "@example.com",
+    }
+
+
+@pytest.fixture(scope="package")
+def identity_acs(
+    identity_stack: IdentityStack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AcsEmailStandIn]:
+    """The ACS Email stand-in over HTTPS with the stack's certificate, taking bearer tokens."""
+    with AcsEmailStandIn(
+        outbox=tmp_path_factory.mktemp("identity-acs-outbox"), tls=identity_stack.tls
+    ) as running:
+        yield running
 
 
 @pytest.fixture(scope="package")
