@@ -39,18 +39,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
     ResourceExistsError,
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.data.tables import TableClient, UpdateMode
+from azure.data.tables import TableClient
 
 from shared.breaker import PARTITION_PREFIX
 from shared.errors import StorageUnavailable
-from shared.status import NO_ECHO
+from shared.status import write_unless_changed
 
 logger = logging.getLogger(__name__)
 
@@ -209,17 +208,7 @@ class SendRateBrake:
             "window": float(row.window),
             "count": row.count,
         }
-        if row.etag is None:
-            metadata = self._table.create_entity(entity, **NO_ECHO)
-        else:
-            metadata = self._table.update_entity(
-                entity,
-                mode=UpdateMode.REPLACE,
-                etag=row.etag,
-                match_condition=MatchConditions.IfNotModified,
-            )
-        etag = metadata.get("etag")
-        return etag if isinstance(etag, str) else None
+        return write_unless_changed(self._table, entity, row.etag)
 
     def _lock_for(self, provider: str) -> threading.Lock:
         with self._locks_lock:

@@ -47,16 +47,15 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
-from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
     ResourceExistsError,
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.data.tables import TableClient, UpdateMode
+from azure.data.tables import TableClient
 
-from shared.status import NO_ECHO
+from shared.status import write_unless_changed
 
 logger = logging.getLogger(__name__)
 
@@ -370,18 +369,7 @@ class ProviderBreakers:
         return _from_entity(entity)
 
     def _write(self, provider: str, row: Breaker) -> str | None:
-        entity = _to_entity(provider, row)
-        if row.etag is None:
-            metadata = self._table.create_entity(entity, **NO_ECHO)
-        else:
-            metadata = self._table.update_entity(
-                entity,
-                mode=UpdateMode.REPLACE,
-                etag=row.etag,
-                match_condition=MatchConditions.IfNotModified,
-            )
-        etag = metadata.get("etag")
-        return etag if isinstance(etag, str) else None
+        return write_unless_changed(self._table, _to_entity(provider, row), row.etag)
 
     def _lock_for(self, provider: str) -> threading.Lock:
         with self._locks_lock:

@@ -203,6 +203,24 @@ class MessageStatus:
         return advice_for(cause)
 
 
+def write_unless_changed(
+    table: TableClient, entity: dict[str, Any], etag: str | None
+) -> str | None:
+    """Insert `entity` if `etag` is None, else replace it only while it still has `etag`; its
+    new ETag. ResourceExistsError or ResourceModifiedError when another writer came first."""
+    if etag is None:
+        metadata = table.create_entity(entity, **NO_ECHO)
+    else:
+        metadata = table.update_entity(
+            entity,
+            mode=UpdateMode.REPLACE,
+            etag=etag,
+            match_condition=MatchConditions.IfNotModified,
+        )
+    written = metadata.get("etag")
+    return written if isinstance(written, str) else None
+
+
 # The retention's own rows in the status table (shared/status_retention.py): where expiry got
 # to, and a row per replayed message, whose record is kept for STATUS_RETENTION_DAYS from its
 # replay rather than from its acceptance.
