@@ -16,7 +16,7 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -65,6 +65,13 @@ def main() -> int:
     app_dir = Path.cwd()
     local_values = local_setting_values(read_local_settings(app_dir))
     env = dict(os.environ)
+    if missing := missing_local_settings(app_dir, local_values, env):
+        print(
+            f"mailgate: local.settings.json lacks {', '.join(missing)}, which "
+            "local.settings.example.json has (the copy is older than they are): copy them "
+            "over, or delete local.settings.json and `make run` copies the example again.",
+            file=sys.stderr,
+        )
     host_options: list[str] = []
     tls: LocalTls | None = None
     with contextlib.ExitStack() as stack:
@@ -85,6 +92,19 @@ def main() -> int:
             print(f"mailgate: cannot start: {error}", file=sys.stderr)
             return 2
         return _run_host(env, host_options)
+
+
+def missing_local_settings(
+    app_dir: Path, local_values: Mapping[str, str], env: Mapping[str, str]
+) -> list[str]:
+    """The settings local.settings.example.json has that neither local.settings.json nor the
+    environment gives: a local.settings.json copied before they existed (`make run` copies the
+    example only when there is none), with which some functions fail to start, such as the
+    retention timer without RETENTION_SCHEDULE."""
+    if not (app_dir / "local.settings.json").is_file():
+        return []
+    example = local_setting_values(read_local_settings(app_dir, "local.settings.example.json"))
+    return sorted(name for name in example if name not in local_values and name not in env)
 
 
 def _identity_mode(

@@ -80,9 +80,10 @@ LOG_FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
 NOISY_LOGGERS = ("azure", "httpx", "uvicorn")
 
 
-def read_local_settings(app_dir: Path) -> dict[str, Any]:
-    """The parsed `local.settings.json`, or {} when the app has none."""
-    path = app_dir / "local.settings.json"
+def read_local_settings(app_dir: Path, name: str = "local.settings.json") -> dict[str, Any]:
+    """The parsed `local.settings.json` (or another file of its shape), or {} when the app has
+    none."""
+    path = app_dir / name
     if not path.is_file():
         return {}
     try:

@@ -48,6 +48,30 @@ def test_should_start_azurite_when_the_host_storage_or_the_data_uses_it(
     assert _uses_development_storage(settings) is starts
 
 
+def test_should_name_the_settings_an_old_local_settings_copy_lacks(tmp_path: Path) -> None:
+    example = {"Values": {"AzureWebJobsStorage": "x", "RETENTION_SCHEDULE": "0 0 * * * *"}}
+    (tmp_path / "local.settings.example.json").write_text(json.dumps(example))
+    old_copy = {"Values": {"AzureWebJobsStorage": "x"}}
+    (tmp_path / "local.settings.json").write_text(json.dumps(old_copy))
+
+    # The retention timer would not start without it: `make run` says so, and how to fix it.
+    assert devstack_main.missing_local_settings(tmp_path, old_copy["Values"], {}) == [
+        "RETENTION_SCHEDULE"
+    ]
+    # Given by the environment instead, or no local.settings.json at all: nothing to say.
+    given = {"RETENTION_SCHEDULE": "0 0 * * * *"}
+    assert devstack_main.missing_local_settings(tmp_path, old_copy["Values"], given) == []
+    (tmp_path / "local.settings.json").unlink()
+    assert devstack_main.missing_local_settings(tmp_path, {}, {}) == []
+
+
+def test_should_ship_a_local_settings_example_that_lacks_nothing_of_its_own() -> None:
+    # make run's copy of the example: the check above finds nothing in a fresh checkout.
+    root = Path(devstack_main.__file__).resolve().parent.parent
+    example = json.loads((root / "local.settings.example.json").read_text())["Values"]
+    assert devstack_main.missing_local_settings(root, example, {}) == []
+
+
 @pytest.fixture
 def in_a_fresh_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """`make run` in an empty folder (its .devstack there), Azurite on free ports, and this
@@ -120,7 +144,7 @@ def test_should_refuse_an_unknown_storage_auth_naming_the_setting(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("LOCAL_STORAGE_AUTH", "sas")
-    monkeypatch.setattr(devstack_main, "read_local_settings", lambda _: {})
+    monkeypatch.setattr(devstack_main, "read_local_settings", lambda *_: {})
     sigterm = signal.getsignal(signal.SIGTERM)  # main() makes SIGTERM stop the stack
 
     try:
@@ -138,7 +162,7 @@ def test_should_run_identity_mode_with_acs_reached_by_the_managed_identity_over_
     monkeypatch.setenv("LOCAL_STORAGE_AUTH", "identity")
     monkeypatch.setenv("MAIL_PROVIDERS", "acs")
     monkeypatch.setenv("ALLOWED_SENDERS", "@example.com")
-    monkeypatch.setattr(devstack_main, "read_local_settings", lambda _: {})
+    monkeypatch.setattr(devstack_main, "read_local_settings", lambda *_: {})
     monkeypatch.setattr(devstack_main, "STANDIN_DEFAULT_PORT", 0)
     monkeypatch.setattr(devstack_main, "ACS_STANDIN_DEFAULT_PORT", 0)
     seen: dict[str, str] = {}
