@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import socket
 import ssl
 import threading
@@ -21,6 +22,7 @@ from azure.core.exceptions import (
     IncompleteReadError,
     ResourceNotFoundError,
     ServiceRequestError,
+    ServiceResponseError,
     ServiceResponseTimeoutError,
 )
 from azure.core.rest import HttpRequest
@@ -52,6 +54,7 @@ class Answer:
     close_silently: bool = False  # drop the connection after answering, without saying so
     delay: float = 0.0
     declared_length: int | None = None  # a Content-Length other than the body's
+    raw: bytes | None = None  # written as it is instead of an answer
 
 
 @dataclass
@@ -91,6 +94,10 @@ def serve(tls: ssl.SSLContext | None = None) -> Iterator[Server]:
             )
             answer = script.answers.pop(0) if script.answers else Answer()
             time.sleep(answer.delay)
+            if answer.raw is not None:
+                self.wfile.write(answer.raw)
+                self.close_connection = answer.close_silently
+                return
             self.send_response(answer.status)
             for name, value in answer.headers.items():
                 self.send_header(name, value)
@@ -101,7 +108,7 @@ def serve(tls: ssl.SSLContext | None = None) -> Iterator[Server]:
             if answer.close_silently or answer.declared_length is not None:
                 self.close_connection = True
 
-        do_GET = do_POST = do_PUT = do_DELETE = _answer
+        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _answer
 
         def log_message(self, *args: object) -> None:
             pass
@@ -395,3 +402,149 @@ def test_should_answer_a_storage_bearer_challenge_with_a_token_for_its_tenant(
     assert second["body"] == first["body"]  # the same request, sent again with the new token
     assert second["headers"]["Authorization"] == "Bearer token-2"
     assert credential.calls[1][1].get("tenant_id") == "tenant-2"
+
+
+# The answers the service may give that the tests above do not: the transport parses them with
+# httptools, not http.client, so each shape of HTTP/1.1 it must read is here.
+
+
+def test_should_read_a_chunked_answer_and_keep_the_connection(
+    server: Server, transport: StorageTransport
+) -> None:
+    server.script.answers = [
+        Answer(
+            raw=b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-ms-version: 1\r\n\r\n"
+            b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        )
+    ]
+
+    response = transport.send(get(server.url + "/chunked"))
+    after = transport.send(get(server.url + "/next"))
+
+    assert response.content == b"hello world"
+    assert response.headers["X-MS-VERSION"] == "1"
+    assert after.status_code == 200
+    assert server.script.connections == 1
+
+
+def test_should_read_a_body_that_ends_with_the_connection(
+    server: Server, transport: StorageTransport
+) -> None:
+    server.script.answers = [
+        Answer(raw=b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nto the end", close_silently=True)
+    ]
+
+    response = transport.send(get(server.url + "/until-close"))
+    after = transport.send(get(server.url + "/next"))
+
+    assert response.content == b"to the end"
+    assert after.status_code == 200
+    assert server.script.connections == 2  # the closed one was not pooled
+
+
+def test_should_read_no_body_after_an_answer_to_head_and_reuse_the_connection(
+    server: Server, transport: StorageTransport
+) -> None:
+    server.script.answers = [Answer(raw=b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")]
+
+    # The length is the resource's; no body follows an answer to HEAD.
+    response = transport.send(HttpRequest("HEAD", server.url + "/blob"))
+    after = transport.send(get(server.url + "/next"))
+
+    assert response.status_code == 200
+    assert response.headers["Content-Length"] == "5"
+    assert response.content == b""
+    assert after.status_code == 200
+    assert server.script.connections == 1
+
+
+def test_should_skip_an_interim_answer_and_give_the_final_one(
+    server: Server, transport: StorageTransport
+) -> None:
+    server.script.answers = [
+        Answer(
+            raw=b"HTTP/1.1 100 Continue\r\n\r\n"
+            b'HTTP/1.1 201 Created\r\nETag: "e1"\r\nContent-Length: 2\r\n\r\nok'
+        )
+    ]
+
+    response = transport.send(HttpRequest("PUT", server.url + "/entity", content=b"{}"))
+
+    assert (response.status_code, response.reason) == (201, "Created")
+    assert response.headers["etag"] == '"e1"'
+    assert response.content == b"ok"
+
+
+def test_should_join_a_repeated_header_as_one_field(
+    server: Server, transport: StorageTransport
+) -> None:
+    server.script.answers = [
+        Answer(raw=b"HTTP/1.1 200 OK\r\nVary: a\r\nvary: b\r\nContent-Length: 0\r\n\r\n")
+    ]
+
+    assert transport.send(get(server.url + "/vary")).headers["Vary"] == "a, b"
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        (b"SMTP ready\r\n\r\n", "not HTTP"),
+        (b"HTTP/1.1 200 OK\r\n" + b"x-filler: " + b"a" * 300_000 + b"\r\n\r\n", "longer than"),
+        (b"HTTP/1.1 200 OK\r\nx-filler: " + b"a" * 300_000, "longer than"),
+        (b"HTTP/1.1 200 OK\r\nContent-Le", "before the answer's headers"),
+    ],
+    ids=["not-http", "head-too-long", "head-without-end", "cut-in-the-head"],
+)
+def test_should_refuse_an_answer_it_cannot_read_and_drop_the_connection(
+    server: Server, transport: StorageTransport, raw: bytes, error: str
+) -> None:
+    server.script.answers = [Answer(raw=raw, close_silently=True)]
+
+    with pytest.raises(ServiceResponseError, match=error) as raised:
+        transport.send(get(server.url + "/odd"))
+
+    assert "GET /odd" in str(raised.value)  # names the request
+    assert transport.send(get(server.url + "/next")).status_code == 200
+    assert server.script.connections == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("x-ms-meta-a", "1\r\nAuthorization: forged"), ("x-ms-meta-a", "1\nb"), ("bad name", "1")],
+)
+def test_should_refuse_a_header_that_would_end_its_line_early_and_send_nothing(
+    server: Server, transport: StorageTransport, name: str, value: str
+) -> None:
+    request = get(server.url + "/blob")
+    request.headers[name] = value
+
+    with pytest.raises(ValueError, match=r"cannot be written as HTTP/1\.1"):
+        transport.send(request)
+
+    assert server.script.requests == []
+
+
+def test_should_send_the_host_length_and_identity_encoding_as_http_client_does(
+    server: Server, transport: StorageTransport
+) -> None:
+    transport.send(HttpRequest("PUT", server.url + "/a", content=b"12345"))
+    transport.send(HttpRequest("POST", server.url + "/b"))
+    transport.send(HttpRequest("DELETE", server.url + "/c"))
+
+    put, post, delete = (r["headers"] for r in server.script.requests)
+    assert put["Host"] == server.url.removeprefix("http://")
+    assert (put["Content-Length"], put["Accept-Encoding"]) == ("5", "identity")
+    assert post["Content-Length"] == "0"  # a method that expects a body says it has none
+    assert "Content-Length" not in delete
+    assert server.script.requests[0]["body"] == b"12345"
+
+
+def test_should_send_a_stream_through_the_fallback_whole(
+    server: Server, transport: StorageTransport
+) -> None:
+    body = bytes(range(256)) * 512
+
+    response = transport.send(HttpRequest("PUT", server.url + "/blob", content=io.BytesIO(body)))
+
+    assert response.status_code == 200
+    assert server.script.requests[0]["body"] == body
