@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 from datetime import datetime, timedelta
@@ -138,6 +139,18 @@ def _email(value: Any, info: ValidationInfo) -> str:
         raise PydanticCustomError("string_type", "Input should be a valid string")
     if (info.context or {}).get("written_by_gateway"):
         return value
+    return normal_address(value)
+
+
+# An app's sender, reply-to and copies repeat on every request: each check costs 20-30 us of
+# email-validator. Only valid addresses are kept (an error is raised again each time), at most
+# ADDRESSES_KEPT of them, each within the request's own bounds.
+ADDRESSES_KEPT = 1024
+
+
+@functools.lru_cache(maxsize=ADDRESSES_KEPT)
+def normal_address(value: str) -> str:
+    """An address in the normal form accepted mail carries; pydantic's EmailStr errors."""
     normalized = validate_email(value)[1]
     # email-validator's normal form has an internationalised domain in Unicode; SendGrid takes
     # it only in its ASCII form (punycode, the same domain), and refused the Unicode one at

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from shared.errors import FieldProblem
 from shared.models import (
+    ADDRESSES_KEPT,
     WRITTEN_BY_GATEWAY,
     Address,
     Attachment,
@@ -17,6 +18,7 @@ from shared.models import (
     QueueEnvelope,
     StoredBody,
     field_problems,
+    normal_address,
 )
 from tests.samples import (
     ACCEPTED,
@@ -424,3 +426,24 @@ def test_should_normalise_addresses_as_emailstr_does() -> None:
     request = MailRequest.model_validate(message(to=["Ann <Ann.Lee@EXAMPLE.com>"]))
 
     assert request.to[0].email == "Ann.Lee@example.com"
+
+
+def test_should_check_a_repeated_address_once_and_an_invalid_one_every_time() -> None:
+    normal_address.cache_clear()
+    for _ in range(3):
+        request = MailRequest.model_validate(message(to=["Ann <Ann.Lee@EXAMPLE.com>"]))
+        assert request.to[0].email == "Ann.Lee@example.com"
+        with pytest.raises(ValidationError, match="value is not a valid email address"):
+            MailRequest.model_validate(message(to=["Ann <Ann.Lee@>"]))
+
+    checked = normal_address.cache_info()
+    # Checked: the address and the sender once each, the invalid address all 3 times; the
+    # other 7 lookups were answered from the 2 kept.
+    assert (checked.misses, checked.hits, checked.currsize) == (5, 7, 2)
+
+
+def test_should_keep_a_bounded_number_of_checked_addresses() -> None:
+    for n in range(ADDRESSES_KEPT + 500):
+        MailRequest.model_validate(message(to=[f"user{n}@example.com"]))
+
+    assert normal_address.cache_info().currsize == ADDRESSES_KEPT
