@@ -255,7 +255,7 @@ def _request_head(
         or (names and not _TOKENS.fullmatch(",".join(names)))
         or _ILLEGAL_VALUE.search("".join(values))
     ):
-        raise ValueError(f"a request that cannot be written as HTTP/1.1: {method} {target!r}")
+        raise ValueError(_unwritable(method, target, names, values))
     lines = [f"{method} {target} HTTP/1.1", *map("{}: {}".format, names, values)]
     present = {name.lower() for name in names}
     if "host" not in present:
@@ -271,9 +271,32 @@ def _request_head(
     return "\r\n".join(lines).encode("latin-1")
 
 
+def _unwritable(method: str, target: str, names: list[str], values: list[str]) -> str:
+    """What of a request could not be written: the method, the URL or a header, by name (a
+    header's value is never repeated: it may be a credential)."""
+    if not _TOKEN.fullmatch(method):
+        what = f"the method {method!r}"
+    elif _ILLEGAL_TARGET.search(target):
+        what = "the URL"
+    else:
+        bad = next(
+            name
+            for name, value in zip(names, values, strict=True)
+            if not _TOKEN.fullmatch(name) or _ILLEGAL_VALUE.search(value)
+        )
+        what = f"the header {bad!r}"
+    path = target.partition("?")[0]
+    return (
+        f"{what} of a request to {path!r} cannot be written as HTTP/1.1: it holds a line break, "
+        "a control character or, in a name, a separator"
+    )
+
+
 def _where(head: bytes) -> str:
-    """The request line without its version, for error messages: `PUT /account/queue/...`."""
-    return head[: head.find(b" HTTP/1.1")].decode("latin-1")
+    """A request's method and path for error messages, `PUT /account/mail/messages`: never its
+    query, which may hold a SAS."""
+    line = head[: head.find(b" HTTP/1.1")].decode("latin-1")
+    return line.partition("?")[0]
 
 
 class _Stale(ServiceResponseError):

@@ -510,7 +510,11 @@ def test_should_refuse_an_answer_it_cannot_read_and_drop_the_connection(
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("x-ms-meta-a", "1\r\nAuthorization: forged"), ("x-ms-meta-a", "1\nb"), ("bad name", "1")],
+    [
+        ("x-ms-meta-a", "1\r\nAuthorization: forged"),
+        ("x-ms-meta-a", "1\nb"),
+        ("bad name", "secret-value"),
+    ],
 )
 def test_should_refuse_a_header_that_would_end_its_line_early_and_send_nothing(
     server: Server, transport: StorageTransport, name: str, value: str
@@ -518,10 +522,24 @@ def test_should_refuse_a_header_that_would_end_its_line_early_and_send_nothing(
     request = get(server.url + "/blob")
     request.headers[name] = value
 
-    with pytest.raises(ValueError, match=r"cannot be written as HTTP/1\.1"):
+    with pytest.raises(ValueError, match=r"cannot be written as HTTP/1\.1") as raised:
         transport.send(request)
 
+    assert f"the header {name!r}" in str(raised.value)
+    assert value not in str(raised.value)  # a value may be a credential
     assert server.script.requests == []
+
+
+def test_should_leave_the_query_out_of_its_errors(transport: StorageTransport) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free, and nothing listens on it once closed
+
+    with pytest.raises(ServiceRequestError) as raised:
+        transport.send(get(f"http://127.0.0.1:{port}/account/mail/messages?sig=secret&sv=1"))
+
+    assert "GET /account/mail/messages" in str(raised.value)
+    assert "secret" not in str(raised.value)  # a SAS's signature
 
 
 def test_should_send_the_host_length_and_identity_encoding_as_http_client_does(
