@@ -499,10 +499,10 @@ class _Answer:
                     f"{_where(self._head)}: an answer's head longer than {MAX_HEAD_BYTES} bytes"
                 )
         if self._head_only and not self.complete:
-            # No body follows an answer to HEAD, whatever its Content-Length says.
+            # No body follows an answer to HEAD, whatever its Content-Length says (on_body
+            # keeps nothing for one), as http.client reads it.
             self.complete = True
-            self.reusable = self._parser.should_keep_alive() and not self.pieces
-            self.pieces.clear()
+            self.reusable = self._parser.should_keep_alive()
 
     def read_more(self) -> bool:
         """Read one more block of the body; False once the answer is complete."""
