@@ -144,7 +144,8 @@ def _email(value: Any, info: ValidationInfo) -> str:
 
 # An app's sender, reply-to and copies repeat on every request: each check costs 20-30 us of
 # email-validator. Only valid addresses are kept (an error is raised again each time), at most
-# ADDRESSES_KEPT of them, each within the request's own bounds.
+# ADDRESSES_KEPT of them: each valid, so 254 characters once normalised, and pydantic reads at
+# most 2,048 of an input.
 ADDRESSES_KEPT = 1024
 
 
