@@ -1,7 +1,8 @@
 """Delivery path: drain queued messages through the real app, against the ceiling C ÷ L.
 
-The messages are put on the queue before the host starts, each with the status record
-submission writes, through the gateway's own `MailQueue` and `StatusStore`. The stand-in answers
+The messages are put on the queue before the host starts, as submission queues them (with no
+status record: each first attempt inserts one), through the gateway's own `MailQueue`, and the
+status table is made ready through its `StatusStore`. The stand-in answers
 every send after L ms; C, the invocations in flight that host.json permits (batchSize +
 newBatchThreshold), is read with the local host's own parser. Progress is the stand-in's outbox
 (one `.json` per accepted mail), read every 100 ms together with the host's RSS.
@@ -36,7 +37,7 @@ from devstack.sendgrid_standin import SendGridStandIn
 from shared.queue import MailQueue
 from shared.sendgrid_client import MAIL_SEND_PATH, build_payload
 from shared.settings import Settings
-from shared.status import MessageStatus, StatusStore
+from shared.status import StatusStore
 
 FILL_THREADS = 16
 SAMPLE_SECONDS = 0.1
@@ -108,7 +109,8 @@ class DrainResult:
 
 
 def fill_gateway_queue(settings: dict[str, str], count: int) -> None:
-    """Queue `count` typical envelopes with their `queued` status records, as submission does."""
+    """Queue `count` typical envelopes, as submission does (no status record: delivery's first
+    attempt inserts it)."""
     gateway_settings = Settings.from_env(settings)
     queue = MailQueue.from_settings(gateway_settings)
     statuses = StatusStore.from_settings(gateway_settings)
@@ -116,12 +118,7 @@ def fill_gateway_queue(settings: dict[str, str], count: int) -> None:
     statuses.ensure_exists()
 
     def put(number: int) -> None:
-        envelope = typical_envelope(number)
-        # The record first, and its ETag in the envelope, as the accept writes them.
-        queued = statuses.create(
-            MessageStatus.queued(envelope.id, envelope.accepted_at, envelope.client)
-        )
-        queue.enqueue(envelope.model_copy(update={"status_etag": queued.etag if queued else None}))
+        queue.enqueue(typical_envelope(number))
 
     with ThreadPoolExecutor(FILL_THREADS) as pool:
         list(pool.map(put, range(count)))

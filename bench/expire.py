@@ -17,7 +17,6 @@ per deleted blob and the bench process's CPU. The kept and root blobs are counte
 from __future__ import annotations
 
 import os
-import secrets
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import uuid6
 from azure.data.tables import TableClient, TableServiceClient
 from azure.storage.blob import ContainerClient
 
@@ -33,6 +31,7 @@ from bench.load import process_cpu_seconds
 from devstack.azurite import Azurite
 from shared.activity import MAX_TRANSACTION_OPERATIONS, PARTITION_PREFIX, partition_of
 from shared.blobs import KEPT_PREFIX, LIVE_PREFIX, MessageBodyStore
+from shared.message_ids import new_message_id
 from shared.queue import storage_transport
 from shared.retention import MAX_BODIES_PER_RUN, MAX_ROWS_PER_RUN, expire_activity, expire_bodies
 from shared.status_retention import V7_SINCE, WATERMARK_PARTITION, expire_statuses, id_prefix
@@ -348,8 +347,7 @@ def _message_rows(accepted_at: datetime, rows: int) -> list[dict[str, Any]]:
 
 
 def _v7_id(at: datetime) -> str:
-    milliseconds = (at - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(milliseconds=1)
-    return str(uuid6.UUID(int=(milliseconds << 80) | secrets.randbits(76), version=7))
+    return new_message_id(at, "bench")
 
 
 def _legacy_id(at: datetime) -> str:

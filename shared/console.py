@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any
 from shared.activity import ActivityEvent, ActivityLog, minute_of
 from shared.delivery_events import DeliveryEventStore
 from shared.errors import MessageNotFound
+from shared.message_ids import waiting_since
 from shared.queue import MailQueue
 from shared.status import MessageState, MessageStatus, StatusStore, known_message_id
 
@@ -55,12 +56,18 @@ class Console:
         activity: ActivityLog,
         events: DeliveryEventStore,
         now: Callable[[], datetime],
+        *,
+        client_names: Callable[[], Iterable[str]],
+        status_retention: timedelta,
     ) -> None:
         self._queue = queue
         self._statuses = statuses
         self._activity = activity
         self._events = events
         self._now = now
+        # Whose a message waiting on the queue is, read only for an id with no record.
+        self._client_names = client_names
+        self._status_retention = status_retention
 
     def summary(self) -> dict[str, Any]:
         """Queue depths, outcomes per minute over the last hour, and the latest messages."""
@@ -92,7 +99,7 @@ class Console:
         any) and the latest delivery outcomes the record keeps; MessageNotFound, without a storage
         call for an id the gateway never gives."""
         message_id = known_message_id(message_id)
-        status = self._statuses.get(message_id)
+        status = self._statuses.get(message_id) or self._waiting(message_id)
         if status is None:
             raise MessageNotFound(f"no message has the id {message_id!r}")
         document = message_document(status)
@@ -100,6 +107,16 @@ class Console:
         if delivery is not None:
             document.update(delivery.to_document())
         return {"status": document, "activity": [o.to_document() for o in status.outcomes]}
+
+    def _waiting(self, message_id: str) -> MessageStatus | None:
+        """The `queued` status of a message still on the queue, whichever client's its id says
+        it is (shared/message_ids.py); None if it is no client's."""
+        now = self._now()
+        for client in self._client_names():
+            at = waiting_since(message_id, client, now, self._status_retention)
+            if at is not None:
+                return MessageStatus.queued(message_id, at, client)
+        return None
 
     def _latest(self, events: list[ActivityEvent]) -> list[dict[str, Any]]:
         # The messages with the newest outcomes, each read once for its current state (a

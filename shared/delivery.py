@@ -410,12 +410,13 @@ class Delivery:
     def _deliver(self, envelope: QueueEnvelope) -> DeliveryOutcome:
         loaded = None
         choice: ProviderChoice | None = None
-        if envelope.status_etag is not None and envelope.attempt == 1:
+        if envelope.attempt == 1:
             # Read before the claim, so that a storage failure here leaves nothing to wait out.
             loaded = self._load_body(envelope)
             # Chosen before the claim, so that a message held back leaves its record as it was.
             choice = self._choose(envelope, loaded, pinned=False)
-            # The record as the accept wrote it, unread: the claim fails if it changed since.
+            # The record as the accept left it, unread (none; an accept before the accept stopped
+            # writing one wrote `queued`): the claim fails if anyone wrote it since.
             claimed = self._claim_unless_raised(choice, lambda: self._claim_as_accepted(envelope))
             if claimed is not None:
                 return self._send(envelope, claimed, loaded, choice)
@@ -536,8 +537,10 @@ class Delivery:
             self._breakers.unused_trial(choice.provider)
 
     def _claim_as_accepted(self, envelope: QueueEnvelope) -> MessageStatus | None:
-        """Claim the `queued` record the accept wrote, by its ETag; None if it changed since
-        (a replay, a copy delivered twice, anyone's write): then it must be read."""
+        """Claim a message as its accept left it: insert its first record, or, for a message
+        whose accept wrote a `queued` record (before the accept stopped writing one), replace
+        that record by its ETag. None if anyone wrote it since (a replay, a copy delivered
+        twice, an attempt cut short after its claim): then it must be read."""
         accepted = replace(_first_status(envelope), etag=envelope.status_etag)
         try:
             with telemetry.span("mailgate.status.write", id=envelope.id, state="sending"):

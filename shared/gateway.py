@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import uuid6
 from opentelemetry.trace import SpanKind
 
 from shared import telemetry
@@ -35,6 +34,7 @@ from shared.delivery_events import (
 )
 from shared.errors import Busy, ConfigurationError, MessageNotFound, StorageUnavailable
 from shared.idempotency import IdempotencyStore
+from shared.message_ids import new_message_id, waiting_since
 from shared.providers import senders_from_settings
 from shared.queue import MailQueue, QueueReport
 from shared.retention import (
@@ -63,18 +63,6 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def new_message_id() -> str:
-    """A fresh gateway message id: a lowercase UUIDv7 (RFC 9562).
-
-    Its first 48 bits are the time in milliseconds, so that the status records of messages
-    accepted before a cutoff are one range of partition keys (shared/retention.py). It stays
-    unguessable: uuid6 fills the other 74 bits from `secrets`, a CSPRNG (fewer than a uuid4's
-    122, still some 10^22 candidates for each millisecond, and a status is shown only to the
-    client that sent the message). The standard library has uuid7 from Python 3.14 on only.
-    """
-    return str(uuid6.uuid7())
-
-
 class Gateway:
     """Accepts messages onto the queue, delivers them from it, and reports on them."""
 
@@ -89,7 +77,7 @@ class Gateway:
         *,
         senders: dict[str, MailSender] | None = None,
         now: Callable[[], datetime] = utc_now,
-        new_id: Callable[[], str] = new_message_id,
+        new_id: Callable[[datetime, str], str] = new_message_id,
         rng: random.Random | None = None,
         keys: IdempotencyStore | None = None,
         activity: ActivityLog | None = None,
@@ -124,7 +112,15 @@ class Gateway:
             clients=clients,
             allowed_senders=settings.allowed_senders,
         )
-        self.console = Console(queue, statuses, self.activity, self.events, now)
+        self.console = Console(
+            queue,
+            statuses,
+            self.activity,
+            self.events,
+            now,
+            client_names=lambda: [c.name for c in clients.all()],
+            status_retention=timedelta(days=settings.status_retention_days),
+        )
         # Accepting and delivering take turns for the memory large messages need.
         self.large_messages = LargeMessageSlots(settings.large_messages_at_once)
         self._delivery = Delivery(
@@ -141,9 +137,7 @@ class Gateway:
             breakers=breakers,
             brake=brake,
         )
-        self._submission = Submission(
-            settings, queue, bodies, statuses, self.keys, now, new_id, rate=clients
-        )
+        self._submission = Submission(settings, queue, bodies, self.keys, now, new_id, rate=clients)
         self._now = now
         self._storage_ready = False
         self._lock = threading.Lock()
@@ -274,10 +268,21 @@ class Gateway:
         without a storage call for an id the gateway never gives."""
         message_id = known_message_id(message_id)
         status = self.statuses.get(message_id)
+        if status is None:
+            # Still on the queue (no attempt has written its record), if its id says so.
+            status = self._waiting(message_id, client.name)
         # Another client's message reads as no message at all: ids are not secrets to probe.
         if status is None or status.client != client.name:
             raise MessageNotFound(f"no message has the id {message_id!r}")
         return status
+
+    def _waiting(self, message_id: str, client: str) -> MessageStatus | None:
+        """The `queued` status of a message the gateway accepted for `client` and no delivery
+        attempt has claimed yet (its id says when; shared/message_ids.py); None for any other
+        id."""
+        retention = timedelta(days=self.settings.status_retention_days)
+        at = waiting_since(message_id, client, self._now(), retention)
+        return None if at is None else MessageStatus.queued(message_id, at, client)
 
     def measure_queues(self) -> QueueReport:
         """How full the mail and poison queues are now; a missing queue counts as empty."""

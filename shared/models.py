@@ -429,8 +429,9 @@ class QueueEnvelope(BaseModel):
     # The W3C trace context of the accept (traceparent, tracestate): every delivery attempt
     # continues that trace. Absent when telemetry is off.
     trace: dict[str, str] | None = None
-    # The ETag of the `queued` status record the accept wrote: the first attempt claims that
-    # record without reading it first, and reads it only if it changed since.
+    # The ETag of the `queued` status record an accept wrote until accepts stopped writing one
+    # (shared/message_ids.py): the first attempt of a message queued then claims that record
+    # without reading it first, and reads it only if it changed since. Read, never written.
     status_etag: str | None = Field(default=None, max_length=256)
     # How many times this message was put back on the queue for later without an attempt
     # (storage failing, settings wrong): each wait doubles, up to a few minutes.

@@ -263,31 +263,6 @@ class StatusStore:
             raise StorageUnavailable(f"status of {message_id}: {type(error).__name__}") from error
         return _from_entity(entity)
 
-    def create(self, status: MessageStatus) -> MessageStatus | None:
-        """Insert a new record and return it with its etag; None if one already exists
-        (someone else wrote first)."""
-        try:
-            metadata = self._table.create_entity(_to_entity(status), **NO_ECHO)
-        except ResourceExistsError:
-            return None
-        except AzureError as error:
-            raise StorageUnavailable(f"status of {status.id}: {type(error).__name__}") from error
-        return replace(status, etag=metadata.get("etag"))
-
-    def remove(self, status: MessageStatus) -> None:
-        """Delete a record, only if nobody changed it since `status` was written or read."""
-        try:
-            self._table.delete_entity(
-                status.id,
-                STATUS_ROW,
-                etag=status.etag,
-                match_condition=MatchConditions.IfNotModified,
-            )
-        except (ResourceNotFoundError, ResourceModifiedError):
-            pass
-        except AzureError as error:
-            raise StorageUnavailable(f"status of {status.id}: {type(error).__name__}") from error
-
     def claim(self, status: MessageStatus) -> MessageStatus:
         """Write a record only if nobody changed it since it was read (insert if new)."""
         try:

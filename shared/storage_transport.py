@@ -1,8 +1,9 @@
 """The HTTP transport under every storage client: kept-alive connections shared by the process.
 
-Why it exists: each message costs two to four storage calls, and azure-core's default
-transport, `RequestsTransport`, was the largest part of a call's CPU (`requests` merges
-settings and looks up proxies and netrc in the environment on every call, then wraps urllib3).
+Why it exists: each message costs about four storage calls (one to accept, three to deliver),
+and azure-core's default transport, `RequestsTransport`, was the largest part of a call's CPU
+(`requests` merges settings and looks up proxies and netrc in the environment on every call,
+then wraps urllib3).
 CPU per call of the SDK's clients against Azurite, one call at a time (docs/performance.md
 "Storage through the Azure SDKs"): the SDK's pipeline alone, with no network, 0.25-0.37 ms; on
 `RequestsTransport` 1.05-1.4 ms in all; on this transport 0.45-0.7 ms. The answer is parsed by

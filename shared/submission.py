@@ -36,6 +36,7 @@ from shared.errors import (
     json_pointer,
 )
 from shared.idempotency import IdempotencyStore, check_key
+from shared.message_ids import accept_time
 from shared.models import MAIL_REQUEST_LIMITS, MailRequest, QueueEnvelope, field_problems
 from shared.policy import (
     check_allowed,
@@ -51,7 +52,6 @@ from shared.queue import MailQueue
 from shared.sendgrid_v3.request import parse_mail_send
 from shared.sendgrid_v3.schema import MailSend
 from shared.settings import Settings, sender_allowed
-from shared.status import MessageStatus, StatusStore
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +90,10 @@ class Submission:
     settings: Settings
     queue: MailQueue
     bodies: MessageBodyStore
-    statuses: StatusStore
     keys: IdempotencyStore
     now: Callable[[], datetime]
-    new_id: Callable[[], str]
+    # The id of a message accepted at a time for a client (shared/message_ids.py).
+    new_id: Callable[[datetime, str], str]
     rate: RateMeter
 
     def message(
@@ -108,7 +108,7 @@ class Submission:
         problem = MAIL_REQUEST_LIMITS.first_problem(body)
         if problem is not None:
             raise InvalidMessage("the message has 1 invalid field(s)", (problem,))
-        accepted_at = self.now()
+        accepted_at = accept_time(self.now())
         try:
             request = MailRequest.model_validate_json(body, context={"now": accepted_at})
         except ValidationError as error:
@@ -126,7 +126,10 @@ class Submission:
         emails = v1_emails(request)
         check_within_rate(emails, client.rate_per_minute, client.name, "#/to")
         envelope = QueueEnvelope(
-            id=self.new_id(), accepted_at=accepted_at, client=client.name, message=request
+            id=self.new_id(accepted_at, client.name),
+            accepted_at=accepted_at,
+            client=client.name,
+            message=request,
         )
         return self._queue_durably(envelope, body, client, idempotency_key, emails)
 
@@ -143,7 +146,7 @@ class Submission:
         id.
         """
         _check_body(body, content_type, self.settings)
-        accepted_at = self.now()
+        accepted_at = accept_time(self.now())
         document, mail = parse_mail_send(body, accepted_at)
         check_v3_recipient_limit(mail)
         _check_senders(_sendgrid_senders(mail), client, self.settings)
@@ -152,7 +155,10 @@ class Submission:
         emails = v3_emails(mail)
         check_within_rate(emails, client.rate_per_minute, client.name, "#/personalizations")
         envelope = QueueEnvelope(
-            id=self.new_id(), accepted_at=accepted_at, client=client.name, sendgrid=document
+            id=self.new_id(accepted_at, client.name),
+            accepted_at=accepted_at,
+            client=client.name,
+            sendgrid=document,
         )
         return self._queue_durably(envelope, body, client, idempotency_key, emails)
 
@@ -171,9 +177,10 @@ class Submission:
         message that could not be queued gives its emails back.
 
         The answer comes only after the enqueue (and, for a message too large for one queue
-        message, the write of its body's blob) succeeded. The `queued` status record is written
-        just before the enqueue, and its ETag travels in the envelope, so that delivery's first
-        attempt can claim the record without reading it; a failed enqueue takes the record back.
+        message, the write of its body's blob) succeeded. That is the accept's one storage call:
+        no status record is written until delivery's first attempt claims the message by
+        inserting one, and meanwhile the status route reads `queued` from the id itself
+        (shared/message_ids.py).
         """
         claim = None
         if idempotency_key is not None:
@@ -191,23 +198,14 @@ class Submission:
                     self.keys.release(claim.record)
             raise
         trace.get_current_span().set_attribute("mailgate.id", envelope.id)
-        with telemetry.span("mailgate.status.write", id=envelope.id, state="queued"):
-            queued = _record_queued(envelope, self.statuses)
         # Delivery continues this trace (the accept's span) from the context the envelope carries.
-        envelope = envelope.model_copy(
-            update={
-                "trace": telemetry.current_trace_context(),
-                "status_etag": queued.etag if queued is not None else None,
-            }
-        )
+        envelope = envelope.model_copy(update={"trace": telemetry.current_trace_context()})
         domains = envelope.recipient_domains()
         try:
             with telemetry.span("mailgate.enqueue", id=envelope.id, attempt=1):
                 envelope = _enqueue(envelope, self.queue, self.bodies)
         except StorageUnavailable:
             self.rate.give_back(client, emails)
-            if queued is not None:
-                _forget_queued(queued, self.statuses)
             if claim is not None:
                 with contextlib.suppress(StorageUnavailable):
                     self.keys.release(claim.record)
@@ -277,38 +275,6 @@ def _enqueue(envelope: QueueEnvelope, queue: MailQueue, bodies: MessageBodyStore
             )
         raise
     return small
-
-
-def _record_queued(envelope: QueueEnvelope, statuses: StatusStore) -> MessageStatus | None:
-    """Write the `queued` record; None if one exists already or it could not be written."""
-    status = MessageStatus.queued(envelope.id, envelope.accepted_at, envelope.client)
-    try:
-        # Insert only: a record there already (an Idempotency-Key retry of a message whose
-        # enqueue failed and whose record could not be taken back) is left as it is.
-        return statuses.create(status)
-    except StorageUnavailable as error:
-        # The message can still be queued; delivery writes the record when it picks it up.
-        logger.warning(
-            "Message %s: its status could not be recorded before queueing it: %s",
-            envelope.id,
-            error,
-            extra={"mailgate_id": envelope.id},
-        )
-        return None
-
-
-def _forget_queued(queued: MessageStatus, statuses: StatusStore) -> None:
-    """Take back the `queued` record of a message that was not queued after all."""
-    try:
-        statuses.remove(queued)
-    except StorageUnavailable as error:
-        # A record for an id nobody was given (the request got 503); it never changes.
-        logger.warning(
-            "Message %s not queued; its queued status record stays: %s",
-            queued.id,
-            error,
-            extra={"mailgate_id": queued.id},
-        )
 
 
 def _check_senders(senders: list[tuple[str, str]], client: Client, settings: Settings) -> None:

@@ -455,20 +455,6 @@ class FakeStatusStore(_OutageControls, StatusStore):
             self.after_get(message_id)
         return record
 
-    def create(self, status: MessageStatus) -> MessageStatus | None:
-        self._outage.check("create")
-        if status.id in self.records:
-            return None
-        self.journal.append(f"status.create {status.state.value}")
-        return self.add(status)
-
-    def remove(self, status: MessageStatus) -> None:
-        self._outage.check("remove")
-        stored = self.records.get(status.id)
-        if stored is not None and stored.etag == status.etag:
-            self.journal.append(f"status.remove {stored.state.value}")
-            del self.records[status.id]
-
     def claim(self, status: MessageStatus) -> MessageStatus:
         self._outage.check("claim")
         stored = self.records.get(status.id)

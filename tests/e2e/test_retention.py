@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,7 +16,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-import uuid6
 from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableClient
 
@@ -25,6 +23,7 @@ from devstack.azurite import Azurite
 from devstack.sendgrid_standin import SendGridStandIn
 from shared.activity import partition_of
 from shared.idempotency import period_partition
+from shared.message_ids import new_message_id
 from shared.status_retention import id_prefix
 from tests.e2e.conftest import (
     MAX_DELIVERY_ATTEMPTS,
@@ -101,8 +100,7 @@ def message_runs(host: RunningHost) -> list[tuple[int, int, int, int]]:
 
 def v7_id(at: datetime) -> str:
     """A UUIDv7 message id of the time `at`, as the gateway makes them."""
-    milliseconds = (at - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(milliseconds=1)
-    return str(uuid6.UUID(int=(milliseconds << 80) | secrets.randbits(76), version=7))
+    return new_message_id(at, "app")
 
 
 def test_should_delete_activity_rows_past_retention_and_keep_newer_ones(

@@ -12,6 +12,7 @@ import shared.gateway
 from shared.clients import ClientStore
 from shared.delivery_events import DeliveryEventStore
 from shared.gateway import Gateway
+from shared.message_ids import new_message_id
 from shared.settings import Settings
 from tests.event_webhook_samples import WebhookSigner
 from tests.fakes import (
@@ -28,7 +29,8 @@ from tests.fakes import (
 )
 from tests.samples import ALL_FEATURES, BASE_ENV, CLIENT, NOW
 
-MESSAGE_ID = "5d0c6a52-7c9e-4a57-9a4e-1f1f6d3b2c10"
+# The id the gateway gives the message client "app" sends at NOW (made once per test run).
+MESSAGE_ID = new_message_id(NOW, "app")
 # The keys of the two clients every function test has (made deterministic for readability).
 APP_KEY = "mg_app_" + "a" * 43
 OTHER_KEY = "mg_other_" + "o" * 43
@@ -87,7 +89,7 @@ def gateway(
         fake_sender,
         clients,
         now=lambda: NOW,
-        new_id=lambda: MESSAGE_ID,
+        new_id=lambda _at, _client: MESSAGE_ID,
         rng=JitterAt(1.0),
         keys=fake_keys,
         activity=fake_activity,

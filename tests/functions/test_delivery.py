@@ -105,16 +105,20 @@ def test_should_raise_for_the_host_to_retry_when_the_queue_cannot_take_the_messa
 
 
 @pytest.mark.usefixtures("gateway")
-@pytest.mark.parametrize("operation", ["ensure_exists", "get", "claim"])
+# A first attempt claims without reading (it inserts the record); a retry reads first.
+@pytest.mark.parametrize(
+    ("operation", "attempt"), [("ensure_exists", 1), ("claim", 1), ("get", 2), ("claim", 2)]
+)
 def test_should_put_back_without_sending_when_the_status_store_is_unavailable(
     operation: str,
+    attempt: int,
     fake_statuses: FakeStatusStore,
     fake_queue: FakeMailQueue,
     fake_sender: FakeMailSender,
 ) -> None:
     fake_statuses.make_unavailable([operation])
 
-    deliver_message(queue_message(envelope(id="msg-17").to_json().encode()))
+    deliver_message(queue_message(envelope(id="msg-17", attempt=attempt).to_json().encode()))
 
     assert fake_sender.payloads == []
     assert [json.loads(m.text)["id"] for m in fake_queue.messages] == ["msg-17"]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import timedelta
 from typing import Any
 
 import azure.functions as func
@@ -12,6 +13,7 @@ from functions.messages import get_message_status, submit_message
 from shared.blobs import LargeMessageSlots
 from shared.clients import ClientStore
 from shared.gateway import Gateway
+from shared.message_ids import new_message_id
 from shared.status import MessageState, MessageStatus
 from tests.fakes import (
     FakeIdempotencyStore,
@@ -67,10 +69,14 @@ def test_should_answer_202_with_the_id_once_the_message_is_queued(
 
 
 @pytest.mark.usefixtures("gateway")
-def test_should_record_the_accepted_message_as_queued(fake_statuses: FakeStatusStore) -> None:
+def test_should_answer_queued_from_the_id_until_delivery_writes_the_record(
+    fake_statuses: FakeStatusStore,
+) -> None:
     post(body(message()))
 
-    assert fake_statuses.records[MESSAGE_ID].state is MessageState.QUEUED
+    # The accept made one storage call, the enqueue: no record yet, and the id says it all.
+    assert fake_statuses.records == {}
+    assert json.loads(get_status(MESSAGE_ID).get_body())["status"] == "queued"
 
 
 @pytest.mark.usefixtures("gateway")
@@ -417,6 +423,21 @@ def test_should_answer_404_problem_for_an_unknown_message(message_id: str) -> No
     document = problem_of(response)
     assert document["title"] == "Not Found"
     assert "no message has the id" in document["detail"]
+
+
+@pytest.mark.usefixtures("gateway")
+@pytest.mark.parametrize(
+    "message_id",
+    [
+        new_message_id(NOW - timedelta(days=30, milliseconds=1), "app"),  # record expired
+        new_message_id(NOW - timedelta(seconds=1), "other"),  # another client's
+    ],
+    ids=["older than STATUS_RETENTION_DAYS", "another client's"],
+)
+def test_should_answer_404_for_an_id_with_no_record_that_cannot_be_waiting(
+    message_id: str,
+) -> None:
+    assert get_status(message_id).status_code == 404
 
 
 @pytest.mark.usefixtures("gateway")

@@ -328,7 +328,6 @@ def gateway(storage_settings: Settings, clock: list[datetime]) -> Gateway:
         FakeMailSender(),
         ClientStore.from_settings(storage_settings),
         now=lambda: clock[0],
-        new_id=lambda: v7_id(clock[0]),
     )
 
 
@@ -344,10 +343,16 @@ def test_should_find_a_message_accepted_just_after_the_cutoff_and_not_one_just_b
     gateway: Gateway, client: Client, clock: list[datetime]
 ) -> None:
     retention = timedelta(days=gateway.settings.status_retention_days)
-    clock[0] = NOW - retention - timedelta(milliseconds=1)
-    gone = gateway.accept(body(message()), "application/json", client).id
-    clock[0] = NOW - retention
-    kept = gateway.accept(body(message()), "application/json", client).id
+
+    def accepted_and_claimed(at: datetime) -> str:
+        clock[0] = at
+        message_id = gateway.accept(body(message()), "application/json", client).id
+        # Its record, as the first delivery attempt inserts it.
+        gateway.statuses.claim(MessageStatus.queued(message_id, at, client.name))
+        return message_id
+
+    gone = accepted_and_claimed(NOW - retention - timedelta(milliseconds=1))
+    kept = accepted_and_claimed(NOW - retention)
     clock[0] = NOW
 
     result = gateway.expire_statuses()

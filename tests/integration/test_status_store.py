@@ -22,11 +22,11 @@ def queued(id: str = "msg-i1") -> MessageStatus:
     )
 
 
-def test_should_create_a_record_once(statuses: StatusStore) -> None:
-    created = statuses.create(queued())
-    assert created is not None
+def test_should_insert_a_record_once(statuses: StatusStore) -> None:
+    created = statuses.claim(queued())
     assert created.etag
-    assert statuses.create(queued().moved(MessageState.SENT, LATER)) is None
+    with pytest.raises(ConcurrentUpdate):
+        statuses.claim(queued().moved(MessageState.SENT, LATER))
 
     stored = statuses.get("msg-i1")
 
@@ -37,7 +37,7 @@ def test_should_create_a_record_once(statuses: StatusStore) -> None:
 
 
 def test_should_read_an_unknown_id_as_none(statuses: StatusStore) -> None:
-    statuses.create(queued())
+    statuses.claim(queued())
 
     assert statuses.get("msg-unknown") is None
 
@@ -155,7 +155,7 @@ def test_should_round_trip_every_state(state: MessageState, statuses: StatusStor
 
 
 def test_should_claim_a_record_read_with_a_current_etag(statuses: StatusStore) -> None:
-    statuses.create(queued())
+    statuses.claim(queued())
     read = statuses.get("msg-i1")
     assert read is not None
 
@@ -168,7 +168,7 @@ def test_should_claim_a_record_read_with_a_current_etag(statuses: StatusStore) -
 
 
 def test_should_refuse_a_claim_with_a_stale_etag(statuses: StatusStore) -> None:
-    statuses.create(queued())
+    statuses.claim(queued())
     read = statuses.get("msg-i1")
     assert read is not None
     statuses.claim(read.moved(MessageState.SENDING, LATER, attempts=1))
@@ -184,7 +184,7 @@ def test_should_refuse_a_claim_with_a_stale_etag(statuses: StatusStore) -> None:
 def test_should_refuse_a_claim_without_an_etag_when_a_record_exists(
     statuses: StatusStore,
 ) -> None:
-    statuses.create(queued())
+    statuses.claim(queued())
 
     with pytest.raises(ConcurrentUpdate):
         statuses.claim(queued().moved(MessageState.SENDING, LATER))
@@ -203,7 +203,7 @@ def test_should_insert_a_claim_without_an_etag_when_there_is_no_record(
 def test_should_let_exactly_one_of_many_workers_claim_the_same_read(
     statuses: StatusStore,
 ) -> None:
-    statuses.create(queued())
+    statuses.claim(queued())
     read = statuses.get("msg-i1")
     assert read is not None
     start = threading.Barrier(10)
@@ -243,8 +243,8 @@ def test_should_put_a_record_whatever_its_etag_replacing_every_field(
 def test_should_keep_each_message_in_its_own_row(
     statuses: StatusStore, status_table: TableClient
 ) -> None:
-    statuses.create(queued("msg-i4"))
-    statuses.create(queued("msg-i5"))
+    statuses.claim(queued("msg-i4"))
+    statuses.claim(queued("msg-i5"))
 
     rows = sorted((e["PartitionKey"], e["RowKey"]) for e in status_table.list_entities())
 
@@ -270,20 +270,3 @@ def test_should_report_storage_unavailable_when_nothing_listens() -> None:
 
     with pytest.raises(StorageUnavailable, match="msg-i1"):
         StatusStore(table).get("msg-i1")
-
-
-def test_should_remove_a_record_only_while_it_is_as_written(statuses: StatusStore) -> None:
-    first = statuses.create(queued("msg-r1"))
-    second = statuses.create(queued("msg-r2"))
-    assert first is not None
-    assert second is not None
-    statuses.put(second.moved(MessageState.SENDING, LATER))
-
-    statuses.remove(first)
-    statuses.remove(second)  # changed since: stays
-    statuses.remove(first)  # gone already: nothing to do
-
-    assert statuses.get("msg-r1") is None
-    stored = statuses.get("msg-r2")
-    assert stored is not None
-    assert stored.state is MessageState.SENDING

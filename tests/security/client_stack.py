@@ -94,7 +94,7 @@ def install(monkeypatch: pytest.MonkeyPatch) -> ClientStack:
         FakeMailSender(journal=journal),
         clients,
         now=lambda: datetime.fromtimestamp(clock.now, timezone.utc),
-        new_id=lambda: f"msg-{next(ids):04d}",
+        new_id=lambda _at, _client: f"msg-{next(ids):04d}",
         keys=keys,
         activity=FakeActivityLog(),
         events=DeliveryEventStore(cast(TableClient, FakeTableClient("mailstatus"))),

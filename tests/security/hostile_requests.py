@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import pytest
@@ -56,7 +56,7 @@ class InMemoryGateway:
         self.statuses = FakeStatusStore(self.journal)
         self._ids = 0
 
-    def _new_id(self) -> str:
+    def _new_id(self, _at: datetime, _client: str) -> str:
         self._ids += 1
         return f"msg-{self._ids:04d}"
 
@@ -66,7 +66,6 @@ class InMemoryGateway:
             settings=self.settings,
             queue=self.queue,
             bodies=self.bodies,
-            statuses=self.statuses,
             keys=FakeIdempotencyStore(),
             now=lambda: NOW,
             new_id=self._new_id,

@@ -208,7 +208,8 @@ def test_should_log_ids_probed_on_the_status_route(
     clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING):
-        for probe in ("a#b", MESSAGE_ID):
+        # Not an id, and an id no message has (the gateway gave no client this uuid4).
+        for probe in ("a#b", "0b6e8c1e-2f6a-4d3c-9a51-7f2d1e0c9b84"):
             response = call(
                 get_message_status,
                 "v1/messages/x",

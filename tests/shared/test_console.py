@@ -18,6 +18,7 @@ from shared.activity import ActivityEvent
 from shared.console import Console, console_page
 from shared.delivery_events import DeliveryEventStore, TimelineEntry
 from shared.errors import MessageNotFound, StorageUnavailable
+from shared.message_ids import accept_time, new_message_id
 from shared.status import MessageState, MessageStatus
 from tests.fakes import FakeActivityLog, FakeMailQueue, FakeStatusStore, FakeTableClient
 from tests.samples import NOW, envelope
@@ -28,6 +29,8 @@ AT = NOW + timedelta(seconds=30)
 ID_1 = "9a7c2d4e-1b3f-4e5a-8c6d-0f1e2d3c4b5a"
 ID_2 = "3e5f7a9b-2c4d-4f6e-9a8b-1c2d3e4f5a6b"
 SENT, RETRYING, FAILED = MessageState.SENT, MessageState.RETRYING, MessageState.FAILED
+CLIENTS = ("billing", "shop")
+RETENTION = timedelta(days=30)
 
 
 def status(message_id: str, state: MessageState, client: str | None = "billing") -> MessageStatus:
@@ -53,7 +56,15 @@ def console(
     fake_activity: FakeActivityLog,
     events: DeliveryEventStore,
 ) -> Console:
-    return Console(fake_queue, fake_statuses, fake_activity, events, lambda: AT)
+    return Console(
+        fake_queue,
+        fake_statuses,
+        fake_activity,
+        events,
+        lambda: AT,
+        client_names=lambda: CLIENTS,
+        status_retention=RETENTION,
+    )
 
 
 def event(
@@ -218,6 +229,35 @@ def test_should_refuse_a_message_that_does_not_exist_with_not_found(
         console.message(message_id)
     # An id the gateway never gives is not looked up at all.
     assert len(reads) == reads_expected
+
+
+def test_should_show_a_message_waiting_on_the_queue_as_queued_for_the_client_its_id_names(
+    console: Console,
+) -> None:
+    # No attempt has written its record yet: the id says when, and for whom.
+    accepted = accept_time(AT - timedelta(seconds=2))
+
+    document = console.message(new_message_id(accepted, "shop"))
+
+    assert document["status"]["status"] == "queued"
+    assert document["status"]["client"] == "shop"
+    assert document["status"]["accepted_at"] == accepted.isoformat()
+    assert document["activity"] == []
+
+
+@pytest.mark.parametrize(
+    "message_id",
+    [
+        new_message_id(AT - timedelta(seconds=2), "a client since deleted"),
+        new_message_id(AT - RETENTION - timedelta(minutes=1), "shop"),
+    ],
+    ids=["no client's", "older than the retention"],
+)
+def test_should_not_find_a_message_without_a_record_its_id_gives_no_client_now(
+    message_id: str, console: Console
+) -> None:
+    with pytest.raises(MessageNotFound):
+        console.message(message_id)
 
 
 def test_should_let_storage_unavailable_through(

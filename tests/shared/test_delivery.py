@@ -872,18 +872,20 @@ def test_should_not_mark_a_message_failed_when_its_dead_letter_cannot_be_written
     assert fake_statuses.records["msg-24"].state is MessageState.SENDING
 
 
-def test_should_create_the_status_on_claim_when_submit_could_not_write_it(
+def test_should_claim_a_first_attempt_by_inserting_its_record_without_reading(
     settings: Settings,
     fake_queue: FakeMailQueue,
     fake_statuses: FakeStatusStore,
     journal: Journal,
 ) -> None:
+    # The accept writes no record (shared/message_ids.py): the first attempt's insert is the claim.
     queued = envelope(id="msg-25", accepted_at=NOW - timedelta(minutes=1))
+    fake_statuses.make_unavailable(["get"])  # a read would fail the delivery
 
     outcome = deliver(queued, FakeMailSender(), fake_queue, settings, fake_statuses)
 
     assert outcome.result == "sent"
-    assert journal[0] == "status.claim sending"
+    assert journal == ["status.claim sending", "status.put sent"]
     sent = fake_statuses.records["msg-25"]
     assert (sent.state, sent.accepted_at, sent.attempts) == (
         MessageState.SENT,
@@ -1037,8 +1039,9 @@ def test_should_not_send_when_another_worker_claims_the_message_first(
 def test_should_not_send_when_another_worker_creates_the_missing_status_first(
     settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
 ) -> None:
-    queued = envelope(id="msg-37")
-    rival = status_of(queued, MessageState.SENDING, attempts=1, updated_at=LATER)
+    # A retry whose record is missing reads it, then inserts it: the rival's insert came between.
+    queued = envelope(id="msg-37", attempt=2)
+    rival = status_of(queued, MessageState.SENDING, attempts=2, updated_at=LATER)
     fake_statuses.after_get = lambda _id: rival_writes(fake_statuses, rival)
     sender = FakeMailSender()
 
@@ -1046,6 +1049,21 @@ def test_should_not_send_when_another_worker_creates_the_missing_status_first(
 
     assert outcome.result == "postponed"
     assert sender.payloads == []
+
+
+def test_should_not_send_a_first_attempt_when_another_worker_inserted_its_record_first(
+    settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+) -> None:
+    # A copy of the same queue message, picked up by another instance: its insert came first.
+    queued = envelope(id="msg-37b")
+    fake_statuses.add(status_of(queued, MessageState.SENDING, attempts=1, updated_at=LATER))
+    sender = FakeMailSender()
+
+    outcome = deliver(queued, sender, fake_queue, settings, fake_statuses)
+
+    assert outcome.result == "postponed"
+    assert sender.payloads == []
+    assert fake_statuses.records["msg-37b"].updated_at == LATER
 
 
 @pytest.mark.parametrize("operation", ["get", "claim"])
@@ -1135,13 +1153,13 @@ def test_should_not_lose_a_message_whose_retry_could_not_be_enqueued(
     assert fake_statuses.records["msg-41"].state is MessageState.SENT
 
 
-# --- the first attempt claims the accept's record by its ETag, unread -------------------------
+# --- a message an older accept queued with a record: claimed by its ETag, unread ---------------
 
 
 def accepted_record(statuses: FakeStatusStore, queued: QueueEnvelope) -> QueueEnvelope:
-    """Write the `queued` record as the accept does; the envelope carrying its ETag."""
-    created = statuses.create(MessageStatus.queued(queued.id, queued.accepted_at, queued.client))
-    assert created is not None
+    """Write the `queued` record as the accept did before it stopped writing one; the envelope
+    carrying its ETag."""
+    created = statuses.claim(MessageStatus.queued(queued.id, queued.accepted_at, queued.client))
     return queued.model_copy(update={"status_etag": created.etag})
 
 
@@ -1155,7 +1173,7 @@ def test_should_claim_the_accepted_record_by_its_etag_without_reading_it(
     outcome = deliver(queued, FakeMailSender("sg-e1"), fake_queue, settings, statuses=statuses)
 
     assert outcome.result == "sent"
-    assert fake_queue.journal == ["status.create queued", "status.claim sending", "status.put sent"]
+    assert fake_queue.journal == ["status.claim queued", "status.claim sending", "status.put sent"]
     record = statuses.records["msg-e1"]
     assert (record.state, record.attempts, record.client) == (MessageState.SENT, 1, CLIENT.name)
     assert record.accepted_at == queued.accepted_at
@@ -1622,8 +1640,10 @@ def test_should_not_read_the_blob_of_a_message_already_sent(
     fake_bodies: FakeMessageBodyStore,
     fake_statuses: FakeStatusStore,
 ) -> None:
-    _, queued = claim_checked(fake_bodies, id="msg-c12")
-    fake_statuses.add(status_of(queued, MessageState.SENT, attempts=1))
+    # A later attempt reads the record first. (A first attempt reads the body first, to choose
+    # its provider before its claim: a copy of a sent message finds the claim taken, then skips.)
+    _, queued = claim_checked(fake_bodies, id="msg-c12", attempt=2)
+    fake_statuses.add(status_of(queued, MessageState.SENT, attempts=2))
     fake_bodies.make_unavailable(["get"])
 
     outcome = deliver(

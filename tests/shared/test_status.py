@@ -278,7 +278,7 @@ def test_should_keep_sendgrids_errors_as_json_text_and_the_cause_in_the_row() ->
 def test_should_write_one_row_per_message_without_empty_fields() -> None:
     table = RecordingTable()
 
-    store(table).create(replace(QUEUED, etag="ignored"))
+    store(table).claim(QUEUED)
 
     [(_, entity, options)] = table.calls
     # Answered with the ETag alone, not the entity echoed back.
@@ -343,30 +343,8 @@ def test_should_report_a_lost_claim_as_a_concurrent_update(
         store(RecordingTable(error)).claim(replace(QUEUED, etag=etag))
 
 
-def test_should_report_an_existing_record_when_creating_as_none() -> None:
-    assert store(RecordingTable(ResourceExistsError("exists"))).create(QUEUED) is None
-
-
-def test_should_return_a_created_record_with_its_etag() -> None:
-    assert store(RecordingTable()).create(QUEUED) == replace(QUEUED, etag="etag-created")
-
-
-def test_should_remove_a_record_only_if_unchanged_and_shrug_if_it_changed_or_went() -> None:
-    table = RecordingTable()
-    store(table).remove(replace(QUEUED, etag="etag-1"))
-
-    for error in (ResourceModifiedError("changed"), ResourceNotFoundError("gone")):
-        store(RecordingTable(error)).remove(replace(QUEUED, etag="etag-1"))
-    with pytest.raises(StorageUnavailable, match="msg-s1"):
-        store(RecordingTable(ServiceRequestError("down"))).remove(replace(QUEUED, etag="etag-1"))
-
-    assert table.calls == [
-        (
-            "delete_entity",
-            ("msg-s1", "status"),
-            {"etag": "etag-1", "match_condition": MatchConditions.IfNotModified},
-        )
-    ]
+def test_should_return_a_record_inserted_by_a_claim_with_its_etag() -> None:
+    assert store(RecordingTable()).claim(QUEUED) == replace(QUEUED, etag="etag-created")
 
 
 def test_should_accept_a_table_that_already_exists() -> None:
@@ -377,14 +355,13 @@ def test_should_accept_a_table_that_already_exists() -> None:
     "call",
     [
         lambda s: s.get("msg-s1"),
-        lambda s: s.create(QUEUED),
         lambda s: s.claim(QUEUED),
         lambda s: s.claim(replace(QUEUED, etag="e")),
         lambda s: s.put(QUEUED),
         lambda s: s.check(),
         lambda s: s.ensure_exists(),
     ],
-    ids=["get", "create", "claim new", "claim", "put", "check", "ensure_exists"],
+    ids=["get", "claim new", "claim", "put", "check", "ensure_exists"],
 )
 def test_should_report_storage_unavailable_when_the_table_does_not_answer(call: Any) -> None:
     with pytest.raises(StorageUnavailable, match=r"msg-s1|mailstatus"):

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
-import uuid6
 
 from shared.activity import partition_of
-from shared.gateway import new_message_id
 from shared.idempotency import period_partition, period_start_partition
+from shared.message_ids import new_message_id
 from shared.status import known_message_id
 from shared.status_retention import (
     V7_SINCE,
@@ -27,14 +25,13 @@ HASH = "ab" * 32
 
 
 def v7_id(at: datetime) -> str:
-    """A UUIDv7 message id made at `at`, as new_message_id makes one at its time."""
-    milliseconds = (at - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(milliseconds=1)
-    return str(uuid6.UUID(int=(milliseconds << 80) | secrets.randbits(76), version=7))
+    """A message id made at `at`, as the gateway makes one for a message accepted then."""
+    return new_message_id(at, "app")
 
 
 def test_should_make_lowercase_uuid7_ids_the_gateway_itself_accepts() -> None:
     before = datetime.now(timezone.utc)
-    made = [new_message_id() for _ in range(50)]
+    made = [new_message_id(datetime.now(timezone.utc), "app") for _ in range(50)]
     after = datetime.now(timezone.utc)
 
     for message_id in made:

@@ -22,9 +22,9 @@ from shared.errors import (
     UnsupportedMediaType,
 )
 from shared.idempotency import PENDING_TIMEOUT
+from shared.message_ids import accepted_at, new_message_id
 from shared.models import MailRequest, QueueEnvelope
 from shared.settings import Settings, sender_allowed
-from shared.status import MessageState, MessageStatus
 from shared.submission import (
     MAX_QUEUED_JSON_BYTES,
     AcceptedMessage,
@@ -34,7 +34,6 @@ from tests.fakes import (
     FakeIdempotencyStore,
     FakeMailQueue,
     FakeMessageBodyStore,
-    FakeStatusStore,
     Unmetered,
 )
 from tests.samples import (
@@ -61,7 +60,6 @@ def submit(
     new_id: str = "msg-0001",
     *,
     bodies: FakeMessageBodyStore | None = None,
-    statuses: FakeStatusStore | None = None,
     keys: FakeIdempotencyStore | None = None,
     idempotency_key: str | None = None,
     now: datetime = NOW,
@@ -73,10 +71,9 @@ def submit(
         settings=settings,
         queue=queue,
         bodies=bodies if bodies is not None else FakeMessageBodyStore(journal=queue.journal),
-        statuses=statuses if statuses is not None else FakeStatusStore(queue.journal),
         keys=keys if keys is not None else FakeIdempotencyStore(),
         now=lambda: now,
-        new_id=lambda: new_id,
+        new_id=lambda _at, _client: new_id,
         rate=Unmetered(),
     )
     accept = submission.message if api == "v1" else submission.sendgrid_mail
@@ -344,98 +341,42 @@ def test_should_refuse_custom_args_that_reach_10000_bytes_once_the_gateway_id_is
     assert "10000 bytes" in rejection.problems[0].detail
 
 
-# --- the status record ---------------------------------------------------------------------
+# --- one storage call: the status record is delivery's to write ------------------------------
 
 
-def test_should_record_the_message_as_queued_before_enqueuing_it_with_its_etag(
-    settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+def test_should_queue_the_message_in_one_storage_call_writing_no_status_record(
+    settings: Settings, fake_queue: FakeMailQueue
 ) -> None:
-    submit(body(message()), settings, fake_queue, new_id="msg-q1", statuses=fake_statuses)
+    accepted = submit(body(message()), settings, fake_queue, new_id="msg-q1")
 
-    assert fake_queue.journal == ["status.create queued", "queue.enqueue"]
-    status = fake_statuses.records["msg-q1"]
-    # Delivery's first attempt claims the record by this ETag instead of reading it.
-    assert [e.status_etag for e in fake_queue.envelopes] == [status.etag]
-    assert (status.state, status.attempts) == (MessageState.QUEUED, 0)
-    assert (status.accepted_at, status.updated_at) == (NOW, NOW)
-    assert status.to_document() == {
-        "id": "msg-q1",
-        "status": "queued",
-        "attempts": 0,
-        "accepted_at": NOW.isoformat(),
-        "updated_at": NOW.isoformat(),
-    }
+    assert accepted == AcceptedMessage(id="msg-q1", status="queued")
+    assert fake_queue.journal == ["queue.enqueue"]
+    # Delivery's first attempt claims the message by inserting its record.
+    assert [(e.id, e.status_etag) for e in fake_queue.envelopes] == [("msg-q1", None)]
 
 
-def test_should_leave_a_newer_status_written_by_delivery_in_place(
-    settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+def test_should_give_the_message_an_id_that_says_when_and_for_whom_it_was_accepted(
+    settings: Settings, fake_queue: FakeMailQueue
 ) -> None:
-    sent = fake_statuses.add(
-        MessageStatus(
-            id="msg-q2", state=MessageState.SENT, accepted_at=NOW, updated_at=NOW, attempts=1
-        )
+    # The id keeps milliseconds: the envelope's time is the id's, so its record says the same.
+    now = NOW + timedelta(microseconds=123_456)
+    submission = Submission(
+        settings=settings,
+        queue=fake_queue,
+        bodies=FakeMessageBodyStore(journal=fake_queue.journal),
+        keys=FakeIdempotencyStore(),
+        now=lambda: now,
+        new_id=new_message_id,
+        rate=Unmetered(),
     )
 
-    accepted = submit(
-        body(message()), settings, fake_queue, new_id="msg-q2", statuses=fake_statuses
-    )
+    accepted = submission.message(body(message()), JSON, CLIENT)
 
-    assert accepted.id == "msg-q2"
-    assert fake_statuses.records["msg-q2"] == sent
-
-
-def test_should_take_the_status_back_when_the_enqueue_fails(
-    settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
-) -> None:
-    fake_queue.make_unavailable(["enqueue"])
-
-    with pytest.raises(StorageUnavailable):
-        submit(body(message()), settings, fake_queue, statuses=fake_statuses)
-
-    assert fake_statuses.records == {}
-    assert fake_queue.journal == ["status.create queued", "status.remove queued"]
-
-
-def test_should_answer_503_and_leave_the_record_when_it_cannot_be_taken_back_either(
-    settings: Settings,
-    fake_queue: FakeMailQueue,
-    fake_statuses: FakeStatusStore,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    fake_queue.make_unavailable(["enqueue"])
-    fake_statuses.make_unavailable(["remove"])
-
-    with (
-        caplog.at_level(logging.WARNING, logger="shared.submission"),
-        pytest.raises(StorageUnavailable, match="mail-outbound"),
-    ):
-        submit(body(message()), settings, fake_queue, new_id="msg-q4", statuses=fake_statuses)
-
-    assert fake_statuses.records["msg-q4"].state is MessageState.QUEUED
-    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert "msg-q4 not queued" in warning.getMessage()
-
-
-def test_should_accept_a_queued_message_whose_status_could_not_be_written(
-    settings: Settings,
-    fake_queue: FakeMailQueue,
-    fake_statuses: FakeStatusStore,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    fake_statuses.make_unavailable(["create"])
-
-    with caplog.at_level(logging.WARNING, logger="shared.submission"):
-        accepted = submit(
-            body(message()), settings, fake_queue, new_id="msg-q3", statuses=fake_statuses
-        )
-
-    assert accepted == AcceptedMessage(id="msg-q3", status="queued")
-    # Without an ETag: delivery reads the record (there is none) before claiming it.
-    assert [(e.id, e.status_etag) for e in fake_queue.envelopes] == [("msg-q3", None)]
-    assert fake_statuses.records == {}
-    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert "msg-q3" in warning.getMessage()
-    assert "status could not be recorded" in warning.getMessage()
+    [queued] = fake_queue.envelopes
+    assert queued.id == accepted.id
+    assert queued.accepted_at == NOW + timedelta(microseconds=123_000)
+    assert accepted_at(accepted.id, CLIENT.name) == queued.accepted_at
+    assert accepted_at(accepted.id, "another client") is None
 
 
 # --- Idempotency-Key -----------------------------------------------------------------------
@@ -444,12 +385,10 @@ def test_should_accept_a_queued_message_whose_status_could_not_be_written(
 def test_should_replay_the_first_answer_for_the_same_key_and_body(
     settings: Settings,
     fake_queue: FakeMailQueue,
-    fake_statuses: FakeStatusStore,
     fake_keys: FakeIdempotencyStore,
 ) -> None:
     content = body(message())
     options: dict[str, Any] = {
-        "statuses": fake_statuses,
         "keys": fake_keys,
         "idempotency_key": "order-42",
     }
@@ -460,7 +399,6 @@ def test_should_replay_the_first_answer_for_the_same_key_and_body(
     assert first == AcceptedMessage(id="msg-k1", status="queued", replayed=False)
     assert again == AcceptedMessage(id="msg-k1", status="queued", replayed=True)
     assert [e.id for e in fake_queue.envelopes] == ["msg-k1"]
-    assert list(fake_statuses.records) == ["msg-k1"]
 
 
 def test_should_give_different_keys_different_messages(
@@ -534,12 +472,10 @@ def test_should_refuse_a_key_still_being_accepted_with_409_then_finish_it_under_
 def test_should_release_the_key_when_the_enqueue_fails_so_a_retry_is_accepted(
     settings: Settings,
     fake_queue: FakeMailQueue,
-    fake_statuses: FakeStatusStore,
     fake_keys: FakeIdempotencyStore,
 ) -> None:
     content = body(message())
     options: dict[str, Any] = {
-        "statuses": fake_statuses,
         "keys": fake_keys,
         "idempotency_key": "order-44",
     }
@@ -549,7 +485,6 @@ def test_should_release_the_key_when_the_enqueue_fails_so_a_retry_is_accepted(
 
     assert [r.message_id for r in fake_keys.released] == ["msg-k8"]
     assert fake_keys.record_for("order-44") is None
-    assert fake_statuses.records == {}
 
     fake_queue.make_available()
     retried = submit(content, settings, fake_queue, new_id="msg-k9", **options)
@@ -665,14 +600,12 @@ def test_should_bound_a_clients_senders_by_allowed_senders(
     assert "ALLOWED_SENDERS" in rejection.detail
 
 
-def test_should_record_the_submitting_client_on_the_envelope_and_the_status(
-    settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+def test_should_record_the_submitting_client_on_the_envelope(
+    settings: Settings, fake_queue: FakeMailQueue
 ) -> None:
-    accepted = submit(body(message()), settings, fake_queue, statuses=fake_statuses)
+    submit(body(message()), settings, fake_queue)
 
     assert [e.client for e in fake_queue.envelopes] == ["app"]
-    status = fake_statuses.records[accepted.id]
-    assert status.client == "app"
 
 
 def test_should_check_the_message_before_the_idempotency_key(
@@ -708,10 +641,7 @@ def big_attachment(size: int = 45_000) -> dict[str, str]:
 def envelope_size(document: dict[str, Any], message_id: str = "msg-0001") -> int:
     """How many bytes of JSON the document's envelope would take on the queue."""
     request = MailRequest.model_validate(document, context={"now": NOW})
-    # With the ETag of its `queued` record, as a new FakeStatusStore's first record has it.
-    queued = QueueEnvelope(
-        id=message_id, accepted_at=NOW, client=CLIENT.name, message=request, status_etag="etag-1"
-    )
+    queued = QueueEnvelope(id=message_id, accepted_at=NOW, client=CLIENT.name, message=request)
     return len(queued.to_json().encode())
 
 
@@ -719,7 +649,6 @@ def test_should_keep_the_body_of_a_message_too_large_for_a_queue_message_in_a_bl
     settings: Settings,
     fake_queue: FakeMailQueue,
     fake_bodies: FakeMessageBodyStore,
-    fake_statuses: FakeStatusStore,
 ) -> None:
     document = message(attachments=[big_attachment()])
 
@@ -729,7 +658,6 @@ def test_should_keep_the_body_of_a_message_too_large_for_a_queue_message_in_a_bl
         fake_queue,
         new_id="msg-b1",
         bodies=fake_bodies,
-        statuses=fake_statuses,
     )
 
     assert accepted == AcceptedMessage(id="msg-b1", status="queued")
@@ -741,8 +669,7 @@ def test_should_keep_the_body_of_a_message_too_large_for_a_queue_message_in_a_bl
     assert (stored.version, stored.id) == (1, "msg-b1")
     assert stored.message == MailRequest.model_validate(document, context={"now": NOW})
     # The body is in place before anything on the queue points at it.
-    assert fake_queue.journal == ["status.create queued", "blobs.put", "queue.enqueue"]
-    assert fake_statuses.records["msg-b1"].state is MessageState.QUEUED
+    assert fake_queue.journal == ["blobs.put", "queue.enqueue"]
 
 
 def test_should_claim_check_a_large_message_without_attachments(
@@ -812,7 +739,6 @@ def test_should_delete_the_blob_and_record_nothing_when_the_enqueue_fails(
     settings: Settings,
     fake_queue: FakeMailQueue,
     fake_bodies: FakeMessageBodyStore,
-    fake_statuses: FakeStatusStore,
     fake_keys: FakeIdempotencyStore,
 ) -> None:
     fake_queue.make_unavailable(["enqueue"])
@@ -824,19 +750,12 @@ def test_should_delete_the_blob_and_record_nothing_when_the_enqueue_fails(
             fake_queue,
             new_id="msg-b2",
             bodies=fake_bodies,
-            statuses=fake_statuses,
             keys=fake_keys,
             idempotency_key="order-b2",
         )
 
     assert fake_bodies.blobs == {}
-    assert fake_queue.journal == [
-        "status.create queued",
-        "blobs.put",
-        "blobs.delete",
-        "status.remove queued",
-    ]
-    assert fake_statuses.records == {}
+    assert fake_queue.journal == ["blobs.put", "blobs.delete"]
     assert fake_keys.record_for("order-b2") is None
 
 
@@ -844,7 +763,6 @@ def test_should_answer_503_with_the_enqueue_failure_when_the_blob_cannot_be_dele
     settings: Settings,
     fake_queue: FakeMailQueue,
     fake_bodies: FakeMessageBodyStore,
-    fake_statuses: FakeStatusStore,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     fake_queue.make_unavailable(["enqueue"])
@@ -860,11 +778,9 @@ def test_should_answer_503_with_the_enqueue_failure_when_the_blob_cannot_be_dele
             fake_queue,
             new_id="msg-b3",
             bodies=fake_bodies,
-            statuses=fake_statuses,
         )
 
     assert fake_queue.messages == []
-    assert fake_statuses.records == {}
     [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "msg-b3" in warning.getMessage()
     assert "live/msg-b3.json" in warning.getMessage()
@@ -874,7 +790,6 @@ def test_should_queue_nothing_when_the_blob_cannot_be_written(
     settings: Settings,
     fake_queue: FakeMailQueue,
     fake_bodies: FakeMessageBodyStore,
-    fake_statuses: FakeStatusStore,
     fake_keys: FakeIdempotencyStore,
 ) -> None:
     fake_bodies.make_unavailable(["put"])
@@ -885,13 +800,11 @@ def test_should_queue_nothing_when_the_blob_cannot_be_written(
             settings,
             fake_queue,
             bodies=fake_bodies,
-            statuses=fake_statuses,
             keys=fake_keys,
             idempotency_key="order-b4",
         )
 
     assert fake_queue.messages == []
-    assert fake_statuses.records == {}
     assert fake_keys.record_for("order-b4") is None
 
 
@@ -995,11 +908,9 @@ def refused_sendgrid(
 
 
 def test_should_queue_a_v3_body_exactly_as_the_client_sent_it(
-    settings: Settings, fake_queue: FakeMailQueue, fake_statuses: FakeStatusStore
+    settings: Settings, fake_queue: FakeMailQueue
 ) -> None:
-    accepted = submit_sendgrid(
-        body(sendgrid_mail()), settings, fake_queue, new_id="msg-v3", statuses=fake_statuses
-    )
+    accepted = submit_sendgrid(body(sendgrid_mail()), settings, fake_queue, new_id="msg-v3")
 
     assert accepted == AcceptedMessage(id="msg-v3", status="queued")
     [queued] = fake_queue.envelopes
@@ -1007,8 +918,7 @@ def test_should_queue_a_v3_body_exactly_as_the_client_sent_it(
     assert queued.message is None
     assert queued.sendgrid == sendgrid_mail()
     assert "mailgate_id" not in fake_queue.messages[0].text
-    assert fake_queue.journal == ["status.create queued", "queue.enqueue"]
-    assert fake_statuses.records["msg-v3"].state is MessageState.QUEUED
+    assert fake_queue.journal == ["queue.enqueue"]
 
 
 def test_should_refuse_an_invalid_v3_body_with_sendgrids_wording(
