@@ -15,7 +15,7 @@ partitions cannot:
 
 - status records, and the delivery events beside them (shared/delivery_events.py), are in
   partitions named by message id: a lower-case UUID (shared/status.py `known_message_id`, made
-  by shared/gateway.py `new_message_id`, a UUIDv7; before, a uuid4). Events are written only
+  by shared/message_ids.py `new_message_id`, a UUIDv7; before, a uuid4). Events are written only
   under an id that has a status record. A UUID's first eight characters are hex digits: it may
   start `ac`, but its third character is never `t`. So no message id starts with `activity-`;
 - idempotency keys are in partitions `idem-<period>-<hash>`, and before that layout

@@ -35,7 +35,7 @@ STATUS_ROW = "status"
 # create_entity passes it on to its generated operation as `response_preference`.
 NO_ECHO: dict[str, Any] = {"response_preference": "return-no-content"}
 _RETRY_OPTIONS: dict[str, Any] = {"retry_total": 2, "retry_backoff_factor": 0.5}
-# The ids the gateway gives messages (shared/gateway.py new_message_id): UUIDv7s, uuid4s before;
+# The ids the gateway gives messages (shared/message_ids.py new_message_id): UUIDv7s, uuid4s before;
 # any lowercase UUID is taken, so that the ids of both stay valid.
 _MESSAGE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 

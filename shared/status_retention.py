@@ -5,7 +5,7 @@ that a run costs in proportion to what it deletes, never to the table's size.
 
 **Status records.** A message's partition, named by its id, holds its status record (RowKey
 `status`), SendGrid's delivery record (`delivery`) and one row per event (`event-<hash>`,
-shared/delivery_events.py). Message ids are UUIDv7 (shared/gateway.py `new_message_id`): their
+shared/delivery_events.py). Message ids are UUIDv7 (shared/message_ids.py `new_message_id`): their
 first 12 hex digits, `tttttttt-tttt`, are the acceptance time in milliseconds, in lower case, so
 every message accepted before a cutoff sorts before the cutoff's own prefix (a key that starts
 with the prefix sorts after it), and the run reads one range:
