@@ -79,12 +79,16 @@ def test_should_report_the_queue_depths_once_messages_are_queued(
     assert report.queue_depths == {gateway.queue.name: 2, gateway.queue.poison_name: 0}
 
 
-def test_should_record_an_accepted_message_as_queued(gateway: Gateway, client: Client) -> None:
+def test_should_show_an_accepted_message_as_queued_before_any_record(
+    gateway: Gateway, client: Client
+) -> None:
     accepted = gateway.accept(body(message()), JSON, client)
+    # The accept's one storage call was the enqueue: delivery's first attempt writes the record.
+    assert gateway.statuses.get(accepted.id) is None
 
     status = gateway.status(accepted.id, client)
 
-    assert (status.state, status.attempts) == (MessageState.QUEUED, 0)
+    assert (status.state, status.attempts, status.client) == (MessageState.QUEUED, 0, "app")
     assert status.to_document()["status"] == "queued"
 
 
