@@ -22,9 +22,14 @@ from typing import Any
 from shared.activity import ActivityEvent, ActivityLog, minute_of
 from shared.delivery_events import DeliveryEventStore
 from shared.errors import MessageNotFound
-from shared.message_ids import waiting_since
 from shared.queue import MailQueue
-from shared.status import MessageState, MessageStatus, StatusStore, known_message_id
+from shared.status import (
+    MessageState,
+    MessageStatus,
+    StatusStore,
+    known_message_id,
+    waiting_status,
+)
 
 WINDOW_MINUTES = 60
 # Rows of the last hour read per summary: 10 pages of the table service's 1,000. Past about
@@ -113,9 +118,9 @@ class Console:
         it is (shared/message_ids.py); None if it is no client's."""
         now = self._now()
         for client in self._client_names():
-            at = waiting_since(message_id, client, now, self._status_retention)
-            if at is not None:
-                return MessageStatus.queued(message_id, at, client)
+            status = waiting_status(message_id, client, now, self._status_retention)
+            if status is not None:
+                return status
         return None
 
     def _latest(self, events: list[ActivityEvent]) -> list[dict[str, Any]]:

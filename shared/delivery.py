@@ -415,8 +415,9 @@ class Delivery:
             loaded = self._load_body(envelope)
             # Chosen before the claim, so that a message held back leaves its record as it was.
             choice = self._choose(envelope, loaded, pinned=False)
-            # The record as the accept left it, unread (none; an accept before the accept stopped
-            # writing one wrote `queued`): the claim fails if anyone wrote it since.
+            # The record as the accept left it, unread: none (or, from an accept made before
+            # accepts stopped writing it, `queued` with the ETag the envelope carries). The
+            # claim fails if anyone wrote it since.
             claimed = self._claim_unless_raised(choice, lambda: self._claim_as_accepted(envelope))
             if claimed is not None:
                 return self._send(envelope, claimed, loaded, choice)

@@ -34,7 +34,7 @@ from shared.delivery_events import (
 )
 from shared.errors import Busy, ConfigurationError, MessageNotFound, StorageUnavailable
 from shared.idempotency import IdempotencyStore
-from shared.message_ids import new_message_id, waiting_since
+from shared.message_ids import new_message_id
 from shared.providers import senders_from_settings
 from shared.queue import MailQueue, QueueReport
 from shared.retention import (
@@ -47,7 +47,7 @@ from shared.retention import (
     expire_bodies,
 )
 from shared.settings import Settings, StorageSettings, mail_queue_settings_from_env
-from shared.status import MessageStatus, StatusStore, known_message_id
+from shared.status import MessageStatus, StatusStore, known_message_id, waiting_status
 from shared.status_retention import expire_keys, expire_statuses
 from shared.submission import MAX_QUEUED_JSON_BYTES, AcceptedMessage, Submission
 from shared.webhook_signature import SignatureVerifier
@@ -270,19 +270,12 @@ class Gateway:
         status = self.statuses.get(message_id)
         if status is None:
             # Still on the queue (no attempt has written its record), if its id says so.
-            status = self._waiting(message_id, client.name)
+            retention = timedelta(days=self.settings.status_retention_days)
+            status = waiting_status(message_id, client.name, self._now(), retention)
         # Another client's message reads as no message at all: ids are not secrets to probe.
         if status is None or status.client != client.name:
             raise MessageNotFound(f"no message has the id {message_id!r}")
         return status
-
-    def _waiting(self, message_id: str, client: str) -> MessageStatus | None:
-        """The `queued` status of a message the gateway accepted for `client` and no delivery
-        attempt has claimed yet (its id says when; shared/message_ids.py); None for any other
-        id."""
-        retention = timedelta(days=self.settings.status_retention_days)
-        at = waiting_since(message_id, client, self._now(), retention)
-        return None if at is None else MessageStatus.queued(message_id, at, client)
 
     def measure_queues(self) -> QueueReport:
         """How full the mail and poison queues are now; a missing queue counts as empty."""

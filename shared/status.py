@@ -6,7 +6,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass, fields, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
@@ -21,6 +21,7 @@ from azure.data.tables import TableClient, UpdateMode
 from pydantic import TypeAdapter, ValidationError
 
 from shared.errors import ConcurrentUpdate, MessageNotFound, StorageUnavailable
+from shared.message_ids import waiting_since
 from shared.models import ProviderError
 from shared.queue import storage_transport, token_credential
 from shared.replay_advice import Advice, advice_for, classify
@@ -221,6 +222,16 @@ def write_unless_changed(
     return written if isinstance(written, str) else None
 
 
+def waiting_status(
+    message_id: str, client: str, now: datetime, retention: timedelta
+) -> MessageStatus | None:
+    """The `queued` status of a message with no record yet (no delivery attempt has claimed
+    it), as its id tells it; None unless the id says the gateway accepted it for `client`
+    within `retention` (shared/message_ids.py)."""
+    at = waiting_since(message_id, client, now, retention)
+    return None if at is None else MessageStatus.queued(message_id, at, client)
+
+
 # The retention's own rows in the status table (shared/status_retention.py): where expiry got
 # to, and a row per replayed message, whose record is kept for STATUS_RETENTION_DAYS from its
 # replay rather than from its acceptance.
@@ -267,6 +278,9 @@ class StatusStore:
         """Write a record only if nobody changed it since it was read (insert if new)."""
         try:
             if status.etag is None:
+                # Insert Entity answers 409 Conflict when the row exists (Microsoft's Table
+                # service REST reference, "Insert Entity"; the SDK raises ResourceExistsError):
+                # a first delivery attempt's claim (shared/delivery.py) rests on it.
                 metadata = self._table.create_entity(_to_entity(status), **NO_ECHO)
             else:
                 metadata = self._table.update_entity(
