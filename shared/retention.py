@@ -227,7 +227,9 @@ def expire_activity(
                 break
         submit()
     except ResourceNotFoundError:
-        pass  # no table yet: nothing was ever delivered, nothing to expire
+        # No table yet: nothing was ever delivered, nothing to expire. The query that found
+        # none still was a call (status expiry counts it too, shared/status_retention.py).
+        calls += 1
     except AzureError as error:
         raise StorageUnavailable(f"table {table.table_name}: {type(error).__name__}") from error
     return ExpiryResult(deleted, calls, failed, more_left, retention)
