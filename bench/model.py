@@ -1,11 +1,11 @@
 """Execution model: `def` on a thread pool against `async def` on one event loop, on delivery's I/O.
 
-Each message does what a delivery does with the network: (1) replace its status record only if
-its ETag still matches (the claim, `sending`), (2) POST a typical SendGrid payload to the
-stand-in, which answers 202 after L ms, (3) upsert the record as `sent`. At most C messages are
-in flight, C as the host reads it from host.json, a new task started for each message as a slot
-frees, as the host dispatches invocations. Three variants, one after the other, each on a table
-of its own with its records inserted beforehand (outside the measured window):
+Each message does what a first delivery attempt does with the network: (1) insert its status
+record as `sending` (the claim: the accept writes no record, shared/delivery.py), (2) POST a
+typical SendGrid payload to the stand-in, which answers 202 after L ms, (3) upsert the record
+as `sent`. At most C messages are in flight, C as the host reads it from host.json, a new task
+started for each message as a slot frees, as the host dispatches invocations. Three variants,
+one after the other, each on an empty table of its own:
 
 - `def`, thread pool (gateway): a 32-thread `ThreadPoolExecutor` (as infra/ deploys
   PYTHON_THREADPOOL_THREAD_COUNT), the SDK's `TableClient` on the gateway's storage transport
@@ -38,7 +38,6 @@ from typing import Any, TypeVar
 
 import httpx
 import requests
-from azure.core import MatchConditions
 from azure.core.pipeline.transport import AsyncioRequestsTransport
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 from azure.data.tables.aio import TableClient as AsyncTableClient
@@ -60,7 +59,6 @@ ASYNC = "async def, aio SDK + httpx.AsyncClient"
 VARIANTS = (GATEWAY, SDK, ASYNC)
 # What infra/ and local.settings.example.json set PYTHON_THREADPOOL_THREAD_COUNT to.
 THREAD_POOL_SIZE = 32
-FILL_THREADS = 16
 CLIENT = "bench-model"
 
 T = TypeVar("T")
@@ -72,14 +70,6 @@ class Message:
 
     id: str
     payload: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Claimed:
-    """A message whose `queued` record is in the table, with that record's ETag."""
-
-    message: Message
-    etag: str
 
 
 @dataclass(frozen=True)
@@ -207,27 +197,17 @@ def _sent(message_id: str, response: httpx.Response) -> dict[str, Any]:
     return entity
 
 
-def deliver(table: TableClient, http: httpx.Client, claimed: Claimed) -> None:
+def deliver(table: TableClient, http: httpx.Client, message: Message) -> None:
     """Claim, send, record `sent`: the delivery's three network calls, blocking."""
-    message = claimed.message
-    table.update_entity(
-        status_entity(message.id, MessageState.SENDING, datetime.now(timezone.utc)),
-        mode=UpdateMode.REPLACE,
-        etag=claimed.etag,
-        match_condition=MatchConditions.IfNotModified,
-    )
+    table.create_entity(status_entity(message.id, MessageState.SENDING, datetime.now(timezone.utc)))
     response = http.post(MAIL_SEND_PATH, json=message.payload)
     table.upsert_entity(_sent(message.id, response), mode=UpdateMode.REPLACE)
 
 
-async def deliver_async(table: AsyncTableClient, http: httpx.AsyncClient, claimed: Claimed) -> None:
+async def deliver_async(table: AsyncTableClient, http: httpx.AsyncClient, message: Message) -> None:
     """The same three calls, awaited."""
-    message = claimed.message
-    await table.update_entity(
-        status_entity(message.id, MessageState.SENDING, datetime.now(timezone.utc)),
-        mode=UpdateMode.REPLACE,
-        etag=claimed.etag,
-        match_condition=MatchConditions.IfNotModified,
+    await table.create_entity(
+        status_entity(message.id, MessageState.SENDING, datetime.now(timezone.utc))
     )
     response = await http.post(MAIL_SEND_PATH, json=message.payload)
     await table.upsert_entity(_sent(message.id, response), mode=UpdateMode.REPLACE)
@@ -285,8 +265,8 @@ def _measure(run: Callable[[], int]) -> tuple[int, float, float]:
 def run_threaded(
     table: TableClient,
     standin: SendGridStandIn,
-    warmup: Sequence[Claimed],
-    measured: Sequence[Claimed],
+    warmup: Sequence[Message],
+    measured: Sequence[Message],
     in_flight: int,
 ) -> tuple[int, float, float]:
     """The `def` model: each message a task on the 32-thread pool, C in flight."""
@@ -295,8 +275,8 @@ def run_threaded(
         ThreadPoolExecutor(THREAD_POOL_SIZE, thread_name_prefix="model") as pool,
     ):
 
-        def work(claimed: Claimed) -> None:
-            deliver(table, http, claimed)
+        def work(message: Message) -> None:
+            deliver(table, http, message)
 
         run_capped(pool, work, warmup, in_flight)
         return _measure(lambda: run_capped(pool, work, measured, in_flight))
@@ -306,8 +286,8 @@ def run_async(
     connection_string: str,
     table: str,
     standin: SendGridStandIn,
-    warmup: Sequence[Claimed],
-    measured: Sequence[Claimed],
+    warmup: Sequence[Message],
+    measured: Sequence[Message],
     in_flight: int,
 ) -> tuple[int, float, float]:
     """The `async def` model: each message a task on one event loop, C in flight."""
@@ -322,8 +302,8 @@ def run_async(
             httpx.AsyncClient(**http_options(standin)) as http,
         ):
 
-            async def work(claimed: Claimed) -> None:
-                await deliver_async(client, http, claimed)
+            async def work(message: Message) -> None:
+                await deliver_async(client, http, message)
 
             await gather_capped(work, warmup, in_flight)
             pid = os.getpid()
@@ -354,21 +334,10 @@ def make_messages(count: int) -> list[Message]:
     return messages
 
 
-def insert_queued(connection_string: str, table: str, messages: Sequence[Message]) -> list[Claimed]:
-    """Create `table` and insert each message's `queued` record, keeping the ETags."""
+def create_table(connection_string: str, table: str) -> None:
+    """Create `table`, empty: the claims insert the records."""
     with TableServiceClient.from_connection_string(connection_string) as service:
         service.create_table(table)
-    client = TableClient.from_connection_string(
-        connection_string, table, transport=storage_transport()
-    )
-    now = datetime.now(timezone.utc)
-
-    def insert(message: Message) -> Claimed:
-        metadata = client.create_entity(status_entity(message.id, MessageState.QUEUED, now))
-        return Claimed(message, str(metadata["etag"]))
-
-    with client, ThreadPoolExecutor(FILL_THREADS) as pool:
-        return list(pool.map(insert, messages))
 
 
 def run_variant(
@@ -380,11 +349,11 @@ def run_variant(
     warmup: int,
     in_flight: int,
 ) -> ModelRun:
-    """Insert the records on a fresh table, deliver `warmup` messages unmeasured, then the rest."""
+    """On a fresh table, deliver `warmup` messages unmeasured, then the rest."""
     connection_string = azurite.connection_string
     table = table_name(variant)
-    claimed = insert_queued(connection_string, table, messages)
-    first, rest = claimed[:warmup], claimed[warmup:]
+    create_table(connection_string, table)
+    first, rest = messages[:warmup], messages[warmup:]
     if variant == ASYNC:
         done, seconds, cpu = run_async(connection_string, table, standin, first, rest, in_flight)
     else:
