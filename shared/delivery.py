@@ -166,7 +166,7 @@ def postpone(
     """
     text, message_id, attempt, times = _counted_postponement(body)
     delay = postpone_delay_seconds(times, rng)
-    queue.put_back(text, delay_seconds=delay)
+    queue.put_back(text, delay_seconds=delay, message_id=message_id)
     logger.warning(
         "Message %s put back for %ss (time %s; nothing was sent): %s",
         message_id,
@@ -201,7 +201,7 @@ def hold(queue: MailQueue, body: bytes, held: HeldBack) -> DeliveryOutcome:
     for it, nor does its `attempt` change. Raises StorageUnavailable if the queue refuses it.
     """
     text, message_id, attempt, times = _counted_postponement(body)
-    queue.put_back(text, delay_seconds=held.delay_seconds)
+    queue.put_back(text, delay_seconds=held.delay_seconds, message_id=message_id)
     logger.info(
         "Message %s held back for %ss (time %s; nothing was sent, no attempt spent): %s",
         message_id,
@@ -874,7 +874,9 @@ class Delivery:
         kept = keep_body(self._bodies, envelope)
         try:
             with telemetry.span("mailgate.dead_letter", id=envelope.id):
-                self._queue.dead_letter(kept.model_copy(update={"dead_letter": record}).to_json())
+                self._queue.dead_letter(
+                    kept.model_copy(update={"dead_letter": record}).to_json(), message_id=kept.id
+                )
         except StorageUnavailable:
             if kept.blob != envelope.blob:
                 # Nothing names the copy, and nothing deletes a kept body by age: take it back.

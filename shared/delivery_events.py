@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from shared.errors import ConcurrentUpdate, InvalidEventBatch, MailgateError, StorageUnavailable
 from shared.models import MAX_MESSAGE_ID_LENGTH, field_problems
-from shared.status import StatusStore
+from shared.status import StatusStore, by_message
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ class DeliveryEventStore:
     def get(self, message_id: str) -> DeliveryRecord | None:
         """The delivery record of a message, or None before its first event."""
         try:
-            entity = self._table.get_entity(message_id, DELIVERY_ROW)
+            entity = self._table.get_entity(message_id, DELIVERY_ROW, **by_message(message_id))
         except ResourceNotFoundError:
             return None
         except AzureError as error:
@@ -310,7 +310,8 @@ class DeliveryEventStore:
             try:
                 self._table.submit_transaction(
                     [("create", _event_row(message_id, entry, now)) for entry in chunk]
-                    + [_record_write(updated)]
+                    + [_record_write(updated)],
+                    **by_message(message_id),
                 )
             except TableTransactionError as error:
                 # Set by the SDK from the service's answer (a TableErrorCode, or the raw string).
@@ -350,7 +351,9 @@ class DeliveryEventStore:
         # The service names the failed operation by its index; checking the row itself keeps a
         # misreported index from dropping an event that was never recorded.
         try:
-            self._table.get_entity(message_id, event_row_key(entry.sg_event_id))
+            self._table.get_entity(
+                message_id, event_row_key(entry.sg_event_id), **by_message(message_id)
+            )
         except ResourceNotFoundError:
             return False
         except AzureError as error:

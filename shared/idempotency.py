@@ -42,7 +42,7 @@ from shared.errors import (
     InvalidMessage,
     StorageUnavailable,
 )
-from shared.status import NO_ECHO
+from shared.status import NO_ECHO, by_message
 
 # Matched whole (fullmatch): a `$` would let a final newline through.
 _KEY = re.compile(r"[\x20-\x7e]{1,255}")
@@ -147,20 +147,24 @@ class IdempotencyStore:
         """Mark the key's message accepted, so later requests replay its answer."""
         entity = {**_to_entity(record), "completed": True}
         try:
-            self._table.update_entity(entity, mode=UpdateMode.MERGE)
+            self._table.update_entity(
+                entity, mode=UpdateMode.MERGE, **by_message(record.message_id)
+            )
         except AzureError as error:
             raise StorageUnavailable(f"idempotency key: {type(error).__name__}") from error
 
     def release(self, record: KeyRecord) -> None:
         """Forget a claim whose message was not accepted, so the client can retry."""
         try:
-            self._table.delete_entity(record.partition, _ROW)
+            self._table.delete_entity(record.partition, _ROW, **by_message(record.message_id))
         except AzureError as error:
             raise StorageUnavailable(f"idempotency key: {type(error).__name__}") from error
 
     def _insert(self, record: KeyRecord) -> KeyRecord | None:
         try:
-            self._table.create_entity(_to_entity(record), **NO_ECHO)
+            self._table.create_entity(
+                _to_entity(record), **NO_ECHO, **by_message(record.message_id)
+            )
         except ResourceExistsError:
             existing = self._read(record.partition, record.key_hash)
             if existing is None:
@@ -195,6 +199,7 @@ class IdempotencyStore:
                 mode=UpdateMode.REPLACE,
                 etag=existing.etag,
                 match_condition=MatchConditions.IfNotModified,
+                **by_message(record.message_id),
             )
         except ResourceModifiedError as error:
             raise IdempotencyKeyInUse(

@@ -22,11 +22,21 @@ from `secrets`, a CSPRNG: two of 1,000 ids made in the same millisecond are alik
 
 Ids made before the check (UUIDv7s from the uuid6 package, uuid4s before them) stay valid: their
 accept wrote a record, so they never need reading this way.
+
+A storage call about one message (its queue writes, its status record, its delivery events, its
+idempotency key) carries the message's id as its client request id, the
+`x-ms-client-request-id` header, which Azure Storage's resource logs keep as `ClientRequestId`
+(Microsoft Learn, Azure Monitor reference, StorageQueueLogs / StorageTableLogs). So an operator
+finds every storage request the gateway made for a message in Log Analytics (infra/ sends the
+queue, table and blob logs there) with `where ClientRequestId == "<id>"`, among them the ones
+whose URL does not name it: the enqueue, the put-backs, the dead letter, the status record's
+insert and the event transactions. Blob names carry the id already (shared/blobs.py).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -37,6 +47,9 @@ CLOCK_SKEW = timedelta(minutes=5)
 _CHECK_BYTES = 4
 _CHECKED_BYTES = 16 - _CHECK_BYTES
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# The ids the gateway gives messages: UUIDv7s, uuid4s before; any lowercase UUID is taken, so
+# that the ids of both stay valid.
+MESSAGE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def accept_time(now: datetime) -> datetime:
@@ -77,6 +90,18 @@ def waiting_since(
     if at is None or not now - retention <= at <= now + CLOCK_SKEW:
         return None
     return at
+
+
+def storage_request_id(message_id: str | None) -> str | None:
+    """The client request id of a storage call about the message `message_id`: the id itself
+    if it has the shape of one the gateway gives, else None (the SDK then makes one up).
+
+    An envelope's id is whatever its queue message says: only an id of that shape, 36
+    characters the header takes as they are, goes into a request.
+    """
+    if message_id is not None and MESSAGE_ID.fullmatch(message_id):
+        return message_id
+    return None
 
 
 def _check(head: bytes, client: str) -> bytes:

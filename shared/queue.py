@@ -20,6 +20,7 @@ from azure.storage.queue import (
 )
 
 from shared.errors import StorageUnavailable
+from shared.message_ids import storage_request_id
 from shared.settings import Settings, StorageSettings, poison_queue_name
 from shared.storage_transport import StorageTransport, shared_transport
 
@@ -197,29 +198,38 @@ class MailQueue:
         self._send(
             self._mail,
             envelope.to_json(),
+            envelope.id,
             visibility_timeout=delay_seconds or None,
             time_to_live=NEVER_EXPIRES,
         )
 
-    def put_back(self, text: str, *, delay_seconds: int) -> None:
+    def put_back(self, text: str, *, delay_seconds: int, message_id: str | None = None) -> None:
         """Put a message's text back on the mail queue as it is, visible after `delay_seconds`.
 
         For a message that could not be worked on now (storage, settings, a newer envelope
         version): a new queue message starts with a dequeue count of 0, so waiting spends
-        nothing of the host's maxDequeueCount.
+        nothing of the host's maxDequeueCount. `message_id`: the message's, if it has one.
         """
         self._send(
-            self._mail, text, visibility_timeout=max(1, delay_seconds), time_to_live=NEVER_EXPIRES
+            self._mail,
+            text,
+            message_id,
+            visibility_timeout=max(1, delay_seconds),
+            time_to_live=NEVER_EXPIRES,
         )
 
-    def dead_letter(self, text: str) -> None:
+    def dead_letter(self, text: str, *, message_id: str | None = None) -> None:
         """Put a dead-letter record on the poison queue, where it stays until an operator acts."""
-        self._send(self._poison, text, time_to_live=NEVER_EXPIRES)
+        self._send(self._poison, text, message_id, time_to_live=NEVER_EXPIRES)
 
     @staticmethod
-    def _send(client: QueueClient, text: str, **options: int | None) -> None:
+    def _send(
+        client: QueueClient, text: str, message_id: str | None, **options: int | None
+    ) -> None:
         try:
-            client.send_message(text, **options)
+            # The message's id names the request in Storage's logs (shared/message_ids.py);
+            # without one the SDK's StorageHeadersPolicy makes up a uuid1.
+            client.send_message(text, client_request_id=storage_request_id(message_id), **options)
         except AzureError as error:
             raise StorageUnavailable(f"queue {client.queue_name}: {summary(error)}") from error
 

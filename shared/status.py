@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 from enum import Enum
@@ -21,7 +20,7 @@ from azure.data.tables import TableClient, UpdateMode
 from pydantic import TypeAdapter, ValidationError
 
 from shared.errors import ConcurrentUpdate, MessageNotFound, StorageUnavailable
-from shared.message_ids import waiting_since
+from shared.message_ids import MESSAGE_ID, storage_request_id, waiting_since
 from shared.models import ProviderError
 from shared.queue import storage_transport, token_credential
 from shared.replay_advice import Advice, advice_for, classify
@@ -36,9 +35,6 @@ STATUS_ROW = "status"
 # create_entity passes it on to its generated operation as `response_preference`.
 NO_ECHO: dict[str, Any] = {"response_preference": "return-no-content"}
 _RETRY_OPTIONS: dict[str, Any] = {"retry_total": 2, "retry_backoff_factor": 0.5}
-# The ids the gateway gives messages (shared/message_ids.py new_message_id): UUIDv7s, uuid4s before;
-# any lowercase UUID is taken, so that the ids of both stay valid.
-_MESSAGE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def known_message_id(text: str) -> str:
@@ -51,7 +47,7 @@ def known_message_id(text: str) -> str:
     the read itself: a 503 and an ERROR for what is a mere unknown id. (Azurite takes them.)
     """
     message_id = text.lower()
-    if not _MESSAGE_ID.fullmatch(message_id):
+    if not MESSAGE_ID.fullmatch(message_id):
         # Not echoed: it is the caller's text, of any length.
         raise MessageNotFound("no message has the id given: the gateway's message ids are UUIDs")
     return message_id
@@ -239,6 +235,14 @@ RETENTION_PARTITION = "retention"
 REPLAYED_ROW_PREFIX = "replayed-"
 
 
+def by_message(message_id: str | None) -> dict[str, Any]:
+    """The options of a table call about one message: its id as the call's client request id,
+    so that Storage's logs name it (shared/message_ids.py). azure-core's RequestIdPolicy takes
+    it as `request_id`; without one it makes up a uuid1 as before."""
+    request_id = storage_request_id(message_id)
+    return {} if request_id is None else {"request_id": request_id}
+
+
 class StatusStore:
     """Reads and writes status records; one row per message, keyed by the message id."""
 
@@ -267,7 +271,7 @@ class StatusStore:
     def get(self, message_id: str) -> MessageStatus | None:
         """The record of a message, or None if there is none."""
         try:
-            entity = self._table.get_entity(message_id, STATUS_ROW)
+            entity = self._table.get_entity(message_id, STATUS_ROW, **by_message(message_id))
         except ResourceNotFoundError:
             return None
         except AzureError as error:
@@ -281,13 +285,16 @@ class StatusStore:
                 # Insert Entity answers 409 Conflict when the row exists (Microsoft's Table
                 # service REST reference, "Insert Entity"; the SDK raises ResourceExistsError):
                 # a first delivery attempt's claim (shared/delivery.py) rests on it.
-                metadata = self._table.create_entity(_to_entity(status), **NO_ECHO)
+                metadata = self._table.create_entity(
+                    _to_entity(status), **NO_ECHO, **by_message(status.id)
+                )
             else:
                 metadata = self._table.update_entity(
                     _to_entity(status),
                     mode=UpdateMode.REPLACE,
                     etag=status.etag,
                     match_condition=MatchConditions.IfNotModified,
+                    **by_message(status.id),
                 )
         except (ResourceExistsError, ResourceModifiedError) as error:
             raise ConcurrentUpdate(f"status of {status.id} changed meanwhile") from error
@@ -298,7 +305,9 @@ class StatusStore:
     def put(self, status: MessageStatus) -> MessageStatus:
         """Write a record whatever is there (the writer owns the message now)."""
         try:
-            metadata = self._table.upsert_entity(_to_entity(status), mode=UpdateMode.REPLACE)
+            metadata = self._table.upsert_entity(
+                _to_entity(status), mode=UpdateMode.REPLACE, **by_message(status.id)
+            )
         except AzureError as error:
             raise StorageUnavailable(f"status of {status.id}: {type(error).__name__}") from error
         return replace(status, etag=metadata.get("etag"))
@@ -314,6 +323,7 @@ class StatusStore:
                     "replayed_at": at,
                 },
                 mode=UpdateMode.REPLACE,
+                **by_message(message_id),
             )
         except AzureError as error:
             raise StorageUnavailable(f"status of {message_id}: {type(error).__name__}") from error

@@ -43,6 +43,7 @@ from shared.errors import (
     StorageUnavailable,
 )
 from shared.idempotency import PENDING_TIMEOUT, IdempotencyStore, KeyClaim, KeyRecord, digest
+from shared.message_ids import storage_request_id
 from shared.models import QueueEnvelope, StoredBody
 from shared.queue import MailQueue, QueueMeasurement, QueueReport
 from shared.sendgrid_client import build_payload
@@ -329,10 +330,12 @@ class _ReceivedPages:
 
 @dataclass(frozen=True)
 class QueuedText:
-    """One message put on the mail queue: the text as it would travel, and its delay."""
+    """One message put on the mail queue: the text as it would travel, its delay, and the
+    message id its request would carry (shared/message_ids.py storage_request_id)."""
 
     text: str
     delay_seconds: int = 0
+    request_id: str | None = None
 
 
 class FakeMailQueue(_OutageControls, MailQueue):
@@ -346,6 +349,8 @@ class FakeMailQueue(_OutageControls, MailQueue):
         self._name = name
         self.messages: list[QueuedText] = []
         self.poison_client = FakeQueueClient(f"{name}-poison")
+        # The request id each dead letter's write would carry, in order.
+        self.poison_request_ids: list[str | None] = []
         self.journal = journal if journal is not None else Journal()
         self.ensure_exists_calls = 0
         self.check_calls = 0
@@ -385,12 +390,14 @@ class FakeMailQueue(_OutageControls, MailQueue):
     def enqueue(self, envelope: QueueEnvelope, *, delay_seconds: int = 0) -> None:
         self._outage.check("enqueue")
         self.journal.append("queue.enqueue")
-        self.messages.append(QueuedText(envelope.to_json(), delay_seconds))
+        self.messages.append(
+            QueuedText(envelope.to_json(), delay_seconds, storage_request_id(envelope.id))
+        )
 
-    def put_back(self, text: str, *, delay_seconds: int) -> None:
+    def put_back(self, text: str, *, delay_seconds: int, message_id: str | None = None) -> None:
         self._outage.check("put_back")
         self.journal.append("queue.put_back")
-        self.messages.append(QueuedText(text, delay_seconds))
+        self.messages.append(QueuedText(text, delay_seconds, storage_request_id(message_id)))
 
     def measure(self, now: datetime) -> QueueReport:
         self._outage.check("measure")
@@ -399,10 +406,11 @@ class FakeMailQueue(_OutageControls, MailQueue):
             QueueMeasurement(self.poison_name, len(self.poison_texts), None),
         )
 
-    def dead_letter(self, text: str) -> None:
+    def dead_letter(self, text: str, *, message_id: str | None = None) -> None:
         self._outage.check("dead_letter")
         self.journal.append("queue.dead_letter")
         self.poison_client.send_message(text, time_to_live=-1)
+        self.poison_request_ids.append(storage_request_id(message_id))
 
     @property
     def envelopes(self) -> list[QueueEnvelope]:
@@ -676,19 +684,26 @@ class FakeTableClient(_OutageControls):
         # Called before each transaction, likewise; it stays set until a test clears it.
         self.before_transaction: Callable[[], object] | None = None
         self.transactions = 0
+        # Each call's operation and the client request id it would carry (azure-core's
+        # RequestIdPolicy takes it as `request_id`; None: the SDK's own uuid1).
+        self.request_ids: list[tuple[str, str | None]] = []
 
     def create_table(self) -> None:
         self._check("create_table")
 
-    def create_entity(self, entity: dict[str, Any], **options: Any) -> dict[str, Any]:
-        self._check("create")
+    def create_entity(
+        self, entity: dict[str, Any], *, request_id: str | None = None, **options: Any
+    ) -> dict[str, Any]:
+        self._check("create", request_id)
         key = (entity["PartitionKey"], entity["RowKey"])
         if key in self.rows:
             raise ResourceExistsError("EntityAlreadyExists")
         return self._store(key, dict(entity))
 
-    def get_entity(self, partition_key: str, row_key: str) -> TableEntity:
-        self._check("get")
+    def get_entity(
+        self, partition_key: str, row_key: str, *, request_id: str | None = None
+    ) -> TableEntity:
+        self._check("get", request_id)
         key = (partition_key, row_key)
         if key not in self.rows:
             raise ResourceNotFoundError("ResourceNotFound")
@@ -701,11 +716,12 @@ class FakeTableClient(_OutageControls):
         *,
         etag: str | None = None,
         match_condition: MatchConditions | None = None,
+        request_id: str | None = None,
     ) -> dict[str, Any]:
         if self.before_update is not None:
             hook, self.before_update = self.before_update, None
             hook()
-        self._check("update")
+        self._check("update", request_id)
         key = (entity["PartitionKey"], entity["RowKey"])
         if key not in self.rows:
             raise ResourceNotFoundError("ResourceNotFound")
@@ -723,17 +739,23 @@ class FakeTableClient(_OutageControls):
         return self._store(key, row)
 
     def upsert_entity(
-        self, entity: dict[str, Any], mode: UpdateMode = UpdateMode.MERGE
+        self,
+        entity: dict[str, Any],
+        mode: UpdateMode = UpdateMode.MERGE,
+        *,
+        request_id: str | None = None,
     ) -> dict[str, Any]:
-        self._check("upsert")
+        self._check("upsert", request_id)
         key = (entity["PartitionKey"], entity["RowKey"])
         row = {**self.rows.get(key, {}), **entity} if mode is UpdateMode.MERGE else dict(entity)
         return self._store(key, row)
 
-    def submit_transaction(self, operations: Iterable[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    def submit_transaction(
+        self, operations: Iterable[tuple[Any, ...]], *, request_id: str | None = None
+    ) -> list[dict[str, Any]]:
         if self.before_transaction is not None:
             self.before_transaction()
-        self._check("transaction")
+        self._check("transaction", request_id)
         operations = list(operations)
         if len({(entity["PartitionKey"]) for _, entity, *_ in operations}) > 1:
             raise ValueError("Partition Keys in the batch must all be the same")  # as the SDK does
@@ -781,8 +803,9 @@ class FakeTableClient(_OutageControls):
         wanted = value.strip("'")
         return [self._entity(key) for key, row in self.rows.items() if str(row.get(name)) == wanted]
 
-    def _check(self, operation: str) -> None:
+    def _check(self, operation: str, request_id: str | None = None) -> None:
         self.calls[operation] += 1
+        self.request_ids.append((operation, request_id))
         # As Azure would fail: the store under test maps this to StorageUnavailable itself.
         try:
             self._outage.check(operation)

@@ -12,6 +12,7 @@ from shared.brake import SendRateBrake
 from shared.breaker import BreakerPolicy, BreakerState, ProviderBreakers, Verdict
 from shared.delivery import Delivery, DeliveryOutcome
 from shared.errors import PermanentDeliveryError, RetryableDeliveryError
+from shared.message_ids import new_message_id
 from shared.models import QueueEnvelope
 from shared.status import MessageState, MessageStatus
 from tests.fakes import (
@@ -142,6 +143,18 @@ def test_should_hold_a_message_back_unsent_and_uncounted_while_every_breaker_is_
     # Its record was never claimed: nothing to wait out when it comes back.
     assert guarded.statuses.get("b2") is None
     assert guarded.queue.poison_texts == []
+
+
+def test_should_name_a_held_message_in_the_write_that_puts_it_back() -> None:
+    guarded = Guarded()
+    guarded.open("sendgrid")
+    guarded.open("smtp")
+    message_id = new_message_id(NOW, "app")
+
+    assert guarded.deliver(envelope(id=message_id)).result == "postponed"
+
+    # Its id is the request's client request id, which Storage's logs keep.
+    assert [m.request_id for m in guarded.queue.messages] == [message_id]
 
 
 def test_should_never_dead_letter_a_message_held_back_however_often() -> None:

@@ -25,6 +25,7 @@ from shared.errors import (
     RetryableDeliveryError,
     StorageUnavailable,
 )
+from shared.message_ids import new_message_id
 from shared.models import ProviderError, QueueEnvelope, StoredBody
 from shared.replay_advice import (
     API_KEY,
@@ -603,6 +604,28 @@ def test_should_put_the_message_back_when_its_outcome_cannot_be_queued(
     assert (outcome.result, outcome.message_id) == ("postponed", "msg-back")
     assert put_back(fake_queue, queued) == outcome.retry_in_seconds
     assert fake_queue.poison_texts == []
+
+
+@pytest.mark.parametrize(
+    ("failure", "unavailable"),
+    [(SERVER_ERROR, []), (REFUSAL, []), (SERVER_ERROR, ["enqueue"])],
+    ids=["retry", "dead letter", "put back"],
+)
+def test_should_name_the_message_in_the_queue_write_its_outcome_makes(
+    failure: DeliveryError,
+    unavailable: list[str],
+    settings: Settings,
+    fake_queue: FakeMailQueue,
+    fake_statuses: FakeStatusStore,
+) -> None:
+    # Its id is the request's client request id, which Storage's logs keep (shared/message_ids.py).
+    message_id = new_message_id(NOW, CLIENT.name)
+    fake_queue.make_unavailable(unavailable)
+
+    deliver(envelope(id=message_id), FakeMailSender(failure), fake_queue, settings, fake_statuses)
+
+    written = [m.request_id for m in fake_queue.messages] + fake_queue.poison_request_ids
+    assert written == [message_id]
 
 
 # --- put back for later: what cannot be worked on now waits, without the host's budget ------

@@ -392,11 +392,11 @@ def test_should_not_drop_an_event_the_service_names_by_mistake(
     submit = table.submit_transaction
     answers = iter([transaction_error(0, TableErrorCode.ENTITY_ALREADY_EXISTS)])
 
-    def misreporting(operations: Any) -> Any:
+    def misreporting(operations: Any, **options: Any) -> Any:
         error = next(answers, None)
         if error is not None:
             raise error
-        return submit(operations)
+        return submit(operations, **options)
 
     monkeypatch.setattr(table, "submit_transaction", misreporting)
 

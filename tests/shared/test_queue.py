@@ -242,8 +242,47 @@ def test_should_keep_dead_letters_forever_on_the_poison_queue() -> None:
     mail_queue(mail, poison).dead_letter('{"dead_letter": {}}')
 
     assert mail.sent == []
-    assert poison.sent == [('{"dead_letter": {}}', {"time_to_live": NEVER_EXPIRES})]
+    assert poison.sent == [
+        ('{"dead_letter": {}}', {"client_request_id": None, "time_to_live": NEVER_EXPIRES})
+    ]
     assert NEVER_EXPIRES == -1
+
+
+MESSAGE_ID = "01a24607-424f-78a4-a0be-3c7bb76bafa8"
+
+
+def test_should_name_the_message_in_each_write_about_it_for_storage_logs() -> None:
+    mail, poison = (
+        RecordingQueueClient("mail-outbound"),
+        RecordingQueueClient("mail-outbound-poison"),
+    )
+    queue = mail_queue(mail, poison)
+
+    queue.enqueue(envelope(id=MESSAGE_ID))
+    queue.put_back("{}", delay_seconds=15, message_id=MESSAGE_ID)
+    queue.dead_letter("{}", message_id=MESSAGE_ID)
+
+    assert [options["client_request_id"] for _, options in mail.sent + poison.sent] == [
+        MESSAGE_ID
+    ] * 3
+
+
+@pytest.mark.parametrize(
+    "message_id",
+    [None, "msg-7", MESSAGE_ID.upper(), MESSAGE_ID + "0", "x\r\nx-ms-version: 1", "a" * 64],
+)
+def test_should_leave_the_request_id_to_the_sdk_for_an_id_the_gateway_never_gives(
+    message_id: str | None,
+) -> None:
+    # An envelope's id is what its queue message says: only the gateway's shape goes into a
+    # header; the SDK makes up a uuid1 for the rest.
+    mail = RecordingQueueClient("mail-outbound")
+    queue = mail_queue(mail)
+
+    queue.put_back("{}", delay_seconds=15, message_id=message_id)
+    queue.enqueue(envelope(id=message_id or "m"))
+
+    assert [options["client_request_id"] for _, options in mail.sent] == [None, None]
 
 
 def test_should_report_storage_unavailable_naming_the_queue_when_a_send_fails() -> None:

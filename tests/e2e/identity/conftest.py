@@ -66,6 +66,7 @@ class StorageRequest:
     method: str
     url: str
     authorization: str
+    client_request_id: str
 
 
 def storage_requests(debug_log: Path) -> list[StorageRequest]:
@@ -81,6 +82,7 @@ def storage_requests(debug_log: Path) -> list[StorageRequest]:
                 found["method"],
                 found["url"],
                 str(headers.get("authorization", "")),
+                str(headers.get("x-ms-client-request-id", "")),
             )
         )
     return requests

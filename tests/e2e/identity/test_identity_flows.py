@@ -216,8 +216,13 @@ def test_should_reach_storage_with_bearer_tokens_only_and_never_a_shared_key(
     schemes = Counter(r.authorization.split(" ")[0] or "(none)" for r in requests)
     assert set(schemes) == {"Bearer"}, schemes
     assert {r.service for r in requests} == {"Blob", "Queue", "Table"}
-    assert schemes["Bearer"] > 50
+    # This test's own traffic alone is about 40 requests (39-42 measured when run by itself).
+    assert schemes["Bearer"] > 30
     assert all(r.url.startswith("https://") for r in requests)
+    # The message's own requests carry its id for Storage's logs (shared/message_ids.py): the
+    # enqueue and the claim's insert, whose URLs do not name it, and the `sent` write.
+    named = {(r.service, r.method) for r in requests if r.client_request_id == message_id}
+    assert {("Queue", "POST"), ("Table", "POST"), ("Table", "PUT")} <= named
     assert not any("accountkey" in value.lower() for value in gateway.settings.values())
     assert "AzureWebJobsStorage" not in gateway.settings
     assert "MAILGATE_STORAGE" not in gateway.settings
