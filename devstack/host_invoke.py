@@ -41,12 +41,16 @@ class FunctionSpec:
     trigger: Any
     directory: str
 
-    @property
+    # Both read once, as the worker reads them once when it loads a function, not per call
+    # (Azure/azure-functions-python-worker, azure_functions_worker/functions.py,
+    # Registry.add_function: FunctionInfo.is_async and requires_context). The signature cost
+    # about 15 us a call here.
+    @functools.cached_property
     def is_async(self) -> bool:
         """Whether the worker would await the function on its event loop."""
         return inspect.iscoroutinefunction(self.func)
 
-    @property
+    @functools.cached_property
     def wants_context(self) -> bool:
         """Whether the function declares the worker's `context` parameter."""
         return CONTEXT_PARAM in inspect.signature(self.func).parameters
