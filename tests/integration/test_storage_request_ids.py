@@ -4,6 +4,7 @@ as the request leaves the gateway's transport, after every policy of the SDK's p
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -34,15 +35,18 @@ class SentRequest:
 
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[SentRequest]:
-    """The requests the gateway's transport sends from now on, in order."""
+    """The requests the gateway's transport sends from now on from this thread, in order (not
+    those of another test's background thread still running, such as an activity log's)."""
     requests: list[SentRequest] = []
     send = StorageTransport.send
+    test_thread = threading.get_ident()
 
     def recording(self: StorageTransport, request: HttpRequest, **kwargs: Any) -> Any:
-        path = request.url.split("?")[0].split("/", 4)[-1]
-        requests.append(
-            SentRequest(request.method, path, request.headers.get("x-ms-client-request-id"))
-        )
+        if threading.get_ident() == test_thread:
+            path = request.url.split("?")[0].split("/", 4)[-1]
+            requests.append(
+                SentRequest(request.method, path, request.headers.get("x-ms-client-request-id"))
+            )
         return send(self, request, **kwargs)
 
     monkeypatch.setattr(StorageTransport, "send", recording)
