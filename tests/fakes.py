@@ -668,7 +668,9 @@ class FakeTableClient(_OutageControls):
     entity-group transactions (all or nothing, failing at the first operation the service would
     refuse, with its index and error code).
 
-    Stores built on it are the real ones: only Azure's side of the table is replaced.
+    Stores built on it are the real ones: only Azure's side of the table is replaced. Calls
+    take the SDK's `request_id` keyword (the client request id, shared/message_ids.py), which
+    only the wire shows: tests/integration/test_storage_request_ids.py checks it there.
     """
 
     def __init__(self, name: str = "fake") -> None:
@@ -684,9 +686,6 @@ class FakeTableClient(_OutageControls):
         # Called before each transaction, likewise; it stays set until a test clears it.
         self.before_transaction: Callable[[], object] | None = None
         self.transactions = 0
-        # Each call's operation and the client request id it would carry (azure-core's
-        # RequestIdPolicy takes it as `request_id`; None: the SDK's own uuid1).
-        self.request_ids: list[tuple[str, str | None]] = []
 
     def create_table(self) -> None:
         self._check("create_table")
@@ -694,7 +693,7 @@ class FakeTableClient(_OutageControls):
     def create_entity(
         self, entity: dict[str, Any], *, request_id: str | None = None, **options: Any
     ) -> dict[str, Any]:
-        self._check("create", request_id)
+        self._check("create")
         key = (entity["PartitionKey"], entity["RowKey"])
         if key in self.rows:
             raise ResourceExistsError("EntityAlreadyExists")
@@ -703,7 +702,7 @@ class FakeTableClient(_OutageControls):
     def get_entity(
         self, partition_key: str, row_key: str, *, request_id: str | None = None
     ) -> TableEntity:
-        self._check("get", request_id)
+        self._check("get")
         key = (partition_key, row_key)
         if key not in self.rows:
             raise ResourceNotFoundError("ResourceNotFound")
@@ -721,7 +720,7 @@ class FakeTableClient(_OutageControls):
         if self.before_update is not None:
             hook, self.before_update = self.before_update, None
             hook()
-        self._check("update", request_id)
+        self._check("update")
         key = (entity["PartitionKey"], entity["RowKey"])
         if key not in self.rows:
             raise ResourceNotFoundError("ResourceNotFound")
@@ -745,7 +744,7 @@ class FakeTableClient(_OutageControls):
         *,
         request_id: str | None = None,
     ) -> dict[str, Any]:
-        self._check("upsert", request_id)
+        self._check("upsert")
         key = (entity["PartitionKey"], entity["RowKey"])
         row = {**self.rows.get(key, {}), **entity} if mode is UpdateMode.MERGE else dict(entity)
         return self._store(key, row)
@@ -755,7 +754,7 @@ class FakeTableClient(_OutageControls):
     ) -> list[dict[str, Any]]:
         if self.before_transaction is not None:
             self.before_transaction()
-        self._check("transaction", request_id)
+        self._check("transaction")
         operations = list(operations)
         if len({(entity["PartitionKey"]) for _, entity, *_ in operations}) > 1:
             raise ValueError("Partition Keys in the batch must all be the same")  # as the SDK does
@@ -803,9 +802,8 @@ class FakeTableClient(_OutageControls):
         wanted = value.strip("'")
         return [self._entity(key) for key, row in self.rows.items() if str(row.get(name)) == wanted]
 
-    def _check(self, operation: str, request_id: str | None = None) -> None:
+    def _check(self, operation: str) -> None:
         self.calls[operation] += 1
-        self.request_ids.append((operation, request_id))
         # As Azure would fail: the store under test maps this to StorageUnavailable itself.
         try:
             self._outage.check(operation)
